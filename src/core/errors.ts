@@ -1,0 +1,65 @@
+/**
+ * The one error catalogue. Domain errors carry a stable code and data, and know no HTTP
+ * status: `proxy/error-response.ts` maps each code to a response in one table, and a test
+ * keeps that table, this catalogue and `docs/reference/errors.md` in step.
+ */
+
+export const errorCatalogue = {
+  SP_ROUTE_BAD_TARGET: 'The request target is malformed or unsafe (dot segments, "//", backslashes, bad percent-encoding, absolute-form or "*").',
+  SP_ROUTE_NOT_FOUND: 'The path is not under /smart_proxy/{resource_id}/{groups}/, or the resource is unknown.',
+  SP_ACCESS_UNAUTHENTICATED: 'The resource needs a verified identity and the request carried none that verified.',
+  SP_ACCESS_DENIED: 'The verified identity does not hold the groups this request acts with, or they do not satisfy the resource policy.',
+  SP_LIMIT_EXCEEDED: 'A limit on starts or running instances was reached; try again later.',
+  SP_HOLD_QUEUE_FULL: 'Too many requests are already waiting for resources to start; try again later.',
+  SP_HOLD_BYTES_FULL: 'Too many request bytes are already held for starting resources; try again later.',
+  SP_BOOT_TIMEOUT: 'The resource did not become ready within its boot timeout (or within the wait the client asked for).',
+  SP_START_FAILED: 'The provider could not start the resource.',
+  SP_RESOURCE_FAILED: 'The resource failed recently and is cooling down before the next start attempt.',
+  SP_UPSTREAM_UNAVAILABLE: 'The ready backend did not answer the forwarded request.',
+  SP_UPSTREAM_TIMEOUT: 'The backend did not answer the forwarded request in time.',
+  SP_BODY_TOO_LARGE: 'The request body is larger than the limit for held requests.',
+  SP_SHUTTING_DOWN: 'The proxy is shutting down and takes no new requests.',
+  SP_PROVIDER_ERROR: 'A provider call failed.',
+  SP_CONFIG_INVALID: 'The configuration is invalid.',
+  SP_INTERNAL: 'An unexpected error; it has been logged.',
+} as const;
+
+export type ErrorCode = keyof typeof errorCatalogue;
+
+export interface SmartProxyErrorOptions {
+  /** Facts a client or operator may see (resource id, limit name, retry delay…). */
+  readonly data?: Readonly<Record<string, unknown>>;
+  /** Seconds after which a retry makes sense, for `Retry-After`. */
+  readonly retryAfterS?: number;
+  readonly cause?: unknown;
+}
+
+/** A domain error with a stable `SP_*` code. Safe to show: its message never holds secrets. */
+export class SmartProxyError extends Error {
+  readonly code: ErrorCode;
+  readonly data: Readonly<Record<string, unknown>>;
+  readonly retryAfterS: number | undefined;
+
+  constructor(code: ErrorCode, message: string = errorCatalogue[code], options: SmartProxyErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'SmartProxyError';
+    this.code = code;
+    this.data = options.data ?? {};
+    this.retryAfterS = options.retryAfterS;
+  }
+}
+
+/** A provider call failed. `retryable` tells the core it may try again within the deadline. */
+export class ProviderError extends SmartProxyError {
+  readonly retryable: boolean;
+
+  constructor(message: string, options: SmartProxyErrorOptions & { readonly retryable: boolean }) {
+    super('SP_PROVIDER_ERROR', message, options);
+    this.name = 'ProviderError';
+    this.retryable = options.retryable;
+  }
+}
+
+export function isSmartProxyError(err: unknown): err is SmartProxyError {
+  return err instanceof SmartProxyError;
+}

@@ -1,0 +1,130 @@
+/**
+ * The ports of the core: what the domain needs from the outside world, each with its
+ * contract written on it. Implementations live in `providers/`, `state/`, `proxy/`;
+ * the core imports none of them (DESIGN.md, dependency direction).
+ */
+
+/**
+ * What a provider says of an instance. There is no "ready" here on purpose: readiness is
+ * decided by the core (provider says `running` *and* a probe succeeds), never by a provider.
+ */
+export type ProviderState = 'stopped' | 'starting' | 'running' | 'stopping' | 'failed';
+
+/** Identifies one instance of a resource, as the core asks a provider about it. */
+export interface InstanceRef {
+  /** The resource id from the config (the `{resource_id}` of the URL). */
+  readonly resourceId: string;
+  /**
+   * Stable key of the instance within its resource, deterministic from the sharing mode
+   * (`*` for shared, the sorted group list for `groups`, `user:<name>` for `user`). Providers
+   * use it as the idempotency key of `start` (for example as a deterministic machine name).
+   */
+  readonly instanceKey: string;
+  /** The groups the instance is started for: sorted, unique. */
+  readonly groups: readonly string[];
+  /** The user the instance is started for, when the resource is shared per user. */
+  readonly user?: string | undefined;
+  /** Opaque handle a provider returned from `start` or `list`, once known. */
+  readonly handle?: string | undefined;
+}
+
+/** A provider's answer to `inspect`. */
+export interface InspectResult {
+  readonly state: ProviderState;
+  /**
+   * Base URL of the instance's HTTP service (`http://host:port`, optionally with a path
+   * prefix). Required when `state` is `running`; the data plane forwards only to this.
+   */
+  readonly endpoint?: string | undefined;
+  /** Updated handle, when the provider learnt one (for example a VM id). */
+  readonly handle?: string | undefined;
+  /** Human-readable cause, when `state` is `failed`. */
+  readonly reason?: string | undefined;
+}
+
+export interface StartResult {
+  /** Opaque handle for later `inspect`/`stop` calls, when the provider has one. */
+  readonly handle?: string | undefined;
+}
+
+/** An instance a provider found running on its own (re-adoption after a proxy restart). */
+export interface ListedInstance extends InspectResult {
+  readonly resourceId: string;
+  readonly instanceKey: string;
+  readonly handle?: string | undefined;
+}
+
+/**
+ * A provider starts, inspects and stops instances of resources.
+ *
+ * Contract (checked for every implementation by `test/providers/contract.ts`):
+ * - `start` resolves when the start is *accepted*. It never waits for the backend to be
+ *   healthy. It is idempotent for the same `instanceKey`: a second call while the first
+ *   instance exists does not create a second one.
+ * - `inspect` returns `{ state: 'stopped' }`, not an error, for an instance it does not know.
+ * - `stop` is idempotent: stopping a stopped or unknown instance resolves.
+ * - Every call honours its `signal`: when it aborts, the call rejects promptly.
+ * - Calls reject with a `ProviderError` (see errors.ts) on failure; `retryable` says whether
+ *   the core may try again (timeouts, 5xx, 429).
+ * - Optional `list` returns instances that are already running, so that a restarted proxy
+ *   re-adopts them instead of starting them again.
+ */
+export interface Provider {
+  /** The provider kind, as in the config (`atmosphere`, `process`, `qemu`, …). */
+  readonly kind: string;
+  start(ref: InstanceRef, signal: AbortSignal): Promise<StartResult>;
+  inspect(ref: InstanceRef, signal: AbortSignal): Promise<InspectResult>;
+  stop(ref: InstanceRef, signal: AbortSignal): Promise<void>;
+  list?(signal: AbortSignal): Promise<ListedInstance[]>;
+  /** Releases sockets, child-process watchers and timers; instances are left as they are. */
+  close?(): Promise<void>;
+}
+
+/** How the core checks that a running instance answers. */
+export type ProbeSpec =
+  | {
+      readonly kind: 'http';
+      /** Path appended to the endpoint's own path prefix. */
+      readonly path: string;
+      /** Statuses that count as ready; any other status, or no answer, is not ready. */
+      readonly expectStatus: readonly number[];
+      readonly timeoutMs: number;
+    }
+  | { readonly kind: 'tcp'; readonly timeoutMs: number };
+
+export type ProbeOutcome = { readonly ok: true } | { readonly ok: false; readonly reason: string };
+
+/**
+ * Checks an endpoint once. Contract: resolves (never rejects) within `spec.timeoutMs`, or as
+ * soon as `signal` aborts, with `ok: false` and a reason for any failure. Uses a fresh
+ * connection each time: a stale pooled socket must not make a dead backend look alive.
+ */
+export interface Prober {
+  probe(endpoint: string, spec: ProbeSpec, signal: AbortSignal): Promise<ProbeOutcome>;
+}
+
+/** A cancellable timer handle from a {@link Clock}. */
+export interface TimerHandle {
+  cancel(): void;
+}
+
+/**
+ * Time, injected so that tests drive it (DESIGN.md: never sleep to wait in a test).
+ * `now()` is milliseconds since the epoch.
+ */
+export interface Clock {
+  now(): number;
+  /** Calls `fn` once after `ms`. The timer does not keep the process alive. */
+  setTimeout(fn: () => void, ms: number): TimerHandle;
+}
+
+/**
+ * Structured logging port. pino's logger satisfies it; tests can collect calls.
+ * Logging must never throw and must not block the caller on I/O.
+ */
+export interface Logger {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
