@@ -1,0 +1,559 @@
+import { SmartProxyError, isSmartProxyError, ProviderError } from './errors.ts';
+import { transition, type InstanceStatus, type LifecycleEvent, type StartPhase } from './lifecycle.ts';
+import type { Clock, InstanceRef, Logger, Prober, ProbeSpec, Provider, TimerHandle } from './ports.ts';
+import { BootHistory, type BootEstimate } from './boot-history.ts';
+
+/** How instances of a resource are shared between users (see docs/concepts/access.md). */
+export type SharingMode = 'shared' | 'groups' | 'user';
+
+/** What the core needs to know of one configured resource. Built once from the config. */
+export interface ResourceRuntime {
+  readonly id: string;
+  readonly provider: Provider;
+  readonly sharing: SharingMode;
+  /** From the start call to ready; past it the start fails with SP_BOOT_TIMEOUT. */
+  readonly bootTimeoutMs: number;
+  readonly probe: ProbeSpec;
+  /** Pause between two probes once the provider says running. */
+  readonly probeIntervalMs: number;
+  /** Provider polling backs off from min to max while the provider says starting. */
+  readonly pollIntervalMinMs: number;
+  readonly pollIntervalMaxMs: number;
+  /** Each provider call is cut after this long (and retried if time is left). */
+  readonly providerCallTimeoutMs: number;
+  /** After a failed start, requests get SP_RESOURCE_FAILED for this long. */
+  readonly failureCooldownMs: number;
+  /** Requests held for this resource at once (over all its instances). */
+  readonly maxHeldRequests: number;
+  /** Stop an instance after this long without activity; 0 keeps it running. */
+  readonly idleStopMs: number;
+}
+
+export interface ManagerOptions {
+  readonly clock: Clock;
+  readonly prober: Prober;
+  readonly logger: Logger;
+  /** Requests held at once over all resources. */
+  readonly maxHeldRequestsTotal: number;
+}
+
+/** Published on every change that a waiting person, the audit log or metrics care about. */
+export type ManagerEvent =
+  | { readonly type: 'instance-changed'; readonly instance: Instance; readonly at: number; readonly reason?: string | undefined }
+  | { readonly type: 'start-requested'; readonly instance: Instance; readonly at: number }
+  | { readonly type: 'boot-finished'; readonly instance: Instance; readonly at: number; readonly bootMs: number };
+
+export type ManagerListener = (event: ManagerEvent) => void;
+
+interface Waiter {
+  readonly resolve: (endpoint: string) => void;
+  readonly reject: (err: unknown) => void;
+}
+
+/**
+ * One instance of a resource: the unit that is started, probed, forwarded to and stopped.
+ * The data plane reads `status` and `endpoint` directly: a ready instance is forwarded with
+ * no call at all (DESIGN.md rule 1).
+ */
+export class Instance {
+  readonly resource: ResourceRuntime;
+  readonly key: string;
+  readonly groups: readonly string[];
+  readonly user: string | undefined;
+  status: InstanceStatus = 'stopped';
+  phase: StartPhase | undefined;
+  /** Base URL to forward to; set only while ready. */
+  endpoint: string | undefined;
+  handle: string | undefined;
+  lastError: SmartProxyError | undefined;
+  /** When the current failure cool-down ends (epoch ms). */
+  failedUntil = 0;
+  startRequestedAt = 0;
+  readyAt = 0;
+  lastActivityAt = 0;
+  /** Forwards in flight and open tunnels (WebSocket, SSE): never idle-stopped while > 0. */
+  activeConnections = 0;
+  /** Bumped on every start and stop so a superseded loop notices and gives up. */
+  generation = 0;
+  /** Set on the first forward after ready: that forward retries a refused connection. */
+  freshlyReady = false;
+  readonly waiters = new Set<Waiter>();
+
+  constructor(resource: ResourceRuntime, key: string, groups: readonly string[], user: string | undefined) {
+    this.resource = resource;
+    this.key = key;
+    this.groups = groups;
+    this.user = user;
+  }
+
+  get ref(): InstanceRef {
+    return { resourceId: this.resource.id, instanceKey: this.key, groups: this.groups, user: this.user, handle: this.handle };
+  }
+}
+
+class Aborted extends Error {}
+
+/**
+ * The control plane: selects instances, starts each at most once at a time (single
+ * flight), learns readiness by provider state then probe, and wakes held requests through
+ * an in-memory broadcast. Held requests never call a provider; they wait on `waiters`.
+ */
+export class ResourceManager {
+  readonly #clock: Clock;
+  readonly #prober: Prober;
+  readonly #log: Logger;
+  readonly #maxHeldTotal: number;
+  readonly #instances = new Map<string, Map<string, Instance>>();
+  readonly #heldByResource = new Map<string, number>();
+  readonly #listeners = new Set<ManagerListener>();
+  readonly #history = new BootHistory();
+  readonly #idleTimers = new Map<Instance, TimerHandle>();
+  #heldTotal = 0;
+  #closed = false;
+
+  constructor(options: ManagerOptions) {
+    this.#clock = options.clock;
+    this.#prober = options.prober;
+    this.#log = options.logger;
+    this.#maxHeldTotal = options.maxHeldRequestsTotal;
+  }
+
+  /** Requests held right now over all resources. */
+  get heldTotal(): number {
+    return this.#heldTotal;
+  }
+
+  onEvent(listener: ManagerListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Boot-time estimate learnt from this resource's past boots. */
+  estimateBoot(resourceId: string): BootEstimate | undefined {
+    return this.#history.estimate(resourceId);
+  }
+
+  recordBootSample(resourceId: string, bootMs: number): void {
+    this.#history.add(resourceId, bootMs);
+  }
+
+  /** Every instance known for a resource (any status). */
+  instancesOf(resourceId: string): Iterable<Instance> {
+    return this.#instances.get(resourceId)?.values() ?? [];
+  }
+
+  /** Every known instance. */
+  *allInstances(): Iterable<Instance> {
+    for (const byKey of this.#instances.values()) yield* byKey.values();
+  }
+
+  /**
+   * Picks the instance a request acting with `groups` (sorted, unique) as `user` goes to,
+   * creating an unstarted one if none fits. In `groups` mode an instance started for a group
+   * set is reused by any request whose groups include that set (the original's model); a
+   * ready one is preferred, then one that is already starting, so no second start happens
+   * while a fitting instance boots.
+   */
+  selectInstance(resource: ResourceRuntime, groups: readonly string[], user: string | undefined): Instance {
+    let byKey = this.#instances.get(resource.id);
+    if (byKey === undefined) {
+      byKey = new Map();
+      this.#instances.set(resource.id, byKey);
+    }
+    let key: string;
+    let instGroups = groups;
+    let instUser: string | undefined;
+    switch (resource.sharing) {
+      case 'shared':
+        key = '*';
+        instGroups = [];
+        break;
+      case 'user':
+        key = `user:${user ?? ''}`;
+        instUser = user;
+        break;
+      case 'groups':
+        key = groups.join(',');
+        break;
+    }
+    const exact = byKey.get(key);
+    if (exact !== undefined && exact.status === 'ready') return exact;
+    if (resource.sharing === 'groups') {
+      const fit = pickSubsetInstance(byKey.values(), groups);
+      if (fit !== undefined) return fit;
+    }
+    if (exact !== undefined) return exact;
+    const created = new Instance(resource, key, instGroups, instUser);
+    byKey.set(key, created);
+    return created;
+  }
+
+  /** Adopts an instance found running after a restart (state store or provider list). */
+  adopt(resource: ResourceRuntime, key: string, groups: readonly string[], user: string | undefined, handle: string | undefined): Instance {
+    const inst = this.selectInstance(resource, groups, user);
+    if (inst.key !== key || inst.status !== 'stopped') return inst;
+    inst.handle = handle;
+    this.#ensureStarted(inst);
+    return inst;
+  }
+
+  /** Marks use of an instance; O(1), no I/O (DESIGN.md rule 6). */
+  touch(inst: Instance): void {
+    inst.lastActivityAt = this.#clock.now();
+  }
+
+  /**
+   * Resolves with the endpoint once `inst` is ready, starting it if needed. Rejects with
+   * SP_HOLD_QUEUE_FULL past the bounds (checked before anything is started), with
+   * SP_RESOURCE_FAILED during a failure cool-down, with SP_BOOT_TIMEOUT after `timeoutMs`,
+   * with the start's own error if it fails, or with `signal.reason` when the client leaves.
+   */
+  waitUntilReady(inst: Instance, options: { readonly signal?: AbortSignal | undefined; readonly timeoutMs: number }): Promise<string> {
+    if (inst.status === 'ready' && inst.endpoint !== undefined) return Promise.resolve(inst.endpoint);
+    if (this.#closed) return Promise.reject(new SmartProxyError('SP_SHUTTING_DOWN'));
+    const coolDown = this.#coolingDown(inst);
+    if (coolDown !== undefined) return Promise.reject(coolDown);
+    const resourceId = inst.resource.id;
+    const heldHere = this.#heldByResource.get(resourceId) ?? 0;
+    if (heldHere >= inst.resource.maxHeldRequests || this.#heldTotal >= this.#maxHeldTotal) {
+      const scope = heldHere >= inst.resource.maxHeldRequests ? 'resource' : 'total';
+      return Promise.reject(new SmartProxyError('SP_HOLD_QUEUE_FULL', undefined, {
+        data: { resource: resourceId, scope }, retryAfterS: this.#retryAfterS(inst),
+      }));
+    }
+    const { signal, timeoutMs } = options;
+    if (signal?.aborted === true) return Promise.reject(signal.reason);
+
+    return new Promise<string>((resolve, reject) => {
+      let timer: TimerHandle | undefined;
+      const done = (): void => {
+        inst.waiters.delete(waiter);
+        timer?.cancel();
+        signal?.removeEventListener('abort', onAbort);
+        this.#heldTotal--;
+        this.#heldByResource.set(resourceId, (this.#heldByResource.get(resourceId) ?? 1) - 1);
+      };
+      const waiter: Waiter = {
+        resolve: (endpoint) => { done(); resolve(endpoint); },
+        reject: (err) => { done(); reject(err); },
+      };
+      const onAbort = (): void => waiter.reject(signal?.reason);
+      inst.waiters.add(waiter);
+      this.#heldTotal++;
+      this.#heldByResource.set(resourceId, heldHere + 1);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      timer = this.#clock.setTimeout(() => {
+        waiter.reject(new SmartProxyError('SP_BOOT_TIMEOUT', undefined, {
+          data: { resource: resourceId, waitedMs: timeoutMs }, retryAfterS: this.#retryAfterS(inst),
+        }));
+      }, timeoutMs);
+      this.#ensureStarted(inst);
+    });
+  }
+
+  /**
+   * Starts `inst` without holding a request (keep-warm, `Prefer: respond-async`).
+   * Returns the cool-down error instead of starting when the resource failed recently.
+   */
+  requestStart(inst: Instance): SmartProxyError | undefined {
+    if (this.#closed) return new SmartProxyError('SP_SHUTTING_DOWN');
+    const coolDown = this.#coolingDown(inst);
+    if (coolDown !== undefined) return coolDown;
+    this.#ensureStarted(inst);
+    return undefined;
+  }
+
+  /**
+   * The data plane could not reach a ready backend at `endpoint` before sending any byte
+   * (refused or reset). The instance goes back to starting; requests wait for it again.
+   * A stale report (the instance already moved on) is ignored.
+   */
+  reportUnreachable(inst: Instance, endpoint: string, reason: string): void {
+    if (inst.status !== 'ready' || inst.endpoint !== endpoint) return;
+    this.#log.warn({ resource: inst.resource.id, instance: inst.key, endpoint, reason }, 'backend unreachable; restarting');
+    this.#move(inst, 'lost', reason);
+    inst.endpoint = undefined;
+    void this.#runStart(inst);
+  }
+
+  /** Stops `inst` (idle stop, shutdown, operator). Idempotent. */
+  async stop(inst: Instance, reason: string): Promise<void> {
+    if (inst.status === 'stopped' || inst.status === 'stopping') return;
+    const gen = ++inst.generation;
+    this.#move(inst, 'stop', reason);
+    inst.endpoint = undefined;
+    this.#clearIdle(inst);
+    const res = inst.resource;
+    const deadline = this.#clock.now() + res.bootTimeoutMs;
+    try {
+      await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.stop(inst.ref, signal), 'stop');
+    } catch (err) {
+      this.#log.error({ resource: res.id, instance: inst.key, err }, 'stop failed; forgetting the instance');
+    }
+    if (inst.generation !== gen) return;
+    this.#move(inst, 'stopped', reason);
+    inst.handle = undefined;
+    // A request that arrived while the instance was stopping waits for the stop, then wakes it.
+    if (inst.waiters.size > 0 && !this.#closed) this.#ensureStarted(inst);
+  }
+
+  /** Stops taking new holds, rejects every held request, cancels timers. */
+  close(): void {
+    this.#closed = true;
+    for (const inst of this.allInstances()) {
+      inst.generation++;
+      this.#clearIdle(inst);
+      for (const w of [...inst.waiters]) w.reject(new SmartProxyError('SP_SHUTTING_DOWN'));
+    }
+  }
+
+  // -- internals ------------------------------------------------------------------------
+
+  #emit(event: ManagerEvent): void {
+    for (const l of this.#listeners) {
+      try {
+        l(event);
+      } catch (err) {
+        this.#log.error({ err }, 'manager listener threw');
+      }
+    }
+  }
+
+  #move(inst: Instance, event: LifecycleEvent, reason?: string): void {
+    const next = transition(inst.status, event);
+    if (next === undefined) {
+      throw new Error(`invalid lifecycle move: ${inst.status} --${event}-->`);
+    }
+    inst.status = next;
+    if (next !== 'starting') inst.phase = undefined;
+    this.#emit({ type: 'instance-changed', instance: inst, at: this.#clock.now(), reason });
+  }
+
+  #setPhase(inst: Instance, phase: StartPhase): void {
+    if (inst.phase === phase) return;
+    inst.phase = phase;
+    this.#emit({ type: 'instance-changed', instance: inst, at: this.#clock.now() });
+  }
+
+  #coolingDown(inst: Instance): SmartProxyError | undefined {
+    if (inst.status !== 'failed') return undefined;
+    const left = inst.failedUntil - this.#clock.now();
+    if (left <= 0) return undefined;
+    return new SmartProxyError('SP_RESOURCE_FAILED', undefined, {
+      data: { resource: inst.resource.id, cause: inst.lastError?.message, causeCode: inst.lastError?.code },
+      retryAfterS: Math.ceil(left / 1000),
+    });
+  }
+
+  #retryAfterS(inst: Instance): number {
+    const est = this.#history.estimate(inst.resource.id);
+    return Math.max(1, Math.ceil((est?.p50Ms ?? 5000) / 1000));
+  }
+
+  #ensureStarted(inst: Instance): void {
+    switch (inst.status) {
+      case 'starting':
+      case 'stopping': // the stop's end re-checks waiters and starts again
+        return;
+      case 'ready':
+        // Waiters joined during the last microtask of becoming ready.
+        this.#releaseWaiters(inst);
+        return;
+      case 'failed':
+      case 'stopped':
+        void this.#runStart(inst);
+        return;
+    }
+  }
+
+  /** The single flight: exactly one of these runs per instance and generation. */
+  async #runStart(inst: Instance): Promise<void> {
+    const res = inst.resource;
+    if (inst.status !== 'starting') this.#move(inst, 'start');
+    const gen = ++inst.generation;
+    const t0 = this.#clock.now();
+    const deadline = t0 + res.bootTimeoutMs;
+    inst.startRequestedAt = t0;
+    inst.lastError = undefined;
+    this.#setPhase(inst, 'requested');
+    this.#emit({ type: 'start-requested', instance: inst, at: t0 });
+    this.#log.info({ resource: res.id, instance: inst.key, groups: inst.groups, user: inst.user }, 'start requested');
+    try {
+      const started = await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.start(inst.ref, signal), 'start');
+      if (started.handle !== undefined) inst.handle = started.handle;
+      this.#setPhase(inst, 'booting');
+      const endpoint = await this.#awaitReady(inst, gen, deadline);
+      inst.endpoint = endpoint;
+      inst.readyAt = this.#clock.now();
+      inst.lastActivityAt = inst.readyAt;
+      inst.freshlyReady = true;
+      const bootMs = inst.readyAt - t0;
+      this.#history.add(res.id, bootMs);
+      this.#move(inst, 'ready');
+      this.#emit({ type: 'boot-finished', instance: inst, at: inst.readyAt, bootMs });
+      this.#log.info({ resource: res.id, instance: inst.key, endpoint, bootMs }, 'instance ready');
+      this.#releaseWaiters(inst);
+      this.#scheduleIdle(inst);
+    } catch (err) {
+      if (err instanceof Aborted || inst.generation !== gen) return;
+      const failure = toStartFailure(err, res.id, this.#clock.now() - t0);
+      inst.lastError = failure;
+      inst.failedUntil = this.#clock.now() + res.failureCooldownMs;
+      this.#move(inst, 'fail', failure.message);
+      this.#log.warn({ resource: res.id, instance: inst.key, code: failure.code, reason: failure.message }, 'start failed');
+      for (const w of [...inst.waiters]) w.reject(failure);
+      // Best effort: a machine that never became ready must not linger and cost money.
+      const stopSignal = timeoutSignal(this.#clock, res.providerCallTimeoutMs);
+      res.provider.stop(inst.ref, stopSignal).catch((stopErr: unknown) => {
+        this.#log.warn({ resource: res.id, instance: inst.key, err: stopErr }, 'cleanup stop after failed start failed');
+      });
+    }
+  }
+
+  /** Polls the provider with backoff until running, then probes until the probe passes. */
+  async #awaitReady(inst: Instance, gen: number, deadline: number): Promise<string> {
+    const res = inst.resource;
+    let pollMs = res.pollIntervalMinMs;
+    for (;;) {
+      this.#checkLive(inst, gen, deadline);
+      const found = await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.inspect(inst.ref, signal), 'inspect');
+      if (found.handle !== undefined) inst.handle = found.handle;
+      if (found.state === 'failed') {
+        throw new SmartProxyError('SP_START_FAILED', `provider reports the instance failed: ${found.reason ?? 'no reason given'}`, {
+          data: { resource: res.id, reason: found.reason },
+        });
+      }
+      if (found.state === 'running') {
+        if (found.endpoint === undefined) {
+          throw new SmartProxyError('SP_START_FAILED', 'provider reports running but gave no endpoint', { data: { resource: res.id } });
+        }
+        this.#setPhase(inst, 'probing');
+        const remaining = deadline - this.#clock.now();
+        const outcome = await this.#prober.probe(found.endpoint, res.probe, timeoutSignal(this.#clock, Math.min(res.probe.timeoutMs, Math.max(1, remaining))));
+        this.#checkLive(inst, gen, deadline);
+        if (outcome.ok) return found.endpoint;
+        this.#log.debug({ resource: res.id, instance: inst.key, reason: outcome.reason }, 'probe not yet passing');
+        await this.#sleep(res.probeIntervalMs, inst, gen, deadline);
+        continue;
+      }
+      if (found.state === 'stopped' && inst.phase === 'booting' && this.#clock.now() - inst.startRequestedAt > res.pollIntervalMaxMs * 4) {
+        // An accepted start that the provider forgot (crashed at once, or removed): start again.
+        await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.start(inst.ref, signal), 'start');
+      }
+      await this.#sleep(pollMs, inst, gen, deadline);
+      pollMs = Math.min(res.pollIntervalMaxMs, Math.ceil(pollMs * 1.5));
+    }
+  }
+
+  /** Calls the provider with a per-call timeout; retries retryable errors with backoff and jitter. */
+  async #callWithRetry<T>(inst: Instance, gen: number, deadline: number, call: (signal: AbortSignal) => Promise<T>, what: string): Promise<T> {
+    const res = inst.resource;
+    let backoffMs = 100;
+    for (let attempt = 1; ; attempt++) {
+      this.#checkLive(inst, gen, deadline);
+      const budget = Math.min(res.providerCallTimeoutMs, deadline - this.#clock.now());
+      const signal = timeoutSignal(this.#clock, budget);
+      try {
+        return await call(signal);
+      } catch (err) {
+        this.#checkLive(inst, gen, deadline);
+        const retryable = signal.aborted || (err instanceof ProviderError && err.retryable);
+        if (!retryable) throw err;
+        this.#log.warn({ resource: res.id, instance: inst.key, what, attempt, err: errMessage(err) }, 'provider call failed; retrying');
+        const jittered = backoffMs / 2 + Math.random() * backoffMs / 2;
+        await this.#sleep(jittered, inst, gen, deadline);
+        backoffMs = Math.min(2000, backoffMs * 2);
+      }
+    }
+  }
+
+  #checkLive(inst: Instance, gen: number, deadline: number): void {
+    if (inst.generation !== gen || this.#closed) throw new Aborted();
+    if (this.#clock.now() >= deadline) {
+      throw new SmartProxyError('SP_BOOT_TIMEOUT', undefined, {
+        data: { resource: inst.resource.id, bootTimeoutMs: inst.resource.bootTimeoutMs }, retryAfterS: this.#retryAfterS(inst),
+      });
+    }
+  }
+
+  #sleep(ms: number, inst: Instance, gen: number, deadline: number): Promise<void> {
+    const wait = Math.max(0, Math.min(ms, deadline - this.#clock.now()));
+    return new Promise<void>((resolve) => {
+      this.#clock.setTimeout(() => resolve(), wait);
+    }).then(() => this.#checkLive(inst, gen, deadline));
+  }
+
+  #releaseWaiters(inst: Instance): void {
+    const endpoint = inst.endpoint;
+    if (endpoint === undefined) return;
+    for (const w of [...inst.waiters]) w.resolve(endpoint);
+  }
+
+  #scheduleIdle(inst: Instance): void {
+    const idleMs = inst.resource.idleStopMs;
+    if (idleMs <= 0) return;
+    this.#clearIdle(inst);
+    const check = (): void => {
+      this.#idleTimers.delete(inst);
+      if (inst.status !== 'ready' || this.#closed) return;
+      const idleFor = this.#clock.now() - inst.lastActivityAt;
+      if (inst.activeConnections === 0 && inst.waiters.size === 0 && idleFor >= idleMs) {
+        void this.stop(inst, `idle for ${idleFor} ms`);
+        return;
+      }
+      // Re-check when the current idle period could end at the earliest.
+      const wait = inst.activeConnections > 0 ? idleMs : Math.max(1, idleMs - idleFor);
+      this.#idleTimers.set(inst, this.#clock.setTimeout(check, wait));
+    };
+    this.#idleTimers.set(inst, this.#clock.setTimeout(check, idleMs));
+  }
+
+  #clearIdle(inst: Instance): void {
+    this.#idleTimers.get(inst)?.cancel();
+    this.#idleTimers.delete(inst);
+  }
+}
+
+/**
+ * In `groups` mode: the best instance whose groups are a subset of the request's groups:
+ * ready first, then starting (joining its boot instead of starting another machine).
+ */
+function pickSubsetInstance(instances: Iterable<Instance>, groups: readonly string[]): Instance | undefined {
+  let starting: Instance | undefined;
+  for (const inst of instances) {
+    if (inst.status !== 'ready' && inst.status !== 'starting') continue;
+    if (!isSubset(inst.groups, groups)) continue;
+    if (inst.status === 'ready') return inst;
+    starting ??= inst;
+  }
+  return starting;
+}
+
+/** Both sorted ascending: is every element of `sub` in `sup`? */
+export function isSubset(sub: readonly string[], sup: readonly string[]): boolean {
+  let j = 0;
+  for (const s of sub) {
+    while (j < sup.length && (sup[j] as string) < s) j++;
+    if (sup[j] !== s) return false;
+    j++;
+  }
+  return true;
+}
+
+/** An AbortSignal that aborts after `ms` on the given clock (so tests can drive it). */
+export function timeoutSignal(clock: Clock, ms: number): AbortSignal {
+  const ac = new AbortController();
+  clock.setTimeout(() => ac.abort(new SmartProxyError('SP_PROVIDER_ERROR', `timed out after ${ms} ms`)), ms);
+  return ac.signal;
+}
+
+function toStartFailure(err: unknown, resourceId: string, elapsedMs: number): SmartProxyError {
+  if (isSmartProxyError(err) && (err.code === 'SP_BOOT_TIMEOUT' || err.code === 'SP_START_FAILED')) return err;
+  return new SmartProxyError('SP_START_FAILED', `start failed after ${elapsedMs} ms: ${errMessage(err)}`, {
+    data: { resource: resourceId }, cause: err,
+  });
+}
+
+function errMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
