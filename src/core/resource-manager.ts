@@ -47,7 +47,7 @@ export type ManagerListener = (event: ManagerEvent) => void;
 
 interface Waiter {
   readonly resolve: (endpoint: string) => void;
-  readonly reject: (err: unknown) => void;
+  readonly reject: (err: Error) => void;
 }
 
 /**
@@ -222,13 +222,12 @@ export class ResourceManager {
       }));
     }
     const { signal, timeoutMs } = options;
-    if (signal?.aborted === true) return Promise.reject(signal.reason);
+    if (signal?.aborted === true) return Promise.reject(asError(signal.reason));
 
     return new Promise<string>((resolve, reject) => {
-      let timer: TimerHandle | undefined;
       const done = (): void => {
         inst.waiters.delete(waiter);
-        timer?.cancel();
+        timer.cancel();
         signal?.removeEventListener('abort', onAbort);
         this.#heldTotal--;
         this.#heldByResource.set(resourceId, (this.#heldByResource.get(resourceId) ?? 1) - 1);
@@ -237,12 +236,12 @@ export class ResourceManager {
         resolve: (endpoint) => { done(); resolve(endpoint); },
         reject: (err) => { done(); reject(err); },
       };
-      const onAbort = (): void => waiter.reject(signal?.reason);
+      const onAbort = (): void => waiter.reject(asError(signal?.reason));
       inst.waiters.add(waiter);
       this.#heldTotal++;
       this.#heldByResource.set(resourceId, heldHere + 1);
       signal?.addEventListener('abort', onAbort, { once: true });
-      timer = this.#clock.setTimeout(() => {
+      const timer: TimerHandle = this.#clock.setTimeout(() => {
         waiter.reject(new SmartProxyError('SP_BOOT_TIMEOUT', undefined, {
           data: { resource: resourceId, waitedMs: timeoutMs }, retryAfterS: this.#retryAfterS(inst),
         }));
@@ -552,6 +551,10 @@ function toStartFailure(err: unknown, resourceId: string, elapsedMs: number): Sm
   return new SmartProxyError('SP_START_FAILED', `start failed after ${elapsedMs} ms: ${errMessage(err)}`, {
     data: { resource: resourceId }, cause: err,
   });
+}
+
+function asError(reason: unknown): Error {
+  return reason instanceof Error ? reason : new Error(String(reason));
 }
 
 function errMessage(err: unknown): string {

@@ -1,0 +1,155 @@
+/**
+ * Reads the configuration once: YAML → schema → typed `Config`. Errors name the field, the
+ * value, what was expected and the line, so an operator can fix a file without reading code.
+ */
+import { readFile } from 'node:fs/promises';
+import { LineCounter, parseDocument, isNode, type Document } from 'yaml';
+import type { z } from 'zod';
+import { configSchema, type Config, type ProbeConfig, type ProviderConfig, type ResourceConfig } from './schema.ts';
+import { SmartProxyError } from '../core/errors.ts';
+
+export class ConfigError extends SmartProxyError {
+  readonly problems: readonly string[];
+
+  constructor(source: string, problems: readonly string[]) {
+    super('SP_CONFIG_INVALID', `invalid configuration in ${source}:\n  - ${problems.join('\n  - ')}`);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+/** Parses and validates YAML text. `source` names the file in messages. */
+export function parseConfig(text: string, source = '<config>'): Config {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(source, doc.errors.map((e) => {
+      const pos = e.linePos?.[0];
+      return `${pos ? `line ${pos.line}, column ${pos.col}: ` : ''}${e.message.split('\n')[0] ?? e.message}`;
+    }));
+  }
+  const raw: unknown = doc.toJS({ maxAliasCount: 100 }) ?? {};
+  const result = configSchema.safeParse(raw);
+  if (!result.success) {
+    throw new ConfigError(source, result.error.issues.map((issue) => describeIssue(issue, raw, doc, lineCounter)));
+  }
+  return result.data;
+}
+
+/** Reads and validates a YAML file. */
+export async function loadConfigFile(file: string): Promise<Config> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(file, [`cannot read the file: ${(err as Error).message}`]);
+  }
+  return parseConfig(text, file);
+}
+
+function describeIssue(issue: z.core.$ZodIssue, raw: unknown, doc: Document, lines: LineCounter): string {
+  const path = issue.path.map(String);
+  const field = path.length > 0 ? path.join('.') : '(top level)';
+  let where = '';
+  const node = doc.getIn(issue.path, true);
+  const range = isNode(node) ? node.range : undefined;
+  if (range) {
+    const pos = lines.linePos(range[0]);
+    where = `line ${pos.line}: `;
+  }
+  let valueText = '';
+  const value = getPath(raw, issue.path);
+  if (value !== undefined && issue.code !== 'unrecognized_keys') {
+    valueText = ` (got ${truncate(JSON.stringify(value))})`;
+  }
+  let message = issue.message;
+  if (issue.code === 'unrecognized_keys') message = `unknown field(s) ${issue.keys.map((k) => `"${k}"`).join(', ')}`;
+  return `${where}${field}: ${message}${valueText}`;
+}
+
+function getPath(root: unknown, path: readonly PropertyKey[]): unknown {
+  let cur = root;
+  for (const key of path) {
+    if (cur === null || typeof cur !== 'object') return undefined;
+    cur = (cur as Record<PropertyKey, unknown>)[key];
+  }
+  return cur;
+}
+
+function truncate(s: string | undefined, max = 80): string {
+  if (s === undefined) return 'undefined';
+  return s.length > max ? `${s.slice(0, max)}…` : s;
+}
+
+/** A resource with the defaults merged in, every field present. */
+export interface EffectiveResource {
+  readonly id: string;
+  readonly provider: ProviderConfig;
+  readonly providerName: string;
+  readonly serviceId: string;
+  readonly sharing: 'shared' | 'groups' | 'user';
+  readonly bootTimeoutMs: number;
+  readonly holdTimeoutMs: number;
+  readonly probe: ProbeConfig;
+  readonly probeIntervalMs: number;
+  readonly pollIntervalMinMs: number;
+  readonly pollIntervalMaxMs: number;
+  readonly providerCallTimeoutMs: number;
+  readonly failureCooldownMs: number;
+  readonly maxHeldRequests: number;
+  readonly idleStopMs: number;
+}
+
+const defaultProbe: ProbeConfig = { kind: 'http', path: '/', expectStatus: ['2xx', '3xx', '4xx'], timeoutMs: 1000 };
+
+const builtinDefaults = {
+  sharing: 'shared',
+  bootTimeoutMs: 60_000,
+  probe: defaultProbe,
+  probeIntervalMs: 20,
+  pollIntervalMinMs: 20,
+  pollIntervalMaxMs: 250,
+  providerCallTimeoutMs: 10_000,
+  failureCooldownMs: 5_000,
+  idleStopMs: 0,
+} as const;
+
+/** Merges resource, resourceDefaults and built-in defaults, in that order of precedence. */
+export function effectiveResources(cfg: Config): EffectiveResource[] {
+  const d = cfg.resourceDefaults;
+  return Object.entries(cfg.resources).map(([id, r]: [string, ResourceConfig]) => {
+    const provider = typeof r.provider === 'string' ? cfg.providers[r.provider] : r.provider;
+    if (provider === undefined) throw new ConfigError('<config>', [`resources.${id}.provider: unknown provider "${typeof r.provider === 'string' ? r.provider : r.provider.kind}"`]);
+    const bootTimeoutMs = r.bootTimeoutMs ?? d.bootTimeoutMs ?? builtinDefaults.bootTimeoutMs;
+    return {
+      id,
+      provider,
+      providerName: typeof r.provider === 'string' ? r.provider : `${id}:inline`,
+      serviceId: r.serviceId ?? id,
+      sharing: r.sharing ?? d.sharing ?? builtinDefaults.sharing,
+      bootTimeoutMs,
+      holdTimeoutMs: r.holdTimeoutMs ?? d.holdTimeoutMs ?? bootTimeoutMs,
+      probe: r.probe ?? d.probe ?? builtinDefaults.probe,
+      probeIntervalMs: r.probeIntervalMs ?? d.probeIntervalMs ?? builtinDefaults.probeIntervalMs,
+      pollIntervalMinMs: r.pollIntervalMinMs ?? d.pollIntervalMinMs ?? builtinDefaults.pollIntervalMinMs,
+      pollIntervalMaxMs: r.pollIntervalMaxMs ?? d.pollIntervalMaxMs ?? builtinDefaults.pollIntervalMaxMs,
+      providerCallTimeoutMs: r.providerCallTimeoutMs ?? d.providerCallTimeoutMs ?? builtinDefaults.providerCallTimeoutMs,
+      failureCooldownMs: r.failureCooldownMs ?? d.failureCooldownMs ?? builtinDefaults.failureCooldownMs,
+      maxHeldRequests: r.maxHeldRequests ?? d.maxHeldRequests ?? cfg.limits.maxHeldRequestsPerResource,
+      idleStopMs: r.idleStopMs ?? d.idleStopMs ?? builtinDefaults.idleStopMs,
+    };
+  });
+}
+
+/** Expands `["2xx", 404]` into the list of statuses. */
+export function expandStatuses(spec: ReadonlyArray<number | string>): number[] {
+  const out = new Set<number>();
+  for (const s of spec) {
+    if (typeof s === 'number') out.add(s);
+    else {
+      const base = Number(s[0]) * 100;
+      for (let i = 0; i < 100; i++) out.add(base + i);
+    }
+  }
+  return [...out].sort((a, b) => a - b);
+}

@@ -1,0 +1,98 @@
+/**
+ * The one place where domain errors become HTTP: a status per code, `application/problem+json`
+ * (RFC 9457) for API clients, a short HTML page for browsers. Never a stack trace.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { SmartProxyError, errorCatalogue, type ErrorCode } from '../core/errors.ts';
+
+export const statusByCode: Readonly<Record<ErrorCode, number>> = {
+  SP_ROUTE_BAD_TARGET: 400,
+  SP_ROUTE_NOT_FOUND: 404,
+  SP_ACCESS_UNAUTHENTICATED: 401,
+  SP_ACCESS_DENIED: 403,
+  SP_LIMIT_EXCEEDED: 429,
+  SP_HOLD_QUEUE_FULL: 503,
+  SP_HOLD_BYTES_FULL: 503,
+  SP_BOOT_TIMEOUT: 504,
+  SP_START_FAILED: 502,
+  SP_RESOURCE_FAILED: 503,
+  SP_UPSTREAM_UNAVAILABLE: 502,
+  SP_UPSTREAM_TIMEOUT: 504,
+  SP_BODY_TOO_LARGE: 413,
+  SP_SHUTTING_DOWN: 503,
+  SP_PROVIDER_ERROR: 502,
+  SP_CONFIG_INVALID: 500,
+  SP_INTERNAL: 500,
+};
+
+const titles: Readonly<Record<number, string>> = {
+  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 413: 'Content Too Large',
+  429: 'Too Many Requests', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
+};
+
+export function toSmartProxyError(err: unknown): SmartProxyError {
+  if (err instanceof SmartProxyError) return err;
+  return new SmartProxyError('SP_INTERNAL', errorCatalogue.SP_INTERNAL, { cause: err });
+}
+
+/** Does the client prefer HTML (a browser navigation)? */
+export function wantsHtml(req: IncomingMessage): boolean {
+  const accept = req.headers.accept;
+  return accept !== undefined && accept.includes('text/html');
+}
+
+export interface ProblemBody {
+  readonly type: string;
+  readonly title: string;
+  readonly status: number;
+  readonly detail: string;
+  readonly code: ErrorCode;
+  readonly instance?: string | undefined;
+  readonly [extension: string]: unknown;
+}
+
+export function problemOf(err: SmartProxyError, instance?: string): ProblemBody {
+  const status = statusByCode[err.code];
+  return {
+    ...err.data,
+    type: `tag:smart-proxy,2026:${err.code}`,
+    title: titles[status] ?? 'Error',
+    status,
+    detail: err.message,
+    code: err.code,
+    instance,
+  };
+}
+
+const escapeHtml = (s: string): string =>
+  s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c] ?? c);
+
+/**
+ * Answers `err`. When the response head is already out, the only honest signal left is to
+ * cut the connection, so the client sees a truncated response rather than a spliced one.
+ */
+export function sendError(req: IncomingMessage, res: ServerResponse, err: unknown, extraHeaders?: Record<string, string>): void {
+  const e = toSmartProxyError(err);
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  if (res.destroyed || res.writableEnded) return;
+  const problem = problemOf(e, req.url?.split('?')[0]);
+  const headers: Record<string, string> = { 'cache-control': 'no-store', ...extraHeaders };
+  if (e.retryAfterS !== undefined) headers['retry-after'] = String(e.retryAfterS);
+  let body: string;
+  if (wantsHtml(req)) {
+    headers['content-type'] = 'text/html; charset=utf-8';
+    body = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${problem.status} ${escapeHtml(problem.title)}</title>`
+      + '<meta name="viewport" content="width=device-width,initial-scale=1"></head>'
+      + `<body style="font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#1a1a1a"><main><h1>${problem.status} ${escapeHtml(problem.title)}</h1>`
+      + `<p>${escapeHtml(problem.detail)}</p><p><small>${e.code}</small></p></main></body></html>`;
+  } else {
+    headers['content-type'] = 'application/problem+json';
+    body = JSON.stringify(problem);
+  }
+  headers['content-length'] = String(Buffer.byteLength(body));
+  res.writeHead(problem.status, headers);
+  res.end(req.method === 'HEAD' ? undefined : body);
+}

@@ -1,0 +1,128 @@
+/**
+ * Header work for forwarding, done in one pass over the raw header list.
+ *
+ * Hop-by-hop headers (RFC 9110 §7.6.1: Connection, Proxy-Connection, Keep-Alive, TE,
+ * Transfer-Encoding, Upgrade, and every name listed in Connection) are not forwarded.
+ * `X-Forwarded-*` and `Forwarded` come from what the proxy knows; a client's own values are
+ * believed only when it is a configured trusted proxy. Protected names (the identity headers
+ * the proxy sets for backends) are removed whatever their spelling: Node accepts
+ * `X_Forwarded_User`, and some backends (CGI, PHP, WSGI) fold `_` and `-` together, so the
+ * comparison folds them too.
+ */
+import { BlockList, isIP } from 'node:net';
+
+const HOP_BY_HOP = new Set([
+  'connection', 'proxy-connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade',
+  'proxy-authorization', 'proxy-authenticate', 'host', 'http2-settings',
+]);
+
+const FORWARDING = new Set(['forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-prefix', 'x-forwarded-port', 'x-real-ip']);
+
+/** Folds a header name for comparison: lower case, `_` as `-`. */
+export function foldName(name: string): string {
+  return name.toLowerCase().replaceAll('_', '-');
+}
+
+/** Addresses and CIDRs whose forwarding headers are believed. */
+export class TrustedProxies {
+  readonly #list = new BlockList();
+  readonly empty: boolean;
+
+  constructor(entries: readonly string[]) {
+    for (const e of entries) {
+      const [addr, bits] = e.split('/');
+      const family = isIP(addr ?? '');
+      if (family === 0) throw new Error(`trustedProxies: "${e}" is not an IP address or CIDR`);
+      const type = family === 6 ? 'ipv6' : 'ipv4';
+      if (bits === undefined) this.#list.addAddress(addr as string, type);
+      else {
+        const prefix = Number(bits);
+        if (!Number.isInteger(prefix) || prefix < 0 || prefix > (family === 6 ? 128 : 32)) {
+          throw new Error(`trustedProxies: "${e}" has an invalid prefix length`);
+        }
+        this.#list.addSubnet(addr as string, prefix, type);
+      }
+    }
+    this.empty = entries.length === 0;
+  }
+
+  has(address: string | undefined): boolean {
+    if (this.empty || address === undefined) return false;
+    const v4mapped = address.startsWith('::ffff:') ? address.slice(7) : address;
+    const family = isIP(v4mapped);
+    if (family === 0) return false;
+    return this.#list.check(v4mapped, family === 6 ? 'ipv6' : 'ipv4');
+  }
+}
+
+export interface ForwardContext {
+  readonly remoteAddress: string | undefined;
+  readonly encrypted: boolean;
+  readonly trusted: boolean;
+  readonly prefix: string;
+  /** Folded names (see foldName) to drop from the client's request. */
+  readonly protectedNames: ReadonlySet<string>;
+  /** Extra headers to add (identity for the backend), already safe to send. */
+  readonly extra?: ReadonlyArray<readonly [string, string]> | undefined;
+}
+
+/** Builds the upstream request's headers as a flat [name, value, …] list. */
+export function upstreamHeaders(rawHeaders: readonly string[], ctx: ForwardContext): string[] {
+  let connectionListed: Set<string> | undefined;
+  let host = '';
+  let clientXff = '';
+  let clientProto = '';
+  let clientHost = '';
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = (rawHeaders[i] as string).toLowerCase();
+    if (name === 'connection') {
+      for (const token of (rawHeaders[i + 1] as string).split(',')) {
+        const t = token.trim().toLowerCase();
+        if (t.length > 0) (connectionListed ??= new Set()).add(t);
+      }
+    } else if (name === 'host') host = rawHeaders[i + 1] as string;
+    else if (name === 'x-forwarded-for') clientXff = clientXff ? `${clientXff}, ${rawHeaders[i + 1]}` : (rawHeaders[i + 1] as string);
+    else if (name === 'x-forwarded-proto') clientProto = rawHeaders[i + 1] as string;
+    else if (name === 'x-forwarded-host') clientHost = rawHeaders[i + 1] as string;
+  }
+  const out: string[] = [];
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const rawName = rawHeaders[i] as string;
+    const name = rawName.toLowerCase();
+    if (HOP_BY_HOP.has(name) || connectionListed?.has(name) === true) continue;
+    const folded = name.includes('_') ? name.replaceAll('_', '-') : name;
+    if (FORWARDING.has(folded) || ctx.protectedNames.has(folded)) continue;
+    out.push(rawName, rawHeaders[i + 1] as string);
+  }
+  const remote = ctx.remoteAddress ?? '';
+  const proto = ctx.encrypted ? 'https' : 'http';
+  out.push(
+    'x-forwarded-for', ctx.trusted && clientXff ? `${clientXff}, ${remote}` : remote,
+    'x-forwarded-proto', ctx.trusted && clientProto ? clientProto : proto,
+    'x-forwarded-host', ctx.trusted && clientHost ? clientHost : host,
+    'x-forwarded-prefix', ctx.prefix,
+  );
+  if (ctx.extra) for (const [n, v] of ctx.extra) out.push(n, v);
+  return out;
+}
+
+const RESPONSE_HOP_BY_HOP = new Set(['connection', 'proxy-connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
+
+/**
+ * Filters a backend response's headers (undici's object form) into a flat list for
+ * `res.writeHead`, dropping hop-by-hop fields and those the backend's Connection names.
+ */
+export function downstreamHeaders(headers: Record<string, string | string[] | undefined>): string[] {
+  const connection = headers.connection;
+  const listed = connection === undefined ? undefined
+    : new Set((Array.isArray(connection) ? connection.join(',') : connection).split(',').map((t) => t.trim().toLowerCase()));
+  const out: string[] = [];
+  for (const name in headers) {
+    if (RESPONSE_HOP_BY_HOP.has(name) || listed?.has(name) === true) continue;
+    const value = headers[name];
+    if (value === undefined) continue;
+    if (Array.isArray(value)) for (const v of value) out.push(name, v);
+    else out.push(name, value);
+  }
+  return out;
+}

@@ -1,0 +1,138 @@
+/**
+ * Parses a request target once, strictly, before any routing:
+ * `/smart_proxy/{resource_id}/{required_groups}/rest/of/path?query`.
+ *
+ * Everything that could make two parties disagree about which path is meant is refused with
+ * SP_ROUTE_BAD_TARGET (400): dot segments raw or percent-encoded (RFC 3986 §5.2.4), empty
+ * segments (`//`), backslashes (some servers treat them as `/`), malformed or control-character
+ * percent-encoding, and targets that are not origin-form (RFC 9112 §3.2: absolute-form,
+ * authority-form and `*` have no business at a reverse proxy). The forwarded rest is passed
+ * on byte for byte as the client sent it (it is already checked), so the backend sees exactly
+ * what was validated here.
+ */
+import { SmartProxyError } from '../core/errors.ts';
+
+export interface ParsedTarget {
+  readonly resourceId: string;
+  /** Groups named in the URL, sorted and unique; `[]` for the `-` placeholder. */
+  readonly groups: readonly string[];
+  /** True when the URL used the placeholder `-` ("all the groups I hold"). */
+  readonly allGroups: boolean;
+  /** `/smart_proxy/as1/g1,g2`: the prefix the backend does not see (X-Forwarded-Prefix). */
+  readonly prefix: string;
+  /** The forwarded path, starting with `/`, without the query. */
+  readonly path: string;
+  /** The query with its leading `?`, or `''`. */
+  readonly query: string;
+}
+
+export const GROUPS_PLACEHOLDER = '-';
+const GROUP_RE = /^[A-Za-z0-9._~@+:=-]{1,128}$/;
+const MAX_GROUPS = 64;
+
+function bad(reason: string): SmartProxyError {
+  return new SmartProxyError('SP_ROUTE_BAD_TARGET', `bad request target: ${reason}`, { data: { reason } });
+}
+
+function notFound(reason: string): SmartProxyError {
+  return new SmartProxyError('SP_ROUTE_NOT_FOUND', reason);
+}
+
+/**
+ * Validates the path part of a target. Returns the reason it is unsafe, or undefined.
+ * Checks run on the raw bytes, so `%2e%2E` and `.` are caught alike.
+ */
+export function unsafePathReason(path: string): string | undefined {
+  if (path.includes('\\')) return 'backslash in path';
+  if (path.includes('//')) return 'empty path segment ("//")';
+  if (path.includes('#')) return 'fragment in target';
+  for (let i = 0; i < path.length; i++) {
+    const c = path.charCodeAt(i);
+    if (c <= 0x20 || c === 0x7f) return 'control character or space in path';
+    if (c === 0x25 /* % */) {
+      const h = path.slice(i + 1, i + 3);
+      if (!/^[0-9A-Fa-f]{2}$/.test(h)) return 'malformed percent-encoding';
+      const byte = parseInt(h, 16);
+      if (byte < 0x20 || byte === 0x7f) return 'encoded control character';
+      if (byte === 0x5c) return 'encoded backslash';
+      i += 2;
+    }
+  }
+  // Dot segments, raw or percent-encoded, anywhere (including the last segment).
+  for (const seg of path.split('/')) {
+    const norm = seg.replace(/%2e/gi, '.');
+    if (norm === '.' || norm === '..') return 'dot segment in path';
+  }
+  return undefined;
+}
+
+/** The prefix every proxied URL starts with, as in the original. */
+export const BASE_PATH = '/smart_proxy';
+
+/** Parses `req.url` as received. Throws SmartProxyError (400 or 404). */
+export function parseTarget(rawUrl: string | undefined): ParsedTarget {
+  if (rawUrl === undefined || rawUrl.length === 0) throw bad('empty target');
+  if (rawUrl === '*') throw bad('asterisk-form target');
+  if (rawUrl.charCodeAt(0) !== 0x2f /* / */) throw bad('not origin-form (absolute-form or authority-form target)');
+  const q = rawUrl.indexOf('?');
+  const path = q === -1 ? rawUrl : rawUrl.slice(0, q);
+  const query = q === -1 ? '' : rawUrl.slice(q);
+  const reason = unsafePathReason(path);
+  if (reason !== undefined) throw bad(reason);
+  if (query.includes('#')) throw bad('fragment in target');
+
+  if (!path.startsWith(`${BASE_PATH}/`)) throw notFound(`no route: paths start with ${BASE_PATH}/{resource_id}/{groups}/`);
+  const afterBase = BASE_PATH.length + 1;
+  const s1 = path.indexOf('/', afterBase);
+  if (s1 === -1) throw notFound(`no route: ${BASE_PATH}/{resource_id}/{groups}/ needs the groups segment (use "-" for all the groups you hold)`);
+  const s2 = path.indexOf('/', s1 + 1);
+  const idRaw = path.slice(afterBase, s1);
+  const groupsRaw = s2 === -1 ? path.slice(s1 + 1) : path.slice(s1 + 1, s2);
+  const rest = s2 === -1 ? '/' : path.slice(s2);
+
+  const resourceId = decodeSegment(idRaw, 'resource id');
+  if (resourceId.length === 0) throw notFound('no route: empty resource id');
+  const groupsText = decodeSegment(groupsRaw, 'groups');
+  let groups: string[] = [];
+  let allGroups = false;
+  if (groupsText === GROUPS_PLACEHOLDER) {
+    allGroups = true;
+  } else if (groupsText.length > 0) {
+    const parts = groupsText.split(',');
+    if (parts.length > MAX_GROUPS) throw bad(`more than ${MAX_GROUPS} groups`);
+    for (const g of parts) {
+      if (!GROUP_RE.test(g)) throw bad(`invalid group name "${g.slice(0, 40)}"`);
+    }
+    groups = [...new Set(parts)].sort();
+  } else {
+    throw bad('empty groups segment (use "-" for all the groups you hold)');
+  }
+  return {
+    resourceId,
+    groups,
+    allGroups,
+    prefix: s2 === -1 ? path : path.slice(0, s2),
+    path: rest,
+    query,
+  };
+}
+
+function decodeSegment(raw: string, what: string): string {
+  if (!raw.includes('%')) return raw;
+  let out: string;
+  try {
+    out = decodeURIComponent(raw);
+  } catch {
+    throw bad(`malformed percent-encoding in ${what}`);
+  }
+  if (out.includes('/')) throw bad(`encoded "/" in ${what}`);
+  return out;
+}
+
+/** Joins an endpoint's own path prefix (`http://h:p/vm/1`) with the forwarded path. */
+export function joinUpstreamPath(endpointPath: string, path: string, query: string): string {
+  if (endpointPath === '' || endpointPath === '/') return path + query;
+  const base = endpointPath.endsWith('/') ? endpointPath.slice(0, -1) : endpointPath;
+  // The original's VM answered only its exact path: `/` forwards to `/vm/1`, not `/vm/1/`.
+  return (path === '/' ? base : base + path) + query;
+}

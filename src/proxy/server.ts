@@ -1,0 +1,246 @@
+/**
+ * The data plane: `node:http` in front, undici to the backends. One request goes through
+ * the steps in `handle`, in this order, and nothing with a side effect (a provider call, a
+ * held slot, a body read) happens before route → identify → authorize have passed
+ * (DESIGN.md rule 5).
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { setTimeout as delay } from 'node:timers/promises';
+import { SmartProxyError } from '../core/errors.ts';
+import type { Logger } from '../core/ports.ts';
+import type { Instance, ResourceManager, ResourceRuntime } from '../core/resource-manager.ts';
+import { sendError } from './error-response.ts';
+import { UpstreamPools, type UpstreamOptions } from './forward-http.ts';
+import { TrustedProxies, upstreamHeaders } from './headers.ts';
+import { joinUpstreamPath, parseTarget, type ParsedTarget } from './route.ts';
+
+/** A resource as the data plane sees it. */
+export interface RoutedResource {
+  readonly runtime: ResourceRuntime;
+  /** Longest hold of one request. */
+  readonly holdTimeoutMs: number;
+}
+
+/** Who is asking, as far as the proxy could verify. */
+export interface Identity {
+  readonly user: string | undefined;
+  /** Groups the identity really holds (sorted, unique). */
+  readonly groups: readonly string[];
+}
+
+/**
+ * The identify step: turns a request into an identity, or an error (401). This issue's
+ * default trusts the URL's groups, as the original did; the access layer replaces it with
+ * verified identities.
+ */
+export type Identify = (req: IncomingMessage, route: ParsedTarget, resource: RoutedResource) => Identity | SmartProxyError;
+
+/**
+ * The authorize step: decides which groups the request acts with (the instance is chosen
+ * by them), or refuses with an error (403). Runs before any side effect.
+ */
+export type Authorize = (identity: Identity, route: ParsedTarget, resource: RoutedResource) => readonly string[] | SmartProxyError;
+
+export const urlGroupsIdentity: Identify = (_req, route) => ({ user: undefined, groups: route.groups });
+export const allowActingGroups: Authorize = (identity) => identity.groups;
+
+export interface ProxyServerOptions {
+  readonly manager: ResourceManager;
+  readonly resources: ReadonlyMap<string, RoutedResource>;
+  readonly logger: Logger;
+  readonly upstream: UpstreamOptions;
+  readonly trustedProxies: readonly string[];
+  readonly headersTimeoutMs: number;
+  readonly keepAliveTimeoutMs: number;
+  readonly maxHeaderBytes: number;
+  readonly identify?: Identify;
+  readonly authorize?: Authorize;
+  /** Folded header names never passed from clients to backends (identity headers). */
+  readonly protectedHeaders?: readonly string[];
+}
+
+/** Retries of the first forward after readiness when the connection is refused. */
+const FRESH_RETRY_DELAYS_MS = [10, 30, 90];
+/** How often one request may go back to waiting after its backend vanished. */
+const MAX_REHOLDS = 2;
+
+export class ProxyServer {
+  readonly server: Server;
+  readonly pools: UpstreamPools;
+  readonly #manager: ResourceManager;
+  readonly #resources: ReadonlyMap<string, RoutedResource>;
+  readonly #log: Logger;
+  readonly #trusted: TrustedProxies;
+  readonly #identify: Identify;
+  readonly #authorize: Authorize;
+  readonly #protected: ReadonlySet<string>;
+  readonly #sockets = new Set<Socket>();
+  #draining = false;
+
+  constructor(options: ProxyServerOptions) {
+    this.#manager = options.manager;
+    this.#resources = options.resources;
+    this.#log = options.logger;
+    this.#trusted = new TrustedProxies(options.trustedProxies);
+    this.#identify = options.identify ?? urlGroupsIdentity;
+    this.#authorize = options.authorize ?? allowActingGroups;
+    this.#protected = new Set(options.protectedHeaders ?? ['x-forwarded-user', 'x-forwarded-groups']);
+    this.pools = new UpstreamPools(options.upstream);
+    this.server = createServer({
+      // Held requests may wait for a whole boot: Node's own request timeout must not cut them.
+      requestTimeout: 0,
+      headersTimeout: options.headersTimeoutMs,
+      keepAliveTimeout: options.keepAliveTimeoutMs,
+      maxHeaderSize: options.maxHeaderBytes,
+    }, (req, res) => {
+      this.handle(req, res).catch((err: unknown) => this.#fail(req, res, err));
+    });
+    this.server.on('connection', (socket: Socket) => {
+      this.#sockets.add(socket);
+      socket.once('close', () => this.#sockets.delete(socket));
+    });
+    // CONNECT has no place at a reverse proxy; answer instead of silently dropping.
+    this.server.on('connect', (_req: IncomingMessage, socket: Socket) => {
+      socket.end('HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+    });
+    this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+      if (socket.writable && !socket.destroyed) {
+        const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
+        socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
+      } else {
+        socket.destroy();
+      }
+    });
+  }
+
+  listen(port: number, host: string): Promise<{ port: number; host: string }> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        const addr = this.server.address();
+        if (addr === null || typeof addr === 'string') reject(new Error('no address'));
+        else resolve({ port: addr.port, host: addr.address });
+      });
+    });
+  }
+
+  /** Stops accepting; new requests on open connections get 503. */
+  startDraining(): void {
+    this.#draining = true;
+    this.server.close();
+    this.server.closeIdleConnections();
+  }
+
+  /** Ends every connection and closes the upstream pools. */
+  async close(): Promise<void> {
+    this.startDraining();
+    for (const s of this.#sockets) s.destroy();
+    await this.pools.close();
+  }
+
+  /** The steps of one request, in order. */
+  async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (this.#draining) {
+      res.shouldKeepAlive = false;
+      throw new SmartProxyError('SP_SHUTTING_DOWN', undefined, { retryAfterS: 1 });
+    }
+    // 1. route: strict target parsing, then the resource table.
+    const route = parseTarget(req.url);
+    const resource = this.#resources.get(route.resourceId);
+    if (resource === undefined) throw new SmartProxyError('SP_ROUTE_NOT_FOUND', `no resource "${route.resourceId}"`, { data: { resource: route.resourceId } });
+    // 2. identify, 3. authorize: before any side effect.
+    const identity = this.#identify(req, route, resource);
+    if (identity instanceof SmartProxyError) throw identity;
+    const acting = this.#authorize(identity, route, resource);
+    if (acting instanceof SmartProxyError) throw acting;
+    // 4. select the instance; a ready one is forwarded at once, with no other call.
+    const inst = this.#manager.selectInstance(resource.runtime, acting, identity.user);
+    this.#manager.touch(inst);
+    const headers = upstreamHeaders(req.rawHeaders, {
+      remoteAddress: req.socket.remoteAddress,
+      encrypted: (req.socket as { encrypted?: boolean }).encrypted === true,
+      trusted: this.#trusted.has(req.socket.remoteAddress),
+      prefix: route.prefix,
+      protectedNames: this.#protected,
+    });
+    let endpoint = inst.status === 'ready' ? inst.endpoint : undefined;
+    // 5. await ready: hold on the local readiness broadcast, never on a provider call.
+    endpoint ??= await this.#hold(req, res, inst, resource);
+    if (endpoint === undefined) return;
+    // 6. forward, with crash repair when the backend turns out to be gone.
+    await this.#forward(req, res, inst, resource, route, headers, endpoint);
+  }
+
+  /** Waits for `inst`; resolves undefined if the client left meanwhile. */
+  async #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource): Promise<string | undefined> {
+    const ac = new AbortController();
+    const onClose = (): void => ac.abort(new ClientGone());
+    res.once('close', onClose);
+    try {
+      return await this.#manager.waitUntilReady(inst, { signal: ac.signal, timeoutMs: resource.holdTimeoutMs });
+    } catch (err) {
+      if (err instanceof ClientGone) return undefined;
+      throw err;
+    } finally {
+      res.off('close', onClose);
+    }
+  }
+
+  async #forward(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource, route: ParsedTarget, headers: string[], firstEndpoint: string): Promise<void> {
+    let endpoint = firstEndpoint;
+    let reholds = 0;
+    let freshRetries = 0;
+    inst.activeConnections++;
+    try {
+      for (;;) {
+        const ep = this.pools.endpoint(endpoint);
+        const outcome = await this.pools.forward(req, res, ep.origin, joinUpstreamPath(ep.pathPrefix, route.path, route.query), headers);
+        if (outcome === 'done') {
+          inst.freshlyReady = false;
+          this.#manager.touch(inst);
+          return;
+        }
+        // Nothing reached the backend. Right after readiness the service may still be
+        // binding its socket: retry briefly before calling it lost.
+        const freshDelay = FRESH_RETRY_DELAYS_MS[freshRetries];
+        if (inst.freshlyReady && freshDelay !== undefined) {
+          freshRetries++;
+          await delay(freshDelay);
+          continue;
+        }
+        this.pools.evict(ep.origin);
+        this.#manager.reportUnreachable(inst, endpoint, 'connection refused or reset before the request was sent');
+        if (reholds++ >= MAX_REHOLDS) {
+          throw new SmartProxyError('SP_UPSTREAM_UNAVAILABLE', 'the backend keeps refusing connections after restarts', { data: { resource: resource.runtime.id } });
+        }
+        const next = await this.#hold(req, res, inst, resource);
+        if (next === undefined) return;
+        endpoint = next;
+      }
+    } finally {
+      inst.activeConnections--;
+    }
+  }
+
+  #fail(req: IncomingMessage, res: ServerResponse, err: unknown): void {
+    if (!(err instanceof SmartProxyError) || err.code === 'SP_INTERNAL') {
+      this.#log.error({ err, url: req.url, method: req.method }, 'request failed unexpectedly');
+    }
+    try {
+      sendError(req, res, err);
+    } catch (sendErr) {
+      this.#log.error({ err: sendErr }, 'could not send error response');
+      res.destroy();
+    }
+    // A request whose body we never read would otherwise leave the connection unusable.
+    if (!req.complete && !res.destroyed) res.shouldKeepAlive = false;
+  }
+}
+
+class ClientGone extends Error {
+  constructor() {
+    super('client closed the connection');
+  }
+}
