@@ -86,6 +86,11 @@ export const configSchema = z.object({
     maxHeldRequests: z.number().int().min(0).default(10_000).describe('Requests held at once over all resources.'),
     maxHeldRequestsPerResource: z.number().int().min(0).default(1_000).describe('Default for resources.*.maxHeldRequests.'),
   }).strict().default({ maxHeldRequests: 10_000, maxHeldRequestsPerResource: 1_000 }),
+  shutdown: z.object({
+    drainTimeoutMs: z.number().int().min(0).optional()
+      .describe('On SIGTERM/SIGINT, in-flight and held requests get this long to finish; default: the longest boot timeout + 5 s.'),
+    stopInstances: z.boolean().default(false).describe('Stop the instances this proxy started when it shuts down.'),
+  }).strict().default({ stopInstances: false }),
   log: z.object({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('info'),
   }).strict().default({ level: 'info' }),

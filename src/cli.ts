@@ -1,0 +1,107 @@
+#!/usr/bin/env node
+/**
+ * Command line: arguments → the right entry point. No logic lives here.
+ */
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { loadConfigFile, ConfigError } from './config/load.ts';
+import { applyEnv } from './config/env.ts';
+import { startApp, createLogger } from './main.ts';
+import { startMockCloud } from './mock-cloud/mock-cloud.ts';
+import { printDemoBanner } from './demo-banner.ts';
+
+const usage = `usage: smart-proxy <command> [options]
+
+commands:
+  start --config FILE [--port N]   run the proxy with a config file
+  demo [--port N]                  run the proxy with the bundled demo config and the embedded mock cloud
+  check-config FILE                validate a config file and exit (0 valid, 1 invalid)
+  mock-cloud [--port N] [--boot-min-ms N] [--boot-max-ms N] [--seed N] [--failure-rate R] [--hang-rate R]
+                                   run the mock cloud alone (the original Atmosphere API)
+`;
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'start':
+    case 'demo': {
+      const { values } = parseArgs({ args: rest, options: { config: { type: 'string' }, port: { type: 'string' } } });
+      const file = values.config ?? (command === 'demo' ? fileURLToPath(new URL('../examples/demo.yaml', import.meta.url)) : undefined);
+      if (file === undefined) {
+        process.stderr.write(`start needs --config FILE\n\n${usage}`);
+        return 2;
+      }
+      const config = applyEnv(await loadConfigFile(file), values.port);
+      const app = await startApp(config);
+      if (command === 'demo') printDemoBanner(app);
+      await new Promise<void>((resolve) => {
+        const stop = (signal: string): void => {
+          process.stderr.write(`\n${signal}: draining and shutting down…\n`);
+          app.close().then(resolve, resolve);
+          // A second signal means "now".
+          process.once('SIGINT', () => process.exit(130));
+        };
+        process.once('SIGINT', () => stop('SIGINT'));
+        process.once('SIGTERM', () => stop('SIGTERM'));
+      });
+      return 0;
+    }
+    case 'check-config': {
+      const file = rest[0];
+      if (file === undefined) {
+        process.stderr.write(`check-config needs a FILE\n\n${usage}`);
+        return 2;
+      }
+      await loadConfigFile(file);
+      process.stdout.write(`${file}: valid\n`);
+      return 0;
+    }
+    case 'mock-cloud': {
+      const { values } = parseArgs({
+        args: rest,
+        options: {
+          host: { type: 'string', default: '127.0.0.1' }, port: { type: 'string', default: '5000' },
+          'boot-min-ms': { type: 'string', default: '0' }, 'boot-max-ms': { type: 'string', default: '10000' },
+          seed: { type: 'string' }, 'failure-rate': { type: 'string', default: '0' }, 'hang-rate': { type: 'string', default: '0' },
+        },
+      });
+      const num = (name: string, v: string): number => {
+        const n = Number(v);
+        if (!Number.isFinite(n) || n < 0) throw new ConfigError('command line', [`--${name}: expected a non-negative number, got "${v}"`]);
+        return n;
+      };
+      const cloud = await startMockCloud({
+        host: values.host, port: num('port', values.port),
+        bootTimeMinMs: num('boot-min-ms', values['boot-min-ms']), bootTimeMaxMs: num('boot-max-ms', values['boot-max-ms']),
+        seed: values.seed === undefined ? undefined : num('seed', values.seed),
+        failureRate: num('failure-rate', values['failure-rate']), hangRate: num('hang-rate', values['hang-rate']),
+        seedData: true,
+      }, createLogger('info'));
+      process.stdout.write(`mock cloud listening on ${cloud.url}\n`);
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      await cloud.close();
+      return 0;
+    }
+    case undefined:
+    case '-h':
+    case '--help':
+    case 'help':
+      process.stdout.write(usage);
+      return command === undefined ? 2 : 0;
+    default:
+      process.stderr.write(`unknown command "${command}"\n\n${usage}`);
+      return 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => { process.exitCode = code; },
+  (err: unknown) => {
+    if (err instanceof ConfigError) process.stderr.write(`${err.message}\n`);
+    else process.stderr.write(`smart-proxy: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,16 @@
+/**
+ * The only place the environment is read (DESIGN.md rule 7). Precedence: flags, then
+ * environment, then the file.
+ */
+import type { Config } from './schema.ts';
+import { ConfigError } from './load.ts';
+
+export function applyEnv(config: Config, portFlag?: string): Config {
+  const raw = portFlag ?? process.env.SMART_PROXY_PORT;
+  if (raw === undefined || raw === '') return config;
+  const port = Number(raw);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new ConfigError(portFlag === undefined ? 'SMART_PROXY_PORT' : '--port', [`listen.port: expected an integer 0-65535, got "${raw}"`]);
+  }
+  return { ...config, listen: { ...config.listen, port } };
+}

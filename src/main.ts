@@ -1,0 +1,168 @@
+/**
+ * The composition root: builds every object in order from a validated config, and owns the
+ * shutdown order. Nothing else wires components together.
+ */
+import { pino } from 'pino';
+import type { Config } from './config/schema.ts';
+import { effectiveResources, expandStatuses, type EffectiveResource } from './config/load.ts';
+import { systemClock } from './core/clock.ts';
+import { SmartProxyError } from './core/errors.ts';
+import type { Clock, Logger, ProbeSpec, Provider } from './core/ports.ts';
+import { ResourceManager, type ResourceRuntime } from './core/resource-manager.ts';
+import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
+import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
+import { netProber } from './proxy/probe.ts';
+import { ProxyServer, type RoutedResource } from './proxy/server.ts';
+
+export interface AppOptions {
+  readonly logger?: Logger;
+  readonly clock?: Clock;
+  /** Extra providers by name (tests), taking precedence over the configured ones. */
+  readonly providers?: ReadonlyMap<string, Provider>;
+}
+
+export interface App {
+  readonly proxyUrl: string;
+  readonly mockCloud: MockCloud | undefined;
+  readonly manager: ResourceManager;
+  readonly proxy: ProxyServer;
+  readonly config: Config;
+  /** Graceful shutdown, in the order written below. Idempotent. */
+  close(): Promise<void>;
+}
+
+export function createLogger(level: Config['log']['level']): Logger {
+  return pino({ level, base: undefined, timestamp: pino.stdTimeFunctions.isoTime });
+}
+
+function toProbeSpec(r: EffectiveResource): ProbeSpec {
+  return r.probe.kind === 'http'
+    ? { kind: 'http', path: r.probe.path, expectStatus: expandStatuses(r.probe.expectStatus), timeoutMs: r.probe.timeoutMs }
+    : { kind: 'tcp', timeoutMs: r.probe.timeoutMs };
+}
+
+export async function startApp(config: Config, options: AppOptions = {}): Promise<App> {
+  const log = options.logger ?? createLogger(config.log.level);
+  const clock = options.clock ?? systemClock;
+  const closers: Array<() => Promise<void>> = [];
+  try {
+    // 1. The embedded mock cloud, when asked for (demo, tests).
+    let mockCloud: MockCloud | undefined;
+    if (config.mockCloud.enabled) {
+      mockCloud = await startMockCloud(config.mockCloud, log);
+      const mc = mockCloud;
+      closers.push(() => mc.close());
+      log.info({ url: mockCloud.url }, 'mock cloud listening');
+    }
+
+    // 2. Providers: one per named entry, one per inline definition.
+    const providers = new Map<string, Provider>();
+    const resources = effectiveResources(config);
+    const serviceIds = new Map(resources.map((r) => [r.id, r.serviceId]));
+    const providerFor = (r: EffectiveResource): Provider => {
+      const injected = options.providers?.get(r.providerName);
+      if (injected !== undefined) return injected;
+      const existing = providers.get(r.providerName);
+      if (existing !== undefined) return existing;
+      const p = buildProvider(r, mockCloud, serviceIds);
+      providers.set(r.providerName, p);
+      return p;
+    };
+
+    // 3. The control plane.
+    const manager = new ResourceManager({ clock, prober: netProber, logger: log, maxHeldRequestsTotal: config.limits.maxHeldRequests });
+    const routed = new Map<string, RoutedResource>();
+    for (const r of resources) {
+      const runtime: ResourceRuntime = {
+        id: r.id,
+        provider: providerFor(r),
+        sharing: r.sharing,
+        bootTimeoutMs: r.bootTimeoutMs,
+        probe: toProbeSpec(r),
+        probeIntervalMs: r.probeIntervalMs,
+        pollIntervalMinMs: r.pollIntervalMinMs,
+        pollIntervalMaxMs: r.pollIntervalMaxMs,
+        providerCallTimeoutMs: r.providerCallTimeoutMs,
+        failureCooldownMs: r.failureCooldownMs,
+        maxHeldRequests: r.maxHeldRequests,
+        idleStopMs: r.idleStopMs,
+      };
+      routed.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs });
+    }
+
+    // 4. The data plane, last: traffic arrives only once everything behind it exists.
+    const proxy = new ProxyServer({
+      manager,
+      resources: routed,
+      logger: log,
+      upstream: config.upstream,
+      trustedProxies: config.trustedProxies,
+      headersTimeoutMs: config.server.headersTimeoutMs,
+      keepAliveTimeoutMs: config.server.keepAliveTimeoutMs,
+      maxHeaderBytes: config.server.maxHeaderBytes,
+    });
+    const addr = await proxy.listen(config.listen.port, config.listen.host);
+    const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
+    const proxyUrl = `http://${host}:${addr.port}`;
+    log.info({ url: proxyUrl, resources: routed.size }, 'proxy listening');
+
+    const drainTimeoutMs = config.shutdown.drainTimeoutMs
+      ?? Math.max(0, ...resources.map((r) => r.holdTimeoutMs)) + 5_000;
+    let closing: Promise<void> | undefined;
+    const close = (): Promise<void> => {
+      closing ??= (async () => {
+        // Shutdown order:
+        // 1. Stop accepting connections; requests arriving on open ones get 503.
+        proxy.startDraining();
+        // 2. Let in-flight and held requests finish, up to the drain time.
+        await waitFor(() => manager.heldTotal === 0 && activeForwards(manager) === 0, drainTimeoutMs);
+        // 3. Answer whatever is still held with 503 and stop the control plane's timers.
+        manager.close();
+        // 4. Optionally stop the instances this proxy started (the demo does).
+        if (config.shutdown.stopInstances) {
+          await Promise.allSettled([...manager.allInstances()].map((i) => manager.stop(i, 'proxy shutdown')));
+        }
+        // 5. Close client connections and upstream pools.
+        await proxy.close();
+        // 6. Close providers, then the mock cloud.
+        await Promise.allSettled([...providers.values()].map((p) => p.close?.() ?? Promise.resolve()));
+        for (const c of closers.reverse()) await c();
+      })();
+      return closing;
+    };
+    return { proxyUrl, mockCloud, manager, proxy, config, close };
+  } catch (err) {
+    for (const c of closers.reverse()) await c().catch(() => undefined);
+    throw err;
+  }
+}
+
+function activeForwards(manager: ResourceManager): number {
+  let n = 0;
+  for (const i of manager.allInstances()) n += i.activeConnections;
+  return n;
+}
+
+/** Polls a cheap in-memory condition until true or the time is up (shutdown only). */
+async function waitFor(cond: () => boolean, timeoutMs: number): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!cond() && Date.now() < until) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, serviceIds: ReadonlyMap<string, string>): Provider {
+  const p = r.provider;
+  switch (p.kind) {
+    case 'atmosphere': {
+      let baseUrl = p.baseUrl;
+      if (baseUrl === 'embedded') {
+        if (mockCloud === undefined) {
+          throw new SmartProxyError('SP_CONFIG_INVALID', `resources.${r.id}: provider baseUrl "embedded" needs mockCloud.enabled: true`);
+        }
+        baseUrl = mockCloud.url;
+      }
+      return createAtmosphereProvider({ baseUrl, requestTimeoutMs: p.requestTimeoutMs, serviceId: (id) => serviceIds.get(id) ?? id });
+    }
+  }
+}
