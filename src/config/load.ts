@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { LineCounter, parseDocument, isNode, type Document } from 'yaml';
 import type { z } from 'zod';
-import { configSchema, type Config, type ProbeConfig, type ProviderConfig, type ResourceConfig } from './schema.ts';
+import { configSchema, type Config, type ProbeConfig, type ProviderConfig, type ResourceAccessConfig, type ResourceConfig } from './schema.ts';
 import { SmartProxyError } from '../core/errors.ts';
 
 export class ConfigError extends SmartProxyError {
@@ -98,6 +98,8 @@ export interface EffectiveResource {
   readonly failureCooldownMs: number;
   readonly maxHeldRequests: number;
   readonly idleStopMs: number;
+  /** The resource's access policy; a resource-level `access` replaces the default as a whole. */
+  readonly access: ResourceAccessConfig;
 }
 
 const defaultProbe: ProbeConfig = { kind: 'http', path: '/', expectStatus: ['2xx', '3xx', '4xx'], timeoutMs: 1000 };
@@ -137,6 +139,7 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       failureCooldownMs: r.failureCooldownMs ?? d.failureCooldownMs ?? builtinDefaults.failureCooldownMs,
       maxHeldRequests: r.maxHeldRequests ?? d.maxHeldRequests ?? cfg.limits.maxHeldRequestsPerResource,
       idleStopMs: r.idleStopMs ?? d.idleStopMs ?? builtinDefaults.idleStopMs,
+      access: r.access ?? d.access ?? { public: false, passCredentials: false },
     };
   });
 }

@@ -5,6 +5,7 @@
  * hands them typed options.
  */
 import { z } from 'zod';
+import { accessSettingsSchema, identitySchema, resourceAccessSchema } from './access-schema.ts';
 
 const ms = (description: string, dflt: number) => z.number().int().min(0).default(dflt).describe(description);
 const port = z.number().int().min(0).max(65535);
@@ -51,6 +52,7 @@ const resourceFields = {
   failureCooldownMs: ms('After a failed start, requests fail fast with 503 for this long.', 5_000).optional(),
   maxHeldRequests: z.number().int().min(0).optional().describe('Requests held at once for this resource; past it 503 + Retry-After.'),
   idleStopMs: ms('Stop an instance after this long with no request and no open connection; 0 = never.', 0).optional(),
+  access: resourceAccessSchema.optional(),
 };
 
 export const resourceDefaultsSchema = z.object(resourceFields).strict();
@@ -106,6 +108,9 @@ export const configSchema = z.object({
     seedData: z.boolean().default(true).describe('Start with the original\'s VMs (as1: 1, 2; as2: 3).'),
   }).strict().refine((m) => m.bootTimeMinMs <= m.bootTimeMaxMs, { message: 'bootTimeMinMs must not exceed bootTimeMaxMs', path: ['bootTimeMinMs'] })
     .default({ enabled: false, host: '127.0.0.1', port: 5000, bootTimeMinMs: 0, bootTimeMaxMs: 10_000, failureRate: 0, hangRate: 0, seedData: true }),
+  identities: z.array(identitySchema).default([])
+    .describe('How callers prove who they are, tried in this order (docs/concepts/access.md).'),
+  access: accessSettingsSchema,
   providers: z.record(z.string().min(1), providerSchema).default({}).describe('Named providers that resources refer to.'),
   resourceDefaults: resourceDefaultsSchema.default({}).describe('Defaults for every resource.'),
   resources: z.record(resourceId, resourceSchema).describe('The resources, by id (the {resource_id} of the URL).'),
@@ -117,10 +122,27 @@ export const configSchema = z.object({
         message: `names provider "${r.provider}", which is not under providers (known: ${Object.keys(cfg.providers).join(', ') || 'none'})`,
       });
     }
+    checkResourceAccess(cfg, id, r, ctx);
   }
 });
+
+/** Access rules that span fields: a resource nobody could reach, a per-user resource without users. */
+function checkResourceAccess(cfg: { identities: readonly unknown[]; resourceDefaults: z.infer<typeof resourceDefaultsSchema> }, id: string, r: z.infer<typeof resourceSchema>, ctx: z.RefinementCtx): void {
+  const access = r.access ?? cfg.resourceDefaults.access;
+  const isPublic = access?.public === true;
+  if (!isPublic && cfg.identities.length === 0) {
+    ctx.addIssue({
+      code: 'custom', path: ['resources', id, 'access'],
+      message: 'is not public and no identities are configured, so no request could reach it: add `access: { public: true }` or configure identities',
+    });
+  }
+  if (isPublic && (r.sharing ?? cfg.resourceDefaults.sharing) === 'user') {
+    ctx.addIssue({ code: 'custom', path: ['resources', id, 'sharing'], message: '"user" needs a verified user, but the resource is public (anonymous callers have none)' });
+  }
+}
 
 export type Config = z.infer<typeof configSchema>;
 export type ProviderConfig = z.infer<typeof providerSchema>;
 export type ResourceConfig = z.infer<typeof resourceSchema>;
 export type ProbeConfig = z.infer<typeof probeSchema>;
+export type { AccessSettings, IdentityConfig, ResourceAccessConfig } from './access-schema.ts';

@@ -29,12 +29,29 @@ export interface ResourceRuntime {
   readonly idleStopMs: number;
 }
 
+/** Who a start would be made for: the verified caller and the groups it acts with. */
+export interface StartRequester {
+  readonly user: string | undefined;
+  readonly groups: readonly string[];
+  /** Opaque to the core: the access layer's record of the caller, for its audit. */
+  readonly actor?: unknown;
+}
+
+/**
+ * Admission of a start (limits, src/access/limits.ts). Called synchronously just before a
+ * request would start a stopped, failed or stopping instance, never for one that is ready or
+ * already starting (joining a boot is free); the start follows in the same tick, so a count
+ * kept by the callback cannot be raced. An error refuses the start and rejects the request.
+ */
+export type AdmitStart = (inst: Instance, requester: StartRequester | undefined) => SmartProxyError | undefined;
+
 export interface ManagerOptions {
   readonly clock: Clock;
   readonly prober: Prober;
   readonly logger: Logger;
   /** Requests held at once over all resources. */
   readonly maxHeldRequestsTotal: number;
+  readonly admitStart?: AdmitStart | undefined;
 }
 
 /** Published on every change that a waiting person, the audit log or metrics care about. */
@@ -103,6 +120,7 @@ export class ResourceManager {
   readonly #prober: Prober;
   readonly #log: Logger;
   readonly #maxHeldTotal: number;
+  readonly #admitStart: AdmitStart | undefined;
   readonly #instances = new Map<string, Map<string, Instance>>();
   readonly #heldByResource = new Map<string, number>();
   readonly #listeners = new Set<ManagerListener>();
@@ -116,6 +134,7 @@ export class ResourceManager {
     this.#prober = options.prober;
     this.#log = options.logger;
     this.#maxHeldTotal = options.maxHeldRequestsTotal;
+    this.#admitStart = options.admitStart;
   }
 
   /** Requests held right now over all resources. */
@@ -208,7 +227,7 @@ export class ResourceManager {
    * SP_RESOURCE_FAILED during a failure cool-down, with SP_BOOT_TIMEOUT after `timeoutMs`,
    * with the start's own error if it fails, or with `signal.reason` when the client leaves.
    */
-  waitUntilReady(inst: Instance, options: { readonly signal?: AbortSignal | undefined; readonly timeoutMs: number }): Promise<string> {
+  waitUntilReady(inst: Instance, options: { readonly signal?: AbortSignal | undefined; readonly timeoutMs: number; readonly requester?: StartRequester | undefined }): Promise<string> {
     if (inst.status === 'ready' && inst.endpoint !== undefined) return Promise.resolve(inst.endpoint);
     if (this.#closed) return Promise.reject(new SmartProxyError('SP_SHUTTING_DOWN'));
     const coolDown = this.#coolingDown(inst);
@@ -223,6 +242,9 @@ export class ResourceManager {
     }
     const { signal, timeoutMs } = options;
     if (signal?.aborted === true) return Promise.reject(asError(signal.reason));
+    // Last check before a start: the promise below starts the instance in this same tick.
+    const refused = this.#admit(inst, options.requester);
+    if (refused !== undefined) return Promise.reject(refused);
 
     return new Promise<string>((resolve, reject) => {
       const done = (): void => {
@@ -254,10 +276,12 @@ export class ResourceManager {
    * Starts `inst` without holding a request (keep-warm, `Prefer: respond-async`).
    * Returns the cool-down error instead of starting when the resource failed recently.
    */
-  requestStart(inst: Instance): SmartProxyError | undefined {
+  requestStart(inst: Instance, requester?: StartRequester): SmartProxyError | undefined {
     if (this.#closed) return new SmartProxyError('SP_SHUTTING_DOWN');
     const coolDown = this.#coolingDown(inst);
     if (coolDown !== undefined) return coolDown;
+    const refused = this.#admit(inst, requester);
+    if (refused !== undefined) return refused;
     this.#ensureStarted(inst);
     return undefined;
   }
@@ -332,6 +356,13 @@ export class ResourceManager {
     if (inst.phase === phase) return;
     inst.phase = phase;
     this.#emit({ type: 'instance-changed', instance: inst, at: this.#clock.now() });
+  }
+
+  /** Consults `admitStart` when this request would start the instance (see AdmitStart). */
+  #admit(inst: Instance, requester: StartRequester | undefined): SmartProxyError | undefined {
+    if (this.#admitStart === undefined) return undefined;
+    if (inst.status === 'ready' || inst.status === 'starting') return undefined;
+    return this.#admitStart(inst, requester);
   }
 
   #coolingDown(inst: Instance): SmartProxyError | undefined {

@@ -10,6 +10,7 @@ export const statusByCode: Readonly<Record<ErrorCode, number>> = {
   SP_ROUTE_NOT_FOUND: 404,
   SP_ACCESS_UNAUTHENTICATED: 401,
   SP_ACCESS_DENIED: 403,
+  SP_ACCESS_UNAVAILABLE: 503,
   SP_LIMIT_EXCEEDED: 429,
   SP_HOLD_QUEUE_FULL: 503,
   SP_HOLD_BYTES_FULL: 503,
@@ -53,8 +54,10 @@ export interface ProblemBody {
 
 export function problemOf(err: SmartProxyError, instance?: string): ProblemBody {
   const status = statusByCode[err.code];
+  // `challenges` become WWW-Authenticate (see sendError), not body members.
+  const { challenges: _challenges, ...data } = err.data;
   return {
-    ...err.data,
+    ...data,
     type: `tag:smart-proxy,2026:${err.code}`,
     title: titles[status] ?? 'Error',
     status,
@@ -81,6 +84,11 @@ export function sendError(req: IncomingMessage, res: ServerResponse, err: unknow
   const problem = problemOf(e, req.url?.split('?')[0]);
   const headers: Record<string, string> = { 'cache-control': 'no-store', ...extraHeaders };
   if (e.retryAfterS !== undefined) headers['retry-after'] = String(e.retryAfterS);
+  // RFC 9110 §11.6.1: a 401 carries at least one challenge; several are listed comma-separated.
+  const challenges = e.data.challenges;
+  if (e.code === 'SP_ACCESS_UNAUTHENTICATED' && Array.isArray(challenges) && challenges.length > 0) {
+    headers['www-authenticate'] = challenges.join(', ');
+  }
   let body: string;
   if (wantsHtml(req)) {
     headers['content-type'] = 'text/html; charset=utf-8';

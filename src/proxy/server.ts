@@ -9,7 +9,7 @@ import type { Socket } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Logger } from '../core/ports.ts';
-import type { Instance, ResourceManager, ResourceRuntime } from '../core/resource-manager.ts';
+import type { Instance, ResourceManager, ResourceRuntime, StartRequester } from '../core/resource-manager.ts';
 import { sendError } from './error-response.ts';
 import { UpstreamPools, type UpstreamOptions } from './forward-http.ts';
 import { TrustedProxies, upstreamHeaders } from './headers.ts';
@@ -34,7 +34,28 @@ export interface Identity {
  * default trusts the URL's groups, as the original did; the access layer replaces it with
  * verified identities.
  */
-export type Identify = (req: IncomingMessage, route: ParsedTarget, resource: RoutedResource) => Identity | SmartProxyError;
+export type Identify = (req: IncomingMessage, route: ParsedTarget, resource: RoutedResource) => Identity | SmartProxyError | Promise<Identity | SmartProxyError>;
+
+/**
+ * Answers a request for a resource id that is not configured. The default is a plain 404;
+ * the access layer answers exactly as it would for a resource the caller may not see, so
+ * the two cannot be told apart.
+ */
+export type UnknownResource = (req: IncomingMessage, route: ParsedTarget) => SmartProxyError | Promise<SmartProxyError>;
+
+/**
+ * What the backend learns of the caller: headers to add (already safe to send), and the
+ * folded names (see foldName) to drop from the client's request for this resource.
+ */
+export type BackendHeaders = (identity: Identity, acting: readonly string[], resource: RoutedResource) => {
+  readonly extra: ReadonlyArray<readonly [string, string]>;
+  readonly strip: ReadonlySet<string>;
+};
+
+/** The one "not found" answer, for unknown resources and for those the caller may not see. */
+export function resourceNotFound(resourceId: string): SmartProxyError {
+  return new SmartProxyError('SP_ROUTE_NOT_FOUND', `no resource "${resourceId}"`, { data: { resource: resourceId } });
+}
 
 /**
  * The authorize step: decides which groups the request acts with (the instance is chosen
@@ -56,6 +77,8 @@ export interface ProxyServerOptions {
   readonly maxHeaderBytes: number;
   readonly identify?: Identify;
   readonly authorize?: Authorize;
+  readonly unknownResource?: UnknownResource;
+  readonly backendHeaders?: BackendHeaders;
   /** Folded header names never passed from clients to backends (identity headers). */
   readonly protectedHeaders?: readonly string[];
 }
@@ -74,6 +97,8 @@ export class ProxyServer {
   readonly #trusted: TrustedProxies;
   readonly #identify: Identify;
   readonly #authorize: Authorize;
+  readonly #unknownResource: UnknownResource | undefined;
+  readonly #backendHeaders: BackendHeaders | undefined;
   readonly #protected: ReadonlySet<string>;
   readonly #sockets = new Set<Socket>();
   #draining = false;
@@ -85,6 +110,8 @@ export class ProxyServer {
     this.#trusted = new TrustedProxies(options.trustedProxies);
     this.#identify = options.identify ?? urlGroupsIdentity;
     this.#authorize = options.authorize ?? allowActingGroups;
+    this.#unknownResource = options.unknownResource;
+    this.#backendHeaders = options.backendHeaders;
     this.#protected = new Set(options.protectedHeaders ?? ['x-forwarded-user', 'x-forwarded-groups']);
     this.pools = new UpstreamPools(options.upstream);
     this.server = createServer({
@@ -149,37 +176,39 @@ export class ProxyServer {
     // 1. route: strict target parsing, then the resource table.
     const route = parseTarget(req.url);
     const resource = this.#resources.get(route.resourceId);
-    if (resource === undefined) throw new SmartProxyError('SP_ROUTE_NOT_FOUND', `no resource "${route.resourceId}"`, { data: { resource: route.resourceId } });
+    if (resource === undefined) throw await (this.#unknownResource?.(req, route) ?? resourceNotFound(route.resourceId));
     // 2. identify, 3. authorize: before any side effect.
-    const identity = this.#identify(req, route, resource);
+    const identity = await this.#identify(req, route, resource);
     if (identity instanceof SmartProxyError) throw identity;
     const acting = this.#authorize(identity, route, resource);
     if (acting instanceof SmartProxyError) throw acting;
     // 4. select the instance; a ready one is forwarded at once, with no other call.
     const inst = this.#manager.selectInstance(resource.runtime, acting, identity.user);
     this.#manager.touch(inst);
+    const backend = this.#backendHeaders?.(identity, acting, resource);
     const headers = upstreamHeaders(req.rawHeaders, {
       remoteAddress: req.socket.remoteAddress,
       encrypted: (req.socket as { encrypted?: boolean }).encrypted === true,
       trusted: this.#trusted.has(req.socket.remoteAddress),
       prefix: route.prefix,
-      protectedNames: this.#protected,
+      protectedNames: backend?.strip ?? this.#protected,
+      extra: backend?.extra,
     });
     let endpoint = inst.status === 'ready' ? inst.endpoint : undefined;
     // 5. await ready: hold on the local readiness broadcast, never on a provider call.
-    endpoint ??= await this.#hold(req, res, inst, resource);
+    endpoint ??= await this.#hold(req, res, inst, resource, { user: identity.user, groups: acting, actor: identity });
     if (endpoint === undefined) return;
     // 6. forward, with crash repair when the backend turns out to be gone.
     await this.#forward(req, res, inst, resource, route, headers, endpoint);
   }
 
   /** Waits for `inst`; resolves undefined if the client left meanwhile. */
-  async #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource): Promise<string | undefined> {
+  async #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource, requester?: StartRequester): Promise<string | undefined> {
     const ac = new AbortController();
     const onClose = (): void => ac.abort(new ClientGone());
     res.once('close', onClose);
     try {
-      return await this.#manager.waitUntilReady(inst, { signal: ac.signal, timeoutMs: resource.holdTimeoutMs });
+      return await this.#manager.waitUntilReady(inst, { signal: ac.signal, timeoutMs: resource.holdTimeoutMs, requester });
     } catch (err) {
       if (err instanceof ClientGone) return undefined;
       throw err;

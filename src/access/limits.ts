@@ -1,0 +1,176 @@
+/**
+ * Who may wake how much: limits on instances starting at once and on instances starting or
+ * running, in total, per user and per group (like JupyterHub's `concurrent_spawn_limit` and
+ * `active_server_limit`). Waking is the expensive act, so the check sits exactly where a start
+ * would be triggered: the resource manager calls `admit` synchronously just before it starts a
+ * stopped instance, and starts it in the same tick, so no flood of concurrent requests can
+ * slip between the check and the count.
+ *
+ * An instance counts for the user and the groups of the request that woke it (its "owner");
+ * instances started without a request (re-adopted, restarted after a crash) count in the
+ * total only. Counts follow the manager's events: starting → counted as starting and running;
+ * ready or stopping → running only; stopped or failed → not counted.
+ */
+import { SmartProxyError } from '../core/errors.ts';
+import type { Clock } from '../core/ports.ts';
+import type { Instance, ManagerEvent, StartRequester } from '../core/resource-manager.ts';
+import type { AuditActor, AuditSink } from './audit.ts';
+
+export interface LimitScopes {
+  readonly total?: number | undefined;
+  readonly perUser?: number | undefined;
+  readonly perGroup?: number | undefined;
+}
+
+export interface LimitSettings {
+  readonly concurrentStarts: LimitScopes;
+  readonly runningInstances: LimitScopes;
+  readonly runningRetryAfterMs: number;
+}
+
+interface Tracked {
+  readonly owner: StartRequester | undefined;
+  starting: boolean;
+}
+
+class Counts {
+  total = 0;
+  readonly byUser = new Map<string, number>();
+  readonly byGroup = new Map<string, number>();
+
+  add(owner: StartRequester | undefined, delta: 1 | -1): void {
+    this.total += delta;
+    if (owner === undefined) return;
+    if (owner.user !== undefined) bump(this.byUser, owner.user, delta);
+    for (const g of owner.groups) bump(this.byGroup, g, delta);
+  }
+}
+
+function bump(map: Map<string, number>, key: string, delta: number): void {
+  const n = (map.get(key) ?? 0) + delta;
+  if (n <= 0) map.delete(key);
+  else map.set(key, n);
+}
+
+interface Exceeded {
+  readonly limit: string;
+  readonly max: number;
+  readonly current: number;
+  readonly subject: string;
+}
+
+export class StartLimiter {
+  readonly #settings: LimitSettings;
+  readonly #clock: Clock;
+  readonly #audit: AuditSink;
+  readonly #startRetryAfterS: (resourceId: string) => number;
+  readonly #tracked = new Map<Instance, Tracked>();
+  /** Who asked for an instance that will start again once its stop completes. */
+  readonly #pendingOwner = new WeakMap<Instance, StartRequester>();
+  readonly starting = new Counts();
+  readonly running = new Counts();
+
+  constructor(settings: LimitSettings, deps: { clock: Clock; audit: AuditSink; startRetryAfterS?: (resourceId: string) => number }) {
+    this.#settings = settings;
+    this.#clock = deps.clock;
+    this.#audit = deps.audit;
+    this.#startRetryAfterS = deps.startRetryAfterS ?? (() => 5);
+  }
+
+  /**
+   * The resource manager's `admitStart`: undefined lets the start happen (and counts it);
+   * an error refuses it. Must stay synchronous (see the file comment).
+   */
+  readonly admit = (inst: Instance, requester: StartRequester | undefined): SmartProxyError | undefined => {
+    if (this.#tracked.has(inst)) {
+      // Still counted (a stop in progress that the manager will follow with a start).
+      if (requester !== undefined) this.#pendingOwner.set(inst, requester);
+      return undefined;
+    }
+    const hit = this.#check(this.starting, this.#settings.concurrentStarts, 'concurrentStarts', requester)
+      ?? this.#check(this.running, this.#settings.runningInstances, 'runningInstances', requester);
+    if (hit !== undefined) {
+      this.#audit.record({
+        type: 'limit', at: this.#clock.now(), actor: actorOf(requester), resource: inst.resource.id, instance: inst.key,
+        limit: hit.limit, max: hit.max, current: hit.current,
+      });
+      const starts = hit.limit.startsWith('concurrentStarts');
+      return new SmartProxyError('SP_LIMIT_EXCEEDED', `limit reached: ${hit.limit} allows ${hit.max} ${starts ? 'instances starting at once' : 'instances running'}${hit.subject}; try again later`, {
+        data: { resource: inst.resource.id, limit: hit.limit, max: hit.max },
+        retryAfterS: starts ? this.#startRetryAfterS(inst.resource.id) : Math.max(1, Math.ceil(this.#settings.runningRetryAfterMs / 1000)),
+      });
+    }
+    this.#track(inst, requester);
+    return undefined;
+  };
+
+  /** Keeps the counts in step with the instances; subscribe with `manager.onEvent`. */
+  readonly onEvent = (event: ManagerEvent): void => {
+    const inst = event.instance;
+    if (event.type === 'start-requested') {
+      const t = this.#tracked.get(inst);
+      this.#audit.record({
+        type: 'start', at: event.at, actor: actorOf(t?.owner), resource: inst.resource.id, instance: inst.key,
+        groups: t?.owner?.groups ?? inst.groups,
+      });
+      return;
+    }
+    if (event.type !== 'instance-changed') return;
+    const t = this.#tracked.get(inst);
+    switch (inst.status) {
+      case 'starting':
+        if (t === undefined) this.#track(inst, this.#pendingOwner.get(inst));
+        else if (!t.starting) {
+          t.starting = true;
+          this.starting.add(t.owner, 1);
+        }
+        this.#pendingOwner.delete(inst);
+        return;
+      case 'ready':
+      case 'stopping':
+        if (t?.starting === true) {
+          t.starting = false;
+          this.starting.add(t.owner, -1);
+        }
+        return;
+      case 'stopped':
+      case 'failed':
+        if (t === undefined) return;
+        if (t.starting) this.starting.add(t.owner, -1);
+        this.running.add(t.owner, -1);
+        this.#tracked.delete(inst);
+        return;
+    }
+  };
+
+  #track(inst: Instance, owner: StartRequester | undefined): void {
+    this.#tracked.set(inst, { owner, starting: true });
+    this.starting.add(owner, 1);
+    this.running.add(owner, 1);
+  }
+
+  #check(counts: Counts, scopes: LimitScopes, name: string, requester: StartRequester | undefined): Exceeded | undefined {
+    if (scopes.total !== undefined && counts.total >= scopes.total) {
+      return { limit: `${name}.total`, max: scopes.total, current: counts.total, subject: '' };
+    }
+    if (requester === undefined) return undefined;
+    if (scopes.perUser !== undefined && requester.user !== undefined) {
+      const n = counts.byUser.get(requester.user) ?? 0;
+      if (n >= scopes.perUser) return { limit: `${name}.perUser`, max: scopes.perUser, current: n, subject: ' per user' };
+    }
+    if (scopes.perGroup !== undefined) {
+      for (const g of requester.groups) {
+        const n = counts.byGroup.get(g) ?? 0;
+        if (n >= scopes.perGroup) return { limit: `${name}.perGroup`, max: scopes.perGroup, current: n, subject: ` for group "${g}"` };
+      }
+    }
+    return undefined;
+  }
+}
+
+function actorOf(requester: StartRequester | undefined): AuditActor | undefined {
+  if (requester === undefined) return undefined;
+  const via = (requester.actor as { via?: AuditActor['via'] } | undefined)?.via ?? 'unknown';
+  const remoteAddress = (requester.actor as { remoteAddress?: string } | undefined)?.remoteAddress;
+  return { user: requester.user, via, remoteAddress };
+}

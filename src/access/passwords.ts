@@ -1,0 +1,104 @@
+/**
+ * Hashes for the secrets the config holds: passwords (HTTP Basic) and static API tokens.
+ * The config never holds a secret in clear.
+ *
+ * - `sha256:<64 hex>`: for API tokens only. Tokens are generated at random with 256 bits of
+ *   entropy (`smart-proxy hash-password --token`), so a fast hash is safe and lets every
+ *   request be checked in microseconds.
+ * - `$scrypt$ln=<log2 N>,r=<r>,p=<p>$<salt>$<hash>` (PHC string format, base64 without
+ *   padding): for passwords, which people choose and which must be slow to guess. scrypt is
+ *   in node:crypto, so no native dependency is needed.
+ *
+ * Every comparison is constant-time (crypto.timingSafeEqual) over equal-length digests.
+ */
+import { createHash, randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
+
+export interface ScryptParams {
+  /** log2 of the CPU/memory cost N. */
+  readonly ln: number;
+  readonly r: number;
+  readonly p: number;
+}
+
+/** 2^15 × 8 × 128 B = 32 MiB per hash: slow enough to guess, cheap enough for a login. */
+export const DEFAULT_SCRYPT: ScryptParams = { ln: 15, r: 8, p: 1 };
+const KEY_BYTES = 32;
+const SALT_BYTES = 16;
+/** Bounds on params read from a config, so a typo cannot make each login allocate gigabytes. */
+const MAX_LN = 20;
+const MAX_R = 32;
+const MAX_P = 16;
+
+export interface ParsedScrypt {
+  readonly params: ScryptParams;
+  readonly salt: Buffer;
+  readonly hash: Buffer;
+}
+
+const SCRYPT_RE = /^\$scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9+/]{16,})\$([A-Za-z0-9+/]{32,})$/;
+const SHA256_RE = /^sha256:[0-9a-f]{64}$/;
+
+/** Parses a `$scrypt$…` string; returns the reason it is unusable as a string otherwise. */
+export function parseScrypt(text: string): ParsedScrypt | string {
+  const m = SCRYPT_RE.exec(text);
+  if (m === null) return 'expected "$scrypt$ln=N,r=R,p=P$<salt>$<hash>" (use `smart-proxy hash-password`)';
+  const params = { ln: Number(m[1]), r: Number(m[2]), p: Number(m[3]) };
+  if (params.ln < 1 || params.ln > MAX_LN || params.r < 1 || params.r > MAX_R || params.p < 1 || params.p > MAX_P) {
+    return `scrypt parameters out of range (ln 1-${MAX_LN}, r 1-${MAX_R}, p 1-${MAX_P})`;
+  }
+  return { params, salt: Buffer.from(m[4] as string, 'base64'), hash: Buffer.from(m[5] as string, 'base64') };
+}
+
+/** True when `text` is a hash this module can check (config validation uses it). */
+export function hashFormatProblem(text: string, allowSha256: boolean): string | undefined {
+  if (SHA256_RE.test(text)) return allowSha256 ? undefined : 'sha256 hashes are for random API tokens; passwords need "$scrypt$…"';
+  const parsed = parseScrypt(text);
+  return typeof parsed === 'string' ? parsed : undefined;
+}
+
+function scryptOptions(p: ScryptParams): ScryptOptions {
+  const n = 2 ** p.ln;
+  // Node refuses above maxmem (32 MiB by default); allow exactly what the params need.
+  return { N: n, r: p.r, p: p.p, maxmem: 128 * n * p.r * p.p + 1024 * 1024 };
+}
+
+function scrypt(secret: string, salt: Buffer, keyLen: number, p: ScryptParams): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    scryptCb(secret.normalize('NFC'), salt, keyLen, scryptOptions(p), (err, key) => (err ? reject(err) : resolve(key)));
+  });
+}
+
+const b64 = (b: Buffer): string => b.toString('base64').replace(/=+$/, '');
+
+/** Hashes a password into a `$scrypt$…` string. */
+export async function hashPassword(password: string, params: ScryptParams = DEFAULT_SCRYPT): Promise<string> {
+  const salt = randomBytes(SALT_BYTES);
+  const hash = await scrypt(password, salt, KEY_BYTES, params);
+  return `$scrypt$ln=${params.ln},r=${params.r},p=${params.p}$${b64(salt)}$${b64(hash)}`;
+}
+
+/** Checks a password against a parsed `$scrypt$…` hash, in constant time. */
+export async function verifyScrypt(secret: string, stored: ParsedScrypt): Promise<boolean> {
+  const got = await scrypt(secret, stored.salt, stored.hash.length, stored.params);
+  return got.length === stored.hash.length && timingSafeEqual(got, stored.hash);
+}
+
+/** The SHA-256 digest of a token, as stored in the config after `sha256:`. */
+export function sha256Digest(token: string): Buffer {
+  return createHash('sha256').update(token, 'utf8').digest();
+}
+
+/** The config form of a token's hash. */
+export function hashToken(token: string): string {
+  return `sha256:${sha256Digest(token).toString('hex')}`;
+}
+
+/** A new random API token: 32 bytes, base64url, with a recognisable prefix. */
+export function generateToken(): string {
+  return `spt_${randomBytes(32).toString('base64url')}`;
+}
+
+/** Constant-time equality of two digests of the same length. */
+export function digestsEqual(a: Buffer, b: Buffer): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}

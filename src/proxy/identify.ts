@@ -1,0 +1,193 @@
+/**
+ * The identify and authorize steps of the pipeline (src/proxy/server.ts), built from the
+ * configured identities and resource policies. This file is the only one that knows both
+ * node:http and the access layer: it reads credentials out of a request, runs the verifiers
+ * in order (src/access/chain.ts), applies the pure policy (src/access/policy.ts), and turns
+ * the outcome into 401 / 403 / 404, recording every refusal in the audit trail.
+ *
+ * The order and what each answer reveals are documented in docs/concepts/access.md.
+ */
+import type { IncomingMessage } from 'node:http';
+import type { AuditSink } from '../access/audit.ts';
+import { encodeGroups, encodeHeaderValue } from '../access/backend-headers.ts';
+import { createBasicVerifier } from '../access/basic-verifier.ts';
+import { challengesOf, verifyChain, type ChainOutcome } from '../access/chain.ts';
+import { createHeaderVerifier } from '../access/header-verifier.ts';
+import { createJwtVerifier } from '../access/jwt-verifier.ts';
+import { ANONYMOUS, decide, type ResourcePolicy } from '../access/policy.ts';
+import { createTokenVerifier } from '../access/token-verifier.ts';
+import type { RequestCredentials, VerifiedIdentity, Verifier } from '../access/types.ts';
+import type { AccessSettings, IdentityConfig, ResourceAccessConfig } from '../config/access-schema.ts';
+import { SmartProxyError } from '../core/errors.ts';
+import type { Clock, Logger } from '../core/ports.ts';
+import { foldName, TrustedProxies } from './headers.ts';
+import type { ParsedTarget } from './route.ts';
+import { resourceNotFound, type Authorize, type BackendHeaders, type Identify, type Identity, type UnknownResource } from './server.ts';
+
+export interface AccessOptions {
+  /** Tried in this order. */
+  readonly identities: readonly IdentityConfig[];
+  readonly settings: AccessSettings;
+  /** Each resource's policy, by resource id. */
+  readonly policies: ReadonlyMap<string, ResourceAccessConfig>;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly audit: AuditSink;
+}
+
+export interface AccessSteps {
+  readonly identify: Identify;
+  readonly authorize: Authorize;
+  readonly unknownResource: UnknownResource;
+  readonly backendHeaders: BackendHeaders;
+  /** Folded names never passed from a client to a backend, whatever the resource. */
+  readonly protectedHeaders: readonly string[];
+  readonly verifiers: readonly Verifier[];
+}
+
+/** A verified identity plus where the request came from (for the audit trail). */
+interface RequestIdentity extends VerifiedIdentity {
+  readonly remoteAddress: string | undefined;
+}
+
+/** Builds one verifier per configured identity, in order. */
+export function createVerifiers(identities: readonly IdentityConfig[], realm: string, clock: Clock, log: Logger): Verifier[] {
+  const bearer = `Bearer realm="${realm}"`;
+  return identities.map((cfg): Verifier => {
+    switch (cfg.kind) {
+      case 'token': return createTokenVerifier(cfg, bearer);
+      case 'basic': return createBasicVerifier(cfg, `Basic realm="${realm}", charset="UTF-8"`, clock);
+      case 'jwt': return createJwtVerifier(cfg, bearer, clock, log);
+      case 'header': {
+        const trusted = new TrustedProxies(cfg.fromAddresses);
+        return createHeaderVerifier(cfg, (addr) => trusted.has(addr));
+      }
+    }
+  });
+}
+
+/** What a verifier may read from a node:http request. */
+export function credentialsOf(req: IncomingMessage): RequestCredentials {
+  const raw = req.rawHeaders;
+  let authorization: string | undefined;
+  let authCount = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    if ((raw[i] as string).toLowerCase() === 'authorization') {
+      authCount++;
+      authorization = raw[i + 1] as string;
+    }
+  }
+  return {
+    // Two Authorization headers: which one would a backend believe? Neither verifies.
+    authorization: authCount > 1 ? 'duplicate' : authorization,
+    remoteAddress: req.socket.remoteAddress,
+    header(name: string): readonly string[] {
+      const out: string[] = [];
+      // Exact names only: an underscore variant is never an identity, and is stripped.
+      for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === name) out.push(raw[i + 1] as string);
+      return out;
+    },
+  };
+}
+
+function policyOf(cfg: ResourceAccessConfig | undefined, settings: AccessSettings): ResourcePolicy {
+  return {
+    public: cfg?.public ?? false,
+    anyOf: cfg?.anyOf,
+    allOf: cfg?.allOf,
+    revealExistence: cfg?.revealExistence ?? settings.revealExistence,
+  };
+}
+
+/** Quotes are not allowed inside the quoted-string we put a reason in. */
+const quoteSafe = (s: string): string => s.replace(/["\\]/g, "'");
+
+export function createAccessSteps(options: AccessOptions): AccessSteps {
+  const { settings, clock, audit } = options;
+  const log = options.logger;
+  const verifiers = createVerifiers(options.identities, settings.realm, clock, log);
+  const challenges = challengesOf(verifiers);
+  const policies = new Map<string, ResourcePolicy>();
+  for (const [id, cfg] of options.policies) policies.set(id, policyOf(cfg, settings));
+  const policyFor = (id: string): ResourcePolicy => policies.get(id) ?? policyOf(undefined, settings);
+
+  // Identity headers: the ones we set for backends, and the ones a front proxy sets for us.
+  const protectedHeaders = new Set([foldName(settings.backendHeaders.user), foldName(settings.backendHeaders.groups)]);
+  for (const cfg of options.identities) {
+    if (cfg.kind === 'header') {
+      protectedHeaders.add(foldName(cfg.userHeader));
+      protectedHeaders.add(foldName(cfg.groupsHeader));
+    }
+  }
+  const stripWithCredentials = new Set([...protectedHeaders, 'authorization']);
+  const stripFor = (id: string): ReadonlySet<string> => (options.policies.get(id)?.passCredentials === true ? protectedHeaders : stripWithCredentials);
+
+  const refuseUnauthenticated = (req: IncomingMessage, route: ParsedTarget, out: Exclude<ChainOutcome, { kind: 'verified' }>, known: boolean): SmartProxyError => {
+    const reason = out.kind === 'anonymous' ? 'no credentials' : out.reason;
+    audit.record({
+      type: 'denied', at: clock.now(), resource: route.resourceId, known,
+      actor: { user: undefined, via: out.kind === 'anonymous' ? 'anonymous' : out.via, remoteAddress: req.socket.remoteAddress },
+      code: out.kind === 'invalid' && out.unavailable ? 'SP_ACCESS_UNAVAILABLE' : 'SP_ACCESS_UNAUTHENTICATED',
+      reason, method: req.method ?? '', urlGroups: route.allGroups ? '-' : route.groups.join(','), heldGroups: [],
+    });
+    if (out.kind === 'invalid' && out.unavailable) {
+      return new SmartProxyError('SP_ACCESS_UNAVAILABLE', undefined, { retryAfterS: 5 });
+    }
+    // RFC 6750 §3.1: tell a bearer client its token is the problem, so it refreshes it.
+    const bearerRefused = out.kind === 'invalid' && (out.via === 'jwt' || out.via === 'token' || /^bearer /i.test(req.headers.authorization ?? ''));
+    const list = challenges.map((c) => (bearerRefused && c.startsWith('Bearer ') ? `${c}, error="invalid_token", error_description="${quoteSafe(reason)}"` : c));
+    return new SmartProxyError('SP_ACCESS_UNAUTHENTICATED',
+      out.kind === 'anonymous' ? 'This resource needs a verified identity.' : `The credentials were refused: ${reason}.`,
+      { data: { challenges: list } });
+  };
+
+  const identify: Identify = async (req, route, resource) => {
+    const out = await verifyChain(verifiers, credentialsOf(req));
+    if (out.kind === 'verified') {
+      const identity: RequestIdentity = { ...out.identity, remoteAddress: req.socket.remoteAddress };
+      return identity;
+    }
+    if (policyFor(resource.runtime.id).public) {
+      // Credentials may be meant for the backend of a public resource; it is served anonymously.
+      if (out.kind === 'invalid') log.debug({ resource: resource.runtime.id, reason: out.reason }, 'unverified credentials on a public resource');
+      return ANONYMOUS;
+    }
+    return refuseUnauthenticated(req, route, out, true);
+  };
+
+  const authorize: Authorize = (identity, route, resource) => {
+    const id = resource.runtime.id;
+    const verified = identity as RequestIdentity;
+    const decision = decide(verified, route, policyFor(id));
+    if (decision.allowed) return decision.acting;
+    const code = decision.outcome === 'not-found' ? 'SP_ROUTE_NOT_FOUND' : 'SP_ACCESS_DENIED';
+    audit.record({
+      type: 'denied', at: clock.now(), resource: id, known: true,
+      actor: { user: verified.user, via: verified.via, remoteAddress: verified.remoteAddress },
+      code, reason: decision.reason, method: '', urlGroups: route.allGroups ? '-' : route.groups.join(','), heldGroups: verified.groups,
+    });
+    if (decision.outcome === 'not-found') return resourceNotFound(id);
+    return new SmartProxyError('SP_ACCESS_DENIED', decision.reason, {
+      data: decision.missing === undefined ? { resource: id } : { resource: id, missing: decision.missing },
+    });
+  };
+
+  const unknownResource: UnknownResource = async (req, route) => {
+    if (settings.revealExistence || verifiers.length === 0) return resourceNotFound(route.resourceId);
+    // Answer as for a resource this caller may not see: 401 without a verified identity, 404 with one.
+    const out = await verifyChain(verifiers, credentialsOf(req));
+    if (out.kind === 'verified') return resourceNotFound(route.resourceId);
+    return refuseUnauthenticated(req, route, out, false);
+  };
+
+  const backendHeaders: BackendHeaders = (identity: Identity, acting, resource) => {
+    const strip = stripFor(resource.runtime.id);
+    if (identity.user === undefined) return { extra: [], strip };
+    return {
+      extra: [[settings.backendHeaders.user, encodeHeaderValue(identity.user)], [settings.backendHeaders.groups, encodeGroups(acting)]],
+      strip,
+    };
+  };
+
+  return { identify, authorize, unknownResource, backendHeaders, protectedHeaders: [...protectedHeaders], verifiers };
+}
