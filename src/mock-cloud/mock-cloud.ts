@@ -48,7 +48,12 @@ export interface MockVmInfo {
   readonly stoppedAt?: string | undefined;
   /** Why the VM failed or stopped. */
   readonly reason?: string | undefined;
+  /** Test view only (not in the HTTP API): the boot's drawn fate and duration; seed VMs have none. */
+  readonly fate?: BootFate | undefined;
+  readonly bootMs?: number | undefined;
 }
+
+export type BootFate = 'run' | 'fail' | 'hang';
 
 /** A fault the cloud API injects into its next answers (VM servers are not affected). */
 export type ApiFault =
@@ -89,6 +94,11 @@ export interface MockCloud {
   holdBoots(): () => void;
   /** The next `count` cloud-API requests answer with `fault`. */
   failNextApiCalls(count: number, fault: ApiFault): void;
+  /**
+   * Resolves with `METHOD /target` when the next cloud-API request arrives (before it is
+   * answered), so a test can act while a call is provably in flight. Rejects on close().
+   */
+  nextApiRequest(): Promise<string>;
   /** Changes boot timing and fate for spans from now on (VMs already booting keep theirs). */
   configure(changes: Partial<Pick<MockCloudOptions, 'bootTimeMinMs' | 'bootTimeMaxMs' | 'failureRate' | 'hangRate'>>): void;
 }
@@ -117,6 +127,8 @@ interface Vm {
   reason?: string;
   server?: VmServer;
   timer?: NodeJS.Timeout;
+  fate?: BootFate;
+  bootMs?: number;
 }
 
 class HttpError extends Error {
@@ -160,6 +172,7 @@ class MockCloudImpl implements MockCloud {
   readonly #server: Server;
   readonly #vms = new Map<string, Vm>();
   readonly #waiters = new Set<() => void>();
+  #arrivals: { resolve: (request: string) => void; reject: (err: Error) => void }[] = [];
   // A counter, not the original's string maximum: after VM 9 come 10, 11, … (ORIGINAL.md).
   #nextId = 1;
   #held: (() => void)[] | undefined;
@@ -296,6 +309,11 @@ class MockCloudImpl implements MockCloud {
     this.#faults = count > 0 ? { fault, left: count } : undefined;
   }
 
+  nextApiRequest(): Promise<string> {
+    if (this.#closing) return Promise.reject(new Error('mock cloud closed'));
+    return new Promise((resolve, reject) => this.#arrivals.push({ resolve, reject }));
+  }
+
   configure(changes: Partial<Pick<MockCloudOptions, 'bootTimeMinMs' | 'bootTimeMaxMs' | 'failureRate' | 'hangRate'>>): void {
     const next = { ...this.#options, ...changes };
     validate(next);
@@ -305,6 +323,7 @@ class MockCloudImpl implements MockCloud {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       for (const check of [...this.#waiters]) check();
+      for (const arrival of this.#arrivals.splice(0)) arrival.reject(new Error('mock cloud closed'));
       const serverClosed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
       this.#server.closeAllConnections();
       this.#held = undefined;
@@ -335,7 +354,9 @@ class MockCloudImpl implements MockCloud {
     const { bootTimeMinMs: min, bootTimeMaxMs: max } = this.#options;
     const bootMs = Math.round(min + this.#random() * (max - min));
     const { failureRate, hangRate } = this.#options;
-    const outcome = fate < failureRate ? 'fail' : fate < failureRate + hangRate ? 'hang' : 'run';
+    const outcome: BootFate = fate < failureRate ? 'fail' : fate < failureRate + hangRate ? 'hang' : 'run';
+    vm.fate = outcome;
+    vm.bootMs = bootMs;
     this.#logger.debug({ vm: vm.id, asId, groups, bootMs, outcome }, 'mock cloud: spanning VM');
     if (outcome !== 'hang') {
       vm.timer = setTimeout(() => {
@@ -407,6 +428,7 @@ class MockCloudImpl implements MockCloud {
   #handle(req: IncomingMessage, res: ServerResponse): void {
     // The API reads no request body: drain it so that keep-alive connections stay usable.
     req.resume();
+    for (const arrival of this.#arrivals.splice(0)) arrival.resolve(`${req.method ?? 'GET'} ${req.url ?? ''}`);
     try {
       if (this.#faults !== undefined && this.#injectFault(res)) return;
       this.#route(req, res);
@@ -466,7 +488,7 @@ class MockCloudImpl implements MockCloud {
     // ---- additions a real cloud has (never reachable through the original routes)
     if (head === 'vms' && segments.length === 1) {
       allow(method, ['GET', 'HEAD']);
-      return sendJson(res, 200, this.vms());
+      return sendJson(res, 200, [...this.#vms.values()].map(status));
     }
     if (head === 'vms' && a !== undefined && segments.length === 2) {
       allow(method, ['GET', 'HEAD', 'DELETE']);
@@ -477,14 +499,14 @@ class MockCloudImpl implements MockCloud {
         res.writeHead(204).end();
         return;
       }
-      return sendJson(res, 200, info(vm));
+      return sendJson(res, 200, status(vm));
     }
     if (head === 'vms' && a !== undefined && b === 'stop' && segments.length === 3) {
       allow(method, ['POST']);
       const vm = this.#vms.get(a);
       if (vm === undefined) return sendJson(res, 404, { error: 'vm_not_found', id: a });
       void this.#stop(vm, 'stopped by request');
-      return sendJson(res, 200, info(vm));
+      return sendJson(res, 200, status(vm));
     }
     flaskNotFound(res);
   }
@@ -518,6 +540,12 @@ class MockCloudImpl implements MockCloud {
   }
 }
 
+/** The HTTP view of a VM (`GET /vms/<id>`): the test-only fields left out. */
+function status(vm: Vm): Omit<MockVmInfo, 'fate' | 'bootMs'> {
+  const { fate: _fate, bootMs: _bootMs, ...rest } = info(vm);
+  return rest;
+}
+
 function info(vm: Vm): MockVmInfo {
   const iso = (ms: number | undefined): string | undefined => (ms === undefined ? undefined : new Date(ms).toISOString());
   return {
@@ -531,6 +559,8 @@ function info(vm: Vm): MockVmInfo {
     readyAt: iso(vm.readyAt),
     stoppedAt: iso(vm.stoppedAt),
     reason: vm.reason,
+    fate: vm.fate,
+    bootMs: vm.bootMs,
   };
 }
 
