@@ -285,6 +285,13 @@ void describe('atmosphere provider against the embedded mock cloud', () => {
     assert.ok(performance.now() - started < 500);
   });
 
+  void it('close is idempotent', async (t) => {
+    const { provider } = await setup(t);
+    await provider.inspect(ref('as1', ['g1']), signal());
+    await provider.close!();
+    await provider.close!();
+  });
+
   void it('refuses a group name the API cannot express', async (t) => {
     const { provider } = await setup(t, {}, { api: 'original' });
     await rejectsWith(provider.start({ resourceId: 'as1', instanceKey: 'a,b', groups: ['a,b'] }, signal()), false, /comma/);

@@ -116,6 +116,7 @@ class AtmosphereProvider implements Provider {
   readonly #released = new Set<string>();
   readonly #starting = new Map<string, { promise: Promise<StartResult>; signal: AbortSignal }>();
   #stopUnsupportedLogged = false;
+  #closing: Promise<void> | undefined;
 
   constructor(options: AtmosphereProviderOptions) {
     let base: URL;
@@ -221,8 +222,10 @@ class AtmosphereProvider implements Provider {
     return listed;
   }
 
-  async close(): Promise<void> {
-    await this.#pool.close();
+  /** Closes the connection pool (idempotent). VMs are left as they are. */
+  close(): Promise<void> {
+    this.#closing ??= this.#pool.close();
+    return this.#closing;
   }
 
   // ------------------------------------------------------------------ start
