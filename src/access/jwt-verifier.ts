@@ -22,7 +22,7 @@ function keySource(cfg: JwtIdentityConfig): KeySource {
       timeoutDuration: cfg.jwksTimeoutMs,
     });
   }
-  if (cfg.jwks !== undefined) return createLocalJWKSet(cfg.jwks as Parameters<typeof createLocalJWKSet>[0]);
+  if (cfg.jwks !== undefined) return createLocalJWKSet(cfg.jwks);
   const pem = cfg.publicKeyPem as string;
   const byAlg = new Map<string, Promise<CryptoKey>>();
   return async (header) => {

@@ -23,7 +23,7 @@ export interface ResourcePolicy {
   readonly revealExistence: boolean;
 }
 
-export const ANONYMOUS: VerifiedIdentity = Object.freeze({ user: undefined, groups: Object.freeze([]) as readonly string[], via: 'anonymous' });
+export const ANONYMOUS: VerifiedIdentity = Object.freeze({ user: undefined, groups: Object.freeze([]), via: 'anonymous' });
 
 export type Decision =
   | { readonly allowed: true; readonly acting: readonly string[] }

@@ -74,7 +74,7 @@ export function credentialsOf(req: IncomingMessage): RequestCredentials {
   for (let i = 0; i < raw.length; i += 2) {
     if ((raw[i] as string).toLowerCase() === 'authorization') {
       authCount++;
-      authorization = raw[i + 1] as string;
+      authorization = raw[i + 1];
     }
   }
   return {
