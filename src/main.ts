@@ -3,6 +3,8 @@
  * shutdown order. Nothing else wires components together.
  */
 import { pino } from 'pino';
+import { LoggerAuditSink, teeAudit, type AuditSink } from './access/audit.ts';
+import { StartLimiter } from './access/limits.ts';
 import type { Config } from './config/schema.ts';
 import { effectiveResources, expandStatuses, type EffectiveResource } from './config/load.ts';
 import { systemClock } from './core/clock.ts';
@@ -11,6 +13,7 @@ import type { Clock, Logger, ProbeSpec, Provider } from './core/ports.ts';
 import { ResourceManager, type ResourceRuntime } from './core/resource-manager.ts';
 import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
 import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
+import { createAccessSteps } from './proxy/identify.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 
@@ -19,6 +22,8 @@ export interface AppOptions {
   readonly clock?: Clock;
   /** Extra providers by name (tests), taking precedence over the configured ones. */
   readonly providers?: ReadonlyMap<string, Provider>;
+  /** An extra audit sink (tests), fed besides the log. */
+  readonly audit?: AuditSink;
 }
 
 export interface App {
@@ -68,8 +73,21 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       return p;
     };
 
-    // 3. The control plane.
-    const manager = new ResourceManager({ clock, prober: netProber, logger: log, maxHeldRequestsTotal: config.limits.maxHeldRequests });
+    // 3. Access (identities, policies, start limits, audit), then the control plane, which
+    //    asks the limits before every start.
+    const audit = options.audit === undefined ? new LoggerAuditSink(log) : teeAudit(new LoggerAuditSink(log), options.audit);
+    const limiter = new StartLimiter(config.access.limits, {
+      clock, audit,
+      startRetryAfterS: (id: string): number => Math.max(1, Math.ceil((manager.estimateBoot(id)?.p50Ms ?? 5_000) / 1000)),
+    });
+    const access = createAccessSteps({
+      identities: config.identities, settings: config.access, clock, logger: log, audit,
+      policies: new Map(resources.map((r) => [r.id, r.access])),
+    });
+    const manager: ResourceManager = new ResourceManager({
+      clock, prober: netProber, logger: log, maxHeldRequestsTotal: config.limits.maxHeldRequests, admitStart: limiter.admit,
+    });
+    manager.onEvent(limiter.onEvent);
     const routed = new Map<string, RoutedResource>();
     for (const r of resources) {
       const runtime: ResourceRuntime = {
@@ -99,6 +117,11 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       headersTimeoutMs: config.server.headersTimeoutMs,
       keepAliveTimeoutMs: config.server.keepAliveTimeoutMs,
       maxHeaderBytes: config.server.maxHeaderBytes,
+      identify: access.identify,
+      authorize: access.authorize,
+      unknownResource: access.unknownResource,
+      backendHeaders: access.backendHeaders,
+      protectedHeaders: access.protectedHeaders,
     });
     const addr = await proxy.listen(config.listen.port, config.listen.host);
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;

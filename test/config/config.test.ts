@@ -66,7 +66,7 @@ describe('config', () => {
   it('merges resourceDefaults under each resource', () => {
     const cfg = parseConfig([
       'providers: { c: { kind: atmosphere, baseUrl: "http://127.0.0.1:5000" } }',
-      'resourceDefaults: { bootTimeoutMs: 1234, sharing: groups }',
+      'resourceDefaults: { bootTimeoutMs: 1234, sharing: groups, access: { public: true } }',
       'resources:',
       '  a: { provider: c }',
       '  b: { provider: c, bootTimeoutMs: 99, holdTimeoutMs: 50 }',
@@ -89,7 +89,7 @@ describe('config', () => {
     const dir = mkdtempSync(join(tmpdir(), 'sp-config-'));
     const good = join(dir, 'good.yaml');
     const bad = join(dir, 'bad.yaml');
-    writeFileSync(good, 'providers: { c: { kind: atmosphere, baseUrl: embedded } }\nmockCloud: { enabled: true }\nresources: { a: { provider: c } }\n');
+    writeFileSync(good, 'providers: { c: { kind: atmosphere, baseUrl: embedded } }\nmockCloud: { enabled: true }\nresources: { a: { provider: c, access: { public: true } } }\n');
     writeFileSync(bad, 'resources: { a: { provider: c, idleStopMs: -1 } }\n');
     const ok = await run(process.execPath, [cli, 'check-config', good]);
     assert.match(ok.stdout, /valid/);
