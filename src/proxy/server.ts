@@ -257,14 +257,16 @@ export class ProxyServer {
     if (!(err instanceof SmartProxyError) || err.code === 'SP_INTERNAL') {
       this.#log.error({ err, url: req.url, method: req.method }, 'request failed unexpectedly');
     }
+    // A request whose body we never read (refused before the body, as access refusals are)
+    // gets `Connection: close`: Node would otherwise read and discard the whole body to
+    // reuse the connection. Set before the head goes out, or it has no effect.
+    if (!req.complete && !res.headersSent) res.shouldKeepAlive = false;
     try {
       sendError(req, res, err);
     } catch (sendErr) {
       this.#log.error({ err: sendErr }, 'could not send error response');
       res.destroy();
     }
-    // A request whose body we never read would otherwise leave the connection unusable.
-    if (!req.complete && !res.destroyed) res.shouldKeepAlive = false;
   }
 }
 
