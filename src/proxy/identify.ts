@@ -48,6 +48,7 @@ export interface AccessSteps {
 /** A verified identity plus where the request came from (for the audit trail). */
 interface RequestIdentity extends VerifiedIdentity {
   readonly remoteAddress: string | undefined;
+  readonly method: string;
 }
 
 /** Builds one verifier per configured identity, in order. */
@@ -143,14 +144,16 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
 
   const identify: Identify = async (req, route, resource) => {
     const out = await verifyChain(verifiers, credentialsOf(req));
+    const request = { remoteAddress: req.socket.remoteAddress, method: req.method ?? '' };
     if (out.kind === 'verified') {
-      const identity: RequestIdentity = { ...out.identity, remoteAddress: req.socket.remoteAddress };
+      const identity: RequestIdentity = { ...out.identity, ...request };
       return identity;
     }
     if (policyFor(resource.runtime.id).public) {
       // Credentials may be meant for the backend of a public resource; it is served anonymously.
       if (out.kind === 'invalid') log.debug({ resource: resource.runtime.id, reason: out.reason }, 'unverified credentials on a public resource');
-      return ANONYMOUS;
+      const anonymous: RequestIdentity = { ...ANONYMOUS, ...request };
+      return anonymous;
     }
     return refuseUnauthenticated(req, route, out, true);
   };
@@ -164,7 +167,7 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
     audit.record({
       type: 'denied', at: clock.now(), resource: id, known: true,
       actor: { user: verified.user, via: verified.via, remoteAddress: verified.remoteAddress },
-      code, reason: decision.reason, method: '', urlGroups: route.allGroups ? '-' : route.groups.join(','), heldGroups: verified.groups,
+      code, reason: decision.reason, method: verified.method, urlGroups: route.allGroups ? '-' : route.groups.join(','), heldGroups: verified.groups,
     });
     if (decision.outcome === 'not-found') return resourceNotFound(id);
     return new SmartProxyError('SP_ACCESS_DENIED', decision.reason, {

@@ -93,7 +93,8 @@ describe('access through the proxy', () => {
     assert.equal(mimic.calls.start + mimic.calls.inspect, 0);
     const denied = a.audit.events.filter((e) => e.type === 'denied' && e.resource === 'grp' && e.code === 'SP_ACCESS_DENIED');
     assert.equal(denied.length, 1);
-    assert.equal(denied[0]?.type === 'denied' && denied[0].actor.user, 'bob');
+    assert.deepEqual(denied[0]?.type === 'denied' && [denied[0].actor.user, denied[0].actor.via, denied[0].method, denied[0].urlGroups, denied[0].heldGroups],
+      ['bob', 'token', 'GET', 'g1,g2,zzz', ['g1']]);
   });
 
   it('URL groups held but not meeting the policy → 403; no provider call', async () => {
