@@ -11,6 +11,9 @@ import type { Clock, Logger, ProbeSpec, Provider } from './core/ports.ts';
 import { ResourceManager, type ResourceRuntime } from './core/resource-manager.ts';
 import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
 import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
+import { createHttpProvider } from './providers/http/http-provider.ts';
+import { createProcessProvider } from './providers/process/process-provider.ts';
+import { inheritedEnv, secretReaders } from './config/secrets.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 
@@ -64,7 +67,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       if (injected !== undefined) return injected;
       const existing = providers.get(r.providerName);
       if (existing !== undefined) return existing;
-      const p = buildProvider(r, mockCloud, serviceIds);
+      const p = buildProvider(r, mockCloud, serviceIds, log);
       providers.set(r.providerName, p);
       return p;
     };
@@ -151,7 +154,7 @@ async function waitFor(cond: () => boolean, timeoutMs: number): Promise<void> {
   }
 }
 
-function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, serviceIds: ReadonlyMap<string, string>): Provider {
+function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, serviceIds: ReadonlyMap<string, string>, log: Logger): Provider {
   const p = r.provider;
   switch (p.kind) {
     case 'atmosphere': {
@@ -164,5 +167,12 @@ function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, s
       }
       return createAtmosphereProvider({ baseUrl, requestTimeoutMs: p.requestTimeoutMs, serviceId: (id) => serviceIds.get(id) ?? id });
     }
+    case 'process':
+      return createProcessProvider({ ...p, baseEnv: inheritedEnv(), logger: log });
+    case 'http':
+      return createHttpProvider({
+        ...p, secrets: secretReaders(p.credentials, `providers.${r.providerName}`), logger: log,
+        resourceVars: (id) => ({ serviceId: serviceIds.get(id) ?? id }),
+      });
   }
 }
