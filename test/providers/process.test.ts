@@ -3,9 +3,12 @@ import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { ProviderError } from '../../src/core/errors.ts';
+import type { InstanceRef } from '../../src/core/ports.ts';
 import { ProcessProvider, type ProcessProviderOptions } from '../../src/providers/process/process-provider.ts';
 import { collectingLogger } from '../helpers/proxy-harness.ts';
+import { providerContract } from './contract.ts';
 import { fixtureCommand, fresh, getJson, pidAlive, ref, tempDir, until, untilState } from './process-helpers.ts';
+import { readAllRecords } from '../../src/providers/process/state-file.ts';
 
 type Logs = Parameters<typeof collectingLogger>[0];
 
@@ -23,6 +26,39 @@ async function subject(options: Partial<ProcessProviderOptions> = {}): Promise<{
     },
   };
 }
+
+providerContract('process', async () => {
+  const tmp = await tempDir('sp-proc-contract-');
+  const stateDir = join(tmp.dir, 'state');
+  const provider = new ProcessProvider({ command: fixtureCommand(), baseEnv: process.env, stateDir, stopGraceMs: 2_000 });
+  // Counted from the state files and the OS, not from the provider's memory.
+  const live = async () => (await readAllRecords(stateDir, () => undefined)).filter((r) => pidAlive(r.pid));
+  return {
+    // Adapter, on purpose and only here: the suite requests the endpoint as soon as inspect
+    // says running, but a process is `running` from spawn on, before it binds its port (the
+    // core's probe covers that gap, and reporting running early keeps wake-up fast). So the
+    // suite's inspect waits until the endpoint answers once before passing `running` on.
+    provider: {
+      kind: provider.kind,
+      start: (r: InstanceRef, signal: AbortSignal) => provider.start(r, signal),
+      stop: (r: InstanceRef, signal: AbortSignal) => provider.stop(r, signal),
+      list: (signal: AbortSignal) => provider.list(signal),
+      close: () => provider.close(),
+      inspect: async (r: InstanceRef, signal: AbortSignal) => {
+        const seen = await provider.inspect(r, signal);
+        if (seen.state === 'running' && seen.endpoint !== undefined) await getJson(seen.endpoint);
+        return seen;
+      },
+    },
+    makeRef: (i) => ref(`r${i}`),
+    countInstances: async () => (await live()).length,
+    teardown: async () => {
+      for (const r of await live()) await provider.stop(ref(r.resourceId, r.instanceKey), fresh());
+      await provider.close();
+      await tmp.remove();
+    },
+  };
+});
 
 void describe('process provider', () => {
   void it('starts the command with {port} in argv and env, and runs it until stopped', async () => {

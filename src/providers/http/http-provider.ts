@@ -253,7 +253,10 @@ export class HttpProvider implements Provider {
 
   async #call(req: CompiledRequest, ctx: FillContext, signal: AbortSignal, op: string): Promise<Answer> {
     const urlText = fillTemplate(req.url, { ...ctx, encode: encodeURIComponent });
-    const url = new URL(urlText, this.#opts.baseUrl.endsWith('/') ? this.#opts.baseUrl : `${this.#opts.baseUrl}/`);
+    // A relative URL is appended to baseUrl's path (not resolved against it: "/servers" under
+    // ".../v2.1" means ".../v2.1/servers", as API docs write paths).
+    const url = /^[a-z][a-z0-9+.-]*:/i.test(urlText) ? new URL(urlText)
+      : new URL(`${this.#opts.baseUrl.replace(/\/+$/, '')}/${urlText.replace(/^\/+/, '')}`);
     const what = `${op}: ${req.method} ${this.#redact(url.origin + url.pathname, ctx)}`;
     const headers: Record<string, string> = {};
     for (const [name, t] of req.headers) {
