@@ -379,7 +379,6 @@ export class QemuProvider implements Provider {
       return false;
     }
     vm.pid = child.pid;
-    this.#o.onVmEvent?.({ type: 'launched', vm: vm.name, pid: child.pid, hostPort: vm.hostPort, restore: vm.restoring });
     const setupDeadline = Date.now() + Math.max(10_000, this.#o.qmpTimeoutMs);
     const gone = (): boolean => phaseOf(vm) === 'exited' || vm.cancel.signal.aborted;
     await this.#attachConsole(vm, consoleSocketPath, setupDeadline, gone);
@@ -390,6 +389,8 @@ export class QemuProvider implements Provider {
     if (gone()) return phaseOf(vm) !== 'exited';
     vm.phase = 'up';
     this.#log?.info({ vm: vm.name, resource: vm.resourceId, instance: vm.instanceKey, pid: vm.pid, hostPort: vm.hostPort, restore: vm.restoring }, 'qemu VM launched');
+    // Now QEMU is past its set-up (console attached, QMP answering): its forwarder listens.
+    this.#o.onVmEvent?.({ type: 'launched', vm: vm.name, pid: child.pid, hostPort: vm.hostPort, restore: vm.restoring });
     if (vm.restoring && incoming !== undefined) void this.#awaitRestore(vm, incoming);
     return true;
   }
