@@ -1,6 +1,7 @@
 /** The qemu provider's small parts, without a VM: console buffer, boot gate, command line. */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { loadConfigFile, parseConfig } from '../../src/config/load.ts';
 import { BootGate } from '../../src/providers/qemu/boot-gate.ts';
 import { buildQemuArgs, defaultKernelCmdline } from '../../src/providers/qemu/command-line.ts';
 import { ConsoleBuffer } from '../../src/providers/qemu/console-buffer.ts';
@@ -83,5 +84,20 @@ void describe('buildQemuArgs', () => {
 
   void it('defaults to the tuned kernel command line', () => {
     assert.match(defaultKernelCmdline(1000), /^console=ttyS0 .*tsc_early_khz=1000 tsc=reliable lpj=4000 /);
+  });
+});
+
+void describe('qemu config', () => {
+  void it('examples/qemu.yaml is valid and explicit about TCG', async () => {
+    const cfg = await loadConfigFile(new URL('../../examples/qemu.yaml', import.meta.url).pathname);
+    const p = cfg.providers['testvm'];
+    assert.equal(p?.kind, 'qemu');
+    assert.equal(p.kind === 'qemu' && p.accel, 'tcg');
+    assert.equal(p.kind === 'qemu' && p.suspendOnStop, true);
+  });
+
+  void it('a qemu provider with neither kernel nor disk is rejected, naming the field', () => {
+    assert.throws(() => parseConfig('providers: { q: { kind: qemu } }\nresources: { vm: { provider: q } }\n'),
+      /providers\.q\.kernelPath: needs kernelPath \(with initrdPath\) or diskImagePath/);
   });
 });

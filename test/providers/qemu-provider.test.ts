@@ -57,7 +57,8 @@ void describe('qemu provider', () => {
   });
 
   void it('queues boots past maxConcurrentBoots, is re-adopted after a restart, and powers down cleanly', async () => {
-    const s = await qemuSubject({ maxConcurrentBoots: 1 });
+    // Only the marker frees the slot here (not the bootSlotMaxMs fallback, which a loaded host can reach).
+    const s = await qemuSubject({ maxConcurrentBoots: 1, bootSlotMaxMs: 120_000 });
     try {
       await s.provider.start(ref('a'), signal());
       await s.provider.start(ref('b'), signal());
