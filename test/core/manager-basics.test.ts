@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ManualClock } from '../../src/core/clock.ts';
-import { ProviderError, SmartProxyError } from '../../src/core/errors.ts';
+import { ProviderError, type SmartProxyError } from '../../src/core/errors.ts';
 import { lifecycleEdges, transition } from '../../src/core/lifecycle.ts';
 import type { InspectResult, InstanceRef, Prober, Provider } from '../../src/core/ports.ts';
 import { ResourceManager, isSubset } from '../../src/core/resource-manager.ts';
