@@ -15,6 +15,7 @@ import { createHttpProvider } from './providers/http/http-provider.ts';
 import { createProcessProvider } from './providers/process/process-provider.ts';
 import { inheritedEnv, secretReaders } from './config/secrets.ts';
 import { createStaticProvider } from './providers/static/static-provider.ts';
+import { createQemuProvider } from './providers/qemu/qemu-provider.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 
@@ -181,5 +182,9 @@ function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, s
         ...p, secrets: secretReaders(p.credentials, `providers.${r.providerName}`), logger,
         resourceVars: (id) => ({ serviceId: serviceIds.get(id) ?? id }),
       });
+    case 'qemu': {
+      const { kind: _kind, ...options } = p;
+      return createQemuProvider({ ...options, logger });
+    }
   }
 }

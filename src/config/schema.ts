@@ -92,7 +92,38 @@ export const staticProviderSchema = z.object({
   endpoint: z.url({ protocol: /^https?$/ }).describe('Base URL of an always-running backend (never started or stopped by the proxy).'),
 }).strict();
 
-export const providerSchema = z.discriminatedUnion('kind', [atmosphereProviderSchema, staticProviderSchema, processProviderSchema, httpProviderSchema]);
+export const qemuProviderSchema = z.object({
+  kind: z.literal('qemu'),
+  qemuBinary: z.string().min(1).default('qemu-system-x86_64'),
+  machine: z.string().min(1).default('microvm').describe('QEMU machine: microvm (fastest, needs kernelPath) or q35/pc (firmware, can boot a disk).'),
+  accel: z.string().min(1).default('tcg')
+    .describe('Always passed explicitly. "kvm:tcg" does not fall back when /dev/kvm opens but cannot run the guest (kvm_pvm).'),
+  cpu: z.string().min(1).default('max'),
+  memoryMiB: z.number().int().min(16).default(256),
+  kernelPath: z.string().min(1).optional().describe('Kernel (uncompressed vmlinux boots fastest via PVH, or a bzImage); relative to the working directory.'),
+  initrdPath: z.string().min(1).optional(),
+  diskImagePath: z.string().min(1).optional().describe('Disk image attached with snapshot=on (guest writes are discarded).'),
+  kernelCmdline: z.string().optional().describe('Replaces the tuned default kernel command line.'),
+  kernelCmdlineExtra: z.string().optional().describe('Appended to the kernel command line.'),
+  tscKhz: z.number().int().min(1).optional().describe('Guest TSC rate for tsc_early_khz (required on microvm); read from /proc/cpuinfo when not set.'),
+  guestPort: port.default(80).describe('The guest service port the host port is forwarded to.'),
+  hostAddress: z.string().default('127.0.0.1').describe('Host address of the forwarded port.'),
+  extraArgs: z.array(z.string()).default([]).describe('Appended to the QEMU command line.'),
+  stateDir: z.string().min(1).default('var/qemu').describe('Per-VM pid, sockets, console log and suspend state; must be short (unix socket paths).'),
+  maxConcurrentBoots: z.number().int().min(1).default(2).describe('Boots at once; cold boots under TCG cost ~1.5 CPU-s each.'),
+  bootSlotMaxMs: ms('A boot holds its slot until the console marker, a finished restore, exit, or this long.', 10_000),
+  powerdownGraceMs: ms('After QMP system_powerdown, time for the guest to power off before quit.', 3_000),
+  consoleReadyMarker: z.string().min(1).optional()
+    .describe('Console text a cold-booted guest prints when up; until then the VM is reported starting. The HTTP probe still decides ready.'),
+  consoleMaxBytes: z.number().int().min(1024).default(64 * 1024).describe('Serial console bytes kept per VM.'),
+  suspendOnStop: z.boolean().default(false).describe('On stop, save the VM state to a file and restore it on the next start (~0.3 s instead of a cold boot).'),
+  suspendTimeoutMs: ms('Longest state save before falling back to a plain stop.', 30_000),
+  qmpTimeoutMs: ms('Each QMP command is cut after this long.', 5_000),
+}).strict().refine((q) => q.kernelPath !== undefined || q.diskImagePath !== undefined, {
+  message: 'needs kernelPath (with initrdPath) or diskImagePath', path: ['kernelPath'],
+});
+
+export const providerSchema = z.discriminatedUnion('kind', [atmosphereProviderSchema, staticProviderSchema, processProviderSchema, httpProviderSchema, qemuProviderSchema]);
 
 export const sharingSchema = z.enum(['shared', 'groups', 'user'])
   .describe('shared: one instance for everyone allowed; groups: an instance started for a group set serves requests acting with a superset (the original model); user: one per user.');
