@@ -13,6 +13,11 @@ import type { Clock, Logger, ProbeSpec, Provider } from './core/ports.ts';
 import { ResourceManager, type ResourceRuntime } from './core/resource-manager.ts';
 import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
 import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
+import { createHttpProvider } from './providers/http/http-provider.ts';
+import { createProcessProvider } from './providers/process/process-provider.ts';
+import { inheritedEnv, secretReaders } from './config/secrets.ts';
+import { createStaticProvider } from './providers/static/static-provider.ts';
+import { createQemuProvider } from './providers/qemu/qemu-provider.ts';
 import { createAccessSteps } from './proxy/identify.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
@@ -190,6 +195,19 @@ function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, s
         serviceId: (id) => serviceIds.get(id) ?? id,
         resourceIdOf: (serviceId) => resourceIds.get(serviceId),
       });
+    }
+    case 'static':
+      return createStaticProvider({ endpoint: p.endpoint });
+    case 'process':
+      return createProcessProvider({ ...p, baseEnv: inheritedEnv(), logger });
+    case 'http':
+      return createHttpProvider({
+        ...p, secrets: secretReaders(p.credentials, `providers.${r.providerName}`), logger,
+        resourceVars: (id) => ({ serviceId: serviceIds.get(id) ?? id }),
+      });
+    case 'qemu': {
+      const { kind: _kind, ...options } = p;
+      return createQemuProvider({ ...options, logger });
     }
   }
 }
