@@ -11,6 +11,7 @@ import type { Clock, Logger, ProbeSpec, Provider } from './core/ports.ts';
 import { ResourceManager, type ResourceRuntime } from './core/resource-manager.ts';
 import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
 import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
+import { createDockerProvider } from './providers/docker/docker-provider.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 
@@ -64,7 +65,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       if (injected !== undefined) return injected;
       const existing = providers.get(r.providerName);
       if (existing !== undefined) return existing;
-      const p = buildProvider(r, mockCloud, serviceIds);
+      const p = buildProvider(r, mockCloud, serviceIds, log);
       providers.set(r.providerName, p);
       return p;
     };
@@ -151,7 +152,7 @@ async function waitFor(cond: () => boolean, timeoutMs: number): Promise<void> {
   }
 }
 
-function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, serviceIds: ReadonlyMap<string, string>): Provider {
+function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, serviceIds: ReadonlyMap<string, string>, log: Logger): Provider {
   const p = r.provider;
   switch (p.kind) {
     case 'atmosphere': {
@@ -164,5 +165,18 @@ function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, s
       }
       return createAtmosphereProvider({ baseUrl, requestTimeoutMs: p.requestTimeoutMs, serviceId: (id) => serviceIds.get(id) ?? id });
     }
+    case 'docker':
+      return createDockerProvider({
+        socketPath: p.socketPath,
+        apiVersion: p.apiVersion,
+        requestTimeoutMs: p.requestTimeoutMs,
+        owner: p.owner,
+        // The schema guarantees exactly one of existing / create.
+        container: p.create !== undefined ? { mode: 'create', ...p.create } : { mode: 'existing', ...p.existing },
+        endpoint: { mode: p.endpoint, containerPort: p.containerPort, hostIp: p.hostIp, network: p.network, scheme: p.scheme },
+        health: { use: p.health === 'use', unhealthyAs: p.unhealthy },
+        stopTimeoutS: p.stopTimeoutS,
+        logger: log,
+      });
   }
 }
