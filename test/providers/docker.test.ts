@@ -11,6 +11,7 @@ import { ProviderError } from '../../src/core/errors.ts';
 import type { InspectResult, InstanceRef, Provider } from '../../src/core/ports.ts';
 import { createDockerProvider, labelKeys, type ContainerSelection, type DockerProviderOptions } from '../../src/providers/docker/docker-provider.ts';
 import { providerContract } from './contract.ts';
+import { startHarness } from '../helpers/proxy-harness.ts';
 import { freshOwner, startPodmanService, testImage, type PodmanService } from './docker-engine.ts';
 
 let engine: PodmanService | undefined;
@@ -245,5 +246,92 @@ void describe('docker provider on Podman', () => {
     const second = await provider.start(r, sig());
     assert.notEqual(second.handle, first.handle);
     assert.equal((await until(provider, r, ['running', 'failed'])).state, 'running');
+  });
+});
+
+void describe('docker resources through the proxy', () => {
+  /** Counts inspect answers by state, so a test can await "the core has looked N more times". */
+  function counting(inner: Provider) {
+    const seen: string[] = [];
+    const waiters: Array<() => void> = [];
+    const provider: Provider = {
+      kind: inner.kind,
+      start: (r, s) => inner.start(r, s),
+      stop: (r, s) => inner.stop(r, s),
+      close: () => inner.close?.() ?? Promise.resolve(),
+      async inspect(r, s) {
+        const result = await inner.inspect(r, s);
+        seen.push(result.state);
+        for (const w of waiters.splice(0)) w();
+        return result;
+      },
+    };
+    const moreInspects = async (n: number): Promise<void> => {
+      const target = seen.length + n;
+      while (seen.length < target) await new Promise<void>((resolve) => waiters.push(resolve));
+    };
+    return { provider, seen, moreInspects };
+  }
+
+  void it('a cold request wakes a stopped container, is held until it answers, then forwarded; wakes it again after a stop', async (t) => {
+    const owner = scoped(t);
+    // An operator's container, created and never started: the proxy manages it by name.
+    const created = await podman().api('POST', `/containers/create?name=${owner}-site`, {
+      Image: testImage, Labels: { [labelKeys.owner]: owner }, ExposedPorts: { '80/tcp': {} },
+      HostConfig: { NetworkMode: 'slirp4netns', PortBindings: { '80/tcp': [{ HostIp: '127.0.0.1', HostPort: '' }] } },
+    });
+    assert.equal(created.status, 201, JSON.stringify(created.json));
+    const provider = createDockerProvider(options(owner, { container: { mode: 'existing', name: `${owner}-{resourceId}` } }));
+    const h = await startHarness({ resources: [{ id: 'site', provider, bootTimeoutMs: 30_000, probe: { kind: 'http', path: '/health', expectStatus: [200], timeoutMs: 1000 } }] });
+    t.after(() => h.close());
+
+    const t0 = performance.now();
+    const cold = await fetch(`${h.url}/smart_proxy/site/g1/index.html?x=1`, { signal: AbortSignal.timeout(30_000) });
+    const coldMs = performance.now() - t0;
+    assert.equal(cold.status, 200);
+    assert.equal(await cold.text(), 'hello from busybox httpd\n');
+    t.diagnostic(`cold request to a stopped container answered in ${coldMs.toFixed(0)} ms`);
+    assert.deepEqual((await podman().containersOf(owner)).map((c) => c.State), ['running']);
+
+    const warm = await fetch(`${h.url}/smart_proxy/site/g1/health`);
+    assert.deepEqual([warm.status, await warm.text()], [200, 'ok\n']);
+
+    // Stop it through the control plane (as the idle reaper would); the next request wakes it.
+    for (const inst of [...h.manager.allInstances()]) await h.manager.stop(inst, 'test');
+    assert.deepEqual((await podman().containersOf(owner)).map((c) => c.State), ['exited']);
+    const again = await fetch(`${h.url}/smart_proxy/site/g1/`, { signal: AbortSignal.timeout(30_000) });
+    assert.deepEqual([again.status, await again.text()], [200, 'hello from busybox httpd\n']);
+    assert.equal((await podman().containersOf(owner)).length, 1, 'the same container, started again');
+  });
+
+  void it('create mode: the held request waits for the healthcheck even when the port already answers', async (t) => {
+    const owner = scoped(t);
+    const { provider, seen, moreInspects } = counting(createDockerProvider(options(owner, {
+      container: createMode({ healthcheck: { test: ['CMD', 'test', '-f', '/www/health'], intervalMs: 60_000, timeoutMs: 5_000, retries: 1, startPeriodMs: 0 } }),
+    })));
+    const h = await startHarness({ resources: [{ id: 'app', provider, bootTimeoutMs: 30_000 }] });
+    t.after(() => h.close());
+
+    let answered = false;
+    const pending = fetch(`${h.url}/smart_proxy/app/g1/index.html`, { signal: AbortSignal.timeout(30_000) })
+      .then(async (res) => { answered = true; return { status: res.status, body: await res.text() }; });
+    // Wait for the container to exist and for httpd to answer on its published port directly.
+    await moreInspects(1);
+    const [container] = await podman().containersOf(owner);
+    assert.ok(container);
+    const direct = await createDockerProvider(options(owner, { health: { use: false, unhealthyAs: 'failed' } })).inspect(ref('app'), sig());
+    assert.equal(direct.state, 'running');
+    for (;;) {
+      const ok = await get(`${direct.endpoint}/`).then((r) => r.status === 200, () => false);
+      if (ok) break;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    // The service answers, but the healthcheck has not passed: the core keeps holding.
+    await moreInspects(3);
+    assert.equal(answered, false, 'held while the container is not healthy');
+    assert.equal(seen.at(-1), 'starting');
+    assert.equal(await podman().runHealthcheck(container.Id), 'healthy');
+    assert.deepEqual(await pending, { status: 200, body: 'hello from busybox httpd\n' });
+    assert.equal((await podman().containersOf(owner)).length, 1);
   });
 });
