@@ -4,6 +4,12 @@
 set -euo pipefail
 pkgs=()
 command -v chromium >/dev/null 2>&1 || pkgs+=(chromium fonts-dejavu-core)
+# docker provider tests: a private Podman Docker-API service (scripts/podman/podman.sh). runc
+# explicitly (Debian's default crun fails on hybrid cgroup hosts), slirp4netns for networking
+# without a host bridge, busybox-static for the locally built test image (no registry).
+for p in podman runc slirp4netns busybox-static; do
+  dpkg -s "$p" >/dev/null 2>&1 || pkgs+=("$p")
+done
 [ ${#pkgs[@]} -eq 0 ] && exit 0
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq

@@ -25,9 +25,10 @@ need() {
   command -v podman >/dev/null 2>&1 || missing+=(podman)
   command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || missing+=(runc)
   command -v slirp4netns >/dev/null 2>&1 || missing+=(slirp4netns)
-  [ -x /bin/busybox ] || missing+=(busybox-static)
+  # The image runs it with no libc beside it: it must be the static build.
+  { [ -x /bin/busybox ] && (ldd /bin/busybox 2>&1 || true) | grep -q 'not a dynamic'; } || missing+=(busybox-static)
   if [ ${#missing[@]} -gt 0 ]; then
-    echo "podman.sh: missing: ${missing[*]}. Install the Debian packages: apt-get install -y podman runc slirp4netns busybox-static uidmap (or run scripts/install-system-deps.sh)" >&2
+    echo "podman.sh: missing: ${missing[*]}. Install the Debian packages: apt-get install -y podman runc slirp4netns busybox-static (or run scripts/install-system-deps.sh)" >&2
     exit 2
   fi
   if [ "$(id -u)" != 0 ]; then

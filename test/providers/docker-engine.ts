@@ -111,7 +111,7 @@ async function untilListening(
     child.once('exit', (code) => reject(new Error(
       code === 2
         ? `podman is not usable here: ${stderr().trim()}`
-        : `podman service exited with ${code}: ${stderr().trim()}\nIt needs the Debian packages podman runc slirp4netns busybox-static uidmap (scripts/install-system-deps.sh).`,
+        : `podman service exited with ${code}: ${stderr().trim()}\nIt needs the Debian packages podman runc slirp4netns busybox-static (scripts/install-system-deps.sh).`,
     )));
     child.once('error', (err) => reject(new Error(`cannot run bash ${script}: ${err.message}`)));
   });

@@ -217,6 +217,17 @@ void describe('docker provider against a sick engine', () => {
     assert.match(err.message, /did not answer within 300 ms/);
   });
 
+  void it('the caller aborting mid-call rejects at once with the signal\'s reason', async (t) => {
+    const engine = await sickEngine(() => { /* never answers */ });
+    t.after(() => engine.close());
+    const provider = createDockerProvider({ ...options(engine.socketPath), requestTimeoutMs: 60_000 });
+    const controller = new AbortController();
+    const reason = new Error('caller gave up');
+    const call = provider.inspect(ref, controller.signal);
+    setImmediate(() => controller.abort(reason));
+    await assert.rejects(call, (err) => err === reason);
+  });
+
   void it('a 404 on inspect is "stopped"; a garbage 200 is a retryable error', async (t) => {
     let mode: 'missing' | 'garbage' = 'missing';
     const engine = await sickEngine((res) => (mode === 'missing' ? json(res, 404, { message: 'no such container' }) : json(res, 200, { hello: 1 })));

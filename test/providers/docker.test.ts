@@ -5,9 +5,13 @@
  * Each test uses its own owner label and removes its containers at the end.
  */
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
+import { parseConfig } from '../../src/config/load.ts';
 import { ProviderError } from '../../src/core/errors.ts';
+import { startApp } from '../../src/main.ts';
 import type { InspectResult, InstanceRef, Provider } from '../../src/core/ports.ts';
 import { createDockerProvider, labelKeys, type ContainerSelection, type DockerProviderOptions } from '../../src/providers/docker/docker-provider.ts';
 import { providerContract } from './contract.ts';
@@ -333,5 +337,41 @@ void describe('docker resources through the proxy', () => {
     assert.equal(await podman().runHealthcheck(container.Id), 'healthy');
     assert.deepEqual(await pending, { status: 200, body: 'hello from busybox httpd\n' });
     assert.equal((await podman().containersOf(owner)).length, 1);
+  });
+});
+
+void describe('examples/docker.yaml through startApp', () => {
+  void it('wakes a created container and an existing one, and stops them on shutdown', async (t) => {
+    const owner = scoped(t);
+    const text = await readFile(fileURLToPath(new URL('../../examples/docker.yaml', import.meta.url)), 'utf8');
+    const config = parseConfig(text, 'examples/docker.yaml');
+    // Point the example at this test's engine, with its own owner and names, on a free port.
+    for (const p of Object.values(config.providers)) {
+      assert.equal(p.kind, 'docker');
+      if (p.kind !== 'docker') continue;
+      p.socketPath = podman().socketPath;
+      p.owner = owner;
+      if (p.existing !== undefined) p.existing.name = `${owner}-{resourceId}`;
+    }
+    config.listen.port = 0;
+    config.log.level = 'silent';
+    const made = await podman().api('POST', `/containers/create?name=${owner}-legacy`, {
+      Image: testImage, Labels: { [labelKeys.owner]: owner }, ExposedPorts: { '80/tcp': {} },
+      HostConfig: { NetworkMode: 'slirp4netns', PortBindings: { '80/tcp': [{ HostIp: '127.0.0.1', HostPort: '' }] } },
+    });
+    assert.equal(made.status, 201, JSON.stringify(made.json));
+    const app = await startApp(config);
+    let closed = false;
+    t.after(async () => { if (!closed) await app.close(); });
+
+    for (const path of ['site/-/index.html', 'legacy/-/index.html']) {
+      const res = await fetch(`${app.proxyUrl}/smart_proxy/${path}`, { signal: AbortSignal.timeout(30_000) });
+      assert.deepEqual([res.status, await res.text()], [200, 'hello from busybox httpd\n'], path);
+    }
+    assert.deepEqual((await podman().containersOf(owner)).map((c) => c.State), ['running', 'running']);
+    closed = true;
+    await app.close();
+    // shutdown.stopInstances: true in the example.
+    assert.deepEqual((await podman().containersOf(owner)).map((c) => c.State), ['exited', 'exited']);
   });
 });

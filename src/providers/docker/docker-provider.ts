@@ -327,13 +327,12 @@ export class DockerProvider implements Provider {
     const abortSignal = AbortSignal.any([signal, timeout]);
     const where = ref === undefined ? {} : { resource: ref.resourceId, instance: ref.instanceKey };
     try {
-      if (abortSignal.aborted) throw abortSignal.reason;
+      if (abortSignal.aborted) throw abortSignal.reason as Error;
       return await body(abortSignal);
     } catch (err) {
+      // The caller gave up: reject with its reason (ports.ts), whatever the client made of it.
+      if (signal.aborted) throw signal.reason;
       if (err instanceof ProviderError) throw err;
-      if (signal.aborted) {
-        throw new ProviderError(`docker ${what}: aborted`, { retryable: true, data: where, cause: err });
-      }
       if (timeout.aborted) {
         throw new ProviderError(`docker ${what}: the engine did not answer within ${this.#o.requestTimeoutMs} ms`, { retryable: true, data: where, cause: err });
       }
