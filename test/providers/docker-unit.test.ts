@@ -193,6 +193,21 @@ void describe('docker provider against a sick engine', () => {
     assert.match(err.message, /cannot reach the engine: ENOENT \(is the engine running at \/nonexistent\/docker.sock\?\)/);
   });
 
+  void it('the configured socket wins over DOCKER_HOST and DOCKER_TLS_VERIFY', async (t) => {
+    const engine = await sickEngine((res) => json(res, 404, { message: 'no such container' }));
+    t.after(() => engine.close());
+    const saved = { host: process.env.DOCKER_HOST, tls: process.env.DOCKER_TLS_VERIFY };
+    process.env.DOCKER_HOST = 'tcp://127.0.0.1:1';
+    process.env.DOCKER_TLS_VERIFY = '1';
+    t.after(() => {
+      for (const [k, v] of [['DOCKER_HOST', saved.host], ['DOCKER_TLS_VERIFY', saved.tls]] as const) {
+        if (v === undefined) delete process.env[k]; else process.env[k] = v;
+      }
+    });
+    const provider = createDockerProvider(options(engine.socketPath));
+    assert.deepEqual(await provider.inspect(ref, AbortSignal.timeout(5000)), { state: 'stopped' });
+  });
+
   void it('5xx and 429 are retryable; other 4xx are not; the engine\'s message is kept', async (t) => {
     let status = 500;
     const engine = await sickEngine((res) => json(res, status, { message: `engine says ${status}` }));

@@ -132,8 +132,12 @@ export class DockerProvider implements Provider {
   constructor(options: DockerProviderOptions) {
     this.#o = options;
     this.#log = options.logger;
-    // host/protocol explicitly unset: the socket from the config wins over DOCKER_HOST.
-    this.#docker = new Docker({ socketPath: options.socketPath, host: undefined, protocol: undefined, version: options.apiVersion });
+    // docker-modem starts from DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CLIENT_TIMEOUT; unset what
+    // they could set, so that the socket and timeout from the config are the only ones in force.
+    this.#docker = new Docker({
+      socketPath: options.socketPath, version: options.apiVersion,
+      host: undefined, port: undefined, protocol: undefined, timeout: undefined, ca: undefined, cert: undefined, key: undefined,
+    });
   }
 
   async start(ref: InstanceRef, signal: AbortSignal): Promise<StartResult> {
