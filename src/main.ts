@@ -11,6 +11,9 @@ import type { Clock, Logger, ProbeSpec, Provider } from './core/ports.ts';
 import { ResourceManager, type ResourceRuntime } from './core/resource-manager.ts';
 import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
 import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
+import { createHttpProvider } from './providers/http/http-provider.ts';
+import { createProcessProvider } from './providers/process/process-provider.ts';
+import { inheritedEnv, secretReaders } from './config/secrets.ts';
 import { createStaticProvider } from './providers/static/static-provider.ts';
 import { createDockerProvider } from './providers/docker/docker-provider.ts';
 import { netProber } from './proxy/probe.ts';
@@ -172,6 +175,13 @@ function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, s
     }
     case 'static':
       return createStaticProvider({ endpoint: p.endpoint });
+    case 'process':
+      return createProcessProvider({ ...p, baseEnv: inheritedEnv(), logger });
+    case 'http':
+      return createHttpProvider({
+        ...p, secrets: secretReaders(p.credentials, `providers.${r.providerName}`), logger,
+        resourceVars: (id) => ({ serviceId: serviceIds.get(id) ?? id }),
+      });
     case 'docker':
       return createDockerProvider({
         socketPath: p.socketPath,
