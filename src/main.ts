@@ -13,6 +13,7 @@ import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
 import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
+import { ThemeLoader } from './proxy/waiting-page.ts';
 
 export interface AppOptions {
   readonly logger?: Logger;
@@ -72,6 +73,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     // 3. The control plane.
     const manager = new ResourceManager({ clock, prober: netProber, logger: log, maxHeldRequestsTotal: config.limits.maxHeldRequests });
     const routed = new Map<string, RoutedResource>();
+    const themes = new ThemeLoader();
     for (const r of resources) {
       const runtime: ResourceRuntime = {
         id: r.id,
@@ -87,7 +89,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         maxHeldRequests: r.maxHeldRequests,
         idleStopMs: r.idleStopMs,
       };
-      routed.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs });
+      // Waiting page themes are read and checked here, once: a broken theme stops start-up.
+      routed.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs, waiting: { ...r.waiting, theme: themes.load(r.waiting.themeDir) } });
     }
 
     // 4. The data plane, last: traffic arrives only once everything behind it exists.
@@ -100,6 +103,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       headersTimeoutMs: config.server.headersTimeoutMs,
       keepAliveTimeoutMs: config.server.keepAliveTimeoutMs,
       maxHeaderBytes: config.server.maxHeaderBytes,
+      clock,
     });
     const addr = await proxy.listen(config.listen.port, config.listen.host);
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;

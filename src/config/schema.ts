@@ -66,6 +66,13 @@ const resourceFields = {
   failureCooldownMs: optMs('After a failed start, requests fail fast with 503 for this long.', resourceBuiltinDefaults.failureCooldownMs),
   maxHeldRequests: z.number().int().min(0).optional().describe('Requests held at once for this resource; past it 503 + Retry-After. Default: limits.maxHeldRequestsPerResource.'),
   idleStopMs: optMs('Stop an instance after this long with no request and no open connection; 0 = never.', resourceBuiltinDefaults.idleStopMs),
+  waiting: z.object({
+    browserPage: z.boolean().optional()
+      .describe('A browser navigation (GET/HEAD accepting text/html, no Prefer: wait) gets the waiting page at once instead of being held. Default: true.'),
+    defaultWaitMs: optMs('Hold of a request that sends no Prefer: wait=N; never more than holdTimeoutMs. Default: holdTimeoutMs.'),
+    themeDir: z.string().min(1).optional()
+      .describe('Folder with an operator\'s waiting.html template (relative to the working directory); the built-in theme when absent. See docs/how-to/theme-the-waiting-page.md.'),
+  }).strict().optional().describe('How clients wait for this resource while it starts (docs/concepts/waiting.md). Merged field by field with resourceDefaults.waiting.'),
 };
 
 export const resourceDefaultsSchema = z.object(resourceFields).strict();

@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SmartProxyError } from '../core/errors.ts';
 import type { ProgressSnapshot, ProgressStep } from './progress-sse.ts';
@@ -74,6 +74,23 @@ export function loadTheme(dir: string): WaitingTheme {
     throw new SmartProxyError('SP_CONFIG_INVALID', `waiting page theme: cannot read ${file}: ${(err as Error).message}`);
   }
   return parseTemplate(text, file);
+}
+
+/** Loads each theme folder once, however many resources share it. */
+export class ThemeLoader {
+  readonly #byDir = new Map<string, WaitingTheme>();
+
+  /** `undefined` (no folder configured) means the built-in theme. Relative to the working directory. */
+  load(dir: string | undefined): WaitingTheme | undefined {
+    if (dir === undefined) return undefined;
+    const abs = resolve(dir);
+    let theme = this.#byDir.get(abs);
+    if (theme === undefined) {
+      theme = loadTheme(abs);
+      this.#byDir.set(abs, theme);
+    }
+    return theme;
+  }
 }
 
 let builtin: WaitingTheme | undefined;
