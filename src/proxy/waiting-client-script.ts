@@ -31,7 +31,8 @@ const SCRIPT = String.raw`(function () {
     var from = 'from ' + eta.samples + ' past start' + (eta.samples === 1 ? '' : 's');
     if (snap.step === 'ready') return 'Usually ' + dur(eta.p50Ms) + ' (' + from + ').';
     e = e || 0;
-    if (e < eta.p50Ms) return 'About ' + dur(eta.p50Ms - e) + ' left: usually ' + dur(eta.p50Ms) + ', 9 in 10 within ' + dur(eta.p90Ms) + ' (' + from + ').';
+    var range = eta.p90Ms > eta.p50Ms ? ', 9 in 10 within ' + dur(eta.p90Ms) : '';
+    if (e < eta.p50Ms) return 'About ' + dur(eta.p50Ms - e) + ' left: usually ' + dur(eta.p50Ms) + range + ' (' + from + ').';
     if (e < eta.p90Ms) return 'A little slower than usual: 9 in 10 starts finish within ' + dur(eta.p90Ms) + ' (' + from + ').';
     return 'Slower than usual: it usually takes ' + dur(eta.p50Ms) + ' (' + from + ').';
   }
@@ -79,9 +80,9 @@ const SCRIPT = String.raw`(function () {
   setInterval(function () {
     if (finished) return;
     paint();
-    // The stream sends a snapshot every few seconds; silence means it is broken somewhere
+    // The stream sends a snapshot every 5 s; 15 s of silence means it is broken somewhere
     // between here and the proxy: fall back to what works without JavaScript.
-    if (Date.now() - lastMessageAt > cfg.refreshS * 5000) reload();
+    if (Date.now() - lastMessageAt > 15000) reload();
   }, 1000);
 })();`;
 

@@ -130,7 +130,8 @@ export function etaText(snap: ProgressSnapshot): string {
   if (snap.step === 'ready') return `Usually ${formatDuration(eta.p50Ms)} (${from}).`;
   const elapsed = snap.elapsedMs ?? 0;
   if (elapsed < eta.p50Ms) {
-    return `About ${formatDuration(eta.p50Ms - elapsed)} left: usually ${formatDuration(eta.p50Ms)}, 9 in 10 within ${formatDuration(eta.p90Ms)} (${from}).`;
+    const range = eta.p90Ms > eta.p50Ms ? `, 9 in 10 within ${formatDuration(eta.p90Ms)}` : '';
+    return `About ${formatDuration(eta.p50Ms - elapsed)} left: usually ${formatDuration(eta.p50Ms)}${range} (${from}).`;
   }
   if (elapsed < eta.p90Ms) return `A little slower than usual: 9 in 10 starts finish within ${formatDuration(eta.p90Ms)} (${from}).`;
   return `Slower than usual: it usually takes ${formatDuration(eta.p50Ms)} (${from}).`;
