@@ -61,8 +61,11 @@ const SCRIPT = String.raw`(function () {
     setText('sp-state', cfg.stepTexts[s.step] || s.step);
     setText('sp-reason', s.reason || '');
     paint();
+    // Stopped with nothing starting it (say, an idle stop raced this page): a reload asks again.
+    if (s.state === 'stopped' && !reloadQueued) { reloadQueued = true; setTimeout(reload, cfg.refreshS * 1000); }
   }
   function reload() { location.reload(); }
+  var reloadQueued = false;
   apply(snap);
   if (!window.EventSource) { setTimeout(reload, cfg.refreshS * 1000); return; }
   var es = new EventSource(cfg.eventsUrl);

@@ -351,6 +351,37 @@ describe('per-client waiting', () => {
     });
   });
 
+  it('a page shown while the instance is stopping starts it again once the stop is done', { timeout: 20_000 }, async () => {
+    let openGate: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => { openGate = resolve; });
+    class SlowStop extends MimicProvider {
+      override async stop(ref: Parameters<MimicProvider['stop']>[0]): Promise<void> {
+        await gate;
+        return super.stop(ref);
+      }
+    }
+    const mimic = new SlowStop({ bootMs: 0 });
+    await withHarness(mimic, {}, async (h) => {
+      const warm = await fetch(`${h.url}/smart_proxy/app/g1/`);
+      assert.equal(warm.status, 200);
+      await warm.text();
+      const [inst] = [...h.manager.instancesOf('app')];
+      assert.ok(inst !== undefined);
+      const stopped = h.manager.stop(inst, 'test');
+      assert.equal(inst.status, 'stopping');
+      const page = await fetch(`${h.url}/smart_proxy/app/g1/`, { headers: { accept: 'text/html' } });
+      assert.equal(page.status, 503);
+      assert.match(await page.text(), /data-step="stopping"/);
+      const ready = new Promise<void>((resolve) => {
+        const off = h.manager.onEvent((e) => { if (e.type === 'boot-finished') { off(); resolve(); } });
+      });
+      openGate();
+      await stopped;
+      await ready;
+      assert.equal(mimic.calls.start, 2, 'started again after the stop, with nobody held');
+    });
+  });
+
   it('ends open progress streams when the proxy closes', async () => {
     const mimic = new MimicProvider({ manual: true });
     const h = await startHarness({ resources: [{ id: 'app', provider: mimic }] });
