@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { LineCounter, parseDocument, isNode, type Document } from 'yaml';
 import type { z } from 'zod';
-import { configSchema, type Config, type ProbeConfig, type ProviderConfig, type ResourceConfig } from './schema.ts';
+import { configSchema, type Config, type KeepWarmConfig, type ProbeConfig, type ProviderConfig, type ResourceConfig } from './schema.ts';
 import { SmartProxyError } from '../core/errors.ts';
 
 export class ConfigError extends SmartProxyError {
@@ -98,6 +98,9 @@ export interface EffectiveResource {
   readonly failureCooldownMs: number;
   readonly maxHeldRequests: number;
   readonly idleStopMs: number;
+  readonly releaseConcurrency: number;
+  readonly healthCheckIntervalMs: number;
+  readonly keepWarm: KeepWarmConfig | undefined;
 }
 
 const defaultProbe: ProbeConfig = { kind: 'http', path: '/', expectStatus: ['2xx', '3xx', '4xx'], timeoutMs: 1000 };
@@ -112,6 +115,8 @@ const builtinDefaults = {
   providerCallTimeoutMs: 10_000,
   failureCooldownMs: 5_000,
   idleStopMs: 0,
+  releaseConcurrency: 64,
+  healthCheckIntervalMs: 30_000,
 } as const;
 
 /** Merges resource, resourceDefaults and built-in defaults, in that order of precedence. */
@@ -137,6 +142,9 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       failureCooldownMs: r.failureCooldownMs ?? d.failureCooldownMs ?? builtinDefaults.failureCooldownMs,
       maxHeldRequests: r.maxHeldRequests ?? d.maxHeldRequests ?? cfg.limits.maxHeldRequestsPerResource,
       idleStopMs: r.idleStopMs ?? d.idleStopMs ?? builtinDefaults.idleStopMs,
+      releaseConcurrency: r.releaseConcurrency ?? d.releaseConcurrency ?? builtinDefaults.releaseConcurrency,
+      healthCheckIntervalMs: r.healthCheckIntervalMs ?? d.healthCheckIntervalMs ?? builtinDefaults.healthCheckIntervalMs,
+      keepWarm: r.keepWarm ?? d.keepWarm,
     };
   });
 }
