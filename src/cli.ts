@@ -6,9 +6,6 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { loadConfigFile, ConfigError } from './config/load.ts';
 import { applyEnv } from './config/env.ts';
-import { startApp, createLogger } from './main.ts';
-import { startMockCloud } from './mock-cloud/mock-cloud.ts';
-import { printDemoBanner } from './demo-banner.ts';
 
 const usage = `usage: smart-proxy <command> [options]
 
@@ -32,6 +29,9 @@ async function main(argv: string[]): Promise<number> {
         return 2;
       }
       const config = applyEnv(await loadConfigFile(file), values.port);
+      // Loaded on demand so that check-config stays light and never opens a socket.
+      const { startApp } = await import('./main.ts');
+      const { printDemoBanner } = await import('./demo-banner.ts');
       const app = await startApp(config);
       if (command === 'demo') printDemoBanner(app);
       await new Promise<void>((resolve) => {
@@ -70,6 +70,8 @@ async function main(argv: string[]): Promise<number> {
         if (!Number.isFinite(n) || n < 0) throw new ConfigError('command line', [`--${name}: expected a non-negative number, got "${v}"`]);
         return n;
       };
+      const { startMockCloud } = await import('./mock-cloud/mock-cloud.ts');
+      const { createLogger } = await import('./main.ts');
       const cloud = await startMockCloud({
         host: values.host, port: num('port', values.port),
         bootTimeMinMs: num('boot-min-ms', values['boot-min-ms']), bootTimeMaxMs: num('boot-max-ms', values['boot-max-ms']),

@@ -11,6 +11,7 @@ import type { Clock, Logger, ProbeSpec, Provider } from './core/ports.ts';
 import { ResourceManager, type ResourceRuntime } from './core/resource-manager.ts';
 import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
 import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
+import { createStaticProvider } from './providers/static/static-provider.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 
@@ -52,7 +53,6 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       mockCloud = await startMockCloud(config.mockCloud, log);
       const mc = mockCloud;
       closers.push(() => mc.close());
-      log.info({ url: mockCloud.url }, 'mock cloud listening');
     }
 
     // 2. Providers: one per named entry, one per inline definition.
@@ -64,7 +64,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       if (injected !== undefined) return injected;
       const existing = providers.get(r.providerName);
       if (existing !== undefined) return existing;
-      const p = buildProvider(r, mockCloud, serviceIds);
+      const p = buildProvider(r, mockCloud, serviceIds, log);
       providers.set(r.providerName, p);
       return p;
     };
@@ -151,7 +151,7 @@ async function waitFor(cond: () => boolean, timeoutMs: number): Promise<void> {
   }
 }
 
-function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, serviceIds: ReadonlyMap<string, string>): Provider {
+function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, serviceIds: ReadonlyMap<string, string>, logger: Logger): Provider {
   const p = r.provider;
   switch (p.kind) {
     case 'atmosphere': {
@@ -162,7 +162,14 @@ function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, s
         }
         baseUrl = mockCloud.url;
       }
-      return createAtmosphereProvider({ baseUrl, requestTimeoutMs: p.requestTimeoutMs, serviceId: (id) => serviceIds.get(id) ?? id });
+      const resourceIds = new Map([...serviceIds].map(([resourceId, serviceId]) => [serviceId, resourceId]));
+      return createAtmosphereProvider({
+        baseUrl, requestTimeoutMs: p.requestTimeoutMs, logger,
+        serviceId: (id) => serviceIds.get(id) ?? id,
+        resourceIdOf: (serviceId) => resourceIds.get(serviceId),
+      });
     }
+    case 'static':
+      return createStaticProvider({ endpoint: p.endpoint });
   }
 }

@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { LineCounter, parseDocument, isNode, type Document } from 'yaml';
 import type { z } from 'zod';
-import { configSchema, type Config, type KeepWarmConfig, type ProbeConfig, type ProviderConfig, type ResourceConfig } from './schema.ts';
+import { configSchema, resourceBuiltinDefaults, type Config, type KeepWarmConfig, type ProbeConfig, type ProviderConfig, type ResourceConfig } from './schema.ts';
 import { SmartProxyError } from '../core/errors.ts';
 
 export class ConfigError extends SmartProxyError {
@@ -21,11 +21,12 @@ export class ConfigError extends SmartProxyError {
 /** Parses and validates YAML text. `source` names the file in messages. */
 export function parseConfig(text: string, source = '<config>'): Config {
   const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  const doc = parseDocument(text, { lineCounter, prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
     throw new ConfigError(source, doc.errors.map((e) => {
       const pos = e.linePos?.[0];
-      return `${pos ? `line ${pos.line}, column ${pos.col}: ` : ''}${e.message.split('\n')[0] ?? e.message}`;
+      const message = (e.message.split('\n')[0] ?? e.message).replace(/ at line \d+, column \d+:?$/, '');
+      return `${pos ? `line ${pos.line}, column ${pos.col}: ` : ''}${message}`;
     }));
   }
   const raw: unknown = doc.toJS({ maxAliasCount: 100 }) ?? {};
@@ -105,19 +106,7 @@ export interface EffectiveResource {
 
 const defaultProbe: ProbeConfig = { kind: 'http', path: '/', expectStatus: ['2xx', '3xx', '4xx'], timeoutMs: 1000 };
 
-const builtinDefaults = {
-  sharing: 'shared',
-  bootTimeoutMs: 60_000,
-  probe: defaultProbe,
-  probeIntervalMs: 20,
-  pollIntervalMinMs: 20,
-  pollIntervalMaxMs: 250,
-  providerCallTimeoutMs: 10_000,
-  failureCooldownMs: 5_000,
-  idleStopMs: 0,
-  releaseConcurrency: 64,
-  healthCheckIntervalMs: 30_000,
-} as const;
+const builtinDefaults = { ...resourceBuiltinDefaults, probe: defaultProbe };
 
 /** Merges resource, resourceDefaults and built-in defaults, in that order of precedence. */
 export function effectiveResources(cfg: Config): EffectiveResource[] {

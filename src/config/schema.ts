@@ -34,7 +34,12 @@ export const atmosphereProviderSchema = z.object({
   requestTimeoutMs: ms('Timeout of one call to the cloud API.', 5000),
 }).strict();
 
-export const providerSchema = z.discriminatedUnion('kind', [atmosphereProviderSchema]);
+export const staticProviderSchema = z.object({
+  kind: z.literal('static'),
+  endpoint: z.url({ protocol: /^https?$/ }).describe('Base URL of an always-running backend (never started or stopped by the proxy).'),
+}).strict();
+
+export const providerSchema = z.discriminatedUnion('kind', [atmosphereProviderSchema, staticProviderSchema]);
 
 export const sharingSchema = z.enum(['shared', 'groups', 'user'])
   .describe('shared: one instance for everyone allowed; groups: an instance started for a group set serves requests acting with a superset (the original model); user: one per user.');
@@ -54,22 +59,39 @@ export const keepWarmSchema = z.object({
   });
 }).describe('Keep-warm: a floor on running instances, always and in cron-like time windows.');
 
+/** Built-in defaults of the per-resource settings (resourceDefaults overrides them, a resource overrides both). */
+export const resourceBuiltinDefaults = {
+  sharing: 'shared',
+  bootTimeoutMs: 60_000,
+  probeIntervalMs: 20,
+  pollIntervalMinMs: 20,
+  pollIntervalMaxMs: 250,
+  providerCallTimeoutMs: 10_000,
+  failureCooldownMs: 5_000,
+  idleStopMs: 0,
+  releaseConcurrency: 64,
+  healthCheckIntervalMs: 30_000,
+} as const;
+
+/** An optional duration whose default is applied when resources are merged, not here. */
+const optMs = (description: string, dflt?: number) =>
+  z.number().int().min(0).optional().describe(dflt === undefined ? description : `${description} Default: ${dflt}.`);
+
 const resourceFields = {
   sharing: sharingSchema.optional(),
-  bootTimeoutMs: ms('From the start call to ready. Held requests get 504 past it.', 60_000).optional(),
-  holdTimeoutMs: z.number().int().min(0).optional()
-    .describe('How long one request is held at most; defaults to bootTimeoutMs.'),
+  bootTimeoutMs: optMs('From the start call to ready. Held requests get 504 past it.', resourceBuiltinDefaults.bootTimeoutMs),
+  holdTimeoutMs: optMs('How long one request is held at most. Default: bootTimeoutMs.'),
   probe: probeSchema.optional(),
-  probeIntervalMs: ms('Pause between probes once the provider says running.', 20).optional(),
-  pollIntervalMinMs: ms('First pause between provider polls while it says starting; grows ×1.5.', 20).optional(),
-  pollIntervalMaxMs: ms('Longest pause between provider polls.', 250).optional(),
-  providerCallTimeoutMs: ms('Each provider call is cut after this long, then retried within the boot deadline.', 10_000).optional(),
-  failureCooldownMs: ms('After a failed start, requests fail fast with 503 for this long.', 5_000).optional(),
-  maxHeldRequests: z.number().int().min(0).optional().describe('Requests held at once for this resource; past it 503 + Retry-After.'),
-  idleStopMs: ms('Stop an instance after this long with no request and no open connection; 0 = never.', 0).optional(),
+  probeIntervalMs: optMs('Pause between probes once the provider says running.', resourceBuiltinDefaults.probeIntervalMs),
+  pollIntervalMinMs: optMs('First pause between provider polls while it says starting; grows x1.5.', resourceBuiltinDefaults.pollIntervalMinMs),
+  pollIntervalMaxMs: optMs('Longest pause between provider polls.', resourceBuiltinDefaults.pollIntervalMaxMs),
+  providerCallTimeoutMs: optMs('Each provider call is cut after this long, then retried within the boot deadline.', resourceBuiltinDefaults.providerCallTimeoutMs),
+  failureCooldownMs: optMs('After a failed start, requests fail fast with 503 for this long.', resourceBuiltinDefaults.failureCooldownMs),
+  maxHeldRequests: z.number().int().min(0).optional().describe('Requests held at once for this resource; past it 503 + Retry-After. Default: limits.maxHeldRequestsPerResource.'),
+  idleStopMs: optMs('Stop an instance after this long with no request and no open connection; 0 = never.', resourceBuiltinDefaults.idleStopMs),
   releaseConcurrency: z.number().int().min(1).optional()
-    .describe('When a backend becomes ready, at most this many requests are in flight to it while held ones are released (default 64).'),
-  healthCheckIntervalMs: ms('How often the provider is asked whether a ready instance still exists; 0 = never.', 30_000).optional(),
+    .describe(`When a backend becomes ready, at most this many requests are in flight to it while held ones are released. Default: ${resourceBuiltinDefaults.releaseConcurrency}.`),
+  healthCheckIntervalMs: optMs('How often the provider is asked whether a ready instance still exists; 0 = never.', resourceBuiltinDefaults.healthCheckIntervalMs),
   keepWarm: keepWarmSchema.optional(),
 };
 

@@ -45,9 +45,13 @@ export class ManualClock implements Clock {
     return this.#timers.filter((t) => !t.cancelled).length;
   }
 
-  /** Moves time forward by `ms`, running due timers. Awaits microtasks between timers. */
+  /**
+   * Moves time forward by `ms`, running due timers in order. Between timers it lets the
+   * event loop turn once, so promise chains a timer started can set their next timer.
+   */
   async advance(ms: number): Promise<void> {
     const target = this.#now + ms;
+    await turn();
     for (;;) {
       this.#timers = this.#timers.filter((t) => !t.cancelled);
       this.#timers.sort((a, b) => a.at - b.at || a.seq - b.seq);
@@ -56,9 +60,13 @@ export class ManualClock implements Clock {
       this.#timers.shift();
       this.#now = Math.max(this.#now, next.at);
       next.fn();
-      // Let promise chains started by the timer settle before the next one fires.
-      for (let i = 0; i < 10; i++) await Promise.resolve();
+      await turn();
     }
     this.#now = target;
   }
+}
+
+/** One turn of the event loop: every queued microtask runs before a macrotask. */
+function turn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }

@@ -146,7 +146,7 @@ export class StateSync {
       for (const l of listed) {
         const res = ours.find((r) => r.id === l.resourceId);
         if (res === undefined || (l.state !== 'running' && l.state !== 'starting')) continue;
-        const who = identityOfKey(res.sharing, l.instanceKey);
+        const who = l.groups === undefined ? identityOfKey(res.sharing, l.instanceKey) : { groups: [...l.groups], user: l.user };
         if (who === undefined) continue;
         const inst = this.#manager.adopt(res, { instanceKey: l.instanceKey, ...who, handle: l.handle, lastActivityAt: this.#clock.now() });
         if (inst !== undefined) adopted++;
@@ -294,6 +294,6 @@ export function identityOfKey(sharing: ResourceRuntime['sharing'], key: string):
     case 'user':
       return key.startsWith('user:') ? { groups: [], user: key.slice(5) } : undefined;
     case 'groups':
-      return { groups: key === '' ? [] : key.split(',') };
+      return { groups: key === '*' || key === '' ? [] : key.split(',') };
   }
 }

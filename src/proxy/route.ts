@@ -59,7 +59,8 @@ export function unsafePathReason(path: string): string | undefined {
     }
   }
   // Dot segments, raw or percent-encoded, anywhere (including the last segment).
-  for (const seg of path.split('/')) {
+  // An encoded slash would become a separator for a backend that decodes it: split on it too.
+  for (const seg of path.replace(/%2f/gi, '/').split('/')) {
     const norm = seg.replace(/%2e/gi, '.');
     if (norm === '.' || norm === '..') return 'dot segment in path';
   }

@@ -4,6 +4,7 @@
  * fail the first N starts, hang, accept TCP before answering HTTP, crash after ready.
  * Every call is counted, so tests can prove "no provider call on the warm path".
  */
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { ProviderError } from '../../src/core/errors.ts';
 import type { InspectResult, InstanceRef, Provider, StartResult } from '../../src/core/ports.ts';
 import { startEchoServer, type EchoServer } from './echo-server.ts';
@@ -81,7 +82,7 @@ export class MimicProvider implements Provider {
     return { handle: ref.instanceKey };
   }
 
-  #echo(req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse): void {
+  #echo(req: IncomingMessage, res: ServerResponse): void {
     res.writeHead(200, { 'content-type': 'text/plain' });
     res.end(`hello ${req.url}`);
   }
@@ -134,7 +135,7 @@ export class MimicProvider implements Provider {
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.instances.values()].map((i) => i.server?.close()));
+    await Promise.all([...this.instances.values()].map((i) => i.server?.close() ?? Promise.resolve()));
     this.instances.clear();
   }
 }

@@ -81,7 +81,7 @@ export async function startHarness(options: {
     async close() {
       manager.close();
       await proxy.close();
-      await Promise.all(options.resources.map((r) => r.provider.close?.()));
+      await Promise.all(options.resources.map((r) => r.provider.close?.() ?? Promise.resolve()));
     },
   };
 }

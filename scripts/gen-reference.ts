@@ -1,0 +1,12 @@
+/**
+ * Writes the generated reference pages (config, errors) from the code. `npm test` runs a
+ * test that fails when the files on disk differ, so docs cannot drift from the code.
+ */
+import { writeFileSync } from 'node:fs';
+import { configReference } from '../src/config/reference.ts';
+import { errorReference } from '../src/proxy/error-reference.ts';
+
+const root = new URL('../docs/reference/', import.meta.url);
+writeFileSync(new URL('config.md', root), configReference());
+writeFileSync(new URL('errors.md', root), errorReference());
+process.stdout.write('docs/reference/config.md and errors.md written\n');

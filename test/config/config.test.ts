@@ -1,0 +1,101 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { ConfigError, effectiveResources, expandStatuses, loadConfigFile, parseConfig } from '../../src/config/load.ts';
+
+const run = promisify(execFile);
+const cli = new URL('../../src/cli.ts', import.meta.url).pathname;
+
+function problemsOf(text: string): string[] {
+  try {
+    parseConfig(text, 'test.yaml');
+  } catch (err) {
+    assert.ok(err instanceof ConfigError);
+    return [...err.problems];
+  }
+  assert.fail('expected a ConfigError');
+}
+
+describe('config', () => {
+  it('loads the bundled demo config', async () => {
+    const cfg = await loadConfigFile(new URL('../../examples/demo.yaml', import.meta.url).pathname);
+    assert.equal(cfg.listen.port, 8080);
+    const rs = effectiveResources(cfg);
+    assert.ok(rs.length >= 2);
+    for (const r of rs) assert.equal(r.provider.kind, 'atmosphere');
+  });
+
+  it('names the field, the value, the expectation and the line', () => {
+    const problems = problemsOf([
+      'providers:',
+      '  cloud: { kind: atmosphere, baseUrl: embedded }',
+      'resources:',
+      '  as1:',
+      '    provider: cloud',
+      '    bootTimeoutMs: soon',
+    ].join('\n'));
+    assert.equal(problems.length, 1);
+    assert.match(problems[0]!, /^line 6: resources\.as1\.bootTimeoutMs: .*number.* \(got "soon"\)$/);
+  });
+
+  it('refuses unknown fields, unknown providers and bad ids', () => {
+    const problems = problemsOf([
+      'listen: { port: 8080, prot: 1 }',
+      'resources:',
+      '  "bad id": { provider: nowhere }',
+    ].join('\n'));
+    const text = problems.join('\n');
+    assert.match(text, /listen: unknown field\(s\) "prot"/);
+    assert.match(text, /resources\.bad id/);
+  });
+
+  it('refers unknown provider names back to the field', () => {
+    const problems = problemsOf('resources:\n  a: { provider: nowhere }\n');
+    assert.match(problems.join('\n'), /resources\.a\.provider: names provider "nowhere"/);
+  });
+
+  it('reports YAML syntax errors with a line', () => {
+    const problems = problemsOf('resources:\n  a: { provider: x\n');
+    assert.match(problems[0]!, /^line \d+/);
+  });
+
+  it('merges resourceDefaults under each resource', () => {
+    const cfg = parseConfig([
+      'providers: { c: { kind: atmosphere, baseUrl: "http://127.0.0.1:5000" } }',
+      'resourceDefaults: { bootTimeoutMs: 1234, sharing: groups }',
+      'resources:',
+      '  a: { provider: c }',
+      '  b: { provider: c, bootTimeoutMs: 99, holdTimeoutMs: 50 }',
+    ].join('\n'));
+    const [a, b] = effectiveResources(cfg);
+    assert.equal(a!.bootTimeoutMs, 1234);
+    assert.equal(a!.holdTimeoutMs, 1234);
+    assert.equal(a!.sharing, 'groups');
+    assert.equal(b!.bootTimeoutMs, 99);
+    assert.equal(b!.holdTimeoutMs, 50);
+  });
+
+  it('expands status classes', () => {
+    const s = expandStatuses(['2xx', 404]);
+    assert.equal(s.length, 101);
+    assert.ok(s.includes(299) && s.includes(404) && !s.includes(300));
+  });
+
+  it('check-config exits 0 for a valid file and 1 with the problems for an invalid one', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sp-config-'));
+    const good = join(dir, 'good.yaml');
+    const bad = join(dir, 'bad.yaml');
+    writeFileSync(good, 'providers: { c: { kind: atmosphere, baseUrl: embedded } }\nmockCloud: { enabled: true }\nresources: { a: { provider: c } }\n');
+    writeFileSync(bad, 'resources: { a: { provider: c, idleStopMs: -1 } }\n');
+    const ok = await run(process.execPath, [cli, 'check-config', good]);
+    assert.match(ok.stdout, /valid/);
+    const failed = await run(process.execPath, [cli, 'check-config', bad]).then(() => undefined, (e: unknown) => e as { code: number; stderr: string });
+    assert.ok(failed, 'expected a non-zero exit');
+    assert.equal(failed.code, 1);
+    assert.match(failed.stderr, /resources\.a\.idleStopMs/);
+  });
+});

@@ -1,0 +1,25 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { it } from 'node:test';
+import { configReference } from '../../src/config/reference.ts';
+import { errorReference } from '../../src/proxy/error-reference.ts';
+import { errorCatalogue } from '../../src/core/errors.ts';
+import { statusByCode } from '../../src/proxy/error-response.ts';
+
+const docs = (name: string): string => readFileSync(new URL(`../../docs/reference/${name}`, import.meta.url), 'utf8');
+
+it('docs/reference/config.md matches the schema (run `npm run docs:reference`)', () => {
+  assert.equal(docs('config.md'), configReference());
+});
+
+it('docs/reference/errors.md matches the error catalogue (run `npm run docs:reference`)', () => {
+  assert.equal(docs('errors.md'), errorReference());
+});
+
+it('every error code maps to an HTTP status of the right class', () => {
+  for (const code of Object.keys(errorCatalogue) as Array<keyof typeof errorCatalogue>) {
+    const status = statusByCode[code];
+    assert.ok(status >= 400 && status < 600, `${code} → ${status}`);
+  }
+  assert.deepEqual(Object.keys(statusByCode).sort(), Object.keys(errorCatalogue).sort());
+});
