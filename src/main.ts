@@ -185,7 +185,7 @@ export function closeOnSignal(app: App, onSignal?: (signal: NodeJS.Signals) => v
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
       onSignal?.(signal);
-      const now = (): never => process.exit(signal === 'SIGINT' ? 130 : 143);
+      const now = (second: NodeJS.Signals): never => process.exit(second === 'SIGINT' ? 130 : 143);
       process.once('SIGINT', now);
       process.once('SIGTERM', now);
       app.close().then(() => resolve(signal), () => resolve(signal));

@@ -388,6 +388,11 @@ export class ResourceManager {
       await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.stop(inst.ref, signal), 'stop', true);
     } catch (err) {
       this.#log.error({ resource: res.id, instance: inst.key, err }, 'stop failed; forgetting the instance');
+      if (inst.generation !== gen) return;
+      this.#move(inst, 'fail', `stop failed: ${errMessage(err)}`);
+      inst.handle = undefined;
+      if (inst.waiters.size > 0 && !this.#closed) this.#ensureStarted(inst);
+      return;
     }
     if (inst.generation !== gen) return;
     this.#move(inst, 'stopped', reason);

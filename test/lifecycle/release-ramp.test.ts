@@ -33,14 +33,15 @@ describe('release ramp', () => {
         }
         inFlight++;
         maxInFlight = Math.max(maxInFlight, inFlight);
-        // Some work: the answer comes a little later, as from a real app.
+        // Some work: the answer comes a little later, as from a real app. (The hold timeout is
+        // generous: on 2 shared cores, 1,000 forwards through one test process take seconds.)
         setTimeout(() => {
           inFlight--;
           res.end(`done ${req.url}`);
         }, 2);
       },
     });
-    const h = await startHarness({ resources: [{ id: 'app', provider: mimic, releaseConcurrency: backendConcurrency }] });
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic, releaseConcurrency: backendConcurrency, holdTimeoutMs: 110_000 }] });
     try {
       const total = 1_000;
       const t0 = performance.now();
