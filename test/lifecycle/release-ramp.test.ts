@@ -33,14 +33,15 @@ describe('release ramp', () => {
         }
         inFlight++;
         maxInFlight = Math.max(maxInFlight, inFlight);
-        // Some work: the answer comes a little later, as from a real app. (The hold timeout is
-        // generous: on 2 shared cores, 1,000 forwards through one test process take seconds.)
+        // Some work: the answer comes a little later, as from a real app.
         setTimeout(() => {
           inFlight--;
           res.end(`done ${req.url}`);
         }, 2);
       },
     });
+    // A generous hold timeout: on 2 shared cores, 1,000 forwards through one test process
+    // (client, proxy and backend) take seconds; this test is about resets, not speed.
     const h = await startHarness({ resources: [{ id: 'app', provider: mimic, releaseConcurrency: backendConcurrency, holdTimeoutMs: 110_000 }] });
     try {
       const total = 1_000;
