@@ -13,6 +13,9 @@ import { ResourceManager, type ResourceRuntime } from './core/resource-manager.t
 import { StateSync } from './core/state-sync.ts';
 import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
 import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
+import { createHttpProvider } from './providers/http/http-provider.ts';
+import { createProcessProvider } from './providers/process/process-provider.ts';
+import { inheritedEnv, secretReaders } from './config/secrets.ts';
 import { createStaticProvider } from './providers/static/static-provider.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
@@ -238,5 +241,12 @@ function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, s
     }
     case 'static':
       return createStaticProvider({ endpoint: p.endpoint });
+    case 'process':
+      return createProcessProvider({ ...p, baseEnv: inheritedEnv(), logger });
+    case 'http':
+      return createHttpProvider({
+        ...p, secrets: secretReaders(p.credentials, `providers.${r.providerName}`), logger,
+        resourceVars: (id) => ({ serviceId: serviceIds.get(id) ?? id }),
+      });
   }
 }
