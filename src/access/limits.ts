@@ -7,8 +7,8 @@
  * slip between the check and the count.
  *
  * An instance counts for the user and the groups of the request that woke it (its "owner");
- * instances started without a request (re-adopted, restarted after a crash) count in the
- * total only. Counts follow the manager's events: starting → counted as starting and running;
+ * an instance started without a request (re-adopted after a restart, kept warm) counts for
+ * the user and groups it was started for. Counts follow the manager's events: starting → counted as starting and running;
  * ready or stopping → running only; stopped or failed → not counted.
  */
 import { SmartProxyError } from '../core/errors.ts';
@@ -29,7 +29,7 @@ export interface LimitSettings {
 }
 
 interface Tracked {
-  readonly owner: StartRequester | undefined;
+  readonly owner: StartRequester;
   starting: boolean;
 }
 
@@ -38,9 +38,8 @@ class Counts {
   readonly byUser = new Map<string, number>();
   readonly byGroup = new Map<string, number>();
 
-  add(owner: StartRequester | undefined, delta: 1 | -1): void {
+  add(owner: StartRequester, delta: 1 | -1): void {
     this.total += delta;
-    if (owner === undefined) return;
     if (owner.user !== undefined) bump(this.byUser, owner.user, delta);
     for (const g of owner.groups) bump(this.byGroup, g, delta);
   }
@@ -87,8 +86,9 @@ export class StartLimiter {
       if (requester !== undefined) this.#pendingOwner.set(inst, requester);
       return undefined;
     }
-    const hit = this.#check(this.starting, this.#settings.concurrentStarts, 'concurrentStarts', requester)
-      ?? this.#check(this.running, this.#settings.runningInstances, 'runningInstances', requester);
+    const owner = requester ?? ownerOf(inst);
+    const hit = this.#check(this.starting, this.#settings.concurrentStarts, 'concurrentStarts', owner)
+      ?? this.#check(this.running, this.#settings.runningInstances, 'runningInstances', owner);
     if (hit !== undefined) {
       this.#audit.record({
         type: 'limit', at: this.#clock.now(), actor: actorOf(requester), resource: inst.resource.id, instance: inst.key,
@@ -100,7 +100,7 @@ export class StartLimiter {
         retryAfterS: starts ? this.#startRetryAfterS(inst.resource.id) : Math.max(1, Math.ceil(this.#settings.runningRetryAfterMs / 1000)),
       });
     }
-    this.#track(inst, requester);
+    this.#track(inst, owner);
     return undefined;
   };
 
@@ -119,7 +119,7 @@ export class StartLimiter {
     const t = this.#tracked.get(inst);
     switch (inst.status) {
       case 'starting':
-        if (t === undefined) this.#track(inst, this.#pendingOwner.get(inst));
+        if (t === undefined) this.#track(inst, this.#pendingOwner.get(inst) ?? ownerOf(inst));
         else if (!t.starting) {
           t.starting = true;
           this.starting.add(t.owner, 1);
@@ -143,17 +143,16 @@ export class StartLimiter {
     }
   };
 
-  #track(inst: Instance, owner: StartRequester | undefined): void {
+  #track(inst: Instance, owner: StartRequester): void {
     this.#tracked.set(inst, { owner, starting: true });
     this.starting.add(owner, 1);
     this.running.add(owner, 1);
   }
 
-  #check(counts: Counts, scopes: LimitScopes, name: string, requester: StartRequester | undefined): Exceeded | undefined {
+  #check(counts: Counts, scopes: LimitScopes, name: string, requester: StartRequester): Exceeded | undefined {
     if (scopes.total !== undefined && counts.total >= scopes.total) {
       return { limit: `${name}.total`, max: scopes.total, current: counts.total, subject: '' };
     }
-    if (requester === undefined) return undefined;
     if (scopes.perUser !== undefined && requester.user !== undefined) {
       const n = counts.byUser.get(requester.user) ?? 0;
       if (n >= scopes.perUser) return { limit: `${name}.perUser`, max: scopes.perUser, current: n, subject: ' per user' };
@@ -166,6 +165,11 @@ export class StartLimiter {
     }
     return undefined;
   }
+}
+
+/** Who an instance is for when no request asked: the user and groups it was started for. */
+function ownerOf(inst: Instance): StartRequester {
+  return { user: inst.user, groups: inst.groups };
 }
 
 function actorOf(requester: StartRequester | undefined): AuditActor | undefined {

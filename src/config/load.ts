@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { LineCounter, parseDocument, isNode, type Document } from 'yaml';
 import type { z } from 'zod';
-import { configSchema, resourceBuiltinDefaults, type Config, type ProbeConfig, type ProviderConfig, type ResourceAccessConfig, type ResourceConfig } from './schema.ts';
+import { configSchema, resourceBuiltinDefaults, type Config, type KeepWarmConfig, type ProbeConfig, type ProviderConfig, type ResourceAccessConfig, type ResourceConfig } from './schema.ts';
 import { SmartProxyError } from '../core/errors.ts';
 
 export class ConfigError extends SmartProxyError {
@@ -99,6 +99,15 @@ export interface EffectiveResource {
   readonly failureCooldownMs: number;
   readonly maxHeldRequests: number;
   readonly idleStopMs: number;
+  readonly waiting: {
+    readonly browserPage: boolean;
+    /** Already capped at holdTimeoutMs. */
+    readonly defaultWaitMs: number;
+    readonly themeDir: string | undefined;
+  };
+  readonly releaseConcurrency: number;
+  readonly healthCheckIntervalMs: number;
+  readonly keepWarm: KeepWarmConfig | undefined;
   /** The resource's access policy; a resource-level `access` replaces the default as a whole. */
   readonly access: ResourceAccessConfig;
 }
@@ -114,6 +123,7 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
     const provider = typeof r.provider === 'string' ? cfg.providers[r.provider] : r.provider;
     if (provider === undefined) throw new ConfigError('<config>', [`resources.${id}.provider: unknown provider "${typeof r.provider === 'string' ? r.provider : r.provider.kind}"`]);
     const bootTimeoutMs = r.bootTimeoutMs ?? d.bootTimeoutMs ?? builtinDefaults.bootTimeoutMs;
+    const holdTimeoutMs = r.holdTimeoutMs ?? d.holdTimeoutMs ?? bootTimeoutMs;
     return {
       id,
       provider,
@@ -121,7 +131,7 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       serviceId: r.serviceId ?? id,
       sharing: r.sharing ?? d.sharing ?? builtinDefaults.sharing,
       bootTimeoutMs,
-      holdTimeoutMs: r.holdTimeoutMs ?? d.holdTimeoutMs ?? bootTimeoutMs,
+      holdTimeoutMs,
       probe: r.probe ?? d.probe ?? builtinDefaults.probe,
       probeIntervalMs: r.probeIntervalMs ?? d.probeIntervalMs ?? builtinDefaults.probeIntervalMs,
       pollIntervalMinMs: r.pollIntervalMinMs ?? d.pollIntervalMinMs ?? builtinDefaults.pollIntervalMinMs,
@@ -130,6 +140,14 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       failureCooldownMs: r.failureCooldownMs ?? d.failureCooldownMs ?? builtinDefaults.failureCooldownMs,
       maxHeldRequests: r.maxHeldRequests ?? d.maxHeldRequests ?? cfg.limits.maxHeldRequestsPerResource,
       idleStopMs: r.idleStopMs ?? d.idleStopMs ?? builtinDefaults.idleStopMs,
+      waiting: {
+        browserPage: r.waiting?.browserPage ?? d.waiting?.browserPage ?? true,
+        defaultWaitMs: Math.min(holdTimeoutMs, r.waiting?.defaultWaitMs ?? d.waiting?.defaultWaitMs ?? holdTimeoutMs),
+        themeDir: r.waiting?.themeDir ?? d.waiting?.themeDir,
+      },
+      releaseConcurrency: r.releaseConcurrency ?? d.releaseConcurrency ?? builtinDefaults.releaseConcurrency,
+      healthCheckIntervalMs: r.healthCheckIntervalMs ?? d.healthCheckIntervalMs ?? builtinDefaults.healthCheckIntervalMs,
+      keepWarm: r.keepWarm ?? d.keepWarm,
       access: r.access ?? d.access ?? { public: false, passCredentials: false },
     };
   });

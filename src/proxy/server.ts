@@ -7,19 +7,24 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
+import { systemClock } from '../core/clock.ts';
 import { SmartProxyError } from '../core/errors.ts';
-import type { Logger } from '../core/ports.ts';
+import type { Clock, Logger } from '../core/ports.ts';
 import type { Instance, ResourceManager, ResourceRuntime, StartRequester } from '../core/resource-manager.ts';
 import { sendError } from './error-response.ts';
 import { UpstreamPools, type UpstreamOptions } from './forward-http.ts';
 import { TrustedProxies, upstreamHeaders } from './headers.ts';
+import { isReservedPath } from './progress-sse.ts';
 import { joinUpstreamPath, parseTarget, type ParsedTarget } from './route.ts';
+import { WaitingRoom, type ResourceWaiting } from './waiting-room.ts';
 
 /** A resource as the data plane sees it. */
 export interface RoutedResource {
   readonly runtime: ResourceRuntime;
   /** Longest hold of one request. */
   readonly holdTimeoutMs: number;
+  /** Waiting page, Prefer defaults, theme; built-in defaults when absent. */
+  readonly waiting?: ResourceWaiting | undefined;
 }
 
 /** Who is asking, as far as the proxy could verify. */
@@ -81,6 +86,8 @@ export interface ProxyServerOptions {
   readonly backendHeaders?: BackendHeaders;
   /** Folded header names never passed from clients to backends (identity headers). */
   readonly protectedHeaders?: readonly string[];
+  /** Clock of the waiting page's elapsed times and ETAs (the manager's clock). */
+  readonly clock?: Clock;
 }
 
 /** Retries of the first forward after readiness when the connection is refused. */
@@ -101,6 +108,7 @@ export class ProxyServer {
   readonly #backendHeaders: BackendHeaders | undefined;
   readonly #protected: ReadonlySet<string>;
   readonly #sockets = new Set<Socket>();
+  readonly #waiting: WaitingRoom;
   #draining = false;
 
   constructor(options: ProxyServerOptions) {
@@ -114,6 +122,7 @@ export class ProxyServer {
     this.#backendHeaders = options.backendHeaders;
     this.#protected = new Set(options.protectedHeaders ?? ['x-forwarded-user', 'x-forwarded-groups']);
     this.pools = new UpstreamPools(options.upstream);
+    this.#waiting = new WaitingRoom({ manager: options.manager, clock: options.clock ?? systemClock });
     this.server = createServer({
       // Held requests may wait for a whole boot: Node's own request timeout must not cut them.
       requestTimeout: 0,
@@ -163,6 +172,7 @@ export class ProxyServer {
   /** Ends every connection and closes the upstream pools. */
   async close(): Promise<void> {
     this.startDraining();
+    this.#waiting.close();
     for (const s of this.#sockets) s.destroy();
     await this.pools.close();
   }
@@ -173,19 +183,17 @@ export class ProxyServer {
       res.shouldKeepAlive = false;
       throw new SmartProxyError('SP_SHUTTING_DOWN', undefined, { retryAfterS: 1 });
     }
+    // The proxy's own status and progress endpoints, behind the same access steps.
+    if (isReservedPath(req.url)) {
+      await this.#waiting.serveReserved(req, res, async (r) => (await this.#admit(req, r)).inst);
+      return;
+    }
     // 1. route: strict target parsing, then the resource table.
     const route = parseTarget(req.url);
-    const resource = this.#resources.get(route.resourceId);
-    if (resource === undefined) throw await (this.#unknownResource?.(req, route) ?? resourceNotFound(route.resourceId));
-    // 2. identify, 3. authorize: before any side effect.
-    const identity = await this.#identify(req, route, resource);
-    if (identity instanceof SmartProxyError) throw identity;
-    const acting = this.#authorize(identity, route, resource);
-    if (acting instanceof SmartProxyError) throw acting;
-    // 4. select the instance; a ready one is forwarded at once, with no other call.
-    const inst = this.#manager.selectInstance(resource.runtime, acting, identity.user);
+    // 2. identify, 3. authorize (before any side effect), 4. select the instance.
+    const { resource, inst, requester, identity } = await this.#admit(req, route);
     this.#manager.touch(inst);
-    const backend = this.#backendHeaders?.(identity, acting, resource);
+    const backend = this.#backendHeaders?.(identity, requester.groups, resource);
     const headers = upstreamHeaders(req.rawHeaders, {
       remoteAddress: req.socket.remoteAddress,
       encrypted: (req.socket as { encrypted?: boolean }).encrypted === true,
@@ -194,21 +202,47 @@ export class ProxyServer {
       protectedNames: backend?.strip ?? this.#protected,
       extra: backend?.extra,
     });
-    let endpoint = inst.status === 'ready' ? inst.endpoint : undefined;
-    // 5. await ready: hold on the local readiness broadcast, never on a provider call.
-    endpoint ??= await this.#hold(req, res, inst, resource, { user: identity.user, groups: acting, actor: identity });
-    if (endpoint === undefined) return;
+    // A ready instance is forwarded at once, with no other call. While the release ramp
+    // still holds requests for a fresh backend, a newcomer queues behind them instead of
+    // adding to the flood (still no call: two fields in memory).
+    let endpoint = inst.status === 'ready' && inst.waiters.size === 0 ? inst.endpoint : undefined;
+    if (endpoint === undefined) {
+      // 5. await ready, as this client asked (waiting-room.ts): the waiting page, 202 at
+      // once, or a hold on the local readiness broadcast (never on a provider call). A
+      // ready instance behind the ramp is a short hold, never a waiting page.
+      const plan = this.#waiting.plan(req, resource.waiting, resource.holdTimeoutMs);
+      if (plan.kind !== 'hold' && inst.status !== 'ready') {
+        this.#waiting.answerAtOnce(req, res, plan.kind, inst, route, resource.waiting, requester);
+        return;
+      }
+      endpoint = plan.kind === 'hold'
+        ? await this.#waiting.hold(req, res, plan, inst, route, (ms) => this.#hold(req, res, inst, resource, ms, requester))
+        : await this.#hold(req, res, inst, resource, resource.holdTimeoutMs, requester);
+      if (endpoint === undefined) return;
+    }
     // 6. forward, with crash repair when the backend turns out to be gone.
     await this.#forward(req, res, inst, resource, route, headers, endpoint);
   }
 
+  /** Steps 2-4 for a routed target: the resource, who asks, and the instance they act on. */
+  async #admit(req: IncomingMessage, route: ParsedTarget): Promise<{ resource: RoutedResource; inst: Instance; requester: StartRequester; identity: Identity }> {
+    const resource = this.#resources.get(route.resourceId);
+    if (resource === undefined) throw await (this.#unknownResource?.(req, route) ?? resourceNotFound(route.resourceId));
+    const identity = await this.#identify(req, route, resource);
+    if (identity instanceof SmartProxyError) throw identity;
+    const acting = this.#authorize(identity, route, resource);
+    if (acting instanceof SmartProxyError) throw acting;
+    const inst = this.#manager.selectInstance(resource.runtime, acting, identity.user);
+    return { resource, inst, identity, requester: { user: identity.user, groups: acting, actor: identity } };
+  }
+
   /** Waits for `inst`; resolves undefined if the client left meanwhile. */
-  async #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource, requester?: StartRequester): Promise<string | undefined> {
+  async #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource, timeoutMs = resource.holdTimeoutMs, requester?: StartRequester): Promise<string | undefined> {
     const ac = new AbortController();
     const onClose = (): void => ac.abort(new ClientGone());
     res.once('close', onClose);
     try {
-      return await this.#manager.waitUntilReady(inst, { signal: ac.signal, timeoutMs: resource.holdTimeoutMs, requester });
+      return await this.#manager.waitUntilReady(inst, { signal: ac.signal, timeoutMs, requester });
     } catch (err) {
       if (err instanceof ClientGone) return undefined;
       throw err;

@@ -40,6 +40,7 @@ export async function startAccessApp(config: Record<string, unknown>, providers:
   const parsed = configSchema.parse({
     listen: { host: '127.0.0.1', port: 0 },
     shutdown: { drainTimeoutMs: 0 },
+    state: { kind: 'memory' },
     providers: Object.fromEntries(Object.keys(providers).map((n) => [n, { kind: 'atmosphere', baseUrl: 'http://127.0.0.1:9' }])),
     identities: identities(),
     ...config,
