@@ -87,7 +87,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         maxHeldRequests: r.maxHeldRequests,
         idleStopMs: r.idleStopMs,
       };
-      routed.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs });
+      routed.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs, websocket: { allowedOrigins: r.websocketAllowedOrigins } });
     }
 
     // 4. The data plane, last: traffic arrives only once everything behind it exists.
@@ -100,10 +100,13 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       headersTimeoutMs: config.server.headersTimeoutMs,
       keepAliveTimeoutMs: config.server.keepAliveTimeoutMs,
       maxHeaderBytes: config.server.maxHeaderBytes,
+      tls: config.tls,
+      maxHeldBytes: config.limits.maxHeldBytes,
+      heldBodyEstimateBytes: config.limits.heldBodyEstimateBytes,
     });
     const addr = await proxy.listen(config.listen.port, config.listen.host);
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
-    const proxyUrl = `http://${host}:${addr.port}`;
+    const proxyUrl = `${config.tls === undefined ? 'http' : 'https'}://${host}:${addr.port}`;
     log.info({ url: proxyUrl, resources: routed.size }, 'proxy listening');
 
     const drainTimeoutMs = config.shutdown.drainTimeoutMs

@@ -99,6 +99,8 @@ export interface EffectiveResource {
   readonly failureCooldownMs: number;
   readonly maxHeldRequests: number;
   readonly idleStopMs: number;
+  /** Undefined: any origin may open WebSockets. */
+  readonly websocketAllowedOrigins: readonly string[] | undefined;
 }
 
 const defaultProbe: ProbeConfig = { kind: 'http', path: '/', expectStatus: ['2xx', '3xx', '4xx'], timeoutMs: 1000 };
@@ -128,6 +130,7 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       failureCooldownMs: r.failureCooldownMs ?? d.failureCooldownMs ?? builtinDefaults.failureCooldownMs,
       maxHeldRequests: r.maxHeldRequests ?? d.maxHeldRequests ?? cfg.limits.maxHeldRequestsPerResource,
       idleStopMs: r.idleStopMs ?? d.idleStopMs ?? builtinDefaults.idleStopMs,
+      websocketAllowedOrigins: r.websocket?.allowedOrigins ?? d.websocket?.allowedOrigins,
     };
   });
 }

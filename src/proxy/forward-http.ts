@@ -90,7 +90,10 @@ export class UpstreamPools {
   async forward(req: IncomingMessage, res: ServerResponse, origin: string, path: string, headers: string[]): Promise<ForwardOutcome> {
     const method = req.method ?? 'GET';
     const hasBody = req.headers['transfer-encoding'] !== undefined
-      || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
+      || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0')
+      // HTTP/2 has no chunked coding: a body without content-length is announced only by the
+      // HEADERS frame not ending the stream (compat request: `stream.endAfterHeaders`).
+      || (req.httpVersionMajor === 2 && (req as { stream?: { endAfterHeaders?: boolean } }).stream?.endAfterHeaders === false);
     const ac = new AbortController();
     const onClose = (): void => {
       if (!res.writableFinished) ac.abort();

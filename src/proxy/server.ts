@@ -12,14 +12,19 @@ import type { Logger } from '../core/ports.ts';
 import type { Instance, ResourceManager, ResourceRuntime } from '../core/resource-manager.ts';
 import { sendError } from './error-response.ts';
 import { UpstreamPools, type UpstreamOptions } from './forward-http.ts';
+import { WebSocketForwarder, isWebSocketUpgrade, type Admission } from './forward-ws.ts';
+import { HeldBytesBudget } from './held-bytes.ts';
 import { TrustedProxies, upstreamHeaders } from './headers.ts';
 import { joinUpstreamPath, parseTarget, type ParsedTarget } from './route.ts';
+import { createTlsFront, type TlsFiles, type TlsFront } from './tls.ts';
 
 /** A resource as the data plane sees it. */
 export interface RoutedResource {
   readonly runtime: ResourceRuntime;
   /** Longest hold of one request. */
   readonly holdTimeoutMs: number;
+  /** Origins allowed to open WebSockets (browser handshakes); undefined: any. */
+  readonly websocket?: { readonly allowedOrigins?: readonly string[] | undefined } | undefined;
 }
 
 /** Who is asking, as far as the proxy could verify. */
@@ -58,6 +63,12 @@ export interface ProxyServerOptions {
   readonly authorize?: Authorize;
   /** Folded header names never passed from clients to backends (identity headers). */
   readonly protectedHeaders?: readonly string[];
+  /** Terminate TLS (HTTP/2 + HTTP/1.1 by ALPN) with these files; absent: plain HTTP/1.1. */
+  readonly tls?: TlsFiles | undefined;
+  /** Global budget of announced body bytes of held requests (see held-bytes.ts). */
+  readonly maxHeldBytes?: number;
+  /** What a held body of unknown length counts against maxHeldBytes. */
+  readonly heldBodyEstimateBytes?: number;
 }
 
 /** Retries of the first forward after readiness when the connection is refused. */
@@ -76,6 +87,9 @@ export class ProxyServer {
   readonly #authorize: Authorize;
   readonly #protected: ReadonlySet<string>;
   readonly #sockets = new Set<Socket>();
+  readonly #heldBytes: HeldBytesBudget;
+  readonly #tls: TlsFront | undefined;
+  readonly ws: WebSocketForwarder;
   #draining = false;
 
   constructor(options: ProxyServerOptions) {
@@ -87,15 +101,36 @@ export class ProxyServer {
     this.#authorize = options.authorize ?? allowActingGroups;
     this.#protected = new Set(options.protectedHeaders ?? ['x-forwarded-user', 'x-forwarded-groups']);
     this.pools = new UpstreamPools(options.upstream);
-    this.server = createServer({
+    this.#heldBytes = new HeldBytesBudget({
+      maxHeldBytes: options.maxHeldBytes ?? Number.MAX_SAFE_INTEGER,
+      heldBodyEstimateBytes: options.heldBodyEstimateBytes ?? 1024 * 1024,
+    });
+    const http1 = {
       // Held requests may wait for a whole boot: Node's own request timeout must not cut them.
       requestTimeout: 0,
       headersTimeout: options.headersTimeoutMs,
       keepAliveTimeout: options.keepAliveTimeoutMs,
       maxHeaderSize: options.maxHeaderBytes,
-    }, (req, res) => {
+    };
+    const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
       this.handle(req, res).catch((err: unknown) => this.#fail(req, res, err));
+    };
+    this.#tls = options.tls === undefined ? undefined : createTlsFront({ files: options.tls, http1, onRequest, logger: options.logger });
+    this.server = this.#tls?.server ?? createServer(http1, onRequest);
+    // WebSocket upgrades go through the same steps (forward-ws.ts); other Upgrade values are
+    // ignored and the request is served as plain HTTP.
+    this.ws = new WebSocketForwarder({
+      admit: (req) => this.admit(req),
+      forwardHeaders: (req, route) => this.#forwardHeaders(req, route),
+      manager: this.#manager,
+      logger: this.#log,
+      connectTimeoutMs: options.upstream.connectTimeoutMs,
+      handshakeTimeoutMs: options.upstream.headersTimeoutMs,
     });
+    // Set as a property, not a constructor option: the HTTP/2 secure server ignores the option
+    // but its HTTP/1 side reads the property, like the plain server (Node >= 24.9).
+    (this.server as { shouldUpgradeCallback?: (req: IncomingMessage) => boolean }).shouldUpgradeCallback = isWebSocketUpgrade;
+    this.server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.ws.handleUpgrade(req, socket, head));
     this.server.on('connection', (socket: Socket) => {
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));
@@ -131,40 +166,37 @@ export class ProxyServer {
     this.#draining = true;
     this.server.close();
     this.server.closeIdleConnections();
+    this.#tls?.drain();
+    this.ws.closeAll();
+  }
+
+  /** The TLS front, when TLS is configured (certificate reloads). */
+  get tls(): TlsFront | undefined {
+    return this.#tls;
+  }
+
+  /** Announced body bytes of held requests right now. */
+  get heldBytes(): number {
+    return this.#heldBytes.heldBytes;
   }
 
   /** Ends every connection and closes the upstream pools. */
   async close(): Promise<void> {
     this.startDraining();
+    this.#tls?.close();
     for (const s of this.#sockets) s.destroy();
     await this.pools.close();
   }
 
   /** The steps of one request, in order. */
   async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    if (this.#draining) {
-      res.shouldKeepAlive = false;
-      throw new SmartProxyError('SP_SHUTTING_DOWN', undefined, { retryAfterS: 1 });
-    }
-    // 1. route: strict target parsing, then the resource table.
-    const route = parseTarget(req.url);
-    const resource = this.#resources.get(route.resourceId);
-    if (resource === undefined) throw new SmartProxyError('SP_ROUTE_NOT_FOUND', `no resource "${route.resourceId}"`, { data: { resource: route.resourceId } });
-    // 2. identify, 3. authorize: before any side effect.
-    const identity = this.#identify(req, route, resource);
-    if (identity instanceof SmartProxyError) throw identity;
-    const acting = this.#authorize(identity, route, resource);
-    if (acting instanceof SmartProxyError) throw acting;
+    if (this.#draining) res.shouldKeepAlive = false;
+    // 1.-3. route, identify, authorize (shared with WebSocket upgrades).
+    const { route, resource, identity, acting } = await this.admit(req);
     // 4. select the instance; a ready one is forwarded at once, with no other call.
     const inst = this.#manager.selectInstance(resource.runtime, acting, identity.user);
     this.#manager.touch(inst);
-    const headers = upstreamHeaders(req.rawHeaders, {
-      remoteAddress: req.socket.remoteAddress,
-      encrypted: (req.socket as { encrypted?: boolean }).encrypted === true,
-      trusted: this.#trusted.has(req.socket.remoteAddress),
-      prefix: route.prefix,
-      protectedNames: this.#protected,
-    });
+    const headers = this.#forwardHeaders(req, route);
     let endpoint = inst.status === 'ready' ? inst.endpoint : undefined;
     // 5. await ready: hold on the local readiness broadcast, never on a provider call.
     endpoint ??= await this.#hold(req, res, inst, resource);
@@ -173,8 +205,37 @@ export class ProxyServer {
     await this.#forward(req, res, inst, resource, route, headers, endpoint);
   }
 
+  /**
+   * Steps 1-3, with no side effect: route (strict target parsing, then the resource table),
+   * identify, authorize. Used by `handle` and by WebSocket upgrades.
+   */
+  async admit(req: IncomingMessage): Promise<Admission> {
+    if (this.#draining) throw new SmartProxyError('SP_SHUTTING_DOWN', undefined, { retryAfterS: 1 });
+    const route = parseTarget(req.url);
+    const resource = this.#resources.get(route.resourceId);
+    if (resource === undefined) throw new SmartProxyError('SP_ROUTE_NOT_FOUND', `no resource "${route.resourceId}"`, { data: { resource: route.resourceId } });
+    const identity = this.#identify(req, route, resource);
+    if (identity instanceof SmartProxyError) throw identity;
+    const acting = this.#authorize(identity, route, resource);
+    if (acting instanceof SmartProxyError) throw acting;
+    return { route, resource, identity, acting };
+  }
+
+  #forwardHeaders(req: IncomingMessage, route: ParsedTarget): string[] {
+    return upstreamHeaders(req.rawHeaders, {
+      remoteAddress: req.socket.remoteAddress,
+      encrypted: (req.socket as { encrypted?: boolean }).encrypted === true,
+      trusted: this.#trusted.has(req.socket.remoteAddress),
+      prefix: route.prefix,
+      protectedNames: this.#protected,
+    });
+  }
+
   /** Waits for `inst`; resolves undefined if the client left meanwhile. */
   async #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource): Promise<string | undefined> {
+    // The held body stays unread (backpressure); its announced size counts against the budget.
+    const est = this.#manager.estimateBoot(resource.runtime.id);
+    const releaseBytes = this.#heldBytes.reserve(req, { resourceId: resource.runtime.id, retryAfterS: Math.max(1, Math.ceil((est?.p50Ms ?? 5000) / 1000)) });
     const ac = new AbortController();
     const onClose = (): void => ac.abort(new ClientGone());
     res.once('close', onClose);
@@ -185,6 +246,7 @@ export class ProxyServer {
       throw err;
     } finally {
       res.off('close', onClose);
+      releaseBytes();
     }
   }
 

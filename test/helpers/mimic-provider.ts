@@ -22,6 +22,8 @@ export interface MimicOptions {
   acceptBeforeHttp?: boolean;
   /** inspect() reports failed once booted. */
   bootFails?: boolean;
+  /** Builds the backend a boot brings up (a WebSocket or SSE server…); default: the echo server. */
+  backend?: (instanceKey: string) => Promise<EchoServer>;
 }
 
 interface MimicInstance {
@@ -75,7 +77,7 @@ export class MimicProvider implements Provider {
         inst.state = 'failed';
         return;
       }
-      inst.server ??= await startEchoServer({ name: ref.instanceKey });
+      inst.server ??= await (this.options.backend?.(ref.instanceKey) ?? startEchoServer({ name: ref.instanceKey }));
       inst.state = 'running';
     });
     for (const w of this.#startedWaiters.splice(0)) w();

@@ -18,6 +18,7 @@ export interface TestResource {
   maxHeldRequests?: number;
   idleStopMs?: number;
   failureCooldownMs?: number;
+  websocket?: { allowedOrigins?: string[] };
 }
 
 export interface Harness {
@@ -57,6 +58,9 @@ export async function startHarness(options: {
   trustedProxies?: string[];
   identify?: Identify;
   authorize?: Authorize;
+  tls?: { certFile: string; keyFile: string };
+  maxHeldBytes?: number;
+  heldBodyEstimateBytes?: number;
 }): Promise<Harness> {
   const logs: Harness['logs'] = [];
   const logger = collectingLogger(logs);
@@ -64,7 +68,7 @@ export async function startHarness(options: {
   const resources = new Map<string, RoutedResource>();
   for (const r of options.resources) {
     const runtime = runtimeOf(r);
-    resources.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs ?? runtime.bootTimeoutMs });
+    resources.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs ?? runtime.bootTimeoutMs, websocket: r.websocket });
   }
   const proxy = new ProxyServer({
     manager, resources, logger,
@@ -73,10 +77,13 @@ export async function startHarness(options: {
     headersTimeoutMs: 10_000, keepAliveTimeoutMs: 5_000, maxHeaderBytes: 16_384,
     ...(options.identify ? { identify: options.identify } : {}),
     ...(options.authorize ? { authorize: options.authorize } : {}),
+    tls: options.tls,
+    ...(options.maxHeldBytes === undefined ? {} : { maxHeldBytes: options.maxHeldBytes }),
+    ...(options.heldBodyEstimateBytes === undefined ? {} : { heldBodyEstimateBytes: options.heldBodyEstimateBytes }),
   });
   const addr = await proxy.listen(0, '127.0.0.1');
   return {
-    url: `http://127.0.0.1:${addr.port}`,
+    url: `${options.tls ? 'https' : 'http'}://127.0.0.1:${addr.port}`,
     manager, proxy, logs,
     async close() {
       manager.close();
