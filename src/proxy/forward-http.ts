@@ -116,6 +116,9 @@ export class UpstreamPools {
     }
     try {
       res.writeHead(upstream.statusCode, downstreamHeaders(upstream.headers));
+      // A body of unknown length may be a stream (SSE, long poll): its head goes out now, as
+      // the backend sent it, instead of waiting for the first chunk.
+      if (upstream.headers['content-length'] === undefined) res.flushHeaders();
       await pipeline(upstream.body, res);
     } catch {
       // Client left or backend broke mid-body: both ends are torn down by pipeline.

@@ -290,14 +290,15 @@ export class ProxyServer {
     if (!(err instanceof SmartProxyError) || err.code === 'SP_INTERNAL') {
       this.#log.error({ err, url: req.url, method: req.method }, 'request failed unexpectedly');
     }
+    // A request whose body we never read would otherwise leave the connection unusable: say
+    // so in this response's own head (setting it after sendError is too late for the header).
+    if (!req.complete && !res.headersSent) res.shouldKeepAlive = false;
     try {
       sendError(req, res, err);
     } catch (sendErr) {
       this.#log.error({ err: sendErr }, 'could not send error response');
       res.destroy();
     }
-    // A request whose body we never read would otherwise leave the connection unusable.
-    if (!req.complete && !res.destroyed) res.shouldKeepAlive = false;
   }
 }
 
