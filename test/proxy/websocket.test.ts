@@ -4,6 +4,7 @@ import { connect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { describe, it } from 'node:test';
 import WebSocket, { WebSocketServer } from 'ws';
+import { effectiveResources, parseConfig } from '../../src/config/load.ts';
 import { startEchoServer, type EchoServer } from '../helpers/echo-server.ts';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { startHarness, type Harness } from '../helpers/proxy-harness.ts';
@@ -255,5 +256,26 @@ describe('WebSocket', () => {
     } finally {
       await h.close();
     }
+  });
+});
+
+describe('WebSocket and held-bytes configuration', () => {
+  const base = { providers: { p: { kind: 'atmosphere', baseUrl: 'http://127.0.0.1:9' } } };
+
+  it('merges allowedOrigins from resourceDefaults and names a bad origin in the error', () => {
+    const cfg = parseConfig(JSON.stringify({
+      ...base,
+      resourceDefaults: { websocket: { allowedOrigins: ['https://a.example'] } },
+      resources: { one: { provider: 'p' }, two: { provider: 'p', websocket: { allowedOrigins: ['https://b.example:8443'] } } },
+    }));
+    const byId = new Map(effectiveResources(cfg).map((r) => [r.id, r]));
+    assert.deepEqual(byId.get('one')?.websocketAllowedOrigins, ['https://a.example']);
+    assert.deepEqual(byId.get('two')?.websocketAllowedOrigins, ['https://b.example:8443']);
+    assert.equal(cfg.limits.maxHeldBytes, 1024 ** 3);
+    assert.throws(
+      () => parseConfig(JSON.stringify({ ...base, resources: { one: { provider: 'p', websocket: { allowedOrigins: ['a.example/path'] } } } })),
+      /resources\.one\.websocket\.allowedOrigins\.0: an origin like/,
+    );
+    assert.throws(() => parseConfig(JSON.stringify({ ...base, tls: { certFile: 'x.pem' }, resources: {} })), /tls\.keyFile/);
   });
 });
