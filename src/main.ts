@@ -11,6 +11,11 @@ import type { Clock, Logger, ProbeSpec, Provider } from './core/ports.ts';
 import { ResourceManager, type ResourceRuntime } from './core/resource-manager.ts';
 import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
 import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
+import { createHttpProvider } from './providers/http/http-provider.ts';
+import { createProcessProvider } from './providers/process/process-provider.ts';
+import { inheritedEnv, secretReaders } from './config/secrets.ts';
+import { createStaticProvider } from './providers/static/static-provider.ts';
+import { createQemuProvider } from './providers/qemu/qemu-provider.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 
@@ -52,7 +57,6 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       mockCloud = await startMockCloud(config.mockCloud, log);
       const mc = mockCloud;
       closers.push(() => mc.close());
-      log.info({ url: mockCloud.url }, 'mock cloud listening');
     }
 
     // 2. Providers: one per named entry, one per inline definition.
@@ -64,7 +68,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       if (injected !== undefined) return injected;
       const existing = providers.get(r.providerName);
       if (existing !== undefined) return existing;
-      const p = buildProvider(r, mockCloud, serviceIds);
+      const p = buildProvider(r, mockCloud, serviceIds, log);
       providers.set(r.providerName, p);
       return p;
     };
@@ -154,7 +158,7 @@ async function waitFor(cond: () => boolean, timeoutMs: number): Promise<void> {
   }
 }
 
-function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, serviceIds: ReadonlyMap<string, string>): Provider {
+function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, serviceIds: ReadonlyMap<string, string>, logger: Logger): Provider {
   const p = r.provider;
   switch (p.kind) {
     case 'atmosphere': {
@@ -165,7 +169,25 @@ function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, s
         }
         baseUrl = mockCloud.url;
       }
-      return createAtmosphereProvider({ baseUrl, requestTimeoutMs: p.requestTimeoutMs, serviceId: (id) => serviceIds.get(id) ?? id });
+      const resourceIds = new Map([...serviceIds].map(([resourceId, serviceId]) => [serviceId, resourceId]));
+      return createAtmosphereProvider({
+        baseUrl, requestTimeoutMs: p.requestTimeoutMs, logger,
+        serviceId: (id) => serviceIds.get(id) ?? id,
+        resourceIdOf: (serviceId) => resourceIds.get(serviceId),
+      });
+    }
+    case 'static':
+      return createStaticProvider({ endpoint: p.endpoint });
+    case 'process':
+      return createProcessProvider({ ...p, baseEnv: inheritedEnv(), logger });
+    case 'http':
+      return createHttpProvider({
+        ...p, secrets: secretReaders(p.credentials, `providers.${r.providerName}`), logger,
+        resourceVars: (id) => ({ serviceId: serviceIds.get(id) ?? id }),
+      });
+    case 'qemu': {
+      const { kind: _kind, ...options } = p;
+      return createQemuProvider({ ...options, logger });
     }
   }
 }

@@ -51,6 +51,10 @@ export interface StartResult {
 export interface ListedInstance extends InspectResult {
   readonly resourceId: string;
   readonly instanceKey: string;
+  /** The groups the instance was started for, when the provider knows them. */
+  readonly groups?: readonly string[] | undefined;
+  /** The user the instance was started for, when the provider knows it. */
+  readonly user?: string | undefined;
   readonly handle?: string | undefined;
 }
 
@@ -63,7 +67,8 @@ export interface ListedInstance extends InspectResult {
  *   instance exists does not create a second one.
  * - `inspect` returns `{ state: 'stopped' }`, not an error, for an instance it does not know.
  * - `stop` is idempotent: stopping a stopped or unknown instance resolves.
- * - Every call honours its `signal`: when it aborts, the call rejects promptly.
+ * - Every call honours its `signal`: when it aborts, the call rejects promptly with
+ *   `signal.reason` (the core treats an aborted call as retryable within its deadline).
  * - Calls reject with a `ProviderError` (see errors.ts) on failure; `retryable` says whether
  *   the core may try again (timeouts, 5xx, 429).
  * - Optional `list` returns instances that are already running, so that a restarted proxy
@@ -76,7 +81,10 @@ export interface Provider {
   inspect(ref: InstanceRef, signal: AbortSignal): Promise<InspectResult>;
   stop(ref: InstanceRef, signal: AbortSignal): Promise<void>;
   list?(signal: AbortSignal): Promise<ListedInstance[]>;
-  /** Releases sockets, child-process watchers and timers; instances are left as they are. */
+  /**
+   * Releases sockets, child-process watchers and timers; instances are left as they are.
+   * May be called more than once.
+   */
   close?(): Promise<void>;
 }
 

@@ -173,7 +173,7 @@ export class ResourceManager {
         instUser = user;
         break;
       case 'groups':
-        key = groups.join(',');
+        key = groups.length === 0 ? '*' : groups.join(',');
         break;
     }
     const exact = byKey.get(key);
@@ -285,7 +285,8 @@ export class ResourceManager {
     const res = inst.resource;
     const deadline = this.#clock.now() + res.bootTimeoutMs;
     try {
-      await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.stop(inst.ref, signal), 'stop');
+      // Stops run during shutdown too (after close()), so they may outlive the manager.
+      await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.stop(inst.ref, signal), 'stop', true);
     } catch (err) {
       this.#log.error({ resource: res.id, instance: inst.key, err }, 'stop failed; forgetting the instance');
     }
@@ -445,29 +446,29 @@ export class ResourceManager {
   }
 
   /** Calls the provider with a per-call timeout; retries retryable errors with backoff and jitter. */
-  async #callWithRetry<T>(inst: Instance, gen: number, deadline: number, call: (signal: AbortSignal) => Promise<T>, what: string): Promise<T> {
+  async #callWithRetry<T>(inst: Instance, gen: number, deadline: number, call: (signal: AbortSignal) => Promise<T>, what: string, afterClose = false): Promise<T> {
     const res = inst.resource;
     let backoffMs = 100;
     for (let attempt = 1; ; attempt++) {
-      this.#checkLive(inst, gen, deadline);
+      this.#checkLive(inst, gen, deadline, afterClose);
       const budget = Math.min(res.providerCallTimeoutMs, deadline - this.#clock.now());
       const signal = timeoutSignal(this.#clock, budget);
       try {
         return await call(signal);
       } catch (err) {
-        this.#checkLive(inst, gen, deadline);
+        this.#checkLive(inst, gen, deadline, afterClose);
         const retryable = signal.aborted || (err instanceof ProviderError && err.retryable);
         if (!retryable) throw err;
         this.#log.warn({ resource: res.id, instance: inst.key, what, attempt, err: errMessage(err) }, 'provider call failed; retrying');
         const jittered = backoffMs / 2 + Math.random() * backoffMs / 2;
-        await this.#sleep(jittered, inst, gen, deadline);
+        await this.#sleep(jittered, inst, gen, deadline, afterClose);
         backoffMs = Math.min(2000, backoffMs * 2);
       }
     }
   }
 
-  #checkLive(inst: Instance, gen: number, deadline: number): void {
-    if (inst.generation !== gen || this.#closed) throw new Aborted();
+  #checkLive(inst: Instance, gen: number, deadline: number, afterClose = false): void {
+    if (inst.generation !== gen || (this.#closed && !afterClose)) throw new Aborted();
     if (this.#clock.now() >= deadline) {
       throw new SmartProxyError('SP_BOOT_TIMEOUT', undefined, {
         data: { resource: inst.resource.id, bootTimeoutMs: inst.resource.bootTimeoutMs }, retryAfterS: this.#retryAfterS(inst),
@@ -475,11 +476,11 @@ export class ResourceManager {
     }
   }
 
-  #sleep(ms: number, inst: Instance, gen: number, deadline: number): Promise<void> {
+  #sleep(ms: number, inst: Instance, gen: number, deadline: number, afterClose = false): Promise<void> {
     const wait = Math.max(0, Math.min(ms, deadline - this.#clock.now()));
     return new Promise<void>((resolve) => {
       this.#clock.setTimeout(() => resolve(), wait);
-    }).then(() => this.#checkLive(inst, gen, deadline));
+    }).then(() => this.#checkLive(inst, gen, deadline, afterClose));
   }
 
   #releaseWaiters(inst: Instance): void {
