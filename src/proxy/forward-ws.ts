@@ -335,7 +335,7 @@ export class WebSocketForwarder {
       this.#p.logger.debug({ err: err.message }, 'websocket backend socket error');
       destroyBoth();
     });
-    // The client's 'error' listener (handleUpgrade) destroys the client; its close reaches here.
+    client.on('error', destroyBoth);
     let closed = 0;
     const onClose = (other: Socket) => (): void => {
       // A clean close on one side: let the other flush what it has (a close frame), then go.

@@ -100,7 +100,8 @@ export function upstreamHeaders(rawHeaders: readonly string[], ctx: ForwardConte
     // HTTP/2 clients may split Cookie into several fields; towards HTTP/1.1 they become one,
     // joined with "; " (RFC 9113 §8.2.3).
     if (name === 'cookie') {
-      cookie = cookie === undefined ? (rawHeaders[i + 1]) : `${cookie}; ${rawHeaders[i + 1] as string}`;
+      const value = rawHeaders[i + 1] as string;
+      cookie = cookie === undefined ? value : `${cookie}; ${value}`;
       continue;
     }
     out.push(rawName, rawHeaders[i + 1] as string);

@@ -136,8 +136,10 @@ export class ProxyServer {
       socket.once('close', () => this.#sockets.delete(socket));
     });
     // CONNECT has no place at a reverse proxy; answer instead of silently dropping.
-    this.server.on('connect', (_req: IncomingMessage, socket: Socket) => {
-      socket.end('HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+    this.server.on('connect', (_req: IncomingMessage, socket: Socket | ServerResponse) => {
+      // Over HTTP/2 (tls.ts) a CONNECT stream comes as (request, response), not a raw socket.
+      if ('writeHead' in socket) socket.writeHead(405, { 'content-length': '0' }).end();
+      else socket.end('HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
     });
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       if (socket.writable && !socket.destroyed) {

@@ -91,6 +91,7 @@ describe('TLS front: HTTP/2 and HTTP/1.1 by ALPN', () => {
       }, body);
       await mimic.started();
       await until(() => h.manager.heldTotal === 1);
+      assert.equal(h.proxy.heldBytes, 1024 * 1024, 'an HTTP/2 body of unknown length counts the estimate');
       // A second held stream that the client cancels: the hold ends, the session lives on.
       const cancelled = session.request({ ':path': '/smart_proxy/app/g1/cancelled' });
       cancelled.on('error', () => undefined);
@@ -110,7 +111,9 @@ describe('TLS front: HTTP/2 and HTTP/1.1 by ALPN', () => {
       assert.match(String(echo.headers['x-forwarded-host']), /^127\.0\.0\.1:\d+$/, 'from :authority');
       assert.ok(!echo.rawHeaders.some((n, i) => i % 2 === 0 && n.startsWith(':')), 'no pseudo-header reaches the backend');
 
-      // Errors are answered over HTTP/2 too.
+      // Errors are answered over HTTP/2 too; CONNECT has no place here either.
+      const connectRes = await h2request(session, { ':method': 'CONNECT', ':authority': 'example.com:443' });
+      assert.equal(connectRes.headers[':status'], 405);
       const missing = await h2request(session, { ':path': '/smart_proxy/nope/g1/' });
       assert.equal(missing.headers[':status'], 404);
       assert.equal(missing.headers['content-type'], 'application/problem+json');
