@@ -19,6 +19,7 @@ import { createQemuProvider } from './providers/qemu/qemu-provider.ts';
 import { createDockerProvider } from './providers/docker/docker-provider.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
+import { ThemeLoader } from './proxy/waiting-page.ts';
 
 export interface AppOptions {
   readonly logger?: Logger;
@@ -77,6 +78,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     // 3. The control plane.
     const manager = new ResourceManager({ clock, prober: netProber, logger: log, maxHeldRequestsTotal: config.limits.maxHeldRequests });
     const routed = new Map<string, RoutedResource>();
+    const themes = new ThemeLoader();
     for (const r of resources) {
       const runtime: ResourceRuntime = {
         id: r.id,
@@ -92,7 +94,12 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         maxHeldRequests: r.maxHeldRequests,
         idleStopMs: r.idleStopMs,
       };
-      routed.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs, websocket: { allowedOrigins: r.websocketAllowedOrigins } });
+      // Waiting page themes are read and checked here, once: a broken theme stops start-up.
+      routed.set(r.id, {
+        runtime, holdTimeoutMs: r.holdTimeoutMs,
+        waiting: { ...r.waiting, theme: themes.load(r.waiting.themeDir) },
+        websocket: { allowedOrigins: r.websocketAllowedOrigins },
+      });
     }
 
     // 4. The data plane, last: traffic arrives only once everything behind it exists.
@@ -105,6 +112,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       headersTimeoutMs: config.server.headersTimeoutMs,
       keepAliveTimeoutMs: config.server.keepAliveTimeoutMs,
       maxHeaderBytes: config.server.maxHeaderBytes,
+      clock,
       tls: config.tls,
       maxHeldBytes: config.limits.maxHeldBytes,
       heldBodyEstimateBytes: config.limits.heldBodyEstimateBytes,

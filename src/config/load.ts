@@ -101,6 +101,12 @@ export interface EffectiveResource {
   readonly idleStopMs: number;
   /** Undefined: any origin may open WebSockets. */
   readonly websocketAllowedOrigins: readonly string[] | undefined;
+  readonly waiting: {
+    readonly browserPage: boolean;
+    /** Already capped at holdTimeoutMs. */
+    readonly defaultWaitMs: number;
+    readonly themeDir: string | undefined;
+  };
 }
 
 const defaultProbe: ProbeConfig = { kind: 'http', path: '/', expectStatus: ['2xx', '3xx', '4xx'], timeoutMs: 1000 };
@@ -114,6 +120,7 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
     const provider = typeof r.provider === 'string' ? cfg.providers[r.provider] : r.provider;
     if (provider === undefined) throw new ConfigError('<config>', [`resources.${id}.provider: unknown provider "${typeof r.provider === 'string' ? r.provider : r.provider.kind}"`]);
     const bootTimeoutMs = r.bootTimeoutMs ?? d.bootTimeoutMs ?? builtinDefaults.bootTimeoutMs;
+    const holdTimeoutMs = r.holdTimeoutMs ?? d.holdTimeoutMs ?? bootTimeoutMs;
     return {
       id,
       provider,
@@ -121,7 +128,7 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       serviceId: r.serviceId ?? id,
       sharing: r.sharing ?? d.sharing ?? builtinDefaults.sharing,
       bootTimeoutMs,
-      holdTimeoutMs: r.holdTimeoutMs ?? d.holdTimeoutMs ?? bootTimeoutMs,
+      holdTimeoutMs,
       probe: r.probe ?? d.probe ?? builtinDefaults.probe,
       probeIntervalMs: r.probeIntervalMs ?? d.probeIntervalMs ?? builtinDefaults.probeIntervalMs,
       pollIntervalMinMs: r.pollIntervalMinMs ?? d.pollIntervalMinMs ?? builtinDefaults.pollIntervalMinMs,
@@ -131,6 +138,11 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       maxHeldRequests: r.maxHeldRequests ?? d.maxHeldRequests ?? cfg.limits.maxHeldRequestsPerResource,
       idleStopMs: r.idleStopMs ?? d.idleStopMs ?? builtinDefaults.idleStopMs,
       websocketAllowedOrigins: r.websocket?.allowedOrigins ?? d.websocket?.allowedOrigins,
+      waiting: {
+        browserPage: r.waiting?.browserPage ?? d.waiting?.browserPage ?? true,
+        defaultWaitMs: Math.min(holdTimeoutMs, r.waiting?.defaultWaitMs ?? d.waiting?.defaultWaitMs ?? holdTimeoutMs),
+        themeDir: r.waiting?.themeDir ?? d.waiting?.themeDir,
+      },
     };
   });
 }

@@ -206,6 +206,13 @@ const resourceFields = {
     allowedOrigins: z.array(z.string().regex(/^(\*|[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/\s]+\/?)$/, 'an origin like "https://app.example.com", or "*"')).optional()
       .describe('Origins whose browser pages may open WebSockets to this resource (handshakes without Origin, from non-browser clients, pass). Default: any.'),
   }).strict().optional().describe('WebSocket handshakes (see docs/concepts/protocols.md).'),
+  waiting: z.object({
+    browserPage: z.boolean().optional()
+      .describe('A browser navigation (GET/HEAD accepting text/html, no Prefer: wait) gets the waiting page at once instead of being held. Default: true.'),
+    defaultWaitMs: optMs('Hold of a request that sends no Prefer: wait=N; never more than holdTimeoutMs. Default: holdTimeoutMs.'),
+    themeDir: z.string().min(1).optional()
+      .describe('Folder with an operator\'s waiting.html template (relative to the working directory); the built-in theme when absent. See docs/how-to/theme-the-waiting-page.md.'),
+  }).strict().optional().describe('How clients wait for this resource while it starts (docs/concepts/waiting.md). Merged field by field with resourceDefaults.waiting.'),
 };
 
 export const resourceDefaultsSchema = z.object(resourceFields).strict();

@@ -7,22 +7,27 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
+import { systemClock } from '../core/clock.ts';
 import { SmartProxyError } from '../core/errors.ts';
-import type { Logger } from '../core/ports.ts';
+import type { Clock, Logger } from '../core/ports.ts';
 import type { Instance, ResourceManager, ResourceRuntime } from '../core/resource-manager.ts';
 import { sendError } from './error-response.ts';
 import { UpstreamPools, type UpstreamOptions } from './forward-http.ts';
 import { WebSocketForwarder, isWebSocketUpgrade, type Admission } from './forward-ws.ts';
 import { HeldBytesBudget } from './held-bytes.ts';
 import { TrustedProxies, upstreamHeaders } from './headers.ts';
+import { isReservedPath } from './progress-sse.ts';
 import { joinUpstreamPath, parseTarget, type ParsedTarget } from './route.ts';
 import { createTlsFront, type TlsFiles, type TlsFront } from './tls.ts';
+import { WaitingRoom, type ResourceWaiting } from './waiting-room.ts';
 
 /** A resource as the data plane sees it. */
 export interface RoutedResource {
   readonly runtime: ResourceRuntime;
   /** Longest hold of one request. */
   readonly holdTimeoutMs: number;
+  /** Waiting page, Prefer defaults, theme; built-in defaults when absent. */
+  readonly waiting?: ResourceWaiting | undefined;
   /** Origins allowed to open WebSockets (browser handshakes); undefined: any. */
   readonly websocket?: { readonly allowedOrigins?: readonly string[] | undefined } | undefined;
 }
@@ -63,6 +68,8 @@ export interface ProxyServerOptions {
   readonly authorize?: Authorize;
   /** Folded header names never passed from clients to backends (identity headers). */
   readonly protectedHeaders?: readonly string[];
+  /** Clock of the waiting page's elapsed times and ETAs (the manager's clock). */
+  readonly clock?: Clock;
   /** Terminate TLS (HTTP/2 + HTTP/1.1 by ALPN) with these files; absent: plain HTTP/1.1. */
   readonly tls?: TlsFiles | undefined;
   /** Global budget of announced body bytes of held requests (see held-bytes.ts). */
@@ -90,6 +97,7 @@ export class ProxyServer {
   readonly #heldBytes: HeldBytesBudget;
   readonly #tls: TlsFront | undefined;
   readonly ws: WebSocketForwarder;
+  readonly #waiting: WaitingRoom;
   #draining = false;
 
   constructor(options: ProxyServerOptions) {
@@ -101,6 +109,7 @@ export class ProxyServer {
     this.#authorize = options.authorize ?? allowActingGroups;
     this.#protected = new Set(options.protectedHeaders ?? ['x-forwarded-user', 'x-forwarded-groups']);
     this.pools = new UpstreamPools(options.upstream);
+    this.#waiting = new WaitingRoom({ manager: options.manager, clock: options.clock ?? systemClock });
     this.#heldBytes = new HeldBytesBudget({
       maxHeldBytes: options.maxHeldBytes ?? Number.MAX_SAFE_INTEGER,
       heldBodyEstimateBytes: options.heldBodyEstimateBytes ?? 1024 * 1024,
@@ -186,34 +195,62 @@ export class ProxyServer {
   async close(): Promise<void> {
     this.startDraining();
     this.#tls?.close();
+    this.#waiting.close();
     for (const s of this.#sockets) s.destroy();
     await this.pools.close();
   }
 
   /** The steps of one request, in order. */
   async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    if (this.#draining) res.shouldKeepAlive = false;
-    // 1.-3. route, identify, authorize (shared with WebSocket upgrades).
-    const { route, resource, identity, acting } = await this.admit(req);
-    // 4. select the instance; a ready one is forwarded at once, with no other call.
-    const inst = this.#manager.selectInstance(resource.runtime, acting, identity.user);
+    if (this.#draining) {
+      res.shouldKeepAlive = false;
+      throw new SmartProxyError('SP_SHUTTING_DOWN', undefined, { retryAfterS: 1 });
+    }
+    // The proxy's own status and progress endpoints, behind the same access steps.
+    if (isReservedPath(req.url)) {
+      this.#waiting.serveReserved(req, res, (r) => this.#admitInstance(req, r).inst);
+      return;
+    }
+    // 1. route: strict target parsing, then the resource table.
+    const route = parseTarget(req.url);
+    // 2. identify, 3. authorize (before any side effect), 4. select the instance.
+    const { resource, inst } = this.#admitInstance(req, route);
     this.#manager.touch(inst);
     const headers = this.#forwardHeaders(req, route);
+    // A ready instance is forwarded at once, with no other call.
     let endpoint = inst.status === 'ready' ? inst.endpoint : undefined;
-    // 5. await ready: hold on the local readiness broadcast, never on a provider call.
-    endpoint ??= await this.#hold(req, res, inst, resource);
-    if (endpoint === undefined) return;
+    if (endpoint === undefined) {
+      // 5. await ready, as this client asked (waiting-room.ts): the waiting page, 202 at
+      // once, or a hold on the local readiness broadcast (never on a provider call).
+      const plan = this.#waiting.plan(req, resource.waiting, resource.holdTimeoutMs);
+      if (plan.kind !== 'hold') {
+        this.#waiting.answerAtOnce(req, res, plan.kind, inst, route, resource.waiting);
+        return;
+      }
+      endpoint = await this.#waiting.hold(req, res, plan, inst, route, (ms) => this.#hold(req, res, inst, resource, ms));
+      if (endpoint === undefined) return;
+    }
     // 6. forward, with crash repair when the backend turns out to be gone.
     await this.#forward(req, res, inst, resource, route, headers, endpoint);
   }
 
   /**
-   * Steps 1-3, with no side effect: route (strict target parsing, then the resource table),
-   * identify, authorize. Used by `handle` and by WebSocket upgrades.
+   * Route, identify, authorize, with no side effect: the first steps of a WebSocket upgrade
+   * (forward-ws.ts), which then checks its Origin before selecting the instance.
    */
   async admit(req: IncomingMessage): Promise<Admission> {
     if (this.#draining) throw new SmartProxyError('SP_SHUTTING_DOWN', undefined, { retryAfterS: 1 });
-    const route = parseTarget(req.url);
+    return this.#admitRoute(req, parseTarget(req.url));
+  }
+
+  /** Steps 2-4 for a routed target: the resource, who asks, and the instance they act on. */
+  #admitInstance(req: IncomingMessage, route: ParsedTarget): { resource: RoutedResource; inst: Instance } {
+    const { resource, identity, acting } = this.#admitRoute(req, route);
+    return { resource, inst: this.#manager.selectInstance(resource.runtime, acting, identity.user) };
+  }
+
+  /** Steps 2-3 for a routed target: the resource, who asks, and the groups they act with. */
+  #admitRoute(req: IncomingMessage, route: ParsedTarget): Admission {
     const resource = this.#resources.get(route.resourceId);
     if (resource === undefined) throw new SmartProxyError('SP_ROUTE_NOT_FOUND', `no resource "${route.resourceId}"`, { data: { resource: route.resourceId } });
     const identity = this.#identify(req, route, resource);
@@ -234,7 +271,7 @@ export class ProxyServer {
   }
 
   /** Waits for `inst`; resolves undefined if the client left meanwhile. */
-  async #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource): Promise<string | undefined> {
+  async #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource, timeoutMs = resource.holdTimeoutMs): Promise<string | undefined> {
     // The held body stays unread (backpressure); its announced size counts against the budget.
     const est = this.#manager.estimateBoot(resource.runtime.id);
     const releaseBytes = this.#heldBytes.reserve(req, { resourceId: resource.runtime.id, retryAfterS: Math.max(1, Math.ceil((est?.p50Ms ?? 5000) / 1000)) });
@@ -242,7 +279,7 @@ export class ProxyServer {
     const onClose = (): void => ac.abort(new ClientGone());
     res.once('close', onClose);
     try {
-      return await this.#manager.waitUntilReady(inst, { signal: ac.signal, timeoutMs: resource.holdTimeoutMs });
+      return await this.#manager.waitUntilReady(inst, { signal: ac.signal, timeoutMs });
     } catch (err) {
       if (err instanceof ClientGone) return undefined;
       throw err;

@@ -7,6 +7,7 @@ import { systemClock } from '../../src/core/clock.ts';
 import { ResourceManager, type ResourceRuntime, type SharingMode } from '../../src/core/resource-manager.ts';
 import { netProber } from '../../src/proxy/probe.ts';
 import { ProxyServer, type Authorize, type Identify, type RoutedResource } from '../../src/proxy/server.ts';
+import type { ResourceWaiting } from '../../src/proxy/waiting-room.ts';
 
 export interface TestResource {
   id: string;
@@ -18,6 +19,7 @@ export interface TestResource {
   maxHeldRequests?: number;
   idleStopMs?: number;
   failureCooldownMs?: number;
+  waiting?: ResourceWaiting;
   websocket?: { allowedOrigins?: string[] };
 }
 
@@ -68,13 +70,14 @@ export async function startHarness(options: {
   const resources = new Map<string, RoutedResource>();
   for (const r of options.resources) {
     const runtime = runtimeOf(r);
-    resources.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs ?? runtime.bootTimeoutMs, websocket: r.websocket });
+    resources.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs ?? runtime.bootTimeoutMs, waiting: r.waiting, websocket: r.websocket });
   }
   const proxy = new ProxyServer({
     manager, resources, logger,
     upstream: { connectTimeoutMs: 2_000, headersTimeoutMs: 30_000, bodyTimeoutMs: 0, connectionsPerBackend: 64 },
     trustedProxies: options.trustedProxies ?? [],
     headersTimeoutMs: 10_000, keepAliveTimeoutMs: 5_000, maxHeaderBytes: 16_384,
+    ...(options.clock ? { clock: options.clock } : {}),
     ...(options.identify ? { identify: options.identify } : {}),
     ...(options.authorize ? { authorize: options.authorize } : {}),
     tls: options.tls,
