@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { LineCounter, parseDocument, isNode, type Document } from 'yaml';
 import type { z } from 'zod';
-import { configSchema, resourceBuiltinDefaults, type Config, type ProbeConfig, type ProviderConfig, type ResourceConfig } from './schema.ts';
+import { configSchema, resourceBuiltinDefaults, type Config, type KeepWarmConfig, type ProbeConfig, type ProviderConfig, type ResourceConfig } from './schema.ts';
 import { SmartProxyError } from '../core/errors.ts';
 
 export class ConfigError extends SmartProxyError {
@@ -107,6 +107,9 @@ export interface EffectiveResource {
     readonly defaultWaitMs: number;
     readonly themeDir: string | undefined;
   };
+  readonly releaseConcurrency: number;
+  readonly healthCheckIntervalMs: number;
+  readonly keepWarm: KeepWarmConfig | undefined;
 }
 
 const defaultProbe: ProbeConfig = { kind: 'http', path: '/', expectStatus: ['2xx', '3xx', '4xx'], timeoutMs: 1000 };
@@ -143,6 +146,9 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
         defaultWaitMs: Math.min(holdTimeoutMs, r.waiting?.defaultWaitMs ?? d.waiting?.defaultWaitMs ?? holdTimeoutMs),
         themeDir: r.waiting?.themeDir ?? d.waiting?.themeDir,
       },
+      releaseConcurrency: r.releaseConcurrency ?? d.releaseConcurrency ?? builtinDefaults.releaseConcurrency,
+      healthCheckIntervalMs: r.healthCheckIntervalMs ?? d.healthCheckIntervalMs ?? builtinDefaults.healthCheckIntervalMs,
+      keepWarm: r.keepWarm ?? d.keepWarm,
     };
   });
 }

@@ -72,7 +72,10 @@ export class UpstreamPools {
     const pool = this.#pools.get(origin);
     if (pool === undefined) return;
     this.#pools.delete(origin);
-    pool.destroy().catch(() => undefined);
+    // close, not destroy: requests already queued on this pool were never sent; destroying
+    // would fail them with UND_ERR_DESTROYED (a 502), while closing lets each one meet the
+    // refused connection itself and go back to waiting for the restarted instance.
+    pool.close().catch(() => undefined);
   }
 
   async close(): Promise<void> {

@@ -159,7 +159,8 @@ export class WebSocketForwarder {
     const headers = this.#p.forwardHeaders(req, route);
     // Upgrade and Connection are hop-by-hop and were dropped; this hop asks for the same.
     headers.push('connection', 'Upgrade', 'upgrade', 'websocket');
-    let endpoint = inst.status === 'ready' ? inst.endpoint : undefined;
+    // As in handle(): behind the release ramp a newcomer queues instead of adding to the flood.
+    let endpoint = inst.status === 'ready' && inst.waiters.size === 0 ? inst.endpoint : undefined;
     endpoint ??= await this.#hold(socket, inst, resource);
     if (endpoint === undefined) return;
     await this.#connect(req, socket, head, inst, route, headers, endpoint);

@@ -217,17 +217,22 @@ export class ProxyServer {
     const { resource, inst } = this.#admitInstance(req, route);
     this.#manager.touch(inst);
     const headers = this.#forwardHeaders(req, route);
-    // A ready instance is forwarded at once, with no other call.
-    let endpoint = inst.status === 'ready' ? inst.endpoint : undefined;
+    // A ready instance is forwarded at once, with no other call. While the release ramp
+    // still holds requests for a fresh backend, a newcomer queues behind them instead of
+    // adding to the flood (still no call: two fields in memory).
+    let endpoint = inst.status === 'ready' && inst.waiters.size === 0 ? inst.endpoint : undefined;
     if (endpoint === undefined) {
       // 5. await ready, as this client asked (waiting-room.ts): the waiting page, 202 at
-      // once, or a hold on the local readiness broadcast (never on a provider call).
+      // once, or a hold on the local readiness broadcast (never on a provider call). A
+      // ready instance behind the ramp is a short hold, never a waiting page.
       const plan = this.#waiting.plan(req, resource.waiting, resource.holdTimeoutMs);
-      if (plan.kind !== 'hold') {
+      if (plan.kind !== 'hold' && inst.status !== 'ready') {
         this.#waiting.answerAtOnce(req, res, plan.kind, inst, route, resource.waiting);
         return;
       }
-      endpoint = await this.#waiting.hold(req, res, plan, inst, route, (ms) => this.#hold(req, res, inst, resource, ms));
+      endpoint = plan.kind === 'hold'
+        ? await this.#waiting.hold(req, res, plan, inst, route, (ms) => this.#hold(req, res, inst, resource, ms))
+        : await this.#hold(req, res, inst, resource, resource.holdTimeoutMs);
       if (endpoint === undefined) return;
     }
     // 6. forward, with crash repair when the backend turns out to be gone.

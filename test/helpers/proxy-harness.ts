@@ -4,6 +4,7 @@
  */
 import type { Clock, Logger, ProbeSpec, Provider } from '../../src/core/ports.ts';
 import { systemClock } from '../../src/core/clock.ts';
+import type { KeepWarmPolicy } from '../../src/core/keep-warm.ts';
 import { ResourceManager, type ResourceRuntime, type SharingMode } from '../../src/core/resource-manager.ts';
 import { netProber } from '../../src/proxy/probe.ts';
 import { ProxyServer, type Authorize, type Identify, type RoutedResource } from '../../src/proxy/server.ts';
@@ -20,6 +21,10 @@ export interface TestResource {
   idleStopMs?: number;
   failureCooldownMs?: number;
   waiting?: ResourceWaiting;
+  providerCallTimeoutMs?: number;
+  releaseConcurrency?: number;
+  healthCheckIntervalMs?: number;
+  keepWarm?: KeepWarmPolicy;
   websocket?: { allowedOrigins?: string[] };
 }
 
@@ -46,10 +51,13 @@ export function runtimeOf(r: TestResource): ResourceRuntime {
     probeIntervalMs: 10,
     pollIntervalMinMs: 5,
     pollIntervalMaxMs: 50,
-    providerCallTimeoutMs: 2_000,
+    providerCallTimeoutMs: r.providerCallTimeoutMs ?? 2_000,
     failureCooldownMs: r.failureCooldownMs ?? 0,
     maxHeldRequests: r.maxHeldRequests ?? 10_000,
     idleStopMs: r.idleStopMs ?? 0,
+    releaseConcurrency: r.releaseConcurrency,
+    healthCheckIntervalMs: r.healthCheckIntervalMs,
+    keepWarm: r.keepWarm,
   };
 }
 
