@@ -123,7 +123,11 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         keepWarm: r.keepWarm === undefined ? undefined : new KeepWarmPolicy(r.keepWarm),
       };
       // Waiting page themes are read and checked here, once: a broken theme stops start-up.
-      routed.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs, waiting: { ...r.waiting, theme: themes.load(r.waiting.themeDir) } });
+      routed.set(r.id, {
+        runtime, holdTimeoutMs: r.holdTimeoutMs,
+        waiting: { ...r.waiting, theme: themes.load(r.waiting.themeDir) },
+        websocket: { allowedOrigins: r.websocketAllowedOrigins },
+      });
     }
     const runtimes = new Map([...routed].map(([id, r]) => [id, r.runtime]));
 
@@ -161,10 +165,13 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       backendHeaders: access.backendHeaders,
       protectedHeaders: access.protectedHeaders,
       clock,
+      tls: config.tls,
+      maxHeldBytes: config.limits.maxHeldBytes,
+      heldBodyEstimateBytes: config.limits.heldBodyEstimateBytes,
     });
     const addr = await proxy.listen(config.listen.port, config.listen.host);
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
-    const proxyUrl = `http://${host}:${addr.port}`;
+    const proxyUrl = `${config.tls === undefined ? 'http' : 'https'}://${host}:${addr.port}`;
     log.info({ url: proxyUrl, resources: routed.size }, 'proxy listening');
 
     const drainTimeoutMs = config.shutdown.drainTimeoutMs

@@ -99,6 +99,8 @@ export interface EffectiveResource {
   readonly failureCooldownMs: number;
   readonly maxHeldRequests: number;
   readonly idleStopMs: number;
+  /** Undefined: any origin may open WebSockets. */
+  readonly websocketAllowedOrigins: readonly string[] | undefined;
   readonly waiting: {
     readonly browserPage: boolean;
     /** Already capped at holdTimeoutMs. */
@@ -140,6 +142,7 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       failureCooldownMs: r.failureCooldownMs ?? d.failureCooldownMs ?? builtinDefaults.failureCooldownMs,
       maxHeldRequests: r.maxHeldRequests ?? d.maxHeldRequests ?? cfg.limits.maxHeldRequestsPerResource,
       idleStopMs: r.idleStopMs ?? d.idleStopMs ?? builtinDefaults.idleStopMs,
+      websocketAllowedOrigins: r.websocket?.allowedOrigins ?? d.websocket?.allowedOrigins,
       waiting: {
         browserPage: r.waiting?.browserPage ?? d.waiting?.browserPage ?? true,
         defaultWaitMs: Math.min(holdTimeoutMs, r.waiting?.defaultWaitMs ?? d.waiting?.defaultWaitMs ?? holdTimeoutMs),

@@ -21,6 +21,8 @@ export const statusByCode: Readonly<Record<ErrorCode, number>> = {
   SP_UPSTREAM_UNAVAILABLE: 502,
   SP_UPSTREAM_TIMEOUT: 504,
   SP_BODY_TOO_LARGE: 413,
+  SP_WS_BAD_UPGRADE: 400,
+  SP_WS_ORIGIN_DENIED: 403,
   SP_SHUTTING_DOWN: 503,
   SP_PROVIDER_ERROR: 502,
   SP_CONFIG_INVALID: 500,
@@ -86,10 +88,8 @@ export function sendError(req: IncomingMessage, res: ServerResponse, err: unknow
   const headers: Record<string, string> = { 'cache-control': 'no-store', ...extraHeaders };
   if (e.retryAfterS !== undefined) headers['retry-after'] = String(e.retryAfterS);
   // RFC 9110 §11.6.1: a 401 carries at least one challenge; several are listed comma-separated.
-  const challenges = e.data.challenges;
-  if (e.code === 'SP_ACCESS_UNAUTHENTICATED' && Array.isArray(challenges) && challenges.length > 0) {
-    headers['www-authenticate'] = challenges.join(', ');
-  }
+  const challenge = challengeOf(e);
+  if (challenge !== undefined) headers['www-authenticate'] = challenge;
   let body: string;
   if (wantsHtml(req)) {
     headers['content-type'] = 'text/html; charset=utf-8';
@@ -104,4 +104,28 @@ export function sendError(req: IncomingMessage, res: ServerResponse, err: unknow
   headers['content-length'] = String(Buffer.byteLength(body));
   res.writeHead(problem.status, headers);
   res.end(req.method === 'HEAD' ? undefined : body);
+}
+
+/**
+ * The same answer as `sendError`, as bytes for a raw socket (an upgrade request has no
+ * ServerResponse). Always `connection: close`: the socket is closed after it.
+ */
+export function errorResponseBytes(req: IncomingMessage, err: unknown): string {
+  const e = toSmartProxyError(err);
+  const problem = problemOf(e, req.url?.split('?')[0]);
+  const body = JSON.stringify(problem);
+  let head = `HTTP/1.1 ${problem.status} ${problem.title}\r\n`
+    + 'content-type: application/problem+json\r\ncache-control: no-store\r\nconnection: close\r\n'
+    + `content-length: ${Buffer.byteLength(body)}\r\n`;
+  if (e.retryAfterS !== undefined) head += `retry-after: ${e.retryAfterS}\r\n`;
+  const challenge = challengeOf(e);
+  if (challenge !== undefined) head += `www-authenticate: ${challenge}\r\n`;
+  return `${head}\r\n${body}`;
+}
+
+/** RFC 9110 §11.6.1: a 401 carries at least one challenge; several are listed comma-separated. */
+function challengeOf(e: SmartProxyError): string | undefined {
+  const challenges = e.data.challenges;
+  if (e.code !== 'SP_ACCESS_UNAUTHENTICATED' || !Array.isArray(challenges) || challenges.length === 0) return undefined;
+  return challenges.join(', ');
 }

@@ -13,9 +13,12 @@ import type { Clock, Logger } from '../core/ports.ts';
 import type { Instance, ResourceManager, ResourceRuntime, StartRequester } from '../core/resource-manager.ts';
 import { sendError } from './error-response.ts';
 import { UpstreamPools, type UpstreamOptions } from './forward-http.ts';
+import { WebSocketForwarder, isWebSocketUpgrade, type Admission } from './forward-ws.ts';
+import { HeldBytesBudget } from './held-bytes.ts';
 import { TrustedProxies, upstreamHeaders } from './headers.ts';
 import { isReservedPath } from './progress-sse.ts';
 import { joinUpstreamPath, parseTarget, type ParsedTarget } from './route.ts';
+import { createTlsFront, type TlsFiles, type TlsFront } from './tls.ts';
 import { WaitingRoom, type ResourceWaiting } from './waiting-room.ts';
 
 /** A resource as the data plane sees it. */
@@ -25,6 +28,8 @@ export interface RoutedResource {
   readonly holdTimeoutMs: number;
   /** Waiting page, Prefer defaults, theme; built-in defaults when absent. */
   readonly waiting?: ResourceWaiting | undefined;
+  /** Origins allowed to open WebSockets (browser handshakes); undefined: any. */
+  readonly websocket?: { readonly allowedOrigins?: readonly string[] | undefined } | undefined;
 }
 
 /** Who is asking, as far as the proxy could verify. */
@@ -88,6 +93,12 @@ export interface ProxyServerOptions {
   readonly protectedHeaders?: readonly string[];
   /** Clock of the waiting page's elapsed times and ETAs (the manager's clock). */
   readonly clock?: Clock;
+  /** Terminate TLS (HTTP/2 + HTTP/1.1 by ALPN) with these files; absent: plain HTTP/1.1. */
+  readonly tls?: TlsFiles | undefined;
+  /** Global budget of announced body bytes of held requests (see held-bytes.ts). */
+  readonly maxHeldBytes?: number;
+  /** What a held body of unknown length counts against maxHeldBytes. */
+  readonly heldBodyEstimateBytes?: number;
 }
 
 /** Retries of the first forward after readiness when the connection is refused. */
@@ -108,6 +119,9 @@ export class ProxyServer {
   readonly #backendHeaders: BackendHeaders | undefined;
   readonly #protected: ReadonlySet<string>;
   readonly #sockets = new Set<Socket>();
+  readonly #heldBytes: HeldBytesBudget;
+  readonly #tls: TlsFront | undefined;
+  readonly ws: WebSocketForwarder;
   readonly #waiting: WaitingRoom;
   #draining = false;
 
@@ -123,22 +137,45 @@ export class ProxyServer {
     this.#protected = new Set(options.protectedHeaders ?? ['x-forwarded-user', 'x-forwarded-groups']);
     this.pools = new UpstreamPools(options.upstream);
     this.#waiting = new WaitingRoom({ manager: options.manager, clock: options.clock ?? systemClock });
-    this.server = createServer({
+    this.#heldBytes = new HeldBytesBudget({
+      maxHeldBytes: options.maxHeldBytes ?? Number.MAX_SAFE_INTEGER,
+      heldBodyEstimateBytes: options.heldBodyEstimateBytes ?? 1024 * 1024,
+    });
+    const http1 = {
       // Held requests may wait for a whole boot: Node's own request timeout must not cut them.
       requestTimeout: 0,
       headersTimeout: options.headersTimeoutMs,
       keepAliveTimeout: options.keepAliveTimeoutMs,
       maxHeaderSize: options.maxHeaderBytes,
-    }, (req, res) => {
+    };
+    const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
       this.handle(req, res).catch((err: unknown) => this.#fail(req, res, err));
+    };
+    this.#tls = options.tls === undefined ? undefined : createTlsFront({ files: options.tls, http1, onRequest, logger: options.logger });
+    this.server = this.#tls?.server ?? createServer(http1, onRequest);
+    // WebSocket upgrades go through the same steps (forward-ws.ts); other Upgrade values are
+    // ignored and the request is served as plain HTTP.
+    this.ws = new WebSocketForwarder({
+      admit: (req) => this.admit(req),
+      forwardHeaders: (req, admission) => this.#forwardHeaders(req, admission),
+      manager: this.#manager,
+      logger: this.#log,
+      connectTimeoutMs: options.upstream.connectTimeoutMs,
+      handshakeTimeoutMs: options.upstream.headersTimeoutMs,
     });
+    // Set as a property, not a constructor option: the HTTP/2 secure server ignores the option
+    // but its HTTP/1 side reads the property, like the plain server (Node >= 24.9).
+    (this.server as { shouldUpgradeCallback?: (req: IncomingMessage) => boolean }).shouldUpgradeCallback = isWebSocketUpgrade;
+    this.server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.ws.handleUpgrade(req, socket, head));
     this.server.on('connection', (socket: Socket) => {
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));
     });
     // CONNECT has no place at a reverse proxy; answer instead of silently dropping.
-    this.server.on('connect', (_req: IncomingMessage, socket: Socket) => {
-      socket.end('HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+    this.server.on('connect', (_req: IncomingMessage, socket: Socket | ServerResponse) => {
+      // Over HTTP/2 (tls.ts) a CONNECT stream comes as (request, response), not a raw socket.
+      if ('writeHead' in socket) socket.writeHead(405, { 'content-length': '0' }).end();
+      else socket.end('HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
     });
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       if (socket.writable && !socket.destroyed) {
@@ -167,11 +204,24 @@ export class ProxyServer {
     this.#draining = true;
     this.server.close();
     this.server.closeIdleConnections();
+    this.#tls?.drain();
+    this.ws.closeAll();
+  }
+
+  /** The TLS front, when TLS is configured (certificate reloads). */
+  get tls(): TlsFront | undefined {
+    return this.#tls;
+  }
+
+  /** Announced body bytes of held requests right now. */
+  get heldBytes(): number {
+    return this.#heldBytes.heldBytes;
   }
 
   /** Ends every connection and closes the upstream pools. */
   async close(): Promise<void> {
     this.startDraining();
+    this.#tls?.close();
     this.#waiting.close();
     for (const s of this.#sockets) s.destroy();
     await this.pools.close();
@@ -185,23 +235,18 @@ export class ProxyServer {
     }
     // The proxy's own status and progress endpoints, behind the same access steps.
     if (isReservedPath(req.url)) {
-      await this.#waiting.serveReserved(req, res, async (r) => (await this.#admit(req, r)).inst);
+      await this.#waiting.serveReserved(req, res, async (r) => (await this.#admitInstance(req, r)).inst);
       return;
     }
     // 1. route: strict target parsing, then the resource table.
     const route = parseTarget(req.url);
     // 2. identify, 3. authorize (before any side effect), 4. select the instance.
-    const { resource, inst, requester, identity } = await this.#admit(req, route);
+    const admission = await this.#admitRoute(req, route);
+    const { resource } = admission;
+    const requester = requesterOf(admission);
+    const inst = this.#manager.selectInstance(resource.runtime, admission.acting, admission.identity.user);
     this.#manager.touch(inst);
-    const backend = this.#backendHeaders?.(identity, requester.groups, resource);
-    const headers = upstreamHeaders(req.rawHeaders, {
-      remoteAddress: req.socket.remoteAddress,
-      encrypted: (req.socket as { encrypted?: boolean }).encrypted === true,
-      trusted: this.#trusted.has(req.socket.remoteAddress),
-      prefix: route.prefix,
-      protectedNames: backend?.strip ?? this.#protected,
-      extra: backend?.extra,
-    });
+    const headers = this.#forwardHeaders(req, admission);
     // A ready instance is forwarded at once, with no other call. While the release ramp
     // still holds requests for a fresh backend, a newcomer queues behind them instead of
     // adding to the flood (still no call: two fields in memory).
@@ -224,20 +269,50 @@ export class ProxyServer {
     await this.#forward(req, res, inst, resource, route, headers, endpoint);
   }
 
+  /**
+   * Route, identify, authorize, with no side effect: the first steps of a WebSocket upgrade
+   * (forward-ws.ts), which then checks its Origin before selecting the instance.
+   */
+  async admit(req: IncomingMessage): Promise<Admission> {
+    if (this.#draining) throw new SmartProxyError('SP_SHUTTING_DOWN', undefined, { retryAfterS: 1 });
+    return this.#admitRoute(req, parseTarget(req.url));
+  }
+
   /** Steps 2-4 for a routed target: the resource, who asks, and the instance they act on. */
-  async #admit(req: IncomingMessage, route: ParsedTarget): Promise<{ resource: RoutedResource; inst: Instance; requester: StartRequester; identity: Identity }> {
+  async #admitInstance(req: IncomingMessage, route: ParsedTarget): Promise<{ resource: RoutedResource; inst: Instance }> {
+    const { resource, identity, acting } = await this.#admitRoute(req, route);
+    return { resource, inst: this.#manager.selectInstance(resource.runtime, acting, identity.user) };
+  }
+
+  /** Steps 2-3 for a routed target: the resource, who asks, and the groups they act with. */
+  async #admitRoute(req: IncomingMessage, route: ParsedTarget): Promise<Admission> {
     const resource = this.#resources.get(route.resourceId);
     if (resource === undefined) throw await (this.#unknownResource?.(req, route) ?? resourceNotFound(route.resourceId));
     const identity = await this.#identify(req, route, resource);
     if (identity instanceof SmartProxyError) throw identity;
     const acting = this.#authorize(identity, route, resource);
     if (acting instanceof SmartProxyError) throw acting;
-    const inst = this.#manager.selectInstance(resource.runtime, acting, identity.user);
-    return { resource, inst, identity, requester: { user: identity.user, groups: acting, actor: identity } };
+    return { route, resource, identity, acting };
+  }
+
+  /** The request's headers as forwarded, with what the backend may learn of the caller. */
+  #forwardHeaders(req: IncomingMessage, admission: Admission): string[] {
+    const backend = this.#backendHeaders?.(admission.identity, admission.acting, admission.resource);
+    return upstreamHeaders(req.rawHeaders, {
+      remoteAddress: req.socket.remoteAddress,
+      encrypted: (req.socket as { encrypted?: boolean }).encrypted === true,
+      trusted: this.#trusted.has(req.socket.remoteAddress),
+      prefix: admission.route.prefix,
+      protectedNames: backend?.strip ?? this.#protected,
+      extra: backend?.extra,
+    });
   }
 
   /** Waits for `inst`; resolves undefined if the client left meanwhile. */
   async #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource, timeoutMs = resource.holdTimeoutMs, requester?: StartRequester): Promise<string | undefined> {
+    // The held body stays unread (backpressure); its announced size counts against the budget.
+    const est = this.#manager.estimateBoot(resource.runtime.id);
+    const releaseBytes = this.#heldBytes.reserve(req, { resourceId: resource.runtime.id, retryAfterS: Math.max(1, Math.ceil((est?.p50Ms ?? 5000) / 1000)) });
     const ac = new AbortController();
     const onClose = (): void => ac.abort(new ClientGone());
     res.once('close', onClose);
@@ -248,6 +323,7 @@ export class ProxyServer {
       throw err;
     } finally {
       res.off('close', onClose);
+      releaseBytes();
     }
   }
 
@@ -302,6 +378,11 @@ export class ProxyServer {
       res.destroy();
     }
   }
+}
+
+/** Who a start made for this admission is counted for (start limits, audit). */
+export function requesterOf(admission: Admission): StartRequester {
+  return { user: admission.identity.user, groups: admission.acting, actor: admission.identity };
 }
 
 class ClientGone extends Error {
