@@ -11,6 +11,7 @@ import type { Clock, Logger, ProbeSpec, Provider } from './core/ports.ts';
 import { ResourceManager, type ResourceRuntime } from './core/resource-manager.ts';
 import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
 import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
+import { createStaticProvider } from './providers/static/static-provider.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 
@@ -168,5 +169,7 @@ function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, s
         resourceIdOf: (serviceId) => resourceIds.get(serviceId),
       });
     }
+    case 'static':
+      return createStaticProvider({ endpoint: p.endpoint });
   }
 }

@@ -33,7 +33,13 @@ export const atmosphereProviderSchema = z.object({
   requestTimeoutMs: ms('Timeout of one call to the cloud API.', 5000),
 }).strict();
 
-export const providerSchema = z.discriminatedUnion('kind', [atmosphereProviderSchema]);
+export const staticProviderSchema = z.object({
+  kind: z.literal('static'),
+  endpoint: z.url({ protocol: /^https?$/ })
+    .describe('Base URL of a backend that is always there (started and stopped by someone else); it is still probed before use.'),
+}).strict();
+
+export const providerSchema = z.discriminatedUnion('kind', [atmosphereProviderSchema, staticProviderSchema]);
 
 export const sharingSchema = z.enum(['shared', 'groups', 'user'])
   .describe('shared: one instance for everyone allowed; groups: an instance started for a group set serves requests acting with a superset (the original model); user: one per user.');
