@@ -1,0 +1,94 @@
+/**
+ * Holding at scale: N requests (10,000) held on one cold resource, sent by a load generator
+ * in its own process; then the provider flips to running. Reports provider starts, RSS per
+ * held request, time from the flip (and from readiness) to the last response, and errors.
+ */
+import { join } from 'node:path';
+import { BENCH_DIR, startSmartProxy, type Context } from '../lib/context.ts';
+import { ask, nextMessage, type Message } from '../lib/ipc.ts';
+import { rssBytes, spawnPinned } from '../lib/procs.ts';
+
+export interface HoldResult {
+  readonly held: number;
+  readonly releaseRamp: string;
+  readonly providerStarts: number;
+  readonly rssBeforeBytes: number;
+  readonly rssHeldBytes: number;
+  readonly rssPerHeldBytes: number;
+  /** Time for the load generator to get all N requests into the proxy, ms. */
+  readonly holdRampMs: number;
+  /** Flip → the proxy declares the instance ready (poll + probe), ms. */
+  readonly flipToReadyMs: number;
+  /** Readiness → the first and the last response at the client, ms. */
+  readonly readyToFirstMs: number;
+  readonly readyToLastMs: number;
+  readonly flipToLastMs: number;
+  readonly statuses: Record<string, number>;
+  readonly errors: Record<string, number>;
+  readonly errorCount: number;
+}
+
+interface Stats extends Message { heldTotal: number; calls: Record<string, { start: number }>; readyAt: Record<string, number[]>; rssBytes: number }
+interface Done extends Message { statuses: Record<string, number>; errors: Record<string, number>; doneAt: number[] }
+
+export async function runHold(ctx: Context): Promise<HoldResult> {
+  const n = 10_000;
+  const yaml = `listen: { host: 127.0.0.1, port: 0 }
+log: { level: warn }
+limits: { maxHeldRequests: 20000, maxHeldRequestsPerResource: 20000 }
+providers:
+  up: { kind: static, endpoint: "http://127.0.0.1:${ctx.upstreamPort}" }
+  warm: { kind: static, endpoint: "http://127.0.0.1:${ctx.upstreamPort}" }
+resources:
+  cold: { provider: up, bootTimeoutMs: 120000 }
+  warmup: { provider: warm }
+`;
+  ctx.log(`holding: ${n} requests on one cold resource`);
+  const child = await startSmartProxy(ctx, 'hold', yaml, ['--switch', 'up'], ['--expose-gc']);
+  try {
+    // Load the code paths first, so the baseline is the proxy at work, not a fresh process.
+    for (let i = 0; i < 200; i++) await (await fetch(`${child.url}/smart_proxy/warmup/-/`)).arrayBuffer();
+    await ask(child.ipc, { type: 'gc' }, 'gc-done');
+    const rssBeforeBytes = rssBytes(child.pid);
+
+    const t0 = performance.now();
+    const client = spawnPinned('hold-client', process.execPath, [join(BENCH_DIR, 'hold-client.ts'), '--url', `${child.url}/smart_proxy/cold/-/`, '--count', String(n)], {
+      cpu: ctx.loadCpu, logFile: join(ctx.workDir, 'hold-client.log'), ipc: true,
+    });
+    const done = nextMessage<Done>(client.child, 'done', 300_000);
+    await nextMessage(client.child, 'sent', 120_000);
+    for (;;) {
+      const s = await ask<Stats>(child.ipc, { type: 'stats' }, 'stats');
+      if (s.heldTotal >= n) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const holdRampMs = performance.now() - t0;
+    await ask(child.ipc, { type: 'gc' }, 'gc-done');
+    const rssHeldBytes = rssBytes(child.pid);
+    const flipped = await ask<Message & { at: number }>(child.ipc, { type: 'flip' }, 'flipped');
+    const outcome = await done;
+    await client.stop();
+    const stats = await ask<Stats>(child.ipc, { type: 'stats' }, 'stats');
+    const ready = stats.readyAt.cold![0]!;
+    const times = outcome.doneAt.sort((a, b) => a - b);
+    const errorCount = Object.values(outcome.errors).reduce((a, b) => a + b, 0)
+      + Object.entries(outcome.statuses).filter(([s]) => s !== '200').reduce((a, [, c]) => a + c, 0);
+    const result: HoldResult = {
+      held: n,
+      releaseRamp: 'none (the lifecycle branch\'s release ramp is not merged)',
+      providerStarts: stats.calls.up!.start,
+      rssBeforeBytes, rssHeldBytes,
+      rssPerHeldBytes: (rssHeldBytes - rssBeforeBytes) / n,
+      holdRampMs,
+      flipToReadyMs: ready - flipped.at,
+      readyToFirstMs: times[0]! - ready,
+      readyToLastMs: times.at(-1)! - ready,
+      flipToLastMs: times.at(-1)! - flipped.at,
+      statuses: outcome.statuses, errors: outcome.errors, errorCount,
+    };
+    ctx.log(`  starts ${result.providerStarts}, ${(result.rssPerHeldBytes / 1024).toFixed(1)} KB RSS per held request, flip→ready ${result.flipToReadyMs.toFixed(0)} ms, ready→last ${result.readyToLastMs.toFixed(0)} ms, errors ${errorCount}`);
+    return result;
+  } finally {
+    await child.stop();
+  }
+}
