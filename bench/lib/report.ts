@@ -58,6 +58,11 @@ export function renderMarkdown(r: Results): string {
       const ratio = smart.cpuUsPerReq! / bare.cpuUsPerReq!;
       targets.push(`| warm CPU / request vs bare undici proxy | ≤ 1.10× | ${x(ratio)} (${fmt(smart.cpuUsPerReq!, 1)} vs ${fmt(bare.cpuUsPerReq!, 1)} µs) | ${verdict(ratio <= 1.1)} |`);
     }
+    const dispatch = get('dispatch');
+    if (smart && dispatch) {
+      const ratio = smart.cpuUsPerReq! / dispatch.cpuUsPerReq!;
+      targets.push(`| (like for like) warm CPU / request vs bare dispatch() proxy | – | ${x(ratio)} (${fmt(smart.cpuUsPerReq!, 1)} vs ${fmt(dispatch.cpuUsPerReq!, 1)} µs) | features cost ${fmt((ratio - 1) * 100, 0)} % |`);
+    }
     if (smart && chp) {
       const ratio = smart.reqPerS / chp.reqPerS;
       targets.push(`| warm req/s vs configurable-http-proxy | ≥ 1.70× | ${x(ratio)} (${fmt(smart.reqPerS)} vs ${fmt(chp.reqPerS)}) | ${verdict(ratio >= 1.7)} |`);

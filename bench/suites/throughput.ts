@@ -87,7 +87,14 @@ async function startContenders(ctx: Context): Promise<Contender[]> {
     cpu: ctx.proxyCpu, logFile: join(ctx.workDir, 'bare.log'),
   });
   await waitForHttp(`http://127.0.0.1:${barePort}${BENCH_PATH}`);
-  out.push({ name: 'bare', label: 'bare node:http + undici', url: `http://127.0.0.1:${barePort}${BENCH_PATH}`, proc: bare });
+  out.push({ name: 'bare', label: 'bare node:http + undici request()', url: `http://127.0.0.1:${barePort}${BENCH_PATH}`, proc: bare });
+
+  const dispatchPort = await freePort();
+  const dispatch = spawnPinned('bare-dispatch', process.execPath, [join(BENCH_DIR, 'bare-proxy.ts'), String(dispatchPort), up, 'dispatch'], {
+    cpu: ctx.proxyCpu, logFile: join(ctx.workDir, 'bare-dispatch.log'),
+  });
+  await waitForHttp(`http://127.0.0.1:${dispatchPort}${BENCH_PATH}`);
+  out.push({ name: 'dispatch', label: 'bare node:http + undici dispatch()', url: `http://127.0.0.1:${dispatchPort}${BENCH_PATH}`, proc: dispatch });
 
   const smart = await startSmartProxy(ctx, 'smart-proxy', smartProxyYaml(ctx.upstreamPort));
   await waitForHttp(smart.url + BENCH_PATH);

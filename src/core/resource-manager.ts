@@ -2,6 +2,7 @@ import { SmartProxyError, isSmartProxyError, ProviderError } from './errors.ts';
 import { transition, type InstanceStatus, type LifecycleEvent, type StartPhase } from './lifecycle.ts';
 import type { Clock, InstanceRef, Logger, Prober, ProbeSpec, Provider, TimerHandle } from './ports.ts';
 import { BootHistory, type BootEstimate } from './boot-history.ts';
+import { nextPollDelayMs } from './poll-schedule.ts';
 
 /** How instances of a resource are shared between users (see docs/concepts/access.md). */
 export type SharingMode = 'shared' | 'groups' | 'user';
@@ -440,7 +441,8 @@ export class ResourceManager {
         // An accepted start that the provider forgot (crashed at once, or removed): start again.
         await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.start(inst.ref, signal), 'start');
       }
-      await this.#sleep(pollMs, inst, gen, deadline);
+      const elapsedMs = this.#clock.now() - inst.startRequestedAt;
+      await this.#sleep(nextPollDelayMs(elapsedMs, pollMs, res.pollIntervalMinMs, res.pollIntervalMaxMs, this.#history.estimate(res.id)), inst, gen, deadline);
       pollMs = Math.min(res.pollIntervalMaxMs, Math.ceil(pollMs * 1.5));
     }
   }
