@@ -125,7 +125,7 @@ process.on('message', (msg: Msg) => {
       break;
     case 'gc':
       (globalThis as { gc?: () => void }).gc?.();
-      process.send?.({ type: 'gc-done', rssBytes: process.memoryUsage.rss() });
+      process.send?.({ type: 'gc-done', ...process.memoryUsage() });
       break;
   }
 });

@@ -36,10 +36,19 @@ export function createLogger(level: Config['log']['level']): Logger {
   return pino({ level, base: undefined, timestamp: pino.stdTimeFunctions.isoTime });
 }
 
+/** Resources that share a probe config (the default one, or resourceDefaults') share one spec. */
+const probeSpecs = new WeakMap<EffectiveResource['probe'], ProbeSpec>();
+
 function toProbeSpec(r: EffectiveResource): ProbeSpec {
-  return r.probe.kind === 'http'
-    ? { kind: 'http', path: r.probe.path, expectStatus: expandStatuses(r.probe.expectStatus), timeoutMs: r.probe.timeoutMs }
-    : { kind: 'tcp', timeoutMs: r.probe.timeoutMs };
+  let spec = probeSpecs.get(r.probe);
+  if (spec === undefined) {
+    // The expanded status list ("2xx" → 200…299) is 300 numbers: built once, not per resource.
+    spec = r.probe.kind === 'http'
+      ? { kind: 'http', path: r.probe.path, expectStatus: expandStatuses(r.probe.expectStatus), timeoutMs: r.probe.timeoutMs }
+      : { kind: 'tcp', timeoutMs: r.probe.timeoutMs };
+    probeSpecs.set(r.probe, spec);
+  }
+  return spec;
 }
 
 export async function startApp(config: Config, options: AppOptions = {}): Promise<App> {

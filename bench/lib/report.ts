@@ -88,7 +88,7 @@ export function renderMarkdown(r: Results): string {
     out.push('| ---: | ---: | ---: | ---: | ---: | ---: | --- |');
     out.push(`| ${h.providerStarts} | ${fmt(h.rssPerHeldBytes / 1024, 1)} KB | ${fmt(h.flipToReadyMs)} ms | ${fmt(h.readyToFirstMs)} ms | ${fmt(h.readyToLastMs)} ms | ${h.errorCount} | ${h.releaseRamp} |`);
     out.push('');
-    out.push(`RSS ${mb(h.rssBeforeBytes)} MB before, ${mb(h.rssHeldBytes)} MB with all held (after a GC); getting all ${fmt(h.held)} in took ${fmt(h.holdRampMs)} ms; statuses ${JSON.stringify(h.statuses)}${h.errorCount > 0 ? `, errors ${JSON.stringify(h.errors)}` : ''}.`);
+    out.push(`RSS ${mb(h.rssBeforeBytes)} MB before, ${mb(h.rssHeldBytes)} MB with all held (after a GC; of the growth per held request, ${fmt(h.heapPerHeldBytes / 1024, 1)} KB is live JS heap and ${fmt(h.externalPerHeldBytes / 1024, 1)} KB external buffers); getting all ${fmt(h.held)} in took ${fmt(h.holdRampMs)} ms; statuses ${JSON.stringify(h.statuses)}${h.errorCount > 0 ? `, errors ${JSON.stringify(h.errors)}` : ''}.`);
     out.push('');
     targets.push(`| ${fmt(h.held)} held: starts, errors, RSS each, ready → last | 1, 0, ≤ 15 KB, ≤ 1 s | ${h.providerStarts}, ${h.errorCount}, ${fmt(h.rssPerHeldBytes / 1024, 1)} KB, ${fmt(h.readyToLastMs)} ms | ${verdict(h.providerStarts === 1 && h.errorCount === 0 && h.rssPerHeldBytes <= 15 * 1024 && h.readyToLastMs <= 1000)} |`);
   }

@@ -15,6 +15,9 @@ export interface HoldResult {
   readonly rssBeforeBytes: number;
   readonly rssHeldBytes: number;
   readonly rssPerHeldBytes: number;
+  /** Of which live JS heap (after a GC) and memory outside the heap that V8 knows of (buffers). */
+  readonly heapPerHeldBytes: number;
+  readonly externalPerHeldBytes: number;
   /** Time for the load generator to get all N requests into the proxy, ms. */
   readonly holdRampMs: number;
   /** Flip → the proxy declares the instance ready (poll + probe), ms. */
@@ -29,6 +32,7 @@ export interface HoldResult {
 }
 
 interface Stats extends Message { heldTotal: number; calls: Record<string, { start: number }>; readyAt: Record<string, number[]>; rssBytes: number }
+interface Memory extends Message { heapUsed: number; external: number; arrayBuffers: number }
 interface Done extends Message { statuses: Record<string, number>; errors: Record<string, number>; doneAt: number[] }
 
 export async function runHold(ctx: Context): Promise<HoldResult> {
@@ -48,7 +52,7 @@ resources:
   try {
     // Load the code paths first, so the baseline is the proxy at work, not a fresh process.
     for (let i = 0; i < 200; i++) await (await fetch(`${child.url}/smart_proxy/warmup/-/`)).arrayBuffer();
-    await ask(child.ipc, { type: 'gc' }, 'gc-done');
+    const memBefore = await ask<Memory>(child.ipc, { type: 'gc' }, 'gc-done');
     const rssBeforeBytes = rssBytes(child.pid);
 
     const t0 = performance.now();
@@ -63,7 +67,7 @@ resources:
       await new Promise((r) => setTimeout(r, 10));
     }
     const holdRampMs = performance.now() - t0;
-    await ask(child.ipc, { type: 'gc' }, 'gc-done');
+    const memHeld = await ask<Memory>(child.ipc, { type: 'gc' }, 'gc-done');
     const rssHeldBytes = rssBytes(child.pid);
     const flipped = await ask<Message & { at: number }>(child.ipc, { type: 'flip' }, 'flipped');
     const outcome = await done;
@@ -79,6 +83,8 @@ resources:
       providerStarts: stats.calls.up!.start,
       rssBeforeBytes, rssHeldBytes,
       rssPerHeldBytes: (rssHeldBytes - rssBeforeBytes) / n,
+      heapPerHeldBytes: (memHeld.heapUsed - memBefore.heapUsed) / n,
+      externalPerHeldBytes: (memHeld.external - memBefore.external) / n,
       holdRampMs,
       flipToReadyMs: ready - flipped.at,
       readyToFirstMs: times[0]! - ready,
@@ -86,7 +92,7 @@ resources:
       flipToLastMs: times.at(-1)! - flipped.at,
       statuses: outcome.statuses, errors: outcome.errors, errorCount,
     };
-    ctx.log(`  starts ${result.providerStarts}, ${(result.rssPerHeldBytes / 1024).toFixed(1)} KB RSS per held request, flip→ready ${result.flipToReadyMs.toFixed(0)} ms, ready→last ${result.readyToLastMs.toFixed(0)} ms, errors ${errorCount}`);
+    ctx.log(`  starts ${result.providerStarts}, ${(result.rssPerHeldBytes / 1024).toFixed(1)} KB RSS per held request (heap ${(result.heapPerHeldBytes / 1024).toFixed(1)} KB, external ${(result.externalPerHeldBytes / 1024).toFixed(1)} KB), flip→ready ${result.flipToReadyMs.toFixed(0)} ms, ready→last ${result.readyToLastMs.toFixed(0)} ms, errors ${errorCount}`);
     return result;
   } finally {
     await child.stop();

@@ -31,7 +31,8 @@ export interface ManyCase {
 function yamlFor(count: number, upstreamPort: number): string {
   const lines = ['listen: { host: 127.0.0.1, port: 0 }', 'log: { level: warn }', 'resources:'];
   for (let i = 1; i <= count; i++) {
-    lines.push(`  r${i}: { provider: { kind: static, endpoint: "http://127.0.0.1:${upstreamPort}" } }`);
+    // Block style, as YAML generators (yaml.stringify) and people write it.
+    lines.push(`  r${i}:`, '    provider:', '      kind: static', `      endpoint: "http://127.0.0.1:${upstreamPort}"`);
   }
   return `${lines.join('\n')}\n`;
 }
