@@ -11,7 +11,12 @@ import type { Clock, Logger, ProbeSpec, Provider } from './core/ports.ts';
 import { ResourceManager, type ResourceRuntime } from './core/resource-manager.ts';
 import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
 import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
+import { createHttpProvider } from './providers/http/http-provider.ts';
+import { createProcessProvider } from './providers/process/process-provider.ts';
+import { inheritedEnv, secretReaders } from './config/secrets.ts';
 import { createStaticProvider } from './providers/static/static-provider.ts';
+import { createQemuProvider } from './providers/qemu/qemu-provider.ts';
+import { createDockerProvider } from './providers/docker/docker-provider.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 
@@ -180,5 +185,29 @@ function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, s
     }
     case 'static':
       return createStaticProvider({ endpoint: p.endpoint });
+    case 'process':
+      return createProcessProvider({ ...p, baseEnv: inheritedEnv(), logger });
+    case 'http':
+      return createHttpProvider({
+        ...p, secrets: secretReaders(p.credentials, `providers.${r.providerName}`), logger,
+        resourceVars: (id) => ({ serviceId: serviceIds.get(id) ?? id }),
+      });
+    case 'qemu': {
+      const { kind: _kind, ...options } = p;
+      return createQemuProvider({ ...options, logger });
+    }
+    case 'docker':
+      return createDockerProvider({
+        socketPath: p.socketPath,
+        apiVersion: p.apiVersion,
+        requestTimeoutMs: p.requestTimeoutMs,
+        owner: p.owner,
+        // The schema guarantees exactly one of existing / create.
+        container: p.create !== undefined ? { mode: 'create', ...p.create } : { mode: 'existing', ...p.existing },
+        endpoint: { mode: p.endpoint, containerPort: p.containerPort, hostIp: p.hostIp, network: p.network, scheme: p.scheme },
+        health: { use: p.health === 'use', unhealthyAs: p.unhealthy },
+        stopTimeoutS: p.stopTimeoutS,
+        logger,
+      });
   }
 }

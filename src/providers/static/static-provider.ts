@@ -1,44 +1,40 @@
 /**
- * The `static` provider: a backend that is always there (a service run by someone else, or the
- * upstream of a benchmark). Start and stop cost nothing and touch nothing; the core still
- * probes the endpoint before calling it ready, so a backend that is down is held for, not
- * forwarded to.
- *
- * It keeps which instances it was asked to start, so that it honours the provider contract
- * (`inspect` says `stopped` for an instance it was never asked to start; stop is idempotent).
+ * The `static` provider: a backend that is always there (managed elsewhere), proxied with
+ * Smart Proxy's access checks, probes and crash handling but never started or stopped by it.
+ * Useful to put always-on services beside on-demand ones, and as the benchmark's contender
+ * for the warm path. An instance becomes known on `start` and forgotten on `stop`, so the
+ * provider contract (unknown → stopped, idempotent start and stop) holds.
  */
 import type { InspectResult, InstanceRef, Provider, StartResult } from '../../core/ports.ts';
 
 export interface StaticProviderOptions {
-  /** Base URL of the backend (`http://host:port`, optionally with a path prefix). */
+  /** Base URL of the backend, e.g. `http://127.0.0.1:9000` (may carry a path prefix). */
   readonly endpoint: string;
 }
 
+function keyOf(ref: InstanceRef): string {
+  return `${ref.resourceId}\u0000${ref.instanceKey}`;
+}
+
 export function createStaticProvider(options: StaticProviderOptions): Provider {
-  const started = new Set<string>();
-  const keyOf = (ref: InstanceRef): string => `${ref.resourceId}\u0000${ref.instanceKey}`;
-  const running: InspectResult = { state: 'running', endpoint: options.endpoint };
-  const stopped: InspectResult = { state: 'stopped' };
+  const known = new Set<string>();
+  const abortable = <T>(signal: AbortSignal, value: () => T): Promise<T> =>
+    signal.aborted ? Promise.reject(signal.reason instanceof Error ? signal.reason : new Error('aborted')) : Promise.resolve(value());
   return {
     kind: 'static',
     start(ref: InstanceRef, signal: AbortSignal): Promise<StartResult> {
-      if (signal.aborted) return Promise.reject(abortReason(signal));
-      started.add(keyOf(ref));
-      return Promise.resolve({});
+      return abortable(signal, () => {
+        known.add(keyOf(ref));
+        return {};
+      });
     },
     inspect(ref: InstanceRef, signal: AbortSignal): Promise<InspectResult> {
-      if (signal.aborted) return Promise.reject(abortReason(signal));
-      return Promise.resolve(started.has(keyOf(ref)) ? running : stopped);
+      return abortable(signal, () => (known.has(keyOf(ref)) ? { state: 'running', endpoint: options.endpoint } : { state: 'stopped' }));
     },
     stop(ref: InstanceRef, signal: AbortSignal): Promise<void> {
-      if (signal.aborted) return Promise.reject(abortReason(signal));
-      started.delete(keyOf(ref));
-      return Promise.resolve();
+      return abortable(signal, () => {
+        known.delete(keyOf(ref));
+      });
     },
   };
-}
-
-function abortReason(signal: AbortSignal): Error {
-  const reason: unknown = signal.reason;
-  return reason instanceof Error ? reason : new Error(String(reason));
 }

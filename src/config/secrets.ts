@@ -1,0 +1,31 @@
+/**
+ * Credentials for providers, from the environment or a file (DESIGN.md rule 7: the
+ * environment is read here only). An environment variable is checked at start-up, so a
+ * missing token stops the proxy with a clear message; a file is re-read on each use, so a
+ * rotated secret (a mounted Kubernetes secret, say) is picked up without a restart.
+ */
+import { readFile } from 'node:fs/promises';
+import { ConfigError } from './load.ts';
+
+export type SecretSpec = { readonly env: string } | { readonly file: string };
+
+export function secretReaders(specs: Readonly<Record<string, SecretSpec>>, where: string): Record<string, () => Promise<string>> {
+  const out: Record<string, () => Promise<string>> = {};
+  for (const [name, spec] of Object.entries(specs)) {
+    if ('env' in spec) {
+      const value = process.env[spec.env];
+      if (value === undefined || value === '') {
+        throw new ConfigError(where, [`credentials.${name}: environment variable ${spec.env} is not set`]);
+      }
+      out[name] = () => Promise.resolve(value);
+    } else {
+      out[name] = async () => (await readFile(spec.file, 'utf8')).replace(/\r?\n$/, '');
+    }
+  }
+  return out;
+}
+
+/** The proxy's environment, which a `process` provider's children start from. */
+export function inheritedEnv(): Readonly<Record<string, string | undefined>> {
+  return { ...process.env };
+}
