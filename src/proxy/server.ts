@@ -158,6 +158,11 @@ export class ProxyServer {
     // 4. select the instance; a ready one is forwarded at once, with no other call.
     const inst = this.#manager.selectInstance(resource.runtime, acting, identity.user);
     this.#manager.touch(inst);
+    let endpoint = inst.status === 'ready' ? inst.endpoint : undefined;
+    // 5. await ready: hold on the local readiness broadcast, never on a provider call.
+    endpoint ??= await this.#hold(req, res, inst, resource);
+    if (endpoint === undefined) return;
+    // Built after the hold: a held request carries nothing it does not need yet.
     const headers = upstreamHeaders(req.rawHeaders, {
       remoteAddress: req.socket.remoteAddress,
       encrypted: (req.socket as { encrypted?: boolean }).encrypted === true,
@@ -165,10 +170,6 @@ export class ProxyServer {
       prefix: route.prefix,
       protectedNames: this.#protected,
     });
-    let endpoint = inst.status === 'ready' ? inst.endpoint : undefined;
-    // 5. await ready: hold on the local readiness broadcast, never on a provider call.
-    endpoint ??= await this.#hold(req, res, inst, resource);
-    if (endpoint === undefined) return;
     // 6. forward, with crash repair when the backend turns out to be gone.
     await this.#forward(req, res, inst, resource, route, headers, endpoint);
   }
