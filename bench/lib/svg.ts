@@ -14,14 +14,16 @@ interface Panel {
   readonly log: boolean;
   readonly series: readonly Series[];
   readonly refLines?: ReadonlyArray<{ y: number; label: string }>;
+  /** Right end of the percentile axis. */
+  readonly maxPercentile: number;
 }
 
 const COLORS: Record<string, string> = {
   direct: '#7f7f7f', nginx: '#2ca02c', chp: '#d62728', bare: '#1f77b4', dispatch: '#17becf', smart: '#ff7f0e', probe: '#9467bd', provider: '#8c564b',
 };
-const PERCENTILES = [10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90, 95, 97.5, 99, 99.5, 99.9, 99.99];
+const PERCENTILES = [30, 40, 50, 60, 70, 75, 80, 85, 90, 95, 97.5, 99, 99.5, 99.9, 99.99];
 const nines = (p: number): number => -Math.log10(1 - p / 100);
-const X_TICKS: Array<[number, string]> = [[10, '10%'], [50, '50%'], [90, '90%'], [99, '99%'], [99.9, '99.9%'], [99.99, '99.99%']];
+const X_TICKS: Array<[number, string]> = [[50, '50%'], [90, '90%'], [99, '99%'], [99.9, '99.9%'], [99.99, '99.99%']];
 
 function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
@@ -51,9 +53,9 @@ function panel(p: Panel, x0: number, y0: number, w: number, h: number): string {
   if (p.log && yMin <= 0) yMin = 0.01;
   const ticks = niceTicks(yMin, yMax, p.log);
   if (!p.log) yMax = Math.max(yMax, ticks.at(-1)!);
-  const L = 58; const R = 12; const T = 34; const B = 44;
+  const L = 58; const R = 28; const T = 34; const B = 44;
   const pw = w - L - R; const ph = h - T - B;
-  const xMax = nines(99.99);
+  const xMax = nines(p.maxPercentile);
   const xs = (pct: number): number => x0 + L + (nines(pct) / xMax) * pw;
   const ys = (v: number): number => {
     const f = p.log ? (Math.log10(v) - Math.log10(yMin)) / (Math.log10(yMax) - Math.log10(yMin)) : v / yMax;
@@ -66,7 +68,7 @@ function panel(p: Panel, x0: number, y0: number, w: number, h: number): string {
     parts.push(`<line x1="${x0 + L}" x2="${x0 + L + pw}" y1="${y}" y2="${y}" stroke="#e3e3e3"/>`);
     parts.push(`<text x="${x0 + L - 6}" y="${y}" dy="4" font-size="11" text-anchor="end">${v < 1 ? v.toFixed(v < 0.1 ? 2 : 1) : String(v)}</text>`);
   }
-  for (const [pct, label] of X_TICKS) {
+  for (const [pct, label] of X_TICKS.filter(([pct]) => pct <= p.maxPercentile)) {
     const x = xs(pct).toFixed(1);
     parts.push(`<line x1="${x}" x2="${x}" y1="${y0 + T}" y2="${y0 + T + ph}" stroke="#e3e3e3"/>`);
     parts.push(`<text x="${x}" y="${y0 + T + ph + 16}" font-size="11" text-anchor="middle">${label}</text>`);
@@ -79,13 +81,21 @@ function panel(p: Panel, x0: number, y0: number, w: number, h: number): string {
     parts.push(`<line x1="${x0 + L}" x2="${x0 + L + pw}" y1="${y}" y2="${y}" stroke="#444" stroke-dasharray="5,4"/>`);
     parts.push(`<text x="${x0 + L + 4}" y="${y}" dy="-3" font-size="10" fill="#444">${esc(r.label)}</text>`);
   }
-  p.series.forEach((s, i) => {
+  for (const s of p.series) {
     const d = s.points.map(([pct, v], j) => `${j === 0 ? 'M' : 'L'}${xs(pct).toFixed(1)},${ys(v).toFixed(1)}`).join(' ');
     parts.push(`<path d="${d}" fill="none" stroke="${s.color}" stroke-width="2.2"/>`);
     for (const [pct, v] of s.points) parts.push(`<circle cx="${xs(pct).toFixed(1)}" cy="${ys(v).toFixed(1)}" r="2.4" fill="${s.color}"/>`);
-    const ly = y0 + T + 10 + i * 17;
-    parts.push(`<rect x="${x0 + L + 10}" y="${ly - 8}" width="14" height="4" fill="${s.color}"/>`);
-    parts.push(`<text x="${x0 + L + 30}" y="${ly}" font-size="11">${esc(s.name)}</text>`);
+  }
+  // Legend in the lower right, where latency curves (rising to the right) leave room.
+  const legendW = 210;
+  const legendH = p.series.length * 17 + 8;
+  const lx = x0 + L + pw - legendW - 6;
+  const ly0 = y0 + T + ph - legendH - 6;
+  parts.push(`<rect x="${lx}" y="${ly0}" width="${legendW}" height="${legendH}" fill="#fff" fill-opacity="0.92" stroke="#ccc"/>`);
+  p.series.forEach((s, i) => {
+    const ly = ly0 + 16 + i * 17;
+    parts.push(`<rect x="${lx + 8}" y="${ly - 6}" width="16" height="4" fill="${s.color}"/>`);
+    parts.push(`<text x="${lx + 30}" y="${ly}" font-size="11">${esc(s.name)}</text>`);
   });
   return parts.join('\n');
 }
@@ -95,6 +105,7 @@ export function latencyChart(t: readonly ContenderResult[], wake: readonly WakeR
     title: 'Warm path latency (wrk, 50 connections)',
     yLabel: 'latency, ms (log scale)',
     log: true,
+    maxPercentile: 99.99,
     series: t.map((c) => ({
       name: c.label, color: COLORS[c.name] ?? '#000',
       points: PERCENTILES.filter((p) => c.latencyUs[String(p)] !== undefined).map((p) => [p, c.latencyUs[String(p)]! / 1000] as const),
@@ -107,6 +118,7 @@ export function latencyChart(t: readonly ContenderResult[], wake: readonly WakeR
       title: 'Wake latency (readiness flips → response)',
       yLabel: 'ms',
       log: false,
+      maxPercentile: 99.9,
       refLines: [{ y: 20, label: 'p50 target 20 ms' }, { y: 50, label: 'p99 target 50 ms' }],
       series: wake.map((wr) => ({
         name: wr.path === 'probe' ? 'found by probe' : 'found by provider poll', color: COLORS[wr.path] ?? '#000',

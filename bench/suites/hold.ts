@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { BENCH_DIR, startSmartProxy, type Context } from '../lib/context.ts';
 import { ask, nextMessage, type Message } from '../lib/ipc.ts';
-import { rssBytes, spawnPinned } from '../lib/procs.ts';
+import { cpuTimeMs, rssBytes, spawnPinned } from '../lib/procs.ts';
 
 export interface HoldResult {
   readonly held: number;
@@ -26,6 +26,13 @@ export interface HoldResult {
   readonly readyToFirstMs: number;
   readonly readyToLastMs: number;
   readonly flipToLastMs: number;
+  /** CPU time the proxy spent from the flip to the last response, per released request, µs. */
+  readonly releaseCpuUsPerRequest: number;
+  /** Share of its CPU the proxy got meanwhile (CPU time / wall time): below 100 % it waited for the core. */
+  readonly releaseCpuSharePct: number;
+  /** The same hold on a bare node:http server that answers nothing until told: Node's own floor. */
+  readonly floorRssPerHeldBytes: number;
+  readonly floorHeapPerHeldBytes: number;
   readonly statuses: Record<string, number>;
   readonly errors: Record<string, number>;
   readonly errorCount: number;
@@ -69,8 +76,10 @@ resources:
     const holdRampMs = performance.now() - t0;
     const memHeld = await ask<Memory>(child.ipc, { type: 'gc' }, 'gc-done');
     const rssHeldBytes = rssBytes(child.pid);
+    const cpuBefore = cpuTimeMs(child.pid);
     const flipped = await ask<Message & { at: number }>(child.ipc, { type: 'flip' }, 'flipped');
     const outcome = await done;
+    const cpuUsed = cpuTimeMs(child.pid) - cpuBefore;
     await client.stop();
     const stats = await ask<Stats>(child.ipc, { type: 'stats' }, 'stats');
     const ready = stats.readyAt.cold![0]!;
@@ -90,11 +99,41 @@ resources:
       readyToFirstMs: times[0]! - ready,
       readyToLastMs: times.at(-1)! - ready,
       flipToLastMs: times.at(-1)! - flipped.at,
+      releaseCpuUsPerRequest: (cpuUsed * 1000) / n,
+      releaseCpuSharePct: (cpuUsed / (times.at(-1)! - flipped.at)) * 100,
+      ...(await holdFloor(ctx, n)),
       statuses: outcome.statuses, errors: outcome.errors, errorCount,
     };
+    ctx.log(`  node:http alone: ${(result.floorRssPerHeldBytes / 1024).toFixed(1)} KB RSS per held request (heap ${(result.floorHeapPerHeldBytes / 1024).toFixed(1)} KB); release used ${result.releaseCpuUsPerRequest.toFixed(0)} µs CPU per request, ${result.releaseCpuSharePct.toFixed(0)} % of the core`);
     ctx.log(`  starts ${result.providerStarts}, ${(result.rssPerHeldBytes / 1024).toFixed(1)} KB RSS per held request (heap ${(result.heapPerHeldBytes / 1024).toFixed(1)} KB, external ${(result.externalPerHeldBytes / 1024).toFixed(1)} KB), flip→ready ${result.flipToReadyMs.toFixed(0)} ms, ready→last ${result.readyToLastMs.toFixed(0)} ms, errors ${errorCount}`);
     return result;
   } finally {
     await child.stop();
+  }
+}
+
+/** Node's own cost of N open requests (bench/hold-floor.ts), same client, same ramp. */
+async function holdFloor(ctx: Context, n: number): Promise<{ floorRssPerHeldBytes: number; floorHeapPerHeldBytes: number }> {
+  const floor = spawnPinned('hold-floor', process.execPath, ['--expose-gc', join(BENCH_DIR, 'hold-floor.ts')], {
+    cpu: ctx.proxyCpu, logFile: join(ctx.workDir, 'hold-floor.log'), ipc: true,
+  });
+  try {
+    const { port } = await nextMessage<Message & { port: number }>(floor.child, 'ready');
+    const before = await ask<Memory>(floor.child, { type: 'gc' }, 'gc-done');
+    const rssBefore = rssBytes(floor.pid);
+    const client = spawnPinned('hold-floor-client', process.execPath, [join(BENCH_DIR, 'hold-client.ts'), '--url', `http://127.0.0.1:${port}/`, '--count', String(n)], {
+      cpu: ctx.loadCpu, logFile: join(ctx.workDir, 'hold-floor-client.log'), ipc: true,
+    });
+    const done = nextMessage<Done>(client.child, 'done', 300_000);
+    await nextMessage(client.child, 'sent', 120_000);
+    while ((await ask<Message & { count: number }>(floor.child, { type: 'held' }, 'held')).count < n) await new Promise((r) => setTimeout(r, 10));
+    const heldMem = await ask<Memory>(floor.child, { type: 'gc' }, 'gc-done');
+    const rssHeld = rssBytes(floor.pid);
+    floor.child.send({ type: 'release' });
+    await done;
+    await client.stop();
+    return { floorRssPerHeldBytes: (rssHeld - rssBefore) / n, floorHeapPerHeldBytes: (heldMem.heapUsed - before.heapUsed) / n };
+  } finally {
+    await floor.stop();
   }
 }
