@@ -30,20 +30,12 @@ async function main(argv: string[]): Promise<number> {
       }
       const config = applyEnv(await loadConfigFile(file), values.port);
       // Loaded on demand so that check-config stays light and never opens a socket.
-      const { startApp } = await import('./main.ts');
+      const { startApp, closeOnSignal } = await import('./main.ts');
       const { printDemoBanner } = await import('./demo-banner.ts');
       const app = await startApp(config);
       if (command === 'demo') printDemoBanner(app);
-      await new Promise<void>((resolve) => {
-        const stop = (signal: string): void => {
-          process.stderr.write(`\n${signal}: draining and shutting down…\n`);
-          app.close().then(resolve, resolve);
-          // A second signal means "now".
-          process.once('SIGINT', () => process.exit(130));
-        };
-        process.once('SIGINT', () => stop('SIGINT'));
-        process.once('SIGTERM', () => stop('SIGTERM'));
-      });
+      // A second signal means "now".
+      await closeOnSignal(app, (signal) => process.stderr.write(`\n${signal}: draining and shutting down (again to quit at once)…\n`));
       return 0;
     }
     case 'check-config': {

@@ -7,8 +7,10 @@ import type { Config } from './config/schema.ts';
 import { effectiveResources, expandStatuses, type EffectiveResource } from './config/load.ts';
 import { systemClock } from './core/clock.ts';
 import { SmartProxyError } from './core/errors.ts';
-import type { Clock, Logger, ProbeSpec, Provider } from './core/ports.ts';
+import { KeepWarmPolicy, KeepWarmScheduler } from './core/keep-warm.ts';
+import type { Clock, Logger, ProbeSpec, Provider, Store } from './core/ports.ts';
 import { ResourceManager, type ResourceRuntime } from './core/resource-manager.ts';
+import { StateSync } from './core/state-sync.ts';
 import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
 import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
 import { createHttpProvider } from './providers/http/http-provider.ts';
@@ -19,12 +21,16 @@ import { createQemuProvider } from './providers/qemu/qemu-provider.ts';
 import { createDockerProvider } from './providers/docker/docker-provider.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
+import { ThemeLoader } from './proxy/waiting-page.ts';
+import { createStore } from './state/create-store.ts';
 
 export interface AppOptions {
   readonly logger?: Logger;
   readonly clock?: Clock;
   /** Extra providers by name (tests), taking precedence over the configured ones. */
   readonly providers?: ReadonlyMap<string, Provider>;
+  /** A store to use instead of the configured one (tests: a failing store). */
+  readonly store?: Store;
 }
 
 export interface App {
@@ -33,6 +39,8 @@ export interface App {
   readonly manager: ResourceManager;
   readonly proxy: ProxyServer;
   readonly config: Config;
+  /** The state store behind write-behind batching (stats: flushes, failures). */
+  readonly state: StateSync;
   /** Graceful shutdown, in the order written below. Idempotent. */
   close(): Promise<void>;
 }
@@ -86,6 +94,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     // 3. The control plane.
     const manager = new ResourceManager({ clock, prober: netProber, logger: log, maxHeldRequestsTotal: config.limits.maxHeldRequests });
     const routed = new Map<string, RoutedResource>();
+    const themes = new ThemeLoader();
     for (const r of resources) {
       const runtime: ResourceRuntime = {
         id: r.id,
@@ -100,11 +109,38 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         failureCooldownMs: r.failureCooldownMs,
         maxHeldRequests: r.maxHeldRequests,
         idleStopMs: r.idleStopMs,
+        releaseConcurrency: r.releaseConcurrency,
+        healthCheckIntervalMs: r.healthCheckIntervalMs,
+        keepWarm: r.keepWarm === undefined ? undefined : new KeepWarmPolicy(r.keepWarm),
       };
-      routed.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs });
+      // Waiting page themes are read and checked here, once: a broken theme stops start-up.
+      routed.set(r.id, {
+        runtime, holdTimeoutMs: r.holdTimeoutMs,
+        waiting: { ...r.waiting, theme: themes.load(r.waiting.themeDir) },
+        websocket: { allowedOrigins: r.websocketAllowedOrigins },
+      });
     }
+    const runtimes = new Map([...routed].map(([id, r]) => [id, r.runtime]));
 
-    // 4. The data plane, last: traffic arrives only once everything behind it exists.
+    // 4. State: read back what a previous run left (boot history; instances to re-adopt,
+    //    checked with their providers, never started again), then write behind on a timer.
+    //    Before the data plane, so a request for an instance being re-adopted joins it.
+    const store = options.store ?? openStore(config);
+    const state = new StateSync({ store, manager, clock, logger: log, flushIntervalMs: config.state.flushIntervalMs });
+    closers.push(() => state.close());
+    await state.restore(runtimes);
+    state.start();
+    const maxCallMs = Math.max(1_000, ...resources.map((r) => r.providerCallTimeoutMs));
+    void state.adoptListed(runtimes, maxCallMs).catch((err: unknown) => log.warn({ err }, 'adopting listed instances failed'));
+
+    // 5. Keep-warm: pre-start what must run now; windows open on the clock.
+    const keepWarm = new KeepWarmScheduler({
+      clock, logger: log, target: manager.keepWarmTarget(runtimes),
+      policies: new Map([...runtimes].flatMap(([id, r]) => (r.keepWarm === undefined ? [] : [[id, r.keepWarm] as const]))),
+    });
+    keepWarm.start();
+
+    // 6. The data plane, last: traffic arrives only once everything behind it exists.
     const proxy = new ProxyServer({
       manager,
       resources: routed,
@@ -114,10 +150,14 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       headersTimeoutMs: config.server.headersTimeoutMs,
       keepAliveTimeoutMs: config.server.keepAliveTimeoutMs,
       maxHeaderBytes: config.server.maxHeaderBytes,
+      clock,
+      tls: config.tls,
+      maxHeldBytes: config.limits.maxHeldBytes,
+      heldBodyEstimateBytes: config.limits.heldBodyEstimateBytes,
     });
     const addr = await proxy.listen(config.listen.port, config.listen.host);
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
-    const proxyUrl = `http://${host}:${addr.port}`;
+    const proxyUrl = `${config.tls === undefined ? 'http' : 'https'}://${host}:${addr.port}`;
     log.info({ url: proxyUrl, resources: routed.size }, 'proxy listening');
 
     const drainTimeoutMs = config.shutdown.drainTimeoutMs
@@ -127,27 +167,65 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       closing ??= (async () => {
         // Shutdown order:
         // 1. Stop accepting connections; requests arriving on open ones get 503.
+        log.info({ drainTimeoutMs, held: manager.heldTotal, inFlight: activeForwards(manager) }, 'shutting down: draining');
         proxy.startDraining();
-        // 2. Let in-flight and held requests finish, up to the drain time.
+        // 2. Let in-flight and held requests finish (boots still complete), up to the drain time.
         await waitFor(() => manager.heldTotal === 0 && activeForwards(manager) === 0, drainTimeoutMs);
-        // 3. Answer whatever is still held with 503 and stop the control plane's timers.
+        // 3. Stop keep-warm; answer whatever is still held with 503 and stop the control
+        //    plane's timers; give those 503s a turn to be written before sockets close.
+        keepWarm.close();
+        const unanswered = manager.heldTotal;
         manager.close();
-        // 4. Optionally stop the instances this proxy started (the demo does).
+        if (unanswered > 0) log.warn({ unanswered }, 'drain time over: held requests answered 503');
+        await new Promise((r) => setImmediate(r));
+        // 4. Optionally stop the instances this proxy started (the demo does). Otherwise they
+        //    stay running and the next start re-adopts them from the state store.
         if (config.shutdown.stopInstances) {
           await Promise.allSettled([...manager.allInstances()].map((i) => manager.stop(i, 'proxy shutdown')));
         }
-        // 5. Close client connections and upstream pools.
+        // 5. Flush state and close the store (after 4, so stopped instances are recorded).
+        await state.close();
+        // 6. Close client connections and upstream pools.
         await proxy.close();
-        // 6. Close providers, then the mock cloud.
+        // 7. Close providers, then the mock cloud.
         await Promise.allSettled([...providers.values()].map((p) => p.close?.() ?? Promise.resolve()));
         for (const c of closers.reverse()) await c();
       })();
       return closing;
     };
-    return { proxyUrl, mockCloud, manager, proxy, config, close };
+    return { proxyUrl, mockCloud, manager, proxy, config, state, close };
   } catch (err) {
     for (const c of closers.reverse()) await c().catch(() => undefined);
     throw err;
+  }
+}
+
+/**
+ * Runs until SIGTERM or SIGINT, then shuts down gracefully (the order in `startApp`). A
+ * second signal exits at once. Resolves with the signal once the app is closed.
+ */
+export function closeOnSignal(app: App, onSignal?: (signal: NodeJS.Signals) => void): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const stop = (signal: NodeJS.Signals): void => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      onSignal?.(signal);
+      const now = (second: NodeJS.Signals): never => process.exit(second === 'SIGINT' ? 130 : 143);
+      process.once('SIGINT', now);
+      process.once('SIGTERM', now);
+      app.close().then(() => resolve(signal), () => resolve(signal));
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+}
+
+function openStore(config: Config): Store {
+  try {
+    return createStore(config.state);
+  } catch (err) {
+    const where = config.state.kind === 'sqlite' ? `state.path ${config.state.path}` : `state.kind ${config.state.kind}`;
+    throw new Error(`${where}: cannot open the state store: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
   }
 }
 

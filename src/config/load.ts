@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { LineCounter, parseDocument, isNode, isScalar, visit, type Document } from 'yaml';
 import type { z } from 'zod';
-import { configSchema, resourceBuiltinDefaults, type Config, type ProbeConfig, type ProviderConfig, type ResourceConfig } from './schema.ts';
+import { configSchema, resourceBuiltinDefaults, type Config, type KeepWarmConfig, type ProbeConfig, type ProviderConfig, type ResourceConfig } from './schema.ts';
 import { SmartProxyError } from '../core/errors.ts';
 
 export class ConfigError extends SmartProxyError {
@@ -124,6 +124,17 @@ export interface EffectiveResource {
   readonly failureCooldownMs: number;
   readonly maxHeldRequests: number;
   readonly idleStopMs: number;
+  /** Undefined: any origin may open WebSockets. */
+  readonly websocketAllowedOrigins: readonly string[] | undefined;
+  readonly waiting: {
+    readonly browserPage: boolean;
+    /** Already capped at holdTimeoutMs. */
+    readonly defaultWaitMs: number;
+    readonly themeDir: string | undefined;
+  };
+  readonly releaseConcurrency: number;
+  readonly healthCheckIntervalMs: number;
+  readonly keepWarm: KeepWarmConfig | undefined;
 }
 
 const defaultProbe: ProbeConfig = { kind: 'http', path: '/', expectStatus: ['2xx', '3xx', '4xx'], timeoutMs: 1000 };
@@ -137,6 +148,7 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
     const provider = typeof r.provider === 'string' ? cfg.providers[r.provider] : r.provider;
     if (provider === undefined) throw new ConfigError('<config>', [`resources.${id}.provider: unknown provider "${typeof r.provider === 'string' ? r.provider : r.provider.kind}"`]);
     const bootTimeoutMs = r.bootTimeoutMs ?? d.bootTimeoutMs ?? builtinDefaults.bootTimeoutMs;
+    const holdTimeoutMs = r.holdTimeoutMs ?? d.holdTimeoutMs ?? bootTimeoutMs;
     return {
       id,
       provider,
@@ -144,7 +156,7 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       serviceId: r.serviceId ?? id,
       sharing: r.sharing ?? d.sharing ?? builtinDefaults.sharing,
       bootTimeoutMs,
-      holdTimeoutMs: r.holdTimeoutMs ?? d.holdTimeoutMs ?? bootTimeoutMs,
+      holdTimeoutMs,
       probe: r.probe ?? d.probe ?? builtinDefaults.probe,
       probeIntervalMs: r.probeIntervalMs ?? d.probeIntervalMs ?? builtinDefaults.probeIntervalMs,
       pollIntervalMinMs: r.pollIntervalMinMs ?? d.pollIntervalMinMs ?? builtinDefaults.pollIntervalMinMs,
@@ -153,6 +165,15 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       failureCooldownMs: r.failureCooldownMs ?? d.failureCooldownMs ?? builtinDefaults.failureCooldownMs,
       maxHeldRequests: r.maxHeldRequests ?? d.maxHeldRequests ?? cfg.limits.maxHeldRequestsPerResource,
       idleStopMs: r.idleStopMs ?? d.idleStopMs ?? builtinDefaults.idleStopMs,
+      websocketAllowedOrigins: r.websocket?.allowedOrigins ?? d.websocket?.allowedOrigins,
+      waiting: {
+        browserPage: r.waiting?.browserPage ?? d.waiting?.browserPage ?? true,
+        defaultWaitMs: Math.min(holdTimeoutMs, r.waiting?.defaultWaitMs ?? d.waiting?.defaultWaitMs ?? holdTimeoutMs),
+        themeDir: r.waiting?.themeDir ?? d.waiting?.themeDir,
+      },
+      releaseConcurrency: r.releaseConcurrency ?? d.releaseConcurrency ?? builtinDefaults.releaseConcurrency,
+      healthCheckIntervalMs: r.healthCheckIntervalMs ?? d.healthCheckIntervalMs ?? builtinDefaults.healthCheckIntervalMs,
+      keepWarm: r.keepWarm ?? d.keepWarm,
     };
   });
 }

@@ -5,6 +5,7 @@
  * hands them typed options.
  */
 import { z } from 'zod';
+import { cronProblem } from '../core/keep-warm.ts';
 
 const ms = (description: string, dflt: number) => z.number().int().min(0).default(dflt).describe(description);
 const port = z.number().int().min(0).max(65535);
@@ -174,6 +175,21 @@ export const providerSchema = z.discriminatedUnion('kind', [atmosphereProviderSc
 export const sharingSchema = z.enum(['shared', 'groups', 'user'])
   .describe('shared: one instance for everyone allowed; groups: an instance started for a group set serves requests acting with a superset (the original model); user: one per user.');
 
+export const keepWarmSchema = z.object({
+  minInstances: z.number().int().min(0).default(0).describe('Instances kept running at all times (pre-started at start-up, never idle-stopped below this).'),
+  windows: z.array(z.object({
+    cron: z.string().describe('5-field cron expression (minute hour day-of-month month day-of-week); the window is every minute it matches, e.g. "* 8-17 * * 1-5".'),
+    minInstances: z.number().int().min(1).default(1).describe('Instances kept running while the window is open.'),
+  }).strict()).default([]).describe('Time windows in which the resource is pre-started and kept running.'),
+  timeZone: z.string().optional().describe('IANA time zone the windows are read in (e.g. "Europe/Berlin"); default: the machine\'s local time.'),
+  groups: z.array(z.string()).default([]).describe('Groups of the instance keep-warm starts (sharing: groups); default none.'),
+}).strict().superRefine((kw, ctx) => {
+  kw.windows.forEach((w, i) => {
+    const problem = cronProblem(w.cron, kw.timeZone);
+    if (problem !== undefined) ctx.addIssue({ code: 'custom', path: ['windows', i, 'cron'], message: problem });
+  });
+}).describe('Keep-warm: a floor on running instances, always and in cron-like time windows.');
+
 /** Built-in defaults of the per-resource settings (resourceDefaults overrides them, a resource overrides both). */
 export const resourceBuiltinDefaults = {
   sharing: 'shared',
@@ -184,6 +200,8 @@ export const resourceBuiltinDefaults = {
   providerCallTimeoutMs: 10_000,
   failureCooldownMs: 5_000,
   idleStopMs: 0,
+  releaseConcurrency: 64,
+  healthCheckIntervalMs: 30_000,
 } as const;
 
 /** An optional duration whose default is applied when resources are merged, not here. */
@@ -202,6 +220,21 @@ const resourceFields = {
   failureCooldownMs: optMs('After a failed start, requests fail fast with 503 for this long.', resourceBuiltinDefaults.failureCooldownMs),
   maxHeldRequests: z.number().int().min(0).optional().describe('Requests held at once for this resource; past it 503 + Retry-After. Default: limits.maxHeldRequestsPerResource.'),
   idleStopMs: optMs('Stop an instance after this long with no request and no open connection; 0 = never.', resourceBuiltinDefaults.idleStopMs),
+  websocket: z.object({
+    allowedOrigins: z.array(z.string().regex(/^(\*|[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/\s]+\/?)$/, 'an origin like "https://app.example.com", or "*"')).optional()
+      .describe('Origins whose browser pages may open WebSockets to this resource (handshakes without Origin, from non-browser clients, pass). Default: any.'),
+  }).strict().optional().describe('WebSocket handshakes (see docs/concepts/protocols.md).'),
+  waiting: z.object({
+    browserPage: z.boolean().optional()
+      .describe('A browser navigation (GET/HEAD accepting text/html, no Prefer: wait) gets the waiting page at once instead of being held. Default: true.'),
+    defaultWaitMs: optMs('Hold of a request that sends no Prefer: wait=N; never more than holdTimeoutMs. Default: holdTimeoutMs.'),
+    themeDir: z.string().min(1).optional()
+      .describe('Folder with an operator\'s waiting.html template (relative to the working directory); the built-in theme when absent. See docs/how-to/theme-the-waiting-page.md.'),
+  }).strict().optional().describe('How clients wait for this resource while it starts (docs/concepts/waiting.md). Merged field by field with resourceDefaults.waiting.'),
+  releaseConcurrency: z.number().int().min(1).optional()
+    .describe(`When a backend becomes ready, at most this many requests are in flight to it while held ones are released. Default: ${resourceBuiltinDefaults.releaseConcurrency}.`),
+  healthCheckIntervalMs: optMs('How often the provider is asked whether a ready instance still exists; 0 = never.', resourceBuiltinDefaults.healthCheckIntervalMs),
+  keepWarm: keepWarmSchema.optional(),
 };
 
 export const resourceDefaultsSchema = z.object(resourceFields).strict();
@@ -236,12 +269,32 @@ export const configSchema = z.object({
   limits: z.object({
     maxHeldRequests: z.number().int().min(0).default(10_000).describe('Requests held at once over all resources.'),
     maxHeldRequestsPerResource: z.number().int().min(0).default(1_000).describe('Default for resources.*.maxHeldRequests.'),
-  }).strict().default({ maxHeldRequests: 10_000, maxHeldRequestsPerResource: 1_000 }),
+    maxHeldBytes: z.number().int().min(0).default(1024 ** 3)
+      .describe('Request bodies announced by held requests, summed over all resources (Content-Length, or heldBodyEstimateBytes when unknown); past it 503 + Retry-After. Held bodies are not read while held (backpressure).'),
+    heldBodyEstimateBytes: z.number().int().min(0).default(1024 ** 2)
+      .describe('What a held body of unknown length (chunked, HTTP/2 without content-length) counts against maxHeldBytes.'),
+  }).strict().default({ maxHeldRequests: 10_000, maxHeldRequestsPerResource: 1_000, maxHeldBytes: 1024 ** 3, heldBodyEstimateBytes: 1024 ** 2 }),
+  tls: z.object({
+    certFile: z.string().min(1).describe('PEM certificate chain, leaf first. Reloaded when the file changes.'),
+    keyFile: z.string().min(1).describe('PEM private key. Reloaded when the file changes.'),
+  }).strict().optional().describe('Terminate TLS on the listen port, with HTTP/2 and HTTP/1.1 chosen by ALPN. Absent: plain HTTP/1.1.'),
   shutdown: z.object({
     drainTimeoutMs: z.number().int().min(0).optional()
       .describe('On SIGTERM/SIGINT, in-flight and held requests get this long to finish; default: the longest boot timeout + 5 s.'),
     stopInstances: z.boolean().default(false).describe('Stop the instances this proxy started when it shuts down.'),
   }).strict().default({ stopInstances: false }),
+  state: z.discriminatedUnion('kind', [
+    z.object({
+      kind: z.literal('sqlite'),
+      path: z.string().min(1).default('var/smart-proxy.sqlite').describe('SQLite file (relative to the working directory); created with its directory.'),
+      flushIntervalMs: ms('State changes and activity marks are written in one batch this often.', 1_000),
+    }).strict(),
+    z.object({
+      kind: z.literal('memory'),
+      flushIntervalMs: ms('State changes and activity marks are written in one batch this often.', 1_000),
+    }).strict(),
+  ]).default({ kind: 'sqlite', path: 'var/smart-proxy.sqlite', flushIntervalMs: 1_000 })
+    .describe('Where instances, boot history and audit events are kept: sqlite (default; survives restarts) or memory.'),
   log: z.object({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('info'),
   }).strict().default({ level: 'info' }),
@@ -275,3 +328,5 @@ export type Config = z.infer<typeof configSchema>;
 export type ProviderConfig = z.infer<typeof providerSchema>;
 export type ResourceConfig = z.infer<typeof resourceSchema>;
 export type ProbeConfig = z.infer<typeof probeSchema>;
+export type KeepWarmConfig = z.infer<typeof keepWarmSchema>;
+export type StateConfig = Config['state'];

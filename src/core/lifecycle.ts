@@ -21,12 +21,17 @@ export type LifecycleEvent =
   /** The provider confirmed the stop. */
   | 'stopped'
   /** The failure cool-down elapsed. */
-  | 'cooled';
+  | 'cooled'
+  /**
+   * The provider no longer knows the instance and nobody uses it: re-adoption after a
+   * restart found it gone, or a health check found a ready instance gone while idle.
+   */
+  | 'vanished';
 
 const table: Readonly<Record<InstanceStatus, Partial<Record<LifecycleEvent, InstanceStatus>>>> = {
   stopped: { start: 'starting' },
-  starting: { ready: 'ready', fail: 'failed', stop: 'stopping', lost: 'starting' },
-  ready: { lost: 'starting', stop: 'stopping' },
+  starting: { ready: 'ready', fail: 'failed', stop: 'stopping', lost: 'starting', vanished: 'stopped' },
+  ready: { lost: 'starting', stop: 'stopping', vanished: 'stopped' },
   stopping: { stopped: 'stopped', fail: 'stopped' },
   failed: { cooled: 'stopped', start: 'starting', stop: 'stopping' },
 };

@@ -136,3 +136,84 @@ export interface Logger {
   warn(obj: object, msg?: string): void;
   error(obj: object, msg?: string): void;
 }
+
+/** What the store remembers of one instance (the lifecycle status as the core last saw it). */
+export interface InstanceRecord {
+  readonly resourceId: string;
+  readonly instanceKey: string;
+  /** The groups the instance was started for: sorted, unique. */
+  readonly groups: readonly string[];
+  readonly user?: string | undefined;
+  /** The provider's handle (VM id, container id…), once known. */
+  readonly handle?: string | undefined;
+  /** Base URL the data plane forwards to, while ready. */
+  readonly endpoint?: string | undefined;
+  /** `starting`, `ready`, `stopping` or `failed`: stopped instances are deleted, not kept. */
+  readonly status: 'starting' | 'ready' | 'stopping' | 'failed';
+  /** Epoch ms of the last start request, of readiness, of the last request or closed connection. */
+  readonly startRequestedAt: number;
+  readonly readyAt: number;
+  readonly lastActivityAt: number;
+  /** Epoch ms of this write. */
+  readonly updatedAt: number;
+}
+
+/** One boot duration, for the boot-time estimate shown to waiting people. */
+export interface BootSample {
+  readonly resourceId: string;
+  readonly bootMs: number;
+  /** Epoch ms when the boot finished. */
+  readonly at: number;
+}
+
+/** Something that happened to an instance, for operators (audit log). */
+export interface AuditEvent {
+  /** Epoch ms. */
+  readonly at: number;
+  /** Past tense: `instance-changed`, `start-requested`, `boot-finished`, `instance-adopted`. */
+  readonly type: string;
+  readonly resourceId: string;
+  readonly instanceKey?: string | undefined;
+  /** Lifecycle status after the event, when it moved one. */
+  readonly status?: string | undefined;
+  readonly reason?: string | undefined;
+}
+
+/** Everything one flush writes, applied as one unit where the store can (one transaction). */
+export interface StoreBatch {
+  /** Inserted or replaced by `(resourceId, instanceKey)`. */
+  readonly upserts: readonly InstanceRecord[];
+  /** Instances that stopped: their records go. Unknown keys are not an error. */
+  readonly deletes: ReadonlyArray<{ readonly resourceId: string; readonly instanceKey: string }>;
+  readonly bootSamples: readonly BootSample[];
+  readonly audit: readonly AuditEvent[];
+}
+
+/**
+ * Where the control plane keeps what must survive a restart: instances (to re-adopt them
+ * instead of starting them again), boot-time history and audit events.
+ *
+ * Contract (checked for every implementation by `test/state/store-contract.ts`):
+ * - Every method is async, so a networked store (Redis) fits the same port; callers never
+ *   await a store on the request path (DESIGN.md rules 1 and 6): writes are collected in
+ *   memory and applied in batches on a timer by `core/state-sync.ts`.
+ * - `apply` is all-or-nothing where the engine allows, and idempotent: applying the same
+ *   batch twice leaves the same records (a retried flush after a half-known failure is safe).
+ *   Upserts replace the whole record; a later `updatedAt` is not required to win (the single
+ *   writer per instance is the core itself).
+ * - `loadInstances` returns every stored instance record, in no particular order.
+ * - `loadBootSamples(n)` returns, per resource, at most the `n` newest samples, oldest first.
+ * - `recentAudit(n)` returns at most the `n` newest events, newest first.
+ * - Stores bound their own growth (old samples and audit events are pruned).
+ * - Failures reject with an Error; they never throw synchronously. `close` is idempotent, and
+ *   after it every other call rejects.
+ */
+export interface Store {
+  /** `memory`, `sqlite`, `redis`…: for logs and metrics. */
+  readonly kind: string;
+  apply(batch: StoreBatch): Promise<void>;
+  loadInstances(): Promise<InstanceRecord[]>;
+  loadBootSamples(perResource: number): Promise<BootSample[]>;
+  recentAudit(limit: number): Promise<AuditEvent[]>;
+  close(): Promise<void>;
+}

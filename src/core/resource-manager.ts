@@ -1,8 +1,11 @@
 import { SmartProxyError, isSmartProxyError, ProviderError } from './errors.ts';
 import { transition, type InstanceStatus, type LifecycleEvent, type StartPhase } from './lifecycle.ts';
-import type { Clock, InstanceRef, Logger, Prober, ProbeSpec, Provider, TimerHandle } from './ports.ts';
+import type { Clock, InspectResult, InstanceRef, Logger, Prober, ProbeSpec, Provider, TimerHandle } from './ports.ts';
 import { BootHistory, type BootEstimate } from './boot-history.ts';
+import { idleVerdict } from './idle-reaper.ts';
+import type { KeepWarmPolicy, KeepWarmTarget } from './keep-warm.ts';
 import { nextPollDelayMs } from './poll-schedule.ts';
+import { ReleaseRamp } from './release-ramp.ts';
 
 /** How instances of a resource are shared between users (see docs/concepts/access.md). */
 export type SharingMode = 'shared' | 'groups' | 'user';
@@ -28,7 +31,31 @@ export interface ResourceRuntime {
   readonly maxHeldRequests: number;
   /** Stop an instance after this long without activity; 0 keeps it running. */
   readonly idleStopMs: number;
+  /** Held requests released at once onto a fresh backend; more follow as forwards finish. Default 64. */
+  readonly releaseConcurrency?: number | undefined;
+  /** How often the provider is asked whether a ready instance still exists; 0 or absent: never. */
+  readonly healthCheckIntervalMs?: number | undefined;
+  /** A floor on running instances, always and in time windows. */
+  readonly keepWarm?: KeepWarmPolicy | undefined;
 }
+
+/** What a restarted proxy knows of an instance it may re-adopt (state store or provider list). */
+export interface AdoptionRecord {
+  readonly instanceKey: string;
+  readonly groups: readonly string[];
+  readonly user?: string | undefined;
+  readonly handle?: string | undefined;
+  /** Epoch ms; the idle timer goes on from here instead of starting over. */
+  readonly lastActivityAt: number;
+  readonly startRequestedAt?: number | undefined;
+  readonly readyAt?: number | undefined;
+}
+
+const DEFAULT_RELEASE_CONCURRENCY = 64;
+/** A ramp with no free slot for this long lets one more batch go (see release-ramp.ts). */
+const RELEASE_STALL_MS = 2_000;
+/** Consecutive failed starts double the cool-down, up to this factor (circuit breaker). */
+const MAX_COOLDOWN_FACTOR = 16;
 
 export interface ManagerOptions {
   readonly clock: Clock;
@@ -42,7 +69,8 @@ export interface ManagerOptions {
 export type ManagerEvent =
   | { readonly type: 'instance-changed'; readonly instance: Instance; readonly at: number; readonly reason?: string | undefined }
   | { readonly type: 'start-requested'; readonly instance: Instance; readonly at: number }
-  | { readonly type: 'boot-finished'; readonly instance: Instance; readonly at: number; readonly bootMs: number };
+  | { readonly type: 'boot-finished'; readonly instance: Instance; readonly at: number; readonly bootMs: number }
+  | { readonly type: 'instance-adopted'; readonly instance: Instance; readonly at: number };
 
 export type ManagerListener = (event: ManagerEvent) => void;
 
@@ -72,12 +100,17 @@ export class Instance {
   startRequestedAt = 0;
   readyAt = 0;
   lastActivityAt = 0;
-  /** Forwards in flight and open tunnels (WebSocket, SSE): never idle-stopped while > 0. */
-  activeConnections = 0;
+  /** Failed starts in a row; the cool-down grows with it and resets on ready. */
+  consecutiveFailures = 0;
+  #activeConnections = 0;
+  /** Called when a connection ends (the release ramp lets the next held request go). */
+  onConnectionEnded: (() => void) | undefined;
   /** Bumped on every start and stop so a superseded loop notices and gives up. */
   generation = 0;
   /** Set on the first forward after ready: that forward retries a refused connection. */
   freshlyReady = false;
+  /** A start was asked for (without a held request) while stopping: start once stopped. */
+  startAfterStop = false;
   readonly waiters = new Set<Waiter>();
 
   constructor(resource: ResourceRuntime, key: string, groups: readonly string[], user: string | undefined) {
@@ -85,6 +118,21 @@ export class Instance {
     this.key = key;
     this.groups = groups;
     this.user = user;
+  }
+
+  /**
+   * Forwards in flight and open tunnels (WebSocket, SSE): never idle-stopped while > 0.
+   * The data plane does `++` and `--`; an accessor so that an ending connection can wake
+   * the release ramp without every caller knowing about it.
+   */
+  get activeConnections(): number {
+    return this.#activeConnections;
+  }
+
+  set activeConnections(n: number) {
+    const ended = n < this.#activeConnections;
+    this.#activeConnections = n;
+    if (ended) this.onConnectionEnded?.();
   }
 
   get ref(): InstanceRef {
@@ -109,6 +157,10 @@ export class ResourceManager {
   readonly #listeners = new Set<ManagerListener>();
   readonly #history = new BootHistory();
   readonly #idleTimers = new Map<Instance, TimerHandle>();
+  readonly #healthTimers = new Map<Instance, TimerHandle>();
+  readonly #ramps = new Map<Instance, ReleaseRamp<Waiter>>();
+  /** Stops in progress, so a second `stop()` returns the same promise. */
+  readonly #stopping = new Map<Instance, Promise<void>>();
   #heldTotal = 0;
   #closed = false;
 
@@ -189,13 +241,50 @@ export class ResourceManager {
     return created;
   }
 
-  /** Adopts an instance found running after a restart (state store or provider list). */
-  adopt(resource: ResourceRuntime, key: string, groups: readonly string[], user: string | undefined, handle: string | undefined): Instance {
-    const inst = this.selectInstance(resource, groups, user);
-    if (inst.key !== key || inst.status !== 'stopped') return inst;
-    inst.handle = handle;
-    this.#ensureStarted(inst);
+  /**
+   * Re-adopts an instance that was running before a restart (state store or provider
+   * `list`). It goes to `starting` at once, so requests arriving meanwhile join it instead of
+   * starting another; then the provider is asked (inspect, never start): running → probe →
+   * ready, with the idle timer going on from the recorded activity; gone → `stopped`
+   * (or started afresh if requests are already waiting). Returns undefined when an instance
+   * with that key is already known (nothing to adopt).
+   */
+  adopt(resource: ResourceRuntime, record: AdoptionRecord): Instance | undefined {
+    let byKey = this.#instances.get(resource.id);
+    if (byKey === undefined) {
+      byKey = new Map();
+      this.#instances.set(resource.id, byKey);
+    }
+    const known = byKey.get(record.instanceKey);
+    if (known !== undefined && known.status !== 'stopped') return undefined;
+    if (this.#closed) return undefined;
+    const inst = known ?? new Instance(resource, record.instanceKey, record.groups, record.user);
+    byKey.set(record.instanceKey, inst);
+    inst.handle = record.handle;
+    inst.lastActivityAt = record.lastActivityAt;
+    void this.#runStart(inst, record);
     return inst;
+  }
+
+  /** Instances of a resource that are ready or starting (keep-warm counts these). */
+  runningCount(resourceId: string): number {
+    let n = 0;
+    for (const i of this.instancesOf(resourceId)) if (i.status === 'ready' || i.status === 'starting') n++;
+    return n;
+  }
+
+  /** The control plane as keep-warm sees it. */
+  keepWarmTarget(resources: ReadonlyMap<string, ResourceRuntime>): KeepWarmTarget {
+    return {
+      runningCount: (id) => this.runningCount(id),
+      startKeptWarm: (id, groups) => {
+        const res = resources.get(id);
+        if (res === undefined) return 'unknown resource';
+        const inst = this.selectInstance(res, groups, undefined);
+        if (inst.status === 'ready' || inst.status === 'starting') return undefined;
+        return this.requestStart(inst)?.message;
+      },
+    };
   }
 
   /** Marks use of an instance; O(1), no I/O (DESIGN.md rule 6). */
@@ -210,7 +299,8 @@ export class ResourceManager {
    * with the start's own error if it fails, or with `signal.reason` when the client leaves.
    */
   waitUntilReady(inst: Instance, options: { readonly signal?: AbortSignal | undefined; readonly timeoutMs: number }): Promise<string> {
-    if (inst.status === 'ready' && inst.endpoint !== undefined) return Promise.resolve(inst.endpoint);
+    // While the release ramp still holds requests, a newcomer queues behind them.
+    if (inst.status === 'ready' && inst.endpoint !== undefined && inst.waiters.size === 0) return Promise.resolve(inst.endpoint);
     if (this.#closed) return Promise.reject(new SmartProxyError('SP_SHUTTING_DOWN'));
     const coolDown = this.#coolingDown(inst);
     if (coolDown !== undefined) return Promise.reject(coolDown);
@@ -259,6 +349,8 @@ export class ResourceManager {
     if (this.#closed) return new SmartProxyError('SP_SHUTTING_DOWN');
     const coolDown = this.#coolingDown(inst);
     if (coolDown !== undefined) return coolDown;
+    // Nobody is held to wake it after a stop in progress, so remember the wish.
+    if (inst.status === 'stopping') inst.startAfterStop = true;
     this.#ensureStarted(inst);
     return undefined;
   }
@@ -273,16 +365,27 @@ export class ResourceManager {
     this.#log.warn({ resource: inst.resource.id, instance: inst.key, endpoint, reason }, 'backend unreachable; restarting');
     this.#move(inst, 'lost', reason);
     inst.endpoint = undefined;
+    this.#clearTimers(inst);
     void this.#runStart(inst);
   }
 
-  /** Stops `inst` (idle stop, shutdown, operator). Idempotent. */
-  async stop(inst: Instance, reason: string): Promise<void> {
-    if (inst.status === 'stopped' || inst.status === 'stopping') return;
+  /**
+   * Stops `inst` (idle stop, shutdown, operator). Idempotent: a second call while stopping
+   * returns the same stop. Works after `close()` too, so shutdown can stop what it started.
+   */
+  stop(inst: Instance, reason: string): Promise<void> {
+    if (inst.status === 'stopped') return Promise.resolve();
+    if (inst.status === 'stopping') return this.#stopping.get(inst) ?? Promise.resolve();
+    const p = this.#runStop(inst, reason).finally(() => this.#stopping.delete(inst));
+    this.#stopping.set(inst, p);
+    return p;
+  }
+
+  async #runStop(inst: Instance, reason: string): Promise<void> {
     const gen = ++inst.generation;
     this.#move(inst, 'stop', reason);
     inst.endpoint = undefined;
-    this.#clearIdle(inst);
+    this.#clearTimers(inst);
     const res = inst.resource;
     const deadline = this.#clock.now() + res.bootTimeoutMs;
     try {
@@ -290,20 +393,30 @@ export class ResourceManager {
       await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.stop(inst.ref, signal), 'stop', true);
     } catch (err) {
       this.#log.error({ resource: res.id, instance: inst.key, err }, 'stop failed; forgetting the instance');
+      if (inst.generation !== gen) return;
+      this.#move(inst, 'fail', `stop failed: ${errMessage(err)}`);
+      inst.handle = undefined;
+      if (inst.waiters.size > 0 && !this.#closed) this.#ensureStarted(inst);
+      return;
     }
     if (inst.generation !== gen) return;
     this.#move(inst, 'stopped', reason);
     inst.handle = undefined;
     // A request that arrived while the instance was stopping waits for the stop, then wakes it.
-    if (inst.waiters.size > 0 && !this.#closed) this.#ensureStarted(inst);
+    const wanted = inst.waiters.size > 0 || inst.startAfterStop;
+    inst.startAfterStop = false;
+    if (wanted && !this.#closed) this.#ensureStarted(inst);
   }
 
-  /** Stops taking new holds, rejects every held request, cancels timers. */
+  /**
+   * Stops taking new holds, rejects every held request, cancels timers and start loops.
+   * `stop()` still works afterwards (shutdown may stop the instances it started).
+   */
   close(): void {
     this.#closed = true;
     for (const inst of this.allInstances()) {
-      inst.generation++;
-      this.#clearIdle(inst);
+      if (inst.status !== 'stopping') inst.generation++;
+      this.#clearTimers(inst);
       for (const w of [...inst.waiters]) w.reject(new SmartProxyError('SP_SHUTTING_DOWN'));
     }
   }
@@ -367,41 +480,71 @@ export class ResourceManager {
     }
   }
 
-  /** The single flight: exactly one of these runs per instance and generation. */
-  async #runStart(inst: Instance): Promise<void> {
+  /**
+   * The single flight: exactly one of these runs per instance and generation. With
+   * `adopting`, the instance was running before a restart: the provider is asked, not told
+   * to start, and the recorded activity is kept.
+   */
+  async #runStart(inst: Instance, adopting?: AdoptionRecord): Promise<void> {
     const res = inst.resource;
-    if (inst.status !== 'starting') this.#move(inst, 'start');
+    if (inst.status !== 'starting') this.#move(inst, 'start', adopting === undefined ? undefined : 'adopting after restart');
     const gen = ++inst.generation;
     const t0 = this.#clock.now();
     const deadline = t0 + res.bootTimeoutMs;
-    inst.startRequestedAt = t0;
+    inst.startRequestedAt = adopting?.startRequestedAt ?? t0;
     inst.lastError = undefined;
-    this.#setPhase(inst, 'requested');
-    this.#emit({ type: 'start-requested', instance: inst, at: t0 });
-    this.#log.info({ resource: res.id, instance: inst.key, groups: inst.groups, user: inst.user }, 'start requested');
     try {
-      const started = await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.start(inst.ref, signal), 'start');
-      if (started.handle !== undefined) inst.handle = started.handle;
+      if (adopting === undefined) {
+        this.#setPhase(inst, 'requested');
+        this.#emit({ type: 'start-requested', instance: inst, at: t0 });
+        this.#log.info({ resource: res.id, instance: inst.key, groups: inst.groups, user: inst.user }, 'start requested');
+        const started = await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.start(inst.ref, signal), 'start');
+        if (started.handle !== undefined) inst.handle = started.handle;
+      } else {
+        this.#setPhase(inst, 'booting');
+        const found = await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.inspect(inst.ref, signal), 'inspect');
+        if (found.state === 'stopped' || found.state === 'stopping') {
+          if (inst.waiters.size === 0) {
+            this.#move(inst, 'vanished', `provider says ${found.state}`);
+            this.#log.info({ resource: res.id, instance: inst.key, state: found.state }, 'not re-adopted: the provider no longer runs it');
+            return;
+          }
+          // Requests already wait for it: an ordinary start, in a new flight.
+          void this.#runStart(inst);
+          return;
+        }
+      }
       this.#setPhase(inst, 'booting');
       const endpoint = await this.#awaitReady(inst, gen, deadline);
       inst.endpoint = endpoint;
       inst.readyAt = this.#clock.now();
-      inst.lastActivityAt = inst.readyAt;
-      inst.freshlyReady = true;
-      const bootMs = inst.readyAt - t0;
-      this.#history.add(res.id, bootMs);
-      this.#move(inst, 'ready');
-      this.#emit({ type: 'boot-finished', instance: inst, at: inst.readyAt, bootMs });
-      this.#log.info({ resource: res.id, instance: inst.key, endpoint, bootMs }, 'instance ready');
+      inst.consecutiveFailures = 0;
+      if (adopting === undefined) {
+        inst.lastActivityAt = inst.readyAt;
+        inst.freshlyReady = true;
+        const bootMs = inst.readyAt - t0;
+        this.#history.add(res.id, bootMs);
+        this.#move(inst, 'ready');
+        this.#emit({ type: 'boot-finished', instance: inst, at: inst.readyAt, bootMs });
+        this.#log.info({ resource: res.id, instance: inst.key, endpoint, bootMs }, 'instance ready');
+      } else {
+        inst.readyAt = adopting.readyAt ?? inst.readyAt;
+        this.#move(inst, 'ready', 'adopted after restart');
+        this.#emit({ type: 'instance-adopted', instance: inst, at: this.#clock.now() });
+        this.#log.info({ resource: res.id, instance: inst.key, endpoint, lastActivityAt: inst.lastActivityAt }, 'instance re-adopted');
+      }
       this.#releaseWaiters(inst);
       this.#scheduleIdle(inst);
+      this.#scheduleHealth(inst);
     } catch (err) {
       if (err instanceof Aborted || inst.generation !== gen) return;
       const failure = toStartFailure(err, res.id, this.#clock.now() - t0);
       inst.lastError = failure;
-      inst.failedUntil = this.#clock.now() + res.failureCooldownMs;
+      inst.consecutiveFailures++;
+      const factor = Math.min(MAX_COOLDOWN_FACTOR, 2 ** (inst.consecutiveFailures - 1));
+      inst.failedUntil = this.#clock.now() + res.failureCooldownMs * factor;
       this.#move(inst, 'fail', failure.message);
-      this.#log.warn({ resource: res.id, instance: inst.key, code: failure.code, reason: failure.message }, 'start failed');
+      this.#log.warn({ resource: res.id, instance: inst.key, code: failure.code, reason: failure.message, consecutiveFailures: inst.consecutiveFailures }, 'start failed');
       for (const w of [...inst.waiters]) w.reject(failure);
       // Best effort: a machine that never became ready must not linger and cost money.
       const stopSignal = timeoutSignal(this.#clock, res.providerCallTimeoutMs);
@@ -456,7 +599,8 @@ export class ResourceManager {
       const budget = Math.min(res.providerCallTimeoutMs, deadline - this.#clock.now());
       const signal = timeoutSignal(this.#clock, budget);
       try {
-        return await call(signal);
+        // A provider that ignores its signal must not hang the flight: the race ends it.
+        return await raceAbort(call(signal), signal);
       } catch (err) {
         this.#checkLive(inst, gen, deadline, afterClose);
         const retryable = signal.aborted || (err instanceof ProviderError && err.retryable);
@@ -485,10 +629,23 @@ export class ResourceManager {
     }).then(() => this.#checkLive(inst, gen, deadline, afterClose));
   }
 
+  /** Lets held requests go through the release ramp (bounded concurrency, oldest first). */
   #releaseWaiters(inst: Instance): void {
-    const endpoint = inst.endpoint;
-    if (endpoint === undefined) return;
-    for (const w of [...inst.waiters]) w.resolve(endpoint);
+    if (inst.endpoint === undefined || inst.waiters.size === 0) return;
+    let ramp = this.#ramps.get(inst);
+    if (ramp === undefined) {
+      ramp = new ReleaseRamp<Waiter>(this.#clock, inst.resource.releaseConcurrency ?? DEFAULT_RELEASE_CONCURRENCY, RELEASE_STALL_MS, {
+        waiting: () => inst.waiters,
+        waitingCount: () => inst.waiters.size,
+        inFlight: () => inst.activeConnections,
+        canRelease: () => inst.status === 'ready' && inst.endpoint !== undefined && !this.#closed,
+        release: (w) => { if (inst.endpoint !== undefined) w.resolve(inst.endpoint); },
+      });
+      this.#ramps.set(inst, ramp);
+      const r = ramp;
+      inst.onConnectionEnded = () => { if (inst.waiters.size > 0) r.pump(); };
+    }
+    ramp.pump();
   }
 
   #scheduleIdle(inst: Instance): void {
@@ -498,21 +655,96 @@ export class ResourceManager {
     const check = (): void => {
       this.#idleTimers.delete(inst);
       if (inst.status !== 'ready' || this.#closed) return;
-      const idleFor = this.#clock.now() - inst.lastActivityAt;
-      if (inst.activeConnections === 0 && inst.waiters.size === 0 && idleFor >= idleMs) {
-        void this.stop(inst, `idle for ${idleFor} ms`);
+      const now = this.#clock.now();
+      const keepWarm = inst.resource.keepWarm;
+      const verdict = idleVerdict({
+        nowMs: now, idleStopMs: idleMs, lastActivityAt: inst.lastActivityAt,
+        activeConnections: inst.activeConnections, heldRequests: inst.waiters.size,
+        keptWarm: keepWarm !== undefined && this.#readyCount(inst.resource.id) <= keepWarm.minInstancesAt(now),
+        keepWarmChangesAt: keepWarm?.nextChangeAt(now),
+      });
+      if (verdict.stop) {
+        void this.stop(inst, `idle for ${verdict.idleForMs} ms`);
         return;
       }
-      // Re-check when the current idle period could end at the earliest.
-      const wait = inst.activeConnections > 0 ? idleMs : Math.max(1, idleMs - idleFor);
-      this.#idleTimers.set(inst, this.#clock.setTimeout(check, wait));
+      this.#idleTimers.set(inst, this.#clock.setTimeout(check, verdict.recheckInMs));
     };
-    this.#idleTimers.set(inst, this.#clock.setTimeout(check, idleMs));
+    // An adopted instance goes on from its recorded activity, not from now.
+    const firstCheckMs = Math.max(1, Math.min(idleMs, inst.lastActivityAt + idleMs - this.#clock.now()));
+    this.#idleTimers.set(inst, this.#clock.setTimeout(check, firstCheckMs));
+  }
+
+  #readyCount(resourceId: string): number {
+    let n = 0;
+    for (const i of this.instancesOf(resourceId)) if (i.status === 'ready') n++;
+    return n;
+  }
+
+  /**
+   * Asks the provider now and then whether a ready instance still exists (a VM removed
+   * behind the proxy's back sends no refused connection until someone asks). One call at a
+   * time per instance, bounded by the provider call timeout; an error is no verdict.
+   */
+  #scheduleHealth(inst: Instance): void {
+    const everyMs = inst.resource.healthCheckIntervalMs ?? 0;
+    if (everyMs <= 0) return;
+    this.#healthTimers.get(inst)?.cancel();
+    const gen = inst.generation;
+    this.#healthTimers.set(inst, this.#clock.setTimeout(() => {
+      this.#healthTimers.delete(inst);
+      void this.#healthCheck(inst, gen).finally(() => {
+        if (inst.status === 'ready' && inst.generation === gen && !this.#closed) this.#scheduleHealth(inst);
+      });
+    }, everyMs));
+  }
+
+  async #healthCheck(inst: Instance, gen: number): Promise<void> {
+    if (inst.status !== 'ready' || inst.generation !== gen || this.#closed) return;
+    const res = inst.resource;
+    const signal = timeoutSignal(this.#clock, res.providerCallTimeoutMs);
+    let found: InspectResult;
+    try {
+      found = await raceAbort(res.provider.inspect(inst.ref, signal), signal);
+    } catch (err) {
+      this.#log.debug({ resource: res.id, instance: inst.key, err: errMessage(err) }, 'health check: provider did not answer');
+      return;
+    }
+    if (inst.status !== 'ready' || inst.generation !== gen || this.#closed) return;
+    const endpointMoved = found.state === 'running' && found.endpoint !== undefined && found.endpoint !== inst.endpoint;
+    if (found.state === 'running' && !endpointMoved) return;
+    const now = this.#clock.now();
+    const idleMs = res.idleStopMs;
+    const inUse = inst.activeConnections > 0 || inst.waiters.size > 0
+      || idleMs <= 0 || now - inst.lastActivityAt < idleMs
+      || (res.keepWarm !== undefined && res.keepWarm.minInstancesAt(now) > 0);
+    const reason = endpointMoved ? `provider moved the endpoint to ${found.endpoint ?? ''}` : `provider reports ${found.state}`;
+    if (!inUse && !endpointMoved) {
+      // Nobody would notice it gone: forget it instead of paying for a new machine.
+      this.#log.info({ resource: res.id, instance: inst.key, reason }, 'health check: instance gone while idle');
+      this.#clearTimers(inst);
+      inst.endpoint = undefined;
+      inst.handle = undefined;
+      this.#move(inst, 'vanished', reason);
+      return;
+    }
+    this.#log.warn({ resource: res.id, instance: inst.key, reason }, 'health check: instance gone; restarting');
+    this.#move(inst, 'lost', reason);
+    inst.endpoint = undefined;
+    this.#clearTimers(inst);
+    void this.#runStart(inst);
   }
 
   #clearIdle(inst: Instance): void {
     this.#idleTimers.get(inst)?.cancel();
     this.#idleTimers.delete(inst);
+  }
+
+  /** Idle, health and ramp timers of an instance that leaves `ready`. */
+  #clearTimers(inst: Instance): void {
+    this.#clearIdle(inst);
+    this.#healthTimers.get(inst)?.cancel();
+    this.#healthTimers.delete(inst);
+    this.#ramps.get(inst)?.cancel();
   }
 }
 
@@ -553,6 +785,22 @@ function toStartFailure(err: unknown, resourceId: string, elapsedMs: number): Sm
   if (isSmartProxyError(err) && (err.code === 'SP_BOOT_TIMEOUT' || err.code === 'SP_START_FAILED')) return err;
   return new SmartProxyError('SP_START_FAILED', `start failed after ${elapsedMs} ms: ${errMessage(err)}`, {
     data: { resource: resourceId }, cause: err,
+  });
+}
+
+/** Settles with `p`, or rejects as soon as `signal` aborts, whichever comes first. */
+function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    p.catch(() => undefined);
+    return Promise.reject(asError(signal.reason));
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(asError(signal.reason));
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => { signal.removeEventListener('abort', onAbort); resolve(v); },
+      (err: unknown) => { signal.removeEventListener('abort', onAbort); reject(asError(err)); },
+    );
   });
 }
 

@@ -8,6 +8,7 @@ import { SmartProxyError, errorCatalogue, type ErrorCode } from '../core/errors.
 export const statusByCode: Readonly<Record<ErrorCode, number>> = {
   SP_ROUTE_BAD_TARGET: 400,
   SP_ROUTE_NOT_FOUND: 404,
+  SP_ROUTE_METHOD_NOT_ALLOWED: 405,
   SP_ACCESS_UNAUTHENTICATED: 401,
   SP_ACCESS_DENIED: 403,
   SP_LIMIT_EXCEEDED: 429,
@@ -19,6 +20,8 @@ export const statusByCode: Readonly<Record<ErrorCode, number>> = {
   SP_UPSTREAM_UNAVAILABLE: 502,
   SP_UPSTREAM_TIMEOUT: 504,
   SP_BODY_TOO_LARGE: 413,
+  SP_WS_BAD_UPGRADE: 400,
+  SP_WS_ORIGIN_DENIED: 403,
   SP_SHUTTING_DOWN: 503,
   SP_PROVIDER_ERROR: 502,
   SP_CONFIG_INVALID: 500,
@@ -26,7 +29,7 @@ export const statusByCode: Readonly<Record<ErrorCode, number>> = {
 };
 
 const titles: Readonly<Record<number, string>> = {
-  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 413: 'Content Too Large',
+  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 413: 'Content Too Large',
   429: 'Too Many Requests', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
 };
 
@@ -95,4 +98,19 @@ export function sendError(req: IncomingMessage, res: ServerResponse, err: unknow
   headers['content-length'] = String(Buffer.byteLength(body));
   res.writeHead(problem.status, headers);
   res.end(req.method === 'HEAD' ? undefined : body);
+}
+
+/**
+ * The same answer as `sendError`, as bytes for a raw socket (an upgrade request has no
+ * ServerResponse). Always `connection: close`: the socket is closed after it.
+ */
+export function errorResponseBytes(req: IncomingMessage, err: unknown): string {
+  const e = toSmartProxyError(err);
+  const problem = problemOf(e, req.url?.split('?')[0]);
+  const body = JSON.stringify(problem);
+  let head = `HTTP/1.1 ${problem.status} ${problem.title}\r\n`
+    + 'content-type: application/problem+json\r\ncache-control: no-store\r\nconnection: close\r\n'
+    + `content-length: ${Buffer.byteLength(body)}\r\n`;
+  if (e.retryAfterS !== undefined) head += `retry-after: ${e.retryAfterS}\r\n`;
+  return `${head}\r\n${body}`;
 }

@@ -71,7 +71,10 @@ export class UpstreamPools {
     const pool = this.#pools.get(origin);
     if (pool === undefined) return;
     this.#pools.delete(origin);
-    pool.destroy().catch(() => undefined);
+    // close, not destroy: requests already queued on this pool were never sent; destroying
+    // would fail them with UND_ERR_DESTROYED (a 502), while closing lets each one meet the
+    // refused connection itself and go back to waiting for the restarted instance.
+    pool.close().catch(() => undefined);
   }
 
   async close(): Promise<void> {
@@ -94,7 +97,10 @@ export class UpstreamPools {
   forward(req: IncomingMessage, res: ServerResponse, origin: string, path: string, headers: string[]): Promise<ForwardOutcome> {
     const method = req.method ?? 'GET';
     const hasBody = req.headers['transfer-encoding'] !== undefined
-      || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
+      || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0')
+      // HTTP/2 has no chunked coding: a body without content-length is announced only by the
+      // HEADERS frame not ending the stream (compat request: `stream.endAfterHeaders`).
+      || (req.httpVersionMajor === 2 && (req as { stream?: { endAfterHeaders?: boolean } }).stream?.endAfterHeaders === false);
     return new Promise<ForwardOutcome>((resolve, reject) => {
       const handler = new ForwardHandler(req, res, method, resolve, reject);
       this.pool(origin).dispatch({ method, path, headers, body: hasBody ? req : null }, handler);
@@ -144,6 +150,9 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     if (statusCode < 200) return;
     this.#headSent = true;
     this.#res.writeHead(statusCode, downstreamHeaders(headers));
+    // A body of unknown length may be a stream (SSE, long poll): its head goes out now, as
+    // the backend sent it, instead of waiting for the first chunk.
+    if (headers['content-length'] === undefined) this.#res.flushHeaders();
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {

@@ -6,8 +6,8 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { ProviderError } from '../../src/core/errors.ts';
-import type { InspectResult, InstanceRef, Provider, StartResult } from '../../src/core/ports.ts';
-import { startEchoServer, type EchoServer } from './echo-server.ts';
+import type { InspectResult, InstanceRef, ListedInstance, Provider, StartResult } from '../../src/core/ports.ts';
+import { startEchoServer, type EchoServer, type Handler } from './echo-server.ts';
 
 export interface MimicOptions {
   /** Boot completes after this long (a real timer: the backend's behaviour, not a test sleep). */
@@ -22,6 +22,10 @@ export interface MimicOptions {
   acceptBeforeHttp?: boolean;
   /** inspect() reports failed once booted. */
   bootFails?: boolean;
+  /** The backends answer with this instead of the echo (SSE, a concurrency-limited app…). */
+  handler?: Handler;
+  /** Builds the backend a boot brings up (a WebSocket or SSE server…); default: the echo server. */
+  backend?: (instanceKey: string) => Promise<EchoServer>;
 }
 
 interface MimicInstance {
@@ -75,7 +79,8 @@ export class MimicProvider implements Provider {
         inst.state = 'failed';
         return;
       }
-      inst.server ??= await startEchoServer({ name: ref.instanceKey });
+      inst.server ??= await (this.options.backend?.(ref.instanceKey)
+        ?? startEchoServer({ name: ref.instanceKey, ...(this.options.handler ? { handler: this.options.handler } : {}) }));
       inst.state = 'running';
     });
     for (const w of this.#startedWaiters.splice(0)) w();
@@ -102,6 +107,19 @@ export class MimicProvider implements Provider {
     this.instances.delete(ref.instanceKey);
     await inst?.server?.close();
   }
+
+  /** Instances that run or boot, for re-adoption after a restart. */
+  async list(): Promise<ListedInstance[]> {
+    const out: ListedInstance[] = [];
+    for (const [key, inst] of this.instances) {
+      if (inst.state === 'failed') continue;
+      out.push({ resourceId: this.listAs ?? 'app', instanceKey: key, handle: key, state: inst.state, endpoint: inst.server?.url });
+    }
+    return out;
+  }
+
+  /** The resource id `list()` reports instances under. */
+  listAs: string | undefined;
 
   /** Resolves once a start call has created an instance (to act right after). */
   started(): Promise<void> {

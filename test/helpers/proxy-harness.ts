@@ -4,9 +4,11 @@
  */
 import type { Clock, Logger, ProbeSpec, Provider } from '../../src/core/ports.ts';
 import { systemClock } from '../../src/core/clock.ts';
+import type { KeepWarmPolicy } from '../../src/core/keep-warm.ts';
 import { ResourceManager, type ResourceRuntime, type SharingMode } from '../../src/core/resource-manager.ts';
 import { netProber } from '../../src/proxy/probe.ts';
 import { ProxyServer, type Authorize, type Identify, type RoutedResource } from '../../src/proxy/server.ts';
+import type { ResourceWaiting } from '../../src/proxy/waiting-room.ts';
 
 export interface TestResource {
   id: string;
@@ -18,6 +20,12 @@ export interface TestResource {
   maxHeldRequests?: number;
   idleStopMs?: number;
   failureCooldownMs?: number;
+  waiting?: ResourceWaiting;
+  providerCallTimeoutMs?: number;
+  releaseConcurrency?: number;
+  healthCheckIntervalMs?: number;
+  keepWarm?: KeepWarmPolicy;
+  websocket?: { allowedOrigins?: string[] };
 }
 
 export interface Harness {
@@ -43,10 +51,13 @@ export function runtimeOf(r: TestResource): ResourceRuntime {
     probeIntervalMs: 10,
     pollIntervalMinMs: 5,
     pollIntervalMaxMs: 50,
-    providerCallTimeoutMs: 2_000,
+    providerCallTimeoutMs: r.providerCallTimeoutMs ?? 2_000,
     failureCooldownMs: r.failureCooldownMs ?? 0,
     maxHeldRequests: r.maxHeldRequests ?? 10_000,
     idleStopMs: r.idleStopMs ?? 0,
+    releaseConcurrency: r.releaseConcurrency,
+    healthCheckIntervalMs: r.healthCheckIntervalMs,
+    keepWarm: r.keepWarm,
   };
 }
 
@@ -57,6 +68,9 @@ export async function startHarness(options: {
   trustedProxies?: string[];
   identify?: Identify;
   authorize?: Authorize;
+  tls?: { certFile: string; keyFile: string };
+  maxHeldBytes?: number;
+  heldBodyEstimateBytes?: number;
 }): Promise<Harness> {
   const logs: Harness['logs'] = [];
   const logger = collectingLogger(logs);
@@ -64,19 +78,23 @@ export async function startHarness(options: {
   const resources = new Map<string, RoutedResource>();
   for (const r of options.resources) {
     const runtime = runtimeOf(r);
-    resources.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs ?? runtime.bootTimeoutMs });
+    resources.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs ?? runtime.bootTimeoutMs, waiting: r.waiting, websocket: r.websocket });
   }
   const proxy = new ProxyServer({
     manager, resources, logger,
     upstream: { connectTimeoutMs: 2_000, headersTimeoutMs: 30_000, bodyTimeoutMs: 0, connectionsPerBackend: 64 },
     trustedProxies: options.trustedProxies ?? [],
     headersTimeoutMs: 10_000, keepAliveTimeoutMs: 5_000, maxHeaderBytes: 16_384,
+    ...(options.clock ? { clock: options.clock } : {}),
     ...(options.identify ? { identify: options.identify } : {}),
     ...(options.authorize ? { authorize: options.authorize } : {}),
+    tls: options.tls,
+    ...(options.maxHeldBytes === undefined ? {} : { maxHeldBytes: options.maxHeldBytes }),
+    ...(options.heldBodyEstimateBytes === undefined ? {} : { heldBodyEstimateBytes: options.heldBodyEstimateBytes }),
   });
   const addr = await proxy.listen(0, '127.0.0.1');
   return {
-    url: `http://127.0.0.1:${addr.port}`,
+    url: `${options.tls ? 'https' : 'http'}://127.0.0.1:${addr.port}`,
     manager, proxy, logs,
     async close() {
       manager.close();

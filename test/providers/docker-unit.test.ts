@@ -159,8 +159,9 @@ void describe('docker provider config', () => {
 
 void describe('docker provider against a sick engine', () => {
   const ref: InstanceRef = { resourceId: 'web', instanceKey: '*', groups: [] };
-  const options = (socketPath: string): DockerProviderOptions => ({
-    socketPath, requestTimeoutMs: 300, owner: 'unit',
+  // Generous by default (a loaded CI machine is slow); the no-answer test sets its own.
+  const options = (socketPath: string, requestTimeoutMs = 5_000): DockerProviderOptions => ({
+    socketPath, requestTimeoutMs, owner: 'unit',
     container: { mode: 'create', image: 'img', removeOnStop: false, namePrefix: 'sp-' },
     endpoint: published, health: useHealth, stopTimeoutS: 1,
   });
@@ -225,7 +226,7 @@ void describe('docker provider against a sick engine', () => {
   void it('an engine that does not answer: retryable timeout after requestTimeoutMs', async (t) => {
     const engine = await sickEngine(() => { /* never answers */ });
     t.after(() => engine.close());
-    const provider = createDockerProvider(options(engine.socketPath));
+    const provider = createDockerProvider(options(engine.socketPath, 300));
     const err = await provider.stop(ref, AbortSignal.timeout(5000)).catch((e: unknown) => e);
     assert.ok(err instanceof ProviderError, String(err));
     assert.equal(err.retryable, true);

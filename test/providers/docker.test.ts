@@ -355,6 +355,8 @@ void describe('examples/docker.yaml through startApp', () => {
     }
     config.listen.port = 0;
     config.log.level = 'silent';
+    // In memory: tests must not share (and re-adopt from) the default SQLite file.
+    config.state = { kind: 'memory', flushIntervalMs: 1_000 };
     const made = await podman().api('POST', `/containers/create?name=${owner}-legacy`, {
       Image: testImage, Labels: { [labelKeys.owner]: owner }, ExposedPorts: { '80/tcp': {} },
       HostConfig: { NetworkMode: 'slirp4netns', PortBindings: { '80/tcp': [{ HostIp: '127.0.0.1', HostPort: '' }] } },
