@@ -88,7 +88,7 @@ resources:
       + Object.entries(outcome.statuses).filter(([s]) => s !== '200').reduce((a, [, c]) => a + c, 0);
     const result: HoldResult = {
       held: n,
-      releaseRamp: 'none (the lifecycle branch\'s release ramp is not merged)',
+      releaseRamp: 'on (releaseConcurrency 64, the default)',
       providerStarts: stats.calls.up!.start,
       rssBeforeBytes, rssHeldBytes,
       rssPerHeldBytes: (rssHeldBytes - rssBeforeBytes) / n,
