@@ -26,6 +26,8 @@ export interface ManyCase {
   readonly p50Ms: number;
   readonly p99Ms: number;
   readonly errors: number;
+  /** CPU per request of each round, in round order (rounds of the two cases alternate). */
+  readonly roundCpuUsPerReq: number[];
 }
 
 function yamlFor(count: number, upstreamPort: number): string {
@@ -90,6 +92,7 @@ export async function runMany(ctx: Context): Promise<ManyCase[]> {
       p50Ms: median(c.rounds.map((r) => r.p50)),
       p99Ms: median(c.rounds.map((r) => r.p99)),
       errors: c.rounds.reduce((n, r) => n + r.errors, 0),
+      roundCpuUsPerReq: c.rounds.map((r) => Math.round(r.cpu * 10) / 10),
     }));
   } finally {
     await Promise.all([one.stop(), many.stop()]);
