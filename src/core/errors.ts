@@ -18,6 +18,7 @@ export const errorCatalogue = {
   SP_UPSTREAM_UNAVAILABLE: 'The ready backend did not answer the forwarded request.',
   SP_UPSTREAM_TIMEOUT: 'The backend did not answer the forwarded request in time.',
   SP_BODY_TOO_LARGE: 'The request body is larger than the limit for held requests.',
+  SP_CLUSTER_UNAVAILABLE: 'The replicas cannot reach their coordination store (Redis), so no replica may start a resource now; ready resources keep working.',
   SP_SHUTTING_DOWN: 'The proxy is shutting down and takes no new requests.',
   SP_PROVIDER_ERROR: 'A provider call failed.',
   SP_CONFIG_INVALID: 'The configuration is invalid.',
