@@ -8,7 +8,7 @@ import { after, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
 import { Agent } from 'undici';
 import type { MockCloud } from '../../src/mock-cloud/mock-cloud.ts';
-import { decodeClusterRecord } from '../../src/state/redis/redis-coordinator.ts';
+import { decodeClusterRecord, type ClusterRecord } from '../../src/state/redis/redis-coordinator.ts';
 import { startProxyProcess, type ProxyProcess } from '../helpers/proxy-process.ts';
 import { cleanPrefix, newCloud, replicaConfig, sharedRedisUrl, uniquePrefix } from './cluster-kit.ts';
 
@@ -16,7 +16,7 @@ const agent = new Agent({ connections: 2_000 });
 after(() => agent.close());
 
 async function get(url: string, signal?: AbortSignal): Promise<{ status: number; body: string }> {
-  const r = await fetch(url, { dispatcher: agent, signal } as RequestInit);
+  const r = await fetch(url, { dispatcher: agent, signal });
   return { status: r.status, body: await r.text() };
 }
 
@@ -69,7 +69,7 @@ describe('replicas on one Redis', () => {
       assert.ok(leader >= 0 && leader < 3, first.owner);
       await ps[leader]?.dispose();
       // The lease (1.5 s) expires; a survivor takes over: it inspects (booting), starts nothing.
-      let rec = first;
+      let rec: ClusterRecord | undefined = first;
       while (rec?.owner === first.owner) rec = await readRecord(admin, prefix, 'app/*');
       assert.equal(rec?.state, 'starting');
       assert.ok((rec?.token ?? 0) > first.token, 'a newer fencing token');
@@ -98,7 +98,7 @@ describe('replicas on one Redis', () => {
     try {
       assert.equal((await get(`${r0.url}/smart_proxy/app/-/warm`)).status, 200);
       // A long stream on r1 (the replica that did not start the instance).
-      const res = await fetch(`${r1.url}/smart_proxy/app/-/__sse?n=1000&intervalMs=250`, { dispatcher: agent, signal: stream.signal } as RequestInit);
+      const res = await fetch(`${r1.url}/smart_proxy/app/-/__sse?n=1000&intervalMs=250`, { dispatcher: agent, signal: stream.signal });
       assert.equal(res.status, 200);
       const reader = (res.body as ReadableStream<Uint8Array>).getReader();
       // 16 events = 4 s: four idle periods with no request anywhere, one stream open on r1.
