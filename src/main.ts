@@ -17,6 +17,8 @@ import { createHttpProvider } from './providers/http/http-provider.ts';
 import { createProcessProvider } from './providers/process/process-provider.ts';
 import { inheritedEnv, secretReaders } from './config/secrets.ts';
 import { createStaticProvider } from './providers/static/static-provider.ts';
+import { createQemuProvider } from './providers/qemu/qemu-provider.ts';
+import { createDockerProvider } from './providers/docker/docker-provider.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 import { createStore } from './state/create-store.ts';
@@ -260,6 +262,23 @@ function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, s
       return createHttpProvider({
         ...p, secrets: secretReaders(p.credentials, `providers.${r.providerName}`), logger,
         resourceVars: (id) => ({ serviceId: serviceIds.get(id) ?? id }),
+      });
+    case 'qemu': {
+      const { kind: _kind, ...options } = p;
+      return createQemuProvider({ ...options, logger });
+    }
+    case 'docker':
+      return createDockerProvider({
+        socketPath: p.socketPath,
+        apiVersion: p.apiVersion,
+        requestTimeoutMs: p.requestTimeoutMs,
+        owner: p.owner,
+        // The schema guarantees exactly one of existing / create.
+        container: p.create !== undefined ? { mode: 'create', ...p.create } : { mode: 'existing', ...p.existing },
+        endpoint: { mode: p.endpoint, containerPort: p.containerPort, hostIp: p.hostIp, network: p.network, scheme: p.scheme },
+        health: { use: p.health === 'use', unhealthyAs: p.unhealthy },
+        stopTimeoutS: p.stopTimeoutS,
+        logger,
       });
   }
 }

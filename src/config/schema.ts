@@ -87,13 +87,90 @@ export const httpProviderSchema = z.object({
   }).strict()).min(1).describe('Requests run in order; the first mapped state other than running decides.'),
   stop: z.object({ request: httpRequestSchema }).strict(),
 }).strict();
+const labelMap = z.record(z.string().min(1), z.string()).describe('Label name → value; values may use {resourceId} and {instanceKey}.');
+
+export const dockerProviderSchema = z.object({
+  kind: z.literal('docker'),
+  socketPath: z.string().min(1).default('/var/run/docker.sock')
+    .describe('Unix socket of the Docker Engine API (Docker, or `podman system service`).'),
+  apiVersion: z.string().regex(/^v\d+\.\d+$/, 'like "v1.41"').optional()
+    .describe('Pin the API version (path prefix); default: the engine\'s current one.'),
+  requestTimeoutMs: ms('Timeout of one call to the engine.', 5000),
+  owner: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/).default('smart-proxy')
+    .describe('Value of the io.smart-proxy.owner label on created containers; re-adoption after a restart takes only these.'),
+  containerPort: port.refine((p) => p > 0, 'a port from 1 to 65535').describe('Port the service listens on inside the container.'),
+  endpoint: z.enum(['published', 'network']).default('published')
+    .describe('published: the host port the engine published for containerPort; network: the container\'s own address on a network.'),
+  hostIp: z.string().min(1).default('127.0.0.1')
+    .describe('published: the host address ports are bound to (create mode) and forwarded to when bound on a wildcard.'),
+  network: z.string().min(1).optional().describe('network: the network whose address to use; default the first one with an address.'),
+  scheme: z.enum(['http', 'https']).default('http'),
+  health: z.enum(['use', 'ignore']).default('use')
+    .describe('use: a container with a healthcheck is starting until healthy. ignore: for engines that never run healthchecks (Podman without systemd).'),
+  unhealthy: z.enum(['starting', 'failed']).default('failed')
+    .describe('What an unhealthy container means while it boots: keep waiting (until bootTimeoutMs), or fail the start at once.'),
+  stopTimeoutS: z.number().int().min(0).default(10).describe('Seconds between SIGTERM and SIGKILL on stop (the engine\'s own unit).'),
+  existing: z.object({
+    name: z.string().min(1).optional().describe('Container name; may use {resourceId} and {instanceKey}.'),
+    labels: labelMap.optional().describe('Labels that select exactly one container.'),
+  }).strict().refine((e) => (e.name === undefined) !== (e.labels === undefined), 'give exactly one of name or labels').optional()
+    .describe('Manage containers that already exist: start, stop and inspect them, never create or remove.'),
+  create: z.object({
+    image: z.string().min(1).describe('A local image; the provider never pulls.'),
+    cmd: z.array(z.string()).optional(),
+    env: z.record(z.string(), z.string()).optional(),
+    labels: labelMap.optional(),
+    networkMode: z.string().min(1).optional().describe('HostConfig.NetworkMode: bridge, host, slirp4netns, or a network name; default the engine\'s.'),
+    healthcheck: z.object({
+      test: z.array(z.string()).min(1).describe('["CMD", "prog", "arg"…] or ["CMD-SHELL", "command"].'),
+      intervalMs: ms('Between checks.', 1000),
+      timeoutMs: ms('One check is cut after this long.', 1000),
+      retries: z.number().int().min(1).default(3),
+      startPeriodMs: ms('Failures in this grace period do not count.', 0),
+    }).strict().optional().describe('A healthcheck for images that have none; the container is starting until it passes (health: use).'),
+    removeOnStop: z.boolean().default(false).describe('Remove the container on stop (a fresh one at the next start) instead of keeping it.'),
+    namePrefix: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/).default('sp-')
+      .describe('Containers are named <namePrefix><resourceId>-<hash of owner, resource id and instance key>.'),
+  }).strict().optional().describe('Create one container per instance from an image, named deterministically (the idempotency key).'),
+}).strict().refine((d) => (d.existing === undefined) !== (d.create === undefined), { message: 'give exactly one of existing or create', path: ['existing'] });
 
 export const staticProviderSchema = z.object({
   kind: z.literal('static'),
   endpoint: z.url({ protocol: /^https?$/ }).describe('Base URL of an always-running backend (never started or stopped by the proxy).'),
 }).strict();
 
-export const providerSchema = z.discriminatedUnion('kind', [atmosphereProviderSchema, staticProviderSchema, processProviderSchema, httpProviderSchema]);
+export const qemuProviderSchema = z.object({
+  kind: z.literal('qemu'),
+  qemuBinary: z.string().min(1).default('qemu-system-x86_64'),
+  machine: z.string().min(1).default('microvm').describe('QEMU machine: microvm (fastest, needs kernelPath) or q35/pc (firmware, can boot a disk).'),
+  accel: z.string().min(1).default('tcg')
+    .describe('Always passed explicitly. "kvm:tcg" does not fall back when /dev/kvm opens but cannot run the guest (kvm_pvm).'),
+  cpu: z.string().min(1).default('max'),
+  memoryMiB: z.number().int().min(16).default(256),
+  kernelPath: z.string().min(1).optional().describe('Kernel (uncompressed vmlinux boots fastest via PVH, or a bzImage); relative to the working directory.'),
+  initrdPath: z.string().min(1).optional(),
+  diskImagePath: z.string().min(1).optional().describe('Disk image attached with snapshot=on (guest writes are discarded).'),
+  kernelCmdline: z.string().optional().describe('Replaces the tuned default kernel command line.'),
+  kernelCmdlineExtra: z.string().optional().describe('Appended to the kernel command line.'),
+  tscKhz: z.number().int().min(1).optional().describe('Guest TSC rate for tsc_early_khz (required on microvm); read from /proc/cpuinfo when not set.'),
+  guestPort: port.default(80).describe('The guest service port the host port is forwarded to.'),
+  hostAddress: z.string().default('127.0.0.1').describe('Host address of the forwarded port.'),
+  extraArgs: z.array(z.string()).default([]).describe('Appended to the QEMU command line.'),
+  stateDir: z.string().min(1).default('var/qemu').describe('Per-VM pid, sockets, console log and suspend state; must be short (unix socket paths).'),
+  maxConcurrentBoots: z.number().int().min(1).default(2).describe('Boots at once; cold boots under TCG cost ~1.5 CPU-s each.'),
+  bootSlotMaxMs: ms('A boot holds its slot until the console marker, a finished restore, exit, or this long.', 10_000),
+  powerdownGraceMs: ms('After QMP system_powerdown, time for the guest to power off before quit.', 3_000),
+  consoleReadyMarker: z.string().min(1).optional()
+    .describe('Console text a cold-booted guest prints when up; until then the VM is reported starting. The HTTP probe still decides ready.'),
+  consoleMaxBytes: z.number().int().min(1024).default(64 * 1024).describe('Serial console bytes kept per VM.'),
+  suspendOnStop: z.boolean().default(false).describe('On stop, save the VM state to a file and restore it on the next start (~0.3 s instead of a cold boot).'),
+  suspendTimeoutMs: ms('Longest state save before falling back to a plain stop.', 30_000),
+  qmpTimeoutMs: ms('Each QMP command is cut after this long.', 5_000),
+}).strict().refine((q) => q.kernelPath !== undefined || q.diskImagePath !== undefined, {
+  message: 'needs kernelPath (with initrdPath) or diskImagePath', path: ['kernelPath'],
+});
+
+export const providerSchema = z.discriminatedUnion('kind', [atmosphereProviderSchema, staticProviderSchema, processProviderSchema, httpProviderSchema, qemuProviderSchema, dockerProviderSchema]);
 
 export const sharingSchema = z.enum(['shared', 'groups', 'user'])
   .describe('shared: one instance for everyone allowed; groups: an instance started for a group set serves requests acting with a superset (the original model); user: one per user.');

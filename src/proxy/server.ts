@@ -165,7 +165,9 @@ export class ProxyServer {
       prefix: route.prefix,
       protectedNames: this.#protected,
     });
-    let endpoint = inst.status === 'ready' ? inst.endpoint : undefined;
+    // While the release ramp still holds requests for a fresh backend, a newcomer queues
+    // behind them instead of adding to the flood (still no call: two fields in memory).
+    let endpoint = inst.status === 'ready' && inst.waiters.size === 0 ? inst.endpoint : undefined;
     // 5. await ready: hold on the local readiness broadcast, never on a provider call.
     endpoint ??= await this.#hold(req, res, inst, resource);
     if (endpoint === undefined) return;

@@ -143,6 +143,27 @@ describe('release ramp', () => {
     assert.equal(maxInFlight, 3);
   });
 
+  it('a newcomer while the ramp still holds requests queues behind them', async () => {
+    const s = setup({ releaseConcurrency: 1 });
+    const inst = s.manager.selectInstance(s.resource, [], undefined);
+    const order: string[] = [];
+    const first = s.manager.waitUntilReady(inst, { timeoutMs: 60_000 }).then(() => { order.push('held-1'); inst.activeConnections++; });
+    const second = s.manager.waitUntilReady(inst, { timeoutMs: 60_000 }).then(() => order.push('held-2'));
+    s.provider.state = { state: 'running', endpoint: 'http://127.0.0.1:1' };
+    s.probe.ok = true;
+    await s.clock.advance(50);
+    await first;
+    assert.equal(inst.status, 'ready');
+    const late = s.manager.waitUntilReady(inst, { timeoutMs: 60_000 }).then(() => order.push('newcomer'));
+    await s.clock.advance(0);
+    assert.deepEqual(order, ['held-1'], 'nobody passes while the slot is taken');
+    inst.activeConnections--;
+    await s.clock.advance(0);
+    await s.clock.advance(0);
+    await Promise.all([second, late]);
+    assert.deepEqual(order, ['held-1', 'held-2', 'newcomer']);
+  });
+
   it('lets one more batch go when no slot frees for a while (long-lived streams hold their slots)', async () => {
     const s = setup({ releaseConcurrency: 2 });
     const inst = s.manager.selectInstance(s.resource, [], undefined);

@@ -242,15 +242,19 @@ void describe('atmosphere provider against the embedded mock cloud', () => {
   });
 
   void it('turns 5xx, 429, timeouts and refused connections into retryable ProviderErrors', async (t) => {
-    const { cloud, provider } = await setup(t, {}, { requestTimeoutMs: 150 });
+    // Generous for the calls that must answer (a loaded CI machine is slow); the hang case
+    // below gets its own short-timeout provider.
+    const { cloud, provider } = await setup(t, {}, { requestTimeoutMs: 10_000 });
     const r = ref('as1', ['g1']);
     cloud.failNextApiCalls(1, { kind: 'status', status: 503 });
     await rejectsWith(provider.inspect(r, signal()), true, /HTTP 503/);
     cloud.failNextApiCalls(1, { kind: 'status', status: 429, retryAfterS: 3 });
     const limited = await rejectsWith(provider.start(r, signal()), true, /HTTP 429/);
     assert.equal(limited.retryAfterS, 3);
+    const impatient = createAtmosphereProvider({ baseUrl: cloud.url, requestTimeoutMs: 150, api: 'extended' });
+    t.after(() => impatient.close!());
     cloud.failNextApiCalls(1, { kind: 'hang' });
-    await rejectsWith(provider.inspect(r, signal()), true, /timed out after 150 ms/);
+    await rejectsWith(impatient.inspect(r, signal()), true, /timed out after 150 ms/);
     cloud.failNextApiCalls(1, { kind: 'status', status: 400 });
     await rejectsWith(provider.inspect(r, signal()), false, /HTTP 400/);
 

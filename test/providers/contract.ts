@@ -21,6 +21,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { setTimeout as pause } from 'node:timers/promises';
 import { request } from 'undici';
 import type { InspectResult, InstanceRef, Provider } from '../../src/core/ports.ts';
 
@@ -95,7 +96,7 @@ export function providerContract(name: string, setup: () => Promise<ContractSubj
       });
     });
 
-    void it('reaches running with an endpoint that answers HTTP', async () => {
+    void it('reaches running with an endpoint that answers HTTP (after probing, as the core does)', async () => {
       await withSubject(setup, async (s) => {
         let ref = s.makeRef(1);
         ref = withHandle(ref, await s.provider.start(ref, fresh()));
@@ -103,9 +104,22 @@ export function providerContract(name: string, setup: () => Promise<ContractSubj
         assert.ok(running.endpoint, 'running carries an endpoint');
         const url = new URL(running.endpoint);
         assert.ok(url.protocol === 'http:' || url.protocol === 'https:', `endpoint ${running.endpoint} is http(s)`);
-        const res = await request(url, { signal: AbortSignal.timeout(5000) });
-        await res.body.dump();
-        assert.ok(res.statusCode >= 100 && res.statusCode < 600);
+        // Running is not ready: a process or a VM forwarder may say running before its
+        // service listens. Probe the endpoint on fresh connections, as the core does.
+        const deadline = Date.now() + (s.readyTimeoutMs ?? 10_000);
+        let last: unknown;
+        for (;;) {
+          try {
+            const res = await request(url, { signal: AbortSignal.timeout(1000), reset: true });
+            await res.body.dump();
+            assert.ok(res.statusCode >= 100 && res.statusCode < 600);
+            return;
+          } catch (err) {
+            last = err;
+          }
+          if (Date.now() > deadline) assert.fail(`endpoint never answered HTTP: ${String(last)}`);
+          await pause(20);
+        }
       });
     });
 

@@ -29,6 +29,8 @@ export async function appFromExample(cfg: Config, name: string, baseUrl: string,
   const config: Config = {
     ...cfg,
     listen: { host: '127.0.0.1', port: 0 },
+    // In memory: tests must not share (and re-adopt from) the default SQLite file.
+    state: { kind: 'memory', flushIntervalMs: 1_000 },
     providers: { ...cfg.providers, [name]: { ...httpProviderOf(cfg, name), baseUrl } },
     resourceDefaults: { ...cfg.resourceDefaults, bootTimeoutMs: 15_000, pollIntervalMinMs: 5, pollIntervalMaxMs: 40, idleStopMs: 0 },
   };

@@ -14,6 +14,7 @@ void describe('process resources through the proxy', () => {
     const tmp = await tempDir('sp-proc-e2e-');
     const config = parseConfig(`
 listen: { host: 127.0.0.1, port: 0 }
+state: { kind: memory }
 providers:
   local:
     kind: process

@@ -3,7 +3,6 @@ import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { ProviderError } from '../../src/core/errors.ts';
-import type { InstanceRef } from '../../src/core/ports.ts';
 import { ProcessProvider, type ProcessProviderOptions } from '../../src/providers/process/process-provider.ts';
 import { collectingLogger } from '../helpers/proxy-harness.ts';
 import { providerContract } from './contract.ts';
@@ -34,22 +33,7 @@ providerContract('process', async () => {
   // Counted from the state files and the OS, not from the provider's memory.
   const live = async () => (await readAllRecords(stateDir, () => undefined)).filter((r) => pidAlive(r.pid));
   return {
-    // Adapter, on purpose and only here: the suite requests the endpoint as soon as inspect
-    // says running, but a process is `running` from spawn on, before it binds its port (the
-    // core's probe covers that gap, and reporting running early keeps wake-up fast). So the
-    // suite's inspect waits until the endpoint answers once before passing `running` on.
-    provider: {
-      kind: provider.kind,
-      start: (r: InstanceRef, signal: AbortSignal) => provider.start(r, signal),
-      stop: (r: InstanceRef, signal: AbortSignal) => provider.stop(r, signal),
-      list: (signal: AbortSignal) => provider.list(signal),
-      close: () => provider.close(),
-      inspect: async (r: InstanceRef, signal: AbortSignal) => {
-        const seen = await provider.inspect(r, signal);
-        if (seen.state === 'running' && seen.endpoint !== undefined) await getJson(seen.endpoint);
-        return seen;
-      },
-    },
+    provider,
     makeRef: (i) => ref(`r${i}`),
     countInstances: async () => (await live()).length,
     teardown: async () => {
