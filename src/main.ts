@@ -23,6 +23,7 @@ import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 import { createStore } from './state/create-store.ts';
 import { RedisCoordinator } from './state/redis/redis-coordinator.ts';
+import { ThemeLoader } from './proxy/waiting-page.ts';
 
 export interface AppOptions {
   readonly logger?: Logger;
@@ -96,6 +97,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       },
     });
     const routed = new Map<string, RoutedResource>();
+    const themes = new ThemeLoader();
     for (const r of resources) {
       const runtime: ResourceRuntime = {
         id: r.id,
@@ -114,7 +116,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         healthCheckIntervalMs: r.healthCheckIntervalMs,
         keepWarm: r.keepWarm === undefined ? undefined : new KeepWarmPolicy(r.keepWarm),
       };
-      routed.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs });
+      // Waiting page themes are read and checked here, once: a broken theme stops start-up.
+      routed.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs, waiting: { ...r.waiting, theme: themes.load(r.waiting.themeDir) } });
     }
     const runtimes = new Map([...routed].map(([id, r]) => [id, r.runtime]));
 
@@ -146,6 +149,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       headersTimeoutMs: config.server.headersTimeoutMs,
       keepAliveTimeoutMs: config.server.keepAliveTimeoutMs,
       maxHeaderBytes: config.server.maxHeaderBytes,
+      clock,
     });
     const addr = await proxy.listen(config.listen.port, config.listen.host);
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;

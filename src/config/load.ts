@@ -102,6 +102,12 @@ export interface EffectiveResource {
   readonly releaseConcurrency: number;
   readonly healthCheckIntervalMs: number;
   readonly keepWarm: KeepWarmConfig | undefined;
+  readonly waiting: {
+    readonly browserPage: boolean;
+    /** Already capped at holdTimeoutMs. */
+    readonly defaultWaitMs: number;
+    readonly themeDir: string | undefined;
+  };
 }
 
 const defaultProbe: ProbeConfig = { kind: 'http', path: '/', expectStatus: ['2xx', '3xx', '4xx'], timeoutMs: 1000 };
@@ -115,6 +121,7 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
     const provider = typeof r.provider === 'string' ? cfg.providers[r.provider] : r.provider;
     if (provider === undefined) throw new ConfigError('<config>', [`resources.${id}.provider: unknown provider "${typeof r.provider === 'string' ? r.provider : r.provider.kind}"`]);
     const bootTimeoutMs = r.bootTimeoutMs ?? d.bootTimeoutMs ?? builtinDefaults.bootTimeoutMs;
+    const holdTimeoutMs = r.holdTimeoutMs ?? d.holdTimeoutMs ?? bootTimeoutMs;
     return {
       id,
       provider,
@@ -122,7 +129,7 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       serviceId: r.serviceId ?? id,
       sharing: r.sharing ?? d.sharing ?? builtinDefaults.sharing,
       bootTimeoutMs,
-      holdTimeoutMs: r.holdTimeoutMs ?? d.holdTimeoutMs ?? bootTimeoutMs,
+      holdTimeoutMs,
       probe: r.probe ?? d.probe ?? builtinDefaults.probe,
       probeIntervalMs: r.probeIntervalMs ?? d.probeIntervalMs ?? builtinDefaults.probeIntervalMs,
       pollIntervalMinMs: r.pollIntervalMinMs ?? d.pollIntervalMinMs ?? builtinDefaults.pollIntervalMinMs,
@@ -134,6 +141,11 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       releaseConcurrency: r.releaseConcurrency ?? d.releaseConcurrency ?? builtinDefaults.releaseConcurrency,
       healthCheckIntervalMs: r.healthCheckIntervalMs ?? d.healthCheckIntervalMs ?? builtinDefaults.healthCheckIntervalMs,
       keepWarm: r.keepWarm ?? d.keepWarm,
+      waiting: {
+        browserPage: r.waiting?.browserPage ?? d.waiting?.browserPage ?? true,
+        defaultWaitMs: Math.min(holdTimeoutMs, r.waiting?.defaultWaitMs ?? d.waiting?.defaultWaitMs ?? holdTimeoutMs),
+        themeDir: r.waiting?.themeDir ?? d.waiting?.themeDir,
+      },
     };
   });
 }

@@ -224,6 +224,13 @@ const resourceFields = {
     .describe(`When a backend becomes ready, at most this many requests are in flight to it while held ones are released. Default: ${resourceBuiltinDefaults.releaseConcurrency}.`),
   healthCheckIntervalMs: optMs('How often the provider is asked whether a ready instance still exists; 0 = never.', resourceBuiltinDefaults.healthCheckIntervalMs),
   keepWarm: keepWarmSchema.optional(),
+  waiting: z.object({
+    browserPage: z.boolean().optional()
+      .describe('A browser navigation (GET/HEAD accepting text/html, no Prefer: wait) gets the waiting page at once instead of being held. Default: true.'),
+    defaultWaitMs: optMs('Hold of a request that sends no Prefer: wait=N; never more than holdTimeoutMs. Default: holdTimeoutMs.'),
+    themeDir: z.string().min(1).optional()
+      .describe('Folder with an operator\'s waiting.html template (relative to the working directory); the built-in theme when absent. See docs/how-to/theme-the-waiting-page.md.'),
+  }).strict().optional().describe('How clients wait for this resource while it starts (docs/concepts/waiting.md). Merged field by field with resourceDefaults.waiting.'),
 };
 
 export const resourceDefaultsSchema = z.object(resourceFields).strict();

@@ -114,6 +114,8 @@ export class Instance {
   generation = 0;
   /** Set on the first forward after ready: that forward retries a refused connection. */
   freshlyReady = false;
+  /** A start was asked for (without a held request) while stopping: start once stopped. */
+  startAfterStop = false;
   readonly waiters = new Set<Waiter>();
 
   constructor(resource: ResourceRuntime, key: string, groups: readonly string[], user: string | undefined) {
@@ -356,6 +358,8 @@ export class ResourceManager {
     if (this.#closed) return new SmartProxyError('SP_SHUTTING_DOWN');
     const coolDown = this.#coolingDown(inst);
     if (coolDown !== undefined) return coolDown;
+    // Nobody is held to wake it after a stop in progress, so remember the wish.
+    if (inst.status === 'stopping') inst.startAfterStop = true;
     this.#ensureStarted(inst);
     return undefined;
   }
@@ -424,7 +428,9 @@ export class ResourceManager {
     this.#coordinator?.stopped(inst.ref);
     inst.handle = undefined;
     // A request that arrived while the instance was stopping waits for the stop, then wakes it.
-    if (inst.waiters.size > 0 && !this.#closed) this.#ensureStarted(inst);
+    const wanted = inst.waiters.size > 0 || inst.startAfterStop;
+    inst.startAfterStop = false;
+    if (wanted && !this.#closed) this.#ensureStarted(inst);
   }
 
   /**

@@ -8,6 +8,7 @@ import { SmartProxyError, errorCatalogue, type ErrorCode } from '../core/errors.
 export const statusByCode: Readonly<Record<ErrorCode, number>> = {
   SP_ROUTE_BAD_TARGET: 400,
   SP_ROUTE_NOT_FOUND: 404,
+  SP_ROUTE_METHOD_NOT_ALLOWED: 405,
   SP_ACCESS_UNAUTHENTICATED: 401,
   SP_ACCESS_DENIED: 403,
   SP_LIMIT_EXCEEDED: 429,
@@ -27,7 +28,7 @@ export const statusByCode: Readonly<Record<ErrorCode, number>> = {
 };
 
 const titles: Readonly<Record<number, string>> = {
-  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 413: 'Content Too Large',
+  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 413: 'Content Too Large',
   429: 'Too Many Requests', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
 };
 

@@ -7,19 +7,24 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
+import { systemClock } from '../core/clock.ts';
 import { SmartProxyError } from '../core/errors.ts';
-import type { Logger } from '../core/ports.ts';
+import type { Clock, Logger } from '../core/ports.ts';
 import type { Instance, ResourceManager, ResourceRuntime } from '../core/resource-manager.ts';
 import { sendError } from './error-response.ts';
 import { UpstreamPools, type UpstreamOptions } from './forward-http.ts';
 import { TrustedProxies, upstreamHeaders } from './headers.ts';
+import { isReservedPath } from './progress-sse.ts';
 import { joinUpstreamPath, parseTarget, type ParsedTarget } from './route.ts';
+import { WaitingRoom, type ResourceWaiting } from './waiting-room.ts';
 
 /** A resource as the data plane sees it. */
 export interface RoutedResource {
   readonly runtime: ResourceRuntime;
   /** Longest hold of one request. */
   readonly holdTimeoutMs: number;
+  /** Waiting page, Prefer defaults, theme; built-in defaults when absent. */
+  readonly waiting?: ResourceWaiting | undefined;
 }
 
 /** Who is asking, as far as the proxy could verify. */
@@ -58,6 +63,8 @@ export interface ProxyServerOptions {
   readonly authorize?: Authorize;
   /** Folded header names never passed from clients to backends (identity headers). */
   readonly protectedHeaders?: readonly string[];
+  /** Clock of the waiting page's elapsed times and ETAs (the manager's clock). */
+  readonly clock?: Clock;
 }
 
 /** Retries of the first forward after readiness when the connection is refused. */
@@ -76,6 +83,7 @@ export class ProxyServer {
   readonly #authorize: Authorize;
   readonly #protected: ReadonlySet<string>;
   readonly #sockets = new Set<Socket>();
+  readonly #waiting: WaitingRoom;
   #draining = false;
 
   constructor(options: ProxyServerOptions) {
@@ -87,6 +95,7 @@ export class ProxyServer {
     this.#authorize = options.authorize ?? allowActingGroups;
     this.#protected = new Set(options.protectedHeaders ?? ['x-forwarded-user', 'x-forwarded-groups']);
     this.pools = new UpstreamPools(options.upstream);
+    this.#waiting = new WaitingRoom({ manager: options.manager, clock: options.clock ?? systemClock });
     this.server = createServer({
       // Held requests may wait for a whole boot: Node's own request timeout must not cut them.
       requestTimeout: 0,
@@ -136,6 +145,7 @@ export class ProxyServer {
   /** Ends every connection and closes the upstream pools. */
   async close(): Promise<void> {
     this.startDraining();
+    this.#waiting.close();
     for (const s of this.#sockets) s.destroy();
     await this.pools.close();
   }
@@ -146,17 +156,15 @@ export class ProxyServer {
       res.shouldKeepAlive = false;
       throw new SmartProxyError('SP_SHUTTING_DOWN', undefined, { retryAfterS: 1 });
     }
+    // The proxy's own status and progress endpoints, behind the same access steps.
+    if (isReservedPath(req.url)) {
+      this.#waiting.serveReserved(req, res, (r) => this.#admit(req, r).inst);
+      return;
+    }
     // 1. route: strict target parsing, then the resource table.
     const route = parseTarget(req.url);
-    const resource = this.#resources.get(route.resourceId);
-    if (resource === undefined) throw new SmartProxyError('SP_ROUTE_NOT_FOUND', `no resource "${route.resourceId}"`, { data: { resource: route.resourceId } });
-    // 2. identify, 3. authorize: before any side effect.
-    const identity = this.#identify(req, route, resource);
-    if (identity instanceof SmartProxyError) throw identity;
-    const acting = this.#authorize(identity, route, resource);
-    if (acting instanceof SmartProxyError) throw acting;
-    // 4. select the instance; a ready one is forwarded at once, with no other call.
-    const inst = this.#manager.selectInstance(resource.runtime, acting, identity.user);
+    // 2. identify, 3. authorize (before any side effect), 4. select the instance.
+    const { resource, inst } = this.#admit(req, route);
     this.#manager.touch(inst);
     const headers = upstreamHeaders(req.rawHeaders, {
       remoteAddress: req.socket.remoteAddress,
@@ -165,23 +173,43 @@ export class ProxyServer {
       prefix: route.prefix,
       protectedNames: this.#protected,
     });
+    // A ready instance is forwarded at once, with no other call.
     // While the release ramp still holds requests for a fresh backend, a newcomer queues
     // behind them instead of adding to the flood (still no call: two fields in memory).
     let endpoint = inst.status === 'ready' && inst.waiters.size === 0 ? inst.endpoint : undefined;
-    // 5. await ready: hold on the local readiness broadcast, never on a provider call.
-    endpoint ??= await this.#hold(req, res, inst, resource);
-    if (endpoint === undefined) return;
+    if (endpoint === undefined) {
+      // 5. await ready, as this client asked (waiting-room.ts): the waiting page, 202 at
+      // once, or a hold on the local readiness broadcast (never on a provider call).
+      const plan = this.#waiting.plan(req, resource.waiting, resource.holdTimeoutMs);
+      if (plan.kind !== 'hold') {
+        this.#waiting.answerAtOnce(req, res, plan.kind, inst, route, resource.waiting);
+        return;
+      }
+      endpoint = await this.#waiting.hold(req, res, plan, inst, route, (ms) => this.#hold(req, res, inst, resource, ms));
+      if (endpoint === undefined) return;
+    }
     // 6. forward, with crash repair when the backend turns out to be gone.
     await this.#forward(req, res, inst, resource, route, headers, endpoint);
   }
 
+  /** Steps 2-4 for a routed target: the resource, who asks, and the instance they act on. */
+  #admit(req: IncomingMessage, route: ParsedTarget): { resource: RoutedResource; inst: Instance } {
+    const resource = this.#resources.get(route.resourceId);
+    if (resource === undefined) throw new SmartProxyError('SP_ROUTE_NOT_FOUND', `no resource "${route.resourceId}"`, { data: { resource: route.resourceId } });
+    const identity = this.#identify(req, route, resource);
+    if (identity instanceof SmartProxyError) throw identity;
+    const acting = this.#authorize(identity, route, resource);
+    if (acting instanceof SmartProxyError) throw acting;
+    return { resource, inst: this.#manager.selectInstance(resource.runtime, acting, identity.user) };
+  }
+
   /** Waits for `inst`; resolves undefined if the client left meanwhile. */
-  async #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource): Promise<string | undefined> {
+  async #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource, timeoutMs = resource.holdTimeoutMs): Promise<string | undefined> {
     const ac = new AbortController();
     const onClose = (): void => ac.abort(new ClientGone());
     res.once('close', onClose);
     try {
-      return await this.#manager.waitUntilReady(inst, { signal: ac.signal, timeoutMs: resource.holdTimeoutMs });
+      return await this.#manager.waitUntilReady(inst, { signal: ac.signal, timeoutMs });
     } catch (err) {
       if (err instanceof ClientGone) return undefined;
       throw err;

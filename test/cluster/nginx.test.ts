@@ -59,7 +59,7 @@ describe('nginx in front of three replicas (docs/operations/replicas.md)', () =>
         assert.equal(nginx.exitCode, null, nginxOut);
         await new Promise((r) => setImmediate(r));
       }
-      const cold = await Promise.all(Array.from({ length: 300 }, (_, i) => fetch(`${base}/n/${i}`, { dispatcher: agent } as RequestInit).then((r) => r.status)));
+      const cold = await Promise.all(Array.from({ length: 300 }, (_, i) => fetch(`${base}/n/${i}`, { dispatcher: agent }).then((r) => r.status)));
       assert.deepEqual([...new Set(cold)], [200], nginxOut);
       assert.equal(cloud.stats.spans, 1, 'one start through the load balancer');
       for (const p of ps) {
@@ -68,7 +68,7 @@ describe('nginx in front of three replicas (docs/operations/replicas.md)', () =>
       }
       await ps[0]?.dispose();
       const warm: number[] = [];
-      for (let i = 0; i < 30; i++) warm.push((await fetch(`${base}/w/${i}`, { dispatcher: agent } as RequestInit)).status);
+      for (let i = 0; i < 30; i++) warm.push((await fetch(`${base}/w/${i}`, { dispatcher: agent })).status);
       assert.deepEqual([...new Set(warm)], [200], 'nginx tries the next replica on a refused connection');
     } finally {
       nginx.kill('SIGTERM');

@@ -8,6 +8,7 @@ import type { KeepWarmPolicy } from '../../src/core/keep-warm.ts';
 import { ResourceManager, type ResourceRuntime, type SharingMode } from '../../src/core/resource-manager.ts';
 import { netProber } from '../../src/proxy/probe.ts';
 import { ProxyServer, type Authorize, type Identify, type RoutedResource } from '../../src/proxy/server.ts';
+import type { ResourceWaiting } from '../../src/proxy/waiting-room.ts';
 
 export interface TestResource {
   id: string;
@@ -23,6 +24,7 @@ export interface TestResource {
   releaseConcurrency?: number;
   healthCheckIntervalMs?: number;
   keepWarm?: KeepWarmPolicy;
+  waiting?: ResourceWaiting;
 }
 
 export interface Harness {
@@ -72,13 +74,14 @@ export async function startHarness(options: {
   const resources = new Map<string, RoutedResource>();
   for (const r of options.resources) {
     const runtime = runtimeOf(r);
-    resources.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs ?? runtime.bootTimeoutMs });
+    resources.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs ?? runtime.bootTimeoutMs, waiting: r.waiting });
   }
   const proxy = new ProxyServer({
     manager, resources, logger,
     upstream: { connectTimeoutMs: 2_000, headersTimeoutMs: 30_000, bodyTimeoutMs: 0, connectionsPerBackend: 64 },
     trustedProxies: options.trustedProxies ?? [],
     headersTimeoutMs: 10_000, keepAliveTimeoutMs: 5_000, maxHeaderBytes: 16_384,
+    ...(options.clock ? { clock: options.clock } : {}),
     ...(options.identify ? { identify: options.identify } : {}),
     ...(options.authorize ? { authorize: options.authorize } : {}),
   });
