@@ -119,6 +119,13 @@ export class RedisCoordinator implements Coordinator {
     });
   }
 
+  /** Claims parked waiting for another replica's start (tests await this instead of sleeping). */
+  get waiting(): number {
+    let n = 0;
+    for (const set of this.#wakers.values()) n += set.size;
+    return n;
+  }
+
   /** Connects the local control plane; starts flushing activity. */
   attach(local: LocalControlPlane): void {
     this.#local = local;
