@@ -528,7 +528,14 @@ export class ResourceManager {
         // Cluster seam: another replica may be starting it (then we wait for its readiness
         // and only probe here), or may have died while starting it (then ask the provider
         // before starting: the machine may already be booting).
-        const claim = this.#coordinator === undefined ? undefined : await this.#claim(inst, gen, deadline);
+        let claim = this.#coordinator === undefined ? undefined : await this.#claim(inst, gen, deadline);
+        // A "ready" endpoint that does not answer from here is stale (stopped or crashed
+        // behind the cluster's back): ask again, ignoring it, and lead if nobody else does.
+        while (claim?.kind === 'ready' && !(await this.#probeElsewhere(inst, gen, deadline, claim.endpoint))) {
+          this.#log.warn({ resource: res.id, instance: inst.key, endpoint: claim.endpoint }, 'cluster: the endpoint another replica reported does not answer here');
+          this.#lostEndpoints.set(inst, claim.endpoint);
+          claim = await this.#claim(inst, gen, deadline);
+        }
         if (claim?.kind === 'ready') {
           endpointElsewhere = claim.endpoint;
           if (claim.handle !== undefined) inst.handle = claim.handle;
@@ -561,9 +568,7 @@ export class ResourceManager {
         }
       }
       this.#setPhase(inst, 'booting');
-      const endpoint = endpointElsewhere === undefined
-        ? await this.#awaitReady(inst, gen, deadline)
-        : await this.#probeUntilOk(inst, gen, deadline, endpointElsewhere);
+      const endpoint = endpointElsewhere ?? await this.#awaitReady(inst, gen, deadline);
       this.#lostEndpoints.delete(inst);
       if (lease !== undefined) void lease.ready(endpoint, inst.handle);
       inst.endpoint = endpoint;
@@ -624,16 +629,17 @@ export class ResourceManager {
     }
   }
 
-  /** Another replica reported `endpoint` ready: probe it from here before forwarding. */
-  async #probeUntilOk(inst: Instance, gen: number, deadline: number, endpoint: string): Promise<string> {
+  /** Another replica reported `endpoint` ready: probe it from here (up to 3 tries) before forwarding. */
+  async #probeElsewhere(inst: Instance, gen: number, deadline: number, endpoint: string): Promise<boolean> {
     const res = inst.resource;
-    for (;;) {
+    for (let attempt = 1; ; attempt++) {
       this.#checkLive(inst, gen, deadline);
       this.#setPhase(inst, 'probing');
       const remaining = deadline - this.#clock.now();
       const outcome = await this.#prober.probe(endpoint, res.probe, timeoutSignal(this.#clock, Math.min(res.probe.timeoutMs, Math.max(1, remaining))));
       this.#checkLive(inst, gen, deadline);
-      if (outcome.ok) return endpoint;
+      if (outcome.ok) return true;
+      if (attempt >= 3) return false;
       await this.#sleep(res.probeIntervalMs, inst, gen, deadline);
     }
   }
