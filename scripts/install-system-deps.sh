@@ -20,7 +20,7 @@ done
 # replica tests: a private redis-server killed and restarted (and CI's own Redis); nginx in
 # front of the replicas (docs/operations/replicas.md).
 command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
-[ -x /usr/sbin/nginx ] || pkgs+=(nginx-light)
+[ -x /usr/sbin/nginx ] || pkgs+=(nginx)
 [ ${#pkgs[@]} -eq 0 ] && exit 0
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
