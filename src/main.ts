@@ -21,9 +21,9 @@ import { createQemuProvider } from './providers/qemu/qemu-provider.ts';
 import { createDockerProvider } from './providers/docker/docker-provider.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
+import { ThemeLoader } from './proxy/waiting-page.ts';
 import { createStore } from './state/create-store.ts';
 import { RedisCoordinator } from './state/redis/redis-coordinator.ts';
-import { ThemeLoader } from './proxy/waiting-page.ts';
 
 export interface AppOptions {
   readonly logger?: Logger;
@@ -117,7 +117,11 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         keepWarm: r.keepWarm === undefined ? undefined : new KeepWarmPolicy(r.keepWarm),
       };
       // Waiting page themes are read and checked here, once: a broken theme stops start-up.
-      routed.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs, waiting: { ...r.waiting, theme: themes.load(r.waiting.themeDir) } });
+      routed.set(r.id, {
+        runtime, holdTimeoutMs: r.holdTimeoutMs,
+        waiting: { ...r.waiting, theme: themes.load(r.waiting.themeDir) },
+        websocket: { allowedOrigins: r.websocketAllowedOrigins },
+      });
     }
     const runtimes = new Map([...routed].map(([id, r]) => [id, r.runtime]));
 
@@ -150,10 +154,13 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       keepAliveTimeoutMs: config.server.keepAliveTimeoutMs,
       maxHeaderBytes: config.server.maxHeaderBytes,
       clock,
+      tls: config.tls,
+      maxHeldBytes: config.limits.maxHeldBytes,
+      heldBodyEstimateBytes: config.limits.heldBodyEstimateBytes,
     });
     const addr = await proxy.listen(config.listen.port, config.listen.host);
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
-    const proxyUrl = `http://${host}:${addr.port}`;
+    const proxyUrl = `${config.tls === undefined ? 'http' : 'https'}://${host}:${addr.port}`;
     log.info({ url: proxyUrl, resources: routed.size }, 'proxy listening');
 
     const drainTimeoutMs = config.shutdown.drainTimeoutMs

@@ -99,15 +99,17 @@ export interface EffectiveResource {
   readonly failureCooldownMs: number;
   readonly maxHeldRequests: number;
   readonly idleStopMs: number;
-  readonly releaseConcurrency: number;
-  readonly healthCheckIntervalMs: number;
-  readonly keepWarm: KeepWarmConfig | undefined;
+  /** Undefined: any origin may open WebSockets. */
+  readonly websocketAllowedOrigins: readonly string[] | undefined;
   readonly waiting: {
     readonly browserPage: boolean;
     /** Already capped at holdTimeoutMs. */
     readonly defaultWaitMs: number;
     readonly themeDir: string | undefined;
   };
+  readonly releaseConcurrency: number;
+  readonly healthCheckIntervalMs: number;
+  readonly keepWarm: KeepWarmConfig | undefined;
 }
 
 const defaultProbe: ProbeConfig = { kind: 'http', path: '/', expectStatus: ['2xx', '3xx', '4xx'], timeoutMs: 1000 };
@@ -138,14 +140,15 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       failureCooldownMs: r.failureCooldownMs ?? d.failureCooldownMs ?? builtinDefaults.failureCooldownMs,
       maxHeldRequests: r.maxHeldRequests ?? d.maxHeldRequests ?? cfg.limits.maxHeldRequestsPerResource,
       idleStopMs: r.idleStopMs ?? d.idleStopMs ?? builtinDefaults.idleStopMs,
-      releaseConcurrency: r.releaseConcurrency ?? d.releaseConcurrency ?? builtinDefaults.releaseConcurrency,
-      healthCheckIntervalMs: r.healthCheckIntervalMs ?? d.healthCheckIntervalMs ?? builtinDefaults.healthCheckIntervalMs,
-      keepWarm: r.keepWarm ?? d.keepWarm,
+      websocketAllowedOrigins: r.websocket?.allowedOrigins ?? d.websocket?.allowedOrigins,
       waiting: {
         browserPage: r.waiting?.browserPage ?? d.waiting?.browserPage ?? true,
         defaultWaitMs: Math.min(holdTimeoutMs, r.waiting?.defaultWaitMs ?? d.waiting?.defaultWaitMs ?? holdTimeoutMs),
         themeDir: r.waiting?.themeDir ?? d.waiting?.themeDir,
       },
+      releaseConcurrency: r.releaseConcurrency ?? d.releaseConcurrency ?? builtinDefaults.releaseConcurrency,
+      healthCheckIntervalMs: r.healthCheckIntervalMs ?? d.healthCheckIntervalMs ?? builtinDefaults.healthCheckIntervalMs,
+      keepWarm: r.keepWarm ?? d.keepWarm,
     };
   });
 }

@@ -220,10 +220,10 @@ const resourceFields = {
   failureCooldownMs: optMs('After a failed start, requests fail fast with 503 for this long.', resourceBuiltinDefaults.failureCooldownMs),
   maxHeldRequests: z.number().int().min(0).optional().describe('Requests held at once for this resource; past it 503 + Retry-After. Default: limits.maxHeldRequestsPerResource.'),
   idleStopMs: optMs('Stop an instance after this long with no request and no open connection; 0 = never.', resourceBuiltinDefaults.idleStopMs),
-  releaseConcurrency: z.number().int().min(1).optional()
-    .describe(`When a backend becomes ready, at most this many requests are in flight to it while held ones are released. Default: ${resourceBuiltinDefaults.releaseConcurrency}.`),
-  healthCheckIntervalMs: optMs('How often the provider is asked whether a ready instance still exists; 0 = never.', resourceBuiltinDefaults.healthCheckIntervalMs),
-  keepWarm: keepWarmSchema.optional(),
+  websocket: z.object({
+    allowedOrigins: z.array(z.string().regex(/^(\*|[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/\s]+\/?)$/, 'an origin like "https://app.example.com", or "*"')).optional()
+      .describe('Origins whose browser pages may open WebSockets to this resource (handshakes without Origin, from non-browser clients, pass). Default: any.'),
+  }).strict().optional().describe('WebSocket handshakes (see docs/concepts/protocols.md).'),
   waiting: z.object({
     browserPage: z.boolean().optional()
       .describe('A browser navigation (GET/HEAD accepting text/html, no Prefer: wait) gets the waiting page at once instead of being held. Default: true.'),
@@ -231,6 +231,10 @@ const resourceFields = {
     themeDir: z.string().min(1).optional()
       .describe('Folder with an operator\'s waiting.html template (relative to the working directory); the built-in theme when absent. See docs/how-to/theme-the-waiting-page.md.'),
   }).strict().optional().describe('How clients wait for this resource while it starts (docs/concepts/waiting.md). Merged field by field with resourceDefaults.waiting.'),
+  releaseConcurrency: z.number().int().min(1).optional()
+    .describe(`When a backend becomes ready, at most this many requests are in flight to it while held ones are released. Default: ${resourceBuiltinDefaults.releaseConcurrency}.`),
+  healthCheckIntervalMs: optMs('How often the provider is asked whether a ready instance still exists; 0 = never.', resourceBuiltinDefaults.healthCheckIntervalMs),
+  keepWarm: keepWarmSchema.optional(),
 };
 
 export const resourceDefaultsSchema = z.object(resourceFields).strict();
@@ -265,7 +269,15 @@ export const configSchema = z.object({
   limits: z.object({
     maxHeldRequests: z.number().int().min(0).default(10_000).describe('Requests held at once over all resources.'),
     maxHeldRequestsPerResource: z.number().int().min(0).default(1_000).describe('Default for resources.*.maxHeldRequests.'),
-  }).strict().default({ maxHeldRequests: 10_000, maxHeldRequestsPerResource: 1_000 }),
+    maxHeldBytes: z.number().int().min(0).default(1024 ** 3)
+      .describe('Request bodies announced by held requests, summed over all resources (Content-Length, or heldBodyEstimateBytes when unknown); past it 503 + Retry-After. Held bodies are not read while held (backpressure).'),
+    heldBodyEstimateBytes: z.number().int().min(0).default(1024 ** 2)
+      .describe('What a held body of unknown length (chunked, HTTP/2 without content-length) counts against maxHeldBytes.'),
+  }).strict().default({ maxHeldRequests: 10_000, maxHeldRequestsPerResource: 1_000, maxHeldBytes: 1024 ** 3, heldBodyEstimateBytes: 1024 ** 2 }),
+  tls: z.object({
+    certFile: z.string().min(1).describe('PEM certificate chain, leaf first. Reloaded when the file changes.'),
+    keyFile: z.string().min(1).describe('PEM private key. Reloaded when the file changes.'),
+  }).strict().optional().describe('Terminate TLS on the listen port, with HTTP/2 and HTTP/1.1 chosen by ALPN. Absent: plain HTTP/1.1.'),
   shutdown: z.object({
     drainTimeoutMs: z.number().int().min(0).optional()
       .describe('On SIGTERM/SIGINT, in-flight and held requests get this long to finish; default: the longest boot timeout + 5 s.'),

@@ -20,6 +20,8 @@ export const statusByCode: Readonly<Record<ErrorCode, number>> = {
   SP_UPSTREAM_UNAVAILABLE: 502,
   SP_UPSTREAM_TIMEOUT: 504,
   SP_BODY_TOO_LARGE: 413,
+  SP_WS_BAD_UPGRADE: 400,
+  SP_WS_ORIGIN_DENIED: 403,
   SP_CLUSTER_UNAVAILABLE: 503,
   SP_SHUTTING_DOWN: 503,
   SP_PROVIDER_ERROR: 502,
@@ -97,4 +99,19 @@ export function sendError(req: IncomingMessage, res: ServerResponse, err: unknow
   headers['content-length'] = String(Buffer.byteLength(body));
   res.writeHead(problem.status, headers);
   res.end(req.method === 'HEAD' ? undefined : body);
+}
+
+/**
+ * The same answer as `sendError`, as bytes for a raw socket (an upgrade request has no
+ * ServerResponse). Always `connection: close`: the socket is closed after it.
+ */
+export function errorResponseBytes(req: IncomingMessage, err: unknown): string {
+  const e = toSmartProxyError(err);
+  const problem = problemOf(e, req.url?.split('?')[0]);
+  const body = JSON.stringify(problem);
+  let head = `HTTP/1.1 ${problem.status} ${problem.title}\r\n`
+    + 'content-type: application/problem+json\r\ncache-control: no-store\r\nconnection: close\r\n'
+    + `content-length: ${Buffer.byteLength(body)}\r\n`;
+  if (e.retryAfterS !== undefined) head += `retry-after: ${e.retryAfterS}\r\n`;
+  return `${head}\r\n${body}`;
 }

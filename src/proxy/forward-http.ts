@@ -93,7 +93,10 @@ export class UpstreamPools {
   async forward(req: IncomingMessage, res: ServerResponse, origin: string, path: string, headers: string[]): Promise<ForwardOutcome> {
     const method = req.method ?? 'GET';
     const hasBody = req.headers['transfer-encoding'] !== undefined
-      || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
+      || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0')
+      // HTTP/2 has no chunked coding: a body without content-length is announced only by the
+      // HEADERS frame not ending the stream (compat request: `stream.endAfterHeaders`).
+      || (req.httpVersionMajor === 2 && (req as { stream?: { endAfterHeaders?: boolean } }).stream?.endAfterHeaders === false);
     const ac = new AbortController();
     const onClose = (): void => {
       if (!res.writableFinished) ac.abort();
@@ -116,6 +119,9 @@ export class UpstreamPools {
     }
     try {
       res.writeHead(upstream.statusCode, downstreamHeaders(upstream.headers));
+      // A body of unknown length may be a stream (SSE, long poll): its head goes out now, as
+      // the backend sent it, instead of waiting for the first chunk.
+      if (upstream.headers['content-length'] === undefined) res.flushHeaders();
       await pipeline(upstream.body, res);
     } catch {
       // Client left or backend broke mid-body: both ends are torn down by pipeline.

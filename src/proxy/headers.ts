@@ -81,19 +81,32 @@ export function upstreamHeaders(rawHeaders: readonly string[], ctx: ForwardConte
         if (t.length > 0) (connectionListed ??= new Set()).add(t);
       }
     } else if (name === 'host') host = rawHeaders[i + 1] as string;
+    // HTTP/2 (RFC 9113 §8.3.1): the authority comes as the :authority pseudo-header.
+    else if (name === ':authority' && host === '') host = rawHeaders[i + 1] as string;
     else if (name === 'x-forwarded-for') clientXff = clientXff ? `${clientXff}, ${rawHeaders[i + 1]}` : (rawHeaders[i + 1] as string);
     else if (name === 'x-forwarded-proto') clientProto = rawHeaders[i + 1] as string;
     else if (name === 'x-forwarded-host') clientHost = rawHeaders[i + 1] as string;
   }
   const out: string[] = [];
+  let cookie: string | undefined;
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const rawName = rawHeaders[i] as string;
     const name = rawName.toLowerCase();
+    // HTTP/2 pseudo-headers (:method, :path, :authority, :scheme) are not fields for HTTP/1.1.
+    if (name.charCodeAt(0) === 0x3a /* : */) continue;
     if (HOP_BY_HOP.has(name) || connectionListed?.has(name) === true) continue;
     const folded = name.includes('_') ? name.replaceAll('_', '-') : name;
     if (FORWARDING.has(folded) || ctx.protectedNames.has(folded)) continue;
+    // HTTP/2 clients may split Cookie into several fields; towards HTTP/1.1 they become one,
+    // joined with "; " (RFC 9113 §8.2.3).
+    if (name === 'cookie') {
+      const value = rawHeaders[i + 1] as string;
+      cookie = cookie === undefined ? value : `${cookie}; ${value}`;
+      continue;
+    }
     out.push(rawName, rawHeaders[i + 1] as string);
   }
+  if (cookie !== undefined) out.push('cookie', cookie);
   const remote = ctx.remoteAddress ?? '';
   const proto = ctx.encrypted ? 'https' : 'http';
   out.push(

@@ -24,6 +24,8 @@ export interface MimicOptions {
   bootFails?: boolean;
   /** The backends answer with this instead of the echo (SSE, a concurrency-limited app…). */
   handler?: Handler;
+  /** Builds the backend a boot brings up (a WebSocket or SSE server…); default: the echo server. */
+  backend?: (instanceKey: string) => Promise<EchoServer>;
 }
 
 interface MimicInstance {
@@ -77,7 +79,8 @@ export class MimicProvider implements Provider {
         inst.state = 'failed';
         return;
       }
-      inst.server ??= await startEchoServer({ name: ref.instanceKey, ...(this.options.handler ? { handler: this.options.handler } : {}) });
+      inst.server ??= await (this.options.backend?.(ref.instanceKey)
+        ?? startEchoServer({ name: ref.instanceKey, ...(this.options.handler ? { handler: this.options.handler } : {}) }));
       inst.state = 'running';
     });
     for (const w of this.#startedWaiters.splice(0)) w();

@@ -20,11 +20,12 @@ export interface TestResource {
   maxHeldRequests?: number;
   idleStopMs?: number;
   failureCooldownMs?: number;
+  waiting?: ResourceWaiting;
   providerCallTimeoutMs?: number;
   releaseConcurrency?: number;
   healthCheckIntervalMs?: number;
   keepWarm?: KeepWarmPolicy;
-  waiting?: ResourceWaiting;
+  websocket?: { allowedOrigins?: string[] };
 }
 
 export interface Harness {
@@ -67,6 +68,9 @@ export async function startHarness(options: {
   trustedProxies?: string[];
   identify?: Identify;
   authorize?: Authorize;
+  tls?: { certFile: string; keyFile: string };
+  maxHeldBytes?: number;
+  heldBodyEstimateBytes?: number;
 }): Promise<Harness> {
   const logs: Harness['logs'] = [];
   const logger = collectingLogger(logs);
@@ -74,7 +78,7 @@ export async function startHarness(options: {
   const resources = new Map<string, RoutedResource>();
   for (const r of options.resources) {
     const runtime = runtimeOf(r);
-    resources.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs ?? runtime.bootTimeoutMs, waiting: r.waiting });
+    resources.set(r.id, { runtime, holdTimeoutMs: r.holdTimeoutMs ?? runtime.bootTimeoutMs, waiting: r.waiting, websocket: r.websocket });
   }
   const proxy = new ProxyServer({
     manager, resources, logger,
@@ -84,10 +88,13 @@ export async function startHarness(options: {
     ...(options.clock ? { clock: options.clock } : {}),
     ...(options.identify ? { identify: options.identify } : {}),
     ...(options.authorize ? { authorize: options.authorize } : {}),
+    tls: options.tls,
+    ...(options.maxHeldBytes === undefined ? {} : { maxHeldBytes: options.maxHeldBytes }),
+    ...(options.heldBodyEstimateBytes === undefined ? {} : { heldBodyEstimateBytes: options.heldBodyEstimateBytes }),
   });
   const addr = await proxy.listen(0, '127.0.0.1');
   return {
-    url: `http://127.0.0.1:${addr.port}`,
+    url: `${options.tls ? 'https' : 'http'}://127.0.0.1:${addr.port}`,
     manager, proxy, logs,
     async close() {
       manager.close();

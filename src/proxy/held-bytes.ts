@@ -1,0 +1,105 @@
+/**
+ * The global budget for held request bodies (DESIGN.md rule 4: every queue is bounded).
+ *
+ * What "held bytes" means here. A held request's body is never read into memory while it
+ * waits: the proxy does not consume the request stream, so Node stops reading the socket
+ * once one stream buffer (the readable highWaterMark, 64 KiB) is full, and TCP flow control
+ * (HTTP/2: stream flow control) stops the client. The process's own memory per held upload is
+ * therefore small and constant. What is *not* small is the commitment: every held upload is
+ * data the proxy has promised to deliver to a backend that is still booting, all of it at
+ * the moment the backend becomes ready, and it occupies kernel socket buffers meanwhile.
+ * So the budget counts the bodies a held request *announces*:
+ *
+ * - a body with `Content-Length` counts its declared length;
+ * - a body of unknown length (HTTP/1.1 chunked, or HTTP/2 without content-length) counts a
+ *   configured estimate (`limits.heldBodyEstimateBytes`), since its real size is known only
+ *   once it is read, which happens after the hold, when it streams with backpressure;
+ * - a request without a body counts nothing.
+ *
+ * A request is charged when its hold begins and released when the hold ends (ready,
+ * timeout, failure or client gone). Past the budget the answer is 503 SP_HOLD_BYTES_FULL
+ * with `Retry-After`; a single body larger than the whole budget could never be held and
+ * gets 413 SP_BODY_TOO_LARGE. Warm (ready) resources are not charged: their bodies stream.
+ */
+import { SmartProxyError } from '../core/errors.ts';
+
+/** The request fields the budget looks at (HTTP/1.1 IncomingMessage and HTTP/2 compat alike). */
+export interface BodyAnnouncer {
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
+  readonly httpVersionMajor: number;
+  /** HTTP/2 compat requests: the stream, whose `endAfterHeaders` says "no body". */
+  readonly stream?: { readonly endAfterHeaders?: boolean } | undefined;
+}
+
+/** Releases a reservation; calling it twice is harmless. */
+export type ReleaseHeldBytes = () => void;
+
+export interface HeldBytesOptions {
+  /** Sum of announced body bytes of all held requests at once. */
+  readonly maxHeldBytes: number;
+  /** What a held body of unknown length counts. */
+  readonly heldBodyEstimateBytes: number;
+}
+
+/**
+ * How many bytes a request's body announces: Content-Length, the estimate for a body of
+ * unknown length, or 0 for none.
+ */
+export function announcedBodyBytes(req: BodyAnnouncer, estimateBytes: number): number {
+  const cl = req.headers['content-length'];
+  if (typeof cl === 'string' && /^\d+$/.test(cl)) return Number(cl);
+  if (req.headers['transfer-encoding'] !== undefined) return estimateBytes;
+  // HTTP/2 has no chunked coding: a request has a body unless its HEADERS frame ended the stream.
+  if (req.httpVersionMajor === 2 && req.stream?.endAfterHeaders === false) return estimateBytes;
+  return 0;
+}
+
+export class HeldBytesBudget {
+  readonly #max: number;
+  readonly #estimate: number;
+  #held = 0;
+
+  constructor(options: HeldBytesOptions) {
+    this.#max = options.maxHeldBytes;
+    this.#estimate = options.heldBodyEstimateBytes;
+  }
+
+  /** Announced body bytes of all held requests right now. */
+  get heldBytes(): number {
+    return this.#held;
+  }
+
+  get maxHeldBytes(): number {
+    return this.#max;
+  }
+
+  /**
+   * Charges `req`'s announced body for the length of a hold. Throws SP_BODY_TOO_LARGE (413)
+   * when the body alone exceeds the budget, SP_HOLD_BYTES_FULL (503) when the budget is
+   * taken; `retryAfterS` goes into Retry-After.
+   */
+  reserve(req: BodyAnnouncer, context: { readonly resourceId: string; readonly retryAfterS: number }): ReleaseHeldBytes {
+    const bytes = announcedBodyBytes(req, this.#estimate);
+    if (bytes === 0) return noop;
+    if (bytes > this.#max) {
+      throw new SmartProxyError('SP_BODY_TOO_LARGE', `the request body (${bytes} bytes) is larger than the held-bytes budget (${this.#max} bytes)`, {
+        data: { resource: context.resourceId, bodyBytes: bytes, maxHeldBytes: this.#max },
+      });
+    }
+    if (this.#held + bytes > this.#max) {
+      throw new SmartProxyError('SP_HOLD_BYTES_FULL', undefined, {
+        data: { resource: context.resourceId, bodyBytes: bytes, heldBytes: this.#held, maxHeldBytes: this.#max },
+        retryAfterS: context.retryAfterS,
+      });
+    }
+    this.#held += bytes;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.#held -= bytes;
+    };
+  }
+}
+
+const noop: ReleaseHeldBytes = () => undefined;
