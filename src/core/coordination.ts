@@ -24,6 +24,11 @@ export interface StartLease {
   ready(endpoint: string, handle: string | undefined): Promise<void>;
   /** Publish a failed start and release the lease. */
   failed(reason: string): Promise<void>;
+  /**
+   * Give the lease up without an outcome (this replica stopped watching: shutdown, a stop):
+   * the record still says starting, so the next claimant takes over and asks the provider.
+   */
+  release(): Promise<void>;
 }
 
 /** The outcome of asking the cluster for a start. */

@@ -592,8 +592,12 @@ export class ResourceManager {
       this.#scheduleIdle(inst);
       this.#scheduleHealth(inst);
     } catch (err) {
+      if (err instanceof Aborted || inst.generation !== gen) {
+        // Not a failure of the start (shutdown, a stop): another replica may take over.
+        if (lease !== undefined) void lease.release();
+        return;
+      }
       if (lease !== undefined) void lease.failed(errMessage(err));
-      if (err instanceof Aborted || inst.generation !== gen) return;
       if (isSmartProxyError(err) && err.code === 'SP_CLUSTER_UNAVAILABLE') {
         // Nothing was started: no cool-down, the next request asks the cluster again.
         inst.lastError = err;

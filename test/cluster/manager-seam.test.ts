@@ -39,6 +39,7 @@ class ScriptedCoordinator implements Coordinator {
       token: 1, takeover, started: () => undefined,
       ready: async (endpoint) => { this.published.push(`ready ${endpoint}`); },
       failed: async (reason) => { this.published.push(`failed ${reason}`); },
+      release: async () => { this.published.push('released'); },
     };
   }
 }
@@ -93,6 +94,18 @@ describe('ResourceManager with a coordinator', () => {
     assert.equal(await w, 'http://10.0.0.3:80');
     assert.equal(s.provider.starts.length, 0, 'no second start');
     assert.deepEqual(s.coordinator.published, ['ready http://10.0.0.3:80']);
+  });
+
+  it('a start given up (a stop, shutdown) releases the lease without reporting a failure', async () => {
+    const s = setup();
+    const w = s.manager.waitUntilReady(s.inst, { timeoutMs: 5_000 });
+    await settle();
+    assert.equal(s.provider.starts.length, 1);
+    s.manager.close();
+    await assert.rejects(w);
+    await s.clock.advance(50);
+    await settle();
+    assert.deepEqual(s.coordinator.published, ['released']);
   });
 
   it('cluster unavailable: held requests get SP_CLUSTER_UNAVAILABLE, no provider call, no cool-down', async () => {

@@ -87,6 +87,16 @@ describe('RedisCoordinator', () => {
     assert.equal(rec.token, next.lease.token);
   });
 
+  it('a replica that closes (rolling restart) gives its start lease up: the next one takes over at once', async () => {
+    const [a, b] = coordinators(2) as [RedisCoordinator, RedisCoordinator];
+    const lead = await a.claimStart(ref, noSignal());
+    assert.equal(lead.kind, 'lead');
+    await a.close();
+    const next = await b.claimStart(ref, AbortSignal.timeout(3_000));
+    assert.equal(next.kind, 'lead', 'not after the 5 s lease: at once');
+    if (next.kind === 'lead') assert.equal(next.lease.takeover, true);
+  });
+
   it('idle stop: kept while another replica has an open connection or recent activity; then decided once', async () => {
     const [a, b] = coordinators(2) as [RedisCoordinator, RedisCoordinator];
     const lead = await a.claimStart(ref, noSignal());

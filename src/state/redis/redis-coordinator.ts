@@ -98,6 +98,8 @@ export class RedisCoordinator implements Coordinator {
   readonly #log: Logger;
   readonly #opts: RedisCoordinatorOptions;
   readonly #wakers = new Map<string, Set<() => void>>();
+  /** Start leases held now, so that close() gives them up (a successor takes over at once). */
+  readonly #held = new Map<string, { readonly id: string; readonly renew: NodeJS.Timeout }>();
   #local: LocalControlPlane | undefined;
   #flushTimer: NodeJS.Timeout | undefined;
   #flushing = false;
@@ -239,6 +241,10 @@ export class RedisCoordinator implements Coordinator {
     this.#closed = true;
     clearInterval(this.#flushTimer);
     this.#wakeAll();
+    const held = [...this.#held];
+    this.#held.clear();
+    for (const [, h] of held) clearInterval(h.renew);
+    await Promise.allSettled(held.map(([value, h]) => this.#release('start', h.id, value)));
     this.#redis.disconnect();
     this.#sub.disconnect();
   }
@@ -282,9 +288,11 @@ export class RedisCoordinator implements Coordinator {
       }, (err: unknown) => this.#log.debug({ err: errMessage(err) }, 'cluster: lease renewal failed; retrying'));
     }, Math.max(10, Math.floor(this.#opts.leaseMs / 3)));
     renew.unref();
+    this.#held.set(lease.value, { id, renew });
     let handle: string | undefined;
     const finish = async (fields: Partial<ClusterRecord> & { state: ClusterState }): Promise<void> => {
       clearInterval(renew);
+      if (!this.#held.delete(lease.value)) return;
       try {
         const written = await this.#write(id, lease.token, { handle, ...fields }, true);
         if (!written) this.#log.warn({ resource: ref.resourceId, instance: ref.instanceKey, token: lease.token }, 'cluster: a newer lease holder owns the record; not overwritten');
@@ -303,6 +311,13 @@ export class RedisCoordinator implements Coordinator {
       },
       ready: (endpoint, h) => finish({ state: 'ready', endpoint, handle: h ?? handle }),
       failed: (reason) => finish({ state: 'failed', reason }),
+      release: async () => {
+        clearInterval(renew);
+        if (!this.#held.delete(lease.value)) return;
+        await this.#release('start', id, lease.value).catch((err: unknown) => {
+          this.#log.debug({ err: errMessage(err) }, 'cluster: could not release a start lease; it expires on its own');
+        });
+      },
     };
   }
 
@@ -349,7 +364,7 @@ export class RedisCoordinator implements Coordinator {
 
 /** The lease of a local start while Redis is away (fallbackToLocal): nothing to publish. */
 const localLease: StartLease = {
-  token: 0, takeover: false, started: () => undefined, ready: async () => undefined, failed: async () => undefined,
+  token: 0, takeover: false, started: () => undefined, ready: async () => undefined, failed: async () => undefined, release: async () => undefined,
 };
 
 export function idOf(ref: { readonly resourceId: string; readonly instanceKey: string }): string {
