@@ -59,8 +59,12 @@ export interface Coordinator {
    * to fall back to a local start).
    */
   claimStart(ref: InstanceRef, signal: AbortSignal, notEndpoint?: string): Promise<StartClaim>;
-  /** Asked when the local idle timer says stop: aggregates every replica's activity. */
-  decideStop(ref: InstanceRef, local: LocalActivity): Promise<StopDecision>;
+  /**
+   * Asked when the local idle timer says stop: sums every replica's activity, twice, with two
+   * activity flushes in between, so that a connection opened elsewhere just now is counted.
+   * `local` is read each time (this replica's activity may change meanwhile).
+   */
+  decideStop(ref: InstanceRef, local: () => LocalActivity): Promise<StopDecision>;
   /** This replica stopped the instance (after a `stop` decision): tell the others. */
   stopped(ref: InstanceRef): void;
 }

@@ -774,7 +774,7 @@ export class ResourceManager {
   /** Cluster: idle here; one replica (by lease) stops it, and only if idle everywhere. */
   #decideStopInCluster(inst: Instance, idleForMs: number, recheck: () => void): void {
     const gen = inst.generation;
-    const local = { idleStopMs: inst.resource.idleStopMs, lastActivityAt: inst.lastActivityAt, activeConnections: inst.activeConnections, endpoint: inst.endpoint };
+    const local = () => ({ idleStopMs: inst.resource.idleStopMs, lastActivityAt: inst.lastActivityAt, activeConnections: inst.activeConnections, endpoint: inst.endpoint });
     (this.#coordinator as Coordinator).decideStop(inst.ref, local).then((decision) => {
       if (inst.status !== 'ready' || inst.generation !== gen || this.#closed) return;
       if (decision === 'stop') void this.stop(inst, `idle for ${idleForMs} ms on every replica`);

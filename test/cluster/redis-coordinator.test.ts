@@ -107,15 +107,19 @@ describe('RedisCoordinator', () => {
     b.attach({ readyInstances: () => [{ ref, lastActivityAt: old, activeConnections: bConnections }], stoppedElsewhere: () => undefined });
     await b.flushActivity();
     const local = { idleStopMs: 10_000, lastActivityAt: old, activeConnections: 0, endpoint: 'http://127.0.0.1:12/' };
-    assert.equal(await a.decideStop(ref, local), 'keep', 'b holds a connection');
+    assert.equal(await a.decideStop(ref, () => local), 'keep', 'b holds a connection');
     bConnections = 0;
     await b.flushActivity();
-    assert.equal(await a.decideStop(ref, { ...local, lastActivityAt: Date.now() }), 'keep', 'recent activity here');
-    const decisions = await Promise.all([a.decideStop(ref, local), b.decideStop(ref, local), a.decideStop(ref, local)]);
+    assert.equal(await a.decideStop(ref, () => ({ ...local, lastActivityAt: Date.now() })), 'keep', 'recent activity here');
+    // Idle at the first look, a connection opened during the wait: the second look keeps it.
+    let calls = 0;
+    assert.equal(await a.decideStop(ref, () => (++calls >= 3 ? { ...local, activeConnections: 1 } : local)), 'keep', 'second look');
+    assert.equal(calls, 3);
+    const decisions = await Promise.all([a.decideStop(ref, () => local), b.decideStop(ref, () => local), a.decideStop(ref, () => local)]);
     assert.equal(decisions.filter((d) => d === 'stop').length, 1, `exactly one stop: ${decisions.join(', ')}`);
     assert.ok(decisions.every((d) => d === 'stop' || d === 'keep' || d === 'gone'));
     a.stopped(ref);
     while ((await a.readRecord(ref))?.state !== 'stopped') await new Promise((r) => setImmediate(r));
-    assert.equal(await b.decideStop(ref, local), 'gone', 'stopped elsewhere: forget it locally');
+    assert.equal(await b.decideStop(ref, () => local), 'gone', 'stopped elsewhere: forget it locally');
   });
 });

@@ -173,14 +173,32 @@ export class RedisCoordinator implements Coordinator {
     }
   }
 
-  async decideStop(ref: InstanceRef, local: LocalActivity): Promise<StopDecision> {
+  async decideStop(ref: InstanceRef, local: () => LocalActivity): Promise<StopDecision> {
     const id = idOf(ref);
     const rec = await this.readRecord(ref);
-    if (rec !== undefined && (rec.state === 'stopped' || rec.state === 'stopping' || (rec.state === 'ready' && rec.endpoint !== local.endpoint))) {
+    if (rec !== undefined && (rec.state === 'stopped' || rec.state === 'stopping' || (rec.state === 'ready' && rec.endpoint !== local().endpoint))) {
       return 'gone';
     }
     const lease = await this.#acquire('stop', id);
     if (lease === undefined) return 'keep';
+    if (await this.#inUse(id, local())) {
+      await this.#release('stop', id, lease.value);
+      return 'keep';
+    }
+    // Activity reaches Redis once per flush: wait two flushes and look again, so a connection
+    // opened on another replica just before this decision is seen.
+    const settleMs = Math.min(this.#opts.activityFlushIntervalMs * 2 + 20, Math.floor(this.#opts.leaseMs / 2));
+    await new Promise((r) => setTimeout(r, settleMs).unref());
+    if (this.#closed || await this.#inUse(id, local())) {
+      await this.#release('stop', id, lease.value).catch(() => undefined);
+      return 'keep';
+    }
+    await this.#write(id, lease.token, { state: 'stopping' });
+    return 'stop';
+  }
+
+  /** Any open connection on a live replica, or activity within idleStopMs anywhere? */
+  async #inUse(id: string, local: LocalActivity): Promise<boolean> {
     const now = Date.now();
     let lastActivityAt = local.lastActivityAt;
     let connections = local.activeConnections;
@@ -193,12 +211,7 @@ export class RedisCoordinator implements Coordinator {
       // A replica that stopped flushing (dead) holds no connection any more.
       if (a.t >= fresh) connections += a.c;
     }
-    if (connections > 0 || now - lastActivityAt < local.idleStopMs) {
-      await this.#release('stop', id, lease.value);
-      return 'keep';
-    }
-    await this.#write(id, lease.token, { state: 'stopping' });
-    return 'stop';
+    return connections > 0 || now - lastActivityAt < local.idleStopMs;
   }
 
   stopped(ref: InstanceRef): void {
