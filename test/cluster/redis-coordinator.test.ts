@@ -50,6 +50,12 @@ describe('RedisCoordinator', () => {
     const got = await Promise.all(waiting);
     assert.deepEqual(got, [{ kind: 'ready', endpoint: 'http://127.0.0.1:9/', handle: 'vm-7' }, { kind: 'ready', endpoint: 'http://127.0.0.1:9/', handle: 'vm-7' }]);
     assert.ok(Date.now() - t0 < 5_000, 'woken by the message, not by the 60 s read');
+    // The cluster record's format (version 1), pinned: key order is Lua's, so compare parsed.
+    const [key] = await admin.keys(`${prefixes.at(-1) ?? ''}c:rec:*`);
+    assert.equal(key, `${prefixes.at(-1) ?? ''}c:rec:app/g1%2Cg2`);
+    const raw = JSON.parse(await admin.get(key) ?? '{}') as Record<string, unknown>;
+    assert.equal(typeof raw.at, 'number');
+    assert.deepEqual({ ...raw, at: 0 }, { v: 1, state: 'ready', token: first.lease.token, owner: 'r0', at: 0, endpoint: 'http://127.0.0.1:9/', handle: 'vm-7' });
   });
 
   it('a lost message is made up by the periodic read of the record', async () => {
