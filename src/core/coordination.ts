@@ -38,6 +38,11 @@ export type StartClaim =
   /** Another replica got it ready: probe it locally, then forward. */
   | { readonly kind: 'ready'; readonly endpoint: string; readonly handle?: string | undefined };
 
+export interface ClaimOptions {
+  readonly notEndpoint?: string | undefined;
+  readonly failureCooldownMs?: number | undefined;
+}
+
 export interface LocalActivity {
   readonly idleStopMs: number;
   readonly lastActivityAt: number;
@@ -56,9 +61,11 @@ export interface Coordinator {
    * until `signal` aborts (rejects with its reason). With `notEndpoint`, a ready record with
    * that endpoint counts as stale (this replica just found it unreachable). Rejects with
    * SP_CLUSTER_UNAVAILABLE when the coordination store cannot be reached (unless configured
-   * to fall back to a local start).
+   * to fall back to a local start), with SP_START_FAILED when the start it waited for failed
+   * elsewhere, and with SP_RESOURCE_FAILED while a failure elsewhere is younger than
+   * `failureCooldownMs` (the cool-down holds cluster-wide).
    */
-  claimStart(ref: InstanceRef, signal: AbortSignal, notEndpoint?: string): Promise<StartClaim>;
+  claimStart(ref: InstanceRef, signal: AbortSignal, options?: ClaimOptions): Promise<StartClaim>;
   /**
    * Asked when the local idle timer says stop: sums every replica's activity, twice, with two
    * activity flushes in between, so that a connection opened elsewhere just now is counted.

@@ -598,8 +598,9 @@ export class ResourceManager {
         return;
       }
       if (lease !== undefined) void lease.failed(errMessage(err));
-      if (isSmartProxyError(err) && err.code === 'SP_CLUSTER_UNAVAILABLE') {
-        // Nothing was started: no cool-down, the next request asks the cluster again.
+      if (isSmartProxyError(err) && (err.code === 'SP_CLUSTER_UNAVAILABLE' || err.code === 'SP_RESOURCE_FAILED')) {
+        // Nothing was started here: no local cool-down (a cluster one is the cluster's), the
+        // next request asks the cluster again.
         inst.lastError = err;
         inst.failedUntil = 0;
         this.#move(inst, 'fail', err.message);
@@ -627,7 +628,8 @@ export class ResourceManager {
     const coordinator = this.#coordinator as Coordinator;
     const signal = timeoutSignal(this.#clock, Math.max(1, deadline - this.#clock.now()));
     try {
-      return await raceAbort(coordinator.claimStart(inst.ref, signal, this.#lostEndpoints.get(inst)), signal);
+      const options = { notEndpoint: this.#lostEndpoints.get(inst), failureCooldownMs: inst.resource.failureCooldownMs };
+      return await raceAbort(coordinator.claimStart(inst.ref, signal, options), signal);
     } finally {
       this.#checkLive(inst, gen, deadline);
     }

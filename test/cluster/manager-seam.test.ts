@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ManualClock } from '../../src/core/clock.ts';
-import type { Coordinator, StartClaim, StartLease, StopDecision } from '../../src/core/coordination.ts';
+import type { ClaimOptions, Coordinator, StartClaim, StartLease, StopDecision } from '../../src/core/coordination.ts';
 import { SmartProxyError } from '../../src/core/errors.ts';
 import type { Prober } from '../../src/core/ports.ts';
 import { ResourceManager } from '../../src/core/resource-manager.ts';
@@ -19,8 +19,8 @@ class ScriptedCoordinator implements Coordinator {
   stops = 0;
   decision: StopDecision = 'stop';
 
-  async claimStart(_ref: unknown, _signal: AbortSignal, notEndpoint?: string): Promise<StartClaim> {
-    this.claims.push({ notEndpoint });
+  async claimStart(_ref: unknown, _signal: AbortSignal, options?: ClaimOptions): Promise<StartClaim> {
+    this.claims.push({ notEndpoint: options?.notEndpoint });
     const a = this.answers.shift() ?? { kind: 'lead', lease: this.lease(false) };
     if (a instanceof Error) throw a;
     return a;

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
+import { SmartProxyError } from '../../src/core/errors.ts';
 import type { InstanceRef } from '../../src/core/ports.ts';
 import { RedisCoordinator, type RedisCoordinatorOptions } from '../../src/state/redis/redis-coordinator.ts';
 import { cleanPrefix, sharedRedisUrl, uniquePrefix } from './cluster-kit.ts';
@@ -101,6 +102,21 @@ describe('RedisCoordinator', () => {
     const next = await b.claimStart(ref, AbortSignal.timeout(3_000));
     assert.equal(next.kind, 'lead', 'not after the 5 s lease: at once');
     if (next.kind === 'lead') assert.equal(next.lease.takeover, true);
+  });
+
+  it('a failed start cools the instance down cluster-wide for failureCooldownMs', async () => {
+    const [a, b] = coordinators(2) as [RedisCoordinator, RedisCoordinator];
+    const lead = await a.claimStart(ref, noSignal());
+    if (lead.kind !== 'lead') throw new Error('expected to lead');
+    await lead.lease.failed('provider said no');
+    await assert.rejects(b.claimStart(ref, noSignal(), { failureCooldownMs: 60_000 }), (err: unknown) => {
+      assert.ok(err instanceof SmartProxyError);
+      assert.equal(err.code, 'SP_RESOURCE_FAILED');
+      assert.ok((err.retryAfterS ?? 0) > 50);
+      return true;
+    });
+    const after = await b.claimStart(ref, noSignal(), { failureCooldownMs: 0 });
+    assert.equal(after.kind, 'lead', 'past the cool-down: start again');
   });
 
   it('idle stop: kept while another replica has an open connection or recent activity; then decided once', async () => {

@@ -19,7 +19,7 @@
  */
 import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
-import type { Coordinator, LocalActivity, StartClaim, StartLease, StopDecision } from '../../core/coordination.ts';
+import type { ClaimOptions, Coordinator, LocalActivity, StartClaim, StartLease, StopDecision } from '../../core/coordination.ts';
 import { SmartProxyError, isSmartProxyError } from '../../core/errors.ts';
 import type { InstanceRef, Logger } from '../../core/ports.ts';
 import { openRedis, type RedisSpec } from './client.ts';
@@ -136,7 +136,8 @@ export class RedisCoordinator implements Coordinator {
     this.#flushTimer.unref();
   }
 
-  async claimStart(ref: InstanceRef, signal: AbortSignal, notEndpoint?: string): Promise<StartClaim> {
+  async claimStart(ref: InstanceRef, signal: AbortSignal, options: ClaimOptions = {}): Promise<StartClaim> {
+    const { notEndpoint, failureCooldownMs = 0 } = options;
     const id = idOf(ref);
     const since = Date.now();
     for (;;) {
@@ -147,8 +148,14 @@ export class RedisCoordinator implements Coordinator {
         if (rec?.state === 'ready' && rec.endpoint !== undefined && rec.endpoint !== notEndpoint) {
           return { kind: 'ready', endpoint: rec.endpoint, handle: rec.handle };
         }
-        if (rec?.state === 'failed' && rec.at >= since) {
+        if (rec?.state === 'failed' && rec.at > since) {
           throw new SmartProxyError('SP_START_FAILED', `the start on another replica failed: ${rec.reason ?? 'no reason given'}`, { data: { resource: ref.resourceId } });
+        }
+        const coolingMs = rec?.state === 'failed' ? rec.at + failureCooldownMs - Date.now() : 0;
+        if (coolingMs > 0) {
+          throw new SmartProxyError('SP_RESOURCE_FAILED', undefined, {
+            data: { resource: ref.resourceId, cause: rec?.reason }, retryAfterS: Math.ceil(coolingMs / 1000),
+          });
         }
         // A stop in progress elsewhere: wait for it to end rather than start under it.
         const stopping = rec?.state === 'stopping' && Date.now() - rec.at < this.#opts.leaseMs * 3;
