@@ -23,6 +23,7 @@ import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 import { ThemeLoader } from './proxy/waiting-page.ts';
 import { createStore } from './state/create-store.ts';
+import { RedisCoordinator } from './state/redis/redis-coordinator.ts';
 
 export interface AppOptions {
   readonly logger?: Logger;
@@ -91,8 +92,19 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       return p;
     };
 
-    // 3. The control plane.
-    const manager = new ResourceManager({ clock, prober: netProber, logger: log, maxHeldRequestsTotal: config.limits.maxHeldRequests });
+    // 3. The control plane; with state on Redis, coordinated with the other replicas
+    //    (one start and one idle stop per instance cluster-wide).
+    const coordinator = config.state.kind === 'redis'
+      ? new RedisCoordinator({ ...config.cluster, url: config.state.url, keyPrefix: config.state.keyPrefix, options: config.state.options, logger: log })
+      : undefined;
+    if (coordinator !== undefined) closers.push(() => coordinator.close());
+    const manager = new ResourceManager({ clock, prober: netProber, logger: log, maxHeldRequestsTotal: config.limits.maxHeldRequests, coordinator });
+    coordinator?.attach({
+      readyInstances: () => [...manager.allInstances()].filter((i) => i.status === 'ready'),
+      stoppedElsewhere: (resourceId, instanceKey) => {
+        for (const i of manager.instancesOf(resourceId)) if (i.key === instanceKey) manager.stoppedElsewhere(i);
+      },
+    });
     const routed = new Map<string, RoutedResource>();
     const themes = new ThemeLoader();
     for (const r of resources) {
@@ -125,7 +137,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     // 4. State: read back what a previous run left (boot history; instances to re-adopt,
     //    checked with their providers, never started again), then write behind on a timer.
     //    Before the data plane, so a request for an instance being re-adopted joins it.
-    const store = options.store ?? openStore(config);
+    const store = options.store ?? openStore(config, log);
     const state = new StateSync({ store, manager, clock, logger: log, flushIntervalMs: config.state.flushIntervalMs });
     closers.push(() => state.close());
     await state.restore(runtimes);
@@ -183,7 +195,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         if (config.shutdown.stopInstances) {
           await Promise.allSettled([...manager.allInstances()].map((i) => manager.stop(i, 'proxy shutdown')));
         }
-        // 5. Flush state and close the store (after 4, so stopped instances are recorded).
+        // 5. Flush state and close the store (after 4, so stopped instances are recorded);
+        //    the cluster coordinator closes with the closers in 7 (after 4's stop records).
         await state.close();
         // 6. Close client connections and upstream pools.
         await proxy.close();
@@ -220,9 +233,9 @@ export function closeOnSignal(app: App, onSignal?: (signal: NodeJS.Signals) => v
   });
 }
 
-function openStore(config: Config): Store {
+function openStore(config: Config, log: Logger): Store {
   try {
-    return createStore(config.state);
+    return createStore(config.state, log);
   } catch (err) {
     const where = config.state.kind === 'sqlite' ? `state.path ${config.state.path}` : `state.kind ${config.state.kind}`;
     throw new Error(`${where}: cannot open the state store: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
