@@ -3,7 +3,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/', '.tools/', 'var/', 'bench/out/', 'docs/', 'eslint.config.js'] },
+  { ignores: ['node_modules/', '.tools/', 'var/', 'bench/out/', 'bench/.deps/', 'docs/', 'eslint.config.js'] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {

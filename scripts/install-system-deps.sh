@@ -17,6 +17,10 @@ command -v lz4 >/dev/null 2>&1 || pkgs+=(lz4)
 for p in podman runc slirp4netns busybox-static; do
   dpkg -s "$p" >/dev/null 2>&1 || pkgs+=("$p")
 done
+# replica tests: a private redis-server killed and restarted (and CI's own Redis); nginx in
+# front of the replicas (docs/operations/replicas.md).
+command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
+[ -x /usr/sbin/nginx ] || pkgs+=(nginx)
 [ ${#pkgs[@]} -eq 0 ] && exit 0
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq

@@ -26,6 +26,7 @@ import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 import { ThemeLoader } from './proxy/waiting-page.ts';
 import { createStore } from './state/create-store.ts';
+import { RedisCoordinator } from './state/redis/redis-coordinator.ts';
 
 export interface AppOptions {
   readonly logger?: Logger;
@@ -54,10 +55,19 @@ export function createLogger(level: Config['log']['level']): Logger {
   return pino({ level, base: undefined, timestamp: pino.stdTimeFunctions.isoTime });
 }
 
+/** Resources that share a probe config (the default one, or resourceDefaults') share one spec. */
+const probeSpecs = new WeakMap<EffectiveResource['probe'], ProbeSpec>();
+
 function toProbeSpec(r: EffectiveResource): ProbeSpec {
-  return r.probe.kind === 'http'
-    ? { kind: 'http', path: r.probe.path, expectStatus: expandStatuses(r.probe.expectStatus), timeoutMs: r.probe.timeoutMs }
-    : { kind: 'tcp', timeoutMs: r.probe.timeoutMs };
+  let spec = probeSpecs.get(r.probe);
+  if (spec === undefined) {
+    // The expanded status list ("2xx" → 200…299) is 300 numbers: built once, not per resource.
+    spec = r.probe.kind === 'http'
+      ? { kind: 'http', path: r.probe.path, expectStatus: expandStatuses(r.probe.expectStatus), timeoutMs: r.probe.timeoutMs }
+      : { kind: 'tcp', timeoutMs: r.probe.timeoutMs };
+    probeSpecs.set(r.probe, spec);
+  }
+  return spec;
 }
 
 export async function startApp(config: Config, options: AppOptions = {}): Promise<App> {
@@ -98,10 +108,22 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       identities: config.identities, settings: config.access, clock, logger: log, audit,
       policies: new Map(resources.map((r) => [r.id, r.access])),
     });
+    //    The control plane; with state on Redis, coordinated with the other replicas
+    //    (one start and one idle stop per instance cluster-wide). Start limits count per replica.
+    const coordinator = config.state.kind === 'redis'
+      ? new RedisCoordinator({ ...config.cluster, url: config.state.url, keyPrefix: config.state.keyPrefix, options: config.state.options, logger: log })
+      : undefined;
+    if (coordinator !== undefined) closers.push(() => coordinator.close());
     const manager: ResourceManager = new ResourceManager({
-      clock, prober: netProber, logger: log, maxHeldRequestsTotal: config.limits.maxHeldRequests, admitStart: limiter.admit,
+      clock, prober: netProber, logger: log, maxHeldRequestsTotal: config.limits.maxHeldRequests, coordinator, admitStart: limiter.admit,
     });
     manager.onEvent(limiter.onEvent);
+    coordinator?.attach({
+      readyInstances: () => [...manager.allInstances()].filter((i) => i.status === 'ready'),
+      stoppedElsewhere: (resourceId, instanceKey) => {
+        for (const i of manager.instancesOf(resourceId)) if (i.key === instanceKey) manager.stoppedElsewhere(i);
+      },
+    });
     const routed = new Map<string, RoutedResource>();
     const themes = new ThemeLoader();
     for (const r of resources) {
@@ -134,7 +156,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     // 4. State: read back what a previous run left (boot history; instances to re-adopt,
     //    checked with their providers, never started again), then write behind on a timer.
     //    Before the data plane, so a request for an instance being re-adopted joins it.
-    const store = options.store ?? openStore(config);
+    const store = options.store ?? openStore(config, log);
     const state = new StateSync({ store, manager, clock, logger: log, flushIntervalMs: config.state.flushIntervalMs });
     closers.push(() => state.close());
     await state.restore(runtimes);
@@ -197,7 +219,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         if (config.shutdown.stopInstances) {
           await Promise.allSettled([...manager.allInstances()].map((i) => manager.stop(i, 'proxy shutdown')));
         }
-        // 5. Flush state and close the store (after 4, so stopped instances are recorded).
+        // 5. Flush state and close the store (after 4, so stopped instances are recorded);
+        //    the cluster coordinator closes with the closers in 7 (after 4's stop records).
         await state.close();
         // 6. Close client connections and upstream pools.
         await proxy.close();
@@ -234,9 +257,9 @@ export function closeOnSignal(app: App, onSignal?: (signal: NodeJS.Signals) => v
   });
 }
 
-function openStore(config: Config): Store {
+function openStore(config: Config, log: Logger): Store {
   try {
-    return createStore(config.state);
+    return createStore(config.state, log);
   } catch (err) {
     const where = config.state.kind === 'sqlite' ? `state.path ${config.state.path}` : `state.kind ${config.state.kind}`;
     throw new Error(`${where}: cannot open the state store: ${err instanceof Error ? err.message : String(err)}`, { cause: err });

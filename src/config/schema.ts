@@ -295,8 +295,26 @@ export const configSchema = z.object({
       kind: z.literal('memory'),
       flushIntervalMs: ms('State changes and activity marks are written in one batch this often.', 1_000),
     }).strict(),
+    z.object({
+      kind: z.literal('redis'),
+      url: z.string().regex(/^rediss?:\/\//, 'a redis:// or rediss:// URL').default('redis://127.0.0.1:6379')
+        .describe('Redis shared by every replica; also turns on cluster coordination (see cluster).'),
+      keyPrefix: z.string().min(1).default('smart-proxy:').describe('Prefix of every key, so several deployments share one Redis.'),
+      options: z.record(z.string(), z.unknown()).default({})
+        .describe('Passed to ioredis as is (for Sentinel: sentinels and name; TLS: tls).'),
+      flushIntervalMs: ms('State changes and activity marks are written in one batch this often.', 1_000),
+    }).strict(),
   ]).default({ kind: 'sqlite', path: 'var/smart-proxy.sqlite', flushIntervalMs: 1_000 })
     .describe('Where instances, boot history and audit events are kept: sqlite (default; survives restarts) or memory.'),
+  cluster: z.object({
+    leaseMs: ms('Start and stop leases last this long, renewed every third; a dead holder is replaced after at most this.', 10_000),
+    pollIntervalMs: ms('Replicas waiting for another one\'s start re-read its record this often (pub/sub can lose messages).', 1_000),
+    activityFlushIntervalMs: ms('Each replica writes its activity and open connections this often.', 1_000),
+    fallbackToLocal: z.boolean().default(false)
+      .describe('Redis unreachable: start locally (one start per replica) instead of answering cold requests 503.'),
+    replicaId: z.string().min(1).optional().describe('Name of this replica in leases and activity; default hostname-pid-random.'),
+  }).strict().default({ leaseMs: 10_000, pollIntervalMs: 1_000, activityFlushIntervalMs: 1_000, fallbackToLocal: false })
+    .describe('Coordination of replicas; used when state.kind is redis.'),
   log: z.object({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('info'),
   }).strict().default({ level: 'info' }),

@@ -1,9 +1,11 @@
 import { SmartProxyError, isSmartProxyError, ProviderError } from './errors.ts';
 import { transition, type InstanceStatus, type LifecycleEvent, type StartPhase } from './lifecycle.ts';
+import type { Coordinator, StartLease } from './coordination.ts';
 import type { Clock, InspectResult, InstanceRef, Logger, Prober, ProbeSpec, Provider, TimerHandle } from './ports.ts';
 import { BootHistory, type BootEstimate } from './boot-history.ts';
 import { idleVerdict } from './idle-reaper.ts';
 import type { KeepWarmPolicy, KeepWarmTarget } from './keep-warm.ts';
+import { nextPollDelayMs } from './poll-schedule.ts';
 import { ReleaseRamp } from './release-ramp.ts';
 
 /** How instances of a resource are shared between users (see docs/concepts/access.md). */
@@ -79,6 +81,11 @@ export interface ManagerOptions {
   /** Requests held at once over all resources. */
   readonly maxHeldRequestsTotal: number;
   readonly admitStart?: AdmitStart | undefined;
+  /**
+   * Many replicas: consulted only where a provider would be called (a start, an idle stop),
+   * never on the warm path. Absent in a single process. See core/coordination.ts.
+   */
+  readonly coordinator?: Coordinator | undefined;
 }
 
 /** Published on every change that a waiting person, the audit log or metrics care about. */
@@ -178,10 +185,14 @@ export class ResourceManager {
   readonly #ramps = new Map<Instance, ReleaseRamp<Waiter>>();
   /** Stops in progress, so a second `stop()` returns the same promise. */
   readonly #stopping = new Map<Instance, Promise<void>>();
+  /** Endpoints found unreachable, so the cluster's stale "ready" record is not believed. */
+  readonly #lostEndpoints = new Map<Instance, string>();
+  readonly #coordinator: Coordinator | undefined;
   #heldTotal = 0;
   #closed = false;
 
   constructor(options: ManagerOptions) {
+    this.#coordinator = options.coordinator;
     this.#clock = options.clock;
     this.#prober = options.prober;
     this.#log = options.logger;
@@ -389,7 +400,22 @@ export class ResourceManager {
     this.#move(inst, 'lost', reason);
     inst.endpoint = undefined;
     this.#clearTimers(inst);
+    if (this.#coordinator !== undefined) this.#lostEndpoints.set(inst, endpoint);
     void this.#runStart(inst);
+  }
+
+  /**
+   * Another replica stopped `inst` (cluster): forget it here without calling the provider.
+   * A request that arrives later starts it again through the coordinator.
+   */
+  stoppedElsewhere(inst: Instance): void {
+    if (inst.status !== 'ready') return;
+    inst.generation++;
+    this.#clearTimers(inst);
+    inst.endpoint = undefined;
+    inst.handle = undefined;
+    this.#move(inst, 'vanished', 'stopped by another replica');
+    if (inst.waiters.size > 0 && !this.#closed) this.#ensureStarted(inst);
   }
 
   /**
@@ -424,6 +450,7 @@ export class ResourceManager {
     }
     if (inst.generation !== gen) return;
     this.#move(inst, 'stopped', reason);
+    this.#coordinator?.stopped(inst.ref);
     inst.handle = undefined;
     // A request that arrived while the instance was stopping waits for the stop, then wakes it.
     const wanted = inst.waiters.size > 0 || inst.startAfterStop;
@@ -523,13 +550,41 @@ export class ResourceManager {
     const deadline = t0 + res.bootTimeoutMs;
     inst.startRequestedAt = adopting?.startRequestedAt ?? t0;
     inst.lastError = undefined;
+    let lease: StartLease | undefined;
+    let endpointElsewhere: string | undefined;
     try {
       if (adopting === undefined) {
         this.#setPhase(inst, 'requested');
         this.#emit({ type: 'start-requested', instance: inst, at: t0 });
         this.#log.info({ resource: res.id, instance: inst.key, groups: inst.groups, user: inst.user }, 'start requested');
-        const started = await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.start(inst.ref, signal), 'start');
-        if (started.handle !== undefined) inst.handle = started.handle;
+        // Cluster seam: another replica may be starting it (then we wait for its readiness
+        // and only probe here), or may have died while starting it (then ask the provider
+        // before starting: the machine may already be booting).
+        let claim = this.#coordinator === undefined ? undefined : await this.#claim(inst, gen, deadline);
+        // A "ready" endpoint that does not answer from here is stale (stopped or crashed
+        // behind the cluster's back): ask again, ignoring it, and lead if nobody else does.
+        while (claim?.kind === 'ready' && !(await this.#probeElsewhere(inst, gen, deadline, claim.endpoint))) {
+          this.#log.warn({ resource: res.id, instance: inst.key, endpoint: claim.endpoint }, 'cluster: the endpoint another replica reported does not answer here');
+          this.#lostEndpoints.set(inst, claim.endpoint);
+          claim = await this.#claim(inst, gen, deadline);
+        }
+        if (claim?.kind === 'ready') {
+          endpointElsewhere = claim.endpoint;
+          if (claim.handle !== undefined) inst.handle = claim.handle;
+        } else {
+          lease = claim?.lease;
+          const found = lease?.takeover === true
+            ? await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.inspect(inst.ref, signal), 'inspect')
+            : undefined;
+          if (found !== undefined && found.handle !== undefined) inst.handle = found.handle;
+          if (found === undefined || found.state === 'stopped' || found.state === 'failed') {
+            const started = await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.start(inst.ref, signal), 'start');
+            if (started.handle !== undefined) inst.handle = started.handle;
+          } else {
+            this.#log.info({ resource: res.id, instance: inst.key, state: found.state }, 'took over the start of another replica; not starting again');
+          }
+          lease?.started(inst.handle);
+        }
       } else {
         this.#setPhase(inst, 'booting');
         const found = await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.inspect(inst.ref, signal), 'inspect');
@@ -545,7 +600,9 @@ export class ResourceManager {
         }
       }
       this.#setPhase(inst, 'booting');
-      const endpoint = await this.#awaitReady(inst, gen, deadline);
+      const endpoint = endpointElsewhere ?? await this.#awaitReady(inst, gen, deadline);
+      this.#lostEndpoints.delete(inst);
+      if (lease !== undefined) void lease.ready(endpoint, inst.handle);
       inst.endpoint = endpoint;
       inst.readyAt = this.#clock.now();
       inst.consecutiveFailures = 0;
@@ -567,7 +624,21 @@ export class ResourceManager {
       this.#scheduleIdle(inst);
       this.#scheduleHealth(inst);
     } catch (err) {
-      if (err instanceof Aborted || inst.generation !== gen) return;
+      if (err instanceof Aborted || inst.generation !== gen) {
+        // Not a failure of the start (shutdown, a stop): another replica may take over.
+        if (lease !== undefined) void lease.release();
+        return;
+      }
+      if (lease !== undefined) void lease.failed(errMessage(err));
+      if (isSmartProxyError(err) && (err.code === 'SP_CLUSTER_UNAVAILABLE' || err.code === 'SP_RESOURCE_FAILED')) {
+        // Nothing was started here: no local cool-down (a cluster one is the cluster's), the
+        // next request asks the cluster again.
+        inst.lastError = err;
+        inst.failedUntil = 0;
+        this.#move(inst, 'fail', err.message);
+        for (const w of [...inst.waiters]) w.reject(err);
+        return;
+      }
       const failure = toStartFailure(err, res.id, this.#clock.now() - t0);
       inst.lastError = failure;
       inst.consecutiveFailures++;
@@ -581,6 +652,33 @@ export class ResourceManager {
       res.provider.stop(inst.ref, stopSignal).catch((stopErr: unknown) => {
         this.#log.warn({ resource: res.id, instance: inst.key, err: stopErr }, 'cleanup stop after failed start failed');
       });
+    }
+  }
+
+  /** Asks the coordinator for the start, bounded by the boot deadline. */
+  async #claim(inst: Instance, gen: number, deadline: number): Promise<Awaited<ReturnType<Coordinator['claimStart']>>> {
+    const coordinator = this.#coordinator as Coordinator;
+    const signal = timeoutSignal(this.#clock, Math.max(1, deadline - this.#clock.now()));
+    try {
+      const options = { notEndpoint: this.#lostEndpoints.get(inst), failureCooldownMs: inst.resource.failureCooldownMs };
+      return await raceAbort(coordinator.claimStart(inst.ref, signal, options), signal);
+    } finally {
+      this.#checkLive(inst, gen, deadline);
+    }
+  }
+
+  /** Another replica reported `endpoint` ready: probe it from here (up to 3 tries) before forwarding. */
+  async #probeElsewhere(inst: Instance, gen: number, deadline: number, endpoint: string): Promise<boolean> {
+    const res = inst.resource;
+    for (let attempt = 1; ; attempt++) {
+      this.#checkLive(inst, gen, deadline);
+      this.#setPhase(inst, 'probing');
+      const remaining = deadline - this.#clock.now();
+      const outcome = await this.#prober.probe(endpoint, res.probe, timeoutSignal(this.#clock, Math.min(res.probe.timeoutMs, Math.max(1, remaining))));
+      this.#checkLive(inst, gen, deadline);
+      if (outcome.ok) return true;
+      if (attempt >= 3) return false;
+      await this.#sleep(res.probeIntervalMs, inst, gen, deadline);
     }
   }
 
@@ -614,7 +712,8 @@ export class ResourceManager {
         // An accepted start that the provider forgot (crashed at once, or removed): start again.
         await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.start(inst.ref, signal), 'start');
       }
-      await this.#sleep(pollMs, inst, gen, deadline);
+      const elapsedMs = this.#clock.now() - inst.startRequestedAt;
+      await this.#sleep(nextPollDelayMs(elapsedMs, pollMs, res.pollIntervalMinMs, res.pollIntervalMaxMs, this.#history.estimate(res.id)), inst, gen, deadline);
       pollMs = Math.min(res.pollIntervalMaxMs, Math.ceil(pollMs * 1.5));
     }
   }
@@ -692,6 +791,10 @@ export class ResourceManager {
         keptWarm: keepWarm !== undefined && this.#readyCount(inst.resource.id) <= keepWarm.minInstancesAt(now),
         keepWarmChangesAt: keepWarm?.nextChangeAt(now),
       });
+      if (verdict.stop && this.#coordinator !== undefined) {
+        this.#decideStopInCluster(inst, verdict.idleForMs, check);
+        return;
+      }
       if (verdict.stop) {
         void this.stop(inst, `idle for ${verdict.idleForMs} ms`);
         return;
@@ -701,6 +804,23 @@ export class ResourceManager {
     // An adopted instance goes on from its recorded activity, not from now.
     const firstCheckMs = Math.max(1, Math.min(idleMs, inst.lastActivityAt + idleMs - this.#clock.now()));
     this.#idleTimers.set(inst, this.#clock.setTimeout(check, firstCheckMs));
+  }
+
+  /** Cluster: idle here; one replica (by lease) stops it, and only if idle everywhere. */
+  #decideStopInCluster(inst: Instance, idleForMs: number, recheck: () => void): void {
+    const gen = inst.generation;
+    const local = () => ({ idleStopMs: inst.resource.idleStopMs, lastActivityAt: inst.lastActivityAt, activeConnections: inst.activeConnections, endpoint: inst.endpoint });
+    (this.#coordinator as Coordinator).decideStop(inst.ref, local).then((decision) => {
+      if (inst.status !== 'ready' || inst.generation !== gen || this.#closed) return;
+      if (decision === 'stop') void this.stop(inst, `idle for ${idleForMs} ms on every replica`);
+      else if (decision === 'gone') this.stoppedElsewhere(inst);
+      else this.#idleTimers.set(inst, this.#clock.setTimeout(recheck, Math.max(1_000, Math.ceil(inst.resource.idleStopMs / 4))));
+    }, (err: unknown) => {
+      this.#log.warn({ resource: inst.resource.id, instance: inst.key, err: errMessage(err) }, 'idle stop: cluster not reachable; keeping the instance');
+      if (inst.status === 'ready' && inst.generation === gen && !this.#closed) {
+        this.#idleTimers.set(inst, this.#clock.setTimeout(recheck, Math.max(1_000, Math.ceil(inst.resource.idleStopMs / 4))));
+      }
+    });
   }
 
   #readyCount(resourceId: string): number {

@@ -1,10 +1,9 @@
 /**
  * Forwards one HTTP request to a backend through a keep-alive undici Pool per backend
- * origin, streaming bodies both ways (never buffered whole; backpressure via pipeline).
+ * origin, streaming bodies both ways (never buffered whole; backpressure both ways).
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import { pipeline } from 'node:stream/promises';
-import { Pool, errors as undiciErrors } from 'undici';
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import { Pool, errors as undiciErrors, type Dispatcher } from 'undici';
 import { SmartProxyError } from '../core/errors.ts';
 import { downstreamHeaders } from './headers.ts';
 
@@ -89,47 +88,103 @@ export class UpstreamPools {
    * Resolves 'unreachable' when the backend could not be reached and nothing was sent;
    * throws SmartProxyError for other failures before the response head; after the head,
    * a failure cuts the client connection (the only honest signal left).
+   *
+   * Uses undici's dispatch API with one handler object per request rather than
+   * request() + pipeline(): no response Readable, no pipeline (whose clean-up aborts an
+   * AbortController, building a DOMException with a stack trace, on every request), no
+   * AbortController of our own. Profiled: about a fifth of the warm path's CPU.
    */
-  async forward(req: IncomingMessage, res: ServerResponse, origin: string, path: string, headers: string[]): Promise<ForwardOutcome> {
+  forward(req: IncomingMessage, res: ServerResponse, origin: string, path: string, headers: string[]): Promise<ForwardOutcome> {
     const method = req.method ?? 'GET';
     const hasBody = req.headers['transfer-encoding'] !== undefined
       || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0')
       // HTTP/2 has no chunked coding: a body without content-length is announced only by the
       // HEADERS frame not ending the stream (compat request: `stream.endAfterHeaders`).
       || (req.httpVersionMajor === 2 && (req as { stream?: { endAfterHeaders?: boolean } }).stream?.endAfterHeaders === false);
-    const ac = new AbortController();
-    const onClose = (): void => {
-      if (!res.writableFinished) ac.abort();
-    };
-    res.once('close', onClose);
-    let upstream: Awaited<ReturnType<Pool['request']>>;
-    try {
-      upstream = await this.pool(origin).request({
-        method,
-        path,
-        headers,
-        body: hasBody ? req : null,
-        signal: ac.signal,
-      });
-    } catch (err) {
-      res.off('close', onClose);
-      if (ac.signal.aborted) return 'done';
-      if (isUnsent(err, method, req)) return 'unreachable';
-      throw toUpstreamError(err);
+    return new Promise<ForwardOutcome>((resolve, reject) => {
+      const handler = new ForwardHandler(req, res, method, resolve, reject);
+      this.pool(origin).dispatch({ method, path, headers, body: hasBody ? req : null }, handler);
+    });
+  }
+}
+
+/** Backpressure and outcome of one forward (see UpstreamPools.forward). */
+class ForwardHandler implements Dispatcher.DispatchHandler {
+  readonly #req: IncomingMessage;
+  readonly #res: ServerResponse;
+  readonly #method: string;
+  readonly #resolve: (outcome: ForwardOutcome) => void;
+  readonly #reject: (err: SmartProxyError) => void;
+  #controller: Dispatcher.DispatchController | undefined;
+  #headSent = false;
+  #clientGone = false;
+  #settled = false;
+
+  constructor(req: IncomingMessage, res: ServerResponse, method: string, resolve: (o: ForwardOutcome) => void, reject: (e: SmartProxyError) => void) {
+    this.#req = req;
+    this.#res = res;
+    this.#method = method;
+    this.#resolve = resolve;
+    this.#reject = reject;
+    // Left attached: `res` lives for this one request, and after a normal end the check is a no-op.
+    res.once('close', this.#onClientClose);
+  }
+
+  readonly #onClientClose = (): void => {
+    if (this.#res.writableFinished) return;
+    this.#clientGone = true;
+    this.#controller?.abort(new Error('client closed the connection'));
+  };
+
+  readonly #onDrain = (): void => {
+    this.#controller?.resume();
+  };
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.#controller = controller;
+    if (this.#clientGone) controller.abort(new Error('client closed the connection'));
+  }
+
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
+    // 1xx interim answers (100 Continue, 103 Early Hints) are not relayed; the final one follows.
+    if (statusCode < 200) return;
+    this.#headSent = true;
+    this.#res.writeHead(statusCode, downstreamHeaders(headers));
+    // A body of unknown length may be a stream (SSE, long poll): its head goes out now, as
+    // the backend sent it, instead of waiting for the first chunk.
+    if (headers['content-length'] === undefined) this.#res.flushHeaders();
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (!this.#res.write(chunk)) {
+      controller.pause();
+      this.#res.once('drain', this.#onDrain);
     }
-    try {
-      res.writeHead(upstream.statusCode, downstreamHeaders(upstream.headers));
-      // A body of unknown length may be a stream (SSE, long poll): its head goes out now, as
-      // the backend sent it, instead of waiting for the first chunk.
-      if (upstream.headers['content-length'] === undefined) res.flushHeaders();
-      await pipeline(upstream.body, res);
-    } catch {
-      // Client left or backend broke mid-body: both ends are torn down by pipeline.
-      if (!res.destroyed) res.destroy();
-    } finally {
-      res.off('close', onClose);
+  }
+
+  onResponseEnd(): void {
+    this.#res.end();
+    this.#settle('done');
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    if (this.#settled) return;
+    if (this.#headSent || this.#clientGone) {
+      // Client left or backend broke mid-body: the client connection is the only signal left.
+      if (!this.#res.destroyed) this.#res.destroy();
+      this.#settle('done');
+    } else if (isUnsent(err, this.#method, this.#req)) {
+      this.#settle('unreachable');
+    } else {
+      this.#settled = true;
+      this.#reject(toUpstreamError(err));
     }
-    return 'done';
+  }
+
+  #settle(outcome: ForwardOutcome): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    this.#resolve(outcome);
   }
 }
 

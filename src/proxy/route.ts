@@ -46,10 +46,13 @@ export function unsafePathReason(path: string): string | undefined {
   if (path.includes('\\')) return 'backslash in path';
   if (path.includes('//')) return 'empty path segment ("//")';
   if (path.includes('#')) return 'fragment in target';
+  let dotOrPercent = false;
   for (let i = 0; i < path.length; i++) {
     const c = path.charCodeAt(i);
     if (c <= 0x20 || c === 0x7f) return 'control character or space in path';
+    if (c === 0x2e /* . */) dotOrPercent = true;
     if (c === 0x25 /* % */) {
+      dotOrPercent = true;
       const h = path.slice(i + 1, i + 3);
       if (!/^[0-9A-Fa-f]{2}$/.test(h)) return 'malformed percent-encoding';
       const byte = parseInt(h, 16);
@@ -60,6 +63,8 @@ export function unsafePathReason(path: string): string | undefined {
   }
   // Dot segments, raw or percent-encoded, anywhere (including the last segment).
   // An encoded slash would become a separator for a backend that decodes it: split on it too.
+  // Without a "." or a "%" there can be none (the common case: no split, no regex).
+  if (!dotOrPercent) return undefined;
   for (const seg of path.replace(/%2f/gi, '/').split('/')) {
     const norm = seg.replace(/%2e/gi, '.');
     if (norm === '.' || norm === '..') return 'dot segment in path';
@@ -104,7 +109,7 @@ export function parseTarget(rawUrl: string | undefined): ParsedTarget {
     for (const g of parts) {
       if (!GROUP_RE.test(g)) throw bad(`invalid group name "${g.slice(0, 40)}"`);
     }
-    groups = [...new Set(parts)].sort();
+    groups = parts.length === 1 ? parts : [...new Set(parts)].sort();
   } else {
     throw bad('empty groups segment (use "-" for all the groups you hold)');
   }

@@ -246,7 +246,6 @@ export class ProxyServer {
     const requester = requesterOf(admission);
     const inst = this.#manager.selectInstance(resource.runtime, admission.acting, admission.identity.user);
     this.#manager.touch(inst);
-    const headers = this.#forwardHeaders(req, admission);
     // A ready instance is forwarded at once, with no other call. While the release ramp
     // still holds requests for a fresh backend, a newcomer queues behind them instead of
     // adding to the flood (still no call: two fields in memory).
@@ -265,6 +264,8 @@ export class ProxyServer {
         : await this.#hold(req, res, inst, resource, resource.holdTimeoutMs, requester);
       if (endpoint === undefined) return;
     }
+    // Built after any hold: a held request carries nothing it does not need yet.
+    const headers = this.#forwardHeaders(req, admission);
     // 6. forward, with crash repair when the backend turns out to be gone.
     await this.#forward(req, res, inst, resource, route, headers, endpoint);
   }

@@ -170,6 +170,25 @@ describe('access through the proxy', () => {
     assert.equal(e.headers['x-forwarded-user'], 'bob');
   });
 
+  it('a WebSocket upgrade goes through the same steps: 401 with the challenges, no provider call', async () => {
+    const { port } = new URL(a.url);
+    const startsBefore = mimic.calls.start;
+    const answer = await new Promise<string>((resolve, reject) => {
+      const s = connect(Number(port), '127.0.0.1', () => {
+        s.write('GET /smart_proxy/grp/g1/ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n'
+          + 'sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+      });
+      let out = '';
+      s.setEncoding('latin1');
+      s.on('data', (d: string) => { out += d; });
+      s.on('close', () => resolve(out));
+      s.on('error', reject);
+    });
+    assert.match(answer, /^HTTP\/1\.1 401 /);
+    assert.match(answer, /\r\nwww-authenticate: Bearer realm="smart-proxy", Basic realm="smart-proxy", charset="UTF-8"\r\n/);
+    assert.equal(mimic.calls.start, startsBefore);
+  });
+
   it('a denied POST\'s body is never read, and the connection is closed', async () => {
     const sockets: Socket[] = [];
     const onConn = (s: Socket): void => { sockets.push(s); };

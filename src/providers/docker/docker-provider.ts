@@ -13,6 +13,7 @@
  * Readiness stays the core's job: a running container is `running` only once its healthcheck
  * (if it has one) says healthy; the core then probes the endpoint.
  */
+import { setTimeout as pause } from 'node:timers/promises';
 import { createHash } from 'node:crypto';
 import Docker from 'dockerode';
 import { ProviderError } from '../../core/errors.ts';
@@ -305,9 +306,15 @@ export class DockerProvider implements Provider {
       }
       // A concurrent start may have created it first: Docker says 409, Podman 500 "name is
       // already in use". Either way, if the container exists now, it is the one to use.
-      const existing = await this.#inspectByName(name, abortSignal).catch(() => undefined);
-      if (existing !== undefined) return existing;
-      throw err;
+      // Podman reserves the name before the container can be inspected, so the winner may
+      // still be mid-create: look again briefly before giving up.
+      const nameTaken = statusOf(err) === 409 || /already in use/.test(messageOf(err));
+      for (let attempt = 0; ; attempt++) {
+        const existing = await this.#inspectByName(name, abortSignal).catch(() => undefined);
+        if (existing !== undefined) return existing;
+        if (!nameTaken || attempt >= 40 || abortSignal.aborted) throw err;
+        await pause(50, undefined, { signal: abortSignal }).catch(() => undefined);
+      }
     }
     const facts = await this.#inspectByName(name, abortSignal);
     if (facts === undefined) throw new ProviderError(`docker: container ${name} vanished right after it was created`, { retryable: true });

@@ -1,0 +1,47 @@
+/** What every suite gets from run.ts. */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { ChildProcess } from 'node:child_process';
+import { spawnPinned, type Spawned } from './procs.ts';
+import { nextMessage, type Message } from './ipc.ts';
+
+export const BENCH_DIR = fileURLToPath(new URL('../', import.meta.url));
+
+export interface Context {
+  readonly quick: boolean;
+  /** Scratch folder for configs and logs (under bench/out/). */
+  readonly workDir: string;
+  /** CPU of the process under test; wrk, upstreams and clients share the other. */
+  readonly proxyCpu: string;
+  readonly loadCpu: string;
+  /** Port of the shared nginx upstream. */
+  readonly upstreamPort: number;
+  log(msg: string): void;
+}
+
+export interface ReadyMessage extends Message {
+  readonly url: string;
+  readonly startupMs: number;
+  readonly parseMs: number;
+  readonly appMs: number;
+  readonly rssBytes: number;
+}
+
+export interface SmartChild extends Spawned {
+  readonly url: string;
+  readonly ready: ReadyMessage;
+  readonly ipc: ChildProcess;
+}
+
+/** Writes `yaml` and starts Smart Proxy on it (bench/smart-proxy-child.ts), pinned to the proxy CPU. */
+export async function startSmartProxy(ctx: Context, name: string, yaml: string, extraArgs: readonly string[] = [], nodeFlags: readonly string[] = []): Promise<SmartChild> {
+  const file = join(ctx.workDir, `${name}.yaml`);
+  // The default state store (SQLite), as a user runs it, in a file of this child's own.
+  writeFileSync(file, `${yaml}state: { kind: sqlite, path: "${join(ctx.workDir, `${name}.sqlite`)}" }\n`);
+  const proc = spawnPinned(name, process.execPath, [...nodeFlags, join(BENCH_DIR, 'smart-proxy-child.ts'), '--config', file, ...extraArgs], {
+    cpu: ctx.proxyCpu, logFile: join(ctx.workDir, `${name}.log`), ipc: true,
+  });
+  const ready = await nextMessage<ReadyMessage>(proc.child, 'ready', 60_000);
+  return { ...proc, url: ready.url, ready, ipc: proc.child };
+}

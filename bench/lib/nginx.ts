@@ -1,0 +1,72 @@
+/**
+ * nginx for the benchmarks, in the foreground with one process (`master_process off`), so
+ * the pid we hold is the one serving, and its CPU time is all of nginx's work.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { spawnPinned, waitForHttp, type Spawned } from './procs.ts';
+
+function common(dir: string, name: string): string {
+  mkdirSync(join(dir, `${name}-tmp`), { recursive: true });
+  const tmp = join(dir, `${name}-tmp`);
+  return `daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid ${join(dir, `${name}.pid`)};
+error_log ${join(dir, `${name}-error.log`)} warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 75s;
+  client_body_temp_path ${tmp}/body;
+  proxy_temp_path ${tmp}/proxy;
+  fastcgi_temp_path ${tmp}/fastcgi;
+  uwsgi_temp_path ${tmp}/uwsgi;
+  scgi_temp_path ${tmp}/scgi;
+`;
+}
+
+/** The upstream every contender forwards to: a fixed 2-byte answer, the cheapest backend there is. */
+export async function startNginxUpstream(dir: string, port: number, cpu: string): Promise<Spawned> {
+  const conf = `${common(dir, 'upstream')}
+  default_type text/plain;
+  server {
+    listen 127.0.0.1:${port} backlog=4096;
+    location / { return 200 "ok"; }
+  }
+}
+`;
+  return start(dir, 'upstream', conf, port, cpu);
+}
+
+/** nginx as a reverse proxy with keep-alive to the upstream (how one configures it for speed). */
+export async function startNginxProxy(dir: string, port: number, upstreamPort: number, cpu: string): Promise<Spawned> {
+  const conf = `${common(dir, 'nginx-proxy')}
+  upstream backend {
+    server 127.0.0.1:${upstreamPort};
+    keepalive 64;
+    keepalive_requests 100000000;
+  }
+  server {
+    listen 127.0.0.1:${port} backlog=4096;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $remote_addr;
+    }
+  }
+}
+`;
+  return start(dir, 'nginx-proxy', conf, port, cpu);
+}
+
+async function start(dir: string, name: string, conf: string, port: number, cpu: string): Promise<Spawned> {
+  const file = join(dir, `${name}.conf`);
+  writeFileSync(file, conf);
+  const proc = spawnPinned(name, 'nginx', ['-e', join(dir, `${name}-error.log`), '-p', dir, '-c', file], { cpu, logFile: join(dir, `${name}.log`) });
+  await waitForHttp(`http://127.0.0.1:${port}/`);
+  return proc;
+}

@@ -1,0 +1,132 @@
+/** The results as one markdown page (bench/out/results.md; docs/benchmarks.md quotes it). */
+import type { ContenderResult } from '../suites/throughput.ts';
+import type { WakeResult } from '../suites/wake.ts';
+import type { HoldResult } from '../suites/hold.ts';
+import type { ManyCase } from '../suites/many.ts';
+import { fmt, median } from './stats.ts';
+
+export interface Results {
+  date: string;
+  command: string;
+  machine: { nproc: number; cpuModel: string; node: string; nginx: string; kernel: string };
+  quick: boolean;
+  durationS?: number;
+  throughput?: ContenderResult[];
+  wake?: WakeResult[];
+  hold?: HoldResult;
+  many?: ManyCase[];
+}
+
+const mb = (b: number | undefined): string => (b === undefined ? '–' : fmt(b / 2 ** 20, 1));
+const x = (n: number): string => (Number.isFinite(n) ? `${n.toFixed(2)}×` : '–');
+const verdict = (ok: boolean): string => (ok ? 'met' : '**missed**');
+
+export function renderMarkdown(r: Results): string {
+  const out: string[] = [];
+  out.push(`Run ${r.date} · \`${r.command}\` · ${r.machine.nproc} CPUs (${r.machine.cpuModel}) · Node ${r.machine.node} · ${r.machine.nginx} · Linux ${r.machine.kernel}${r.durationS ? ` · took ${fmt(r.durationS)} s` : ''}`);
+  out.push('');
+  const targets: string[] = [];
+  const t = r.throughput;
+  if (t) {
+    const rounds = t[0]!.rounds.length;
+    out.push(`### Warm path (wrk: 1 thread, 50 connections; ${rounds} interleaved rounds; medians, spread = (max − min) / median)`);
+    out.push('');
+    out.push('| contender | req/s | spread | CPU µs / request | spread | capacity, req per CPU-second | p50 ms | p99 ms | RSS MB | errors |');
+    out.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+    for (const c of t) {
+      out.push(`| ${c.label} | ${fmt(c.reqPerS)} | ${fmt(c.reqPerSSpreadPct, 1)} % | ${c.cpuUsPerReq === undefined ? '–' : fmt(c.cpuUsPerReq, 1)} | ${c.cpuSpreadPct === undefined ? '–' : `${fmt(c.cpuSpreadPct, 1)} %`} | ${c.cpuUsPerReq === undefined ? '–' : fmt(1e6 / c.cpuUsPerReq)} | ${fmt(c.p50Ms, 2)} | ${fmt(c.p99Ms, 2)} | ${mb(c.rssBytes)} | ${c.errors} |`);
+    }
+    out.push('');
+    const proxies = t.filter((c) => c.cpuUsPerReq !== undefined);
+    out.push('CPU per request, row ÷ column (lower is cheaper):');
+    out.push('');
+    out.push(`| | ${proxies.map((c) => c.name).join(' | ')} |`);
+    out.push(`| --- | ${proxies.map(() => '---:').join(' | ')} |`);
+    for (const a of proxies) out.push(`| ${a.name} | ${proxies.map((b) => x(a.cpuUsPerReq! / b.cpuUsPerReq!)).join(' | ')} |`);
+    out.push('');
+    out.push('req/s, row ÷ column (higher is faster):');
+    out.push('');
+    out.push(`| | ${t.map((c) => c.name).join(' | ')} |`);
+    out.push(`| --- | ${t.map(() => '---:').join(' | ')} |`);
+    for (const a of t) out.push(`| ${a.name} | ${t.map((b) => x(a.reqPerS / b.reqPerS)).join(' | ')} |`);
+    out.push('');
+    const get = (n: string): ContenderResult | undefined => t.find((c) => c.name === n);
+    const smart = get('smart');
+    const bare = get('bare');
+    const chp = get('chp');
+    if (smart && bare) {
+      const ratio = smart.cpuUsPerReq! / bare.cpuUsPerReq!;
+      targets.push(`| warm CPU / request vs bare undici proxy | ≤ 1.10× | ${x(ratio)} (${fmt(smart.cpuUsPerReq!, 1)} vs ${fmt(bare.cpuUsPerReq!, 1)} µs) | ${verdict(ratio <= 1.1)} |`);
+    }
+    const dispatch = get('dispatch');
+    if (smart && dispatch) {
+      const ratio = smart.cpuUsPerReq! / dispatch.cpuUsPerReq!;
+      targets.push(`| (like for like) warm CPU / request vs bare dispatch() proxy | – | ${x(ratio)} (${fmt(smart.cpuUsPerReq!, 1)} vs ${fmt(dispatch.cpuUsPerReq!, 1)} µs) | features cost ${fmt((ratio - 1) * 100, 0)} % |`);
+    }
+    if (smart && chp) {
+      const ratio = smart.reqPerS / chp.reqPerS;
+      targets.push(`| warm req/s vs configurable-http-proxy | ≥ 1.70× | ${x(ratio)} (${fmt(smart.reqPerS)} vs ${fmt(chp.reqPerS)}) | ${verdict(ratio >= 1.7)} |`);
+      const capacity = chp.cpuUsPerReq! / smart.cpuUsPerReq!;
+      targets.push(`| (steadier) capacity, req per CPU-second, vs configurable-http-proxy | ≥ 1.70× | ${x(capacity)} (${fmt(1e6 / smart.cpuUsPerReq!)} vs ${fmt(1e6 / chp.cpuUsPerReq!)}) | ${verdict(capacity >= 1.7)} |`);
+    }
+  }
+  if (r.wake) {
+    out.push('### Wake latency (readiness flips at T; T → held client\'s response)');
+    out.push('');
+    out.push('| readiness found by | wakes × held | p50 ms | p99 ms | max ms | of which T → ready, p50 / p99 ms | p50 / p99 ms after the first wake | errors |');
+    out.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+    const noise: string[] = [];
+    for (const w of r.wake) {
+      const how = w.path === 'probe' ? 'probe (backend starts listening at T)' : 'provider poll, then probe (boot 300 ± 50 ms)';
+      out.push(`| ${how} | ${w.wakes} × ${w.heldPerWake} | ${fmt(w.p50Ms, 1)} | ${fmt(w.p99Ms, 1)} | ${fmt(w.maxMs, 1)} | ${fmt(w.detectP50Ms, 1)} / ${fmt(w.detectP99Ms, 1)} | ${fmt(w.warmHistoryP50Ms, 1)} / ${fmt(w.warmHistoryP99Ms, 1)} | ${w.errors} |`);
+      noise.push(`${w.path} path: p50 ${fmt(w.loopDelayMs.p50, 1)} ms, p99 ${fmt(w.loopDelayMs.p99, 1)} ms, max ${fmt(w.loopDelayMs.max, 0)} ms`);
+      targets.push(`| wake p50 / p99, ${w.path} path | ≤ 20 / 50 ms | ${fmt(w.p50Ms, 1)} / ${fmt(w.p99Ms, 1)} ms | ${verdict(w.p50Ms <= 20 && w.p99Ms <= 50)} |`);
+    }
+    out.push('');
+    out.push(`Scheduling noise during these runs: the proxy's event loop was late by ${noise.join('; ')} (a timer due at t fired at t + this; every latency above includes it).`);
+    out.push('');
+  }
+  const h = r.hold;
+  if (h) {
+    out.push(`### Holding ${fmt(h.held)} requests on one cold resource (load generator in its own process)`);
+    out.push('');
+    out.push('| provider starts | RSS / held request | flip → ready | ready → first response | ready → last response | errors | release ramp |');
+    out.push('| ---: | ---: | ---: | ---: | ---: | ---: | --- |');
+    out.push(`| ${h.providerStarts} | ${fmt(h.rssPerHeldBytes / 1024, 1)} KB | ${fmt(h.flipToReadyMs)} ms | ${fmt(h.readyToFirstMs)} ms | ${fmt(h.readyToLastMs)} ms | ${h.errorCount} | ${h.releaseRamp} |`);
+    out.push('');
+    out.push(`RSS ${mb(h.rssBeforeBytes)} MB before, ${mb(h.rssHeldBytes)} MB with all held (after a GC; of the growth per held request, ${fmt(h.heapPerHeldBytes / 1024, 1)} KB is live JS heap and ${fmt(h.externalPerHeldBytes / 1024, 1)} KB external buffers); node:http alone, holding the same ${fmt(h.held)} requests: ${fmt(h.floorRssPerHeldBytes / 1024, 1)} KB RSS each (${fmt(h.floorHeapPerHeldBytes / 1024, 1)} KB live heap). Getting all ${fmt(h.held)} in took ${fmt(h.holdRampMs)} ms. From the flip to the last response the proxy used ${fmt(h.releaseCpuUsPerRequest)} µs of CPU per request and got ${fmt(h.releaseCpuSharePct)} % of its core. Statuses ${JSON.stringify(h.statuses)}${h.errorCount > 0 ? `, errors ${JSON.stringify(h.errors)}` : ''}.`);
+    out.push('');
+    targets.push(`| ${fmt(h.held)} held: starts, errors, RSS each, ready → last | 1, 0, ≤ 15 KB, ≤ 1 s | ${h.providerStarts}, ${h.errorCount}, ${fmt(h.rssPerHeldBytes / 1024, 1)} KB, ${fmt(h.readyToLastMs)} ms | ${verdict(h.providerStarts === 1 && h.errorCount === 0 && h.rssPerHeldBytes <= 15 * 1024 && h.readyToLastMs <= 1000)} |`);
+  }
+  const m = r.many;
+  if (m) {
+    out.push('### Many resources');
+    out.push('');
+    out.push('| configured | requests spread over | start-up ms (process → listening) | config ms | startApp ms | RSS after start MB | RSS warm MB | req/s | CPU µs / request | spread | p50 ms | p99 ms | errors |');
+    out.push('| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+    for (const c of m) {
+      out.push(`| ${fmt(c.resources)} | ${fmt(c.spreadOver)} | ${fmt(c.startupMs)} | ${fmt(c.configMs)} | ${fmt(c.appMs)} | ${mb(c.rssAfterStartBytes)} | ${mb(c.rssWarmBytes)} | ${fmt(c.reqPerS)} | ${fmt(c.cpuUsPerReq, 1)} | ${fmt(c.cpuSpreadPct, 1)} % | ${fmt(c.p50Ms, 2)} | ${fmt(c.p99Ms, 2)} | ${c.errors} |`);
+    }
+    out.push('');
+    const one = m.find((c) => c.resources === 1);
+    const many = m.find((c) => c.resources > 1);
+    if (one && many) {
+      targets.push(`| ${fmt(many.resources)} resources: start-up | < 1 s | ${fmt(many.startupMs)} ms | ${verdict(many.startupMs < 1000)} |`);
+      // Each round of one case runs next to a round of the other: the median of the paired
+      // ratios cancels most of the drift of a shared machine.
+      const paired = median(many.roundCpuUsPerReq.map((v, i) => v / one.roundCpuUsPerReq[i]!));
+      const d = (paired - 1) * 100;
+      const dMedians = (many.cpuUsPerReq / one.cpuUsPerReq - 1) * 100;
+      targets.push(`| ${fmt(many.resources)} resources: warm CPU / request vs one | within 5 % | ${d >= 0 ? '+' : ''}${fmt(d, 1)} % (median of paired rounds; of medians ${dMedians >= 0 ? '+' : ''}${fmt(dMedians, 1)} %) | ${verdict(d <= 5)} |`);
+    }
+  }
+  if (targets.length > 0) {
+    out.push('### Targets');
+    out.push('');
+    out.push('| target | wanted | measured | |');
+    out.push('| --- | --- | --- | --- |');
+    out.push(...targets);
+    out.push('');
+  }
+  return out.join('\n');
+}

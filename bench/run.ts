@@ -1,0 +1,85 @@
+/**
+ * `npm run bench`: installs what it needs, then measures Smart Proxy side by side with nginx,
+ * configurable-http-proxy and a bare undici proxy, plus wake latency, holding at scale and
+ * many resources. Writes bench/out/results.{md,json} and bench/out/latency.svg.
+ *
+ * Pinning: this process, wrk, the upstream and the load generators run on CPU 0; the proxy
+ * under test runs alone on CPU 1 (taskset). Benchmarks are not tests: nothing here asserts.
+ *
+ * usage: npm run bench [-- --quick] [--only throughput,wake,hold,many] [--profile]
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { BENCH_DIR, type Context } from './lib/context.ts';
+import { ensureDeps } from './lib/deps.ts';
+import { startNginxUpstream } from './lib/nginx.ts';
+import { freePort } from './lib/procs.ts';
+import { renderMarkdown, type Results } from './lib/report.ts';
+import { latencyChart } from './lib/svg.ts';
+import { runThroughput } from './suites/throughput.ts';
+import { runWake } from './suites/wake.ts';
+import { runHold } from './suites/hold.ts';
+import { runMany } from './suites/many.ts';
+import { runProfile } from './suites/profile.ts';
+
+const { values } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    only: { type: 'string' },
+    profile: { type: 'boolean', default: false },
+  },
+});
+const suites = new Set((values.only ?? 'throughput,wake,hold,many').split(','));
+const started = Date.now();
+const log = (msg: string): void => {
+  process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(0).padStart(4)} s] ${msg}\n`);
+};
+
+if (cpus().length < 2) throw new Error('the benchmark pins the proxy to CPU 1 and the load to CPU 0: it needs 2 CPUs');
+ensureDeps(log);
+// This process (and what it spawns without its own pinning) stays on the load CPU.
+execFileSync('taskset', ['-pc', '0', String(process.pid)], { stdio: 'ignore' });
+
+const outDir = join(BENCH_DIR, 'out');
+const workDir = join(outDir, 'work');
+rmSync(workDir, { recursive: true, force: true });
+mkdirSync(workDir, { recursive: true });
+
+const upstreamPort = await freePort();
+const upstream = await startNginxUpstream(workDir, upstreamPort, '0');
+const ctx: Context = { quick: values.quick, workDir, proxyCpu: '1', loadCpu: '0', upstreamPort, log };
+
+const results: Results = {
+  date: new Date().toISOString(),
+  command: `npm run bench${values.quick ? ' -- --quick' : ''}${values.only ? ` --only ${values.only}` : ''}`,
+  machine: {
+    nproc: cpus().length,
+    cpuModel: /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown',
+    node: process.version,
+    nginx: spawnSync('nginx', ['-v'], { encoding: 'utf8' }).stderr.trim().replace('nginx version: ', ''),
+    kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(),
+  },
+  quick: values.quick,
+};
+
+try {
+  if (values.profile) {
+    await runProfile(ctx);
+  } else {
+    if (suites.has('throughput')) results.throughput = await runThroughput(ctx);
+    if (suites.has('wake')) results.wake = await runWake(ctx);
+    if (suites.has('hold')) results.hold = await runHold(ctx);
+    if (suites.has('many')) results.many = await runMany(ctx);
+    results.durationS = (Date.now() - started) / 1000;
+    const md = renderMarkdown(results);
+    writeFileSync(join(outDir, 'results.json'), JSON.stringify(results, null, 2));
+    writeFileSync(join(outDir, 'results.md'), md);
+    if (results.throughput) writeFileSync(join(outDir, 'latency.svg'), latencyChart(results.throughput, results.wake));
+    process.stdout.write(`\n${md}\nwritten: bench/out/results.md, results.json${results.throughput ? ', latency.svg' : ''}\n`);
+  }
+} finally {
+  await upstream.stop();
+}

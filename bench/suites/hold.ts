@@ -1,0 +1,139 @@
+/**
+ * Holding at scale: N requests (10,000) held on one cold resource, sent by a load generator
+ * in its own process; then the provider flips to running. Reports provider starts, RSS per
+ * held request, time from the flip (and from readiness) to the last response, and errors.
+ */
+import { join } from 'node:path';
+import { BENCH_DIR, startSmartProxy, type Context } from '../lib/context.ts';
+import { ask, nextMessage, type Message } from '../lib/ipc.ts';
+import { cpuTimeMs, rssBytes, spawnPinned } from '../lib/procs.ts';
+
+export interface HoldResult {
+  readonly held: number;
+  readonly releaseRamp: string;
+  readonly providerStarts: number;
+  readonly rssBeforeBytes: number;
+  readonly rssHeldBytes: number;
+  readonly rssPerHeldBytes: number;
+  /** Of which live JS heap (after a GC) and memory outside the heap that V8 knows of (buffers). */
+  readonly heapPerHeldBytes: number;
+  readonly externalPerHeldBytes: number;
+  /** Time for the load generator to get all N requests into the proxy, ms. */
+  readonly holdRampMs: number;
+  /** Flip → the proxy declares the instance ready (poll + probe), ms. */
+  readonly flipToReadyMs: number;
+  /** Readiness → the first and the last response at the client, ms. */
+  readonly readyToFirstMs: number;
+  readonly readyToLastMs: number;
+  readonly flipToLastMs: number;
+  /** CPU time the proxy spent from the flip to the last response, per released request, µs. */
+  readonly releaseCpuUsPerRequest: number;
+  /** Share of its CPU the proxy got meanwhile (CPU time / wall time): below 100 % it waited for the core. */
+  readonly releaseCpuSharePct: number;
+  /** The same hold on a bare node:http server that answers nothing until told: Node's own floor. */
+  readonly floorRssPerHeldBytes: number;
+  readonly floorHeapPerHeldBytes: number;
+  readonly statuses: Record<string, number>;
+  readonly errors: Record<string, number>;
+  readonly errorCount: number;
+}
+
+interface Stats extends Message { heldTotal: number; calls: Record<string, { start: number }>; readyAt: Record<string, number[]>; rssBytes: number }
+interface Memory extends Message { heapUsed: number; external: number; arrayBuffers: number }
+interface Done extends Message { statuses: Record<string, number>; errors: Record<string, number>; doneAt: number[] }
+
+export async function runHold(ctx: Context): Promise<HoldResult> {
+  const n = 10_000;
+  const yaml = `listen: { host: 127.0.0.1, port: 0 }
+log: { level: warn }
+limits: { maxHeldRequests: 20000, maxHeldRequestsPerResource: 20000 }
+providers:
+  up: { kind: static, endpoint: "http://127.0.0.1:${ctx.upstreamPort}" }
+  warm: { kind: static, endpoint: "http://127.0.0.1:${ctx.upstreamPort}" }
+resources:
+  cold: { provider: up, bootTimeoutMs: 120000 }
+  warmup: { provider: warm }
+`;
+  ctx.log(`holding: ${n} requests on one cold resource`);
+  const child = await startSmartProxy(ctx, 'hold', yaml, ['--switch', 'up'], ['--expose-gc']);
+  try {
+    // Load the code paths first, so the baseline is the proxy at work, not a fresh process.
+    for (let i = 0; i < 200; i++) await (await fetch(`${child.url}/smart_proxy/warmup/-/`)).arrayBuffer();
+    const memBefore = await ask<Memory>(child.ipc, { type: 'gc' }, 'gc-done');
+    const rssBeforeBytes = rssBytes(child.pid);
+
+    const t0 = performance.now();
+    const client = spawnPinned('hold-client', process.execPath, [join(BENCH_DIR, 'hold-client.ts'), '--url', `${child.url}/smart_proxy/cold/-/`, '--count', String(n)], {
+      cpu: ctx.loadCpu, logFile: join(ctx.workDir, 'hold-client.log'), ipc: true,
+    });
+    const done = nextMessage<Done>(client.child, 'done', 300_000);
+    await nextMessage(client.child, 'sent', 120_000);
+    for (;;) {
+      const s = await ask<Stats>(child.ipc, { type: 'stats' }, 'stats');
+      if (s.heldTotal >= n) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const holdRampMs = performance.now() - t0;
+    const memHeld = await ask<Memory>(child.ipc, { type: 'gc' }, 'gc-done');
+    const rssHeldBytes = rssBytes(child.pid);
+    const cpuBefore = cpuTimeMs(child.pid);
+    const flipped = await ask<Message & { at: number }>(child.ipc, { type: 'flip' }, 'flipped');
+    const outcome = await done;
+    const cpuUsed = cpuTimeMs(child.pid) - cpuBefore;
+    await client.stop();
+    const stats = await ask<Stats>(child.ipc, { type: 'stats' }, 'stats');
+    const ready = stats.readyAt.cold![0]!;
+    const times = outcome.doneAt.sort((a, b) => a - b);
+    const errorCount = Object.values(outcome.errors).reduce((a, b) => a + b, 0)
+      + Object.entries(outcome.statuses).filter(([s]) => s !== '200').reduce((a, [, c]) => a + c, 0);
+    const result: HoldResult = {
+      held: n,
+      releaseRamp: 'on (releaseConcurrency 64, the default)',
+      providerStarts: stats.calls.up!.start,
+      rssBeforeBytes, rssHeldBytes,
+      rssPerHeldBytes: (rssHeldBytes - rssBeforeBytes) / n,
+      heapPerHeldBytes: (memHeld.heapUsed - memBefore.heapUsed) / n,
+      externalPerHeldBytes: (memHeld.external - memBefore.external) / n,
+      holdRampMs,
+      flipToReadyMs: ready - flipped.at,
+      readyToFirstMs: times[0]! - ready,
+      readyToLastMs: times.at(-1)! - ready,
+      flipToLastMs: times.at(-1)! - flipped.at,
+      releaseCpuUsPerRequest: (cpuUsed * 1000) / n,
+      releaseCpuSharePct: (cpuUsed / (times.at(-1)! - flipped.at)) * 100,
+      ...(await holdFloor(ctx, n)),
+      statuses: outcome.statuses, errors: outcome.errors, errorCount,
+    };
+    ctx.log(`  node:http alone: ${(result.floorRssPerHeldBytes / 1024).toFixed(1)} KB RSS per held request (heap ${(result.floorHeapPerHeldBytes / 1024).toFixed(1)} KB); release used ${result.releaseCpuUsPerRequest.toFixed(0)} µs CPU per request, ${result.releaseCpuSharePct.toFixed(0)} % of the core`);
+    ctx.log(`  starts ${result.providerStarts}, ${(result.rssPerHeldBytes / 1024).toFixed(1)} KB RSS per held request (heap ${(result.heapPerHeldBytes / 1024).toFixed(1)} KB, external ${(result.externalPerHeldBytes / 1024).toFixed(1)} KB), flip→ready ${result.flipToReadyMs.toFixed(0)} ms, ready→last ${result.readyToLastMs.toFixed(0)} ms, errors ${errorCount}`);
+    return result;
+  } finally {
+    await child.stop();
+  }
+}
+
+/** Node's own cost of N open requests (bench/hold-floor.ts), same client, same ramp. */
+async function holdFloor(ctx: Context, n: number): Promise<{ floorRssPerHeldBytes: number; floorHeapPerHeldBytes: number }> {
+  const floor = spawnPinned('hold-floor', process.execPath, ['--expose-gc', join(BENCH_DIR, 'hold-floor.ts')], {
+    cpu: ctx.proxyCpu, logFile: join(ctx.workDir, 'hold-floor.log'), ipc: true,
+  });
+  try {
+    const { port } = await nextMessage<Message & { port: number }>(floor.child, 'ready');
+    const before = await ask<Memory>(floor.child, { type: 'gc' }, 'gc-done');
+    const rssBefore = rssBytes(floor.pid);
+    const client = spawnPinned('hold-floor-client', process.execPath, [join(BENCH_DIR, 'hold-client.ts'), '--url', `http://127.0.0.1:${port}/`, '--count', String(n)], {
+      cpu: ctx.loadCpu, logFile: join(ctx.workDir, 'hold-floor-client.log'), ipc: true,
+    });
+    const done = nextMessage<Done>(client.child, 'done', 300_000);
+    await nextMessage(client.child, 'sent', 120_000);
+    while ((await ask<Message & { count: number }>(floor.child, { type: 'held' }, 'held')).count < n) await new Promise((r) => setTimeout(r, 10));
+    const heldMem = await ask<Memory>(floor.child, { type: 'gc' }, 'gc-done');
+    const rssHeld = rssBytes(floor.pid);
+    floor.child.send({ type: 'release' });
+    await done;
+    await client.stop();
+    return { floorRssPerHeldBytes: (rssHeld - rssBefore) / n, floorHeapPerHeldBytes: (heldMem.heapUsed - before.heapUsed) / n };
+  } finally {
+    await floor.stop();
+  }
+}

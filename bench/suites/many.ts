@@ -1,0 +1,100 @@
+/**
+ * Many resources: 10,000 configured resources (each with its own inline static provider, all
+ * pointing at the shared upstream). Start-up time and memory against a one-resource config,
+ * and the warm path with requests spread at random over 1,000 warm resources against all
+ * requests on one resource (same wrk script, so wrk's own cost is alike).
+ */
+import { startSmartProxy, type Context, type SmartChild } from '../lib/context.ts';
+import { cpuTimeMs, rssBytes } from '../lib/procs.ts';
+import { median, spreadPct } from '../lib/stats.ts';
+import { errorCount, wrk } from '../lib/wrk.ts';
+
+export interface ManyCase {
+  readonly resources: number;
+  readonly spreadOver: number;
+  /** Process start → listening (includes Node's own start-up and module loading), ms. */
+  readonly startupMs: number;
+  /** Reading and validating the YAML config, ms. */
+  readonly configMs: number;
+  /** startApp (building providers, runtimes, the routing table, listening), ms. */
+  readonly appMs: number;
+  readonly rssAfterStartBytes: number;
+  readonly rssWarmBytes: number;
+  readonly reqPerS: number;
+  readonly cpuUsPerReq: number;
+  readonly cpuSpreadPct: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  readonly errors: number;
+  /** CPU per request of each round, in round order (rounds of the two cases alternate). */
+  readonly roundCpuUsPerReq: number[];
+}
+
+function yamlFor(count: number, upstreamPort: number): string {
+  const lines = ['listen: { host: 127.0.0.1, port: 0 }', 'log: { level: warn }', 'resources:'];
+  for (let i = 1; i <= count; i++) {
+    // Block style, as YAML generators (yaml.stringify) and people write it.
+    lines.push(`  r${i}:`, '    provider:', '      kind: static', `      endpoint: "http://127.0.0.1:${upstreamPort}"`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+async function warm(child: SmartChild, count: number): Promise<void> {
+  let next = 1;
+  const worker = async (): Promise<void> => {
+    while (next <= count) {
+      const i = next++;
+      const res = await fetch(`${child.url}/smart_proxy/r${i}/-/`);
+      await res.arrayBuffer();
+      if (res.status !== 200) throw new Error(`warming r${i}: ${res.status}`);
+    }
+  };
+  await Promise.all(Array.from({ length: 50 }, worker));
+}
+
+export async function runMany(ctx: Context): Promise<ManyCase[]> {
+  const rounds = ctx.quick ? 2 : 4;
+  const durationS = ctx.quick ? 5 : 10;
+  ctx.log('many resources: starting with 1 and with 10,000 configured resources');
+  const one = await startSmartProxy(ctx, 'many-1', yamlFor(1, ctx.upstreamPort));
+  const many = await startSmartProxy(ctx, 'many-10000', yamlFor(10_000, ctx.upstreamPort));
+  try {
+    const rssOne = rssBytes(one.pid);
+    const rssMany = rssBytes(many.pid);
+    await warm(one, 1);
+    await warm(many, 1000);
+    const cases = [
+      { child: one, resources: 1, spreadOver: 1, rssStart: rssOne, rounds: [] as { cpu: number; rps: number; p50: number; p99: number; errors: number }[] },
+      { child: many, resources: 10_000, spreadOver: 1000, rssStart: rssMany, rounds: [] as { cpu: number; rps: number; p50: number; p99: number; errors: number }[] },
+    ];
+    for (const c of cases) await wrk({ url: c.child.url, durationS: 2, connections: 50, cpu: ctx.loadCpu, paths: { prefix: '/smart_proxy/r', count: c.spreadOver, suffix: '/-/' } });
+    for (let round = 0; round < rounds; round++) {
+      for (const c of round % 2 === 0 ? cases : [...cases].reverse()) {
+        const before = cpuTimeMs(c.child.pid);
+        const r = await wrk({ url: c.child.url, durationS, connections: 50, cpu: ctx.loadCpu, paths: { prefix: '/smart_proxy/r', count: c.spreadOver, suffix: '/-/' } });
+        const cpu = ((cpuTimeMs(c.child.pid) - before) * 1000) / r.requests;
+        const rps = r.requests / (r.durationUs / 1e6);
+        c.rounds.push({ cpu, rps, p50: r.latencyUs['50']! / 1000, p99: r.latencyUs['99']! / 1000, errors: errorCount(r) });
+        ctx.log(`round ${round + 1}/${rounds} ${String(c.resources).padStart(5)} resources over ${String(c.spreadOver).padStart(4)}: ${rps.toFixed(0)} req/s, ${cpu.toFixed(1)} µs CPU/req`);
+      }
+    }
+    return cases.map((c) => ({
+      resources: c.resources,
+      spreadOver: c.spreadOver,
+      startupMs: c.child.ready.startupMs,
+      configMs: c.child.ready.parseMs,
+      appMs: c.child.ready.appMs,
+      rssAfterStartBytes: c.rssStart,
+      rssWarmBytes: rssBytes(c.child.pid),
+      reqPerS: median(c.rounds.map((r) => r.rps)),
+      cpuUsPerReq: median(c.rounds.map((r) => r.cpu)),
+      cpuSpreadPct: spreadPct(c.rounds.map((r) => r.cpu)),
+      p50Ms: median(c.rounds.map((r) => r.p50)),
+      p99Ms: median(c.rounds.map((r) => r.p99)),
+      errors: c.rounds.reduce((n, r) => n + r.errors, 0),
+      roundCpuUsPerReq: c.rounds.map((r) => Math.round(r.cpu * 10) / 10),
+    }));
+  } finally {
+    await Promise.all([one.stop(), many.stop()]);
+  }
+}

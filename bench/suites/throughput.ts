@@ -1,0 +1,169 @@
+/**
+ * Warm path side by side: direct, nginx, configurable-http-proxy, the bare undici proxy and
+ * Smart Proxy, all in front of the same nginx upstream. Interleaved rounds; per round and
+ * contender: req/s, CPU time of the proxy process per request, latency percentiles.
+ */
+import { join } from 'node:path';
+import { CHP_BIN } from '../lib/deps.ts';
+import { BENCH_DIR, startSmartProxy, type Context } from '../lib/context.ts';
+import { startNginxProxy } from '../lib/nginx.ts';
+import { cpuTimeMs, freePort, rssBytes, spawnPinned, waitForHttp, type Spawned } from '../lib/procs.ts';
+import { median, spreadPct } from '../lib/stats.ts';
+import { errorCount, wrk, type WrkResult } from '../lib/wrk.ts';
+
+export const BENCH_PATH = '/smart_proxy/bench/g1/hello';
+
+export interface Round {
+  readonly reqPerS: number;
+  /** CPU time of the proxy process per request, µs (undefined for direct). */
+  readonly cpuUsPerReq: number | undefined;
+  readonly errors: number;
+  readonly latencyUs: Record<string, number>;
+}
+
+export interface ContenderResult {
+  readonly name: string;
+  readonly label: string;
+  readonly rounds: Round[];
+  readonly rssBytes: number | undefined;
+  /** Medians over rounds. */
+  readonly reqPerS: number;
+  readonly reqPerSSpreadPct: number;
+  readonly cpuUsPerReq: number | undefined;
+  readonly cpuSpreadPct: number | undefined;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  readonly errors: number;
+  /** Median over rounds of each latency percentile, µs. */
+  readonly latencyUs: Record<string, number>;
+}
+
+interface Contender {
+  readonly name: string;
+  readonly label: string;
+  readonly url: string;
+  readonly proc: Spawned | undefined;
+}
+
+export function smartProxyYaml(upstreamPort: number): string {
+  return `# Smart Proxy as a user runs it: routing, URL groups as identity (the access layer is not
+# merged yet), groups sharing (instances chosen by group set), a static backend.
+listen: { host: 127.0.0.1, port: 0 }
+log: { level: info }
+providers:
+  up: { kind: static, endpoint: "http://127.0.0.1:${upstreamPort}" }
+resources:
+  bench:
+    provider: up
+    sharing: groups
+`;
+}
+
+async function startContenders(ctx: Context): Promise<Contender[]> {
+  const up = `http://127.0.0.1:${ctx.upstreamPort}`;
+  const out: Contender[] = [{ name: 'direct', label: 'direct (no proxy)', url: up + BENCH_PATH, proc: undefined }];
+
+  const nginxPort = await freePort();
+  const nginx = await startNginxProxy(ctx.workDir, nginxPort, ctx.upstreamPort, ctx.proxyCpu);
+  out.push({ name: 'nginx', label: 'nginx proxy_pass', url: `http://127.0.0.1:${nginxPort}${BENCH_PATH}`, proc: nginx });
+
+  const chpPort = await freePort();
+  const chpApiPort = await freePort();
+  const token = 'bench-token';
+  const chp = spawnPinned('chp', process.execPath, [CHP_BIN, '--ip', '127.0.0.1', '--port', String(chpPort), '--api-ip', '127.0.0.1',
+    '--api-port', String(chpApiPort), '--log-level', 'warn'], {
+    cpu: ctx.proxyCpu, logFile: join(ctx.workDir, 'chp.log'), env: { ...process.env, CONFIGPROXY_AUTH_TOKEN: token },
+  });
+  await waitForHttp(`http://127.0.0.1:${chpApiPort}/api/routes`);
+  // A route as JupyterHub would add it, rather than the default target.
+  const added = await fetch(`http://127.0.0.1:${chpApiPort}/api/routes/smart_proxy/bench`, {
+    method: 'POST', headers: { authorization: `token ${token}` }, body: JSON.stringify({ target: up }),
+  });
+  if (added.status !== 201) throw new Error(`CHP route not added: ${added.status}`);
+  out.push({ name: 'chp', label: 'configurable-http-proxy', url: `http://127.0.0.1:${chpPort}${BENCH_PATH}`, proc: chp });
+
+  const barePort = await freePort();
+  const bare = spawnPinned('bare', process.execPath, [join(BENCH_DIR, 'bare-proxy.ts'), String(barePort), up], {
+    cpu: ctx.proxyCpu, logFile: join(ctx.workDir, 'bare.log'),
+  });
+  await waitForHttp(`http://127.0.0.1:${barePort}${BENCH_PATH}`);
+  out.push({ name: 'bare', label: 'bare node:http + undici request()', url: `http://127.0.0.1:${barePort}${BENCH_PATH}`, proc: bare });
+
+  const dispatchPort = await freePort();
+  const dispatch = spawnPinned('bare-dispatch', process.execPath, [join(BENCH_DIR, 'bare-proxy.ts'), String(dispatchPort), up, 'dispatch'], {
+    cpu: ctx.proxyCpu, logFile: join(ctx.workDir, 'bare-dispatch.log'),
+  });
+  await waitForHttp(`http://127.0.0.1:${dispatchPort}${BENCH_PATH}`);
+  out.push({ name: 'dispatch', label: 'bare node:http + undici dispatch()', url: `http://127.0.0.1:${dispatchPort}${BENCH_PATH}`, proc: dispatch });
+
+  const smart = await startSmartProxy(ctx, 'smart-proxy', smartProxyYaml(ctx.upstreamPort));
+  await waitForHttp(smart.url + BENCH_PATH);
+  out.push({ name: 'smart', label: 'Smart Proxy (warm)', url: smart.url + BENCH_PATH, proc: smart });
+  return out;
+}
+
+async function measure(c: Contender, ctx: Context, durationS: number): Promise<Round> {
+  const before = c.proc === undefined ? 0 : cpuTimeMs(c.proc.pid);
+  const r: WrkResult = await wrk({ url: c.url, durationS, connections: 50, cpu: ctx.loadCpu });
+  const after = c.proc === undefined ? 0 : cpuTimeMs(c.proc.pid);
+  return {
+    reqPerS: r.requests / (r.durationUs / 1e6),
+    cpuUsPerReq: c.proc === undefined ? undefined : ((after - before) * 1000) / r.requests,
+    errors: errorCount(r),
+    latencyUs: r.latencyUs,
+  };
+}
+
+export async function runThroughput(ctx: Context): Promise<ContenderResult[]> {
+  const rounds = ctx.quick ? 2 : 5;
+  const durationS = ctx.quick ? 5 : 10;
+  const warmS = ctx.quick ? 2 : 3;
+  const contenders = await startContenders(ctx);
+  try {
+    for (const c of contenders) {
+      ctx.log(`warm-up ${c.name} (${warmS} s)`);
+      await wrk({ url: c.url, durationS: warmS, connections: 50, cpu: ctx.loadCpu });
+    }
+    const byName = new Map<string, Round[]>(contenders.map((c) => [c.name, []]));
+    for (let round = 0; round < rounds; round++) {
+      // Rotate the order so that no contender always runs right after the same one.
+      const order = contenders.map((_, i) => contenders[(i + round) % contenders.length]!);
+      for (const c of order) {
+        const r = await measure(c, ctx, durationS);
+        byName.get(c.name)!.push(r);
+        ctx.log(`round ${round + 1}/${rounds} ${c.name.padEnd(6)} ${r.reqPerS.toFixed(0).padStart(6)} req/s  ${r.cpuUsPerReq?.toFixed(1) ?? '  -'} µs CPU/req  p50 ${(r.latencyUs['50']! / 1000).toFixed(2)} ms  p99 ${(r.latencyUs['99']! / 1000).toFixed(2)} ms${r.errors > 0 ? `  ERRORS ${r.errors}` : ''}`);
+      }
+    }
+    return contenders.map((c) => summarise(c, byName.get(c.name)!));
+  } finally {
+    await Promise.all(contenders.map((c) => c.proc?.stop() ?? Promise.resolve()));
+  }
+}
+
+function summarise(c: Contender, rounds: Round[]): ContenderResult {
+  const cpu = rounds.map((r) => r.cpuUsPerReq).filter((v): v is number => v !== undefined);
+  const percentiles = Object.keys(rounds[0]!.latencyUs);
+  const latencyUs = Object.fromEntries(percentiles.map((p) => [p, median(rounds.map((r) => r.latencyUs[p]!))]));
+  return {
+    name: c.name,
+    label: c.label,
+    rounds,
+    rssBytes: c.proc === undefined ? undefined : safeRss(c.proc.pid),
+    reqPerS: median(rounds.map((r) => r.reqPerS)),
+    reqPerSSpreadPct: spreadPct(rounds.map((r) => r.reqPerS)),
+    cpuUsPerReq: cpu.length > 0 ? median(cpu) : undefined,
+    cpuSpreadPct: cpu.length > 0 ? spreadPct(cpu) : undefined,
+    p50Ms: latencyUs['50']! / 1000,
+    p99Ms: latencyUs['99']! / 1000,
+    errors: rounds.reduce((n, r) => n + r.errors, 0),
+    latencyUs,
+  };
+}
+
+function safeRss(pid: number): number | undefined {
+  try {
+    return rssBytes(pid);
+  } catch {
+    return undefined;
+  }
+}
