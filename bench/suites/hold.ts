@@ -50,6 +50,7 @@ limits: { maxHeldRequests: 20000, maxHeldRequestsPerResource: 20000 }
 providers:
   up: { kind: static, endpoint: "http://127.0.0.1:${ctx.upstreamPort}" }
   warm: { kind: static, endpoint: "http://127.0.0.1:${ctx.upstreamPort}" }
+resourceDefaults: { access: { public: true } }
 resources:
   cold: { provider: up, bootTimeoutMs: 120000 }
   warmup: { provider: warm }

@@ -31,7 +31,7 @@ export interface ManyCase {
 }
 
 function yamlFor(count: number, upstreamPort: number): string {
-  const lines = ['listen: { host: 127.0.0.1, port: 0 }', 'log: { level: warn }', 'resources:'];
+  const lines = ['listen: { host: 127.0.0.1, port: 0 }', 'log: { level: warn }', 'resourceDefaults: { access: { public: true } }', 'resources:'];
   for (let i = 1; i <= count; i++) {
     // Block style, as YAML generators (yaml.stringify) and people write it.
     lines.push(`  r${i}:`, '    provider:', '      kind: static', `      endpoint: "http://127.0.0.1:${upstreamPort}"`);

@@ -11,7 +11,7 @@ import { cpuTimeMs, freePort, rssBytes, spawnPinned, waitForHttp, type Spawned }
 import { median, spreadPct } from '../lib/stats.ts';
 import { errorCount, wrk, type WrkResult } from '../lib/wrk.ts';
 
-export const BENCH_PATH = '/smart_proxy/bench/g1/hello';
+export const BENCH_PATH = '/smart_proxy/bench/-/hello';
 
 export interface Round {
   readonly reqPerS: number;
@@ -46,8 +46,8 @@ interface Contender {
 }
 
 export function smartProxyYaml(upstreamPort: number): string {
-  return `# Smart Proxy as a user runs it: routing, URL groups as identity (the access layer is not
-# merged yet), groups sharing (instances chosen by group set), a static backend.
+  return `# Smart Proxy as a user runs it: routing, the access steps (a public resource: no
+# credential to verify), groups sharing (instances chosen by group set), a static backend.
 listen: { host: 127.0.0.1, port: 0 }
 log: { level: info }
 providers:
@@ -56,6 +56,7 @@ resources:
   bench:
     provider: up
     sharing: groups
+    access: { public: true }
 `;
 }
 

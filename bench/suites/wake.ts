@@ -83,7 +83,7 @@ log: { level: warn }
 providers:
   late: { kind: static, endpoint: "http://127.0.0.1:${backendPort}" }
 resources:
-  wake: { provider: late, bootTimeoutMs: 30000 }
+  wake: { provider: late, bootTimeoutMs: 30000, access: { public: true } }
 `;
   const child = await startSmartProxy(ctx, 'wake-probe', yaml);
   const url = `${child.url}/smart_proxy/wake/-/`;
@@ -121,7 +121,7 @@ log: { level: warn }
 providers:
   up: { kind: static, endpoint: "http://127.0.0.1:${ctx.upstreamPort}" }
 resources:
-  wake: { provider: up, bootTimeoutMs: 30000 }
+  wake: { provider: up, bootTimeoutMs: 30000, access: { public: true } }
 `;
   const child = await startSmartProxy(ctx, 'wake-provider', yaml, ['--switch', 'up', '--boot-ms', '300', '--boot-jitter-ms', '50']);
   const url = `${child.url}/smart_proxy/wake/-/`;
