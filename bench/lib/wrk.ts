@@ -23,11 +23,15 @@ export interface WrkOptions {
   readonly cpu: string;
   /** Spread over paths: url is then the origin, and prefix + i + suffix the paths. */
   readonly paths?: { prefix: string; count: number; suffix: string };
+  /** Extra request headers, `Name: value`. */
+  readonly headers?: readonly string[];
 }
 
 export async function wrk(options: WrkOptions): Promise<WrkResult> {
   const script = options.paths === undefined ? 'stats.lua' : 'paths.lua';
-  const args = ['-c', options.cpu, 'wrk', '-t1', `-c${options.connections}`, `-d${options.durationS}s`, '--latency', '--timeout', '10s', '-s', script, options.url];
+  const args = ['-c', options.cpu, 'wrk', '-t1', `-c${options.connections}`, `-d${options.durationS}s`, '--latency', '--timeout', '10s', '-s', script];
+  for (const h of options.headers ?? []) args.push('-H', h);
+  args.push(options.url);
   if (options.paths !== undefined) args.push('--', options.paths.prefix, String(options.paths.count), options.paths.suffix);
   const { stdout } = await run('taskset', args, { cwd: LIB_DIR, maxBuffer: 1 << 20 });
   const line = stdout.split('\n').find((l) => l.startsWith('WRKJSON '));

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { BENCH_DIR, startSmartProxy, type Context } from '../lib/context.ts';
 import { freePort, spawnPinned, waitForHttp } from '../lib/procs.ts';
 import { wrk } from '../lib/wrk.ts';
-import { BENCH_PATH, smartProxyYaml } from './throughput.ts';
+import { BENCH_HEADERS, BENCH_PATH, smartProxyYaml } from './throughput.ts';
 
 interface ProfileNode {
   id: number;
@@ -64,18 +64,18 @@ export async function runProfile(ctx: Context): Promise<void> {
     });
     await waitForHttp(`http://127.0.0.1:${port}/`);
     ctx.log(`profiling the bare ${engine}() proxy (${durationS} s under wrk, after 3 s of warm-up)`);
-    await wrk({ url: `http://127.0.0.1:${port}${BENCH_PATH}`, durationS: 3, connections: 50, cpu: ctx.loadCpu });
+    await wrk({ url: `http://127.0.0.1:${port}${BENCH_PATH}`, durationS: 3, connections: 50, cpu: ctx.loadCpu, headers: BENCH_HEADERS });
     const skipMs = performance.now() - t0;
-    const r = await wrk({ url: `http://127.0.0.1:${port}${BENCH_PATH}`, durationS, connections: 50, cpu: ctx.loadCpu });
+    const r = await wrk({ url: `http://127.0.0.1:${port}${BENCH_PATH}`, durationS, connections: 50, cpu: ctx.loadCpu, headers: BENCH_HEADERS });
     await bare.stop();
     out.push(`\n== bare ${engine}() proxy\n${summariseProfile(join(dir, `bare-${engine}.cpuprofile`), skipMs, r.requests)}`);
   }
   const t0 = performance.now();
   const smart = await startSmartProxy(ctx, 'smart-prof', smartProxyYaml(ctx.upstreamPort), [], [...flags, '--cpu-prof-name=smart.cpuprofile']);
   ctx.log(`profiling Smart Proxy (${durationS} s under wrk, after 3 s of warm-up)`);
-  await wrk({ url: smart.url + BENCH_PATH, durationS: 3, connections: 50, cpu: ctx.loadCpu });
+  await wrk({ url: smart.url + BENCH_PATH, durationS: 3, connections: 50, cpu: ctx.loadCpu, headers: BENCH_HEADERS });
   const skipMs = performance.now() - t0;
-  const r = await wrk({ url: smart.url + BENCH_PATH, durationS, connections: 50, cpu: ctx.loadCpu });
+  const r = await wrk({ url: smart.url + BENCH_PATH, durationS, connections: 50, cpu: ctx.loadCpu, headers: BENCH_HEADERS });
   await smart.stop();
   out.push(`\n== Smart Proxy\n${summariseProfile(join(dir, 'smart.cpuprofile'), skipMs, r.requests)}`);
   process.stdout.write(out.join(''));

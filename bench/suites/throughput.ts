@@ -3,6 +3,7 @@
  * Smart Proxy, all in front of the same nginx upstream. Interleaved rounds; per round and
  * contender: req/s, CPU time of the proxy process per request, latency percentiles.
  */
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { CHP_BIN } from '../lib/deps.ts';
 import { BENCH_DIR, startSmartProxy, type Context } from '../lib/context.ts';
@@ -45,18 +46,27 @@ interface Contender {
   readonly proc: Spawned | undefined;
 }
 
+/** The credential every contender is sent (Smart Proxy verifies it; the others pass it on). */
+export const BENCH_TOKEN = 'bench-token-7f3a';
+export const BENCH_HEADERS = [`Authorization: Bearer ${BENCH_TOKEN}`];
+
 export function smartProxyYaml(upstreamPort: number): string {
-  return `# Smart Proxy as a user runs it: routing, the access steps (a public resource: no
-# credential to verify), groups sharing (instances chosen by group set), a static backend.
+  const hash = createHash('sha256').update(BENCH_TOKEN).digest('hex');
+  return `# Smart Proxy as a user runs it: routing, a verified bearer token (hashed in the config),
+# a group policy the token's groups must satisfy, groups sharing, a static backend.
 listen: { host: 127.0.0.1, port: 0 }
 log: { level: info }
+identities:
+  - kind: token
+    tokens:
+      - { user: bench, groups: [bench, staff], hash: "sha256:${hash}" }
 providers:
   up: { kind: static, endpoint: "http://127.0.0.1:${upstreamPort}" }
 resources:
   bench:
     provider: up
     sharing: groups
-    access: { public: true }
+    access: { anyOf: [bench] }
 `;
 }
 
@@ -105,7 +115,7 @@ async function startContenders(ctx: Context): Promise<Contender[]> {
 
 async function measure(c: Contender, ctx: Context, durationS: number): Promise<Round> {
   const before = c.proc === undefined ? 0 : cpuTimeMs(c.proc.pid);
-  const r: WrkResult = await wrk({ url: c.url, durationS, connections: 50, cpu: ctx.loadCpu });
+  const r: WrkResult = await wrk({ url: c.url, durationS, connections: 50, cpu: ctx.loadCpu, headers: BENCH_HEADERS });
   const after = c.proc === undefined ? 0 : cpuTimeMs(c.proc.pid);
   return {
     reqPerS: r.requests / (r.durationUs / 1e6),
@@ -123,7 +133,7 @@ export async function runThroughput(ctx: Context): Promise<ContenderResult[]> {
   try {
     for (const c of contenders) {
       ctx.log(`warm-up ${c.name} (${warmS} s)`);
-      await wrk({ url: c.url, durationS: warmS, connections: 50, cpu: ctx.loadCpu });
+      await wrk({ url: c.url, durationS: warmS, connections: 50, cpu: ctx.loadCpu, headers: BENCH_HEADERS });
     }
     const byName = new Map<string, Round[]>(contenders.map((c) => [c.name, []]));
     for (let round = 0; round < rounds; round++) {
