@@ -24,8 +24,13 @@ export interface ParsedEndpoint {
 export type ForwardOutcome =
   /** The response went out (or the client left). */
   | 'done'
-  /** Nothing of the request reached the backend (refused, or reset before sending): safe to retry. */
-  | 'unreachable';
+  /** The backend could not be reached (connection refused, unreachable, connect timeout). */
+  | 'unreachable'
+  /**
+   * The connection was reset before an answer, on an idempotent request whose body was never
+   * read: safe to send again. It may be one stale keep-alive socket, not a dead backend.
+   */
+  | 'reset';
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 
@@ -173,9 +178,12 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
       // Client left or backend broke mid-body: the client connection is the only signal left.
       if (!this.#res.destroyed) this.#res.destroy();
       this.#settle('done');
-    } else if (isUnsent(err, this.#method, this.#req)) {
-      this.#settle('unreachable');
     } else {
+      const unsent = unsentKind(err, this.#method, this.#req);
+      if (unsent !== undefined) {
+        this.#settle(unsent);
+        return;
+      }
       this.#settled = true;
       this.#reject(toUpstreamError(err));
     }
@@ -188,16 +196,19 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   }
 }
 
-/** True when the error proves (or makes safe to assume) that no byte reached the backend. */
-function isUnsent(err: unknown, method: string, req: IncomingMessage): boolean {
+/**
+ * Whether the error proves (or makes safe to assume) that the request may be sent again, and
+ * why; undefined when it may not.
+ */
+function unsentKind(err: unknown, method: string, req: IncomingMessage): 'unreachable' | 'reset' | undefined {
   const code = (err as { code?: string }).code;
-  if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'UND_ERR_CONNECT_TIMEOUT') return true;
+  if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'UND_ERR_CONNECT_TIMEOUT') return 'unreachable';
   // A reset may come after the request went out: replay only what is idempotent and whose
   // body was never read.
   if (code === 'ECONNRESET' || code === 'UND_ERR_SOCKET' || code === 'EPIPE') {
-    return IDEMPOTENT.has(method) && !req.readableDidRead;
+    return IDEMPOTENT.has(method) && !req.readableDidRead ? 'reset' : undefined;
   }
-  return false;
+  return undefined;
 }
 
 function toUpstreamError(err: unknown): SmartProxyError {

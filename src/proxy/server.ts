@@ -332,6 +332,7 @@ export class ProxyServer {
     let endpoint = firstEndpoint;
     let reholds = 0;
     let freshRetries = 0;
+    let resentAfterReset = false;
     inst.activeConnections++;
     try {
       for (;;) {
@@ -341,6 +342,13 @@ export class ProxyServer {
           inst.freshlyReady = false;
           this.#manager.touch(inst);
           return;
+        }
+        // A reset may be one stale keep-alive socket, not a dead backend: send once more
+        // (undici drops the reset socket) before restarting anything. A dead backend then
+        // refuses, and the crash repair below takes over.
+        if (outcome === 'reset' && !resentAfterReset) {
+          resentAfterReset = true;
+          continue;
         }
         // Nothing reached the backend. Right after readiness the service may still be
         // binding its socket: retry briefly before calling it lost.

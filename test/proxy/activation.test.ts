@@ -305,4 +305,33 @@ describe('activation path', () => {
       await h.close();
     }
   });
+
+  it('a single reset of an idempotent request is sent again, without restarting a healthy backend', async () => {
+    let resets = 0;
+    const mimic = new MimicProvider({
+      bootMs: 0,
+      handler: (req, res) => {
+        // The first request after the probe is cut, as a stale keep-alive socket would be.
+        if (req.url === '/flaky' && resets === 0) {
+          resets++;
+          req.socket.destroy();
+          return;
+        }
+        res.end(`ok ${req.url}`);
+      },
+    });
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }] });
+    try {
+      assert.equal((await fetch(`${h.url}/smart_proxy/app/g1/warm`)).status, 200);
+      const inst = [...h.manager.instancesOf('app')][0]!;
+      const res = await fetch(`${h.url}/smart_proxy/app/g1/flaky`);
+      assert.equal(res.status, 200);
+      assert.equal(await res.text(), 'ok /flaky');
+      assert.equal(resets, 1);
+      assert.equal(inst.status, 'ready', 'one reset is not a crash');
+      assert.equal(mimic.calls.start, 1, 'no restart');
+    } finally {
+      await h.close();
+    }
+  });
 });
