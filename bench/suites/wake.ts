@@ -58,6 +58,17 @@ function get(url: string): Promise<{ status: number; at: number }> {
   });
 }
 
+/** One public resource `wake` on a static backend at `port`: both wake paths use it. */
+function wakeConfig(port: number): string {
+  return `listen: { host: 127.0.0.1, port: 0 }
+log: { level: warn }
+providers:
+  up: { kind: static, endpoint: "http://127.0.0.1:${port}" }
+resources:
+  wake: { provider: up, bootTimeoutMs: 30000, access: { public: true } }
+`;
+}
+
 async function waitHeld(child: SmartChild, n: number): Promise<void> {
   for (;;) {
     const s = await ask<Stats>(child.ipc, { type: 'stats' }, 'stats');
@@ -78,13 +89,7 @@ function summarise(path: WakeResult['path'], wakes: number, samples: number[], d
 
 async function probePath(ctx: Context, wakes: number): Promise<WakeResult> {
   const backendPort = await freePort();
-  const yaml = `listen: { host: 127.0.0.1, port: 0 }
-log: { level: warn }
-providers:
-  late: { kind: static, endpoint: "http://127.0.0.1:${backendPort}" }
-resources:
-  wake: { provider: late, bootTimeoutMs: 30000, access: { public: true } }
-`;
+  const yaml = wakeConfig(backendPort);
   const child = await startSmartProxy(ctx, 'wake-probe', yaml);
   const url = `${child.url}/smart_proxy/wake/-/`;
   const samples: number[] = [];
@@ -116,13 +121,7 @@ resources:
 }
 
 async function providerPath(ctx: Context, wakes: number): Promise<WakeResult> {
-  const yaml = `listen: { host: 127.0.0.1, port: 0 }
-log: { level: warn }
-providers:
-  up: { kind: static, endpoint: "http://127.0.0.1:${ctx.upstreamPort}" }
-resources:
-  wake: { provider: up, bootTimeoutMs: 30000, access: { public: true } }
-`;
+  const yaml = wakeConfig(ctx.upstreamPort);
   const child = await startSmartProxy(ctx, 'wake-provider', yaml, ['--switch', 'up', '--boot-ms', '300', '--boot-jitter-ms', '50']);
   const url = `${child.url}/smart_proxy/wake/-/`;
   const samples: number[] = [];
