@@ -156,7 +156,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     // 4. State: read back what a previous run left (boot history; instances to re-adopt,
     //    checked with their providers, never started again), then write behind on a timer.
     //    Before the data plane, so a request for an instance being re-adopted joins it.
-    const store = options.store ?? openStore(config, log);
+    const store = options.store ?? await openStore(config, log);
     const state = new StateSync({ store, manager, clock, logger: log, flushIntervalMs: config.state.flushIntervalMs });
     closers.push(() => state.close());
     await state.restore(runtimes);
@@ -257,9 +257,9 @@ export function closeOnSignal(app: App, onSignal?: (signal: NodeJS.Signals) => v
   });
 }
 
-function openStore(config: Config, log: Logger): Store {
+async function openStore(config: Config, log: Logger): Promise<Store> {
   try {
-    return createStore(config.state, log);
+    return await createStore(config.state, log);
   } catch (err) {
     const where = config.state.kind === 'sqlite' ? `state.path ${config.state.path}` : `state.kind ${config.state.kind}`;
     throw new Error(`${where}: cannot open the state store: ${err instanceof Error ? err.message : String(err)}`, { cause: err });

@@ -289,6 +289,7 @@ export const configSchema = z.object({
     z.object({
       kind: z.literal('sqlite'),
       path: z.string().min(1).default('var/smart-proxy.sqlite').describe('SQLite file (relative to the working directory); created with its directory.'),
+      busyTimeoutMs: ms('How long a write waits for another connection\'s lock (a backup, the sqlite3 shell). The wait happens on the store\'s own thread, never on the event loop; a flush that gives up is kept and retried.', 5_000),
       flushIntervalMs: ms('State changes and activity marks are written in one batch this often.', 1_000),
     }).strict(),
     z.object({
@@ -304,7 +305,7 @@ export const configSchema = z.object({
         .describe('Passed to ioredis as is (for Sentinel: sentinels and name; TLS: tls).'),
       flushIntervalMs: ms('State changes and activity marks are written in one batch this often.', 1_000),
     }).strict(),
-  ]).default({ kind: 'sqlite', path: 'var/smart-proxy.sqlite', flushIntervalMs: 1_000 })
+  ]).default({ kind: 'sqlite', path: 'var/smart-proxy.sqlite', busyTimeoutMs: 5_000, flushIntervalMs: 1_000 })
     .describe('Where instances, boot history and audit events are kept: sqlite (default; survives restarts) or memory.'),
   cluster: z.object({
     leaseMs: ms('Start and stop leases last this long, renewed every third; a dead holder is replaced after at most this.', 10_000),

@@ -1,20 +1,24 @@
 /** Builds the configured store. The one place that knows every store kind. */
 import type { Logger, Store } from '../core/ports.ts';
 import { MemoryStore } from './memory-store.ts';
-import { SqliteStore } from './sqlite-store.ts';
+import { ThreadedSqliteStore } from './threaded-sqlite-store.ts';
 import { RedisStore } from './redis/redis-store.ts';
 
 export type StoreSpec =
   | { readonly kind: 'memory' }
-  | { readonly kind: 'sqlite'; readonly path: string }
+  | { readonly kind: 'sqlite'; readonly path: string; readonly busyTimeoutMs?: number | undefined }
   | { readonly kind: 'redis'; readonly url: string; readonly keyPrefix: string; readonly options?: Readonly<Record<string, unknown>> | undefined };
 
-export function createStore(spec: StoreSpec, logger: Logger): Store {
+/**
+ * Opens the configured store. Async because SQLite opens on its worker thread: a file that
+ * cannot be used fails here, at start-up, with SQLite's reason.
+ */
+export async function createStore(spec: StoreSpec, logger: Logger): Promise<Store> {
   switch (spec.kind) {
     case 'memory':
       return new MemoryStore();
     case 'sqlite':
-      return new SqliteStore({ path: spec.path });
+      return await ThreadedSqliteStore.open({ path: spec.path, busyTimeoutMs: spec.busyTimeoutMs });
     case 'redis':
       return new RedisStore({ url: spec.url, keyPrefix: spec.keyPrefix, options: spec.options, logger });
   }

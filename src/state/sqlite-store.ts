@@ -8,8 +8,10 @@
  * The schema has a version table; `migrations[i]` brings version i to i + 1, each in its own
  * transaction. A file written by a newer proxy (higher version) is refused, not guessed at.
  *
- * Calls are synchronous inside (DatabaseSync) but run only from the batched flush timer,
- * never on the request path, and each is one short transaction.
+ * This class is the engine: synchronous inside (DatabaseSync), each call one short
+ * transaction. The proxy never runs it on its event loop: `ThreadedSqliteStore` hosts it on a
+ * worker thread, because a write that meets another connection's lock waits there for up to
+ * `busyTimeoutMs`. Tests and tools may use it directly.
  */
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';

@@ -11,7 +11,7 @@ identities: [{ kind: header, fromAddresses: [127.0.0.1] }]
 describe('lifecycle configuration', () => {
   it('defaults: SQLite state, release ramp 64, health checks every 30 s, no keep-warm', () => {
     const cfg = parseConfig(`${base}resources: { app: { provider: cloud } }`);
-    assert.deepEqual(cfg.state, { kind: 'sqlite', path: 'var/smart-proxy.sqlite', flushIntervalMs: 1_000 });
+    assert.deepEqual(cfg.state, { kind: 'sqlite', path: 'var/smart-proxy.sqlite', busyTimeoutMs: 5_000, flushIntervalMs: 1_000 });
     const [r] = effectiveResources(cfg);
     assert.equal(r?.releaseConcurrency, 64);
     assert.equal(r?.healthCheckIntervalMs, 30_000);
