@@ -35,12 +35,12 @@ export interface SmartChild extends Spawned {
 }
 
 /** Writes `yaml` and starts Smart Proxy on it (bench/smart-proxy-child.ts), pinned to the proxy CPU. */
-export async function startSmartProxy(ctx: Context, name: string, yaml: string, extraArgs: readonly string[] = [], nodeFlags: readonly string[] = []): Promise<SmartChild> {
+export async function startSmartProxy(ctx: Context, name: string, yaml: string, extraArgs: readonly string[] = [], nodeFlags: readonly string[] = [], env?: NodeJS.ProcessEnv): Promise<SmartChild> {
   const file = join(ctx.workDir, `${name}.yaml`);
   // The default state store (SQLite), as a user runs it, in a file of this child's own.
   writeFileSync(file, `${yaml}state: { kind: sqlite, path: "${join(ctx.workDir, `${name}.sqlite`)}" }\n`);
   const proc = spawnPinned(name, process.execPath, [...nodeFlags, join(BENCH_DIR, 'smart-proxy-child.ts'), '--config', file, ...extraArgs], {
-    cpu: ctx.proxyCpu, logFile: join(ctx.workDir, `${name}.log`), ipc: true,
+    cpu: ctx.proxyCpu, logFile: join(ctx.workDir, `${name}.log`), ipc: true, env: { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off', ...env },
   });
   const ready = await nextMessage<ReadyMessage>(proc.child, 'ready', 60_000);
   return { ...proc, url: ready.url, ready, ipc: proc.child };

@@ -111,7 +111,10 @@ export function renderMarkdown(r: Results): string {
     const one = m.find((c) => c.resources === 1);
     const many = m.find((c) => c.resources > 1);
     if (one && many) {
-      targets.push(`| ${fmt(many.resources)} resources: start-up | < 1 s | ${fmt(many.startupMs)} ms | ${verdict(many.startupMs < 1000)} |`);
+      targets.push(`| ${fmt(many.resources)} resources: start-up, first parse of the file | < 1 s | ${fmt(many.startupMs)} ms | ${verdict(many.startupMs < 1000)} |`);
+      if (many.cachedStartupMs !== undefined) {
+        targets.push(`| ${fmt(many.resources)} resources: restart on the same file (config parse cache) | < 1 s | ${fmt(many.cachedStartupMs)} ms (config ${fmt(many.cachedConfigMs ?? 0)} ms) | ${verdict(many.cachedStartupMs < 1000)} |`);
+      }
       // Each round of one case runs next to a round of the other: the median of the paired
       // ratios cancels most of the drift of a shared machine.
       const paired = median(many.roundCpuUsPerReq.map((v, i) => v / one.roundCpuUsPerReq[i]!));

@@ -7,6 +7,7 @@ import { LineCounter, parseDocument, isNode, isScalar, visit, type Document } fr
 import type { z } from 'zod';
 import { configSchema, resourceBuiltinDefaults, type Config, type KeepWarmConfig, type ProbeConfig, type ProviderConfig, type ResourceAccessConfig, type ResourceConfig } from './schema.ts';
 import { SmartProxyError } from '../core/errors.ts';
+import { defaultParseCache, type ParseCache } from './parse-cache.ts';
 
 export class ConfigError extends SmartProxyError {
   readonly problems: readonly string[];
@@ -18,8 +19,17 @@ export class ConfigError extends SmartProxyError {
   }
 }
 
-/** Parses and validates YAML text. `source` names the file in messages. */
-export function parseConfig(text: string, source = '<config>'): Config {
+/**
+ * Parses and validates YAML text. `source` names the file in messages. With a `cache`, a text
+ * parsed before skips the YAML parse (validation still runs; see parse-cache.ts).
+ */
+export function parseConfig(text: string, source = '<config>', cache?: ParseCache): Config {
+  const cached = cache?.get(text);
+  if (cached !== undefined) {
+    const fast = configSchema.safeParse(cached);
+    if (fast.success) return fast.data;
+    // Invalid under this schema: the full parse below reports it with line numbers.
+  }
   const lineCounter = new LineCounter();
   // yaml's own uniqueKeys check compares every key with every other (O(n²): 10 s for 10,000
   // resources); duplicateKeyErrors does the same check with a Set per map.
@@ -38,6 +48,7 @@ export function parseConfig(text: string, source = '<config>'): Config {
   if (!result.success) {
     throw new ConfigError(source, result.error.issues.map((issue) => describeIssue(issue, raw, doc, lineCounter)));
   }
+  cache?.set(text, raw);
   return result.data;
 }
 
@@ -62,15 +73,18 @@ function duplicateKeyErrors(doc: Document, lines: LineCounter): string[] {
   return problems;
 }
 
-/** Reads and validates a YAML file. */
-export async function loadConfigFile(file: string): Promise<Config> {
+/**
+ * Reads and validates a YAML file. Large files use the parse cache (`defaultParseCache`) unless
+ * `cache` says otherwise (`null`: none).
+ */
+export async function loadConfigFile(file: string, cache: ParseCache | null | undefined = defaultParseCache()): Promise<Config> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
     throw new ConfigError(file, [`cannot read the file: ${(err as Error).message}`]);
   }
-  return parseConfig(text, file);
+  return parseConfig(text, file, cache ?? undefined);
 }
 
 function describeIssue(issue: z.core.$ZodIssue, raw: unknown, doc: Document, lines: LineCounter): string {

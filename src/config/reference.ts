@@ -68,6 +68,12 @@ export function configReference(): string {
     'One YAML file, validated when it is loaded (`smart-proxy check-config FILE` validates without starting).',
     'Durations are in milliseconds and end in `Ms`; sizes are in bytes and end in `Bytes`.',
     '',
+    'Environment: `SMART_PROXY_PORT` overrides `listen.port` (the `--port` flag overrides both).',
+    '`SMART_PROXY_CONFIG_CACHE` is where what YAML parsing yielded for a large file (64 KiB and more) is',
+    'kept, so a restart on the same file skips the parse (validation still runs every time); default',
+    '`$XDG_CACHE_HOME/smart-proxy/config` or `~/.cache/smart-proxy/config`, `off` to disable. It is used',
+    'only when owned by the proxy\'s user and writable by nobody else.',
+    '',
     '| field | type | default | meaning |',
     '| --- | --- | --- | --- |',
   ];
