@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import { ConfigError, effectiveResources, expandStatuses, loadConfigFile, parseConfig } from '../../src/config/load.ts';
 
@@ -85,8 +85,9 @@ describe('config', () => {
     assert.ok(s.includes(299) && s.includes(404) && !s.includes(300));
   });
 
-  it('check-config exits 0 for a valid file and 1 with the problems for an invalid one', async () => {
+  it('check-config exits 0 for a valid file and 1 with the problems for an invalid one', async (t: TestContext) => {
     const dir = mkdtempSync(join(tmpdir(), 'sp-config-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
     const good = join(dir, 'good.yaml');
     const bad = join(dir, 'bad.yaml');
     writeFileSync(good, 'providers: { c: { kind: atmosphere, baseUrl: embedded } }\nmockCloud: { enabled: true }\nresources: { a: { provider: c, access: { public: true } } }\n');
