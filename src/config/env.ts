@@ -1,5 +1,5 @@
 /**
- * The only place the environment is read (DESIGN.md rule 7). Precedence: flags, then
+ * The only place the environment is read (config in, plain values out). Precedence: flags, then
  * environment, then the file.
  */
 import type { Config } from './schema.ts';

@@ -105,7 +105,7 @@ interface Waiter {
 /**
  * One instance of a resource: the unit that is started, probed, forwarded to and stopped.
  * The data plane reads `status` and `endpoint` directly: a ready instance is forwarded with
- * no call at all (DESIGN.md rule 1).
+ * no call at all (the warm path makes no provider or store call).
  */
 export class Instance {
   readonly resource: ResourceRuntime;
@@ -316,7 +316,7 @@ export class ResourceManager {
     };
   }
 
-  /** Marks use of an instance; O(1), no I/O (DESIGN.md rule 6). */
+  /** Marks use of an instance; O(1), no I/O (it runs on every request). */
   touch(inst: Instance): void {
     inst.lastActivityAt = this.#clock.now();
   }
