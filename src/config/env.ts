@@ -14,3 +14,13 @@ export function applyEnv(config: Config, portFlag?: string): Config {
   }
   return { ...config, listen: { ...config.listen, port } };
 }
+
+/** `--mock-port`: where the embedded mock cloud listens (0: a free port, the default). */
+export function applyMockPort(config: Config, flag: string | undefined): Config {
+  if (flag === undefined || flag === '') return config;
+  const port = Number(flag);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new ConfigError('--mock-port', [`mockCloud.port: expected an integer 0-65535, got "${flag}"`]);
+  }
+  return { ...config, mockCloud: { ...config.mockCloud, port } };
+}
