@@ -32,7 +32,10 @@ export async function run(args: string[], command: 'start' | 'demo'): Promise<nu
   }
   // A second signal means "now".
   await closeOnSignal(app, (signal) => process.stderr.write(`\n${signal}: draining and shutting down (again to quit at once)…\n`));
-  return 0;
+  // Everything is closed and flushed: exit now. Left to itself, Node would first tear the V8
+  // heap down page by page, 100-400 ms measured after a demo run, which nothing here needs.
+  await new Promise<void>((resolve) => process.stdout.write('', () => resolve()));
+  process.exit(0);
 }
 
 /** A listen clash, told as which port of which server, and the flag that moves it. */
