@@ -436,7 +436,8 @@ export class ResourceManager {
     inst.endpoint = undefined;
     this.#clearTimers(inst);
     const res = inst.resource;
-    const deadline = this.#clock.now() + res.bootTimeoutMs;
+    const stopStartedAt = this.#clock.now();
+    const deadline = stopStartedAt + res.bootTimeoutMs;
     try {
       // Stops run during shutdown too (after close()), so they may outlive the manager.
       await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.stop(inst.ref, signal), 'stop', true);
@@ -450,6 +451,9 @@ export class ResourceManager {
     }
     if (inst.generation !== gen) return;
     this.#move(inst, 'stopped', reason);
+    // Logged here, whatever the provider, so that every stop (idle, shutdown, operator) is in
+    // the log and not only in the audit table.
+    this.#log.info({ resource: res.id, instance: inst.key, reason, stopMs: this.#clock.now() - stopStartedAt }, 'instance stopped');
     this.#coordinator?.stopped(inst.ref);
     inst.handle = undefined;
     // A request that arrived while the instance was stopping waits for the stop, then wakes it.
