@@ -49,8 +49,33 @@ describe('config', () => {
       '  "bad id": { provider: nowhere }',
     ].join('\n'));
     const text = problems.join('\n');
-    assert.match(text, /listen: unknown field\(s\) "prot"/);
+    assert.match(text, /^line 1: listen\.prot: unknown field \(did you mean "port"\?\)$/m);
     assert.match(text, /resources\.bad id/);
+  });
+
+  it('puts an unknown key at its own line and suggests the closest known key, inside unions and records too', () => {
+    const problems = problemsOf([
+      'providers:',
+      '  c:',
+      '    kind: atmosphere',
+      '    baseUrl: embedded',
+      '    requestTimeotMs: 5',
+      'resourceDefaults:',
+      '  bootTimeoutMs: 1000',
+      '  idleStopMS: 5',
+      '  zzzzqqq: 1',
+      'resources:',
+      '  a:',
+      '    provider: c',
+      '    access: { public: true }',
+      '    waiting: { browserPag: true }',
+    ].join('\n'));
+    assert.deepEqual(problems.toSorted(), [
+      'line 14: resources.a.waiting.browserPag: unknown field (did you mean "browserPage"?)',
+      'line 5: providers.c.requestTimeotMs: unknown field (did you mean "requestTimeoutMs"?)',
+      'line 8: resourceDefaults.idleStopMS: unknown field (did you mean "idleStopMs"?)',
+      'line 9: resourceDefaults.zzzzqqq: unknown field',
+    ]);
   });
 
   it('refers unknown provider names back to the field', () => {
