@@ -68,14 +68,15 @@ describe('smart-proxy demo', () => {
     const alice = await sh(`${commands[1]} -sS --max-time 60`);
     assert.match(alice.stdout, /^HTTP\/1\.1 200/, alice.stdout);
     assert.match(alice.stdout, /"x-forwarded-user":"alice"/);
-    // Graceful exit with the demo's VMs to stop: well under a second of its own.
+    // Graceful exit, the demo's VMs stopped on the way (stopInstances): a few hundred ms on an
+    // idle machine, bounded loosely here because the test machine is shared.
     const t0 = performance.now();
     demo.child.kill('SIGINT');
     const { code } = await demo.done;
     const exitMs = performance.now() - t0;
     assert.equal(code, 0, demo.stderr());
     t.diagnostic(`graceful exit after SIGINT: ${Math.round(exitMs)} ms`);
-    assert.ok(exitMs < 1_500, `exit took ${Math.round(exitMs)} ms`);
+    assert.ok(exitMs < 5_000, `exit took ${Math.round(exitMs)} ms`);
   });
 
   it('a taken --mock-port fails at once, naming the port and the flag', async (t) => {
