@@ -23,7 +23,7 @@ export default tseslint.config(
     },
   },
   {
-    // The domain knows nothing of HTTP, undici, Redis or the other layers (DESIGN.md, dependency direction).
+    // The domain knows nothing of HTTP, undici, Redis or the other layers (docs/design.md, dependency direction).
     files: ['src/core/**/*.ts'],
     rules: {
       'no-restricted-imports': ['error', { patterns: [
@@ -39,6 +39,16 @@ export default tseslint.config(
         { group: ['../../proxy/*', '../../admin/*', '../../state/*'], message: 'Providers depend on core only.' },
       ] }],
     },
+  },
+  {
+    // Plain JavaScript that must run on old Nodes (the launcher): linted without type information.
+    files: ['**/*.mjs'],
+    ...tseslint.configs.disableTypeChecked,
+    languageOptions: {
+      ...tseslint.configs.disableTypeChecked.languageOptions,
+      globals: { process: 'readonly', URL: 'readonly', setTimeout: 'readonly', clearTimeout: 'readonly', setInterval: 'readonly', clearInterval: 'readonly' },
+    },
+    rules: { ...tseslint.configs.disableTypeChecked.rules, 'no-restricted-properties': 'off' },
   },
   {
     files: ['src/config/**/*.ts', 'test/**/*.ts', 'bench/**/*.ts', 'scripts/**/*.ts'],

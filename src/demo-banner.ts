@@ -10,17 +10,40 @@ export const demoCredentials = {
   carol: { password: 'carol-demo-password', groups: ['g2'] },
 } as const;
 
-/** What `npm start` prints: where things are and what to try. */
 export function printDemoBanner(app: App): void {
-  const p = `${app.proxyUrl}/smart_proxy`;
-  const alice = `-H 'Authorization: Bearer ${demoCredentials.alice.token}'`;
-  const bob = `-H 'Authorization: Bearer ${demoCredentials.bob.token}'`;
-  const carol = `-u carol:${demoCredentials.carol.password}`;
+  process.stdout.write(demoBanner(app.proxyUrl, app.mockCloud?.url));
+}
+
+/**
+ * Quoted for a POSIX shell, zsh and fish alike: always in single quotes (unquoted, `?` is a
+ * glob that fails in zsh and `&` ends a command), where only a single quote needs care.
+ */
+export function shellQuote(s: string): string {
+  return `'${s.replaceAll("'", "'\\''")}'`;
+}
+
+/** What `npm start` prints: where things are and what to try, every command copy-paste safe. */
+export function demoBanner(proxyUrl: string, mockCloudUrl: string | undefined): string {
+  const url = (path: string): string => shellQuote(`${proxyUrl}/smart_proxy/${path}`);
+  const alice = `-H ${shellQuote(`Authorization: Bearer ${demoCredentials.alice.token}`)}`;
+  const bob = `-H ${shellQuote(`Authorization: Bearer ${demoCredentials.bob.token}`)}`;
+  const carol = `-u ${shellQuote(`carol:${demoCredentials.carol.password}`)}`;
+  const tries: Array<[string, string]> = [
+    [`curl -i ${url('hello/-/hi?x=1')}`, 'public: no credentials needed'],
+    [`curl -i ${alice} ${url('reports/staff/2026?x=1')}`, 'group-protected: alice acts as staff'],
+    [`curl -i ${bob} ${url('reports/-/')}`, '404: bob may not see it'],
+    [`curl -i ${bob} ${url('as1/g2/')}`, '403: bob does not hold g2'],
+    [`curl -i ${alice} ${url('as1/g1,g2/')}`, "the original's seed VM 1, already running"],
+    [`curl -i ${carol} ${url('notebook/-/')}`, 'user-scoped: carol gets her own VM'],
+    [`curl -i ${alice} ${url('notebook/-/')}`, '... and alice hers'],
+    [`curl -i ${url('notebook/-/')}`, '401 with a challenge'],
+  ];
+  const width = Math.max(...tries.map(([c]) => c.length));
   const lines = [
     '',
     'Smart Proxy demo is up.',
-    `  proxy:      ${app.proxyUrl}`,
-    `  mock cloud: ${app.mockCloud?.url ?? '(disabled)'}`,
+    `  proxy:      ${proxyUrl}`,
+    `  mock cloud: ${mockCloudUrl ?? '(disabled)'}`,
     '',
     'Callers (bundled demo config only):',
     `  alice  token ${demoCredentials.alice.token}     groups ${demoCredentials.alice.groups.join(', ')}`,
@@ -28,17 +51,10 @@ export function printDemoBanner(app: App): void {
     `  carol  password ${demoCredentials.carol.password} (HTTP Basic)   groups ${demoCredentials.carol.groups.join(', ')}`,
     '',
     'Try (the first request to a resource wakes a VM and waits until it answers; "-" = all my groups):',
-    `  curl -i ${p}/hello/-/hi?x=1                          # public: no credentials needed`,
-    `  curl -i ${alice} ${p}/reports/staff/2026   # group-protected: alice acts as staff`,
-    `  curl -i ${bob} ${p}/reports/-/             # 404: bob may not see it`,
-    `  curl -i ${bob} ${p}/as1/g2/                # 403: bob does not hold g2`,
-    `  curl -i ${alice} ${p}/as1/g1,g2/           # the original's seed VM 1, already running`,
-    `  curl -i ${carol} ${p}/notebook/-/         # user-scoped: carol gets her own VM`,
-    `  curl -i ${alice} ${p}/notebook/-/          # ... and alice hers`,
-    `  curl -i ${p}/notebook/-/                             # 401 with a challenge`,
+    ...tries.map(([c, why]) => `  ${c.padEnd(width)}  # ${why}`),
     '',
     'Ctrl-C stops the proxy and the VMs it started.',
     '',
   ];
-  process.stdout.write(lines.join('\n'));
+  return lines.join('\n');
 }

@@ -27,6 +27,7 @@ import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 import { ThemeLoader } from './proxy/waiting-page.ts';
 import { createStore } from './state/create-store.ts';
 import { RedisCoordinator } from './state/redis/redis-coordinator.ts';
+import { atmosphereApiWarnings } from './startup-checks.ts';
 
 export interface AppOptions {
   readonly logger?: Logger;
@@ -195,6 +196,12 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
     const proxyUrl = `${config.tls === undefined ? 'http' : 'https'}://${host}:${addr.port}`;
     log.info({ url: proxyUrl, resources: routed.size }, 'proxy listening');
+    // Warnings only (the proxy runs either way): resources their cloud's API cannot serve.
+    const checks = new AbortController();
+    closers.push(async () => checks.abort());
+    void atmosphereApiWarnings(config, 5_000, checks.signal).then((ws) => {
+      for (const w of ws) log.warn(w, 'a resource cannot work with its cloud as configured');
+    });
 
     const drainTimeoutMs = config.shutdown.drainTimeoutMs
       ?? Math.max(0, ...resources.map((r) => r.holdTimeoutMs)) + 5_000;

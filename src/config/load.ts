@@ -3,11 +3,12 @@
  * value, what was expected and the line, so an operator can fix a file without reading code.
  */
 import { readFile } from 'node:fs/promises';
-import { LineCounter, parseDocument, isNode, isScalar, visit, type Document } from 'yaml';
+import { LineCounter, parseDocument, isMap, isNode, isScalar, visit, type Document } from 'yaml';
 import type { z } from 'zod';
 import { configSchema, resourceBuiltinDefaults, type Config, type KeepWarmConfig, type ProbeConfig, type ProviderConfig, type ResourceAccessConfig, type ResourceConfig } from './schema.ts';
 import { SmartProxyError } from '../core/errors.ts';
 import { defaultParseCache, type ParseCache } from './parse-cache.ts';
+import { closestKey, knownKeysAt } from './suggest.ts';
 
 export class ConfigError extends SmartProxyError {
   readonly problems: readonly string[];
@@ -46,7 +47,9 @@ export function parseConfig(text: string, source = '<config>', cache?: ParseCach
   const raw: unknown = doc.toJS({ maxAliasCount: 100 }) ?? {};
   const result = configSchema.safeParse(raw);
   if (!result.success) {
-    throw new ConfigError(source, result.error.issues.map((issue) => describeIssue(issue, raw, doc, lineCounter)));
+    throw new ConfigError(source, result.error.issues.flatMap((issue) => (issue.code === 'unrecognized_keys'
+      ? unknownKeys(issue, doc, lineCounter)
+      : [describeIssue(issue, raw, doc, lineCounter)])));
   }
   cache?.set(text, raw);
   return result.data;
@@ -85,6 +88,20 @@ export async function loadConfigFile(file: string, cache: ParseCache | null | un
     throw new ConfigError(file, [`cannot read the file: ${(err as Error).message}`]);
   }
   return parseConfig(text, file, cache ?? undefined);
+}
+
+/** One problem per unknown key, at the key's own line, with the closest known key. */
+function unknownKeys(issue: z.core.$ZodIssueUnrecognizedKeys, doc: Document, lines: LineCounter): string[] {
+  const map = doc.getIn(issue.path, true);
+  const known = knownKeysAt(configSchema, issue.path);
+  return issue.keys.map((key) => {
+    const pair = isMap(map) ? map.items.find((p) => isScalar(p.key) && String(p.key.value) === key) : undefined;
+    const range = isScalar(pair?.key) ? pair.key.range : isNode(map) ? map.range : undefined;
+    const where = range ? `line ${lines.linePos(range[0]).line}: ` : '';
+    const field = [...issue.path.map(String), key].join('.');
+    const guess = closestKey(key, known);
+    return `${where}${field}: unknown field${guess === undefined ? '' : ` (did you mean "${guess}"?)`}`;
+  });
 }
 
 function describeIssue(issue: z.core.$ZodIssue, raw: unknown, doc: Document, lines: LineCounter): string {

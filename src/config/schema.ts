@@ -322,7 +322,7 @@ export const configSchema = z.object({
   mockCloud: z.object({
     enabled: z.boolean().default(false).describe('Run the embedded mock cloud (demo and tests).'),
     host: z.string().default('127.0.0.1'),
-    port: port.default(5000),
+    port: port.default(0).describe('Port of the embedded mock cloud; 0 (the default) picks a free one, shown in the demo banner.'),
     bootTimeMinMs: ms('Shortest simulated boot.', 0),
     bootTimeMaxMs: ms('Longest simulated boot.', 10_000),
     seed: z.number().int().optional().describe('Seed for reproducible boot times and failures.'),
@@ -330,7 +330,7 @@ export const configSchema = z.object({
     hangRate: z.number().min(0).max(1).default(0).describe('Share of boots that never finish.'),
     seedData: z.boolean().default(true).describe('Start with the original\'s VMs (as1: 1, 2; as2: 3).'),
   }).strict().refine((m) => m.bootTimeMinMs <= m.bootTimeMaxMs, { message: 'bootTimeMinMs must not exceed bootTimeMaxMs', path: ['bootTimeMinMs'] })
-    .default({ enabled: false, host: '127.0.0.1', port: 5000, bootTimeMinMs: 0, bootTimeMaxMs: 10_000, failureRate: 0, hangRate: 0, seedData: true }),
+    .default({ enabled: false, host: '127.0.0.1', port: 0, bootTimeMinMs: 0, bootTimeMaxMs: 10_000, failureRate: 0, hangRate: 0, seedData: true }),
   identities: z.array(identitySchema).default([])
     .describe('How callers prove who they are, tried in this order (docs/concepts/access.md).'),
   access: accessSettingsSchema,

@@ -1,6 +1,6 @@
 /**
- * Credentials for providers, from the environment or a file (DESIGN.md rule 7: the
- * environment is read here only). An environment variable is checked at start-up, so a
+ * Credentials for providers, from the environment or a file (the environment is
+ * read in src/config/ only). An environment variable is checked at start-up, so a
  * missing token stops the proxy with a clear message; a file is re-read on each use, so a
  * rotated secret (a mounted Kubernetes secret, say) is picked up without a restart.
  */

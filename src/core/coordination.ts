@@ -4,7 +4,7 @@
  * `cluster/redis-coordinator.ts` implements it on Redis; without a coordinator (one process)
  * the manager never calls any of this, so the single-process path is unchanged.
  *
- * Nothing here is on the warm path (DESIGN.md rule 1): the manager consults the coordinator
+ * Nothing here is on the warm path (a warm request makes no remote call): the manager consults the coordinator
  * only where it would otherwise call a provider (a start, an idle stop).
  */
 import type { InstanceRef } from './ports.ts';

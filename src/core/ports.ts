@@ -1,7 +1,7 @@
 /**
  * The ports of the core: what the domain needs from the outside world, each with its
  * contract written on it. Implementations live in `providers/`, `state/`, `proxy/`;
- * the core imports none of them (DESIGN.md, dependency direction).
+ * the core imports none of them (dependencies point into the core, see docs/design.md).
  */
 
 /**
@@ -117,7 +117,7 @@ export interface TimerHandle {
 }
 
 /**
- * Time, injected so that tests drive it (DESIGN.md: never sleep to wait in a test).
+ * Time, injected so that tests drive it (a test advances time; it never sleeps).
  * `now()` is milliseconds since the epoch.
  */
 export interface Clock {
@@ -195,7 +195,7 @@ export interface StoreBatch {
  *
  * Contract (checked for every implementation by `test/state/store-contract.ts`):
  * - Every method is async, so a networked store (Redis) fits the same port; callers never
- *   await a store on the request path (DESIGN.md rules 1 and 6): writes are collected in
+ *   await a store on the request path (a slow store must never slow a request): writes are collected in
  *   memory and applied in batches on a timer by `core/state-sync.ts`.
  * - `apply` is all-or-nothing where the engine allows, and idempotent: applying the same
  *   batch twice leaves the same records (a retried flush after a half-known failure is safe).

@@ -105,7 +105,7 @@ interface Waiter {
 /**
  * One instance of a resource: the unit that is started, probed, forwarded to and stopped.
  * The data plane reads `status` and `endpoint` directly: a ready instance is forwarded with
- * no call at all (DESIGN.md rule 1).
+ * no call at all (the warm path makes no provider or store call).
  */
 export class Instance {
   readonly resource: ResourceRuntime;
@@ -316,7 +316,7 @@ export class ResourceManager {
     };
   }
 
-  /** Marks use of an instance; O(1), no I/O (DESIGN.md rule 6). */
+  /** Marks use of an instance; O(1), no I/O (it runs on every request). */
   touch(inst: Instance): void {
     inst.lastActivityAt = this.#clock.now();
   }
@@ -436,7 +436,8 @@ export class ResourceManager {
     inst.endpoint = undefined;
     this.#clearTimers(inst);
     const res = inst.resource;
-    const deadline = this.#clock.now() + res.bootTimeoutMs;
+    const stopStartedAt = this.#clock.now();
+    const deadline = stopStartedAt + res.bootTimeoutMs;
     try {
       // Stops run during shutdown too (after close()), so they may outlive the manager.
       await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.stop(inst.ref, signal), 'stop', true);
@@ -450,6 +451,9 @@ export class ResourceManager {
     }
     if (inst.generation !== gen) return;
     this.#move(inst, 'stopped', reason);
+    // Logged here, whatever the provider, so that every stop (idle, shutdown, operator) is in
+    // the log and not only in the audit table.
+    this.#log.info({ resource: res.id, instance: inst.key, reason, stopMs: this.#clock.now() - stopStartedAt }, 'instance stopped');
     this.#coordinator?.stopped(inst.ref);
     inst.handle = undefined;
     // A request that arrived while the instance was stopping waits for the stop, then wakes it.

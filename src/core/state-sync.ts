@@ -1,6 +1,6 @@
 /**
  * Keeps the state store in step with the control plane, without ever putting the store on
- * the request path (DESIGN.md rules 1 and 6):
+ * the request path (a slow store must never slow a request):
  *
  * - Writes are write-behind: lifecycle events mark an instance dirty, activity is read from
  *   `Instance.lastActivityAt` (an O(1) in-memory mark), and everything is applied in one

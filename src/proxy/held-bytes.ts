@@ -1,5 +1,5 @@
 /**
- * The global budget for held request bodies (DESIGN.md rule 4: every queue is bounded).
+ * The global budget for held request bodies (every queue is bounded).
  *
  * What "held bytes" means here. A held request's body is never read into memory while it
  * waits: the proxy does not consume the request stream, so Node stops reading the socket

@@ -2,7 +2,7 @@
  * The data plane: `node:http` in front, undici to the backends. One request goes through
  * the steps in `handle`, in this order, and nothing with a side effect (a provider call, a
  * held slot, a body read) happens before route → identify → authorize have passed
- * (DESIGN.md rule 5).
+ * (an unauthorized caller costs no start, no slot and no buffer).
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';

@@ -6,7 +6,7 @@
  * `UPDATE_SCREENSHOTS=1` (npm run docs:screenshot) also writes docs/img/waiting-page.png.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -14,8 +14,8 @@ import { chromium, type BrowserContext } from 'playwright-core';
 import type { Instance } from '../../src/core/resource-manager.ts';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { startHarness, type Harness } from '../helpers/proxy-harness.ts';
+import { requireBinary } from '../helpers/system.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
 
 /** The little of the DOM the page predicates use (this project has no DOM types). */
 interface PageGlobals {
@@ -25,7 +25,8 @@ interface PageGlobals {
   };
 }
 const BOOT_MS = 1500;
-const skip = existsSync(CHROMIUM) ? false : `${CHROMIUM} is missing (scripts/install-system-deps.sh installs it)`;
+// Missing Chromium fails the file at once with the package to install (never a silent skip).
+const CHROMIUM = requireBinary('chromium', 'chromium');
 
 function bootFinished(h: Harness): Promise<Instance> {
   return new Promise((resolve) => {
@@ -66,7 +67,7 @@ async function launch(javaScriptEnabled: boolean): Promise<{ context: BrowserCon
   };
 }
 
-describe('waiting page in Chromium', { skip, timeout: 120_000 }, () => {
+describe('waiting page in Chromium', { timeout: 120_000 }, () => {
   let h: Harness;
   let mimic: MimicProvider;
 

@@ -9,8 +9,10 @@ import { createServer } from 'node:net';
 import { Redis } from 'ioredis';
 import { startMockCloud, type MockCloud } from '../../src/mock-cloud/mock-cloud.ts';
 import { deleteByPrefix } from '../../src/state/redis/client.ts';
+import { exitOf, requireBinary, testRedisUrl } from '../helpers/system.ts';
 
-export const sharedRedisUrl = 'redis://127.0.0.1:6379';
+/** SMART_PROXY_TEST_REDIS_URL, by default 127.0.0.1:6379. */
+export const sharedRedisUrl = testRedisUrl;
 
 export function uniquePrefix(name: string): string {
   return `sp-test:${name}:${randomUUID()}:`;
@@ -76,7 +78,7 @@ export class PrivateRedis {
 
   /** Starts it; resolves once it accepts connections. */
   async start(): Promise<void> {
-    const child = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(requireBinary('redis-server', 'redis-server'), ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.#child = child;
     let out = '';
     await new Promise<void>((resolve, reject) => {
@@ -84,7 +86,7 @@ export class PrivateRedis {
         out += d.toString();
         if (out.includes('Ready to accept connections')) resolve();
       });
-      child.once('exit', (code) => reject(new Error(`redis-server exited (${code}):\n${out}`)));
+      void exitOf(child).then(({ code, error }) => reject(new Error(`redis-server ${error === undefined ? `exited (${code})` : `did not start (${error.message})`}:\n${out}`)));
     });
   }
 

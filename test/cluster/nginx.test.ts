@@ -9,9 +9,10 @@ import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import { Agent } from 'undici';
 import { startProxyProcess, type ProxyProcess } from '../helpers/proxy-process.ts';
+import { exitOf, requireBinary, requireRedis } from '../helpers/system.ts';
 import { cleanPrefix, freePort, newCloud, replicaConfig, sharedRedisUrl, uniquePrefix } from './cluster-kit.ts';
 
 const doc = readFileSync(new URL('../../docs/operations/replicas.md', import.meta.url), 'utf8');
@@ -41,6 +42,13 @@ async function accepts(port: number): Promise<boolean> {
 }
 
 describe('nginx in front of three replicas (docs/operations/replicas.md)', () => {
+  // Checked before any replica starts: nothing to clean up when the machine lacks one.
+  let nginxBin = '';
+  before(async () => {
+    nginxBin = requireBinary('nginx', 'nginx');
+    await requireRedis(sharedRedisUrl);
+  });
+
   it('spreads cold requests (one start, all 200) and routes around a replica killed with -9', async () => {
     const prefix = uniquePrefix('nginx');
     const cloud = await newCloud(200);
@@ -49,10 +57,10 @@ describe('nginx in front of three replicas (docs/operations/replicas.md)', () =>
     const ps: ProxyProcess[] = await Promise.all([0, 1, 2].map((i) => startProxyProcess(replicaConfig(cloud, { redisUrl: sharedRedisUrl, prefix, replicaId: `r${i}` }))));
     const listenPort = await freePort();
     writeFileSync(join(dir, 'nginx.conf'), nginxConfig(ps.map((p) => Number(new URL(p.url).port)), listenPort, dir));
-    const nginx = spawn('/usr/sbin/nginx', ['-p', dir, '-c', join(dir, 'nginx.conf'), '-g', 'daemon off;'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const nginx = spawn(nginxBin, ['-p', dir, '-c', join(dir, 'nginx.conf'), '-g', 'daemon off;'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let nginxOut = '';
     nginx.stderr.on('data', (d: Buffer) => { nginxOut += d.toString(); });
-    const nginxExited = new Promise((r) => nginx.once('exit', r));
+    const nginxExited = exitOf(nginx);
     const base = `http://127.0.0.1:${listenPort}/smart_proxy/app/-`;
     try {
       while (!(await accepts(listenPort))) {

@@ -1,5 +1,5 @@
 /**
- * The Redis coordinator on its own, against the real Redis at 127.0.0.1:6379 (a unique key
+ * The Redis coordinator on its own, against the real Redis at SMART_PROXY_TEST_REDIS_URL (a unique key
  * prefix per test): lease exclusivity and fencing, readiness reaching a waiter by pub/sub and,
  * when a message is lost, by the periodic read; activity summed over replicas for idle stop.
  */
@@ -10,6 +10,9 @@ import { SmartProxyError } from '../../src/core/errors.ts';
 import type { InstanceRef } from '../../src/core/ports.ts';
 import { RedisCoordinator, type RedisCoordinatorOptions } from '../../src/state/redis/redis-coordinator.ts';
 import { cleanPrefix, sharedRedisUrl, uniquePrefix } from './cluster-kit.ts';
+import { requireRedis } from '../helpers/system.ts';
+
+await requireRedis(sharedRedisUrl);
 
 const quiet = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
 const ref: InstanceRef = { resourceId: 'app', instanceKey: 'g1,g2', groups: ['g1', 'g2'] };

@@ -11,6 +11,9 @@ import type { MockCloud } from '../../src/mock-cloud/mock-cloud.ts';
 import { decodeClusterRecord, type ClusterRecord } from '../../src/state/redis/redis-coordinator.ts';
 import { startProxyProcess, type ProxyProcess } from '../helpers/proxy-process.ts';
 import { cleanPrefix, newCloud, replicaConfig, sharedRedisUrl, uniquePrefix } from './cluster-kit.ts';
+import { requireRedis } from '../helpers/system.ts';
+
+await requireRedis(sharedRedisUrl);
 
 const agent = new Agent({ connections: 2_000 });
 after(() => agent.close());

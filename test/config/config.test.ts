@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import { ConfigError, effectiveResources, expandStatuses, loadConfigFile, parseConfig } from '../../src/config/load.ts';
 
@@ -49,8 +49,33 @@ describe('config', () => {
       '  "bad id": { provider: nowhere }',
     ].join('\n'));
     const text = problems.join('\n');
-    assert.match(text, /listen: unknown field\(s\) "prot"/);
+    assert.match(text, /^line 1: listen\.prot: unknown field \(did you mean "port"\?\)$/m);
     assert.match(text, /resources\.bad id/);
+  });
+
+  it('puts an unknown key at its own line and suggests the closest known key, inside unions and records too', () => {
+    const problems = problemsOf([
+      'providers:',
+      '  c:',
+      '    kind: atmosphere',
+      '    baseUrl: embedded',
+      '    requestTimeotMs: 5',
+      'resourceDefaults:',
+      '  bootTimeoutMs: 1000',
+      '  idleStopMS: 5',
+      '  zzzzqqq: 1',
+      'resources:',
+      '  a:',
+      '    provider: c',
+      '    access: { public: true }',
+      '    waiting: { browserPag: true }',
+    ].join('\n'));
+    assert.deepEqual(problems.toSorted(), [
+      'line 14: resources.a.waiting.browserPag: unknown field (did you mean "browserPage"?)',
+      'line 5: providers.c.requestTimeotMs: unknown field (did you mean "requestTimeoutMs"?)',
+      'line 8: resourceDefaults.idleStopMS: unknown field (did you mean "idleStopMs"?)',
+      'line 9: resourceDefaults.zzzzqqq: unknown field',
+    ]);
   });
 
   it('refers unknown provider names back to the field', () => {
@@ -85,8 +110,9 @@ describe('config', () => {
     assert.ok(s.includes(299) && s.includes(404) && !s.includes(300));
   });
 
-  it('check-config exits 0 for a valid file and 1 with the problems for an invalid one', async () => {
+  it('check-config exits 0 for a valid file and 1 with the problems for an invalid one', async (t: TestContext) => {
     const dir = mkdtempSync(join(tmpdir(), 'sp-config-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
     const good = join(dir, 'good.yaml');
     const bad = join(dir, 'bad.yaml');
     writeFileSync(good, 'providers: { c: { kind: atmosphere, baseUrl: embedded } }\nmockCloud: { enabled: true }\nresources: { a: { provider: c, access: { public: true } } }\n');

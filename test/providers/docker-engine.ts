@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { labelKeys } from '../../src/providers/docker/docker-provider.ts';
+import { requireBinary } from '../helpers/system.ts';
 
 export const testImage = 'localhost/smart-proxy/busybox-httpd:latest';
 const script = fileURLToPath(new URL('../../scripts/podman/podman.sh', import.meta.url));
@@ -36,6 +37,7 @@ export function freshOwner(): string {
 }
 
 export async function startPodmanService(): Promise<PodmanService> {
+  requireBinary('podman', 'podman');
   const dir = await mkdtemp(join(tmpdir(), 'sp-podman-'));
   const socketPath = join(dir, 'podman.sock');
   const child = spawn('bash', [script, 'serve', socketPath], { stdio: ['ignore', 'ignore', 'pipe'] });

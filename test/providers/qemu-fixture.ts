@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import type { Logger } from '../../src/core/ports.ts';
+import { requireBinary } from '../helpers/system.ts';
 import { createQemuProvider, type QemuProvider, type QemuProviderOptions, type QemuVmEvent } from '../../src/providers/qemu/qemu-provider.ts';
 
 const run = promisify(execFile);
@@ -29,6 +30,7 @@ let built: Promise<TestVm> | undefined;
 /** Builds (or reuses) the test VM once per test process. */
 export function ensureTestVm(): Promise<TestVm> {
   built ??= (async () => {
+    requireBinary('qemu-system-x86_64', 'qemu-system-x86');
     try {
       await run('qemu-system-x86_64', ['--version'], { timeout: 30_000 });
     } catch (err) {

@@ -15,6 +15,7 @@ import type { Echo } from '../helpers/echo-server.ts';
 import { startEchoServer } from '../helpers/echo-server.ts';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { startHarness } from '../helpers/proxy-harness.ts';
+import { requireBinary } from '../helpers/system.ts';
 import type { ReloadOutcome } from '../../src/proxy/tls.ts';
 
 /** A throw-away CA and leaf certificates for 127.0.0.1/localhost, made with the openssl CLI. */
@@ -22,7 +23,7 @@ let dir: string;
 let caPem: Buffer;
 
 function openssl(...args: string[]): void {
-  execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  execFileSync(requireBinary('openssl', 'openssl'), args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
 }
 
 function makeLeaf(name: string): { cert: string; key: string } {
@@ -46,7 +47,7 @@ async function servedFingerprint(url: string): Promise<string> {
 }
 
 function fingerprintOf(pemFile: string): string {
-  return execFileSync('openssl', ['x509', '-in', pemFile, '-noout', '-fingerprint', '-sha256'], { encoding: 'utf8' }).trim().split('=')[1] ?? '';
+  return execFileSync(requireBinary('openssl', 'openssl'), ['x509', '-in', pemFile, '-noout', '-fingerprint', '-sha256'], { encoding: 'utf8' }).trim().split('=')[1] ?? '';
 }
 
 function h2request(session: ClientHttp2Session, headers: Record<string, string | string[]>, body?: Buffer): Promise<{ headers: IncomingHttpHeaders; body: string }> {

@@ -97,7 +97,7 @@ describe('themes', () => {
     const [a, b] = effectiveResources(parseConfig(yaml));
     assert.deepEqual(a?.waiting, { browserPage: true, defaultWaitMs: 20_000, themeDir: dir }, 'capped at holdTimeoutMs');
     assert.deepEqual(b?.waiting, { browserPage: false, defaultWaitMs: 1500, themeDir: dir }, 'merged field by field');
-    assert.throws(() => parseConfig('resources: { a: { provider: { kind: atmosphere, baseUrl: embedded }, waiting: { page: true } } }'), /resources\.a\.waiting: unknown field\(s\) "page"/);
+    assert.throws(() => parseConfig('resources: { a: { provider: { kind: atmosphere, baseUrl: embedded }, waiting: { page: true } } }'), /resources\.a\.waiting\.page: unknown field/);
 
     const loader = new ThemeLoader();
     const theme = loader.load(a?.waiting.themeDir);

@@ -1,5 +1,6 @@
 /**
- * The Redis store: the shared store contract against a real Redis (127.0.0.1:6379), and its
+ * The Redis store: the shared store contract against a real Redis (SMART_PROXY_TEST_REDIS_URL,
+ * by default 127.0.0.1:6379), and its
  * stored format pinned (records are versioned; a change to them needs a new version).
  */
 import assert from 'node:assert/strict';
@@ -9,8 +10,10 @@ import { Redis } from 'ioredis';
 import { deleteByPrefix } from '../../src/state/redis/client.ts';
 import { REDIS_RECORD_VERSION, RedisStore, decodeInstance, encodeInstance } from '../../src/state/redis/redis-store.ts';
 import { record, storeContract } from './store-contract.ts';
+import { requireRedis, testRedisUrl } from '../helpers/system.ts';
 
-const url = 'redis://127.0.0.1:6379';
+const url = testRedisUrl;
+await requireRedis(url);
 const prefix = `sp-test:${randomUUID()}:`;
 const quiet = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
 const admin = new Redis(url);

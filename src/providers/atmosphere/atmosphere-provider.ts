@@ -90,6 +90,19 @@ export function createAtmosphereProvider(options: AtmosphereProviderOptions): Pr
 }
 
 /**
+ * Asks a cloud which API it speaks (`GET /vms` once), without a provider to keep: the
+ * start-up and check-config warnings about resources that cannot work with it.
+ */
+export async function detectAtmosphereApi(baseUrl: string, requestTimeoutMs: number, signal: AbortSignal): Promise<'original' | 'extended'> {
+  const p = new AtmosphereProvider({ baseUrl, requestTimeoutMs, connections: 1 });
+  try {
+    return await p.detectApi(signal);
+  } finally {
+    await p.close();
+  }
+}
+
+/**
  * The instance key the cloud's own data implies for a VM: its sorted groups, or `*` for a VM
  * started without groups (the core's key of a shared instance).
  */
@@ -282,6 +295,11 @@ class AtmosphereProvider implements Provider {
     }
     this.#stopUnsupportedLogged = true;
     this.#logger.warn(fields, 'atmosphere: this cloud has no stop (original 2012 API); VMs are left running');
+  }
+
+  /** Which API the cloud speaks (asked once, then remembered): start-up checks use it. */
+  detectApi(signal: AbortSignal): Promise<'original' | 'extended'> {
+    return this.#apiKind(signal);
   }
 
   // ------------------------------------------------------------------ cloud API calls

@@ -25,6 +25,7 @@ import { BootGate } from './boot-gate.ts';
 import { buildQemuArgs, shellQuote, type QemuMachineOptions } from './command-line.ts';
 import { ConsoleBuffer } from './console-buffer.ts';
 import { QmpClient, QmpError } from './qmp-client.ts';
+import { pidAlive } from './pid.ts';
 
 export interface QemuProviderOptions extends QemuMachineOptions {
   /** Per-VM directories (pid, sockets, console log, suspend state) live here. */
@@ -793,15 +794,6 @@ async function retryConnect<T>(attempt: () => Promise<T>, deadline: number, gone
     }
     await delay(waitMs);
     waitMs = Math.min(100, waitMs * 2);
-  }
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
