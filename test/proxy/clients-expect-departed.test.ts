@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import { SmartProxyError } from '../../src/core/errors.ts';
 import type { Identify } from '../../src/proxy/server.ts';
@@ -18,8 +19,11 @@ async function until(cond: () => boolean): Promise<void> {
   while (!cond()) await new Promise((r) => setImmediate(r));
 }
 
-async function openConnections(h: Harness): Promise<number> {
-  return new Promise((resolve, reject) => h.proxy.server.getConnections((err, n) => (err ? reject(err) : resolve(n))));
+/** Resolves when the proxy's side of its next accepted connection has closed (all its 'close' listeners ran). */
+function nextConnectionClosed(h: Harness): Promise<void> {
+  return new Promise((resolve) => {
+    h.proxy.server.once('connection', (s: Socket) => s.once('close', () => setImmediate(resolve)));
+  });
 }
 
 /** A backend that records every request it receives except the readiness probe (GET /). */
@@ -141,13 +145,13 @@ describe('a client that leaves is gone everywhere', () => {
       assert.equal((await w.response()).status, 200);
       await w.until((_r, closed) => closed, 'the warm-up connection to close');
       const pause = pauseNext();
+      const proxySide = nextConnectionClosed(h);
       const c = await RawClient.open(h.url);
       c.write('DELETE /smart_proxy/app/g1/items/7 HTTP/1.1\r\nhost: x\r\n\r\n');
       await pause.entered;
       c.close();
-      await until(() => c.closed);
-      // The proxy has seen the connection go before identify finishes.
-      while ((await openConnections(h)) > 0) await new Promise((r) => setImmediate(r));
+      // The proxy has seen the connection go before identify finishes (as with a slow scrypt).
+      await proxySide;
       pause.resume();
       // A later request on the same backend: had the DELETE been sent, it would be before this.
       const after = await fetch(`${h.url}/smart_proxy/app/g1/after`);
@@ -166,11 +170,12 @@ describe('a client that leaves is gone everywhere', () => {
     const h = await startHarness({ resources: [{ id: 'app', provider: mimic }, { id: 'other', provider: other }], identify });
     try {
       const pause = pauseNext();
+      const proxySide = nextConnectionClosed(h);
       const c = await RawClient.open(h.url);
       c.write('POST /smart_proxy/app/g1/jobs HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n');
       await pause.entered;
       c.close();
-      while ((await openConnections(h)) > 0) await new Promise((r) => setImmediate(r));
+      await proxySide;
       pause.resume();
       const later = await fetch(`${h.url}/smart_proxy/other/g1/`);
       assert.equal(later.status, 200);
