@@ -29,7 +29,7 @@ export class ClientGone extends Error {
 }
 
 /** Requests waiting for `100 Continue`, with their response's original keep-alive. */
-const awaitingContinue = new WeakMap<ServerResponse, boolean>();
+const awaitingContinue = new WeakMap<ServerResponse, boolean | undefined>();
 
 /**
  * Marks a request that sent `Expect: 100-continue` (Node's 'checkContinue' event): its body
@@ -40,6 +40,11 @@ const awaitingContinue = new WeakMap<ServerResponse, boolean>();
  * body the client withholds would leave the connection stuck).
  */
 export function expectContinue(res: ServerResponse): void {
+  // HTTP/2 compat responses have no shouldKeepAlive (undefined); a stream is never reused.
+  if (typeof res.shouldKeepAlive !== 'boolean') {
+    awaitingContinue.set(res, undefined);
+    return;
+  }
   awaitingContinue.set(res, res.shouldKeepAlive);
   res.shouldKeepAlive = false;
 }
@@ -49,10 +54,10 @@ export function expectContinue(res: ServerResponse): void {
  * its body is read (the forward). Restores the connection's keep-alive.
  */
 export function sendContinue(res: ServerResponse): void {
+  if (!awaitingContinue.has(res)) return;
   const keepAlive = awaitingContinue.get(res);
-  if (keepAlive === undefined) return;
   awaitingContinue.delete(res);
   if (res.headersSent) return;
-  res.shouldKeepAlive = keepAlive;
+  if (keepAlive !== undefined) res.shouldKeepAlive = keepAlive;
   res.writeContinue();
 }

@@ -69,7 +69,7 @@ function pausableIdentify(): { identify: Identify; pauseNext: () => { entered: P
   };
 }
 
-describe('Expect: 100-continue', () => {
+describe('Expect: 100-continue', { timeout: 60_000 }, () => {
   it('answers 100 only after admission, forwards the body, and never forwards Expect', async () => {
     const mimic = new MimicProvider();
     const h = await startHarness({ resources: [{ id: 'app', provider: mimic }] });
@@ -133,7 +133,7 @@ describe('Expect: 100-continue', () => {
   });
 });
 
-describe('a client that leaves is gone everywhere', () => {
+describe('a client that leaves is gone everywhere', { timeout: 60_000 }, () => {
   it('a DELETE abandoned during identify never reaches the backend (warm resource)', async () => {
     const { mimic, seen } = recordingMimic();
     const { identify, pauseNext } = pausableIdentify();

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parseConfig } from '../../src/config/load.ts';
+import type { Echo } from '../helpers/echo-server.ts';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { startHarness, type Harness } from '../helpers/proxy-harness.ts';
 import { RawClient } from '../helpers/raw-client.ts';
@@ -48,7 +49,7 @@ function problemCode(body: string): string {
   return (JSON.parse(body) as { code: string }).code;
 }
 
-describe('slow and stuck clients are bounded', () => {
+describe('slow and stuck clients are bounded', { timeout: 60_000 }, () => {
   it('a request body that goes silent gets 408 and frees its backend connection', async () => {
     const mimic = new MimicProvider();
     // One connection to the backend: a stuck upload that kept it would block everyone.
@@ -163,7 +164,7 @@ describe('slow and stuck clients are bounded', () => {
   });
 });
 
-describe('HTTP/2 sessions are bounded', () => {
+describe('HTTP/2 clients', { timeout: 60_000 }, () => {
   let dir: string;
   let ca: Buffer;
   let cert: string;
@@ -183,6 +184,53 @@ describe('HTTP/2 sessions are bounded', () => {
     key = join(dir, 'leaf.key');
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('Expect: 100-continue over HTTP/2: 100 after admission, the body reaches the backend, Expect is not forwarded', async () => {
+    const mimic = new MimicProvider();
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }], tls: { certFile: cert, keyFile: key } });
+    const session = h2connect(h.url, { ca });
+    session.on('error', () => undefined);
+    try {
+      await once(session, 'connect');
+      const body = Buffer.alloc(300 * 1024, 0x63);
+      const stream = session.request({ ':method': 'PUT', ':path': '/smart_proxy/app/g1/blob', expect: '100-continue', 'content-length': String(body.length) }, { endStream: false });
+      let text = '';
+      let status = 0;
+      stream.setEncoding('utf8');
+      stream.on('response', (hd) => { status = Number(hd[':status']); });
+      stream.on('data', (d: string) => { text += d; });
+      await once(stream, 'continue');
+      stream.end(body);
+      await once(stream, 'end');
+      assert.equal(status, 200, text);
+      const echo = JSON.parse(text) as Echo;
+      assert.equal(echo.bodyBytes, body.length);
+      assert.equal(echo.headers.expect, undefined);
+    } finally {
+      session.destroy();
+      await h.close();
+    }
+  });
+
+  it('refuses a Host that contradicts :authority (RFC 9113 §8.3.1)', async () => {
+    const mimic = new MimicProvider();
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }], tls: { certFile: cert, keyFile: key } });
+    const session = h2connect(h.url, { ca });
+    session.on('error', () => undefined);
+    try {
+      await once(session, 'connect');
+      const stream = session.request({ ':path': '/smart_proxy/app/g1/x', ':authority': 'a.example', host: 'b.example' });
+      let status = 0;
+      stream.on('response', (hd) => { status = Number(hd[':status']); });
+      stream.resume();
+      await once(stream, 'end');
+      assert.equal(status, 400);
+      assert.equal(mimic.calls.start, 0);
+    } finally {
+      session.destroy();
+      await h.close();
+    }
+  });
 
   it('closes a session idle past http2SessionIdleTimeoutMs, never one with a held stream', { timeout: 15_000 }, async () => {
     const mimic = new MimicProvider({ manual: true });
