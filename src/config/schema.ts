@@ -258,9 +258,9 @@ export const configSchema = z.object({
   trustedProxies: z.array(z.string()).default([])
     .describe('Addresses or CIDRs of front proxies whose X-Forwarded-* headers are believed.'),
   server: z.object({
-    headersTimeoutMs: ms('Time for a client to send the request headers.', 30_000),
-    keepAliveTimeoutMs: ms('Idle keep-alive connections from clients are closed after this long.', 5_000),
-    maxHeaderBytes: z.number().int().min(1024).default(16 * 1024).describe('Largest request head accepted.'),
+    headersTimeoutMs: ms('Time for a client to send the request headers (slowloris); 30 s is far beyond any real client.', 30_000),
+    keepAliveTimeoutMs: ms('Idle keep-alive connections from clients are closed after this long; 5 s keeps sockets for bursts without hoarding them.', 5_000),
+    maxHeaderBytes: z.number().int().min(1024).default(16 * 1024).describe('Largest request head accepted (431 past it); 16 KiB, Node\'s default, fits large cookies and JWTs.'),
     bodyIdleTimeoutMs: ms('Longest silence while a request body is forwarded; then 408 (or the backend request is cut) and the backend connection is freed. 60 s, as nginx\'s client_body_timeout: no live client pauses that long mid-upload. 0 = none.', 60_000),
     tlsHandshakeTimeoutMs: ms('Time for a client to finish the TLS handshake; a stalled handshake holds a socket. 10 s covers slow mobile links (Node\'s own default is 120 s).', 10_000),
     http2SessionIdleTimeoutMs: ms('An HTTP/2 session with no open stream for this long is closed with GOAWAY (streams in flight, such as held requests, are never cut). 0 = never.', 30_000),
@@ -268,7 +268,7 @@ export const configSchema = z.object({
       .describe('Streams one HTTP/2 client may open at once (nginx\'s default); each is a request the proxy may hold.'),
   }).strict().default({ headersTimeoutMs: 30_000, keepAliveTimeoutMs: 5_000, maxHeaderBytes: 16 * 1024, bodyIdleTimeoutMs: 60_000, tlsHandshakeTimeoutMs: 10_000, http2SessionIdleTimeoutMs: 30_000, http2MaxConcurrentStreams: 128 }),
   upstream: z.object({
-    connectTimeoutMs: ms('Connecting to a ready backend.', 5_000),
+    connectTimeoutMs: ms('Connecting to a ready backend; a healthy one on a local network connects in milliseconds, so 5 s means it is gone.', 5_000),
     headersTimeoutMs: ms('Waiting for the backend\'s response head (then 504). 60 s, as nginx\'s proxy_read_timeout: a hung backend holds a connection and a client no longer; raise it for endpoints that compute long before answering.', 60_000),
     bodyTimeoutMs: ms('Longest silence inside a response body; 0 = none (SSE, long polls).', 0),
     connectionsPerBackend: z.number().int().min(1).default(256).describe('Requests in flight to one backend at once (its keep-alive pool size).'),
