@@ -14,6 +14,8 @@ export async function* idleBoundedBody(req: IncomingMessage, idleMs: number): As
   const it = req[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   let onIdle: (() => void) | undefined;
   const timer = setTimeout(() => onIdle?.(), idleMs);
+  // An abandoned body (the forward failed) must not keep the process alive.
+  timer.unref();
   try {
     for (;;) {
       timer.refresh();

@@ -156,7 +156,12 @@ export class UpstreamPools {
       });
       // undici's client writes any async iterable body (client-h1 writeIterable); its
       // dispatch types name only Readable.
-      this.pool(origin).dispatch({ method, path, headers, body: body as Dispatcher.DispatchOptions['body'] }, handler);
+      try {
+        this.pool(origin).dispatch({ method, path, headers, body: body as Dispatcher.DispatchOptions['body'] }, handler);
+      } catch (err) {
+        // A request undici refuses outright (invalid header bytes) must not keep its slot.
+        handler.onResponseError(undefined, err as Error);
+      }
     });
   }
 }
@@ -222,7 +227,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     this.#settle('done');
   }
 
-  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+  onResponseError(_controller: Dispatcher.DispatchController | undefined, err: Error): void {
     if (this.#settled) return;
     if (this.#headSent || this.#clientGone) {
       // Client left or backend broke mid-body: the client connection is the only signal left.
