@@ -7,12 +7,13 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { connect as h2connect } from 'node:http2';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parseConfig } from '../../src/config/load.ts';
-import type { Echo } from '../helpers/echo-server.ts';
+import { startEchoServer, type Echo } from '../helpers/echo-server.ts';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { startHarness, type Harness } from '../helpers/proxy-harness.ts';
 import { RawClient } from '../helpers/raw-client.ts';
@@ -109,6 +110,41 @@ describe('slow and stuck clients are bounded', { timeout: 60_000 }, () => {
       const next = await fetch(`${h.url}/smart_proxy/app/g1/next`, { signal: AbortSignal.timeout(5_000) });
       assert.equal(next.status, 200);
       await next.text();
+    } finally {
+      for (const c of clients) c.close();
+      await h.close();
+    }
+  });
+
+  it('a client that leaves the backend queue is dropped from it and never sent', async () => {
+    const seen: string[] = [];
+    const mimic = new MimicProvider({
+      backend: (key) => startEchoServer({ name: key, handler: (req: IncomingMessage, res: ServerResponse) => {
+        if (req.url !== '/') seen.push(`${req.method} ${req.url}`);
+        req.resume();
+        req.on('end', () => res.end('ok'));
+      } }),
+    });
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }], upstream: { connectionsPerBackend: 1 }, bounds: { bodyIdleTimeoutMs: 0 } });
+    const clients: RawClient[] = [];
+    try {
+      const origin = await warmUp(h, mimic);
+      const gate = h.proxy.pools.gate(origin);
+      const upload = await stuckUpload(h, 100, 1);
+      clients.push(upload);
+      await until(() => gate.inFlight === 1);
+      const queued = await RawClient.open(h.url);
+      clients.push(queued);
+      queued.write('DELETE /smart_proxy/app/g1/queued HTTP/1.1\r\nhost: x\r\n\r\n');
+      await until(() => gate.queued === 1);
+      queued.close();
+      await until(() => gate.queued === 0);
+      upload.write(Buffer.alloc(99, 0x61));
+      assert.equal((await upload.response()).status, 200);
+      const next = await fetch(`${h.url}/smart_proxy/app/g1/next`, { signal: AbortSignal.timeout(5_000) });
+      assert.equal(next.status, 200);
+      await next.text();
+      assert.deepEqual(seen, ['GET /warm', 'POST /upload', 'GET /next']);
     } finally {
       for (const c of clients) c.close();
       await h.close();
