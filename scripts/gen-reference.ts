@@ -3,10 +3,12 @@
  * test that fails when the files on disk differ, so docs cannot drift from the code.
  */
 import { writeFileSync } from 'node:fs';
+import { limitsReference } from '../src/config/limits-reference.ts';
 import { configReference } from '../src/config/reference.ts';
 import { errorReference } from '../src/proxy/error-reference.ts';
 
 const root = new URL('../docs/reference/', import.meta.url);
 writeFileSync(new URL('config.md', root), configReference());
 writeFileSync(new URL('errors.md', root), errorReference());
-process.stdout.write('docs/reference/config.md and errors.md written\n');
+writeFileSync(new URL('limits.md', root), limitsReference());
+process.stdout.write('docs/reference/config.md, errors.md and limits.md written\n');

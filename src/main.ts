@@ -191,6 +191,12 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       tls: config.tls,
       maxHeldBytes: config.limits.maxHeldBytes,
       heldBodyEstimateBytes: config.limits.heldBodyEstimateBytes,
+      maxHeldBytesPerRequest: config.limits.maxHeldBytesPerRequest,
+      maxHeldBytesPerClient: config.limits.maxHeldBytesPerClient,
+      bodyIdleTimeoutMs: config.server.bodyIdleTimeoutMs,
+      tlsHandshakeTimeoutMs: config.server.tlsHandshakeTimeoutMs,
+      http2SessionIdleTimeoutMs: config.server.http2SessionIdleTimeoutMs,
+      http2MaxConcurrentStreams: config.server.http2MaxConcurrentStreams,
     });
     const addr = await proxy.listen(config.listen.port, config.listen.host);
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;

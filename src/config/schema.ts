@@ -258,16 +258,24 @@ export const configSchema = z.object({
   trustedProxies: z.array(z.string()).default([])
     .describe('Addresses or CIDRs of front proxies whose X-Forwarded-* headers are believed.'),
   server: z.object({
-    headersTimeoutMs: ms('Time for a client to send the request headers.', 30_000),
-    keepAliveTimeoutMs: ms('Idle keep-alive connections from clients are closed after this long.', 5_000),
-    maxHeaderBytes: z.number().int().min(1024).default(16 * 1024).describe('Largest request head accepted.'),
-  }).strict().default({ headersTimeoutMs: 30_000, keepAliveTimeoutMs: 5_000, maxHeaderBytes: 16 * 1024 }),
+    headersTimeoutMs: ms('Time for a client to send the request headers (slowloris); 30 s is far beyond any real client.', 30_000),
+    keepAliveTimeoutMs: ms('Idle keep-alive connections from clients are closed after this long; 5 s keeps sockets for bursts without hoarding them.', 5_000),
+    maxHeaderBytes: z.number().int().min(1024).default(16 * 1024).describe('Largest request head accepted (431 past it); 16 KiB, Node\'s default, fits large cookies and JWTs.'),
+    bodyIdleTimeoutMs: ms('Longest silence while a request body is forwarded; then 408 (or the backend request is cut) and the backend connection is freed. 60 s, as nginx\'s client_body_timeout: no live client pauses that long mid-upload. 0 = none.', 60_000),
+    tlsHandshakeTimeoutMs: ms('Time for a client to finish the TLS handshake; a stalled handshake holds a socket. 10 s covers slow mobile links (Node\'s own default is 120 s).', 10_000),
+    http2SessionIdleTimeoutMs: ms('An HTTP/2 session with no open stream for this long is closed with GOAWAY (streams in flight, such as held requests, are never cut). 0 = never.', 30_000),
+    http2MaxConcurrentStreams: z.number().int().min(1).default(128)
+      .describe('Streams one HTTP/2 client may open at once (nginx\'s default); each is a request the proxy may hold.'),
+  }).strict().default({ headersTimeoutMs: 30_000, keepAliveTimeoutMs: 5_000, maxHeaderBytes: 16 * 1024, bodyIdleTimeoutMs: 60_000, tlsHandshakeTimeoutMs: 10_000, http2SessionIdleTimeoutMs: 30_000, http2MaxConcurrentStreams: 128 }),
   upstream: z.object({
-    connectTimeoutMs: ms('Connecting to a ready backend.', 5_000),
-    headersTimeoutMs: ms('Waiting for the backend\'s response head.', 300_000),
+    connectTimeoutMs: ms('Connecting to a ready backend; a healthy one on a local network connects in milliseconds, so 5 s means it is gone.', 5_000),
+    headersTimeoutMs: ms('Waiting for the backend\'s response head (then 504). 60 s, as nginx\'s proxy_read_timeout: a hung backend holds a connection and a client no longer; raise it for endpoints that compute long before answering.', 60_000),
     bodyTimeoutMs: ms('Longest silence inside a response body; 0 = none (SSE, long polls).', 0),
-    connectionsPerBackend: z.number().int().min(1).default(256).describe('Keep-alive pool size per backend.'),
-  }).strict().default({ connectTimeoutMs: 5_000, headersTimeoutMs: 300_000, bodyTimeoutMs: 0, connectionsPerBackend: 256 }),
+    connectionsPerBackend: z.number().int().min(1).default(256).describe('Requests in flight to one backend at once (its keep-alive pool size).'),
+    maxQueuedPerBackend: z.number().int().min(0).default(1024)
+      .describe('Requests waiting for a connection to one backend when all connectionsPerBackend are busy; past it 503 + Retry-After at once.'),
+    queueTimeoutMs: ms('Longest wait for a connection to a busy backend, then 503 + Retry-After: slow or stuck requests holding every connection delay others this long at most.', 10_000),
+  }).strict().default({ connectTimeoutMs: 5_000, headersTimeoutMs: 60_000, bodyTimeoutMs: 0, connectionsPerBackend: 256, maxQueuedPerBackend: 1024, queueTimeoutMs: 10_000 }),
   limits: z.object({
     maxHeldRequests: z.number().int().min(0).default(10_000).describe('Requests held at once over all resources.'),
     maxHeldRequestsPerResource: z.number().int().min(0).default(1_000).describe('Default for resources.*.maxHeldRequests.'),
@@ -275,7 +283,11 @@ export const configSchema = z.object({
       .describe('Request bodies announced by held requests, summed over all resources (Content-Length, or heldBodyEstimateBytes when unknown); past it 503 + Retry-After. Held bodies are not read while held (backpressure).'),
     heldBodyEstimateBytes: z.number().int().min(0).default(1024 ** 2)
       .describe('What a held body of unknown length (chunked, HTTP/2 without content-length) counts against maxHeldBytes.'),
-  }).strict().default({ maxHeldRequests: 10_000, maxHeldRequestsPerResource: 1_000, maxHeldBytes: 1024 ** 3, heldBodyEstimateBytes: 1024 ** 2 }),
+    maxHeldBytesPerRequest: z.number().int().min(0).default(256 * 1024 ** 2)
+      .describe('Largest body one held request may announce; larger gets 413 while the resource is cold (sent again once warm, nothing is held). Keeps one Content-Length from taking the whole maxHeldBytes.'),
+    maxHeldBytesPerClient: z.number().int().min(0).default(512 * 1024 ** 2)
+      .describe('Held body bytes of one client address (the peer, or behind trustedProxies the first untrusted X-Forwarded-For hop); past it 503 + Retry-After for that client only.'),
+  }).strict().default({ maxHeldRequests: 10_000, maxHeldRequestsPerResource: 1_000, maxHeldBytes: 1024 ** 3, heldBodyEstimateBytes: 1024 ** 2, maxHeldBytesPerRequest: 256 * 1024 ** 2, maxHeldBytesPerClient: 512 * 1024 ** 2 }),
   tls: z.object({
     certFile: z.string().min(1).describe('PEM certificate chain, leaf first. Reloaded when the file changes.'),
     keyFile: z.string().min(1).describe('PEM private key. Reloaded when the file changes.'),

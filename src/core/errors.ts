@@ -7,6 +7,7 @@
 export const errorCatalogue = {
   SP_ROUTE_BAD_TARGET: 'The request target is malformed or unsafe (dot segments, "//", backslashes, bad percent-encoding, absolute-form or "*").',
   SP_ROUTE_NOT_FOUND: 'The path is not under /smart_proxy/{resource_id}/{groups}/, or the resource is unknown.',
+  SP_ROUTE_BAD_HOST: 'The request has more than one Host field, or a Host that contradicts its :authority (RFC 9112 §3.2, RFC 9113 §8.3.1).',
   SP_ROUTE_METHOD_NOT_ALLOWED: 'The proxy\'s own endpoints (/_smart_proxy/…) answer only the methods named in Allow.',
   SP_ACCESS_UNAUTHENTICATED: 'The resource needs a verified identity and the request carried none that verified.',
   SP_ACCESS_DENIED: 'The verified identity does not hold the groups this request acts with, or they do not satisfy the resource policy.',
@@ -19,6 +20,9 @@ export const errorCatalogue = {
   SP_RESOURCE_FAILED: 'The resource failed recently and is cooling down before the next start attempt.',
   SP_UPSTREAM_UNAVAILABLE: 'The ready backend did not answer the forwarded request.',
   SP_UPSTREAM_TIMEOUT: 'The backend did not answer the forwarded request in time.',
+  SP_UPSTREAM_QUEUE_FULL: 'Every connection to the backend is busy and its queue of waiting requests is full; try again later.',
+  SP_UPSTREAM_QUEUE_TIMEOUT: 'Every connection to the backend stayed busy for as long as a request may queue for one; try again later.',
+  SP_CLIENT_BODY_TIMEOUT: 'The client stopped sending its request body for longer than the body idle timeout.',
   SP_BODY_TOO_LARGE: 'The request body is larger than the limit for held requests.',
   SP_WS_BAD_UPGRADE: 'The upgrade request is not a proper WebSocket handshake (GET, Connection: upgrade, Upgrade: websocket, Sec-WebSocket-Key, Sec-WebSocket-Version: 13).',
   SP_WS_ORIGIN_DENIED: 'The WebSocket handshake\'s Origin is not in the resource\'s allow-list.',

@@ -8,6 +8,7 @@ import { SmartProxyError, errorCatalogue, type ErrorCode } from '../core/errors.
 export const statusByCode: Readonly<Record<ErrorCode, number>> = {
   SP_ROUTE_BAD_TARGET: 400,
   SP_ROUTE_NOT_FOUND: 404,
+  SP_ROUTE_BAD_HOST: 400,
   SP_ROUTE_METHOD_NOT_ALLOWED: 405,
   SP_ACCESS_UNAUTHENTICATED: 401,
   SP_ACCESS_DENIED: 403,
@@ -20,6 +21,9 @@ export const statusByCode: Readonly<Record<ErrorCode, number>> = {
   SP_RESOURCE_FAILED: 503,
   SP_UPSTREAM_UNAVAILABLE: 502,
   SP_UPSTREAM_TIMEOUT: 504,
+  SP_UPSTREAM_QUEUE_FULL: 503,
+  SP_UPSTREAM_QUEUE_TIMEOUT: 503,
+  SP_CLIENT_BODY_TIMEOUT: 408,
   SP_BODY_TOO_LARGE: 413,
   SP_WS_BAD_UPGRADE: 400,
   SP_WS_ORIGIN_DENIED: 403,
@@ -31,7 +35,7 @@ export const statusByCode: Readonly<Record<ErrorCode, number>> = {
 };
 
 const titles: Readonly<Record<number, string>> = {
-  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 413: 'Content Too Large',
+  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 408: 'Request Timeout', 413: 'Content Too Large',
   429: 'Too Many Requests', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
 };
 

@@ -5,6 +5,8 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { Pool, errors as undiciErrors, type Dispatcher } from 'undici';
 import { SmartProxyError } from '../core/errors.ts';
+import { BackendGate, type ReleaseSlot } from './backend-gate.ts';
+import { idleBoundedBody } from './body-idle.ts';
 import { downstreamHeaders } from './headers.ts';
 
 export interface UpstreamOptions {
@@ -12,6 +14,12 @@ export interface UpstreamOptions {
   readonly headersTimeoutMs: number;
   readonly bodyTimeoutMs: number;
   readonly connectionsPerBackend: number;
+  /** Requests queued for a busy backend (backend-gate.ts); default 1024. */
+  readonly maxQueuedPerBackend?: number;
+  /** Longest wait in that queue; default 10 s. */
+  readonly queueTimeoutMs?: number;
+  /** Longest silence of a client while its request body is forwarded; 0 = none. */
+  readonly bodyIdleTimeoutMs?: number;
 }
 
 /** A backend endpoint split once into what undici needs. */
@@ -37,6 +45,7 @@ const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
 /** One undici Pool per backend origin, created on first use, closed on shutdown. */
 export class UpstreamPools {
   readonly #pools = new Map<string, Pool>();
+  readonly #gates = new Map<string, BackendGate>();
   readonly #endpoints = new Map<string, ParsedEndpoint>();
   readonly #options: UpstreamOptions;
 
@@ -71,8 +80,25 @@ export class UpstreamPools {
     return pool;
   }
 
+  /** The bounded queue in front of a backend's pool. */
+  gate(origin: string): BackendGate {
+    let gate = this.#gates.get(origin);
+    if (gate === undefined) {
+      gate = new BackendGate(origin, {
+        maxInFlight: this.#options.connectionsPerBackend,
+        maxQueued: this.#options.maxQueuedPerBackend ?? 1024,
+        queueTimeoutMs: this.#options.queueTimeoutMs ?? 10_000,
+      });
+      this.#gates.set(origin, gate);
+    }
+    return gate;
+  }
+
   /** Drops the pool of a backend that went away, so no stale keep-alive socket is reused. */
   evict(origin: string): void {
+    const gate = this.#gates.get(origin);
+    // An idle gate holds nothing; a busy one stays until its requests release their slots.
+    if (gate !== undefined && gate.inFlight === 0 && gate.queued === 0) this.#gates.delete(origin);
     const pool = this.#pools.get(origin);
     if (pool === undefined) return;
     this.#pools.delete(origin);
@@ -100,15 +126,42 @@ export class UpstreamPools {
    * AbortController of our own. Profiled: about a fifth of the warm path's CPU.
    */
   forward(req: IncomingMessage, res: ServerResponse, origin: string, path: string, headers: string[]): Promise<ForwardOutcome> {
+    const gate = this.gate(origin);
+    const slot = gate.tryAcquire();
+    if (slot !== undefined) return this.#dispatch(req, res, origin, path, headers, slot);
+    return gate.acquire((leave) => res.once('close', leave)).then((queued) => {
+      // The client left while queued: nothing was sent.
+      if (queued === undefined) return 'done';
+      return this.#dispatch(req, res, origin, path, headers, queued);
+    });
+  }
+
+  #dispatch(req: IncomingMessage, res: ServerResponse, origin: string, path: string, headers: string[], slot: ReleaseSlot): Promise<ForwardOutcome> {
     const method = req.method ?? 'GET';
     const hasBody = req.headers['transfer-encoding'] !== undefined
       || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0')
       // HTTP/2 has no chunked coding: a body without content-length is announced only by the
       // HEADERS frame not ending the stream (compat request: `stream.endAfterHeaders`).
       || (req.httpVersionMajor === 2 && (req as { stream?: { endAfterHeaders?: boolean } }).stream?.endAfterHeaders === false);
+    const idleMs = this.#options.bodyIdleTimeoutMs ?? 0;
+    // A body is read through an idle bound, so a stalled upload frees its backend connection.
+    const body = !hasBody ? null : idleMs > 0 ? idleBoundedBody(req, idleMs) : req;
     return new Promise<ForwardOutcome>((resolve, reject) => {
-      const handler = new ForwardHandler(req, res, method, resolve, reject);
-      this.pool(origin).dispatch({ method, path, headers, body: hasBody ? req : null }, handler);
+      const handler = new ForwardHandler(req, res, method, (o) => {
+        slot();
+        resolve(o);
+      }, (e) => {
+        slot();
+        reject(e);
+      });
+      // undici's client writes any async iterable body (client-h1 writeIterable); its
+      // dispatch types name only Readable.
+      try {
+        this.pool(origin).dispatch({ method, path, headers, body: body as Dispatcher.DispatchOptions['body'] }, handler);
+      } catch (err) {
+        // A request undici refuses outright (invalid header bytes) must not keep its slot.
+        handler.onResponseError(undefined, err as Error);
+      }
     });
   }
 }
@@ -124,6 +177,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   #headSent = false;
   #clientGone = false;
   #settled = false;
+  #settledOk = false;
 
   constructor(req: IncomingMessage, res: ServerResponse, method: string, resolve: (o: ForwardOutcome) => void, reject: (e: SmartProxyError) => void) {
     this.#req = req;
@@ -136,7 +190,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   }
 
   readonly #onClientClose = (): void => {
-    if (this.#res.writableFinished) return;
+    if (this.#res.writableFinished || this.#settledOk) return;
     this.#clientGone = true;
     this.#controller?.abort(new Error('client closed the connection'));
   };
@@ -169,10 +223,11 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
 
   onResponseEnd(): void {
     this.#res.end();
+    this.#settledOk = true;
     this.#settle('done');
   }
 
-  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+  onResponseError(_controller: Dispatcher.DispatchController | undefined, err: Error): void {
     if (this.#settled) return;
     if (this.#headSent || this.#clientGone) {
       // Client left or backend broke mid-body: the client connection is the only signal left.
@@ -185,7 +240,8 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
         return;
       }
       this.#settled = true;
-      this.#reject(toUpstreamError(err));
+      // The proxy's own verdicts (a client body that went silent) pass as they are.
+      this.#reject(err instanceof SmartProxyError ? err : toUpstreamError(err));
     }
   }
 

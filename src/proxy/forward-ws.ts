@@ -148,6 +148,8 @@ export class WebSocketForwarder {
     const bad = handshakeProblem(req);
     if (bad !== undefined) throw bad;
     const admission = await this.#p.admit(req);
+    // A client that left during identify is gone: no start, no handshake to a backend.
+    if (socket.destroyed) return;
     const { route, resource, identity, acting } = admission;
     if (!originAllowed(req.headers.origin, resource.websocket?.allowedOrigins)) {
       throw new SmartProxyError('SP_WS_ORIGIN_DENIED', `origin "${req.headers.origin?.slice(0, 200) ?? ''}" may not open WebSockets to this resource`, {
@@ -164,7 +166,8 @@ export class WebSocketForwarder {
     let endpoint = inst.status === 'ready' && inst.waiters.size === 0 ? inst.endpoint : undefined;
     // Who the start limits count a start for (src/access/limits.ts).
     endpoint ??= await this.#hold(socket, inst, resource, { user: identity.user, groups: acting, actor: identity });
-    if (endpoint === undefined) return;
+    // The client may have left while the hold resolved: nothing of it reaches the backend.
+    if (endpoint === undefined || socket.destroyed) return;
     await this.#connect(req, socket, head, inst, route, headers, endpoint);
   }
 

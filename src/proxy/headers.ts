@@ -2,9 +2,14 @@
  * Header work for forwarding, done in one pass over the raw header list.
  *
  * Hop-by-hop headers (RFC 9110 §7.6.1: Connection, Proxy-Connection, Keep-Alive, TE,
- * Transfer-Encoding, Upgrade, and every name listed in Connection) are not forwarded.
- * `X-Forwarded-*` and `Forwarded` come from what the proxy knows; a client's own values are
- * believed only when it is a configured trusted proxy. Protected names (the identity headers
+ * Transfer-Encoding, Upgrade, and every name listed in Connection) are not forwarded, nor is
+ * `Expect`: the proxy answers `100 Continue` itself (client-state.ts), and undici refuses it.
+ *
+ * Headers a backend may take as set by a proxy (the whole `X-Forwarded-*` namespace, such as
+ * `X-Forwarded-Email` or `X-Forwarded-Server` that auth proxies set, `Forwarded`,
+ * `X-Real-IP` and the other client-address names in CLIENT_CLAIMS) are dropped unless the
+ * peer is a configured trusted proxy; the proxy sets X-Forwarded-For/-Proto/-Host/-Prefix
+ * from what it knows (a trusted proxy's values extended). `_` folds to `-` in this test. Protected names (the identity headers
  * the proxy sets for backends) are removed whatever their spelling: Node accepts
  * `X_Forwarded_User`, and some backends (CGI, PHP, WSGI) fold `_` and `-` together, so the
  * comparison folds them too.
@@ -13,10 +18,44 @@ import { BlockList, isIP } from 'node:net';
 
 const HOP_BY_HOP = new Set([
   'connection', 'proxy-connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade',
-  'proxy-authorization', 'proxy-authenticate', 'host', 'http2-settings',
+  'proxy-authorization', 'proxy-authenticate', 'host', 'http2-settings', 'expect',
 ]);
 
-const FORWARDING = new Set(['forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-prefix', 'x-forwarded-port', 'x-real-ip']);
+/** The names the proxy sets itself: never passed as the client sent them. */
+const SET_BY_PROXY = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-prefix']);
+
+/**
+ * Names outside `X-Forwarded-*` that frameworks and backends read as "set by the proxy in
+ * front": client address and original URL/host claims. Believed only from trusted proxies.
+ */
+const CLIENT_CLAIMS = new Set([
+  'forwarded', 'x-forwarded', 'x-real-ip', 'x-client-ip', 'client-ip', 'true-client-ip', 'x-cluster-client-ip',
+  'cf-connecting-ip', 'fastly-client-ip', 'x-original-forwarded-for', 'x-original-url', 'x-rewrite-url',
+  'x-original-host', 'x-host',
+]);
+
+/** Whether a folded name is one a backend would take as set by a proxy (see the file comment). */
+export function isProxyClaim(folded: string): boolean {
+  return folded.startsWith('x-forwarded-') || CLIENT_CLAIMS.has(folded);
+}
+
+/**
+ * Why a request's Host is ambiguous, or undefined: two Host fields (RFC 9112 §3.2: 400), or a
+ * Host that differs from the HTTP/2 `:authority` (RFC 9113 §8.3.1).
+ */
+export function hostProblem(rawHeaders: readonly string[]): string | undefined {
+  let host: string | undefined;
+  let authority: string | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string;
+    if (name.length === 4 && name.toLowerCase() === 'host') {
+      if (host !== undefined) return 'more than one Host header';
+      host = rawHeaders[i + 1];
+    } else if (name === ':authority') authority = rawHeaders[i + 1];
+  }
+  if (host !== undefined && authority !== undefined && host.toLowerCase() !== authority.toLowerCase()) return 'Host differs from :authority';
+  return undefined;
+}
 
 /** Folds a header name for comparison: lower case, `_` as `-`. */
 export function foldName(name: string): string {
@@ -44,6 +83,28 @@ export class TrustedProxies {
       }
     }
     this.empty = entries.length === 0;
+  }
+
+  /**
+   * The client's address for per-client limits: the peer, or behind trusted proxies the
+   * right-most X-Forwarded-For entry that is not itself a trusted proxy (entries left of it
+   * could be forged by the client).
+   */
+  clientAddress(peer: string | undefined, rawHeaders: readonly string[]): string {
+    const fallback = peer ?? 'unknown';
+    if (!this.has(peer)) return fallback;
+    const hops: string[] = [];
+    for (let i = 0; i < rawHeaders.length; i += 2) {
+      if ((rawHeaders[i] as string).toLowerCase() === 'x-forwarded-for') {
+        for (const h of (rawHeaders[i + 1] as string).split(',')) hops.push(h.trim());
+      }
+    }
+    for (let i = hops.length - 1; i >= 0; i--) {
+      const hop = hops[i] as string;
+      if (isIP(hop) === 0) return fallback;
+      if (!this.has(hop)) return hop;
+    }
+    return fallback;
   }
 
   has(address: string | undefined): boolean {
@@ -96,7 +157,8 @@ export function upstreamHeaders(rawHeaders: readonly string[], ctx: ForwardConte
     if (name.charCodeAt(0) === 0x3a /* : */) continue;
     if (HOP_BY_HOP.has(name) || connectionListed?.has(name) === true) continue;
     const folded = name.includes('_') ? name.replaceAll('_', '-') : name;
-    if (FORWARDING.has(folded) || ctx.protectedNames.has(folded)) continue;
+    if (SET_BY_PROXY.has(folded) || ctx.protectedNames.has(folded)) continue;
+    if (!ctx.trusted && isProxyClaim(folded)) continue;
     // HTTP/2 clients may split Cookie into several fields; towards HTTP/1.1 they become one,
     // joined with "; " (RFC 9113 §8.2.3).
     if (name === 'cookie') {

@@ -20,6 +20,11 @@
  * timeout, failure or client gone). Past the budget the answer is 503 SP_HOLD_BYTES_FULL
  * with `Retry-After`; a single body larger than the whole budget could never be held and
  * gets 413 SP_BODY_TOO_LARGE. Warm (ready) resources are not charged: their bodies stream.
+ *
+ * Two finer bounds keep one client from taking the whole budget with one announced
+ * Content-Length: a cap per request (larger bodies get 413 while the resource is cold:
+ * they are sent again once it is warm, where nothing is held) and a share per client
+ * address (past it, that client alone gets 503 + Retry-After).
  */
 import { SmartProxyError } from '../core/errors.ts';
 
@@ -37,6 +42,10 @@ export type ReleaseHeldBytes = () => void;
 export interface HeldBytesOptions {
   /** Sum of announced body bytes of all held requests at once. */
   readonly maxHeldBytes: number;
+  /** Largest announced body one held request may have. */
+  readonly maxHeldBytesPerRequest?: number;
+  /** Sum of announced body bytes of one client address's held requests. */
+  readonly maxHeldBytesPerClient?: number;
   /** What a held body of unknown length counts. */
   readonly heldBodyEstimateBytes: number;
 }
@@ -57,11 +66,22 @@ export function announcedBodyBytes(req: BodyAnnouncer, estimateBytes: number): n
 export class HeldBytesBudget {
   readonly #max: number;
   readonly #estimate: number;
+  readonly #maxPerRequest: number;
+  readonly #maxPerClient: number;
+  /** Held bytes by client address; an address leaves the map when it holds nothing. */
+  readonly #byClient = new Map<string, number>();
   #held = 0;
 
   constructor(options: HeldBytesOptions) {
     this.#max = options.maxHeldBytes;
     this.#estimate = options.heldBodyEstimateBytes;
+    this.#maxPerRequest = Math.min(options.maxHeldBytesPerRequest ?? Number.MAX_SAFE_INTEGER, this.#max);
+    this.#maxPerClient = options.maxHeldBytesPerClient ?? Number.MAX_SAFE_INTEGER;
+  }
+
+  /** Held bytes of one client address right now. */
+  heldBytesOf(client: string): number {
+    return this.#byClient.get(client) ?? 0;
   }
 
   /** Announced body bytes of all held requests right now. */
@@ -78,12 +98,20 @@ export class HeldBytesBudget {
    * when the body alone exceeds the budget, SP_HOLD_BYTES_FULL (503) when the budget is
    * taken; `retryAfterS` goes into Retry-After.
    */
-  reserve(req: BodyAnnouncer, context: { readonly resourceId: string; readonly retryAfterS: number }): ReleaseHeldBytes {
+  reserve(req: BodyAnnouncer, context: { readonly resourceId: string; readonly retryAfterS: number; readonly client?: string }): ReleaseHeldBytes {
     const bytes = announcedBodyBytes(req, this.#estimate);
     if (bytes === 0) return noop;
-    if (bytes > this.#max) {
-      throw new SmartProxyError('SP_BODY_TOO_LARGE', `the request body (${bytes} bytes) is larger than the held-bytes budget (${this.#max} bytes)`, {
-        data: { resource: context.resourceId, bodyBytes: bytes, maxHeldBytes: this.#max },
+    if (bytes > this.#maxPerRequest) {
+      throw new SmartProxyError('SP_BODY_TOO_LARGE', `the request body (${bytes} bytes) is larger than a request may hold while the resource starts (${this.#maxPerRequest} bytes); send it again once the resource is ready`, {
+        data: { resource: context.resourceId, bodyBytes: bytes, maxHeldBytesPerRequest: this.#maxPerRequest },
+      });
+    }
+    const client = context.client ?? 'unknown';
+    const ofClient = this.#byClient.get(client) ?? 0;
+    if (ofClient + bytes > this.#maxPerClient) {
+      throw new SmartProxyError('SP_HOLD_BYTES_FULL', 'this client already holds its share of request bytes for starting resources; try again later', {
+        data: { resource: context.resourceId, bodyBytes: bytes, clientHeldBytes: ofClient, maxHeldBytesPerClient: this.#maxPerClient },
+        retryAfterS: context.retryAfterS,
       });
     }
     if (this.#held + bytes > this.#max) {
@@ -93,11 +121,15 @@ export class HeldBytesBudget {
       });
     }
     this.#held += bytes;
+    this.#byClient.set(client, ofClient + bytes);
     let released = false;
     return () => {
       if (released) return;
       released = true;
       this.#held -= bytes;
+      const left = (this.#byClient.get(client) ?? bytes) - bytes;
+      if (left <= 0) this.#byClient.delete(client);
+      else this.#byClient.set(client, left);
     };
   }
 }

@@ -61,15 +61,46 @@ export function unsafePathReason(path: string): string | undefined {
       i += 2;
     }
   }
-  // Dot segments, raw or percent-encoded, anywhere (including the last segment).
-  // An encoded slash would become a separator for a backend that decodes it: split on it too.
-  // Without a "." or a "%" there can be none (the common case: no split, no regex).
+  // Dot segments, raw or percent-encoded, anywhere (including the last segment), as any
+  // backend could read them (see dotCheckForm). Without a "." or a "%" there can be none
+  // (the common case: no decoding, no split).
   if (!dotOrPercent) return undefined;
-  for (const seg of path.replace(/%2f/gi, '/').split('/')) {
-    const norm = seg.replace(/%2e/gi, '.');
-    if (norm === '.' || norm === '..') return 'dot segment in path';
+  const lenient = dotCheckForm(path);
+  if (lenient === undefined) return 'percent-encoding nested more than four levels deep';
+  for (const seg of lenient.split(/[/\\]/)) {
+    // Path parameters: Tomcat, Jetty and Spring drop ";…" from a segment, so "..;x" is "..".
+    const semi = seg.indexOf(';');
+    const bare = semi === -1 ? seg : seg.slice(0, semi);
+    if (bare === '.' || bare === '..') return 'dot segment in path';
   }
   return undefined;
+}
+
+/** Encodings of ".", "/" and "\\" that some backend decodes (besides plain %2e, %2f, %5c). */
+const EXOTIC_DOT_OR_SLASH: ReadonlyArray<readonly [RegExp, string]> = [
+  // IIS's %uXXXX.
+  [/%u002e/gi, '.'], [/%u002f/gi, '/'], [/%u005c/gi, '\\'],
+  // Overlong UTF-8 (old or lenient decoders) and the full-width dot (NFKC normalisation).
+  [/%c0%ae|%e0%80%ae|%ef%bc%8e/gi, '.'], [/%c0%af|%e0%80%af/gi, '/'], [/%c1%9c/gi, '\\'],
+];
+
+/**
+ * The path as the most lenient backend could see it, for the dot-segment check only (the
+ * forwarded bytes are never changed): `%25` decoded repeatedly (a backend or framework
+ * that decodes twice turns `%252e` into "."), then every encoding of ".", "/" and "\\".
+ * An encoded slash would be a separator for a backend that decodes it, so it splits too.
+ */
+function dotCheckForm(path: string): string | undefined {
+  let p = path;
+  // Bounded: each round peels one level; no real URL nests "%25" deeper than four (refused).
+  for (let round = 0; p.includes('%25'); round++) {
+    if (round === 4) return undefined;
+    p = p.replace(/%25/g, '%');
+  }
+  if (!p.includes('%')) return p;
+  p = p.replace(/%2e/gi, '.').replace(/%2f/gi, '/').replace(/%5c/gi, '\\');
+  for (const [re, ch] of EXOTIC_DOT_OR_SLASH) p = p.replace(re, ch);
+  return p;
 }
 
 /** The prefix every proxied URL starts with, as in the original. */

@@ -11,11 +11,12 @@ import { systemClock } from '../core/clock.ts';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger } from '../core/ports.ts';
 import type { Instance, ResourceManager, ResourceRuntime, StartRequester } from '../core/resource-manager.ts';
+import { ClientGone, expectContinue, requestGone, sendContinue } from './client-state.ts';
 import { sendError } from './error-response.ts';
 import { UpstreamPools, type UpstreamOptions } from './forward-http.ts';
 import { WebSocketForwarder, isWebSocketUpgrade, type Admission } from './forward-ws.ts';
 import { HeldBytesBudget } from './held-bytes.ts';
-import { TrustedProxies, upstreamHeaders } from './headers.ts';
+import { hostProblem, TrustedProxies, upstreamHeaders } from './headers.ts';
 import { isReservedPath } from './progress-sse.ts';
 import { joinUpstreamPath, parseTarget, type ParsedTarget } from './route.ts';
 import { createTlsFront, type TlsFiles, type TlsFront } from './tls.ts';
@@ -99,6 +100,15 @@ export interface ProxyServerOptions {
   readonly maxHeldBytes?: number;
   /** What a held body of unknown length counts against maxHeldBytes. */
   readonly heldBodyEstimateBytes?: number;
+  /** Largest announced body of one held request; the share of one client address. */
+  readonly maxHeldBytesPerRequest?: number;
+  readonly maxHeldBytesPerClient?: number;
+  /** Longest client silence while its body is forwarded (0 = none). */
+  readonly bodyIdleTimeoutMs?: number;
+  /** TLS and HTTP/2 bounds (tls.ts). */
+  readonly tlsHandshakeTimeoutMs?: number;
+  readonly http2SessionIdleTimeoutMs?: number;
+  readonly http2MaxConcurrentStreams?: number;
 }
 
 /** Retries of the first forward after readiness when the connection is refused. */
@@ -135,11 +145,13 @@ export class ProxyServer {
     this.#unknownResource = options.unknownResource;
     this.#backendHeaders = options.backendHeaders;
     this.#protected = new Set(options.protectedHeaders ?? ['x-forwarded-user', 'x-forwarded-groups']);
-    this.pools = new UpstreamPools(options.upstream);
+    this.pools = new UpstreamPools({ ...options.upstream, bodyIdleTimeoutMs: options.bodyIdleTimeoutMs ?? 60_000 });
     this.#waiting = new WaitingRoom({ manager: options.manager, clock: options.clock ?? systemClock });
     this.#heldBytes = new HeldBytesBudget({
       maxHeldBytes: options.maxHeldBytes ?? Number.MAX_SAFE_INTEGER,
       heldBodyEstimateBytes: options.heldBodyEstimateBytes ?? 1024 * 1024,
+      maxHeldBytesPerRequest: options.maxHeldBytesPerRequest,
+      maxHeldBytesPerClient: options.maxHeldBytesPerClient,
     });
     const http1 = {
       // Held requests may wait for a whole boot: Node's own request timeout must not cut them.
@@ -151,8 +163,18 @@ export class ProxyServer {
     const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
       this.handle(req, res).catch((err: unknown) => this.#fail(req, res, err));
     };
-    this.#tls = options.tls === undefined ? undefined : createTlsFront({ files: options.tls, http1, onRequest, logger: options.logger });
+    this.#tls = options.tls === undefined ? undefined : createTlsFront({
+      files: options.tls, http1, onRequest, logger: options.logger,
+      handshakeTimeoutMs: options.tlsHandshakeTimeoutMs ?? 10_000,
+      http2: { sessionIdleTimeoutMs: options.http2SessionIdleTimeoutMs ?? 30_000, maxConcurrentStreams: options.http2MaxConcurrentStreams ?? 128 },
+    });
     this.server = this.#tls?.server ?? createServer(http1, onRequest);
+    // `Expect: 100-continue` (HTTP/1.1 and HTTP/2): Node would answer 100 at once; the
+    // pipeline answers it only when the body is about to be forwarded (client-state.ts).
+    this.server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+      expectContinue(res);
+      onRequest(req, res);
+    });
     // WebSocket upgrades go through the same steps (forward-ws.ts); other Upgrade values are
     // ignored and the request is served as plain HTTP.
     this.ws = new WebSocketForwarder({
@@ -235,13 +257,19 @@ export class ProxyServer {
     }
     // The proxy's own status and progress endpoints, behind the same access steps.
     if (isReservedPath(req.url)) {
-      await this.#waiting.serveReserved(req, res, async (r) => (await this.#admitInstance(req, r)).inst);
+      await this.#waiting.serveReserved(req, res, async (r) => {
+        const { inst } = await this.#admitInstance(req, r);
+        if (requestGone(req)) throw new ClientGone();
+        return inst;
+      });
       return;
     }
     // 1. route: strict target parsing, then the resource table.
     const route = parseTarget(req.url);
     // 2. identify, 3. authorize (before any side effect), 4. select the instance.
     const admission = await this.#admitRoute(req, route);
+    // A client that left during identify is gone everywhere: no start, no hold, no forward.
+    if (requestGone(req)) return;
     const { resource } = admission;
     const requester = requesterOf(admission);
     const inst = this.#manager.selectInstance(resource.runtime, admission.acting, admission.identity.user);
@@ -287,6 +315,9 @@ export class ProxyServer {
 
   /** Steps 2-3 for a routed target: the resource, who asks, and the groups they act with. */
   async #admitRoute(req: IncomingMessage, route: ParsedTarget): Promise<Admission> {
+    // RFC 9112 §3.2: two Host fields (or one that contradicts :authority) name no one server.
+    const badHost = hostProblem(req.rawHeaders);
+    if (badHost !== undefined) throw new SmartProxyError('SP_ROUTE_BAD_HOST', badHost);
     const resource = this.#resources.get(route.resourceId);
     if (resource === undefined) throw await (this.#unknownResource?.(req, route) ?? resourceNotFound(route.resourceId));
     const identity = await this.#identify(req, route, resource);
@@ -311,9 +342,14 @@ export class ProxyServer {
 
   /** Waits for `inst`; resolves undefined if the client left meanwhile. */
   async #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource, timeoutMs = resource.holdTimeoutMs, requester?: StartRequester): Promise<string | undefined> {
+    if (requestGone(req)) return undefined;
     // The held body stays unread (backpressure); its announced size counts against the budget.
     const est = this.#manager.estimateBoot(resource.runtime.id);
-    const releaseBytes = this.#heldBytes.reserve(req, { resourceId: resource.runtime.id, retryAfterS: Math.max(1, Math.ceil((est?.p50Ms ?? 5000) / 1000)) });
+    const releaseBytes = this.#heldBytes.reserve(req, {
+      resourceId: resource.runtime.id,
+      retryAfterS: Math.max(1, Math.ceil((est?.p50Ms ?? 5000) / 1000)),
+      client: this.#trusted.clientAddress(req.socket.remoteAddress, req.rawHeaders),
+    });
     const ac = new AbortController();
     const onClose = (): void => ac.abort(new ClientGone());
     res.once('close', onClose);
@@ -336,6 +372,11 @@ export class ProxyServer {
     inst.activeConnections++;
     try {
       for (;;) {
+        // Checked before every send: after a hold, a retry delay or a re-hold the client may
+        // have left, and then nothing of its request reaches a backend.
+        if (requestGone(req)) return;
+        // The body is read from here on: now is the time for the 100 the client waits for.
+        sendContinue(res);
         const ep = this.pools.endpoint(endpoint);
         const outcome = await this.pools.forward(req, res, ep.origin, joinUpstreamPath(ep.pathPrefix, route.path, route.query), headers);
         if (outcome === 'done') {
@@ -373,8 +414,13 @@ export class ProxyServer {
   }
 
   #fail(req: IncomingMessage, res: ServerResponse, err: unknown): void {
-    if (!(err instanceof SmartProxyError) || err.code === 'SP_INTERNAL') {
+    if (!(err instanceof ClientGone) && (!(err instanceof SmartProxyError) || err.code === 'SP_INTERNAL')) {
       this.#log.error({ err, url: req.url, method: req.method }, 'request failed unexpectedly');
+    }
+    if (err instanceof ClientGone || requestGone(req)) {
+      // Nobody left to answer.
+      if (!res.headersSent) res.destroy();
+      return;
     }
     // A request whose body we never read (refused before the body, as access refusals are)
     // gets `Connection: close`: Node would otherwise read and discard the whole body to
@@ -394,8 +440,3 @@ export function requesterOf(admission: Admission): StartRequester {
   return { user: admission.identity.user, groups: admission.acting, actor: admission.identity };
 }
 
-class ClientGone extends Error {
-  constructor() {
-    super('client closed the connection');
-  }
-}

@@ -68,11 +68,44 @@ function readPair(files: TlsFiles): { cert: Buffer; key: Buffer } {
   }
 }
 
+/**
+ * Sends GOAWAY to a session that has had no open stream for `idleMs`. Node's own session
+ * timeout counts any silence, and would cut held requests and quiet streams (SSE); this one
+ * runs only while nothing is open.
+ */
+function closeWhenIdle(s: ServerHttp2Session, idleMs: number): void {
+  let open = 0;
+  let timer: NodeJS.Timeout | undefined;
+  const arm = (): void => {
+    timer = setTimeout(() => {
+      if (open === 0 && !s.closed && !s.destroyed) s.close();
+    }, idleMs);
+    timer.unref();
+  };
+  arm();
+  s.on('stream', (stream: { once(event: 'close', l: () => void): void }) => {
+    open++;
+    clearTimeout(timer);
+    stream.once('close', () => {
+      if (--open === 0 && !s.closed && !s.destroyed) arm();
+    });
+  });
+  s.once('close', () => clearTimeout(timer));
+}
+
 export function createTlsFront(options: {
   readonly files: TlsFiles;
   readonly http1: Http1Options;
   readonly onRequest: (req: IncomingMessage, res: ServerResponse) => void;
   readonly logger: Logger;
+  /** A TLS handshake not finished in this long is dropped. */
+  readonly handshakeTimeoutMs?: number;
+  readonly http2?: {
+    /** A session with no open stream for this long gets GOAWAY; 0 = never. */
+    readonly sessionIdleTimeoutMs: number;
+    /** SETTINGS_MAX_CONCURRENT_STREAMS advertised to each client. */
+    readonly maxConcurrentStreams: number;
+  };
 }): TlsFront {
   const { files, logger: log } = options;
   let current = readPair(files);
@@ -87,16 +120,22 @@ export function createTlsFront(options: {
     // Preference order for ALPN: h2 first, HTTP/1.1 for clients (and WebSockets) that want it.
     ALPNProtocols: ['h2', 'http/1.1'],
     ...options.http1,
-    settings: { maxHeaderListSize: options.http1.maxHeaderSize },
+    ...(options.handshakeTimeoutMs === undefined ? {} : { handshakeTimeout: options.handshakeTimeoutMs }),
+    settings: {
+      maxHeaderListSize: options.http1.maxHeaderSize,
+      ...(options.http2 === undefined ? {} : { maxConcurrentStreams: options.http2.maxConcurrentStreams }),
+    },
   }, (req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse) => {
     // The compat objects stand in for IncomingMessage/ServerResponse (see the file comment).
     options.onRequest(req as IncomingMessage, res as unknown as ServerResponse);
   });
 
   const sessions = new Set<ServerHttp2Session>();
+  const idleMs = options.http2?.sessionIdleTimeoutMs ?? 0;
   h2.on('session', (s: ServerHttp2Session) => {
     sessions.add(s);
     s.once('close', () => sessions.delete(s));
+    if (idleMs > 0) closeWhenIdle(s, idleMs);
   });
   h2.on('sessionError', (err: Error) => log.debug({ err: err.message }, 'http2 session error'));
   h2.on('tlsClientError', (err: Error) => log.debug({ err: err.message }, 'tls handshake failed'));

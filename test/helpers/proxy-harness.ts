@@ -7,7 +7,8 @@ import { systemClock } from '../../src/core/clock.ts';
 import type { KeepWarmPolicy } from '../../src/core/keep-warm.ts';
 import { ResourceManager, type ResourceRuntime, type SharingMode } from '../../src/core/resource-manager.ts';
 import { netProber } from '../../src/proxy/probe.ts';
-import { ProxyServer, type Authorize, type Identify, type RoutedResource } from '../../src/proxy/server.ts';
+import type { UpstreamOptions } from '../../src/proxy/forward-http.ts';
+import { ProxyServer, type Authorize, type Identify, type ProxyServerOptions, type RoutedResource } from '../../src/proxy/server.ts';
 import type { ResourceWaiting } from '../../src/proxy/waiting-room.ts';
 
 export interface TestResource {
@@ -71,6 +72,10 @@ export async function startHarness(options: {
   tls?: { certFile: string; keyFile: string };
   maxHeldBytes?: number;
   heldBodyEstimateBytes?: number;
+  /** Upstream settings replacing the harness's (tests of the backend queue). */
+  upstream?: Partial<UpstreamOptions>;
+  /** Client-side bounds (ProxyServerOptions of the same names). */
+  bounds?: Pick<ProxyServerOptions, 'bodyIdleTimeoutMs' | 'maxHeldBytesPerRequest' | 'maxHeldBytesPerClient' | 'http2SessionIdleTimeoutMs' | 'http2MaxConcurrentStreams'>;
 }): Promise<Harness> {
   const logs: Harness['logs'] = [];
   const logger = collectingLogger(logs);
@@ -82,7 +87,8 @@ export async function startHarness(options: {
   }
   const proxy = new ProxyServer({
     manager, resources, logger,
-    upstream: { connectTimeoutMs: 2_000, headersTimeoutMs: 30_000, bodyTimeoutMs: 0, connectionsPerBackend: 64 },
+    upstream: { connectTimeoutMs: 2_000, headersTimeoutMs: 30_000, bodyTimeoutMs: 0, connectionsPerBackend: 64, ...options.upstream },
+    ...options.bounds,
     trustedProxies: options.trustedProxies ?? [],
     headersTimeoutMs: 10_000, keepAliveTimeoutMs: 5_000, maxHeaderBytes: 16_384,
     ...(options.clock ? { clock: options.clock } : {}),

@@ -1,0 +1,122 @@
+/**
+ * Headers and targets from untrusted clients (issue 11, item 5), over raw TCP: proxy-claim
+ * headers are dropped unless the peer is a trusted proxy, an ambiguous Host is refused,
+ * and path forms that some backend resolves as dot segments are refused.
+ */
+import assert from 'node:assert/strict';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { describe, it } from 'node:test';
+import { startEchoServer, type Echo } from '../helpers/echo-server.ts';
+import { MimicProvider } from '../helpers/mimic-provider.ts';
+import { startHarness } from '../helpers/proxy-harness.ts';
+import { RawClient } from '../helpers/raw-client.ts';
+
+async function rawGet(url: string, target: string, headers: string): Promise<{ status: number; head: string; body: string }> {
+  const c = await RawClient.open(url);
+  try {
+    c.write(`GET ${target} HTTP/1.1\r\n${headers}connection: close\r\n\r\n`);
+    return await c.response();
+  } finally {
+    c.close();
+  }
+}
+
+const SPOOFED = [
+  'X-Forwarded-Email: boss@example.com',
+  'X-Forwarded-Server: internal',
+  'X-Forwarded-Preferred-Username: admin',
+  'X_Forwarded_Access_Token: stolen',
+  'X-Forwarded-For: 6.6.6.6',
+  'X-Forwarded-Port: 443',
+  'Forwarded: for=6.6.6.6;proto=https',
+  'X-Real-IP: 6.6.6.6',
+  'True-Client-IP: 6.6.6.6',
+  'X-Original-URL: /admin',
+].join('\r\n') + '\r\n';
+
+describe('headers from untrusted clients', () => {
+  it('drops every X-Forwarded-* claim, Forwarded and X-Real-IP from an untrusted peer', async () => {
+    const mimic = new MimicProvider();
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }] });
+    try {
+      const res = await rawGet(h.url, '/smart_proxy/app/g1/who', `host: x\r\n${SPOOFED}x-custom: kept\r\n`);
+      assert.equal(res.status, 200, res.body);
+      const echo = JSON.parse(res.body) as Echo;
+      const names = echo.rawHeaders.filter((_v, i) => i % 2 === 0).map((n) => n.toLowerCase());
+      for (const dropped of ['x-forwarded-email', 'x-forwarded-server', 'x-forwarded-preferred-username', 'x_forwarded_access_token', 'x-forwarded-port', 'forwarded', 'x-real-ip', 'true-client-ip', 'x-original-url']) {
+        assert.ok(!names.includes(dropped), `${dropped} must not reach the backend`);
+      }
+      assert.equal(echo.headers['x-forwarded-for'], '127.0.0.1', 'the proxy says who connected');
+      assert.equal(echo.headers['x-custom'], 'kept');
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('passes them from a trusted proxy, extending X-Forwarded-For', async () => {
+    const mimic = new MimicProvider();
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }], trustedProxies: ['127.0.0.0/8'] });
+    try {
+      const res = await rawGet(h.url, '/smart_proxy/app/g1/who', `host: x\r\n${SPOOFED}`);
+      assert.equal(res.status, 200, res.body);
+      const echo = JSON.parse(res.body) as Echo;
+      assert.equal(echo.headers['x-forwarded-email'], 'boss@example.com');
+      assert.equal(echo.headers.forwarded, 'for=6.6.6.6;proto=https');
+      assert.equal(echo.headers['x-real-ip'], '6.6.6.6');
+      assert.equal(echo.headers['x-forwarded-for'], '6.6.6.6, 127.0.0.1');
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('refuses two Host headers with 400 and forwards nothing', async () => {
+    let seen = 0;
+    const mimic = new MimicProvider({
+      backend: (key) => startEchoServer({ name: key, handler: (req: IncomingMessage, res: ServerResponse) => {
+        if (req.url !== '/') seen++;
+        res.end('ok');
+      } }),
+    });
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }] });
+    try {
+      assert.equal((await rawGet(h.url, '/smart_proxy/app/g1/warm', 'host: x\r\n')).status, 200);
+      const res = await rawGet(h.url, '/smart_proxy/app/g1/x', 'host: a.example\r\nhost: b.example\r\n');
+      assert.equal(res.status, 400);
+      assert.equal((JSON.parse(res.body) as { code: string }).code, 'SP_ROUTE_BAD_HOST');
+      assert.equal(seen, 1);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('refuses path forms that backends resolve as dot segments; keeps harmless look-alikes', async () => {
+    const mimic = new MimicProvider();
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }] });
+    try {
+      const refused = [
+        '/smart_proxy/app/g1/..;/admin', // Tomcat/Spring path parameters
+        '/smart_proxy/app/g1/a/..;jsessionid=1/b',
+        '/smart_proxy/app/g1/.;/x',
+        '/smart_proxy/app/g1/%252e%252e/admin', // decoded twice
+        '/smart_proxy/app/g1/%25252E%25252e/admin', // three times
+        '/smart_proxy/app/g1/a%252f..%252fb',
+        '/smart_proxy/app/g1/%c0%ae%c0%ae/admin', // overlong UTF-8
+        '/smart_proxy/app/g1/%25u002e%25u002e/admin', // IIS %u, double-encoded
+        '/smart_proxy/app/g1/a/%ef%bc%8e%ef%bc%8e/b', // full-width dots (NFKC)
+        '/smart_proxy/app/g1/%255c..%255cb',
+      ];
+      for (const target of refused) {
+        const res = await rawGet(h.url, target, 'host: x\r\n');
+        assert.equal(res.status, 400, `${target} must be refused`);
+        assert.equal((JSON.parse(res.body) as { code: string }).code, 'SP_ROUTE_BAD_TARGET');
+      }
+      for (const target of ['/smart_proxy/app/g1/a;b/c', '/smart_proxy/app/g1/100%25', '/smart_proxy/app/g1/...', '/smart_proxy/app/g1/..a/.b']) {
+        const res = await rawGet(h.url, target, 'host: x\r\n');
+        assert.equal(res.status, 200, `${target} is a harmless path: ${res.body}`);
+        assert.equal((JSON.parse(res.body) as Echo).url, target.slice('/smart_proxy/app/g1'.length), 'forwarded byte for byte');
+      }
+    } finally {
+      await h.close();
+    }
+  });
+});
