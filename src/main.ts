@@ -5,6 +5,7 @@
 import { pino } from 'pino';
 import { LoggerAuditSink, teeAudit, type AuditSink } from './access/audit.ts';
 import { StartLimiter } from './access/limits.ts';
+import type { Verifier } from './access/types.ts';
 import type { Config } from './config/schema.ts';
 import { effectiveResources, expandStatuses, type EffectiveResource } from './config/load.ts';
 import { systemClock } from './core/clock.ts';
@@ -47,6 +48,8 @@ export interface App {
   readonly config: Config;
   /** The state store behind write-behind batching (stats: flushes, failures). */
   readonly state: StateSync;
+  /** The identity verifiers, in order (their `stats` count real verifications). */
+  readonly verifiers: readonly Verifier[];
   /** Graceful shutdown, in the order written below. Idempotent. */
   close(): Promise<void>;
 }
@@ -230,7 +233,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       })();
       return closing;
     };
-    return { proxyUrl, mockCloud, manager, proxy, config, state, close };
+    return { proxyUrl, mockCloud, manager, proxy, config, state, verifiers: access.verifiers, close };
   } catch (err) {
     for (const c of closers.reverse()) await c().catch(() => undefined);
     throw err;
