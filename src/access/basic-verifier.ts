@@ -38,8 +38,10 @@ export function createBasicVerifier(cfg: BasicIdentityConfig, challenge: string,
 
   const check = async (key: string, user: string, password: string): Promise<VerifyOutcome> => {
     const entry = users.get(user);
-    stats.verifications++;
-    const ok = await work.gate.run(() => verifyScrypt(password, entry?.hash ?? dummy));
+    const ok = await work.gate.run(() => {
+      stats.verifications++;
+      return verifyScrypt(password, entry?.hash ?? dummy);
+    });
     const outcome: VerifyOutcome = ok && entry !== undefined ? { kind: 'verified', identity: entry.identity } : REFUSED;
     const ttl = outcome.kind === 'verified' ? work.verifiedTtlMs : work.refusedTtlMs;
     verdicts.set(key, outcome, work.clock.now() + ttl);

@@ -40,9 +40,11 @@ export function createTokenVerifier(cfg: TokenIdentityConfig, challenge: string,
   const stats = { verifications: 0 };
   const slowCheck = async (key: string, token: string): Promise<VerifiedIdentity | 'none'> => {
     let found: VerifiedIdentity | 'none' = 'none';
-    stats.verifications++;
     for (const e of slow) {
-      if (await work.gate.run(() => verifyScrypt(token, e.hash))) {
+      if (await work.gate.run(() => {
+        stats.verifications++;
+        return verifyScrypt(token, e.hash);
+      })) {
         found = e.identity;
         break;
       }
