@@ -22,6 +22,7 @@ import { inheritedEnv, secretReaders } from './config/secrets.ts';
 import { createStaticProvider } from './providers/static/static-provider.ts';
 import { createQemuProvider } from './providers/qemu/qemu-provider.ts';
 import { createDockerProvider } from './providers/docker/docker-provider.ts';
+import { loadBackendTls, type BackendTls } from './proxy/backend-tls.ts';
 import { createAccessSteps } from './proxy/identify.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
@@ -61,7 +62,13 @@ export function createLogger(level: Config['log']['level']): Logger {
 /** Resources that share a probe config (the default one, or resourceDefaults') share one spec. */
 const probeSpecs = new WeakMap<EffectiveResource['probe'], ProbeSpec>();
 
-function toProbeSpec(r: EffectiveResource): ProbeSpec {
+function toProbeSpec(r: EffectiveResource, tls: BackendTls): ProbeSpec {
+  const spec = sharedProbeSpec(r);
+  // An https: backend is probed with the same TLS settings it is forwarded with.
+  return spec.kind === 'http' && tls.key !== '' ? { ...spec, tls } : spec;
+}
+
+function sharedProbeSpec(r: EffectiveResource): ProbeSpec {
   let spec = probeSpecs.get(r.probe);
   if (spec === undefined) {
     // The expanded status list ("2xx" → 200…299) is 300 numbers: built once, not per resource.
@@ -130,12 +137,14 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     const routed = new Map<string, RoutedResource>();
     const themes = new ThemeLoader();
     for (const r of resources) {
+      const backendTls = loadBackendTls(r.backendTls);
+      if (!backendTls.rejectUnauthorized) log.warn({ resource: r.id }, 'backendTls.insecureSkipVerify: the backend\'s certificate is not verified');
       const runtime: ResourceRuntime = {
         id: r.id,
         provider: providerFor(r),
         sharing: r.sharing,
         bootTimeoutMs: r.bootTimeoutMs,
-        probe: toProbeSpec(r),
+        probe: toProbeSpec(r, backendTls),
         probeIntervalMs: r.probeIntervalMs,
         pollIntervalMinMs: r.pollIntervalMinMs,
         pollIntervalMaxMs: r.pollIntervalMaxMs,
@@ -152,6 +161,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         runtime, holdTimeoutMs: r.holdTimeoutMs,
         waiting: { ...r.waiting, theme: themes.load(r.waiting.themeDir) },
         websocket: { allowedOrigins: r.websocketAllowedOrigins },
+        backendTls,
       });
     }
     const runtimes = new Map([...routed].map(([id, r]) => [id, r.runtime]));

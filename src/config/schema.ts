@@ -237,6 +237,11 @@ const resourceFields = {
   healthCheckIntervalMs: optMs('How often the provider is asked whether a ready instance still exists; 0 = never.', resourceBuiltinDefaults.healthCheckIntervalMs),
   keepWarm: keepWarmSchema.optional(),
   access: resourceAccessSchema.optional(),
+  backendTls: z.object({
+    caFile: z.string().min(1).optional().describe('PEM file of the CA(s) that sign the backend\'s certificate (a private or self-signed CA); default: the system roots.'),
+    servername: z.string().min(1).max(253).optional().describe('Host name sent as SNI and required in the backend\'s certificate; default: the endpoint\'s host (no SNI for an IP address).'),
+    insecureSkipVerify: z.boolean().default(false).describe('Accept any certificate (no verification at all). Only for a backend on a network you trust; logged at start-up.'),
+  }).strict().optional().describe('TLS towards an https:// backend endpoint (probe, forward, WebSocket). Merged as a whole: a resource\'s replaces resourceDefaults\'.'),
 };
 
 export const resourceDefaultsSchema = z.object(resourceFields).strict();

@@ -5,6 +5,7 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { Pool, errors as undiciErrors, type Dispatcher } from 'undici';
 import { SmartProxyError } from '../core/errors.ts';
+import { DEFAULT_BACKEND_TLS, tlsConnectOptions, type BackendTls } from './backend-tls.ts';
 import { downstreamHeaders } from './headers.ts';
 
 export interface UpstreamOptions {
@@ -34,7 +35,10 @@ export type ForwardOutcome =
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 
-/** One undici Pool per backend origin, created on first use, closed on shutdown. */
+/**
+ * One undici Pool per backend origin (and, for https: origins, per TLS setting: two resources
+ * may trust different CAs for one address), created on first use, closed on shutdown.
+ */
 export class UpstreamPools {
   readonly #pools = new Map<string, Pool>();
   readonly #endpoints = new Map<string, ParsedEndpoint>();
@@ -56,26 +60,30 @@ export class UpstreamPools {
     return parsed;
   }
 
-  pool(origin: string): Pool {
-    let pool = this.#pools.get(origin);
+  pool(origin: string, tls: BackendTls = DEFAULT_BACKEND_TLS): Pool {
+    const key = poolKey(origin, tls);
+    let pool = this.#pools.get(key);
     if (pool === undefined || pool.destroyed || pool.closed) {
+      const https = origin.startsWith('https:');
       pool = new Pool(origin, {
+        ...(https ? { connect: tlsConnectOptions(tls, new URL(origin).hostname) } : {}),
         connections: this.#options.connectionsPerBackend,
         connectTimeout: this.#options.connectTimeoutMs,
         headersTimeout: this.#options.headersTimeoutMs,
         bodyTimeout: this.#options.bodyTimeoutMs,
         keepAliveTimeout: 4_000,
       });
-      this.#pools.set(origin, pool);
+      this.#pools.set(key, pool);
     }
     return pool;
   }
 
   /** Drops the pool of a backend that went away, so no stale keep-alive socket is reused. */
-  evict(origin: string): void {
-    const pool = this.#pools.get(origin);
+  evict(origin: string, tls: BackendTls = DEFAULT_BACKEND_TLS): void {
+    const key = poolKey(origin, tls);
+    const pool = this.#pools.get(key);
     if (pool === undefined) return;
-    this.#pools.delete(origin);
+    this.#pools.delete(key);
     // close, not destroy: requests already queued on this pool were never sent; destroying
     // would fail them with UND_ERR_DESTROYED (a 502), while closing lets each one meet the
     // refused connection itself and go back to waiting for the restarted instance.
@@ -99,7 +107,7 @@ export class UpstreamPools {
    * AbortController, building a DOMException with a stack trace, on every request), no
    * AbortController of our own. Profiled: about a fifth of the warm path's CPU.
    */
-  forward(req: IncomingMessage, res: ServerResponse, origin: string, path: string, headers: string[]): Promise<ForwardOutcome> {
+  forward(req: IncomingMessage, res: ServerResponse, origin: string, path: string, headers: string[], tls?: BackendTls): Promise<ForwardOutcome> {
     const method = req.method ?? 'GET';
     const hasBody = req.headers['transfer-encoding'] !== undefined
       || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0')
@@ -108,7 +116,7 @@ export class UpstreamPools {
       || (req.httpVersionMajor === 2 && (req as { stream?: { endAfterHeaders?: boolean } }).stream?.endAfterHeaders === false);
     return new Promise<ForwardOutcome>((resolve, reject) => {
       const handler = new ForwardHandler(req, res, method, resolve, reject);
-      this.pool(origin).dispatch({ method, path, headers, body: hasBody ? req : null }, handler);
+      this.pool(origin, tls).dispatch({ method, path, headers, body: hasBody ? req : null }, handler);
     });
   }
 }
@@ -217,4 +225,9 @@ function toUpstreamError(err: unknown): SmartProxyError {
   }
   const code = (err as { code?: string }).code ?? 'unknown';
   return new SmartProxyError('SP_UPSTREAM_UNAVAILABLE', `the backend failed to answer (${code})`, { data: { cause: code }, cause: err });
+}
+
+/** Plain origins key by themselves (the warm path builds no string); https ones add the TLS setting. */
+function poolKey(origin: string, tls: BackendTls): string {
+  return tls.key === '' ? origin : `${origin}\u0000${tls.key}`;
 }

@@ -11,6 +11,7 @@ import { systemClock } from '../core/clock.ts';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger } from '../core/ports.ts';
 import type { Instance, ResourceManager, ResourceRuntime, StartRequester } from '../core/resource-manager.ts';
+import type { BackendTls } from './backend-tls.ts';
 import { sendError } from './error-response.ts';
 import { UpstreamPools, type UpstreamOptions } from './forward-http.ts';
 import { WebSocketForwarder, isWebSocketUpgrade, type Admission } from './forward-ws.ts';
@@ -30,6 +31,8 @@ export interface RoutedResource {
   readonly waiting?: ResourceWaiting | undefined;
   /** Origins allowed to open WebSockets (browser handshakes); undefined: any. */
   readonly websocket?: { readonly allowedOrigins?: readonly string[] | undefined } | undefined;
+  /** How an https: endpoint's certificate is checked (backend-tls.ts); default: system roots. */
+  readonly backendTls?: BackendTls | undefined;
 }
 
 /** Who is asking, as far as the proxy could verify. */
@@ -337,7 +340,7 @@ export class ProxyServer {
     try {
       for (;;) {
         const ep = this.pools.endpoint(endpoint);
-        const outcome = await this.pools.forward(req, res, ep.origin, joinUpstreamPath(ep.pathPrefix, route.path, route.query), headers);
+        const outcome = await this.pools.forward(req, res, ep.origin, joinUpstreamPath(ep.pathPrefix, route.path, route.query), headers, resource.backendTls);
         if (outcome === 'done') {
           inst.freshlyReady = false;
           this.#manager.touch(inst);
@@ -358,7 +361,7 @@ export class ProxyServer {
           await delay(freshDelay);
           continue;
         }
-        this.pools.evict(ep.origin);
+        this.pools.evict(ep.origin, resource.backendTls);
         this.#manager.reportUnreachable(inst, endpoint, 'connection refused or reset before the request was sent');
         if (reholds++ >= MAX_REHOLDS) {
           throw new SmartProxyError('SP_UPSTREAM_UNAVAILABLE', 'the backend keeps refusing connections after restarts', { data: { resource: resource.runtime.id } });
