@@ -14,6 +14,7 @@ import { Agent, errors as undiciErrors, request, type Dispatcher } from 'undici'
 import { ProviderError } from '../../core/errors.ts';
 import type { InspectResult, InstanceRef, Logger, Provider, ProviderState, StartResult } from '../../core/ports.ts';
 import { parsePointer, resolvePointer } from './json-pointer.ts';
+import { safePlaceholderValue } from '../safe-values.ts';
 import { fillTemplate, MissingHandle, parseTemplate, PointerNotFound, type FillContext, type Template } from './template.ts';
 
 /** One HTTP request, as written in the config. All strings are templates. */
@@ -266,7 +267,10 @@ export class HttpProvider implements Provider {
     const vars: Record<string, string | undefined> = {
       serviceId: ref.resourceId,
       ...this.#opts.resourceVars?.(ref.resourceId),
-      resourceId: ref.resourceId, instanceKey: ref.instanceKey, handle: ref.handle, groups: ref.groups.join(','), user: ref.user,
+      // Values from requests in their safe form (safe-values.ts): percent-encoding leaves "."
+      // and ".." as they are, which a cloud API would resolve as dot segments.
+      resourceId: ref.resourceId, instanceKey: safePlaceholderValue(ref.instanceKey), handle: ref.handle,
+      groups: ref.groups.length === 0 ? '' : safePlaceholderValue(ref.groups.join(',')), user: ref.user === undefined ? undefined : safePlaceholderValue(ref.user),
     };
     return { vars, secrets };
   }
