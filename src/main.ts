@@ -16,6 +16,7 @@ import { ResourceManager, type ResourceRuntime } from './core/resource-manager.t
 import { StateSync } from './core/state-sync.ts';
 import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
 import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
+import { EndpointPolicy, guardEndpoints } from './providers/endpoint-guard.ts';
 import { createHttpProvider } from './providers/http/http-provider.ts';
 import { createProcessProvider } from './providers/process/process-provider.ts';
 import { inheritedEnv, secretReaders } from './config/secrets.ts';
@@ -97,13 +98,23 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     const providers = new Map<string, Provider>();
     const resources = effectiveResources(config);
     const serviceIds = new Map(resources.map((r) => [r.id, r.serviceId]));
+    //    Every provider's endpoints pass the backendEndpoints policy before the core may use
+    //    them (providers/endpoint-guard.ts); the proxy's own ports are added once it listens.
+    const ownPorts = new Set<number>([config.listen.port, ...redisPortOf(config)].filter((p) => p > 0));
+    const endpointPolicy = new EndpointPolicy({ ...config.backendEndpoints, ownPorts: () => ownPorts });
+    const onRefused = (ref: { resourceId: string; instanceKey: string }, endpoint: string, reason: string): void => {
+      log.warn({ resource: ref.resourceId, instance: ref.instanceKey, endpoint, reason }, 'provider endpoint refused');
+      audit.record({ type: 'endpoint-refused', at: clock.now(), actor: undefined, resource: ref.resourceId, instance: ref.instanceKey, endpoint, reason });
+    };
+    // Injected providers (tests) are guarded too, but closed by whoever injected them.
+    const injectedGuarded = new Map<string, Provider>();
     const providerFor = (r: EffectiveResource): Provider => {
       const injected = options.providers?.get(r.providerName);
-      if (injected !== undefined) return injected;
-      const existing = providers.get(r.providerName);
+      const cache = injected === undefined ? providers : injectedGuarded;
+      const existing = cache.get(r.providerName);
       if (existing !== undefined) return existing;
-      const p = buildProvider(r, mockCloud, serviceIds, log);
-      providers.set(r.providerName, p);
+      const p = guardEndpoints(injected ?? buildProvider(r, mockCloud, serviceIds, log), endpointPolicy, onRefused);
+      cache.set(r.providerName, p);
       return p;
     };
 
@@ -205,6 +216,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       heldBodyEstimateBytes: config.limits.heldBodyEstimateBytes,
     });
     const addr = await proxy.listen(config.listen.port, config.listen.host);
+    ownPorts.add(addr.port);
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
     const proxyUrl = `${config.tls === undefined ? 'http' : 'https'}://${host}:${addr.port}`;
     log.info({ url: proxyUrl, resources: routed.size }, 'proxy listening');
@@ -337,5 +349,15 @@ function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, s
         stopTimeoutS: p.stopTimeoutS,
         logger,
       });
+  }
+}
+
+/** The Redis port the proxy itself talks to, when state is on Redis (never a backend). */
+function redisPortOf(config: Config): number[] {
+  if (config.state.kind !== 'redis') return [];
+  try {
+    return [Number(new URL(config.state.url).port || 6379)];
+  } catch {
+    return [];
   }
 }

@@ -15,7 +15,7 @@ const userNameSchema = z.string().refine(isValidUserName, 'a user name: 1-256 ch
 /** RFC 9110 §5.1 token characters. */
 const headerNameSchema = z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/, 'an HTTP header name');
 
-const cidrSchema = z.string().refine((e) => {
+export const cidrSchema = z.string().refine((e) => {
   const [addr, bits, extra] = e.split('/');
   const family = isIP(addr ?? '');
   if (family === 0 || extra !== undefined) return false;

@@ -6,7 +6,8 @@
  */
 import { z } from 'zod';
 import { cronProblem } from '../core/keep-warm.ts';
-import { accessSettingsSchema, identitySchema, resourceAccessSchema } from './access-schema.ts';
+import { DEFAULT_DENIED_ENDPOINTS } from '../providers/endpoint-guard.ts';
+import { accessSettingsSchema, cidrSchema, identitySchema, resourceAccessSchema } from './access-schema.ts';
 
 const ms = (description: string, dflt: number) => z.number().int().min(0).default(dflt).describe(description);
 const port = z.number().int().min(0).max(65535);
@@ -260,6 +261,11 @@ export const configSchema = z.object({
     host: z.string().default('127.0.0.1').describe('Address the proxy listens on.'),
     port: port.default(8080),
   }).strict().default({ host: '127.0.0.1', port: 8080 }),
+  backendEndpoints: z.object({
+    deny: z.array(cidrSchema).default([...DEFAULT_DENIED_ENDPOINTS])
+      .describe('Addresses or CIDRs a provider-reported endpoint may not point at (default: link-local and cloud metadata addresses). Loopback and unspecified addresses on the proxy\'s own ports (listener, Redis) are always refused.'),
+    allow: z.array(cidrSchema).default([]).describe('Addresses or CIDRs accepted even when deny covers them.'),
+  }).strict().prefault({}).describe('Which endpoints reported by providers (clouds, engines, templates) the proxy may probe and forward identity headers to; see docs/security.md.'),
   trustedProxies: z.array(z.string()).default([])
     .describe('Addresses or CIDRs of front proxies whose X-Forwarded-* headers are believed.'),
   server: z.object({
