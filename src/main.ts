@@ -5,6 +5,7 @@
 import { pino } from 'pino';
 import { LoggerAuditSink, teeAudit, type AuditSink } from './access/audit.ts';
 import { StartLimiter } from './access/limits.ts';
+import type { Verifier } from './access/types.ts';
 import type { Config } from './config/schema.ts';
 import { effectiveResources, expandStatuses, type EffectiveResource } from './config/load.ts';
 import { systemClock } from './core/clock.ts';
@@ -15,12 +16,14 @@ import { ResourceManager, type ResourceRuntime } from './core/resource-manager.t
 import { StateSync } from './core/state-sync.ts';
 import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
 import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
+import { EndpointPolicy, guardEndpoints } from './providers/endpoint-guard.ts';
 import { createHttpProvider } from './providers/http/http-provider.ts';
 import { createProcessProvider } from './providers/process/process-provider.ts';
 import { inheritedEnv, secretReaders } from './config/secrets.ts';
 import { createStaticProvider } from './providers/static/static-provider.ts';
 import { createQemuProvider } from './providers/qemu/qemu-provider.ts';
 import { createDockerProvider } from './providers/docker/docker-provider.ts';
+import { loadBackendTls, type BackendTls } from './proxy/backend-tls.ts';
 import { createAccessSteps } from './proxy/identify.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
@@ -48,6 +51,8 @@ export interface App {
   readonly config: Config;
   /** The state store behind write-behind batching (stats: flushes, failures). */
   readonly state: StateSync;
+  /** The identity verifiers, in order (their `stats` count real verifications). */
+  readonly verifiers: readonly Verifier[];
   /** Graceful shutdown, in the order written below. Idempotent. */
   close(): Promise<void>;
 }
@@ -59,7 +64,13 @@ export function createLogger(level: Config['log']['level']): Logger {
 /** Resources that share a probe config (the default one, or resourceDefaults') share one spec. */
 const probeSpecs = new WeakMap<EffectiveResource['probe'], ProbeSpec>();
 
-function toProbeSpec(r: EffectiveResource): ProbeSpec {
+function toProbeSpec(r: EffectiveResource, tls: BackendTls): ProbeSpec {
+  const spec = sharedProbeSpec(r);
+  // An https: backend is probed with the same TLS settings it is forwarded with.
+  return spec.kind === 'http' && tls.key !== '' ? { ...spec, tls } : spec;
+}
+
+function sharedProbeSpec(r: EffectiveResource): ProbeSpec {
   let spec = probeSpecs.get(r.probe);
   if (spec === undefined) {
     // The expanded status list ("2xx" → 200…299) is 300 numbers: built once, not per resource.
@@ -88,13 +99,23 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     const providers = new Map<string, Provider>();
     const resources = effectiveResources(config);
     const serviceIds = new Map(resources.map((r) => [r.id, r.serviceId]));
+    //    Every provider's endpoints pass the backendEndpoints policy before the core may use
+    //    them (providers/endpoint-guard.ts); the proxy's own ports are added once it listens.
+    const ownPorts = new Set<number>([config.listen.port, ...redisPortOf(config)].filter((p) => p > 0));
+    const endpointPolicy = new EndpointPolicy({ ...config.backendEndpoints, ownPorts: () => ownPorts });
+    const onRefused = (ref: { resourceId: string; instanceKey: string }, endpoint: string, reason: string): void => {
+      log.warn({ resource: ref.resourceId, instance: ref.instanceKey, endpoint, reason }, 'provider endpoint refused');
+      audit.record({ type: 'endpoint-refused', at: clock.now(), actor: undefined, resource: ref.resourceId, instance: ref.instanceKey, endpoint, reason });
+    };
+    // Injected providers (tests) are guarded too, but closed by whoever injected them.
+    const injectedGuarded = new Map<string, Provider>();
     const providerFor = (r: EffectiveResource): Provider => {
       const injected = options.providers?.get(r.providerName);
-      if (injected !== undefined) return injected;
-      const existing = providers.get(r.providerName);
+      const cache = injected === undefined ? providers : injectedGuarded;
+      const existing = cache.get(r.providerName);
       if (existing !== undefined) return existing;
-      const p = buildProvider(r, mockCloud, serviceIds, log);
-      providers.set(r.providerName, p);
+      const p = guardEndpoints(injected ?? buildProvider(r, mockCloud, serviceIds, log), endpointPolicy, onRefused);
+      cache.set(r.providerName, p);
       return p;
     };
 
@@ -128,12 +149,14 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     const routed = new Map<string, RoutedResource>();
     const themes = new ThemeLoader();
     for (const r of resources) {
+      const backendTls = loadBackendTls(r.backendTls);
+      if (!backendTls.rejectUnauthorized) log.warn({ resource: r.id }, 'backendTls.insecureSkipVerify: the backend\'s certificate is not verified');
       const runtime: ResourceRuntime = {
         id: r.id,
         provider: providerFor(r),
         sharing: r.sharing,
         bootTimeoutMs: r.bootTimeoutMs,
-        probe: toProbeSpec(r),
+        probe: toProbeSpec(r, backendTls),
         probeIntervalMs: r.probeIntervalMs,
         pollIntervalMinMs: r.pollIntervalMinMs,
         pollIntervalMaxMs: r.pollIntervalMaxMs,
@@ -150,6 +173,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         runtime, holdTimeoutMs: r.holdTimeoutMs,
         waiting: { ...r.waiting, theme: themes.load(r.waiting.themeDir) },
         websocket: { allowedOrigins: r.websocketAllowedOrigins },
+        backendTls,
       });
     }
     const runtimes = new Map([...routed].map(([id, r]) => [id, r.runtime]));
@@ -199,6 +223,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       http2MaxConcurrentStreams: config.server.http2MaxConcurrentStreams,
     });
     const addr = await proxy.listen(config.listen.port, config.listen.host);
+    ownPorts.add(addr.port);
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
     const proxyUrl = `${config.tls === undefined ? 'http' : 'https'}://${host}:${addr.port}`;
     log.info({ url: proxyUrl, resources: routed.size }, 'proxy listening');
@@ -243,7 +268,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       })();
       return closing;
     };
-    return { proxyUrl, mockCloud, manager, proxy, config, state, close };
+    return { proxyUrl, mockCloud, manager, proxy, config, state, verifiers: access.verifiers, close };
   } catch (err) {
     for (const c of closers.reverse()) await c().catch(() => undefined);
     throw err;
@@ -337,5 +362,15 @@ function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, s
         stopTimeoutS: p.stopTimeoutS,
         logger,
       });
+  }
+}
+
+/** The Redis port the proxy itself talks to, when state is on Redis (never a backend). */
+function redisPortOf(config: Config): number[] {
+  if (config.state.kind !== 'redis') return [];
+  try {
+    return [Number(new URL(config.state.url).port || 6379)];
+  } catch {
+    return [];
   }
 }

@@ -39,6 +39,16 @@ export type AuditEvent =
       readonly known: boolean;
     }
   | {
+      /** A provider reported an endpoint the backendEndpoints policy refuses. */
+      readonly type: 'endpoint-refused';
+      readonly at: number;
+      readonly actor: undefined;
+      readonly resource: string;
+      readonly instance: string;
+      readonly endpoint: string;
+      readonly reason: string;
+    }
+  | {
       readonly type: 'limit';
       readonly at: number;
       readonly actor: AuditActor | undefined;

@@ -4,6 +4,7 @@
  * nobody recognised is invalid too, so that a mistyped token is a 401, never a silent
  * anonymous request.
  */
+import { isSmartProxyError } from '../core/errors.ts';
 import { ANONYMOUS } from './policy.ts';
 import type { RequestCredentials, VerifiedIdentity, Verifier, VerifyOutcome } from './types.ts';
 
@@ -19,6 +20,8 @@ export async function verifyChain(verifiers: readonly Verifier[], credentials: R
     try {
       out = await v.verify(credentials);
     } catch (err) {
+      // Too many credentials being hashed: a 503 for this request, not a verdict on it.
+      if (isSmartProxyError(err) && err.code === 'SP_ACCESS_BUSY') throw err;
       // A verifier bug must not turn into a 500 or, worse, an anonymous pass.
       out = { kind: 'invalid', reason: `verification failed (${err instanceof Error ? err.message : String(err)})` };
     }

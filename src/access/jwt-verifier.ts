@@ -4,14 +4,34 @@
  * refetches when a token names an unknown `kid`, at most once per cool-down), the accepted
  * algorithms (never chosen by the token alone), issuer, audience, and `exp` (required) with a
  * clock tolerance. The user comes from `userClaim`, the groups from the `groupsClaim` path.
+ *
+ * A token is verified once, not on every request (a signature check costs more than the whole
+ * warm path): the verdict is cached by a SHA-256 of the token in a bounded LRU
+ * (credential-cache.ts), a verified one until the earliest of
+ * - its `exp` (never beyond it: past exp, jose judges it again, clock tolerance included),
+ * - `jwtRecheckMs` after it was verified (default 60 s): the bound on how long a token signed
+ *   by a key the issuer removed from its JWKS can live on in the cache;
+ * and sooner: a hit whose `kid` is no longer in the key set jose last fetched is verified
+ * again at once, and a hit before its `nbf` (minus the tolerance) is not used. Refusals that
+ * time cannot cure (bad signature, unknown key, wrong issuer…) are cached for the refusal TTL;
+ * "not yet valid" and an unreachable key set are never cached.
  */
-import { createLocalJWKSet, createRemoteJWKSet, errors as joseErrors, importSPKI, jwtVerify, type CryptoKey, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import { createLocalJWKSet, createRemoteJWKSet, decodeProtectedHeader, errors as joseErrors, importSPKI, jwtVerify, type CryptoKey, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import type { JwtIdentityConfig } from '../config/access-schema.ts';
 import type { Clock, Logger } from '../core/ports.ts';
 import { bearerToken, looksLikeJwt } from './bearer.ts';
+import { credentialKey, defaultCredentialWork, SingleFlight, VerdictCache, type CredentialWork } from './credential-cache.ts';
 import { ABSENT, isValidUserName, normaliseGroups, type Verifier, type VerifyOutcome } from './types.ts';
 
 type KeySource = Uint8Array | JWTVerifyGetKey;
+
+/** A cached verdict: a verified identity (with what a hit re-checks), or a refusal. */
+type Cached =
+  | { readonly kind: 'verified'; readonly outcome: VerifyOutcome; readonly kid: string | undefined; readonly notBeforeMs: number }
+  | { readonly kind: 'refused'; readonly outcome: VerifyOutcome };
+
+/** Refusals that a later clock may turn into acceptance: never cached. */
+const TIME_BOUND_REASONS = new Set(['token not yet valid', 'token issued in the future']);
 
 function keySource(cfg: JwtIdentityConfig): KeySource {
   if (cfg.secret !== undefined) return new TextEncoder().encode(cfg.secret);
@@ -76,8 +96,18 @@ export function describeJoseError(err: unknown): { reason: string; unavailable: 
   }
 }
 
-export function createJwtVerifier(cfg: JwtIdentityConfig, challenge: string, clock: Clock, log: Logger): Verifier {
+export function createJwtVerifier(cfg: JwtIdentityConfig, challenge: string, clock: Clock, log: Logger, work: CredentialWork = defaultCredentialWork(clock)): Verifier {
   const key = keySource(cfg);
+  const remote = cfg.jwksUrl !== undefined ? (key as ReturnType<typeof createRemoteJWKSet>) : undefined;
+  const verdicts = new VerdictCache<Cached>(work.cacheMaxEntries, work.clock);
+  const flights = new SingleFlight<VerifyOutcome>();
+  /** The kids of the key set jose last fetched (remote sets only; refreshed after each real verification). */
+  let liveKids: ReadonlySet<string> | undefined;
+  const refreshKids = (): void => {
+    if (remote === undefined) return;
+    const set = remote.jwks();
+    if (set !== undefined) liveKids = new Set(set.keys.flatMap((k) => (typeof k.kid === 'string' ? [k.kid] : [])));
+  };
   const options = {
     issuer: cfg.issuer,
     audience: cfg.audience,
@@ -87,36 +117,69 @@ export function createJwtVerifier(cfg: JwtIdentityConfig, challenge: string, clo
     clockTolerance: cfg.clockToleranceMs / 1000,
   };
   let droppedWarned = false;
+  const stats = { verifications: 0 };
 
   return {
     kind: 'jwt',
     challenge,
+    stats,
     async verify(credentials): Promise<VerifyOutcome> {
       const token = bearerToken(credentials.authorization);
       if (token === undefined || !looksLikeJwt(token)) return ABSENT;
-      let payload: JWTPayload;
-      try {
-        const verified = typeof key === 'function'
-          ? await jwtVerify(token, key, { ...options, currentDate: new Date(clock.now()) })
-          : await jwtVerify(token, key, { ...options, currentDate: new Date(clock.now()) });
-        payload = verified.payload;
-      } catch (err) {
-        const { reason, unavailable } = describeJoseError(err);
-        if (unavailable) log.warn({ jwksUrl: cfg.jwksUrl, reason }, 'JWT key set unavailable');
-        return { kind: 'invalid', reason, unavailable };
+      const cacheKey = credentialKey('jwt', token);
+      const hit = verdicts.get(cacheKey);
+      if (hit !== undefined) {
+        if (hit.kind === 'refused') return hit.outcome;
+        const keyGone = hit.kid !== undefined && liveKids !== undefined && !liveKids.has(hit.kid);
+        if (!keyGone && work.clock.now() >= hit.notBeforeMs) return hit.outcome;
+        verdicts.delete(cacheKey);
       }
-      const user = claimAt(payload, cfg.userClaim);
-      if (typeof user !== 'string' || !isValidUserName(user)) {
-        return { kind: 'invalid', reason: `claim "${cfg.userClaim}" is missing or not a valid user name` };
-      }
-      const raw = claimAt(payload, cfg.groupsClaim);
-      const claimed = typeof raw === 'string' ? raw.split(/[\s,]+/).filter((g) => g.length > 0) : Array.isArray(raw) ? raw : [];
-      const { groups, dropped } = normaliseGroups(claimed as unknown[]);
-      if (dropped > 0 && !droppedWarned) {
-        droppedWarned = true;
-        log.warn({ issuer: cfg.issuer, groupsClaim: cfg.groupsClaim, dropped }, 'JWT groups that cannot be named in a URL are ignored');
-      }
-      return { kind: 'verified', identity: { user, groups, via: 'jwt' } };
+      return flights.run(cacheKey, async () => {
+        const out = await verifyNow(token);
+        refreshKids();
+        if (out.outcome.kind === 'verified') {
+          const exp = out.payload?.exp;
+          if (typeof exp === 'number') {
+            const nbf = out.payload?.nbf;
+            const until = Math.min(exp * 1000, work.clock.now() + work.jwtRecheckMs);
+            verdicts.set(cacheKey, {
+              kind: 'verified', outcome: out.outcome, kid: out.kid,
+              notBeforeMs: typeof nbf === 'number' ? nbf * 1000 - cfg.clockToleranceMs : 0,
+            }, until);
+          }
+        } else if (out.outcome.kind === 'invalid' && out.outcome.unavailable !== true && !TIME_BOUND_REASONS.has(out.outcome.reason)) {
+          verdicts.set(cacheKey, { kind: 'refused', outcome: out.outcome }, work.clock.now() + work.refusedTtlMs);
+        }
+        return out.outcome;
+      });
     },
   };
+
+  /** One real verification by jose (the only place that costs a signature check). */
+  async function verifyNow(token: string): Promise<{ outcome: VerifyOutcome; payload?: JWTPayload; kid?: string | undefined }> {
+    stats.verifications++;
+    let payload: JWTPayload;
+    try {
+      const verified = typeof key === 'function'
+        ? await jwtVerify(token, key, { ...options, currentDate: new Date(clock.now()) })
+        : await jwtVerify(token, key, { ...options, currentDate: new Date(clock.now()) });
+      payload = verified.payload;
+    } catch (err) {
+      const { reason, unavailable } = describeJoseError(err);
+      if (unavailable) log.warn({ jwksUrl: cfg.jwksUrl, reason }, 'JWT key set unavailable');
+      return { outcome: { kind: 'invalid', reason, unavailable } };
+    }
+    const user = claimAt(payload, cfg.userClaim);
+    if (typeof user !== 'string' || !isValidUserName(user)) {
+      return { outcome: { kind: 'invalid', reason: `claim "${cfg.userClaim}" is missing or not a valid user name` } };
+    }
+    const raw = claimAt(payload, cfg.groupsClaim);
+    const claimed = typeof raw === 'string' ? raw.split(/[\s,]+/).filter((g) => g.length > 0) : Array.isArray(raw) ? raw : [];
+    const { groups, dropped } = normaliseGroups(claimed as unknown[]);
+    if (dropped > 0 && !droppedWarned) {
+      droppedWarned = true;
+      log.warn({ issuer: cfg.issuer, groupsClaim: cfg.groupsClaim, dropped }, 'JWT groups that cannot be named in a URL are ignored');
+    }
+    return { outcome: { kind: 'verified', identity: { user, groups, via: 'jwt' } }, payload, kid: decodeProtectedHeader(token).kid };
+  }
 }

@@ -5,7 +5,9 @@
  * nobody recognised into a 401.
  */
 import type { TokenIdentityConfig } from '../config/access-schema.ts';
+import { systemClock } from '../core/clock.ts';
 import { bearerToken } from './bearer.ts';
+import { defaultCredentialWork, SingleFlight, VerdictCache, type CredentialWork } from './credential-cache.ts';
 import { digestsEqual, parseScrypt, sha256Digest, verifyScrypt, type ParsedScrypt } from './passwords.ts';
 import { ABSENT, normaliseGroups, type VerifiedIdentity, type Verifier, type VerifyOutcome } from './types.ts';
 
@@ -19,10 +21,7 @@ interface ScryptEntry {
   readonly identity: VerifiedIdentity;
 }
 
-/** Positive results of scrypt-hashed tokens, keyed by the token's SHA-256 (memory only). */
-const SCRYPT_CACHE_MAX = 1000;
-
-export function createTokenVerifier(cfg: TokenIdentityConfig, challenge: string): Verifier {
+export function createTokenVerifier(cfg: TokenIdentityConfig, challenge: string, work: CredentialWork = defaultCredentialWork(systemClock)): Verifier {
   const sha: ShaEntry[] = [];
   const slow: ScryptEntry[] = [];
   for (const t of cfg.tokens) {
@@ -34,11 +33,30 @@ export function createTokenVerifier(cfg: TokenIdentityConfig, challenge: string)
       slow.push({ hash: parsed, identity });
     }
   }
-  const scryptHits = new Map<string, VerifiedIdentity>();
+  // Verdicts on scrypt-hashed tokens, keyed by the token's SHA-256 (memory only, bounded,
+  // expiring): a token presented again costs no scrypt, whether it matched or not.
+  const verdicts = new VerdictCache<VerifiedIdentity | 'none'>(work.cacheMaxEntries, work.clock);
+  const flights = new SingleFlight<VerifiedIdentity | 'none'>();
+  const stats = { verifications: 0 };
+  const slowCheck = async (key: string, token: string): Promise<VerifiedIdentity | 'none'> => {
+    let found: VerifiedIdentity | 'none' = 'none';
+    for (const e of slow) {
+      if (await work.gate.run(() => {
+        stats.verifications++;
+        return verifyScrypt(token, e.hash);
+      })) {
+        found = e.identity;
+        break;
+      }
+    }
+    verdicts.set(key, found, work.clock.now() + (found === 'none' ? work.refusedTtlMs : work.verifiedTtlMs));
+    return found;
+  };
 
   return {
     kind: 'token',
     challenge,
+    stats,
     async verify(credentials): Promise<VerifyOutcome> {
       const token = bearerToken(credentials.authorization);
       if (token === undefined) return ABSENT;
@@ -51,17 +69,9 @@ export function createTokenVerifier(cfg: TokenIdentityConfig, challenge: string)
       }
       if (found !== undefined) return { kind: 'verified', identity: found };
       if (slow.length === 0) return ABSENT;
-      const key = digest.toString('hex');
-      const hit = scryptHits.get(key);
-      if (hit !== undefined) return { kind: 'verified', identity: hit };
-      for (const e of slow) {
-        if (await verifyScrypt(token, e.hash)) {
-          if (scryptHits.size >= SCRYPT_CACHE_MAX) scryptHits.clear();
-          scryptHits.set(key, e.identity);
-          return { kind: 'verified', identity: e.identity };
-        }
-      }
-      return ABSENT;
+      const key = digest.toString('base64url');
+      const verdict = verdicts.get(key) ?? await flights.run(key, () => slowCheck(key, token));
+      return verdict === 'none' ? ABSENT : { kind: 'verified', identity: verdict };
     },
   };
 }

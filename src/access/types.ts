@@ -44,6 +44,8 @@ export interface Verifier {
   /** The `WWW-Authenticate` challenge this kind answers a 401 with, if any. */
   readonly challenge: string | undefined;
   verify(credentials: RequestCredentials): VerifyOutcome | Promise<VerifyOutcome>;
+  /** Real verifications done (signature checks, slow hashes), not cache hits: for tests and metrics. */
+  readonly stats?: { readonly verifications: number };
   /** Releases timers or caches, if any. */
   close?(): void;
 }

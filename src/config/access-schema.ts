@@ -15,7 +15,7 @@ const userNameSchema = z.string().refine(isValidUserName, 'a user name: 1-256 ch
 /** RFC 9110 §5.1 token characters. */
 const headerNameSchema = z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/, 'an HTTP header name');
 
-const cidrSchema = z.string().refine((e) => {
+export const cidrSchema = z.string().refine((e) => {
   const [addr, bits, extra] = e.split('/');
   const family = isIP(addr ?? '');
   if (family === 0 || extra !== undefined) return false;
@@ -116,6 +116,16 @@ export const accessSettingsSchema = z.object({
     user: headerNameSchema.default('X-Forwarded-User'),
     groups: headerNameSchema.default('X-Forwarded-Groups'),
   }).strict().prefault({}).describe('Headers that tell the backend the verified user and the groups the request acts with.'),
+  credentials: z.object({
+    maxConcurrentHashes: z.number().int().min(1).max(64).default(2)
+      .describe('Password (scrypt) checks running at once. They run on libuv\'s thread pool (4 threads unless UV_THREADPOOL_SIZE says otherwise), shared with file and DNS work: keep this below its size.'),
+    maxQueuedHashes: z.number().int().min(0).default(64)
+      .describe('Password checks waiting for a slot; past this a request is answered 503 SP_ACCESS_BUSY with Retry-After at once.'),
+    verifiedTtlMs: ms('A verified password or scrypt-hashed token is trusted this long without hashing it again (memory only, keyed by a SHA-256 of the credential).', 300_000),
+    refusedTtlMs: ms('A refused password, token or JWT is refused this long without checking it again, so repeating a bad credential costs no hash.', 60_000),
+    cacheMaxEntries: z.number().int().min(1).default(10_000).describe('Entries of each verdict cache (least recently used dropped first).'),
+    jwtRecheckMs: ms('A verified JWT is cached until its exp, but verified again after this long at the latest: the bound on how long a token signed by a key removed from the JWKS keeps working.', 60_000),
+  }).strict().prefault({}).describe('Bounds on the work credentials cost: hashing concurrency and the verdict caches.'),
   limits: z.object({
     concurrentStarts: limitScopes.prefault({}).describe('Instances starting at once (like JupyterHub concurrent_spawn_limit).'),
     runningInstances: limitScopes.prefault({}).describe('Instances starting or running (like JupyterHub active_server_limit).'),

@@ -168,6 +168,8 @@ export interface EffectiveResource {
   readonly keepWarm: KeepWarmConfig | undefined;
   /** The resource's access policy; a resource-level `access` replaces the default as a whole. */
   readonly access: ResourceAccessConfig;
+  /** TLS towards an https: endpoint; undefined: the defaults (system roots, host name checked). */
+  readonly backendTls: ResourceConfig['backendTls'];
 }
 
 const defaultProbe: ProbeConfig = { kind: 'http', path: '/', expectStatus: ['2xx', '3xx', '4xx'], timeoutMs: 1000 };
@@ -208,6 +210,7 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       healthCheckIntervalMs: r.healthCheckIntervalMs ?? d.healthCheckIntervalMs ?? builtinDefaults.healthCheckIntervalMs,
       keepWarm: r.keepWarm ?? d.keepWarm,
       access: r.access ?? d.access ?? { public: false, passCredentials: false },
+      backendTls: r.backendTls ?? d.backendTls,
     };
   });
 }

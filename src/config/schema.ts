@@ -6,7 +6,8 @@
  */
 import { z } from 'zod';
 import { cronProblem } from '../core/keep-warm.ts';
-import { accessSettingsSchema, identitySchema, resourceAccessSchema } from './access-schema.ts';
+import { DEFAULT_DENIED_ENDPOINTS } from '../providers/endpoint-guard.ts';
+import { accessSettingsSchema, cidrSchema, identitySchema, resourceAccessSchema } from './access-schema.ts';
 
 const ms = (description: string, dflt: number) => z.number().int().min(0).default(dflt).describe(description);
 const port = z.number().int().min(0).max(65535);
@@ -237,6 +238,11 @@ const resourceFields = {
   healthCheckIntervalMs: optMs('How often the provider is asked whether a ready instance still exists; 0 = never.', resourceBuiltinDefaults.healthCheckIntervalMs),
   keepWarm: keepWarmSchema.optional(),
   access: resourceAccessSchema.optional(),
+  backendTls: z.object({
+    caFile: z.string().min(1).optional().describe('PEM file of the CA(s) that sign the backend\'s certificate (a private or self-signed CA); default: the system roots.'),
+    servername: z.string().min(1).max(253).optional().describe('Host name sent as SNI and required in the backend\'s certificate; default: the endpoint\'s host (no SNI for an IP address).'),
+    insecureSkipVerify: z.boolean().default(false).describe('Accept any certificate (no verification at all). Only for a backend on a network you trust; logged at start-up.'),
+  }).strict().optional().describe('TLS towards an https:// backend endpoint (probe, forward, WebSocket). Merged as a whole: a resource\'s replaces resourceDefaults\'.'),
 };
 
 export const resourceDefaultsSchema = z.object(resourceFields).strict();
@@ -255,6 +261,11 @@ export const configSchema = z.object({
     host: z.string().default('127.0.0.1').describe('Address the proxy listens on.'),
     port: port.default(8080),
   }).strict().default({ host: '127.0.0.1', port: 8080 }),
+  backendEndpoints: z.object({
+    deny: z.array(cidrSchema).default([...DEFAULT_DENIED_ENDPOINTS])
+      .describe('Addresses or CIDRs a provider-reported endpoint may not point at (default: link-local and cloud metadata addresses). Loopback and unspecified addresses on the proxy\'s own ports (listener, Redis) are always refused.'),
+    allow: z.array(cidrSchema).default([]).describe('Addresses or CIDRs accepted even when deny covers them.'),
+  }).strict().prefault({}).describe('Which endpoints reported by providers (clouds, engines, templates) the proxy may probe and forward identity headers to; see docs/security.md.'),
   trustedProxies: z.array(z.string()).default([])
     .describe('Addresses or CIDRs of front proxies whose X-Forwarded-* headers are believed.'),
   server: z.object({

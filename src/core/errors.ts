@@ -12,6 +12,7 @@ export const errorCatalogue = {
   SP_ACCESS_UNAUTHENTICATED: 'The resource needs a verified identity and the request carried none that verified.',
   SP_ACCESS_DENIED: 'The verified identity does not hold the groups this request acts with, or they do not satisfy the resource policy.',
   SP_ACCESS_UNAVAILABLE: 'The credentials could not be checked right now (the JWT key set could not be fetched); try again later.',
+  SP_ACCESS_BUSY: 'Too many credentials are being checked at once (each password check is deliberately slow); try again shortly.',
   SP_LIMIT_EXCEEDED: 'A limit on starts or running instances was reached; try again later.',
   SP_HOLD_QUEUE_FULL: 'Too many requests are already waiting for resources to start; try again later.',
   SP_HOLD_BYTES_FULL: 'Too many request bytes are already held for starting resources; try again later.',

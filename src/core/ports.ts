@@ -88,6 +88,14 @@ export interface Provider {
   close?(): Promise<void>;
 }
 
+/** TLS client settings of an `https:` backend, as plain data (src/proxy/backend-tls.ts). */
+export interface ProbeTls {
+  readonly ca: string | undefined;
+  readonly servername: string | undefined;
+  readonly rejectUnauthorized: boolean;
+  readonly key: string;
+}
+
 /** How the core checks that a running instance answers. */
 export type ProbeSpec =
   | {
@@ -97,6 +105,8 @@ export type ProbeSpec =
       /** Statuses that count as ready; any other status, or no answer, is not ready. */
       readonly expectStatus: readonly number[];
       readonly timeoutMs: number;
+      /** For an `https:` endpoint: how its certificate is checked (the data plane's setting). */
+      readonly tls?: ProbeTls | undefined;
     }
   | { readonly kind: 'tcp'; readonly timeoutMs: number };
 

@@ -6,6 +6,7 @@ import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:
 import { Pool, errors as undiciErrors, type Dispatcher } from 'undici';
 import { SmartProxyError } from '../core/errors.ts';
 import { BackendGate, type ReleaseSlot } from './backend-gate.ts';
+import { DEFAULT_BACKEND_TLS, tlsConnectOptions, type BackendTls } from './backend-tls.ts';
 import { idleBoundedBody } from './body-idle.ts';
 import { downstreamHeaders } from './headers.ts';
 
@@ -42,7 +43,10 @@ export type ForwardOutcome =
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 
-/** One undici Pool per backend origin, created on first use, closed on shutdown. */
+/**
+ * One undici Pool per backend origin (and, for https: origins, per TLS setting: two resources
+ * may trust different CAs for one address), created on first use, closed on shutdown.
+ */
 export class UpstreamPools {
   readonly #pools = new Map<string, Pool>();
   readonly #gates = new Map<string, BackendGate>();
@@ -65,43 +69,48 @@ export class UpstreamPools {
     return parsed;
   }
 
-  pool(origin: string): Pool {
-    let pool = this.#pools.get(origin);
+  pool(origin: string, tls: BackendTls = DEFAULT_BACKEND_TLS): Pool {
+    const key = poolKey(origin, tls);
+    let pool = this.#pools.get(key);
     if (pool === undefined || pool.destroyed || pool.closed) {
+      const https = origin.startsWith('https:');
       pool = new Pool(origin, {
+        ...(https ? { connect: tlsConnectOptions(tls, new URL(origin).hostname) } : {}),
         connections: this.#options.connectionsPerBackend,
         connectTimeout: this.#options.connectTimeoutMs,
         headersTimeout: this.#options.headersTimeoutMs,
         bodyTimeout: this.#options.bodyTimeoutMs,
         keepAliveTimeout: 4_000,
       });
-      this.#pools.set(origin, pool);
+      this.#pools.set(key, pool);
     }
     return pool;
   }
 
-  /** The bounded queue in front of a backend's pool. */
-  gate(origin: string): BackendGate {
-    let gate = this.#gates.get(origin);
+  /** The bounded queue in front of a backend's pool (one per pool: origin and TLS setting). */
+  gate(origin: string, tls: BackendTls = DEFAULT_BACKEND_TLS): BackendGate {
+    const key = poolKey(origin, tls);
+    let gate = this.#gates.get(key);
     if (gate === undefined) {
       gate = new BackendGate(origin, {
         maxInFlight: this.#options.connectionsPerBackend,
         maxQueued: this.#options.maxQueuedPerBackend ?? 1024,
         queueTimeoutMs: this.#options.queueTimeoutMs ?? 10_000,
       });
-      this.#gates.set(origin, gate);
+      this.#gates.set(key, gate);
     }
     return gate;
   }
 
   /** Drops the pool of a backend that went away, so no stale keep-alive socket is reused. */
-  evict(origin: string): void {
-    const gate = this.#gates.get(origin);
+  evict(origin: string, tls: BackendTls = DEFAULT_BACKEND_TLS): void {
+    const key = poolKey(origin, tls);
+    const gate = this.#gates.get(key);
     // An idle gate holds nothing; a busy one stays until its requests release their slots.
-    if (gate !== undefined && gate.inFlight === 0 && gate.queued === 0) this.#gates.delete(origin);
-    const pool = this.#pools.get(origin);
+    if (gate !== undefined && gate.inFlight === 0 && gate.queued === 0) this.#gates.delete(key);
+    const pool = this.#pools.get(key);
     if (pool === undefined) return;
-    this.#pools.delete(origin);
+    this.#pools.delete(key);
     // close, not destroy: requests already queued on this pool were never sent; destroying
     // would fail them with UND_ERR_DESTROYED (a 502), while closing lets each one meet the
     // refused connection itself and go back to waiting for the restarted instance.
@@ -125,18 +134,18 @@ export class UpstreamPools {
    * AbortController, building a DOMException with a stack trace, on every request), no
    * AbortController of our own. Profiled: about a fifth of the warm path's CPU.
    */
-  forward(req: IncomingMessage, res: ServerResponse, origin: string, path: string, headers: string[]): Promise<ForwardOutcome> {
-    const gate = this.gate(origin);
+  forward(req: IncomingMessage, res: ServerResponse, origin: string, path: string, headers: string[], tls: BackendTls = DEFAULT_BACKEND_TLS): Promise<ForwardOutcome> {
+    const gate = this.gate(origin, tls);
     const slot = gate.tryAcquire();
-    if (slot !== undefined) return this.#dispatch(req, res, origin, path, headers, slot);
+    if (slot !== undefined) return this.#dispatch(req, res, origin, path, headers, tls, slot);
     return gate.acquire((leave) => res.once('close', leave)).then((queued) => {
       // The client left while queued: nothing was sent.
       if (queued === undefined) return 'done';
-      return this.#dispatch(req, res, origin, path, headers, queued);
+      return this.#dispatch(req, res, origin, path, headers, tls, queued);
     });
   }
 
-  #dispatch(req: IncomingMessage, res: ServerResponse, origin: string, path: string, headers: string[], slot: ReleaseSlot): Promise<ForwardOutcome> {
+  #dispatch(req: IncomingMessage, res: ServerResponse, origin: string, path: string, headers: string[], tls: BackendTls, slot: ReleaseSlot): Promise<ForwardOutcome> {
     const method = req.method ?? 'GET';
     const hasBody = req.headers['transfer-encoding'] !== undefined
       || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0')
@@ -157,7 +166,7 @@ export class UpstreamPools {
       // undici's client writes any async iterable body (client-h1 writeIterable); its
       // dispatch types name only Readable.
       try {
-        this.pool(origin).dispatch({ method, path, headers, body: body as Dispatcher.DispatchOptions['body'] }, handler);
+        this.pool(origin, tls).dispatch({ method, path, headers, body: body as Dispatcher.DispatchOptions['body'] }, handler);
       } catch (err) {
         // A request undici refuses outright (invalid header bytes) must not keep its slot.
         handler.onResponseError(undefined, err as Error);
@@ -273,4 +282,9 @@ function toUpstreamError(err: unknown): SmartProxyError {
   }
   const code = (err as { code?: string }).code ?? 'unknown';
   return new SmartProxyError('SP_UPSTREAM_UNAVAILABLE', `the backend failed to answer (${code})`, { data: { cause: code }, cause: err });
+}
+
+/** Plain origins key by themselves (the warm path builds no string); https ones add the TLS setting. */
+function poolKey(origin: string, tls: BackendTls): string {
+  return tls.key === '' ? origin : `${origin}\u0000${tls.key}`;
 }

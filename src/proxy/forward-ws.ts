@@ -15,6 +15,7 @@
  * HTTP/1.1 connection (ALPN `http/1.1`), which reaches this code.
  */
 import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { pipeline } from 'node:stream';
@@ -22,6 +23,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Logger } from '../core/ports.ts';
 import type { Instance, ResourceManager, StartRequester } from '../core/resource-manager.ts';
+import { DEFAULT_BACKEND_TLS, tlsConnectOptions, type BackendTls } from './backend-tls.ts';
 import { errorResponseBytes } from './error-response.ts';
 import { downstreamHeaders } from './headers.ts';
 import { joinUpstreamPath, type ParsedTarget } from './route.ts';
@@ -168,7 +170,7 @@ export class WebSocketForwarder {
     endpoint ??= await this.#hold(socket, inst, resource, { user: identity.user, groups: acting, actor: identity });
     // The client may have left while the hold resolved: nothing of it reaches the backend.
     if (endpoint === undefined || socket.destroyed) return;
-    await this.#connect(req, socket, head, inst, route, headers, endpoint);
+    await this.#connect(req, socket, head, inst, route, headers, endpoint, resource.backendTls);
   }
 
   /** Waits for `inst` like any held request; undefined if the client left meanwhile. */
@@ -187,7 +189,7 @@ export class WebSocketForwarder {
     }
   }
 
-  async #connect(req: IncomingMessage, socket: Socket, head: Buffer, inst: Instance, route: ParsedTarget, headers: string[], firstEndpoint: string): Promise<void> {
+  async #connect(req: IncomingMessage, socket: Socket, head: Buffer, inst: Instance, route: ParsedTarget, headers: string[], firstEndpoint: string, tls?: BackendTls): Promise<void> {
     const manager = this.#p.manager;
     // An open tunnel is activity: the idle reaper leaves the instance alone while it lasts.
     inst.activeConnections++;
@@ -202,7 +204,7 @@ export class WebSocketForwarder {
     try {
       let freshRetries = 0;
       for (;;) {
-        const outcome = await this.#handshake(socket, head, firstEndpoint, route, headers, end);
+        const outcome = await this.#handshake(socket, head, firstEndpoint, route, headers, end, tls);
         if (outcome === 'opened') {
           owned = true;
           inst.freshlyReady = false;
@@ -226,7 +228,7 @@ export class WebSocketForwarder {
   }
 
   /** Sends the upgrade request upstream; on 101 builds the tunnel, on anything else passes it back. */
-  #handshake(socket: Socket, head: Buffer, endpoint: string, route: ParsedTarget, headers: string[], end: () => void): Promise<HandshakeOutcome> {
+  #handshake(socket: Socket, head: Buffer, endpoint: string, route: ParsedTarget, headers: string[], end: () => void, tls: BackendTls = DEFAULT_BACKEND_TLS): Promise<HandshakeOutcome> {
     return new Promise((resolve, reject) => {
       let url: URL;
       try {
@@ -235,19 +237,22 @@ export class WebSocketForwarder {
         reject(new SmartProxyError('SP_UPSTREAM_UNAVAILABLE', 'the backend endpoint is not a URL'));
         return;
       }
-      if (url.protocol !== 'http:') {
-        reject(new SmartProxyError('SP_UPSTREAM_UNAVAILABLE', `WebSocket forwarding needs an http:// backend, not ${url.protocol}`));
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+        reject(new SmartProxyError('SP_UPSTREAM_UNAVAILABLE', `WebSocket forwarding needs an http(s):// backend, not ${url.protocol}`));
         return;
       }
-      const upReq = httpRequest({
+      const secure = url.protocol === 'https:';
+      const options = {
         host: url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname,
-        port: url.port === '' ? 80 : Number(url.port),
+        port: url.port === '' ? (secure ? 443 : 80) : Number(url.port),
         method: 'GET',
         path: joinUpstreamPath(url.pathname === '/' ? '' : url.pathname, route.path, route.query),
         headers,
         // A fresh connection per tunnel: an upgraded socket never goes back to a pool.
-        agent: false,
-      });
+        agent: false as const,
+      };
+      // wss to an https: backend, with the resource's CA, SNI and verification settings.
+      const upReq = secure ? httpsRequest({ ...options, ...tlsConnectOptions(tls, url.hostname) }) : httpRequest(options);
       let connectTimer: NodeJS.Timeout | undefined;
       const onClientClose = (): void => {
         upReq.destroy();

@@ -11,6 +11,7 @@ import type { IncomingMessage } from 'node:http';
 import type { AuditSink } from '../access/audit.ts';
 import { encodeGroups, encodeHeaderValue } from '../access/backend-headers.ts';
 import { createBasicVerifier } from '../access/basic-verifier.ts';
+import { HashGate, type CredentialWork } from '../access/credential-cache.ts';
 import { challengesOf, verifyChain, type ChainOutcome } from '../access/chain.ts';
 import { createHeaderVerifier } from '../access/header-verifier.ts';
 import { createJwtVerifier } from '../access/jwt-verifier.ts';
@@ -51,14 +52,23 @@ interface RequestIdentity extends VerifiedIdentity {
   readonly method: string;
 }
 
+/** The bounds every verifier shares (one hashing gate for the whole process). */
+export function credentialWork(settings: AccessSettings['credentials'], clock: Clock): CredentialWork {
+  return {
+    gate: new HashGate({ maxConcurrent: settings.maxConcurrentHashes, maxQueued: settings.maxQueuedHashes, retryAfterS: 1 }),
+    clock, verifiedTtlMs: settings.verifiedTtlMs, refusedTtlMs: settings.refusedTtlMs,
+    cacheMaxEntries: settings.cacheMaxEntries, jwtRecheckMs: settings.jwtRecheckMs,
+  };
+}
+
 /** Builds one verifier per configured identity, in order. */
-export function createVerifiers(identities: readonly IdentityConfig[], realm: string, clock: Clock, log: Logger): Verifier[] {
+export function createVerifiers(identities: readonly IdentityConfig[], realm: string, clock: Clock, log: Logger, work?: CredentialWork): Verifier[] {
   const bearer = `Bearer realm="${realm}"`;
   return identities.map((cfg): Verifier => {
     switch (cfg.kind) {
-      case 'token': return createTokenVerifier(cfg, bearer);
-      case 'basic': return createBasicVerifier(cfg, `Basic realm="${realm}", charset="UTF-8"`, clock);
-      case 'jwt': return createJwtVerifier(cfg, bearer, clock, log);
+      case 'token': return createTokenVerifier(cfg, bearer, work);
+      case 'basic': return createBasicVerifier(cfg, `Basic realm="${realm}", charset="UTF-8"`, clock, work);
+      case 'jwt': return createJwtVerifier(cfg, bearer, clock, log, work);
       case 'header': {
         const trusted = new TrustedProxies(cfg.fromAddresses);
         return createHeaderVerifier(cfg, (addr) => trusted.has(addr));
@@ -106,7 +116,8 @@ const quoteSafe = (s: string): string => s.replace(/["\\]/g, "'");
 export function createAccessSteps(options: AccessOptions): AccessSteps {
   const { settings, clock, audit } = options;
   const log = options.logger;
-  const verifiers = createVerifiers(options.identities, settings.realm, clock, log);
+  const work = credentialWork(settings.credentials, clock);
+  const verifiers = createVerifiers(options.identities, settings.realm, clock, log, work);
   const challenges = challengesOf(verifiers);
   const policies = new Map<string, ResourcePolicy>();
   for (const [id, cfg] of options.policies) policies.set(id, policyOf(cfg, settings));
@@ -143,17 +154,17 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
   };
 
   const identify: Identify = async (req, route, resource) => {
-    const out = await verifyChain(verifiers, credentialsOf(req));
     const request = { remoteAddress: req.socket.remoteAddress, method: req.method ?? '' };
+    if (policyFor(resource.runtime.id).public) {
+      // A public resource needs no identity, so credentials cost it no work at all (no hash,
+      // no signature check): they may be meant for its backend; it is served anonymously.
+      const anonymous: RequestIdentity = { ...ANONYMOUS, ...request };
+      return anonymous;
+    }
+    const out = await verifyChain(verifiers, credentialsOf(req));
     if (out.kind === 'verified') {
       const identity: RequestIdentity = { ...out.identity, ...request };
       return identity;
-    }
-    if (policyFor(resource.runtime.id).public) {
-      // Credentials may be meant for the backend of a public resource; it is served anonymously.
-      if (out.kind === 'invalid') log.debug({ resource: resource.runtime.id, reason: out.reason }, 'unverified credentials on a public resource');
-      const anonymous: RequestIdentity = { ...ANONYMOUS, ...request };
-      return anonymous;
     }
     return refuseUnauthenticated(req, route, out, true);
   };
@@ -177,8 +188,14 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
 
   const unknownResource: UnknownResource = async (req, route) => {
     if (settings.revealExistence || verifiers.length === 0) return resourceNotFound(route.resourceId);
-    // Answer as for a resource this caller may not see: 401 without a verified identity, 404 with one.
-    const out = await verifyChain(verifiers, credentialsOf(req));
+    // Answer as for a resource this caller may not see: 401 without a verified identity, 404
+    // with one. An Authorization header is never checked for a resource that does not exist:
+    // garbage sent to made-up ids costs no hash (the price: a caller with *invalid*
+    // credentials gets 404 here and 401 from a hidden resource; see docs/security.md).
+    const creds = credentialsOf(req);
+    if (creds.authorization !== undefined) return resourceNotFound(route.resourceId);
+    // No Authorization: only a trusted front proxy's headers can identify, at no cost.
+    const out = await verifyChain(verifiers, creds);
     if (out.kind === 'verified') return resourceNotFound(route.resourceId);
     return refuseUnauthenticated(req, route, out, false);
   };

@@ -3,9 +3,11 @@
  * that just died look alive (or a forwarder's half-open socket look dead), so every probe
  * opens its own connection and closes it.
  */
-import { request } from 'node:http';
+import { request, type IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { connect } from 'node:net';
 import type { ProbeOutcome, ProbeSpec, Prober } from '../core/ports.ts';
+import { DEFAULT_BACKEND_TLS, tlsConnectOptions } from './backend-tls.ts';
 import { joinUpstreamPath } from './route.ts';
 
 export const netProber: Prober = {
@@ -39,18 +41,23 @@ function httpProbe(url: URL, spec: Extract<ProbeSpec, { kind: 'http' }>, signal:
       req.destroy();
       resolve(outcome);
     };
-    const req = request({
+    const options = {
       host: url.hostname.replace(/^\[|\]$/g, ''),
       port: defaultPort(url),
       method: 'GET',
       path: joinUpstreamPath(url.pathname, spec.path, ''),
-      agent: false,
+      agent: false as const,
       headers: { 'user-agent': 'smart-proxy-probe', connection: 'close' },
-    }, (res) => {
+    };
+    const onResponse = (res: IncomingMessage): void => {
       const ok = spec.expectStatus.includes(res.statusCode ?? 0);
       res.resume();
       finish(ok ? { ok: true } : { ok: false, reason: `status ${res.statusCode}` });
-    });
+    };
+    // An https: endpoint is probed over TLS with the resource's settings, as it is forwarded.
+    const req = url.protocol === 'https:'
+      ? httpsRequest({ ...options, ...tlsConnectOptions(spec.tls ?? DEFAULT_BACKEND_TLS, url.hostname) }, onResponse)
+      : request(options, onResponse);
     const onAbort = (): void => finish({ ok: false, reason: 'aborted' });
     const timer = setTimeout(() => finish({ ok: false, reason: `no answer within ${spec.timeoutMs} ms` }), spec.timeoutMs);
     signal.addEventListener('abort', onAbort, { once: true });

@@ -11,6 +11,7 @@ import { systemClock } from '../core/clock.ts';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger } from '../core/ports.ts';
 import type { Instance, ResourceManager, ResourceRuntime, StartRequester } from '../core/resource-manager.ts';
+import type { BackendTls } from './backend-tls.ts';
 import { ClientGone, expectContinue, requestGone, sendContinue } from './client-state.ts';
 import { sendError } from './error-response.ts';
 import { UpstreamPools, type UpstreamOptions } from './forward-http.ts';
@@ -31,6 +32,8 @@ export interface RoutedResource {
   readonly waiting?: ResourceWaiting | undefined;
   /** Origins allowed to open WebSockets (browser handshakes); undefined: any. */
   readonly websocket?: { readonly allowedOrigins?: readonly string[] | undefined } | undefined;
+  /** How an https: endpoint's certificate is checked (backend-tls.ts); default: system roots. */
+  readonly backendTls?: BackendTls | undefined;
 }
 
 /** Who is asking, as far as the proxy could verify. */
@@ -378,7 +381,7 @@ export class ProxyServer {
         // The body is read from here on: now is the time for the 100 the client waits for.
         sendContinue(res);
         const ep = this.pools.endpoint(endpoint);
-        const outcome = await this.pools.forward(req, res, ep.origin, joinUpstreamPath(ep.pathPrefix, route.path, route.query), headers);
+        const outcome = await this.pools.forward(req, res, ep.origin, joinUpstreamPath(ep.pathPrefix, route.path, route.query), headers, resource.backendTls);
         if (outcome === 'done') {
           inst.freshlyReady = false;
           this.#manager.touch(inst);
@@ -399,7 +402,7 @@ export class ProxyServer {
           await delay(freshDelay);
           continue;
         }
-        this.pools.evict(ep.origin);
+        this.pools.evict(ep.origin, resource.backendTls);
         this.#manager.reportUnreachable(inst, endpoint, 'connection refused or reset before the request was sent');
         if (reholds++ >= MAX_REHOLDS) {
           throw new SmartProxyError('SP_UPSTREAM_UNAVAILABLE', 'the backend keeps refusing connections after restarts', { data: { resource: resource.runtime.id } });

@@ -152,6 +152,26 @@ describe('ResourceManager', () => {
     assert.deepEqual(provider.starts.map((r) => r.groups), [['g1']]);
   });
 
+  it('in user mode never hands alice carol\'s ready instance, though carol\'s groups are a subset of hers', async () => {
+    const { clock, provider, probe, manager, resource } = setup({ sharing: 'user' });
+    provider.state = { state: 'running', endpoint: 'http://127.0.0.1:1' };
+    probe.ok = true;
+    const carol = manager.selectInstance(resource, ['g1'], 'carol');
+    const w = manager.waitUntilReady(carol, { timeoutMs: 10_000 });
+    await clock.advance(100);
+    await w;
+    const alice = manager.selectInstance(resource, ['g1', 'g2'], 'alice');
+    assert.notEqual(alice, carol);
+    assert.equal(alice.key, 'user:alice');
+    assert.equal(alice.user, 'alice');
+    assert.equal(manager.selectInstance(resource, ['g1'], 'carol'), carol, 'carol keeps hers');
+    // And the provider is asked for alice's own instance, with her name on it.
+    const wa = manager.waitUntilReady(alice, { timeoutMs: 10_000 });
+    await clock.advance(100);
+    await wa;
+    assert.deepEqual(provider.starts.map((r) => [r.instanceKey, r.user]), [['user:carol', 'carol'], ['user:alice', 'alice']]);
+  });
+
   it('stops an idle instance, but never under an open connection', async () => {
     const { clock, provider, probe, manager, resource } = setup({ idleStopMs: 60_000 });
     provider.state = { state: 'running', endpoint: 'http://127.0.0.1:1' };

@@ -41,6 +41,11 @@ export interface ContractSubject {
   holdBoots?: (() => () => void) | undefined;
   /** Bound on reaching `running` (default 10 000 ms). */
   readyTimeoutMs?: number;
+  /**
+   * Set (with the reason) by a provider that fronts one backend for every instance by design
+   * (`static`): per-user isolation is then the backend's own job, and that test is skipped.
+   */
+  oneBackendForAll?: string | undefined;
 }
 
 /** Registers the contract tests for one provider under `describe('<name> provider contract')`. */
@@ -177,6 +182,47 @@ export function providerContract(name: string, setup: () => Promise<ContractSubj
           assert.ok(performance.now() - started < 1000, `${what} rejected promptly`);
         }
         assert.equal(await s.countInstances(), 0, 'an aborted start started nothing');
+      });
+    });
+
+    void it('sharing: user: alice is never handed carol\'s instance, even when carol\'s groups are a subset of hers', async (t) => {
+      await withSubject(setup, async (s) => {
+        if (s.oneBackendForAll !== undefined) {
+          t.skip(s.oneBackendForAll);
+          return;
+        }
+        const base = s.makeRef(1);
+        const userRef = (user: string, groups: string[]): InstanceRef => ({ resourceId: base.resourceId, instanceKey: `user:${user}`, groups, user });
+        let carol = userRef('carol', base.groups.length > 0 ? [...base.groups] : ['g1']);
+        let alice = userRef('alice', [...carol.groups, 'zz-more'].sort());
+        let carolStarted: boolean;
+        try {
+          carol = withHandle(carol, await s.provider.start(carol, fresh()));
+          carolStarted = true;
+        } catch (err) {
+          // A provider that cannot keep users apart must refuse clearly, never share.
+          assert.equal((err as { retryable?: unknown }).retryable, false, `refused with a non-retryable error: ${String(err)}`);
+          carolStarted = false;
+        }
+        if (!carolStarted) {
+          const seen = await s.provider.inspect(alice, fresh());
+          assert.notEqual(seen.state, 'running', 'a provider that refuses user instances reports none running');
+          await assert.rejects(s.provider.start(alice, fresh()));
+          return;
+        }
+        const carolRunning = await waitForRunning(s, carol);
+        carol = withHandle(carol, carolRunning);
+        // Before alice starts: her instance is not carol's running one.
+        const before = await s.provider.inspect(alice, fresh());
+        assert.notEqual(before.state, 'running', `alice's unstarted instance reported running (at ${before.endpoint ?? '?'}): carol's?`);
+        alice = withHandle(alice, await s.provider.start(alice, fresh()));
+        const aliceRunning = await waitForRunning(s, alice);
+        assert.notEqual(aliceRunning.endpoint, carolRunning.endpoint, 'alice got carol\'s endpoint');
+        if (aliceRunning.handle !== undefined && carolRunning.handle !== undefined) assert.notEqual(aliceRunning.handle, carolRunning.handle);
+        assert.equal(await s.countInstances(), 2, 'one instance each');
+        // Stopping alice's leaves carol's running.
+        await s.provider.stop(withHandle(alice, aliceRunning), fresh());
+        assert.equal((await s.provider.inspect(carol, fresh())).state, 'running');
       });
     });
 

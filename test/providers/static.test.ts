@@ -24,6 +24,7 @@ providerContract('static', async () => {
     },
     makeRef: (i) => ({ resourceId: `r${i}`, instanceKey: '*', groups: [] }),
     countInstances: async () => started.size,
+    oneBackendForAll: 'static fronts one always-on backend for every caller (docs/providers/static.md)',
     teardown: () => echo.close(),
   };
 });

@@ -9,6 +9,12 @@
  * subset of G. A VM is *owned* by the instance that spanned it (or whose groups equal the VM's
  * groups); only the owner switches it off, so stopping a borrower never cuts another
  * instance's VM.
+ *
+ * Per-user instances (`sharing: user`, the ref carries a `user`) never borrow: the cloud
+ * records groups, not users, so a VM whose groups fit says nothing about whose it is, and
+ * alice must never be handed carol's VM because carol's groups are a subset of hers. Such an
+ * instance uses only the VM it spanned itself (its handle); the original 2012 API, which has
+ * no VM ids, cannot tell them apart, so user instances need the extended API.
  */
 import { Pool } from 'undici';
 import type { Dispatcher } from 'undici';
@@ -81,6 +87,8 @@ interface InstanceRecord {
   /** Whether this instance may switch the VM off (see the module comment). */
   owned: boolean;
 }
+
+const USER_NEEDS_EXTENDED = 'sharing: user needs the extended Atmosphere API (VM ids): the original API finds VMs by groups only and could hand one user another user\'s VM';
 
 const noopLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
 
@@ -183,10 +191,12 @@ class AtmosphereProvider implements Provider {
         if (vm !== undefined) return { ...toInspect(vm), handle };
         return this.#withinGrace(record) ? { state: 'starting', handle } : { state: 'stopped' };
       }
-      const vm = pick(ref, this.#serviceId(ref.resourceId), await this.#listVms(signal));
+      // A user's VM is known by its handle only (see the module comment).
+      const vm = ref.user === undefined ? pick(ref, this.#serviceId(ref.resourceId), await this.#listVms(signal)) : undefined;
       if (vm !== undefined) return { ...toInspect(vm), handle: vm.id };
       return this.#withinGrace(record) ? { state: 'starting' } : { state: 'stopped' };
     }
+    if (ref.user !== undefined) return { state: 'failed', reason: USER_NEEDS_EXTENDED };
     const entries = await this.#getVm(ref, signal);
     if (entries === undefined) return this.#withinGrace(record) ? { state: 'starting' } : { state: 'stopped' };
     // Any URL means a booted VM serves these groups; the original proxy took the first one.
@@ -201,7 +211,10 @@ class AtmosphereProvider implements Provider {
     if ((await this.#apiKind(signal)) === 'extended') {
       let handle = ref.handle ?? record?.handle;
       let owned = record?.owned;
-      if (handle === undefined || owned === undefined) {
+      if (ref.user !== undefined) {
+        // Only ever the VM this user's instance spanned: never one found by its groups.
+        owned = handle !== undefined;
+      } else if (handle === undefined || owned === undefined) {
         // Unknown to this process (e.g. after a restart): the owner is the instance whose
         // groups are exactly the VM's.
         const vm = handle !== undefined
@@ -256,12 +269,13 @@ class AtmosphereProvider implements Provider {
         if (vm !== undefined && isLive(vm)) return { handle };
         if (vm === undefined && this.#withinGrace(record)) return { handle };
       }
-      const existing = pick(ref, serviceId, await this.#listVms(signal));
+      const existing = ref.user === undefined ? pick(ref, serviceId, await this.#listVms(signal)) : undefined;
       if (existing !== undefined) {
         this.#records.set(key, { handle: existing.id, owned: instanceKeyOfGroups(existing.groups) === instanceKeyOfGroups(ref.groups) });
         return { handle: existing.id };
       }
     } else {
+      if (ref.user !== undefined) throw new ProviderError(`atmosphere: ${USER_NEEDS_EXTENDED}`, { retryable: false, data: { provider: 'atmosphere' } });
       // The original API registers a VM late: trust our own recent span over a 404.
       if (this.#withinGrace(record)) return {};
       if ((await this.#getVm(ref, signal)) !== undefined) {

@@ -18,6 +18,7 @@ import { createHash } from 'node:crypto';
 import Docker from 'dockerode';
 import { ProviderError } from '../../core/errors.ts';
 import type { InspectResult, InstanceRef, ListedInstance, Logger, Provider, StartResult } from '../../core/ports.ts';
+import { safePlaceholderValue } from '../safe-values.ts';
 import { readContainerFacts, toInspectResult, type ContainerFacts, type EndpointRule, type HealthRule } from './container-state.ts';
 
 /** Labels this provider puts on the containers it creates (and finds them by). */
@@ -94,8 +95,9 @@ export function containerNameFor(prefix: string, owner: string, ref: Pick<Instan
   return `${prefix}${readable}-${hash}`;
 }
 
+/** Fills a container-name template; `{instanceKey}` (from requests) in its safe form (safe-values.ts). */
 export function expandTemplate(template: string, ref: Pick<InstanceRef, 'resourceId' | 'instanceKey'>): string {
-  return template.replaceAll('{resourceId}', ref.resourceId).replaceAll('{instanceKey}', ref.instanceKey);
+  return template.replaceAll('{resourceId}', ref.resourceId).replaceAll('{instanceKey}', safePlaceholderValue(ref.instanceKey));
 }
 
 interface EngineError { statusCode?: number; code?: string; name?: string; message?: string; json?: unknown }

@@ -14,6 +14,7 @@ import { Agent, errors as undiciErrors, request, type Dispatcher } from 'undici'
 import { ProviderError } from '../../core/errors.ts';
 import type { InspectResult, InstanceRef, Logger, Provider, ProviderState, StartResult } from '../../core/ports.ts';
 import { parsePointer, resolvePointer } from './json-pointer.ts';
+import { safePlaceholderValue } from '../safe-values.ts';
 import { fillTemplate, MissingHandle, parseTemplate, PointerNotFound, type FillContext, type Template } from './template.ts';
 
 /** One HTTP request, as written in the config. All strings are templates. */
@@ -123,6 +124,8 @@ export class HttpProvider implements Provider {
   readonly #maxBytes: number;
   readonly #dispatcher: Dispatcher;
   readonly #ownDispatcher: Agent | undefined;
+  /** Why per-user instances cannot be kept apart by these templates, if they cannot. */
+  readonly #userProblem: string | undefined;
 
   constructor(options: HttpProviderOptions) {
     const base = new URL(options.baseUrl);
@@ -140,9 +143,18 @@ export class HttpProvider implements Provider {
     this.#maxBytes = options.maxResponseBytes ?? 1024 * 1024;
     this.#ownDispatcher = options.dispatcher === undefined ? new Agent({ connections: 16, keepAliveTimeout: 4_000 }) : undefined;
     this.#dispatcher = options.dispatcher ?? (this.#ownDispatcher as Agent);
+    // `sharing: user`: each user's machine must be its own. A start that names neither {user}
+    // nor {instanceKey} makes the same machine for everyone, and an inspect that names neither
+    // (nor the {handle} the start returned) would report another user's machine as this one's.
+    const names = (v: unknown, re: RegExp): boolean => re.test(JSON.stringify(v));
+    const startDistinct = names(options.start.request, /\{(user|instanceKey)\}/);
+    const inspectDistinct = options.inspect.every((s) => names(s.request, /\{(user|instanceKey|handle)\}/));
+    this.#userProblem = startDistinct && inspectDistinct ? undefined
+      : 'sharing: user needs start.request to name {user} or {instanceKey} and every inspect request to name {user}, {instanceKey} or {handle}; these templates would give every user the same machine';
   }
 
   async start(ref: InstanceRef, signal: AbortSignal): Promise<StartResult> {
+    if (ref.user !== undefined && this.#userProblem !== undefined) throw new ProviderError(`http provider: ${this.#userProblem}`, { retryable: false });
     const ctx = await this.#context(ref, signal);
     let answer: Answer;
     for (let attempt = 0; ; attempt++) {
@@ -173,6 +185,10 @@ export class HttpProvider implements Provider {
    * ends the walk with the step's `notFound` state (default `stopped`).
    */
   async inspect(ref: InstanceRef, signal: AbortSignal): Promise<InspectResult> {
+    if (ref.user !== undefined && this.#userProblem !== undefined) {
+      signal.throwIfAborted();
+      return { state: 'failed', reason: this.#userProblem };
+    }
     const ctx = await this.#context(ref, signal);
     let endpoint: string | undefined;
     let handle: string | undefined;
@@ -207,6 +223,11 @@ export class HttpProvider implements Provider {
   }
 
   async stop(ref: InstanceRef, signal: AbortSignal): Promise<void> {
+    // Never switch off the one machine these templates make for everyone on one user's behalf.
+    if (ref.user !== undefined && this.#userProblem !== undefined) {
+      signal.throwIfAborted();
+      return;
+    }
     const ctx = await this.#context(ref, signal);
     for (let attempt = 0; ; attempt++) {
       let answer: Answer;
@@ -246,7 +267,10 @@ export class HttpProvider implements Provider {
     const vars: Record<string, string | undefined> = {
       serviceId: ref.resourceId,
       ...this.#opts.resourceVars?.(ref.resourceId),
-      resourceId: ref.resourceId, instanceKey: ref.instanceKey, handle: ref.handle, groups: ref.groups.join(','), user: ref.user,
+      // Values from requests in their safe form (safe-values.ts): percent-encoding leaves "."
+      // and ".." as they are, which a cloud API would resolve as dot segments.
+      resourceId: ref.resourceId, instanceKey: safePlaceholderValue(ref.instanceKey), handle: ref.handle,
+      groups: ref.groups.length === 0 ? '' : safePlaceholderValue(ref.groups.join(',')), user: ref.user === undefined ? undefined : safePlaceholderValue(ref.user),
     };
     return { vars, secrets };
   }

@@ -24,6 +24,7 @@ import { ProviderError } from '../../core/errors.ts';
 import type { InspectResult, InstanceRef, ListedInstance, Logger, Provider, StartResult } from '../../core/ports.ts';
 import { LogRing } from './log-ring.ts';
 import { allocatePort, groupAlive, processStartTime, signalGroup } from './os-process.ts';
+import { safePlaceholderValue } from '../safe-values.ts';
 import { readAllRecords, readRecord, removeRecord, writeRecord, type ProcessRecord } from './state-file.ts';
 
 /** Options of one `process` provider. Placeholders are listed in {@link placeholderNames}. */
@@ -125,9 +126,11 @@ export class ProcessProvider implements Provider {
 
   async #spawn(ref: InstanceRef): Promise<Entry> {
     const port = this.#opts.port !== undefined && this.#opts.port > 0 ? this.#opts.port : await allocatePort(this.#host);
+    // Values from requests go in only in their safe form (safe-values.ts): they cannot climb
+    // out of a directory or become an option. {resourceId} comes from the config, checked there.
     const vars: Record<string, string> = {
-      port: String(port), host: this.#host, resourceId: ref.resourceId, instanceKey: ref.instanceKey,
-      groups: ref.groups.join(','), user: ref.user ?? '',
+      port: String(port), host: this.#host, resourceId: ref.resourceId, instanceKey: safePlaceholderValue(ref.instanceKey),
+      groups: ref.groups.length === 0 ? '' : safePlaceholderValue(ref.groups.join(',')), user: ref.user === undefined ? '' : safePlaceholderValue(ref.user),
     };
     const argv = this.#opts.command.map((a) => fill(a, vars));
     const env: Record<string, string> = {};

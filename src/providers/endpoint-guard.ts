@@ -1,0 +1,129 @@
+/**
+ * Endpoints a provider reports (a cloud's VM URL, an engine's published port, a template's
+ * `{/json/pointer}`) are data from outside: a compromised or confused cloud could name the
+ * instance metadata service (169.254.169.254, fd00:ec2::254), a link-local address, or the
+ * proxy's own ports (its listener, its Redis), and the proxy would then send requests carrying
+ * verified identity headers there. This decorator checks every endpoint a provider reports
+ * before the core may probe or forward to it:
+ *
+ * - an address in `allow` passes; otherwise an address in `deny` is refused;
+ * - a loopback or unspecified address on one of the proxy's own ports is refused;
+ * - a host name is resolved (all addresses) and each address is checked the same way.
+ *
+ * A refused endpoint makes the instance `failed` with a reason naming the address and the
+ * rule (so the request gets a clear 502, the status page says why), and `onRefused` writes the
+ * audit entry. The check runs when the provider says running (inspect, list), never on the
+ * warm path. Known limit: a host name is resolved again when connecting, so a DNS answer that
+ * changes in between (rebinding) is not caught here; report addresses, or allow-list names'
+ * ranges, where that matters.
+ */
+import { lookup } from 'node:dns/promises';
+import { BlockList, isIP } from 'node:net';
+import type { InspectResult, InstanceRef, ListedInstance, Provider, StartResult } from '../core/ports.ts';
+
+export interface EndpointPolicyOptions {
+  /** CIDRs (or addresses) refused unless also in `allow`. */
+  readonly deny: readonly string[];
+  /** CIDRs (or addresses) always accepted. */
+  readonly allow: readonly string[];
+  /** The proxy's own ports (listener, Redis…), refused on loopback and unspecified addresses. */
+  readonly ownPorts: () => Iterable<number>;
+}
+
+/** Link-local (cloud metadata services live there), and the metadata addresses outside it. */
+export const DEFAULT_DENIED_ENDPOINTS: readonly string[] = ['169.254.0.0/16', '100.100.100.200/32', 'fe80::/10', 'fd00:ec2::254/128'];
+
+export type EndpointVerdict = { readonly ok: true } | { readonly ok: false; readonly reason: string };
+
+export class EndpointPolicy {
+  readonly #deny = new BlockList();
+  readonly #allow = new BlockList();
+  readonly #denyList: readonly string[];
+  readonly #ownPorts: () => Iterable<number>;
+
+  constructor(options: EndpointPolicyOptions) {
+    for (const c of options.deny) addCidr(this.#deny, c);
+    for (const c of options.allow) addCidr(this.#allow, c);
+    this.#denyList = options.deny;
+    this.#ownPorts = options.ownPorts;
+  }
+
+  async check(endpoint: string): Promise<EndpointVerdict> {
+    let url: URL;
+    try {
+      url = new URL(endpoint);
+    } catch {
+      return { ok: false, reason: 'not a URL' };
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') return { ok: false, reason: `scheme ${url.protocol} is not http(s)` };
+    const host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
+    const port = url.port === '' ? (url.protocol === 'https:' ? 443 : 80) : Number(url.port);
+    let addresses: string[];
+    if (isIP(host) !== 0) {
+      addresses = [host];
+    } else {
+      try {
+        addresses = (await lookup(host, { all: true, verbatim: true })).map((a) => a.address);
+      } catch {
+        // A name that does not resolve cannot be reached either; the probe will say so.
+        return { ok: true };
+      }
+    }
+    for (const raw of addresses) {
+      const address = unmapped(raw);
+      const family = isIP(address) === 6 ? 'ipv6' : 'ipv4';
+      if (this.#allow.check(address, family)) continue;
+      if (this.#deny.check(address, family)) {
+        return { ok: false, reason: `${address} is in a denied range (${this.#denyList.join(', ')}; backendEndpoints.deny)` };
+      }
+      if (isLocal(address, family) && [...this.#ownPorts()].includes(port)) {
+        return { ok: false, reason: `${address}:${port} is one of the proxy's own ports` };
+      }
+    }
+    return { ok: true };
+  }
+}
+
+/**
+ * Wraps a provider so that every endpoint it reports passes `policy` first (see the module
+ * comment). Calls and everything else pass through unchanged.
+ */
+export function guardEndpoints(provider: Provider, policy: EndpointPolicy, onRefused: (ref: Pick<InstanceRef, 'resourceId' | 'instanceKey'>, endpoint: string, reason: string) => void): Provider {
+  const vet = async <T extends InspectResult>(ref: Pick<InstanceRef, 'resourceId' | 'instanceKey'>, result: T): Promise<T> => {
+    if (result.endpoint === undefined) return result;
+    const verdict = await policy.check(result.endpoint);
+    if (verdict.ok) return result;
+    onRefused(ref, result.endpoint, verdict.reason);
+    return { ...result, state: 'failed', endpoint: undefined, reason: `the endpoint the provider reported was refused: ${verdict.reason}` };
+  };
+  const guarded: Provider = {
+    kind: provider.kind,
+    start: (ref: InstanceRef, signal: AbortSignal): Promise<StartResult> => provider.start(ref, signal),
+    inspect: async (ref: InstanceRef, signal: AbortSignal): Promise<InspectResult> => vet(ref, await provider.inspect(ref, signal)),
+    stop: (ref: InstanceRef, signal: AbortSignal): Promise<void> => provider.stop(ref, signal),
+  };
+  if (provider.list !== undefined) {
+    const list = provider.list.bind(provider);
+    guarded.list = async (signal: AbortSignal): Promise<ListedInstance[]> => Promise.all((await list(signal)).map((l) => vet(l, l)));
+  }
+  if (provider.close !== undefined) guarded.close = provider.close.bind(provider);
+  return guarded;
+}
+
+function addCidr(list: BlockList, cidr: string): void {
+  const [addr = '', bits] = cidr.split('/');
+  const family = isIP(addr) === 6 ? 'ipv6' : 'ipv4';
+  if (bits === undefined) list.addAddress(addr, family);
+  else list.addSubnet(addr, Number(bits), family);
+}
+
+/** `::ffff:169.254.169.254` is 169.254.169.254. */
+function unmapped(address: string): string {
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  return m === null ? address : (m[1] as string);
+}
+
+function isLocal(address: string, family: 'ipv4' | 'ipv6'): boolean {
+  if (family === 'ipv4') return address.startsWith('127.') || address === '0.0.0.0';
+  return address === '::1' || address === '::';
+}
