@@ -71,6 +71,30 @@ export class UpstreamPools {
     return pool;
   }
 
+  /** Backend origins with a pool right now. */
+  get size(): number {
+    return this.#pools.size;
+  }
+
+  /**
+   * Closes the pools of every origin not among `endpoints` (the endpoints instances use now).
+   * Providers that hand out a fresh port per boot would otherwise leave one pool per boot
+   * ever seen. Closing is graceful: a forward still running on such a pool finishes.
+   */
+  retainOnly(endpoints: Iterable<string>): number {
+    const keep = new Set<string>();
+    for (const e of endpoints) keep.add(this.endpoint(e).origin);
+    let closed = 0;
+    for (const origin of [...this.#pools.keys()]) {
+      if (keep.has(origin)) continue;
+      this.evict(origin);
+      closed++;
+    }
+    // The parse cache is rebuilt on demand; dropping it keeps it in step with the pools.
+    if (closed > 0) this.#endpoints.clear();
+    return closed;
+  }
+
   /** Drops the pool of a backend that went away, so no stale keep-alive socket is reused. */
   evict(origin: string): void {
     const pool = this.#pools.get(origin);

@@ -104,6 +104,12 @@ export class RedisCoordinator implements Coordinator {
   #flushTimer: NodeJS.Timeout | undefined;
   #flushing = false;
   #closed = false;
+  /**
+   * The command connection failed and has not come back: a claim fails at once instead of
+   * waiting for a command timeout (a cold request gets its 503 now, not 1.5 s later).
+   * Cleared when ioredis reconnects (its own backoff is the half-open timer).
+   */
+  #down = false;
 
   constructor(options: RedisCoordinatorOptions) {
     this.#opts = options;
@@ -111,6 +117,10 @@ export class RedisCoordinator implements Coordinator {
     this.#log = options.logger;
     this.replicaId = options.replicaId ?? `${hostname()}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
     this.#redis = openRedis(options, options.logger, 'coordinator');
+    const markDown = (): void => { this.#down = true; };
+    this.#redis.on('error', markDown);
+    this.#redis.on('close', markDown);
+    this.#redis.on('ready', () => { this.#down = false; });
     // The subscriber queues its SUBSCRIBE until connected; ioredis re-subscribes on reconnect.
     this.#sub = openRedis(options, options.logger, 'subscriber', { maxRetriesPerRequest: null, commandTimeout: undefined });
     this.#sub.on('message', (_channel: string, message: string) => this.#onMessage(message));
@@ -144,6 +154,7 @@ export class RedisCoordinator implements Coordinator {
       if (signal.aborted) throw asError(signal.reason);
       if (this.#closed) throw new SmartProxyError('SP_SHUTTING_DOWN');
       try {
+        if (this.#down) throw new Error(`redis connection is ${this.#redis.status}`);
         const rec = await this.readRecord(ref);
         if (rec?.state === 'ready' && rec.endpoint !== undefined && rec.endpoint !== notEndpoint) {
           return { kind: 'ready', endpoint: rec.endpoint, handle: rec.handle };
