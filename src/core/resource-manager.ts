@@ -373,7 +373,7 @@ export class ResourceManager {
     // While the release ramp still holds requests, a newcomer queues behind them.
     if (inst.status === 'ready' && inst.endpoint !== undefined && inst.waiters.size === 0) return Promise.resolve(inst.endpoint);
     if (this.#closed) return Promise.reject(new SmartProxyError('SP_SHUTTING_DOWN'));
-    const coolDown = this.#coolingDown(inst) ?? this.#providerDown(inst);
+    const coolDown = this.#coolingDown(inst) ?? this.providerDown(inst);
     if (coolDown !== undefined) return Promise.reject(coolDown);
     const resourceId = inst.resource.id;
     const heldHere = this.#heldByResource.get(resourceId) ?? 0;
@@ -421,7 +421,7 @@ export class ResourceManager {
    */
   requestStart(inst: Instance, requester?: StartRequester): SmartProxyError | undefined {
     if (this.#closed) return new SmartProxyError('SP_SHUTTING_DOWN');
-    const coolDown = this.#coolingDown(inst) ?? this.#providerDown(inst);
+    const coolDown = this.#coolingDown(inst) ?? this.providerDown(inst);
     if (coolDown !== undefined) return coolDown;
     const refused = this.#admit(inst, requester);
     if (refused !== undefined) return refused;
@@ -871,8 +871,11 @@ export class ResourceManager {
     for (const w of [...inst.waiters]) w.reject(err);
   }
 
-  /** SP_PROVIDER_UNREACHABLE for a start of `inst` that would not be answered now. */
-  #providerDown(inst: Instance): SmartProxyError | undefined {
+  /**
+   * SP_PROVIDER_UNREACHABLE when `inst` is not ready and its provider's circuit is open: a
+   * start would be refused now (status pages say so too).
+   */
+  providerDown(inst: Instance): SmartProxyError | undefined {
     if (inst.status === 'ready') return undefined;
     const circuit = this.#circuits.get(inst.resource.provider);
     const refusedMs = circuit?.refusedForMs();
