@@ -31,7 +31,7 @@ interface Answer { status: number; retryAfter: string | null; body: Record<strin
 async function request(agent: Agent, url: string, accept = 'application/json'): Promise<Answer> {
   const r = await fetch(url, { dispatcher: agent, headers: { accept } });
   const text = await r.text();
-  let body: Record<string, unknown> = {};
+  let body: Record<string, unknown>;
   try {
     body = JSON.parse(text) as Record<string, unknown>;
   } catch {
