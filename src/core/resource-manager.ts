@@ -484,6 +484,7 @@ export class ResourceManager {
       await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.stop(inst.ref, signal), 'stop', true);
     } catch (err) {
       this.#log.error({ resource: res.id, instance: inst.key, err }, 'stop failed; forgetting the instance');
+      this.#coordinator?.cancelStop?.(inst.ref, undefined);
       if (inst.generation !== gen) return;
       this.#move(inst, 'fail', `stop failed: ${errMessage(err)}`);
       inst.handle = undefined;
@@ -960,8 +961,21 @@ export class ResourceManager {
   #decideStopInCluster(inst: Instance, idleForMs: number, recheck: () => void): void {
     const gen = inst.generation;
     const local = () => ({ idleStopMs: inst.resource.idleStopMs, lastActivityAt: inst.lastActivityAt, activeConnections: inst.activeConnections, endpoint: inst.endpoint });
-    (this.#coordinator as Coordinator).decideStop(inst.ref, local).then((decision) => {
-      if (inst.status !== 'ready' || inst.generation !== gen || this.#closed) return;
+    const coordinator = this.#coordinator as Coordinator;
+    coordinator.decideStop(inst.ref, local).then((decision) => {
+      if (inst.status !== 'ready' || inst.generation !== gen || this.#closed) {
+        if (decision === 'stop') coordinator.cancelStop?.(inst.ref, inst.status === 'ready' ? inst.endpoint : undefined);
+        return;
+      }
+      // Local activity is read again after the Redis round trips: a request that arrived
+      // meanwhile wins over the decision (no stop under a fresh request).
+      const usedMeanwhile = inst.activeConnections > 0 || inst.waiters.size > 0
+        || this.#clock.now() - inst.lastActivityAt < inst.resource.idleStopMs;
+      if (decision === 'stop' && usedMeanwhile) {
+        coordinator.cancelStop?.(inst.ref, inst.endpoint);
+        this.#idleTimers.set(inst, this.#clock.setTimeout(recheck, Math.max(1, inst.lastActivityAt + inst.resource.idleStopMs - this.#clock.now())));
+        return;
+      }
       if (decision === 'stop') void this.stop(inst, `idle for ${idleForMs} ms on every replica`);
       else if (decision === 'gone') this.stoppedElsewhere(inst);
       else this.#idleTimers.set(inst, this.#clock.setTimeout(recheck, Math.max(1_000, Math.ceil(inst.resource.idleStopMs / 4))));
