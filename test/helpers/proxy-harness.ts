@@ -71,10 +71,14 @@ export async function startHarness(options: {
   tls?: { certFile: string; keyFile: string };
   maxHeldBytes?: number;
   heldBodyEstimateBytes?: number;
+  forgetStoppedAfterMs?: number;
+  poolSweepDelayMs?: number;
 }): Promise<Harness> {
   const logs: Harness['logs'] = [];
   const logger = collectingLogger(logs);
-  const manager = new ResourceManager({ clock: options.clock ?? systemClock, prober: netProber, logger, maxHeldRequestsTotal: options.maxHeldTotal ?? 100_000 });
+  const manager = new ResourceManager({
+    clock: options.clock ?? systemClock, prober: netProber, logger, maxHeldRequestsTotal: options.maxHeldTotal ?? 100_000, forgetStoppedAfterMs: options.forgetStoppedAfterMs,
+  });
   const resources = new Map<string, RoutedResource>();
   for (const r of options.resources) {
     const runtime = runtimeOf(r);
@@ -91,6 +95,7 @@ export async function startHarness(options: {
     tls: options.tls,
     ...(options.maxHeldBytes === undefined ? {} : { maxHeldBytes: options.maxHeldBytes }),
     ...(options.heldBodyEstimateBytes === undefined ? {} : { heldBodyEstimateBytes: options.heldBodyEstimateBytes }),
+    ...(options.poolSweepDelayMs === undefined ? {} : { poolSweepDelayMs: options.poolSweepDelayMs }),
   });
   const addr = await proxy.listen(0, '127.0.0.1');
   return {
