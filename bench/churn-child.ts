@@ -10,6 +10,7 @@ import { createServer, type Server } from 'node:http';
 import { parseConfig } from '../src/config/load.ts';
 import type { InspectResult, InstanceRef, Provider, StartResult } from '../src/core/ports.ts';
 import { createLogger, startApp } from '../src/main.ts';
+import { MemoryStore } from '../src/state/memory-store.ts';
 
 const resources = Number(process.argv[2] ?? 200);
 
@@ -67,7 +68,11 @@ const config = parseConfig(JSON.stringify({
     ...Object.fromEntries(Array.from({ length: resources }, (_, i) => [`r${i}`, { provider: 'churn' }])),
   },
 }));
-const app = await startApp(config, { logger: createLogger('warn'), providers: new Map([['churn', provider]]) });
+// The in-memory store keeps the last N audit events (10,000 by default, several per cycle):
+// a smaller window here, so that what the soak shows is the proxy's own growth, not a log
+// filling up to its bound.
+const store = new MemoryStore({ maxAuditEvents: 1_000 });
+const app = await startApp(config, { logger: createLogger('warn'), providers: new Map([['churn', provider]]), store });
 
 process.on('message', (m: { type?: string }) => {
   if (m.type === 'stats') {
