@@ -6,7 +6,7 @@
  * Pinning: this process, wrk, the upstream and the load generators run on CPU 0; the proxy
  * under test runs alone on CPU 1 (taskset). Benchmarks are not tests: nothing here asserts.
  *
- * usage: npm run bench [-- --quick] [--only throughput,wake,hold,many] [--profile]
+ * usage: npm run bench [-- --quick] [--only throughput,wake,hold,many,churn] [--profile]
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -24,6 +24,7 @@ import { runWake } from './suites/wake.ts';
 import { runHold } from './suites/hold.ts';
 import { runMany } from './suites/many.ts';
 import { runProfile } from './suites/profile.ts';
+import { runChurn } from './suites/churn.ts';
 
 const { values } = parseArgs({
   options: {
@@ -32,7 +33,7 @@ const { values } = parseArgs({
     profile: { type: 'boolean', default: false },
   },
 });
-const suites = new Set((values.only ?? 'throughput,wake,hold,many').split(','));
+const suites = new Set((values.only ?? 'throughput,wake,hold,many,churn').split(','));
 const started = Date.now();
 const log = (msg: string): void => {
   process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(0).padStart(4)} s] ${msg}\n`);
@@ -73,6 +74,7 @@ try {
     if (suites.has('wake')) results.wake = await runWake(ctx);
     if (suites.has('hold')) results.hold = await runHold(ctx);
     if (suites.has('many')) results.many = await runMany(ctx);
+    if (suites.has('churn')) results.churn = await runChurn(ctx);
     results.durationS = (Date.now() - started) / 1000;
     const md = renderMarkdown(results);
     writeFileSync(join(outDir, 'results.json'), JSON.stringify(results, null, 2));

@@ -138,6 +138,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     if (coordinator !== undefined) closers.push(() => coordinator.close());
     const manager: ResourceManager = new ResourceManager({
       clock, prober: netProber, logger: log, maxHeldRequestsTotal: config.limits.maxHeldRequests, coordinator, admitStart: limiter.admit,
+      providerCircuit: config.providerCircuit, forgetStoppedAfterMs: config.limits.forgetStoppedAfterMs,
     });
     manager.onEvent(limiter.onEvent);
     coordinator?.attach({

@@ -3,6 +3,7 @@ import type { ContenderResult } from '../suites/throughput.ts';
 import type { WakeResult } from '../suites/wake.ts';
 import type { HoldResult } from '../suites/hold.ts';
 import type { ManyCase } from '../suites/many.ts';
+import type { ChurnResult } from '../suites/churn.ts';
 import { fmt, median } from './stats.ts';
 
 export interface Results {
@@ -15,6 +16,7 @@ export interface Results {
   wake?: WakeResult[];
   hold?: HoldResult;
   many?: ManyCase[];
+  churn?: ChurnResult;
 }
 
 const mb = (b: number | undefined): string => (b === undefined ? '–' : fmt(b / 2 ** 20, 1));
@@ -97,6 +99,26 @@ export function renderMarkdown(r: Results): string {
     out.push(`RSS ${mb(h.rssBeforeBytes)} MB before, ${mb(h.rssHeldBytes)} MB with all held (after a GC; of the growth per held request, ${fmt(h.heapPerHeldBytes / 1024, 1)} KB is live JS heap and ${fmt(h.externalPerHeldBytes / 1024, 1)} KB external buffers); node:http alone, holding the same ${fmt(h.held)} requests: ${fmt(h.floorRssPerHeldBytes / 1024, 1)} KB RSS each (${fmt(h.floorHeapPerHeldBytes / 1024, 1)} KB live heap). Getting all ${fmt(h.held)} in took ${fmt(h.holdRampMs)} ms. From the flip to the last response the proxy used ${fmt(h.releaseCpuUsPerRequest)} µs of CPU per request and got ${fmt(h.releaseCpuSharePct)} % of its core. Statuses ${JSON.stringify(h.statuses)}${h.errorCount > 0 ? `, errors ${JSON.stringify(h.errors)}` : ''}.`);
     out.push('');
     targets.push(`| ${fmt(h.held)} held: starts, errors, RSS each, ready → last | 1, 0, ≤ 15 KB, ≤ 1 s | ${h.providerStarts}, ${h.errorCount}, ${fmt(h.rssPerHeldBytes / 1024, 1)} KB, ${fmt(h.readyToLastMs)} ms | ${verdict(h.providerStarts === 1 && h.errorCount === 0 && h.rssPerHeldBytes <= 15 * 1024 && h.readyToLastMs <= 1000)} |`);
+  }
+  const ch = r.churn;
+  if (ch && ch.samples.length > 1) {
+    out.push(`### Churn soak (${fmt(ch.durationS)} s, ${fmt(ch.resources)} resources, a fresh backend port per boot, idle stop after 100 ms, plus warm traffic)`);
+    out.push('');
+    out.push('| s | start/stop cycles | warm requests | RSS MB | heap MB (after GC) | handles | timers | upstream pools | known instances | running backends |');
+    out.push('| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+    for (const s of ch.samples) {
+      out.push(`| ${s.atS} | ${fmt(s.cycles)} | ${fmt(s.warmRequests)} | ${mb(s.rssBytes)} | ${mb(s.heapUsedBytes)} | ${s.handles} | ${s.timers} | ${s.pools} | ${s.instances} | ${s.backends} |`);
+    }
+    out.push('');
+    // Flat: from the first sample after a third of the run (every resource has been through
+    // a few cycles: maps and JIT are warm) to the last, per 1,000 cycles.
+    const a = ch.samples.find((s) => s.atS >= ch.durationS / 3) ?? ch.samples[1]!;
+    const z = ch.samples.at(-1)!;
+    const perK = (d: number): number => (z.cycles > a.cycles ? (d * 1000) / (z.cycles - a.cycles) : 0);
+    const heapPerK = perK(z.heapUsedBytes - a.heapUsedBytes);
+    out.push(`Between ${a.atS} s and ${z.atS} s: ${fmt(z.cycles - a.cycles)} cycles; heap ${heapPerK >= 0 ? '+' : ''}${fmt(heapPerK / 1024, 1)} KB and RSS ${fmt(perK(z.rssBytes - a.rssBytes) / 1024, 1)} KB per 1,000 cycles; pools ${a.pools} → ${z.pools}, instances ${a.instances} → ${z.instances}, timers ${a.timers} → ${z.timers}. Errors: ${ch.errors}.`);
+    out.push('');
+    targets.push(`| churn: heap per 1,000 start/stop cycles | flat (< 100 KB) | ${fmt(heapPerK / 1024, 1)} KB | ${verdict(heapPerK < 100 * 1024)} |`);
   }
   const m = r.many;
   if (m) {

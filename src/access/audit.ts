@@ -6,10 +6,13 @@
 import type { Logger } from '../core/ports.ts';
 import type { CredentialKind } from './types.ts';
 
-/** Who did it, as verified. Never a credential. */
+/**
+ * Who did it, as verified. Never a credential. `via: 'system'`: the proxy itself (keep-warm,
+ * a restart after a health check or a lost backend), on nobody's behalf.
+ */
 export interface AuditActor {
   readonly user: string | undefined;
-  readonly via: CredentialKind | 'unknown';
+  readonly via: CredentialKind | 'unknown' | 'system';
   readonly remoteAddress?: string | undefined;
 }
 

@@ -31,6 +31,11 @@ export interface LimitSettings {
 interface Tracked {
   readonly owner: StartRequester;
   starting: boolean;
+  /**
+   * The request that admitted the coming start (its audit actor), consumed by that start:
+   * a later start of the same instance without a request (a restart) is the system's.
+   */
+  by: StartRequester | undefined;
 }
 
 class Counts {
@@ -100,7 +105,7 @@ export class StartLimiter {
         retryAfterS: starts ? this.#startRetryAfterS(inst.resource.id) : Math.max(1, Math.ceil(this.#settings.runningRetryAfterMs / 1000)),
       });
     }
-    this.#track(inst, owner);
+    this.#track(inst, owner, requester);
     return undefined;
   };
 
@@ -109,8 +114,10 @@ export class StartLimiter {
     const inst = event.instance;
     if (event.type === 'start-requested') {
       const t = this.#tracked.get(inst);
+      const by = t?.by;
+      if (t !== undefined) t.by = undefined;
       this.#audit.record({
-        type: 'start', at: event.at, actor: actorOf(t?.owner), resource: inst.resource.id, instance: inst.key,
+        type: 'start', at: event.at, actor: by === undefined ? SYSTEM_ACTOR : actorOf(by), resource: inst.resource.id, instance: inst.key,
         groups: t?.owner?.groups ?? inst.groups,
       });
       return;
@@ -119,7 +126,10 @@ export class StartLimiter {
     const t = this.#tracked.get(inst);
     switch (inst.status) {
       case 'starting':
-        if (t === undefined) this.#track(inst, this.#pendingOwner.get(inst) ?? ownerOf(inst));
+        if (t === undefined) {
+          const pending = this.#pendingOwner.get(inst);
+          this.#track(inst, pending ?? ownerOf(inst), pending);
+        }
         else if (!t.starting) {
           t.starting = true;
           this.starting.add(t.owner, 1);
@@ -143,8 +153,8 @@ export class StartLimiter {
     }
   };
 
-  #track(inst: Instance, owner: StartRequester): void {
-    this.#tracked.set(inst, { owner, starting: true });
+  #track(inst: Instance, owner: StartRequester, by: StartRequester | undefined): void {
+    this.#tracked.set(inst, { owner, starting: true, by });
     this.starting.add(owner, 1);
     this.running.add(owner, 1);
   }
@@ -171,6 +181,9 @@ export class StartLimiter {
 function ownerOf(inst: Instance): StartRequester {
   return { user: inst.user, groups: inst.groups };
 }
+
+/** The actor of starts no request asked for (keep-warm, restarts, re-adoption). */
+const SYSTEM_ACTOR: AuditActor = { user: undefined, via: 'system' };
 
 function actorOf(requester: StartRequester | undefined): AuditActor | undefined {
   if (requester === undefined) return undefined;

@@ -298,7 +298,8 @@ export const configSchema = z.object({
       .describe('Largest body one held request may announce; larger gets 413 while the resource is cold (sent again once warm, nothing is held). Keeps one Content-Length from taking the whole maxHeldBytes.'),
     maxHeldBytesPerClient: z.number().int().min(0).default(512 * 1024 ** 2)
       .describe('Held body bytes of one client address (the peer, or behind trustedProxies the first untrusted X-Forwarded-For hop); past it 503 + Retry-After for that client only.'),
-  }).strict().default({ maxHeldRequests: 10_000, maxHeldRequestsPerResource: 1_000, maxHeldBytes: 1024 ** 3, heldBodyEstimateBytes: 1024 ** 2, maxHeldBytesPerRequest: 256 * 1024 ** 2, maxHeldBytesPerClient: 512 * 1024 ** 2 }),
+    forgetStoppedAfterMs: ms('A stopped (or failed and cooled) instance nobody uses is forgotten this long after it settled, so per-user and per-group-set instances do not pile up in memory; 0 never forgets.', 600_000),
+  }).strict().default({ maxHeldRequests: 10_000, maxHeldRequestsPerResource: 1_000, maxHeldBytes: 1024 ** 3, heldBodyEstimateBytes: 1024 ** 2, maxHeldBytesPerRequest: 256 * 1024 ** 2, maxHeldBytesPerClient: 512 * 1024 ** 2, forgetStoppedAfterMs: 600_000 }),
   tls: z.object({
     certFile: z.string().min(1).describe('PEM certificate chain, leaf first. Reloaded when the file changes.'),
     keyFile: z.string().min(1).describe('PEM private key. Reloaded when the file changes.'),
@@ -339,6 +340,13 @@ export const configSchema = z.object({
     replicaId: z.string().min(1).optional().describe('Name of this replica in leases and activity; default hostname-pid-random.'),
   }).strict().default({ leaseMs: 10_000, pollIntervalMs: 1_000, activityFlushIntervalMs: 1_000, fallbackToLocal: false })
     .describe('Coordination of replicas; used when state.kind is redis.'),
+  providerCircuit: z.object({
+    failureThreshold: z.number().int().min(1).default(3)
+      .describe('Consecutive provider calls that could not connect to the API (refused, reset, DNS, unreachable) before starts are refused at once with 503 SP_PROVIDER_UNREACHABLE.'),
+    openMs: ms('How long the circuit stays open before one trial call may go (half-open).', 5_000),
+    maxOpenMs: ms('Each failed trial doubles the open time, up to this.', 60_000),
+  }).strict().default({ failureThreshold: 3, openMs: 5_000, maxOpenMs: 60_000 })
+    .describe('Circuit breaker per provider: a cloud API that cannot be reached is answered at once instead of holding requests for a whole boot timeout.'),
   log: z.object({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('info'),
   }).strict().default({ level: 'info' }),

@@ -45,6 +45,7 @@ export interface ClaimOptions {
 
 export interface LocalActivity {
   readonly idleStopMs: number;
+  /** On this replica's own clock: only ever subtracted from that clock's now (a duration). */
   readonly lastActivityAt: number;
   readonly activeConnections: number;
   /** The endpoint this replica knows the instance by. */
@@ -72,6 +73,16 @@ export interface Coordinator {
    * `local` is read each time (this replica's activity may change meanwhile).
    */
   decideStop(ref: InstanceRef, local: () => LocalActivity): Promise<StopDecision>;
-  /** This replica stopped the instance (after a `stop` decision): tell the others. */
+  /**
+   * This replica stopped the instance (after a `stop` decision, or at shutdown): tell the
+   * others. Fenced: written with the token of the stop lease it holds (or of the record it
+   * knew), so a slow or stale stop never overwrites a newer start's record.
+   */
   stopped(ref: InstanceRef): void;
+  /**
+   * A `stop` decision that is not carried out (the instance was used again during the
+   * decision, or the provider stop failed): the record goes back to ready at `endpoint` (or
+   * stopped without one) and the stop lease is given up.
+   */
+  cancelStop?(ref: InstanceRef, endpoint: string | undefined): void;
 }

@@ -30,6 +30,7 @@ export const errorCatalogue = {
   SP_CLUSTER_UNAVAILABLE: 'The replicas cannot reach their coordination store (Redis), so no replica may start a resource now; ready resources keep working.',
   SP_SHUTTING_DOWN: 'The proxy is shutting down and takes no new requests.',
   SP_PROVIDER_ERROR: 'A provider call failed.',
+  SP_PROVIDER_UNREACHABLE: 'The provider\'s API (the cloud) cannot be reached: its circuit is open after consecutive connection failures, so starts are refused at once until a trial call gets through; ready resources keep working.',
   SP_CONFIG_INVALID: 'The configuration is invalid.',
   SP_INTERNAL: 'An unexpected error; it has been logged.',
 } as const;

@@ -2,6 +2,7 @@ import { SmartProxyError, isSmartProxyError, ProviderError } from './errors.ts';
 import { transition, type InstanceStatus, type LifecycleEvent, type StartPhase } from './lifecycle.ts';
 import type { Coordinator, StartLease } from './coordination.ts';
 import type { Clock, InspectResult, InstanceRef, Logger, Prober, ProbeSpec, Provider, TimerHandle } from './ports.ts';
+import { defaultCircuitSettings, isUnreachable, ProviderCircuit, type CircuitSettings } from './provider-circuit.ts';
 import { BootHistory, type BootEstimate } from './boot-history.ts';
 import { idleVerdict } from './idle-reaper.ts';
 import type { KeepWarmPolicy, KeepWarmTarget } from './keep-warm.ts';
@@ -86,7 +87,17 @@ export interface ManagerOptions {
    * never on the warm path. Absent in a single process. See core/coordination.ts.
    */
   readonly coordinator?: Coordinator | undefined;
+  /** The circuit breaker of each provider's API (see provider-circuit.ts). */
+  readonly providerCircuit?: CircuitSettings | undefined;
+  /**
+   * A stopped (or failed and cooled) instance nobody uses is forgotten this long after it
+   * settled, so that per-user and per-group-set instances do not accumulate forever.
+   */
+  readonly forgetStoppedAfterMs?: number | undefined;
 }
+
+/** Default of `forgetStoppedAfterMs`. */
+export const DEFAULT_FORGET_STOPPED_AFTER_MS = 600_000;
 
 /** Published on every change that a waiting person, the audit log or metrics care about. */
 export type ManagerEvent =
@@ -134,6 +145,8 @@ export class Instance {
   freshlyReady = false;
   /** A start was asked for (without a held request) while stopping: start once stopped. */
   startAfterStop = false;
+  /** When it was created or last became stopped or failed (forgetting idle instances). */
+  settledAt = 0;
   readonly waiters = new Set<Waiter>();
 
   constructor(resource: ResourceRuntime, key: string, groups: readonly string[], user: string | undefined) {
@@ -188,11 +201,19 @@ export class ResourceManager {
   /** Endpoints found unreachable, so the cluster's stale "ready" record is not believed. */
   readonly #lostEndpoints = new Map<Instance, string>();
   readonly #coordinator: Coordinator | undefined;
+  readonly #circuits = new WeakMap<Provider, ProviderCircuit>();
+  readonly #circuitSettings: CircuitSettings;
+  readonly #forgetAfterMs: number;
+  /** Per resource: sweep forgettable instances when the map reaches this size. */
+  readonly #sweepAt = new Map<string, number>();
+  #forgetTimer: TimerHandle | undefined;
   #heldTotal = 0;
   #closed = false;
 
   constructor(options: ManagerOptions) {
     this.#coordinator = options.coordinator;
+    this.#circuitSettings = options.providerCircuit ?? defaultCircuitSettings;
+    this.#forgetAfterMs = options.forgetStoppedAfterMs ?? DEFAULT_FORGET_STOPPED_AFTER_MS;
     this.#clock = options.clock;
     this.#prober = options.prober;
     this.#log = options.logger;
@@ -265,9 +286,30 @@ export class ResourceManager {
       if (fit !== undefined) return fit;
     }
     if (exact !== undefined) return exact;
+    // Growth happens only here: an amortised sweep keeps the map within twice what is in use.
+    if (byKey.size >= (this.#sweepAt.get(resource.id) ?? 64)) this.#sweep(resource.id, byKey);
     const created = new Instance(resource, key, instGroups, instUser);
+    created.settledAt = this.#clock.now();
     byKey.set(key, created);
+    this.#armForget();
     return created;
+  }
+
+  /** Instances known right now, over all resources (tests and metrics: bounded memory). */
+  get instanceCount(): number {
+    let n = 0;
+    for (const byKey of this.#instances.values()) n += byKey.size;
+    return n;
+  }
+
+  /** The circuit of a provider's API (created closed on first use). */
+  circuitOf(provider: Provider): ProviderCircuit {
+    let c = this.#circuits.get(provider);
+    if (c === undefined) {
+      c = new ProviderCircuit(this.#clock, this.#circuitSettings);
+      this.#circuits.set(provider, c);
+    }
+    return c;
   }
 
   /**
@@ -331,7 +373,7 @@ export class ResourceManager {
     // While the release ramp still holds requests, a newcomer queues behind them.
     if (inst.status === 'ready' && inst.endpoint !== undefined && inst.waiters.size === 0) return Promise.resolve(inst.endpoint);
     if (this.#closed) return Promise.reject(new SmartProxyError('SP_SHUTTING_DOWN'));
-    const coolDown = this.#coolingDown(inst);
+    const coolDown = this.#coolingDown(inst) ?? this.providerDown(inst);
     if (coolDown !== undefined) return Promise.reject(coolDown);
     const resourceId = inst.resource.id;
     const heldHere = this.#heldByResource.get(resourceId) ?? 0;
@@ -379,7 +421,7 @@ export class ResourceManager {
    */
   requestStart(inst: Instance, requester?: StartRequester): SmartProxyError | undefined {
     if (this.#closed) return new SmartProxyError('SP_SHUTTING_DOWN');
-    const coolDown = this.#coolingDown(inst);
+    const coolDown = this.#coolingDown(inst) ?? this.providerDown(inst);
     if (coolDown !== undefined) return coolDown;
     const refused = this.#admit(inst, requester);
     if (refused !== undefined) return refused;
@@ -443,6 +485,7 @@ export class ResourceManager {
       await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.stop(inst.ref, signal), 'stop', true);
     } catch (err) {
       this.#log.error({ resource: res.id, instance: inst.key, err }, 'stop failed; forgetting the instance');
+      this.#coordinator?.cancelStop?.(inst.ref, undefined);
       if (inst.generation !== gen) return;
       this.#move(inst, 'fail', `stop failed: ${errMessage(err)}`);
       inst.handle = undefined;
@@ -468,6 +511,7 @@ export class ResourceManager {
    */
   close(): void {
     this.#closed = true;
+    this.#forgetTimer?.cancel();
     for (const inst of this.allInstances()) {
       if (inst.status !== 'stopping') inst.generation++;
       this.#clearTimers(inst);
@@ -494,6 +538,10 @@ export class ResourceManager {
     }
     inst.status = next;
     if (next !== 'starting') inst.phase = undefined;
+    if (next === 'stopped' || next === 'failed') {
+      inst.settledAt = this.#clock.now();
+      this.#armForget();
+    }
     this.#emit({ type: 'instance-changed', instance: inst, at: this.#clock.now(), reason });
   }
 
@@ -512,6 +560,8 @@ export class ResourceManager {
 
   #coolingDown(inst: Instance): SmartProxyError | undefined {
     if (inst.status !== 'failed') return undefined;
+    // Not this instance's failure but its provider's: the circuit decides (#providerDown).
+    if (inst.lastError?.code === 'SP_PROVIDER_UNREACHABLE') return undefined;
     const left = inst.failedUntil - this.#clock.now();
     if (left <= 0) return undefined;
     return new SmartProxyError('SP_RESOURCE_FAILED', undefined, {
@@ -556,6 +606,16 @@ export class ResourceManager {
     inst.lastError = undefined;
     let lease: StartLease | undefined;
     let endpointElsewhere: string | undefined;
+    // Whether a machine may exist because of this flight: false while every start call
+    // failed to connect (nothing was created, so there is nothing to clean up).
+    let mayHaveCreated = adopting !== undefined;
+    const startCall = (signal: AbortSignal): Promise<{ handle?: string | undefined }> => res.provider.start(inst.ref, signal).then((r) => {
+      mayHaveCreated = true;
+      return r;
+    }, (err: unknown) => {
+      if (!isUnreachable(err)) mayHaveCreated = true;
+      throw err;
+    });
     try {
       if (adopting === undefined) {
         this.#setPhase(inst, 'requested');
@@ -581,8 +641,9 @@ export class ResourceManager {
             ? await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.inspect(inst.ref, signal), 'inspect')
             : undefined;
           if (found !== undefined && found.handle !== undefined) inst.handle = found.handle;
+          if (found !== undefined && found.state !== 'stopped') mayHaveCreated = true;
           if (found === undefined || found.state === 'stopped' || found.state === 'failed') {
-            const started = await this.#callWithRetry(inst, gen, deadline, (signal) => res.provider.start(inst.ref, signal), 'start');
+            const started = await this.#callWithRetry(inst, gen, deadline, startCall, 'start');
             if (started.handle !== undefined) inst.handle = started.handle;
           } else {
             this.#log.info({ resource: res.id, instance: inst.key, state: found.state }, 'took over the start of another replica; not starting again');
@@ -633,6 +694,13 @@ export class ResourceManager {
         if (lease !== undefined) void lease.release();
         return;
       }
+      if (isSmartProxyError(err) && err.code === 'SP_PROVIDER_UNREACHABLE') {
+        // The provider's failure, not this instance's: no cool-down of its own, no cleanup
+        // stop (the API cannot be reached); the circuit answers requests until it half-opens.
+        if (lease !== undefined) void lease.release();
+        this.#failUnreachable(inst, err);
+        return;
+      }
       if (lease !== undefined) void lease.failed(errMessage(err));
       if (isSmartProxyError(err) && (err.code === 'SP_CLUSTER_UNAVAILABLE' || err.code === 'SP_RESOURCE_FAILED')) {
         // Nothing was started here: no local cool-down (a cluster one is the cluster's), the
@@ -651,22 +719,27 @@ export class ResourceManager {
       this.#move(inst, 'fail', failure.message);
       this.#log.warn({ resource: res.id, instance: inst.key, code: failure.code, reason: failure.message, consecutiveFailures: inst.consecutiveFailures }, 'start failed');
       for (const w of [...inst.waiters]) w.reject(failure);
+      if (!mayHaveCreated) {
+        this.#log.debug({ resource: res.id, instance: inst.key }, 'no start reached the provider; nothing to clean up');
+        return;
+      }
       // Best effort: a machine that never became ready must not linger and cost money.
-      const stopSignal = timeoutSignal(this.#clock, res.providerCallTimeoutMs);
-      res.provider.stop(inst.ref, stopSignal).catch((stopErr: unknown) => {
-        this.#log.warn({ resource: res.id, instance: inst.key, err: stopErr }, 'cleanup stop after failed start failed');
-      });
+      const stopTimeout = deadlineSignal(this.#clock, res.providerCallTimeoutMs);
+      res.provider.stop(inst.ref, stopTimeout.signal).catch((stopErr: unknown) => {
+        this.#log.warn({ resource: res.id, instance: inst.key, err: errMessage(stopErr) }, 'cleanup stop after a failed start failed; the machine may be left running');
+      }).finally(stopTimeout.done);
     }
   }
 
   /** Asks the coordinator for the start, bounded by the boot deadline. */
   async #claim(inst: Instance, gen: number, deadline: number): Promise<Awaited<ReturnType<Coordinator['claimStart']>>> {
     const coordinator = this.#coordinator as Coordinator;
-    const signal = timeoutSignal(this.#clock, Math.max(1, deadline - this.#clock.now()));
+    const { signal, done } = deadlineSignal(this.#clock, Math.max(1, deadline - this.#clock.now()));
     try {
       const options = { notEndpoint: this.#lostEndpoints.get(inst), failureCooldownMs: inst.resource.failureCooldownMs };
       return await raceAbort(coordinator.claimStart(inst.ref, signal, options), signal);
     } finally {
+      done();
       this.#checkLive(inst, gen, deadline);
     }
   }
@@ -677,8 +750,7 @@ export class ResourceManager {
     for (let attempt = 1; ; attempt++) {
       this.#checkLive(inst, gen, deadline);
       this.#setPhase(inst, 'probing');
-      const remaining = deadline - this.#clock.now();
-      const outcome = await this.#prober.probe(endpoint, res.probe, timeoutSignal(this.#clock, Math.min(res.probe.timeoutMs, Math.max(1, remaining))));
+      const outcome = await this.#probeOnce(endpoint, res, deadline);
       this.#checkLive(inst, gen, deadline);
       if (outcome.ok) return true;
       if (attempt >= 3) return false;
@@ -704,8 +776,7 @@ export class ResourceManager {
           throw new SmartProxyError('SP_START_FAILED', 'provider reports running but gave no endpoint', { data: { resource: res.id } });
         }
         this.#setPhase(inst, 'probing');
-        const remaining = deadline - this.#clock.now();
-        const outcome = await this.#prober.probe(found.endpoint, res.probe, timeoutSignal(this.#clock, Math.min(res.probe.timeoutMs, Math.max(1, remaining))));
+        const outcome = await this.#probeOnce(found.endpoint, res, deadline);
         this.#checkLive(inst, gen, deadline);
         if (outcome.ok) return found.endpoint;
         this.#log.debug({ resource: res.id, instance: inst.key, reason: outcome.reason }, 'probe not yet passing');
@@ -722,27 +793,107 @@ export class ResourceManager {
     }
   }
 
-  /** Calls the provider with a per-call timeout; retries retryable errors with backoff and jitter. */
+  /** One probe, bounded by the probe timeout and the boot deadline; its timer ends with it. */
+  async #probeOnce(endpoint: string, res: ResourceRuntime, deadline: number): Promise<Awaited<ReturnType<Prober['probe']>>> {
+    const remaining = deadline - this.#clock.now();
+    const { signal, done } = deadlineSignal(this.#clock, Math.min(res.probe.timeoutMs, Math.max(1, remaining)));
+    try {
+      return await this.#prober.probe(endpoint, res.probe, signal);
+    } finally {
+      done();
+    }
+  }
+
+  /**
+   * Calls the provider with a per-call timeout; retries retryable errors with backoff and
+   * jitter. Every call goes through the provider's circuit: starts and inspects are refused
+   * at once while it is open (stops still try: a running machine costs money).
+   */
   async #callWithRetry<T>(inst: Instance, gen: number, deadline: number, call: (signal: AbortSignal) => Promise<T>, what: string, afterClose = false): Promise<T> {
     const res = inst.resource;
+    const circuit = this.circuitOf(res.provider);
+    const gated = what !== 'stop';
     let backoffMs = 100;
     for (let attempt = 1; ; attempt++) {
       this.#checkLive(inst, gen, deadline, afterClose);
+      const refusedMs = gated ? circuit.acquire() : undefined;
+      if (refusedMs !== undefined) throw this.#unreachableError(inst, circuit, refusedMs);
       const budget = Math.min(res.providerCallTimeoutMs, deadline - this.#clock.now());
-      const signal = timeoutSignal(this.#clock, budget);
+      const { signal, done } = deadlineSignal(this.#clock, budget);
       try {
         // A provider that ignores its signal must not hang the flight: the race ends it.
-        return await raceAbort(call(signal), signal);
+        const value = await raceAbort(call(signal), signal);
+        circuit.reached();
+        return value;
       } catch (err) {
+        this.#recordCall(res.provider, circuit, err, signal.aborted);
         this.#checkLive(inst, gen, deadline, afterClose);
+        const stillDown = gated ? circuit.refusedForMs() : undefined;
+        if (stillDown !== undefined) throw this.#unreachableError(inst, circuit, stillDown);
         const retryable = signal.aborted || (err instanceof ProviderError && err.retryable);
         if (!retryable) throw err;
         this.#log.warn({ resource: res.id, instance: inst.key, what, attempt, err: errMessage(err) }, 'provider call failed; retrying');
         const jittered = backoffMs / 2 + Math.random() * backoffMs / 2;
         await this.#sleep(jittered, inst, gen, deadline, afterClose);
         backoffMs = Math.min(2000, backoffMs * 2);
+      } finally {
+        done();
       }
     }
+  }
+
+  /** Tells the circuit how a failed call went; opening it fails every start of that provider. */
+  #recordCall(provider: Provider, circuit: ProviderCircuit, err: unknown, timedOut: boolean): void {
+    // A call that hung until its timeout says nothing about reachability (provider-circuit.ts).
+    if (timedOut) return;
+    if (!isUnreachable(err)) {
+      circuit.reached();
+      return;
+    }
+    if (circuit.unreachable(errMessage(err))) this.#onCircuitOpen(provider, circuit);
+  }
+
+  /**
+   * The circuit of `provider` just opened: requests held for its starts are answered now (not
+   * at the end of their boot timeout), and those starts end (their next call would be refused).
+   */
+  #onCircuitOpen(provider: Provider, circuit: ProviderCircuit): void {
+    const retryInMs = Math.max(0, circuit.openUntil - this.#clock.now());
+    this.#log.warn({ provider: provider.kind, failures: circuit.failures, lastFailure: circuit.lastFailure, retryInMs }, 'provider API unreachable: circuit open, starts are refused until a trial call gets through');
+    for (const inst of this.allInstances()) {
+      if (inst.resource.provider !== provider || inst.status !== 'starting') continue;
+      inst.generation++; // the flight ends at its next check (and gives a cluster lease up)
+      this.#failUnreachable(inst, this.#unreachableError(inst, circuit, retryInMs));
+    }
+  }
+
+  #failUnreachable(inst: Instance, err: SmartProxyError): void {
+    if (inst.status !== 'starting') return;
+    inst.lastError = err;
+    // Shown as the status's Retry-After; #coolingDown leaves the decision to the circuit.
+    inst.failedUntil = this.circuitOf(inst.resource.provider).openUntil;
+    this.#move(inst, 'fail', err.message);
+    for (const w of [...inst.waiters]) w.reject(err);
+  }
+
+  /**
+   * SP_PROVIDER_UNREACHABLE when `inst` is not ready and its provider's circuit is open: a
+   * start would be refused now (status pages say so too).
+   */
+  providerDown(inst: Instance): SmartProxyError | undefined {
+    if (inst.status === 'ready') return undefined;
+    const circuit = this.#circuits.get(inst.resource.provider);
+    const refusedMs = circuit?.refusedForMs();
+    return circuit === undefined || refusedMs === undefined ? undefined : this.#unreachableError(inst, circuit, refusedMs);
+  }
+
+  #unreachableError(inst: Instance, circuit: ProviderCircuit, retryInMs: number): SmartProxyError {
+    const retryAfterS = Math.max(1, Math.ceil(retryInMs / 1000));
+    const kind = inst.resource.provider.kind;
+    return new SmartProxyError('SP_PROVIDER_UNREACHABLE',
+      `the ${kind} provider's API cannot be reached (${circuit.failures} connection failures in a row); not trying again for ${retryAfterS} s`, {
+        data: { resource: inst.resource.id, provider: kind, circuit: circuit.state }, retryAfterS,
+      });
   }
 
   #checkLive(inst: Instance, gen: number, deadline: number, afterClose = false): void {
@@ -814,8 +965,21 @@ export class ResourceManager {
   #decideStopInCluster(inst: Instance, idleForMs: number, recheck: () => void): void {
     const gen = inst.generation;
     const local = () => ({ idleStopMs: inst.resource.idleStopMs, lastActivityAt: inst.lastActivityAt, activeConnections: inst.activeConnections, endpoint: inst.endpoint });
-    (this.#coordinator as Coordinator).decideStop(inst.ref, local).then((decision) => {
-      if (inst.status !== 'ready' || inst.generation !== gen || this.#closed) return;
+    const coordinator = this.#coordinator as Coordinator;
+    coordinator.decideStop(inst.ref, local).then((decision) => {
+      if (inst.status !== 'ready' || inst.generation !== gen || this.#closed) {
+        if (decision === 'stop') coordinator.cancelStop?.(inst.ref, inst.status === 'ready' ? inst.endpoint : undefined);
+        return;
+      }
+      // Local activity is read again after the Redis round trips: a request that arrived
+      // meanwhile wins over the decision (no stop under a fresh request).
+      const usedMeanwhile = inst.activeConnections > 0 || inst.waiters.size > 0
+        || this.#clock.now() - inst.lastActivityAt < inst.resource.idleStopMs;
+      if (decision === 'stop' && usedMeanwhile) {
+        coordinator.cancelStop?.(inst.ref, inst.endpoint);
+        this.#idleTimers.set(inst, this.#clock.setTimeout(recheck, Math.max(1, inst.lastActivityAt + inst.resource.idleStopMs - this.#clock.now())));
+        return;
+      }
       if (decision === 'stop') void this.stop(inst, `idle for ${idleForMs} ms on every replica`);
       else if (decision === 'gone') this.stoppedElsewhere(inst);
       else this.#idleTimers.set(inst, this.#clock.setTimeout(recheck, Math.max(1_000, Math.ceil(inst.resource.idleStopMs / 4))));
@@ -854,42 +1018,104 @@ export class ResourceManager {
   async #healthCheck(inst: Instance, gen: number): Promise<void> {
     if (inst.status !== 'ready' || inst.generation !== gen || this.#closed) return;
     const res = inst.resource;
-    const signal = timeoutSignal(this.#clock, res.providerCallTimeoutMs);
+    const circuit = this.circuitOf(res.provider);
+    // While the API is known to be down, asking again tells nothing new.
+    if (circuit.acquire() !== undefined) return;
+    const { signal, done } = deadlineSignal(this.#clock, res.providerCallTimeoutMs);
     let found: InspectResult;
     try {
       found = await raceAbort(res.provider.inspect(inst.ref, signal), signal);
+      circuit.reached();
     } catch (err) {
-      this.#log.debug({ resource: res.id, instance: inst.key, err: errMessage(err) }, 'health check: provider did not answer');
+      this.#recordCall(res.provider, circuit, err, signal.aborted);
+      // No verdict on the instance, but an operator must see a cloud that does not answer.
+      this.#log.warn({ resource: res.id, instance: inst.key, err: errMessage(err) }, 'health check: provider did not answer');
       return;
+    } finally {
+      done();
     }
     if (inst.status !== 'ready' || inst.generation !== gen || this.#closed) return;
     const endpointMoved = found.state === 'running' && found.endpoint !== undefined && found.endpoint !== inst.endpoint;
     if (found.state === 'running' && !endpointMoved) return;
-    const now = this.#clock.now();
-    const idleMs = res.idleStopMs;
-    const inUse = inst.activeConnections > 0 || inst.waiters.size > 0
-      || idleMs <= 0 || now - inst.lastActivityAt < idleMs
-      || (res.keepWarm !== undefined && res.keepWarm.minInstancesAt(now) > 0);
-    const reason = endpointMoved ? `provider moved the endpoint to ${found.endpoint ?? ''}` : `provider reports ${found.state}`;
-    if (!inUse && !endpointMoved) {
-      // Nobody would notice it gone: forget it instead of paying for a new machine.
-      this.#log.info({ resource: res.id, instance: inst.key, reason }, 'health check: instance gone while idle');
-      this.#clearTimers(inst);
+    if (endpointMoved) {
+      // Still running, elsewhere: find it again (start is idempotent; nothing new is created).
+      const reason = `provider moved the endpoint to ${found.endpoint ?? ''}`;
+      this.#log.warn({ resource: res.id, instance: inst.key, reason }, 'health check: endpoint moved; re-checking the instance');
+      this.#move(inst, 'lost', reason);
       inst.endpoint = undefined;
-      inst.handle = undefined;
-      this.#move(inst, 'vanished', reason);
+      this.#clearTimers(inst);
+      void this.#runStart(inst);
       return;
     }
-    this.#log.warn({ resource: res.id, instance: inst.key, reason }, 'health check: instance gone; restarting');
-    this.#move(inst, 'lost', reason);
-    inst.endpoint = undefined;
+    // Gone behind the proxy's back: it is stopped now. Nothing starts without a reason: a
+    // held request or a keep-warm floor starts one again (as the system), never the health
+    // check on behalf of whoever used it last.
+    const reason = `provider reports ${found.state}`;
+    this.#log.warn({ resource: res.id, instance: inst.key, reason }, 'health check: instance gone; marked stopped');
     this.#clearTimers(inst);
-    void this.#runStart(inst);
+    inst.generation++;
+    inst.endpoint = undefined;
+    inst.handle = undefined;
+    this.#move(inst, 'vanished', reason);
+    if (inst.waiters.size > 0) {
+      this.#ensureStarted(inst);
+      return;
+    }
+    const keepWarm = res.keepWarm;
+    const now = this.#clock.now();
+    if (keepWarm !== undefined && this.runningCount(res.id) < keepWarm.minInstancesAt(now)) {
+      const target = this.selectInstance(res, keepWarm.spec.groups, undefined);
+      const refused = target.status === 'ready' || target.status === 'starting' ? undefined : this.requestStart(target);
+      if (refused === undefined) this.#log.info({ resource: res.id, instance: target.key }, 'keep-warm: starting again after an instance was found gone');
+      else this.#log.warn({ resource: res.id, reason: refused.message }, 'keep-warm: could not start again after an instance was found gone');
+    }
   }
 
   #clearIdle(inst: Instance): void {
     this.#idleTimers.get(inst)?.cancel();
     this.#idleTimers.delete(inst);
+  }
+
+  /** Arms the one timer that forgets settled instances (see `forgetStoppedAfterMs`). */
+  #armForget(): void {
+    if (this.#forgetTimer !== undefined || this.#closed || this.#forgetAfterMs <= 0) return;
+    this.#forgetTimer = this.#clock.setTimeout(() => {
+      this.#forgetTimer = undefined;
+      let left = 0;
+      for (const [id, byKey] of this.#instances) left += this.#sweep(id, byKey);
+      if (left > 0) this.#armForget();
+    }, this.#forgetAfterMs);
+  }
+
+  /**
+   * Forgets instances that settled (stopped, or failed and cooled) at least
+   * `forgetStoppedAfterMs` ago and that nothing uses or waits for; a later request simply
+   * creates the instance again. Returns how many settled instances are left to forget later.
+   */
+  #sweep(resourceId: string, byKey: Map<string, Instance>): number {
+    const now = this.#clock.now();
+    let left = 0;
+    for (const [key, inst] of byKey) {
+      const settled = (inst.status === 'stopped' || (inst.status === 'failed' && now >= inst.failedUntil))
+        && inst.waiters.size === 0 && inst.activeConnections === 0 && !inst.startAfterStop && !this.#stopping.has(inst);
+      if (!settled) continue;
+      if (now - inst.settledAt < this.#forgetAfterMs) {
+        left++;
+        continue;
+      }
+      byKey.delete(key);
+      inst.generation++;
+      this.#clearTimers(inst);
+      this.#ramps.delete(inst);
+      this.#lostEndpoints.delete(inst);
+    }
+    if (byKey.size === 0) {
+      this.#instances.delete(resourceId);
+      this.#sweepAt.delete(resourceId);
+    } else {
+      this.#sweepAt.set(resourceId, Math.max(64, byKey.size * 2));
+    }
+    return left;
   }
 
   /** Idle, health and ramp timers of an instance that leaves `ready`. */
@@ -929,9 +1155,18 @@ export function isSubset(sub: readonly string[], sup: readonly string[]): boolea
 
 /** An AbortSignal that aborts after `ms` on the given clock (so tests can drive it). */
 export function timeoutSignal(clock: Clock, ms: number): AbortSignal {
+  return deadlineSignal(clock, ms).signal;
+}
+
+/**
+ * Like `timeoutSignal`, with `done()` to call once the guarded call settled: it cancels the
+ * timer, so that a call that took 5 ms does not leave a timer (and through it the controller
+ * and its listeners) alive for the whole timeout. Thousands of calls a minute add up.
+ */
+export function deadlineSignal(clock: Clock, ms: number): { readonly signal: AbortSignal; readonly done: () => void } {
   const ac = new AbortController();
-  clock.setTimeout(() => ac.abort(new SmartProxyError('SP_PROVIDER_ERROR', `timed out after ${ms} ms`)), ms);
-  return ac.signal;
+  const timer = clock.setTimeout(() => ac.abort(new SmartProxyError('SP_PROVIDER_ERROR', `timed out after ${ms} ms`)), ms);
+  return { signal: ac.signal, done: () => timer.cancel() };
 }
 
 function toStartFailure(err: unknown, resourceId: string, elapsedMs: number): SmartProxyError {

@@ -53,8 +53,8 @@ export class StateSync {
   readonly #maxAudit: number;
   readonly #samplesPerResource: number;
   readonly #dirty = new Set<Instance>();
-  readonly #written = new Map<Instance, Written>();
-  readonly #lastStatus = new Map<Instance, string>();
+  readonly #written = new WeakMap<Instance, Written>();
+  readonly #lastStatus = new WeakMap<Instance, string>();
   #samples: BootSample[] = [];
   #audit: AuditEvent[] = [];
   #timer: TimerHandle | undefined;

@@ -31,6 +31,7 @@ export const statusByCode: Readonly<Record<ErrorCode, number>> = {
   SP_CLUSTER_UNAVAILABLE: 503,
   SP_SHUTTING_DOWN: 503,
   SP_PROVIDER_ERROR: 502,
+  SP_PROVIDER_UNREACHABLE: 503,
   SP_CONFIG_INVALID: 500,
   SP_INTERNAL: 500,
 };

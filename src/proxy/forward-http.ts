@@ -102,9 +102,37 @@ export class UpstreamPools {
     return gate;
   }
 
+  /** Backend origins with a pool right now. */
+  get size(): number {
+    return this.#pools.size;
+  }
+
+  /**
+   * Closes the pools of every origin not among `endpoints` (the endpoints instances use now).
+   * Providers that hand out a fresh port per boot would otherwise leave one pool per boot
+   * ever seen. Closing is graceful: a forward still running on such a pool finishes.
+   */
+  retainOnly(endpoints: Iterable<string>): number {
+    const keep = new Set<string>();
+    for (const e of endpoints) keep.add(this.endpoint(e).origin);
+    let closed = 0;
+    for (const key of [...this.#pools.keys()]) {
+      // A pool key is the origin, followed by the TLS setting for https: (poolKey).
+      if (keep.has(key.split('\u0000', 1)[0] ?? key)) continue;
+      this.#evictKey(key);
+      closed++;
+    }
+    // The parse cache is rebuilt on demand; dropping it keeps it in step with the pools.
+    if (closed > 0) this.#endpoints.clear();
+    return closed;
+  }
+
   /** Drops the pool of a backend that went away, so no stale keep-alive socket is reused. */
   evict(origin: string, tls: BackendTls = DEFAULT_BACKEND_TLS): void {
-    const key = poolKey(origin, tls);
+    this.#evictKey(poolKey(origin, tls));
+  }
+
+  #evictKey(key: string): void {
     const gate = this.#gates.get(key);
     // An idle gate holds nothing; a busy one stays until its requests release their slots.
     if (gate !== undefined && gate.inFlight === 0 && gate.queued === 0) this.#gates.delete(key);

@@ -43,8 +43,10 @@ export interface ProgressSnapshot {
   readonly elapsedMs: number | null;
   /** From this resource's own past boots; null until there is history. */
   readonly eta: ProgressEta | null;
-  /** Why the last start failed. */
+  /** Why the last start failed, or why a start would be refused now (the provider's API is down). */
   readonly reason: string | null;
+  /** The error code behind `reason` (SP_PROVIDER_UNREACHABLE, SP_START_FAILED, …). */
+  readonly code: string | null;
   /** Seconds after which asking again makes sense (also sent as `Retry-After`). */
   readonly retryAfterS: number;
 }
@@ -64,6 +66,9 @@ export function snapshotOf(manager: ResourceManager, inst: Instance, now: number
   };
   let retryAfterS = eta === null ? NO_ESTIMATE_RETRY_S : Math.ceil(eta.remainingMs / 1000);
   if (inst.status === 'failed') retryAfterS = Math.ceil(Math.max(0, inst.failedUntil - now) / 1000);
+  const down = inst.status === 'starting' ? undefined : manager.providerDown(inst);
+  if (down?.retryAfterS !== undefined) retryAfterS = down.retryAfterS;
+  const failure = inst.status === 'failed' ? inst.lastError : undefined;
   return {
     resource: inst.resource.id,
     state: inst.status,
@@ -71,7 +76,8 @@ export function snapshotOf(manager: ResourceManager, inst: Instance, now: number
     step: stepOf(inst),
     elapsedMs,
     eta,
-    reason: inst.status === 'failed' ? inst.lastError?.message ?? 'the start failed' : null,
+    reason: down?.message ?? (inst.status === 'failed' ? failure?.message ?? 'the start failed' : null),
+    code: down?.code ?? failure?.code ?? null,
     retryAfterS: Math.min(MAX_RETRY_AFTER_S, Math.max(1, retryAfterS)),
   };
 }

@@ -9,7 +9,7 @@ import type { Socket } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import { systemClock } from '../core/clock.ts';
 import { SmartProxyError } from '../core/errors.ts';
-import type { Clock, Logger } from '../core/ports.ts';
+import type { Clock, Logger, TimerHandle } from '../core/ports.ts';
 import type { Instance, ResourceManager, ResourceRuntime, StartRequester } from '../core/resource-manager.ts';
 import type { BackendTls } from './backend-tls.ts';
 import { ClientGone, expectContinue, requestGone, sendContinue } from './client-state.ts';
@@ -112,6 +112,8 @@ export interface ProxyServerOptions {
   readonly tlsHandshakeTimeoutMs?: number;
   readonly http2SessionIdleTimeoutMs?: number;
   readonly http2MaxConcurrentStreams?: number;
+  /** After an instance leaves ready, pools of endpoints no instance uses are closed this much later. */
+  readonly poolSweepDelayMs?: number;
 }
 
 /** Retries of the first forward after readiness when the connection is refused. */
@@ -149,6 +151,7 @@ export class ProxyServer {
     this.#backendHeaders = options.backendHeaders;
     this.#protected = new Set(options.protectedHeaders ?? ['x-forwarded-user', 'x-forwarded-groups']);
     this.pools = new UpstreamPools({ ...options.upstream, bodyIdleTimeoutMs: options.bodyIdleTimeoutMs ?? 60_000 });
+    this.#sweepPoolsOnStop(options.manager, options.clock ?? systemClock, options.poolSweepDelayMs ?? 1_000);
     this.#waiting = new WaitingRoom({ manager: options.manager, clock: options.clock ?? systemClock });
     this.#heldBytes = new HeldBytesBudget({
       maxHeldBytes: options.maxHeldBytes ?? Number.MAX_SAFE_INTEGER,
@@ -250,6 +253,20 @@ export class ProxyServer {
     this.#waiting.close();
     for (const s of this.#sockets) s.destroy();
     await this.pools.close();
+  }
+
+  /** One undici pool per endpoint in use, not per endpoint ever seen (see UpstreamPools.retainOnly). */
+  #sweepPoolsOnStop(manager: ResourceManager, clock: Clock, delayMs: number): void {
+    let pending: TimerHandle | undefined;
+    manager.onEvent((e) => {
+      if (e.type !== 'instance-changed' || e.instance.status === 'ready' || pending !== undefined) return;
+      pending = clock.setTimeout(() => {
+        pending = undefined;
+        const inUse: string[] = [];
+        for (const i of manager.allInstances()) if (i.endpoint !== undefined) inUse.push(i.endpoint);
+        this.pools.retainOnly(inUse);
+      }, delayMs);
+    });
   }
 
   /** The steps of one request, in order. */

@@ -48,7 +48,7 @@ describe('stop', () => {
 });
 
 describe('crash repair by health check', () => {
-  it('restarts a ready instance the provider reports gone while it is in use', async () => {
+  it('marks a ready instance the provider reports gone stopped, and starts it again only for a request', async () => {
     const s = await setupReady({ healthCheckIntervalMs: 30_000, idleStopMs: 0 });
     s.provider.state = { state: 'stopped' };
     const inspectsBefore = s.provider.inspects;
@@ -56,9 +56,10 @@ describe('crash repair by health check', () => {
     assert.equal(s.provider.inspects, inspectsBefore, 'no check before the interval');
     await s.clock.advance(1_000);
     await settle();
-    assert.equal(s.provider.starts.length, 2, 'started again');
-    assert.equal(s.inst.status, 'starting');
+    assert.equal(s.inst.status, 'stopped', 'gone: marked stopped');
+    assert.equal(s.provider.starts.length, 1, 'nothing started without a reason');
     const wait = s.manager.waitUntilReady(s.inst, { timeoutMs: 10_000 });
+    assert.equal(s.provider.starts.length, 2, 'a request starts it again');
     s.provider.state = { state: 'running', endpoint: 'http://127.0.0.1:2' };
     await s.clock.advance(100);
     assert.equal(await wait, 'http://127.0.0.1:2', 'the request waiting meanwhile is served by the new instance');

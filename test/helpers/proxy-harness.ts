@@ -76,10 +76,14 @@ export async function startHarness(options: {
   upstream?: Partial<UpstreamOptions>;
   /** Client-side bounds (ProxyServerOptions of the same names). */
   bounds?: Pick<ProxyServerOptions, 'bodyIdleTimeoutMs' | 'maxHeldBytesPerRequest' | 'maxHeldBytesPerClient' | 'http2SessionIdleTimeoutMs' | 'http2MaxConcurrentStreams'>;
+  forgetStoppedAfterMs?: number;
+  poolSweepDelayMs?: number;
 }): Promise<Harness> {
   const logs: Harness['logs'] = [];
   const logger = collectingLogger(logs);
-  const manager = new ResourceManager({ clock: options.clock ?? systemClock, prober: netProber, logger, maxHeldRequestsTotal: options.maxHeldTotal ?? 100_000 });
+  const manager = new ResourceManager({
+    clock: options.clock ?? systemClock, prober: netProber, logger, maxHeldRequestsTotal: options.maxHeldTotal ?? 100_000, forgetStoppedAfterMs: options.forgetStoppedAfterMs,
+  });
   const resources = new Map<string, RoutedResource>();
   for (const r of options.resources) {
     const runtime = runtimeOf(r);
@@ -97,6 +101,7 @@ export async function startHarness(options: {
     tls: options.tls,
     ...(options.maxHeldBytes === undefined ? {} : { maxHeldBytes: options.maxHeldBytes }),
     ...(options.heldBodyEstimateBytes === undefined ? {} : { heldBodyEstimateBytes: options.heldBodyEstimateBytes }),
+    ...(options.poolSweepDelayMs === undefined ? {} : { poolSweepDelayMs: options.poolSweepDelayMs }),
   });
   const addr = await proxy.listen(0, '127.0.0.1');
   return {

@@ -14,7 +14,7 @@ import { startHarness } from '../helpers/proxy-harness.ts';
 
 const snap = (over: Partial<ProgressSnapshot> = {}): ProgressSnapshot => ({
   resource: 'app', state: 'starting', phase: 'booting', step: 'booting', elapsedMs: 1200,
-  eta: { samples: 4, p50Ms: 3000, p90Ms: 8000, remainingMs: 1800 }, reason: null, retryAfterS: 2, ...over,
+  eta: { samples: 4, p50Ms: 3000, p90Ms: 8000, remainingMs: 1800 }, reason: null, code: null, retryAfterS: 2, ...over,
 });
 const view = (over: Partial<ProgressSnapshot> = {}) => ({
   snapshot: snap(over), path: '/smart_proxy/app/g1/', statusUrl: '/_smart_proxy/status/app/g1', eventsUrl: '/_smart_proxy/events/app/g1', refreshS: 3,

@@ -10,9 +10,15 @@
  * - `c:rec:<id>`: the cluster's record of the instance (versioned JSON: state, endpoint,
  *   handle, token, owner, at). Written by Lua that refuses a token older than the stored one,
  *   so a replica that lost its lease (paused, partitioned) cannot overwrite its successor.
- * - `c:act:<id>`: hash, one field per replica: `{a: lastActivityAt, c: openConnections, t}`,
+ * - `c:act:<id>`: hash, one field per replica: `{i: idleForMs, c: openConnections, r}`,
  *   flushed on a timer with an expiry; a replica that stops flushing stops counting.
  * - channel `c:events`: `{id, state}` after each record write that others wait for.
+ *
+ * Clocks: no replica's clock is compared with another's. A replica reports durations measured
+ * on its own clock (idle for, as of the flush); Redis stamps each write with its own `TIME`
+ * (`r` of an activity field, `at` of a record), and readers compare those stamps with Redis's
+ * `TIME` read in the same script. A stop in progress is recognised by its renewed stop lease,
+ * not by the age of the record.
  *
  * Waiting replicas wake on the channel *and* re-read the record every `pollIntervalMs`:
  * pub/sub drops messages sent while a subscriber is disconnected.
@@ -39,6 +45,11 @@ export interface RedisCoordinatorOptions extends RedisSpec {
   readonly activityFlushIntervalMs: number;
   /** Redis unreachable: start locally (single flight per replica) instead of answering 503. */
   readonly fallbackToLocal: boolean;
+  /**
+   * This replica's clock (default `Date.now`), the one its `lastActivityAt` values are read
+   * on. Used only for local durations, never compared with another replica's.
+   */
+  readonly now?: (() => number) | undefined;
 }
 
 /** What the coordinator reads of the local control plane, and tells it. */
@@ -75,8 +86,11 @@ return 0`;
 const RELEASE = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0`;
+/** Redis's own clock in ms (scripts only: one clock for every replica). */
+const NOW_MS = `local tm = redis.call('TIME')
+local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)`;
 /** KEYS: record, fence. ARGV: token ('' = take a new one), record JSON without token, channel, message. */
-const WRITE = `
+const WRITE = `${NOW_MS}
 local token = tonumber(ARGV[1])
 if token == nil then token = redis.call('INCR', KEYS[2]) end
 local cur = redis.call('GET', KEYS[1])
@@ -86,9 +100,23 @@ if cur then
 end
 local rec = cjson.decode(ARGV[2])
 rec.token = token
+rec.at = now
 redis.call('SET', KEYS[1], cjson.encode(rec))
 if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return 1`;
+/** KEYS: record, stop lease. Returns [record or false, Redis now (ms), stop lease held (0/1)]. */
+const READ = `${NOW_MS}
+return { redis.call('GET', KEYS[1]), now, redis.call('EXISTS', KEYS[2]) }`;
+/** KEYS: activity hash. Returns [Redis now (ms), HGETALL]. */
+const READ_ACTIVITY = `${NOW_MS}
+return { now, redis.call('HGETALL', KEYS[1]) }`;
+/** KEYS: activity hashes. ARGV: replica, ttl ms, then one JSON prefix per key (closed here with r = Redis now). */
+const FLUSH = `${NOW_MS}
+for i, key in ipairs(KEYS) do
+  redis.call('HSET', key, ARGV[1], ARGV[i + 2] .. ',"r":' .. string.format('%d', now) .. '}')
+  redis.call('PEXPIRE', key, ARGV[2])
+end
+return #KEYS`;
 
 export class RedisCoordinator implements Coordinator {
   readonly replicaId: string;
@@ -100,10 +128,24 @@ export class RedisCoordinator implements Coordinator {
   readonly #wakers = new Map<string, Set<() => void>>();
   /** Start leases held now, so that close() gives them up (a successor takes over at once). */
   readonly #held = new Map<string, { readonly id: string; readonly renew: NodeJS.Timeout }>();
+  /** Stop leases held now, by instance id: `stopped()` writes with this token (fencing). */
+  readonly #stopLeases = new Map<string, { readonly token: number; readonly value: string; readonly renew: NodeJS.Timeout }>();
+  /**
+   * The fencing token of the record this replica last knew each instance by (its own start,
+   * or a ready record it joined): a stop without a stop lease (shutdown, an operator) writes
+   * with it, so it can never overwrite a newer start's record.
+   */
+  readonly #knownTokens = new Map<string, number>();
   #local: LocalControlPlane | undefined;
   #flushTimer: NodeJS.Timeout | undefined;
   #flushing = false;
   #closed = false;
+  /**
+   * The command connection failed and has not come back: a claim fails at once instead of
+   * waiting for a command timeout (a cold request gets its 503 now, not 1.5 s later).
+   * Cleared when ioredis reconnects (its own backoff is the half-open timer).
+   */
+  #down = false;
 
   constructor(options: RedisCoordinatorOptions) {
     this.#opts = options;
@@ -111,6 +153,10 @@ export class RedisCoordinator implements Coordinator {
     this.#log = options.logger;
     this.replicaId = options.replicaId ?? `${hostname()}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
     this.#redis = openRedis(options, options.logger, 'coordinator');
+    const markDown = (): void => { this.#down = true; };
+    this.#redis.on('error', markDown);
+    this.#redis.on('close', markDown);
+    this.#redis.on('ready', () => { this.#down = false; });
     // The subscriber queues its SUBSCRIBE until connected; ioredis re-subscribes on reconnect.
     this.#sub = openRedis(options, options.logger, 'subscriber', { maxRetriesPerRequest: null, commandTimeout: undefined });
     this.#sub.on('message', (_channel: string, message: string) => this.#onMessage(message));
@@ -139,30 +185,35 @@ export class RedisCoordinator implements Coordinator {
   async claimStart(ref: InstanceRef, signal: AbortSignal, options: ClaimOptions = {}): Promise<StartClaim> {
     const { notEndpoint, failureCooldownMs = 0 } = options;
     const id = idOf(ref);
-    const since = Date.now();
+    let since: number | undefined;
     for (;;) {
       if (signal.aborted) throw asError(signal.reason);
       if (this.#closed) throw new SmartProxyError('SP_SHUTTING_DOWN');
       try {
-        const rec = await this.readRecord(ref);
+        if (this.#down) throw new Error(`redis connection is ${this.#redis.status}`);
+        const { rec, nowMs, stopLeaseHeld } = await this.#read(id);
+        since ??= nowMs;
         if (rec?.state === 'ready' && rec.endpoint !== undefined && rec.endpoint !== notEndpoint) {
+          this.#knownTokens.set(id, rec.token);
           return { kind: 'ready', endpoint: rec.endpoint, handle: rec.handle };
         }
         if (rec?.state === 'failed' && rec.at > since) {
           throw new SmartProxyError('SP_START_FAILED', `the start on another replica failed: ${rec.reason ?? 'no reason given'}`, { data: { resource: ref.resourceId } });
         }
-        const coolingMs = rec?.state === 'failed' ? rec.at + failureCooldownMs - Date.now() : 0;
+        const coolingMs = rec?.state === 'failed' ? rec.at + failureCooldownMs - nowMs : 0;
         if (coolingMs > 0) {
           throw new SmartProxyError('SP_RESOURCE_FAILED', undefined, {
             data: { resource: ref.resourceId, cause: rec?.reason }, retryAfterS: Math.ceil(coolingMs / 1000),
           });
         }
-        // A stop in progress elsewhere: wait for it to end rather than start under it.
-        const stopping = rec?.state === 'stopping' && Date.now() - rec.at < this.#opts.leaseMs * 3;
+        // A stop in progress elsewhere (its stop lease is renewed while it runs): wait for it
+        // to end rather than start under it. A stopper that died lets its lease expire.
+        const stopping = rec?.state === 'stopping' && stopLeaseHeld;
         if (!stopping) {
           const lease = await this.#acquire('start', id);
           if (lease !== undefined) {
             const takeover = rec?.state === 'starting';
+            this.#knownTokens.set(id, lease.token);
             await this.#write(id, lease.token, { state: 'starting' });
             if (takeover) this.#log.info({ resource: ref.resourceId, instance: ref.instanceKey, previousOwner: rec.owner, token: lease.token }, 'cluster: took over a start whose lease expired');
             return { kind: 'lead', lease: this.#startLease(ref, id, lease, takeover) };
@@ -188,44 +239,89 @@ export class RedisCoordinator implements Coordinator {
     }
     const lease = await this.#acquire('stop', id);
     if (lease === undefined) return 'keep';
-    if (await this.#inUse(id, local())) {
-      await this.#release('stop', id, lease.value);
-      return 'keep';
-    }
-    // Activity reaches Redis once per flush: wait two flushes and look again, so a connection
-    // opened on another replica just before this decision is seen.
-    const settleMs = Math.min(this.#opts.activityFlushIntervalMs * 2 + 20, Math.floor(this.#opts.leaseMs / 2));
-    await new Promise((r) => setTimeout(r, settleMs).unref());
-    if (this.#closed || await this.#inUse(id, local())) {
+    // Renewed until stopped() or cancelStop(): a slow provider stop keeps it, so no start
+    // begins under it, and a replica that dies mid-stop lets it expire.
+    const renew = this.#renewEvery('stop', id, lease.value, ref, lease.token);
+    const giveUp = async (): Promise<'keep'> => {
+      clearInterval(renew);
       await this.#release('stop', id, lease.value).catch(() => undefined);
       return 'keep';
+    };
+    try {
+      if (await this.#inUse(id, local())) return await giveUp();
+      // Activity reaches Redis once per flush: wait two flushes and look again, so a connection
+      // opened on another replica just before this decision is seen.
+      const settleMs = Math.min(this.#opts.activityFlushIntervalMs * 2 + 20, Math.floor(this.#opts.leaseMs / 2));
+      await new Promise((r) => setTimeout(r, settleMs).unref());
+      if (this.#closed || await this.#inUse(id, local())) return await giveUp();
+      const written = await this.#write(id, lease.token, { state: 'stopping' });
+      if (!written) return await giveUp();
+    } catch (err) {
+      await giveUp();
+      throw err;
     }
-    await this.#write(id, lease.token, { state: 'stopping' });
+    this.#stopLeases.set(id, { token: lease.token, value: lease.value, renew });
     return 'stop';
   }
 
-  /** Any open connection on a live replica, or activity within idleStopMs anywhere? */
+  /**
+   * Any open connection on a live replica, or activity within idleStopMs anywhere? Idle
+   * times are durations: this replica's on its own clock, the others' as flushed plus the
+   * age of their flush on Redis's clock.
+   */
   async #inUse(id: string, local: LocalActivity): Promise<boolean> {
-    const now = Date.now();
-    let lastActivityAt = local.lastActivityAt;
+    let idleForMs = Math.max(0, this.#now() - local.lastActivityAt);
     let connections = local.activeConnections;
-    const fresh = now - this.#freshForMs();
-    for (const [replica, text] of Object.entries(await this.#redis.hgetall(this.#key(`c:act:${id}`)))) {
+    const [nowMs, flat] = await this.#redis.eval(READ_ACTIVITY, 1, this.#key(`c:act:${id}`)) as [number, string[]];
+    for (let k = 0; k + 1 < flat.length; k += 2) {
+      const replica = flat[k] as string;
       if (replica === this.replicaId) continue;
-      const a = parseActivity(text);
+      const a = parseActivity(flat[k + 1] as string);
       if (a === undefined) continue;
-      lastActivityAt = Math.max(lastActivityAt, a.a);
+      const ageMs = Math.max(0, nowMs - a.r);
+      idleForMs = Math.min(idleForMs, a.i + ageMs);
       // A replica that stopped flushing (dead) holds no connection any more.
-      if (a.t >= fresh) connections += a.c;
+      if (ageMs <= this.#freshForMs()) connections += a.c;
     }
-    return connections > 0 || now - lastActivityAt < local.idleStopMs;
+    return connections > 0 || idleForMs < local.idleStopMs;
   }
 
+  /**
+   * The stop decided here went through (or a stop without a decision: shutdown, an
+   * operator). Written with the stop lease's token, or the token this replica knew the
+   * instance by: a slow or stale stop never overwrites a newer start's record.
+   */
   stopped(ref: InstanceRef): void {
     const id = idOf(ref);
-    this.#write(id, undefined, { state: 'stopped' }, true)
-      .then(() => this.#redis.del(this.#key(`c:act:${id}`)))
+    const lease = this.#stopLeases.get(id);
+    this.#stopLeases.delete(id);
+    if (lease !== undefined) clearInterval(lease.renew);
+    const token = lease?.token ?? this.#knownTokens.get(id) ?? 0;
+    this.#knownTokens.delete(id);
+    this.#write(id, token, { state: 'stopped' }, true)
+      .then(async (written) => {
+        if (!written) this.#log.warn({ resource: ref.resourceId, instance: ref.instanceKey, token }, 'cluster: a newer start owns the record; this stop is not recorded over it');
+        else await this.#redis.del(this.#key(`c:act:${id}`));
+        if (lease !== undefined) await this.#release('stop', id, lease.value);
+      })
       .catch((err: unknown) => this.#log.warn({ resource: ref.resourceId, instance: ref.instanceKey, err: errMessage(err) }, 'cluster: could not record a stop'));
+  }
+
+  /**
+   * A stop decided here did not happen after all (the instance was used again meanwhile, or
+   * the provider stop failed): the record goes back to ready at `endpoint` (or to stopped
+   * without one), fenced by the stop lease, and the lease is given up.
+   */
+  cancelStop(ref: InstanceRef, endpoint: string | undefined): void {
+    const id = idOf(ref);
+    const lease = this.#stopLeases.get(id);
+    if (lease === undefined) return;
+    this.#stopLeases.delete(id);
+    clearInterval(lease.renew);
+    const fields = endpoint === undefined ? { state: 'stopped' as const } : { state: 'ready' as const, endpoint };
+    this.#write(id, lease.token, fields, true)
+      .then(() => this.#release('stop', id, lease.value))
+      .catch((err: unknown) => this.#log.warn({ resource: ref.resourceId, instance: ref.instanceKey, err: errMessage(err) }, 'cluster: could not undo a stop decision; its lease expires on its own'));
   }
 
   /** Writes this replica's activity per ready instance (one pipeline). Errors are logged. */
@@ -234,16 +330,15 @@ export class RedisCoordinator implements Coordinator {
     this.#flushing = true;
     try {
       const ttlMs = Math.max(10_000, this.#freshForMs() * 4);
-      const p = this.#redis.pipeline();
-      const now = Date.now();
-      let n = 0;
+      const now = this.#now();
+      const keys: string[] = [];
+      const values: string[] = [];
       for (const i of this.#local.readyInstances()) {
-        const key = this.#key(`c:act:${idOf(i.ref)}`);
-        p.hset(key, this.replicaId, JSON.stringify({ a: i.lastActivityAt, c: i.activeConnections, t: now }));
-        p.pexpire(key, ttlMs);
-        n++;
+        keys.push(this.#key(`c:act:${idOf(i.ref)}`));
+        // A duration on this replica's clock; Redis adds its own time stamp (FLUSH).
+        values.push(`{"i":${Math.max(0, Math.round(now - i.lastActivityAt))},"c":${Math.max(0, Math.round(i.activeConnections))}`);
       }
-      if (n > 0) await p.exec();
+      if (keys.length > 0) await this.#redis.eval(FLUSH, keys.length, ...keys, this.replicaId, String(ttlMs), ...values);
     } catch (err) {
       this.#log.debug({ err: errMessage(err) }, 'cluster: activity flush failed');
     } finally {
@@ -256,6 +351,12 @@ export class RedisCoordinator implements Coordinator {
     return text === null ? undefined : decodeClusterRecord(text);
   }
 
+  /** The record with Redis's time and whether a stop lease is held, in one round trip. */
+  async #read(id: string): Promise<{ rec: ClusterRecord | undefined; nowMs: number; stopLeaseHeld: boolean }> {
+    const [text, nowMs, held] = await this.#redis.eval(READ, 2, this.#key(`c:rec:${id}`), this.#key(`c:lease:stop:${id}`)) as [string | null, number, number];
+    return { rec: typeof text === 'string' ? decodeClusterRecord(text) : undefined, nowMs: Number(nowMs), stopLeaseHeld: held === 1 };
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
@@ -264,12 +365,19 @@ export class RedisCoordinator implements Coordinator {
     const held = [...this.#held];
     this.#held.clear();
     for (const [, h] of held) clearInterval(h.renew);
+    for (const s of this.#stopLeases.values()) clearInterval(s.renew);
+    this.#stopLeases.clear();
+    this.#knownTokens.clear();
     await Promise.allSettled(held.map(([value, h]) => this.#release('start', h.id, value)));
     this.#redis.disconnect();
     this.#sub.disconnect();
   }
 
   // -- internals ------------------------------------------------------------------------
+
+  #now(): number {
+    return this.#opts.now?.() ?? Date.now();
+  }
 
   #freshForMs(): number {
     return this.#opts.activityFlushIntervalMs * 3 + 1_000;
@@ -290,24 +398,33 @@ export class RedisCoordinator implements Coordinator {
   }
 
   async #write(id: string, token: number | undefined, fields: Partial<ClusterRecord> & { state: ClusterState }, publish = false): Promise<boolean> {
-    const body = JSON.stringify({ v: CLUSTER_RECORD_VERSION, owner: this.replicaId, at: Date.now(), ...fields });
+    // `at` is stamped by the script with Redis's clock (WRITE).
+    const body = JSON.stringify({ v: CLUSTER_RECORD_VERSION, owner: this.replicaId, ...fields });
     const message = JSON.stringify({ id, state: fields.state });
     const ok = await this.#redis.eval(WRITE, 2, this.#key(`c:rec:${id}`), this.#key(`c:fence:${id}`),
       token === undefined ? '' : String(token), body, publish ? this.#key('c:events') : '', message);
     return ok === 1;
   }
 
-  #startLease(ref: InstanceRef, id: string, lease: { token: number; value: string }, takeover: boolean): StartLease {
-    const leaseKey = this.#key(`c:lease:start:${id}`);
+  /** Renews a lease every third of its lifetime until cleared (or lost: then logged). */
+  #renewEvery(kind: 'start' | 'stop', id: string, value: string, ref: InstanceRef, token: number): NodeJS.Timeout {
+    const leaseKey = this.#key(`c:lease:${kind}:${id}`);
     const renew = setInterval(() => {
-      this.#redis.eval(RENEW, 1, leaseKey, lease.value, String(this.#opts.leaseMs)).then((ok) => {
+      this.#redis.eval(RENEW, 1, leaseKey, value, String(this.#opts.leaseMs)).then((ok) => {
         if (ok !== 1) {
           clearInterval(renew);
-          this.#log.warn({ resource: ref.resourceId, instance: ref.instanceKey, token: lease.token }, 'cluster: start lease lost (another replica may take over the watch)');
+          this.#log.warn({ resource: ref.resourceId, instance: ref.instanceKey, token }, kind === 'start'
+            ? 'cluster: start lease lost (another replica may take over the watch)'
+            : 'cluster: stop lease lost (a start elsewhere may begin; this stop will not be recorded over it)');
         }
       }, (err: unknown) => this.#log.debug({ err: errMessage(err) }, 'cluster: lease renewal failed; retrying'));
     }, Math.max(10, Math.floor(this.#opts.leaseMs / 3)));
     renew.unref();
+    return renew;
+  }
+
+  #startLease(ref: InstanceRef, id: string, lease: { token: number; value: string }, takeover: boolean): StartLease {
+    const renew = this.#renewEvery('start', id, lease.value, ref, lease.token);
     this.#held.set(lease.value, { id, renew });
     let handle: string | undefined;
     const finish = async (fields: Partial<ClusterRecord> & { state: ClusterState }): Promise<void> => {
@@ -375,6 +492,7 @@ export class RedisCoordinator implements Coordinator {
     }
     if (typeof m.id !== 'string') return;
     for (const w of [...(this.#wakers.get(m.id) ?? [])]) w();
+    if (m.state === 'stopped') this.#knownTokens.delete(m.id);
     if (m.state === 'stopped' && this.#local !== undefined) {
       const [res, key] = m.id.split('/').map((s) => decodeURIComponent(s));
       if (res !== undefined && key !== undefined) this.#local.stoppedElsewhere(res, key);
@@ -410,10 +528,11 @@ export function decodeClusterRecord(text: string): ClusterRecord | undefined {
   };
 }
 
-function parseActivity(text: string): { a: number; c: number; t: number } | undefined {
+/** An activity field: idle for `i` ms and `c` open connections, as of Redis time `r`. */
+function parseActivity(text: string): { i: number; c: number; r: number } | undefined {
   try {
-    const o = JSON.parse(text) as { a?: unknown; c?: unknown; t?: unknown };
-    if (typeof o.a === 'number' && typeof o.c === 'number' && typeof o.t === 'number') return { a: o.a, c: o.c, t: o.t };
+    const o = JSON.parse(text) as { i?: unknown; c?: unknown; r?: unknown };
+    if (typeof o.i === 'number' && typeof o.c === 'number' && typeof o.r === 'number') return { i: o.i, c: o.c, r: o.r };
   } catch {
     // ignored: a malformed field counts as nothing
   }
