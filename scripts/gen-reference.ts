@@ -5,8 +5,10 @@
 import { writeFileSync } from 'node:fs';
 import { configReference } from '../src/config/reference.ts';
 import { errorReference } from '../src/proxy/error-reference.ts';
+import { adminOpenApiText } from '../src/admin/openapi.ts';
 
 const root = new URL('../docs/reference/', import.meta.url);
 writeFileSync(new URL('config.md', root), configReference());
 writeFileSync(new URL('errors.md', root), errorReference());
-process.stdout.write('docs/reference/config.md and errors.md written\n');
+writeFileSync(new URL('admin-api.json', root), adminOpenApiText());
+process.stdout.write('docs/reference/config.md, errors.md and admin-api.json written\n');

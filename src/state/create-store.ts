@@ -9,13 +9,19 @@ export type StoreSpec =
   | { readonly kind: 'sqlite'; readonly path: string }
   | { readonly kind: 'redis'; readonly url: string; readonly keyPrefix: string; readonly options?: Readonly<Record<string, unknown>> | undefined };
 
-export function createStore(spec: StoreSpec, logger: Logger): Store {
+/** What every store keeps at most (the audit log's retention bound). */
+export interface StoreLimits {
+  readonly maxAuditEvents?: number | undefined;
+}
+
+export function createStore(spec: StoreSpec, logger: Logger, limits: StoreLimits = {}): Store {
+  const { maxAuditEvents } = limits;
   switch (spec.kind) {
     case 'memory':
-      return new MemoryStore();
+      return new MemoryStore({ maxAuditEvents });
     case 'sqlite':
-      return new SqliteStore({ path: spec.path });
+      return new SqliteStore({ path: spec.path, maxAuditEvents });
     case 'redis':
-      return new RedisStore({ url: spec.url, keyPrefix: spec.keyPrefix, options: spec.options, logger });
+      return new RedisStore({ url: spec.url, keyPrefix: spec.keyPrefix, options: spec.options, logger, maxAuditEvents });
   }
 }
