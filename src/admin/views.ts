@@ -75,7 +75,8 @@ export function liveAuditView(e: AuditEvent): Omit<AuditEventView, 'id'> {
   return rest;
 }
 
-const SECRET_KEY = /(secret|password|passwd|token|hash|private|apikey|api_key|credential|cookie|authorization)/i;
+/** Keys whose value is a secret: `secret`, `passwordHash`, `clientSecret`, `hash`, `token`, `apiKey`… */
+const SECRET_KEY = /(secret|password|passwd|hash|token|apikey|api_key|privatekey|private_key|authorization|cookie)$/i;
 const REDACTED = '[redacted]';
 
 /**
