@@ -17,10 +17,17 @@ commands:
                                    run the mock cloud alone (the original Atmosphere API)
   hash-password [--cost LN]        read a password on stdin, print its scrypt hash (identities: basic)
   hash-password --token            make a random API token, print it and its hash (identities: token)
+  status | start RESOURCE | stop | logs | audit   operator commands against the admin API (\`smart-proxy status --help\`)
 `;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  // Operator commands (src/admin/cli/); `start` with a RESOURCE (not an option) is one of them.
+  if (['status', 'stop', 'logs', 'audit'].includes(command ?? '') || (command === 'start' && rest[0] !== undefined && !rest[0].startsWith('-'))) {
+    const { runAdminCommand, adminUsage } = await import('./admin/cli/commands.ts');
+    if (rest.includes('--help') || rest.includes('-h')) return (process.stdout.write(adminUsage), 0);
+    return runAdminCommand(command as string, rest);
+  }
   switch (command) {
     case 'start':
     case 'demo': {
