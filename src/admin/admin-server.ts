@@ -14,7 +14,7 @@ import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger, Store, TimerHandle } from '../core/ports.ts';
 import type { Instance, ResourceManager, ResourceRuntime } from '../core/resource-manager.ts';
 import { identityOfKey } from '../core/state-sync.ts';
-import { sendError } from '../proxy/error-response.ts';
+import { problemOf, sendError } from '../proxy/error-response.ts';
 import { ProgressHub } from '../proxy/progress-sse.ts';
 import { AdminAuth, checkCsrf, CSRF_COOKIE, newCsrfToken, cookieOf, type AdminCaller } from './admin-auth.ts';
 import type { AdminChange, AdminState } from './admin-state.ts';
@@ -76,7 +76,7 @@ export class AdminServer {
     this.server = createServer({ requestTimeout: 30_000, headersTimeout: 10_000, maxHeaderSize: 16 * 1024 }, (req, res) => {
       this.#handle(req, res).catch((err: unknown) => {
         if (!(err instanceof SmartProxyError)) options.logger.error({ err }, 'admin request failed');
-        sendError(req, res, err);
+        sendAdminError(req, res, err);
       });
     });
     this.server.on('connection', (s: Socket) => {
@@ -436,6 +436,26 @@ export class AdminServer {
     if (!out.ok) throw new SmartProxyError('SP_ADMIN_BAD_REQUEST', `the new configuration was refused; the old one is kept:\n${out.errors}`);
     sendJson(req, res, 200, { ok: true, summary: out.summary });
   }
+}
+
+/**
+ * `sendError`, except that a 401 lists each challenge on its own `WWW-Authenticate` line:
+ * browsers act on the first challenge of a line only, and the dashboard's users sign in
+ * with Basic even when a bearer identity comes first in the chain.
+ */
+function sendAdminError(req: IncomingMessage, res: ServerResponse, err: unknown): void {
+  const challenges = err instanceof SmartProxyError && err.code === 'SP_ACCESS_UNAUTHENTICATED' ? err.data.challenges : undefined;
+  if (!Array.isArray(challenges) || challenges.length === 0 || res.headersSent || res.destroyed) {
+    sendError(req, res, err);
+    return;
+  }
+  const e = err as SmartProxyError;
+  const body = JSON.stringify(problemOf(e, req.url?.split('?')[0]));
+  // Basic first: the one challenge a browser can answer with a prompt.
+  const ordered = [...challenges as string[]].sort((x, y) => Number(y.startsWith('Basic ')) - Number(x.startsWith('Basic ')));
+  res.setHeader('www-authenticate', ordered);
+  res.writeHead(401, { 'content-type': 'application/problem+json', 'content-length': String(Buffer.byteLength(body)) });
+  res.end(req.method === 'HEAD' ? undefined : body);
 }
 
 function allow(method: string, methods: readonly string[]): void {

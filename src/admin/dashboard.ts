@@ -192,7 +192,7 @@ function renderResources() {
     box.append(el('div', { class: 'card', 'data-resource': r.id },
       el('h3', null, el('span', { textContent: r.id }), start),
       el('div', { class: 'meta', textContent: r.provider + ' · ' + r.sharing + ' · ' + c.ready + ' ready, ' + c.starting + ' starting, ' + c.failed + ' failed' }),
-      el('div', { class: 'meta', textContent: est ? 'boot p50 ' + fmtMs(est.p50Ms) + ', p90 ' + fmtMs(est.p90Ms) + ' (' + est.samples + ' boots)' : 'no boot on record yet' }),
+      el('div', { class: 'meta', textContent: est ? 'boot p50 ' + fmtMs(est.p50Ms) + ', p90 ' + fmtMs(est.p90Ms) + ' (' + est.samples + (est.samples === 1 ? ' boot)' : ' boots)') : 'no boot on record yet' }),
       chart(r.boot.history, est)));
   }
   $('summary').textContent = state.resources.size + ' resources · ' + state.instances.size + ' instances · ' + ready + ' ready · ' + starting + ' starting';

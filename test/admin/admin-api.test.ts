@@ -44,7 +44,8 @@ describe('admin API', () => {
     const anon = await fetch(`${a.admin}/api/v1/resources`);
     assert.equal(anon.status, 401);
     assert.equal(anon.headers.get('content-type'), 'application/problem+json');
-    assert.match(anon.headers.get('www-authenticate') ?? '', /Bearer realm="smart-proxy"/);
+    // One challenge per line, Basic first (browsers answer the first of a line only).
+    assert.match(anon.headers.get('www-authenticate') ?? '', /^Basic realm="smart-proxy", charset="UTF-8", Bearer realm="smart-proxy"$/);
     assert.equal((await anon.json() as { code: string }).code, 'SP_ACCESS_UNAUTHENTICATED');
     const dev = await api('/api/v1/resources', {}, DEV);
     assert.equal(dev.status, 403);
