@@ -21,6 +21,8 @@ export function printDemoBanner(app: App): void {
     'Smart Proxy demo is up.',
     `  proxy:      ${app.proxyUrl}`,
     `  mock cloud: ${app.mockCloud?.url ?? '(disabled)'}`,
+    ...(app.adminUrl === undefined ? [] : [`  admin:      ${app.adminUrl}/  (dashboard; API under /api/v1; admins: group ${app.config.admin?.groups.join(', ')})`,
+      `              SMART_PROXY_ADMIN_TOKEN=${demoCredentials.alice.token} smart-proxy status --admin ${app.adminUrl}`]),
     '',
     'Callers (bundled demo config only):',
     `  alice  token ${demoCredentials.alice.token}     groups ${demoCredentials.alice.groups.join(', ')}`,
