@@ -446,7 +446,9 @@ export class AdminServer {
 function sendAdminError(req: IncomingMessage, res: ServerResponse, err: unknown): void {
   const challenges = err instanceof SmartProxyError && err.code === 'SP_ACCESS_UNAUTHENTICATED' ? err.data.challenges : undefined;
   if (!Array.isArray(challenges) || challenges.length === 0 || res.headersSent || res.destroyed) {
-    sendError(req, res, err);
+    // RFC 9110 §15.5.6: a 405 lists the allowed methods.
+    const allowed = err instanceof SmartProxyError && err.code === 'SP_ROUTE_METHOD_NOT_ALLOWED' ? err.data.allow : undefined;
+    sendError(req, res, err, typeof allowed === 'string' ? { allow: allowed } : undefined);
     return;
   }
   const e = err as SmartProxyError;

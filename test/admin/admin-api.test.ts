@@ -167,6 +167,9 @@ describe('admin API', () => {
       assert.equal(res.headers.get('content-type'), 'application/problem+json', path);
       assert.equal((await res.json() as { code: string }).code, code, path);
     }
+    const del = await api('/api/v1/resources', { method: 'DELETE' });
+    assert.equal(del.headers.get('allow'), 'GET, HEAD');
+    await del.body?.cancel();
     const metrics = await api('/metrics');
     assert.equal(metrics.status, 503);
     assert.match(await metrics.text(), /metrics are not available/);
