@@ -6,9 +6,11 @@ import { writeFileSync } from 'node:fs';
 import { limitsReference } from '../src/config/limits-reference.ts';
 import { configReference } from '../src/config/reference.ts';
 import { errorReference } from '../src/proxy/error-reference.ts';
+import { adminOpenApiText } from '../src/admin/openapi.ts';
 
 const root = new URL('../docs/reference/', import.meta.url);
 writeFileSync(new URL('config.md', root), configReference());
 writeFileSync(new URL('errors.md', root), errorReference());
 writeFileSync(new URL('limits.md', root), limitsReference());
-process.stdout.write('docs/reference/config.md, errors.md and limits.md written\n');
+writeFileSync(new URL('admin-api.json', root), adminOpenApiText());
+process.stdout.write('docs/reference/config.md, errors.md, limits.md and admin-api.json written\n');

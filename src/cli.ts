@@ -23,11 +23,22 @@ const commands: Record<string, () => Promise<Command>> = {
 async function usage(): Promise<string> {
   const rows = (await Promise.all(Object.values(commands).map(async (load) => (await load()).usage))).flat();
   const lines = rows.map(([synopsis, what]) => (synopsis.length <= 33 ? `  ${synopsis.padEnd(33)}${what}` : `  ${synopsis}\n  ${''.padEnd(33)}${what}`));
+  lines.push(`  ${'status | start RESOURCE | stop | logs | audit'.padEnd(33)}\n  ${''.padEnd(33)}operator commands against the admin API (\`smart-proxy status --help\`)`);
   return `usage: smart-proxy <command> [options]\n\ncommands:\n${lines.join('\n')}\n`;
+}
+
+/** Operator commands against the admin API (admin/cli/); `start RESOURCE` is one, `start --config` is not. */
+function isOperatorCommand(name: string | undefined, rest: readonly string[]): boolean {
+  return ['status', 'stop', 'logs', 'audit'].includes(name ?? '') || (name === 'start' && rest[0] !== undefined && !rest[0].startsWith('-'));
 }
 
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
+  if (isOperatorCommand(name, rest)) {
+    const { runAdminCommand, adminUsage } = await import('./admin/cli/commands.ts');
+    if (rest.includes('--help') || rest.includes('-h')) return (process.stdout.write(adminUsage), 0);
+    return runAdminCommand(name as string, rest);
+  }
   if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
     process[name === undefined ? 'stderr' : 'stdout'].write(await usage());
     return name === undefined ? 2 : 0;

@@ -11,7 +11,7 @@ export const demoCredentials = {
 } as const;
 
 export function printDemoBanner(app: App): void {
-  process.stdout.write(demoBanner(app.proxyUrl, app.mockCloud?.url));
+  process.stdout.write(demoBanner(app.proxyUrl, app.mockCloud?.url, app.adminUrl, app.config.admin?.groups ?? []));
 }
 
 /**
@@ -23,7 +23,7 @@ export function shellQuote(s: string): string {
 }
 
 /** What `npm start` prints: where things are and what to try, every command copy-paste safe. */
-export function demoBanner(proxyUrl: string, mockCloudUrl: string | undefined): string {
+export function demoBanner(proxyUrl: string, mockCloudUrl: string | undefined, adminUrl?: string, adminGroups: readonly string[] = []): string {
   const url = (path: string): string => shellQuote(`${proxyUrl}/smart_proxy/${path}`);
   const alice = `-H ${shellQuote(`Authorization: Bearer ${demoCredentials.alice.token}`)}`;
   const bob = `-H ${shellQuote(`Authorization: Bearer ${demoCredentials.bob.token}`)}`;
@@ -44,6 +44,8 @@ export function demoBanner(proxyUrl: string, mockCloudUrl: string | undefined): 
     'Smart Proxy demo is up.',
     `  proxy:      ${proxyUrl}`,
     `  mock cloud: ${mockCloudUrl ?? '(disabled)'}`,
+    ...(adminUrl === undefined ? [] : [`  admin:      ${adminUrl}/  (dashboard; API under /api/v1; admins: group ${adminGroups.join(', ')})`,
+      `              SMART_PROXY_ADMIN_TOKEN=${demoCredentials.alice.token} node src/cli.ts status --admin ${shellQuote(adminUrl)}`]),
     '',
     'Callers (bundled demo config only):',
     `  alice  token ${demoCredentials.alice.token}     groups ${demoCredentials.alice.groups.join(', ')}`,

@@ -4,6 +4,8 @@
  */
 import { pino } from 'pino';
 import { LoggerAuditSink, teeAudit, type AuditSink } from './access/audit.ts';
+import { AdminServer } from './admin/admin-server.ts';
+import { AdminState } from './admin/admin-state.ts';
 import { StartLimiter } from './access/limits.ts';
 import type { Verifier } from './access/types.ts';
 import type { Config } from './config/schema.ts';
@@ -53,6 +55,8 @@ export interface App {
   readonly state: StateSync;
   /** The identity verifiers, in order (their `stats` count real verifications). */
   readonly verifiers: readonly Verifier[];
+  /** The admin listener's base URL, when `admin` is configured. */
+  readonly adminUrl: string | undefined;
   /** Graceful shutdown, in the order written below. Idempotent. */
   close(): Promise<void>;
 }
@@ -121,7 +125,10 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
 
     // 3. Access (identities, policies, start limits, audit), then the control plane, which
     //    asks the limits before every start.
-    const audit = options.audit === undefined ? new LoggerAuditSink(log) : teeAudit(new LoggerAuditSink(log), options.audit);
+    //    The audit also goes to the state store and the admin's live view (bound in step 3's end).
+    const adminAudit: { sink?: AuditSink } = {};
+    const toAdmin: AuditSink = { record: (e) => adminAudit.sink?.record(e) };
+    const audit = options.audit === undefined ? teeAudit(new LoggerAuditSink(log), toAdmin) : teeAudit(new LoggerAuditSink(log), toAdmin, options.audit);
     const limiter = new StartLimiter(config.access.limits, {
       clock, audit,
       startRetryAfterS: (id: string): number => Math.max(1, Math.ceil((manager.estimateBoot(id)?.p50Ms ?? 5_000) / 1000)),
@@ -141,6 +148,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       providerCircuit: config.providerCircuit, forgetStoppedAfterMs: config.limits.forgetStoppedAfterMs,
     });
     manager.onEvent(limiter.onEvent);
+    const adminState = new AdminState(manager, clock);
+    adminAudit.sink = adminState.auditSink;
     coordinator?.attach({
       readyInstances: () => [...manager.allInstances()].filter((i) => i.status === 'ready'),
       stoppedElsewhere: (resourceId, instanceKey) => {
@@ -185,6 +194,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     const store = options.store ?? await openStore(config, log);
     const state = new StateSync({ store, manager, clock, logger: log, flushIntervalMs: config.state.flushIntervalMs });
     closers.push(() => state.close());
+    adminState.attachStore(state);
+    await store.loadBootSamples(50).then((s) => adminState.seedBoots(s), () => undefined);
     await state.restore(runtimes);
     state.start();
     const maxCallMs = Math.max(1_000, ...resources.map((r) => r.providerCallTimeoutMs));
@@ -235,6 +246,21 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       for (const w of ws) log.warn(w, 'a resource cannot work with its cloud as configured');
     });
 
+    // 7. The admin listener (API, dashboard, metrics), when configured: loopback by default.
+    let admin: AdminServer | undefined;
+    let adminUrl: string | undefined;
+    if (config.admin !== undefined) {
+      const a = new AdminServer({
+        admin: config.admin, identities: config.identities, realm: config.access.realm, manager, state: adminState,
+        resources: () => runtimes, config: () => config, store, clock, logger: log,
+      });
+      const at = await a.listen(config.admin.listen.port, config.admin.listen.host);
+      admin = a;
+      closers.push(() => a.close());
+      adminUrl = `http://${at.host.includes(':') ? `[${at.host}]` : at.host}:${at.port}`;
+      log.info({ url: adminUrl }, 'admin listening');
+    }
+
     const drainTimeoutMs = config.shutdown.drainTimeoutMs
       ?? Math.max(0, ...resources.map((r) => r.holdTimeoutMs)) + 5_000;
     let closing: Promise<void> | undefined;
@@ -244,6 +270,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         // 1. Stop accepting connections; requests arriving on open ones get 503.
         log.info({ drainTimeoutMs, held: manager.heldTotal, inFlight: activeForwards(manager) }, 'shutting down: draining');
         proxy.startDraining();
+        admin?.startDraining();
         // 2. Let in-flight and held requests finish (boots still complete), up to the drain time.
         await waitFor(() => manager.heldTotal === 0 && activeForwards(manager) === 0, drainTimeoutMs);
         // 3. Stop keep-warm; answer whatever is still held with 503 and stop the control
@@ -269,7 +296,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       })();
       return closing;
     };
-    return { proxyUrl, mockCloud, manager, proxy, config, state, verifiers: access.verifiers, close };
+    return { proxyUrl, adminUrl, mockCloud, manager, proxy, config, state, verifiers: access.verifiers, close };
   } catch (err) {
     for (const c of closers.reverse()) await c().catch(() => undefined);
     throw err;
@@ -298,7 +325,7 @@ export function closeOnSignal(app: App, onSignal?: (signal: NodeJS.Signals) => v
 
 async function openStore(config: Config, log: Logger): Promise<Store> {
   try {
-    return await createStore(config.state, log);
+    return await createStore(config.state, log, { maxAuditEvents: config.audit.maxEvents });
   } catch (err) {
     const where = config.state.kind === 'sqlite' ? `state.path ${config.state.path}` : `state.kind ${config.state.kind}`;
     throw new Error(`${where}: cannot open the state store: ${err instanceof Error ? err.message : String(err)}`, { cause: err });

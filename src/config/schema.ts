@@ -5,6 +5,7 @@
  * hands them typed options.
  */
 import { z } from 'zod';
+import { adminSchema, auditSchema } from './admin-schema.ts';
 import { cronProblem } from '../core/keep-warm.ts';
 import { DEFAULT_DENIED_ENDPOINTS } from '../providers/endpoint-guard.ts';
 import { accessSettingsSchema, cidrSchema, identitySchema, resourceAccessSchema } from './access-schema.ts';
@@ -368,7 +369,12 @@ export const configSchema = z.object({
   providers: z.record(z.string().min(1), providerSchema).default({}).describe('Named providers that resources refer to.'),
   resourceDefaults: resourceDefaultsSchema.default({}).describe('Defaults for every resource.'),
   resources: z.record(resourceId, resourceSchema).describe('The resources, by id (the {resource_id} of the URL).'),
+  admin: adminSchema.optional(),
+  audit: auditSchema,
 }).strict().superRefine((cfg, ctx) => {
+  if (cfg.admin !== undefined && !cfg.admin.anonymousFromLoopback && cfg.identities.length === 0) {
+    ctx.addIssue({ code: 'custom', path: ['admin', 'groups'], message: 'no identities are configured, so nobody could be an admin: configure identities or set admin.anonymousFromLoopback' });
+  }
   for (const [id, r] of Object.entries(cfg.resources)) {
     if (typeof r.provider === 'string' && !(r.provider in cfg.providers)) {
       ctx.addIssue({

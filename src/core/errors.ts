@@ -32,6 +32,9 @@ export const errorCatalogue = {
   SP_PROVIDER_ERROR: 'A provider call failed.',
   SP_PROVIDER_UNREACHABLE: 'The provider\'s API (the cloud) cannot be reached: its circuit is open after consecutive connection failures, so starts are refused at once until a trial call gets through; ready resources keep working.',
   SP_CONFIG_INVALID: 'The configuration is invalid.',
+  SP_ADMIN_BAD_REQUEST: 'An admin API request is malformed: an unknown parameter value, a body that is not the JSON the endpoint takes, or one too large.',
+  SP_ADMIN_CSRF: 'An admin action from a browser without the dashboard\'s CSRF token, or from another origin.',
+  SP_ADMIN_UNSUPPORTED: 'The provider of this resource cannot do that (for example suspend), or this proxy was built without it (metrics, reload).',
   SP_INTERNAL: 'An unexpected error; it has been logged.',
 } as const;
 

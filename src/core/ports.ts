@@ -82,6 +82,11 @@ export interface Provider {
   stop(ref: InstanceRef, signal: AbortSignal): Promise<void>;
   list?(signal: AbortSignal): Promise<ListedInstance[]>;
   /**
+   * Optional: the output the provider keeps of an instance (a process's stdout/stderr ring,
+   * a VM's serial console), for operators. Undefined when it knows none. Never blocks on I/O.
+   */
+  output?(ref: InstanceRef): { readonly text: string; readonly droppedBytes: number } | undefined;
+  /**
    * Releases sockets, child-process watchers and timers; instances are left as they are.
    * May be called more than once.
    */
@@ -187,6 +192,32 @@ export interface AuditEvent {
   /** Lifecycle status after the event, when it moved one. */
   readonly status?: string | undefined;
   readonly reason?: string | undefined;
+  /**
+   * Who caused it: a verified user name, `anonymous`, or `admin:<user>` for an operator's
+   * action through the admin API. Absent when the proxy itself did it (idle stop, crash repair).
+   */
+  readonly actor?: string | undefined;
+}
+
+/** An audit event as stored: `id` grows with every event written (the paging cursor). */
+export interface StoredAuditEvent extends AuditEvent {
+  readonly id: number;
+}
+
+/** Filters and paging of `Store.queryAudit`; every filter is optional and they combine with AND. */
+export interface AuditQuery {
+  readonly resourceId?: string | undefined;
+  readonly type?: string | undefined;
+  readonly actor?: string | undefined;
+  readonly instanceKey?: string | undefined;
+  /** Epoch ms, inclusive. */
+  readonly sinceMs?: number | undefined;
+  /** Epoch ms, exclusive. */
+  readonly untilMs?: number | undefined;
+  /** Only events older than this id (the cursor of the next page). */
+  readonly beforeId?: number | undefined;
+  /** At most this many events, newest first. */
+  readonly limit: number;
 }
 
 /** Everything one flush writes, applied as one unit where the store can (one transaction). */
@@ -214,6 +245,8 @@ export interface StoreBatch {
  * - `loadInstances` returns every stored instance record, in no particular order.
  * - `loadBootSamples(n)` returns, per resource, at most the `n` newest samples, oldest first.
  * - `recentAudit(n)` returns at most the `n` newest events, newest first.
+ * - `queryAudit(q)` filters the same events; ids are unique and grow with write order, so
+ *   `beforeId` of the last event of one page gives the next page without gaps or repeats.
  * - Stores bound their own growth (old samples and audit events are pruned).
  * - Failures reject with an Error; they never throw synchronously. `close` is idempotent, and
  *   after it every other call rejects.
@@ -225,5 +258,7 @@ export interface Store {
   loadInstances(): Promise<InstanceRecord[]>;
   loadBootSamples(perResource: number): Promise<BootSample[]>;
   recentAudit(limit: number): Promise<AuditEvent[]>;
+  /** The newest events matching `query`, newest first, with their ids (admin API paging). */
+  queryAudit(query: AuditQuery): Promise<StoredAuditEvent[]>;
   close(): Promise<void>;
 }

@@ -156,6 +156,16 @@ export class StateSync {
     return adopted;
   }
 
+  /**
+   * Queues an audit event that did not come from the control plane's own events (an access
+   * denial, a start with its verified actor, an operator's action) for the next flush. O(1),
+   * never awaits: callable on the request path.
+   */
+  recordAudit(e: AuditEvent): void {
+    if (this.#closed) return;
+    this.#pushAudit(e);
+  }
+
   /** Subscribes to the control plane and starts the flush timer. */
   start(): void {
     this.#unsubscribe = this.#manager.onEvent((e) => this.#onEvent(e));

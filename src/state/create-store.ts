@@ -9,17 +9,23 @@ export type StoreSpec =
   | { readonly kind: 'sqlite'; readonly path: string; readonly busyTimeoutMs?: number | undefined }
   | { readonly kind: 'redis'; readonly url: string; readonly keyPrefix: string; readonly options?: Readonly<Record<string, unknown>> | undefined };
 
+/** What every store keeps at most (the audit log's retention bound). */
+export interface StoreLimits {
+  readonly maxAuditEvents?: number | undefined;
+}
+
 /**
  * Opens the configured store. Async because SQLite opens on its worker thread: a file that
  * cannot be used fails here, at start-up, with SQLite's reason.
  */
-export async function createStore(spec: StoreSpec, logger: Logger): Promise<Store> {
+export async function createStore(spec: StoreSpec, logger: Logger, limits: StoreLimits = {}): Promise<Store> {
+  const { maxAuditEvents } = limits;
   switch (spec.kind) {
     case 'memory':
-      return new MemoryStore();
+      return new MemoryStore({ maxAuditEvents });
     case 'sqlite':
-      return await ThreadedSqliteStore.open({ path: spec.path, busyTimeoutMs: spec.busyTimeoutMs });
+      return await ThreadedSqliteStore.open({ path: spec.path, busyTimeoutMs: spec.busyTimeoutMs, maxAuditEvents });
     case 'redis':
-      return new RedisStore({ url: spec.url, keyPrefix: spec.keyPrefix, options: spec.options, logger });
+      return new RedisStore({ url: spec.url, keyPrefix: spec.keyPrefix, options: spec.options, logger, maxAuditEvents });
   }
 }

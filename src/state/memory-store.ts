@@ -2,7 +2,8 @@
  * The store in process memory: what `state.kind: memory` uses, and the reference the
  * contract suite holds the other stores to. Nothing survives a restart.
  */
-import type { AuditEvent, BootSample, InstanceRecord, Store, StoreBatch } from '../core/ports.ts';
+import { pageOfAudit } from '../core/audit-query.ts';
+import type { AuditEvent, AuditQuery, BootSample, InstanceRecord, Store, StoreBatch, StoredAuditEvent } from '../core/ports.ts';
 
 export interface MemoryStoreOptions {
   readonly maxBootSamplesPerResource?: number;
@@ -13,7 +14,8 @@ export class MemoryStore implements Store {
   readonly kind = 'memory';
   readonly #instances = new Map<string, InstanceRecord>();
   readonly #samples = new Map<string, BootSample[]>();
-  #audit: AuditEvent[] = [];
+  #audit: StoredAuditEvent[] = [];
+  #nextAuditId = 1;
   readonly #maxSamples: number;
   readonly #maxAudit: number;
   #closed = false;
@@ -36,7 +38,7 @@ export class MemoryStore implements Store {
       list.push({ ...s });
       if (list.length > this.#maxSamples) list.splice(0, list.length - this.#maxSamples);
     }
-    this.#audit.push(...batch.audit.map((e) => ({ ...e })));
+    for (const e of batch.audit) this.#audit.push({ ...e, id: this.#nextAuditId++ });
     if (this.#audit.length > this.#maxAudit) this.#audit = this.#audit.slice(-this.#maxAudit);
   }
 
@@ -54,7 +56,16 @@ export class MemoryStore implements Store {
 
   async recentAudit(limit: number): Promise<AuditEvent[]> {
     this.#check();
-    return this.#audit.slice(-limit).reverse().map((e) => ({ ...e }));
+    return this.#audit.slice(-limit).reverse().map(({ id: _id, ...e }) => e);
+  }
+
+  async queryAudit(query: AuditQuery): Promise<StoredAuditEvent[]> {
+    this.#check();
+    const audit = this.#audit;
+    function* newestFirst(): Generator<StoredAuditEvent> {
+      for (let i = audit.length - 1; i >= 0; i--) yield audit[i] as StoredAuditEvent;
+    }
+    return pageOfAudit(newestFirst(), query).map((e) => ({ ...e }));
   }
 
   async close(): Promise<void> {

@@ -16,7 +16,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DatabaseSync, type SQLOutputValue } from 'node:sqlite';
-import type { AuditEvent, BootSample, InstanceRecord, Store, StoreBatch } from '../core/ports.ts';
+import type { AuditEvent, AuditQuery, BootSample, InstanceRecord, Store, StoreBatch, StoredAuditEvent } from '../core/ports.ts';
 
 export interface SqliteStoreOptions {
   /** File path, or `:memory:`. The parent directory is created if missing. */
@@ -60,6 +60,9 @@ const migrations: readonly string[] = [
      status TEXT,
      reason TEXT
    );`,
+  // 1 → 2: who did it (admin API audit), and reading by time without a full scan.
+  `ALTER TABLE audit_events ADD COLUMN actor TEXT;
+   CREATE INDEX audit_events_by_at ON audit_events (at);`,
 ];
 
 /** The schema version this code writes. */
@@ -145,8 +148,8 @@ export class SqliteStore implements Store {
         for (const id of new Set(batch.bootSamples.map((s) => s.resourceId))) prune.run(id, id, this.#maxSamples);
       }
       if (batch.audit.length > 0) {
-        const ins = this.#db.prepare('INSERT INTO audit_events (at, type, resource_id, instance_key, status, reason) VALUES (?, ?, ?, ?, ?, ?)');
-        for (const e of batch.audit) ins.run(e.at, e.type, e.resourceId, e.instanceKey ?? null, e.status ?? null, e.reason ?? null);
+        const ins = this.#db.prepare('INSERT INTO audit_events (at, type, resource_id, instance_key, status, reason, actor) VALUES (?, ?, ?, ?, ?, ?, ?)');
+        for (const e of batch.audit) ins.run(e.at, e.type, e.resourceId, e.instanceKey ?? null, e.status ?? null, e.reason ?? null, e.actor ?? null);
         this.#db.prepare('DELETE FROM audit_events WHERE id <= (SELECT MAX(id) FROM audit_events) - ?').run(this.#maxAudit);
       }
     });
@@ -168,9 +171,36 @@ export class SqliteStore implements Store {
   async recentAudit(limit: number): Promise<AuditEvent[]> {
     this.#check();
     const rows = this.#db.prepare('SELECT * FROM audit_events ORDER BY id DESC LIMIT ?').all(limit);
+    return rows.map((r) => {
+      const e: AuditEvent = {
+        at: num(r.at), type: str(r.type), resourceId: str(r.resource_id),
+        instanceKey: optStr(r.instance_key), status: optStr(r.status), reason: optStr(r.reason),
+      };
+      return r.actor === null || r.actor === undefined ? e : { ...e, actor: str(r.actor) };
+    });
+  }
+
+  async queryAudit(q: AuditQuery): Promise<StoredAuditEvent[]> {
+    this.#check();
+    const where: string[] = [];
+    const args: Array<string | number> = [];
+    const eq = (column: string, v: string | undefined): void => {
+      if (v === undefined) return;
+      where.push(`${column} = ?`);
+      args.push(v);
+    };
+    eq('resource_id', q.resourceId);
+    eq('type', q.type);
+    eq('actor', q.actor);
+    eq('instance_key', q.instanceKey);
+    if (q.sinceMs !== undefined) { where.push('at >= ?'); args.push(q.sinceMs); }
+    if (q.untilMs !== undefined) { where.push('at < ?'); args.push(q.untilMs); }
+    if (q.beforeId !== undefined) { where.push('id < ?'); args.push(q.beforeId); }
+    const sql = `SELECT * FROM audit_events${where.length === 0 ? '' : ` WHERE ${where.join(' AND ')}`} ORDER BY id DESC LIMIT ?`;
+    const rows = this.#db.prepare(sql).all(...args, Math.max(0, Math.trunc(q.limit)));
     return rows.map((r) => ({
-      at: num(r.at), type: str(r.type), resourceId: str(r.resource_id),
-      instanceKey: optStr(r.instance_key), status: optStr(r.status), reason: optStr(r.reason),
+      id: num(r.id), at: num(r.at), type: str(r.type), resourceId: str(r.resource_id),
+      instanceKey: optStr(r.instance_key), status: optStr(r.status), reason: optStr(r.reason), actor: optStr(r.actor),
     }));
   }
 

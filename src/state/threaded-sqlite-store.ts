@@ -14,7 +14,7 @@
  * shutdown is never cut short.
  */
 import { Worker } from 'node:worker_threads';
-import type { AuditEvent, BootSample, InstanceRecord, Store, StoreBatch } from '../core/ports.ts';
+import type { AuditEvent, AuditQuery, BootSample, InstanceRecord, Store, StoreBatch, StoredAuditEvent } from '../core/ports.ts';
 import type { SqliteStore, SqliteStoreOptions } from './sqlite-store.ts';
 import type { SerializedError, WorkerReply, WorkerRequest } from './sqlite-worker.ts';
 
@@ -90,6 +90,10 @@ export class ThreadedSqliteStore implements Store {
 
   recentAudit(limit: number): Promise<AuditEvent[]> {
     return this.#call('recentAudit', limit);
+  }
+
+  queryAudit(query: AuditQuery): Promise<StoredAuditEvent[]> {
+    return this.#call('queryAudit', query);
   }
 
   /** Waits for calls in flight (each bounded by its deadline), then closes the file. Idempotent. */

@@ -5,6 +5,7 @@ import { configReference } from '../../src/config/reference.ts';
 import { errorReference } from '../../src/proxy/error-reference.ts';
 import { errorCatalogue } from '../../src/core/errors.ts';
 import { statusByCode } from '../../src/proxy/error-response.ts';
+import { adminOpenApiText } from '../../src/admin/openapi.ts';
 
 const docs = (name: string): string => readFileSync(new URL(`../../docs/reference/${name}`, import.meta.url), 'utf8');
 
@@ -14,6 +15,10 @@ it('docs/reference/config.md matches the schema (run `npm run docs:reference`)',
 
 it('docs/reference/errors.md matches the error catalogue (run `npm run docs:reference`)', () => {
   assert.equal(docs('errors.md'), errorReference());
+});
+
+it('docs/reference/admin-api.json matches the admin API schemas (run `npm run docs:reference`)', () => {
+  assert.equal(docs('admin-api.json'), adminOpenApiText());
 });
 
 it('every error code maps to an HTTP status of the right class', () => {

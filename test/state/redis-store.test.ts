@@ -40,7 +40,8 @@ describe('RedisStore format', () => {
       assert.equal(raw['nb/g%201%2Cg2'], '{"v":1,"resourceId":"nb","instanceKey":"g 1,g2","groups":["g 1","g2"],"user":null,"handle":"vm-1",'
         + '"endpoint":"http://127.0.0.1:9/x","status":"ready","startRequestedAt":1000,"readyAt":2000,"lastActivityAt":3000,"updatedAt":3000}');
       assert.deepEqual(await admin.lrange(`${p}boot:nb`, 0, -1), ['{"v":1,"resourceId":"nb","bootMs":1200,"at":5}']);
-      assert.deepEqual(await admin.lrange(`${p}audit`, 0, -1), ['{"v":1,"at":7,"type":"instance-changed","resourceId":"nb","instanceKey":null,"status":"ready","reason":null}']);
+      assert.deepEqual(await admin.lrange(`${p}audit`, 0, -1), ['{"v":1,"at":7,"type":"instance-changed","resourceId":"nb","instanceKey":null,"status":"ready","reason":null,"actor":null,"id":1}'],
+        'actor and id were added to version 1 (readers ignore unknown fields; a missing id reads as 0)');
     } finally {
       await store.close();
     }

@@ -107,6 +107,40 @@ export function storeContract(s: StoreUnderTest): void {
       }
     });
 
+    void it('queries audit events by resource, type, actor and time, newest first, paged by id', async () => {
+      const store = await s.make();
+      try {
+        const events = Array.from({ length: s.maxAuditEvents }, (_, i) => ({
+          at: 1_000 + i, type: i % 3 === 0 ? 'admin-stop' : 'instance-changed', resourceId: i % 2 === 0 ? 'a' : 'b',
+          instanceKey: '*', ...(i % 3 === 0 ? { actor: 'admin:ann' } : {}), reason: `n${i}`,
+        }));
+        await store.apply({ ...empty, audit: events.slice(0, 10) });
+        await store.apply({ ...empty, audit: events.slice(10) });
+        const all = await store.queryAudit({ limit: 100 });
+        assert.equal(all.length, events.length);
+        assert.deepEqual(all.map((e) => e.reason), events.map((e) => e.reason).reverse(), 'newest first');
+        assert.ok(all.every((e, i) => i === 0 || e.id < (all[i - 1] as { id: number }).id), 'ids fall');
+        const stops = await store.queryAudit({ type: 'admin-stop', actor: 'admin:ann', limit: 100 });
+        assert.deepEqual(stops.map((e) => e.reason), events.filter((e) => e.type === 'admin-stop').map((e) => e.reason).reverse());
+        assert.equal(stops[0]?.actor, 'admin:ann');
+        const aInWindow = await store.queryAudit({ resourceId: 'a', sinceMs: 1_010, untilMs: 1_020, limit: 100 });
+        assert.deepEqual(aInWindow.map((e) => e.at), [1_018, 1_016, 1_014, 1_012, 1_010]);
+        // Paging: pages of 7 by cursor cover everything once, in order.
+        const seen: string[] = [];
+        let before: number | undefined;
+        for (;;) {
+          const page = await store.queryAudit({ limit: 7, beforeId: before });
+          if (page.length === 0) break;
+          seen.push(...page.map((e) => e.reason ?? ''));
+          before = page.at(-1)?.id;
+        }
+        assert.deepEqual(seen, events.map((e) => e.reason).reverse());
+        assert.deepEqual(await store.queryAudit({ limit: 0 }), []);
+      } finally {
+        await store.close();
+      }
+    });
+
     void it('rejects every call after close; close is idempotent', async () => {
       const store = await s.make();
       await store.close();

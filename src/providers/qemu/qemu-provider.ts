@@ -165,6 +165,14 @@ export class QemuProvider implements Provider {
     return this.#vms.get(vmNameOf(ref.resourceId, ref.instanceKey))?.console.text();
   }
 
+  /** The serial console as the Provider port's `output` (admin API, `smart-proxy logs`). */
+  output(ref: InstanceRef): { readonly text: string; readonly droppedBytes: number } | undefined {
+    const vm = this.#vms.get(vmNameOf(ref.resourceId, ref.instanceKey));
+    if (vm === undefined) return undefined;
+    const text = vm.console.text();
+    return { text, droppedBytes: Math.max(0, vm.console.totalBytes - Buffer.byteLength(text)) };
+  }
+
   start(ref: InstanceRef, signal: AbortSignal): Promise<StartResult> {
     if (signal.aborted) return Promise.reject(aborted('start'));
     if (this.#closed) return Promise.reject(new ProviderError('qemu provider is closed', { retryable: false }));

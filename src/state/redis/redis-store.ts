@@ -7,13 +7,15 @@
  *   versioned JSON record (`REDIS_RECORD_VERSION`, pinned by a test).
  * - `boot:<resourceId>`: a list of JSON boot samples, oldest first, trimmed; `boot-resources`:
  *   the set of resources that have one.
- * - `audit`: a list of JSON audit events, newest first, trimmed.
+ * - `audit`: a list of JSON audit events, newest first, trimmed; `audit-seq`: the counter
+ *   their `id`s come from (the admin API's paging cursor; older records without one read as 0).
  *
  * Each `apply` is one MULTI/EXEC transaction: all or nothing, and idempotent for upserts and
  * deletes. A record with a newer `v` than this code knows is refused, not guessed at.
  */
 import type { Redis } from 'ioredis';
-import type { AuditEvent, BootSample, InstanceRecord, Logger, Store, StoreBatch } from '../../core/ports.ts';
+import { pageOfAudit } from '../../core/audit-query.ts';
+import type { AuditEvent, AuditQuery, BootSample, InstanceRecord, Logger, Store, StoreBatch, StoredAuditEvent } from '../../core/ports.ts';
 import { openRedis, type RedisSpec } from './client.ts';
 
 /** The record format version this code writes (the `v` field). */
@@ -72,6 +74,10 @@ export class RedisStore implements Store {
   async apply(batch: StoreBatch): Promise<void> {
     this.#check();
     const p = this.#prefix;
+    // Ids are taken before the transaction: a failed one leaves a gap in the ids, which
+    // paging tolerates (ids only need to grow), never a repeat.
+    const lastId = batch.audit.length > 0 ? await this.#redis.incrby(`${p}audit-seq`, batch.audit.length) : 0;
+    const firstId = lastId - batch.audit.length + 1;
     const m = this.#redis.multi();
     if (batch.upserts.length > 0) {
       m.hset(`${p}instances`, Object.fromEntries(batch.upserts.map((r) => [instanceField(r.resourceId, r.instanceKey), encodeInstance(r)])));
@@ -86,9 +92,10 @@ export class RedisStore implements Store {
       m.sadd(`${p}boot-resources`, id);
     }
     if (batch.audit.length > 0) {
-      m.lpush(`${p}audit`, ...batch.audit.map((e) => JSON.stringify({
+      m.lpush(`${p}audit`, ...batch.audit.map((e, i) => JSON.stringify({
         v: REDIS_RECORD_VERSION, at: e.at, type: e.type, resourceId: e.resourceId,
         instanceKey: e.instanceKey ?? null, status: e.status ?? null, reason: e.reason ?? null,
+        actor: e.actor ?? null, id: firstId + i,
       })));
       m.ltrim(`${p}audit`, 0, this.#maxAudit - 1);
     }
@@ -122,9 +129,16 @@ export class RedisStore implements Store {
     this.#check();
     const rows = await this.#redis.lrange(`${this.#prefix}audit`, 0, Math.max(0, limit - 1));
     return rows.map((row) => {
-      const o = parseVersioned(row, 'audit event');
-      return { at: num(o.at), type: str(o.type), resourceId: str(o.resourceId), instanceKey: optStr(o.instanceKey), status: optStr(o.status), reason: optStr(o.reason) };
+      const { id: _id, ...e } = decodeAudit(row);
+      return e.actor === undefined ? (({ actor: _a, ...rest }) => rest)(e) : e;
     });
+  }
+
+  async queryAudit(query: AuditQuery): Promise<StoredAuditEvent[]> {
+    this.#check();
+    // The list is bounded by maxAuditEvents, so reading it whole is bounded too.
+    const rows = await this.#redis.lrange(`${this.#prefix}audit`, 0, -1);
+    return pageOfAudit(rows.map(decodeAudit), query);
   }
 
   async close(): Promise<void> {
@@ -136,6 +150,15 @@ export class RedisStore implements Store {
   #check(): void {
     if (this.#closed) throw new Error('store is closed');
   }
+}
+
+function decodeAudit(row: string): StoredAuditEvent {
+  const o = parseVersioned(row, 'audit event');
+  return {
+    id: typeof o.id === 'number' ? o.id : 0,
+    at: num(o.at), type: str(o.type), resourceId: str(o.resourceId), instanceKey: optStr(o.instanceKey),
+    status: optStr(o.status), reason: optStr(o.reason), actor: optStr(o.actor),
+  };
 }
 
 function parseVersioned(text: string, what: string): Record<string, unknown> {
