@@ -13,6 +13,7 @@ commands:
   start --config FILE [--port N]   run the proxy with a config file
   demo [--port N]                  run the proxy with the bundled demo config and the embedded mock cloud
   check-config FILE                validate a config file and exit (0 valid, 1 invalid)
+  nginx-config --config FILE       print the nginx config of front-proxy mode (haproxy-config [--lua FILE]: HAProxy's)
   mock-cloud [--port N] [--boot-min-ms N] [--boot-max-ms N] [--seed N] [--failure-rate R] [--hang-rate R]
                                    run the mock cloud alone (the original Atmosphere API)
   hash-password [--cost LN]        read a password on stdin, print its scrypt hash (identities: basic)
@@ -50,6 +51,7 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(`${file}: valid\n`);
       return 0;
     }
+    case 'nginx-config': case 'haproxy-config': return (await import('./front/cli.ts')).frontConfigCommand(command, rest);
     case 'hash-password': {
       const { values } = parseArgs({ args: rest, options: { token: { type: 'boolean', default: false }, cost: { type: 'string' } } });
       const { DEFAULT_SCRYPT, generateToken, hashPassword, hashToken } = await import('./access/passwords.ts');

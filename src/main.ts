@@ -21,6 +21,7 @@ import { inheritedEnv, secretReaders } from './config/secrets.ts';
 import { createStaticProvider } from './providers/static/static-provider.ts';
 import { createQemuProvider } from './providers/qemu/qemu-provider.ts';
 import { createDockerProvider } from './providers/docker/docker-provider.ts';
+import { startFrontMode, type FrontMode } from './front/front-mode.ts';
 import { createAccessSteps } from './proxy/identify.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
@@ -47,6 +48,8 @@ export interface App {
   readonly config: Config;
   /** The state store behind write-behind batching (stats: flushes, failures). */
   readonly state: StateSync;
+  /** Front-proxy mode (src/front/), when `front.enabled`. */
+  readonly front: FrontMode | undefined;
   /** Graceful shutdown, in the order written below. Idempotent. */
   close(): Promise<void>;
 }
@@ -195,6 +198,11 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
     const proxyUrl = `${config.tls === undefined ? 'http' : 'https'}://${host}:${addr.port}`;
     log.info({ url: proxyUrl, resources: routed.size }, 'proxy listening');
+    // 7. Front-proxy mode: the decisions nginx (or HAProxy) in front asks for (src/front/).
+    const front = config.front.enabled
+      ? await startFrontMode({ config, manager, admit: (req) => proxy.admit(req), backendHeaders: access.backendHeaders, clock, logger: log })
+      : undefined;
+    if (front !== undefined) closers.push(() => front.close());
 
     const drainTimeoutMs = config.shutdown.drainTimeoutMs
       ?? Math.max(0, ...resources.map((r) => r.holdTimeoutMs)) + 5_000;
@@ -205,6 +213,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         // 1. Stop accepting connections; requests arriving on open ones get 503.
         log.info({ drainTimeoutMs, held: manager.heldTotal, inFlight: activeForwards(manager) }, 'shutting down: draining');
         proxy.startDraining();
+        front?.startDraining();
         // 2. Let in-flight and held requests finish (boots still complete), up to the drain time.
         await waitFor(() => manager.heldTotal === 0 && activeForwards(manager) === 0, drainTimeoutMs);
         // 3. Stop keep-warm; answer whatever is still held with 503 and stop the control
@@ -230,7 +239,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       })();
       return closing;
     };
-    return { proxyUrl, mockCloud, manager, proxy, config, state, close };
+    return { proxyUrl, mockCloud, manager, proxy, config, state, front, close };
   } catch (err) {
     for (const c of closers.reverse()) await c().catch(() => undefined);
     throw err;

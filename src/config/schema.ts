@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { cronProblem } from '../core/keep-warm.ts';
 import { accessSettingsSchema, identitySchema, resourceAccessSchema } from './access-schema.ts';
+import { frontSchema } from './front-schema.ts';
 
 const ms = (description: string, dflt: number) => z.number().int().min(0).default(dflt).describe(description);
 const port = z.number().int().min(0).max(65535);
@@ -336,6 +337,7 @@ export const configSchema = z.object({
   providers: z.record(z.string().min(1), providerSchema).default({}).describe('Named providers that resources refer to.'),
   resourceDefaults: resourceDefaultsSchema.default({}).describe('Defaults for every resource.'),
   resources: z.record(resourceId, resourceSchema).describe('The resources, by id (the {resource_id} of the URL).'),
+  front: frontSchema,
 }).strict().superRefine((cfg, ctx) => {
   for (const [id, r] of Object.entries(cfg.resources)) {
     if (typeof r.provider === 'string' && !(r.provider in cfg.providers)) {
