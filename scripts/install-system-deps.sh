@@ -21,6 +21,8 @@ done
 # front of the replicas (docs/operations/replicas.md).
 command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
 [ -x /usr/sbin/nginx ] || pkgs+=(nginx)
+# front-proxy mode's second front proxy (test/front/haproxy-front.test.ts): HAProxy with Lua.
+[ -x /usr/sbin/haproxy ] || pkgs+=(haproxy)
 [ ${#pkgs[@]} -eq 0 ] && exit 0
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
