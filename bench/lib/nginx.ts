@@ -13,6 +13,8 @@ function common(dir: string, name: string): string {
 master_process off;
 worker_processes 1;
 worker_rlimit_nofile 20000;
+# The front-proxy config matches regexes per request (the others match none).
+pcre_jit on;
 pid ${join(dir, `${name}.pid`)};
 error_log ${join(dir, `${name}-error.log`)} warn;
 events { worker_connections 16384; }

@@ -4,6 +4,7 @@
  * contender: req/s, CPU time of the proxy process per request, latency percentiles.
  */
 import { createHash } from 'node:crypto';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CHP_BIN } from '../lib/deps.ts';
 import { BENCH_DIR, startSmartProxy, type Context } from '../lib/context.ts';
@@ -122,11 +123,13 @@ async function startContenders(ctx: Context): Promise<Contender[]> {
   // Front-proxy mode: nginx runs the generated config, Smart Proxy decides behind it. Both on
   // the proxy CPU; the row's CPU is nginx's, Smart Proxy's own is reported beside it.
   const [frontPort, decisionPort, controlPort] = [await freePort(), await freePort(), await freePort()];
+  // On a tmpfs, as docs/operations/front-proxy.md advises.
+  const frontCache = existsSync('/dev/shm') ? join('/dev/shm', `smart-proxy-bench-${process.pid}`) : join(ctx.workDir, 'nginx-front-cache');
   const frontYaml = `${smartProxyYaml(ctx.upstreamPort)}front:
   enabled: true
   decision: { host: 127.0.0.1, port: ${decisionPort} }
   grantTtlMs: 5000
-  nginx: { listen: "127.0.0.1:${frontPort}", controlListen: "127.0.0.1:${controlPort}", cachePath: "${join(ctx.workDir, 'nginx-front-cache')}" }
+  nginx: { listen: "127.0.0.1:${frontPort}", controlListen: "127.0.0.1:${controlPort}", cachePath: "${frontCache}" }
 `;
   const behind = await startSmartProxy(ctx, 'smart-proxy-behind-nginx', frontYaml);
   const snippet = generateNginxConfig(parseConfig(frontYaml), { dataPlane: new URL(behind.url).host });
@@ -175,6 +178,7 @@ export async function runThroughput(ctx: Context): Promise<ContenderResult[]> {
   } finally {
     await Promise.all(contenders.map((c) => c.proc?.stop() ?? Promise.resolve()));
     await Promise.all(contenders.map((c) => c.side?.stop() ?? Promise.resolve()));
+    rmSync(join('/dev/shm', `smart-proxy-bench-${process.pid}`), { recursive: true, force: true });
   }
 }
 

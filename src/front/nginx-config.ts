@@ -160,6 +160,14 @@ map $smart_proxy_pass_credentials $smart_proxy_authorization {
     "1" $http_authorization;
     default "";
 }
+# After a failed direct forward: a request the backend may have received (the connection was
+# made, then reset or timed out) is not sent again unless its method is idempotent (RFC 9110
+# §9.2.2). One that never connected (refused: the backend is gone) is always safe to send.
+map "$request_method|$upstream_connect_time" $smart_proxy_no_resend {
+    "~^(GET|HEAD|OPTIONS|TRACE|PUT|DELETE)\\|" 0;
+    "~\\|-?$" 0;
+    default 1;
+}
 map $http_upgrade $smart_proxy_connection {
     "" "";
     default upgrade;
@@ -236,6 +244,9 @@ ${[...protectedHeaders].filter((h) => !identityHeaders.some((i) => i.toLowerCase
     }
 
     location @smart_proxy {
+        if ($smart_proxy_no_resend) {
+            return 502;
+        }
         set $smart_proxy_conn_key $smart_proxy_resource;
         limit_conn smart_proxy_open 65535;
         proxy_pass ${dataScheme}://smart_proxy_data;

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import { once } from 'node:events';
-import { createServer, request, type IncomingMessage, type Server } from 'node:http';
+import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { exportJWK, SignJWT } from 'jose';
 import { parseConfig } from '../../src/config/load.ts';
@@ -40,6 +40,31 @@ function get(port: number, path: string, headers: Record<string, string> = {}): 
   });
 }
 
+/** The echo backend's answer (what it received), with the body kept whole. */
+function echo(req: IncomingMessage, res: ServerResponse): void {
+  const chunks: Buffer[] = [];
+  req.on('data', (c: Buffer) => chunks.push(c));
+  req.on('end', () => {
+    const body = Buffer.concat(chunks).toString('utf8');
+    const answer = JSON.stringify({ method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders, body, bodyBytes: body.length });
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer) }).end(answer);
+  });
+}
+
+function send(port: number, path: string, method: string, body: string, headers: Record<string, string>): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path, method, headers: { connection: 'close', 'content-length': String(Buffer.byteLength(body)), ...headers } }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => { text += d; });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
 const bearer = (t: string): Record<string, string> => ({ authorization: `Bearer ${t}` });
 
 void describe('front-proxy mode: nginx in front (generated config)', () => {
@@ -52,7 +77,19 @@ void describe('front-proxy mode: nginx in front (generated config)', () => {
   const logs: Harness['logs'] = [];
   // Slow responses of the "idle" resource stay open until the test ends them.
   const openSlow = new Set<() => void>();
-  const mimic = new MimicProvider({ bootMs: 150 });
+  let resets = 0;
+  const mimic = new MimicProvider({
+    bootMs: 150,
+    handler: (req, res) => {
+      // A backend that dies mid-request: it reads the request, then drops the connection.
+      if (req.url?.startsWith('/reset') === true) {
+        resets++;
+        req.socket.destroy();
+        return;
+      }
+      echo(req, res);
+    },
+  });
   const slowMimic = new MimicProvider({
     bootMs: 50,
     handler: (req, res) => {
@@ -222,11 +259,23 @@ front:
     // Busy checks keep it: wait for them (events) until well past idleStopMs + the grant.
     const busy = app.front!.busy;
     let busyAnswers = 0;
-    while (Date.now() - slowStarted < 1_500 + 1_000 + 1_000) {
-      const [, answer] = await once(busy.events, 'check') as [string, string];
-      if (answer === 'busy') busyAnswers++;
-      assert.equal(inst?.status, 'ready', 'stopped while nginx was streaming');
+    // A stop while the response is open ends the wait at once (and fails the test).
+    let offEarly: () => void = () => undefined;
+    const stoppedEarly = new Promise<'stopped'>((resolve) => {
+      offEarly = app.manager.onEvent((e) => {
+        if (e.type === 'instance-changed' && e.instance === inst && e.instance.status !== 'ready') resolve('stopped');
+      });
+    });
+    try {
+      while (Date.now() - slowStarted < 1_500 + 1_000 + 1_000) {
+        const next = await Promise.race([once(busy.events, 'check') as Promise<[string, string]>, stoppedEarly]);
+        assert.notEqual(next, 'stopped', 'stopped while nginx was streaming');
+        if (next[1] === 'busy') busyAnswers++;
+      }
+    } finally {
+      offEarly();
     }
+    assert.equal(inst?.status, 'ready');
     assert.ok(busyAnswers >= 2, `${busyAnswers} busy answers`);
     assert.equal(slowMimic.calls.stop, 0);
     assert.equal(dataPlaneRequests, dataBefore, 'the long response went through nginx only');
@@ -258,5 +307,19 @@ front:
     for (let i = 0; i < 5; i++) statuses.push((await get(nginxPort, `/smart_proxy/app/-/after/${i}`, bearer(ALICE))).status);
     assert.deepEqual([...new Set(statuses)], [200], nginx.output());
     assert.equal(mimic.calls.start, startsBefore + 1, 'woken once');
+    // A POST to a backend that refuses (gone) is safe to send again: nothing was sent.
+    const [again] = app.manager.instancesOf('app');
+    await mimic.crash(again!.key);
+    const post = await send(nginxPort, '/smart_proxy/app/-/upload', 'POST', 'payload-1', bearer(ALICE));
+    assert.equal(post.status, 200, post.body);
+    assert.equal((JSON.parse(post.body) as Echo).body, 'payload-1');
+  });
+
+  void it('never sends a POST twice when the backend dropped it after receiving it', async () => {
+    assert.equal((await get(nginxPort, '/smart_proxy/app/-/warm', bearer(ALICE))).status, 200);
+    const before = resets;
+    const post = await send(nginxPort, '/smart_proxy/app/-/reset', 'POST', 'once', bearer(ALICE));
+    assert.equal(post.status, 502);
+    assert.equal(resets - before, 1, 'the backend saw it once');
   });
 });
