@@ -70,7 +70,7 @@ export function renderMarkdown(r: Results): string {
       targets.push(`| front-proxy mode warm req/s vs nginx proxy_pass (token enforced) | ≥ 0.90× | ${x(ratio)} (${fmt(front.reqPerS)} vs ${fmt(nginx.reqPerS)}) | ${verdict(ratio >= 0.9)} |`);
       const cpuRatio = front.cpuUsPerReq! / nginx.cpuUsPerReq!;
       targets.push(`| (steadier) front-proxy mode nginx CPU / request vs nginx proxy_pass | – | ${x(cpuRatio)} (${fmt(front.cpuUsPerReq!, 1)} vs ${fmt(nginx.cpuUsPerReq!, 1)} µs) | – |`);
-      targets.push(`| Smart Proxy CPU per warm request in front-proxy mode | ~0 | ${fmt(front.sideCpuUsPerReq ?? 0, 2)} µs (Smart Proxy alone: ${smart ? fmt(smart.cpuUsPerReq!, 1) : '–'} µs) | ${verdict((front.sideCpuUsPerReq ?? 0) < 1)} |`);
+      targets.push(`| Smart Proxy CPU during front-proxy warm load, per request (its idle background included) | ~0 | ${fmt(front.sideCpuUsPerReq ?? 0, 2)} µs (Smart Proxy alone: ${smart ? fmt(smart.cpuUsPerReq!, 1) : '–'} µs) | ${verdict((front.sideCpuUsPerReq ?? 0) < 1)} |`);
     }
     if (smart && chp) {
       const ratio = smart.reqPerS / chp.reqPerS;
