@@ -39,6 +39,8 @@ done
 # front of the replicas (docs/operations/replicas.md).
 command -v redis-server >/dev/null 2>&1 || need redis-server "replicas share state on Redis; tests kill and restart one"
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need nginx "the documented load balancer config runs in front of replicas"
+# front-proxy mode's second front proxy (test/front/haproxy-front.test.ts): HAProxy with Lua.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need haproxy "front-proxy mode is tested behind HAProxy as well as nginx"
 
 if [ ${#pkgs[@]} -eq 0 ]; then
   echo "install-system-deps: every system package the tests need is present"

@@ -26,6 +26,7 @@ import { createStaticProvider } from './providers/static/static-provider.ts';
 import { createQemuProvider } from './providers/qemu/qemu-provider.ts';
 import { createDockerProvider } from './providers/docker/docker-provider.ts';
 import { loadBackendTls, type BackendTls } from './proxy/backend-tls.ts';
+import { startFrontMode, type FrontMode } from './front/front-mode.ts';
 import { createAccessSteps } from './proxy/identify.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
@@ -57,6 +58,8 @@ export interface App {
   readonly verifiers: readonly Verifier[];
   /** The admin listener's base URL, when `admin` is configured. */
   readonly adminUrl: string | undefined;
+  /** Front-proxy mode (src/front/), when `front.enabled`. */
+  readonly front: FrontMode | undefined;
   /** Graceful shutdown, in the order written below. Idempotent. */
   close(): Promise<void>;
 }
@@ -261,6 +264,12 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       log.info({ url: adminUrl }, 'admin listening');
     }
 
+    // 8. Front-proxy mode: the decisions nginx (or HAProxy) in front asks for (src/front/).
+    const front = config.front.enabled
+      ? await startFrontMode({ config, manager, admit: (req) => proxy.admit(req), backendHeaders: access.backendHeaders, clock, logger: log })
+      : undefined;
+    if (front !== undefined) closers.push(() => front.close());
+
     const drainTimeoutMs = config.shutdown.drainTimeoutMs
       ?? Math.max(0, ...resources.map((r) => r.holdTimeoutMs)) + 5_000;
     let closing: Promise<void> | undefined;
@@ -271,6 +280,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         log.info({ drainTimeoutMs, held: manager.heldTotal, inFlight: activeForwards(manager) }, 'shutting down: draining');
         proxy.startDraining();
         admin?.startDraining();
+        front?.startDraining();
         // 2. Let in-flight and held requests finish (boots still complete), up to the drain time.
         await waitFor(() => manager.heldTotal === 0 && activeForwards(manager) === 0, drainTimeoutMs);
         // 3. Stop keep-warm; answer whatever is still held with 503 and stop the control
@@ -296,7 +306,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       })();
       return closing;
     };
-    return { proxyUrl, adminUrl, mockCloud, manager, proxy, config, state, verifiers: access.verifiers, close };
+    return { proxyUrl, adminUrl, mockCloud, manager, proxy, config, state, verifiers: access.verifiers, front, close };
   } catch (err) {
     for (const c of closers.reverse()) await c().catch(() => undefined);
     throw err;

@@ -13,6 +13,8 @@ function common(dir: string, name: string): string {
 master_process off;
 worker_processes 1;
 worker_rlimit_nofile 20000;
+# The front-proxy config matches regexes per request (the others match none).
+pcre_jit on;
 pid ${join(dir, `${name}.pid`)};
 error_log ${join(dir, `${name}-error.log`)} warn;
 events { worker_connections 16384; }
@@ -61,6 +63,23 @@ export async function startNginxProxy(dir: string, port: number, upstreamPort: n
 }
 `;
   return start(dir, 'nginx-proxy', conf, port, cpu);
+}
+
+/**
+ * nginx in front-proxy mode: the config `smart-proxy nginx-config` generates (given as
+ * `snippet`), inside the same http block as the other nginx contenders.
+ */
+export async function startNginxFront(dir: string, port: number, snippet: string, cpu: string): Promise<Spawned> {
+  const conf = `${common(dir, 'nginx-front')}
+  # The generated config writes no access log; the benchmark's nginx contenders log nothing.
+${snippet}
+}
+`;
+  const file = join(dir, 'nginx-front.conf');
+  writeFileSync(file, conf);
+  const proc = spawnPinned('nginx-front', 'nginx', ['-e', join(dir, 'nginx-front-error.log'), '-p', dir, '-c', file], { cpu, logFile: join(dir, 'nginx-front.log') });
+  await waitForHttp(`http://127.0.0.1:${port}/smart_proxy/`);
+  return proc;
 }
 
 async function start(dir: string, name: string, conf: string, port: number, cpu: string): Promise<Spawned> {

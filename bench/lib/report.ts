@@ -65,6 +65,15 @@ export function renderMarkdown(r: Results): string {
       const ratio = smart.cpuUsPerReq! / dispatch.cpuUsPerReq!;
       targets.push(`| (like for like) warm CPU / request vs bare dispatch() proxy | – | ${x(ratio)} (${fmt(smart.cpuUsPerReq!, 1)} vs ${fmt(dispatch.cpuUsPerReq!, 1)} µs) | features cost ${fmt((ratio - 1) * 100, 0)} % |`);
     }
+    const front = get('front');
+    const nginx = get('nginx');
+    if (front && nginx) {
+      const ratio = front.reqPerS / nginx.reqPerS;
+      targets.push(`| front-proxy mode warm req/s vs nginx proxy_pass (token enforced) | ≥ 0.90× | ${x(ratio)} (${fmt(front.reqPerS)} vs ${fmt(nginx.reqPerS)}) | ${verdict(ratio >= 0.9)} |`);
+      const cpuRatio = front.cpuUsPerReq! / nginx.cpuUsPerReq!;
+      targets.push(`| (steadier) front-proxy mode nginx CPU / request vs nginx proxy_pass | – | ${x(cpuRatio)} (${fmt(front.cpuUsPerReq!, 1)} vs ${fmt(nginx.cpuUsPerReq!, 1)} µs) | – |`);
+      targets.push(`| Smart Proxy CPU during front-proxy warm load, per request (its idle background included) | ~0 | ${fmt(front.sideCpuUsPerReq ?? 0, 2)} µs (Smart Proxy alone: ${smart ? fmt(smart.cpuUsPerReq!, 1) : '–'} µs) | ${verdict((front.sideCpuUsPerReq ?? 0) < 1)} |`);
+    }
     if (smart && chp) {
       const ratio = smart.reqPerS / chp.reqPerS;
       targets.push(`| warm req/s vs configurable-http-proxy | ≥ 1.70× | ${x(ratio)} (${fmt(smart.reqPerS)} vs ${fmt(chp.reqPerS)}) | ${verdict(ratio >= 1.7)} |`);

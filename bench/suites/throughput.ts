@@ -4,10 +4,13 @@
  * contender: req/s, CPU time of the proxy process per request, latency percentiles.
  */
 import { createHash } from 'node:crypto';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CHP_BIN } from '../lib/deps.ts';
 import { BENCH_DIR, startSmartProxy, type Context } from '../lib/context.ts';
-import { startNginxProxy } from '../lib/nginx.ts';
+import { parseConfig } from '../../src/config/load.ts';
+import { generateNginxConfig } from '../../src/front/nginx-config.ts';
+import { startNginxFront, startNginxProxy } from '../lib/nginx.ts';
 import { cpuTimeMs, freePort, rssBytes, spawnPinned, waitForHttp, type Spawned } from '../lib/procs.ts';
 import { median, spreadPct } from '../lib/stats.ts';
 import { errorCount, wrk, type WrkResult } from '../lib/wrk.ts';
@@ -18,6 +21,8 @@ export interface Round {
   readonly reqPerS: number;
   /** CPU time of the proxy process per request, µs (undefined for direct). */
   readonly cpuUsPerReq: number | undefined;
+  /** Front-proxy mode: CPU time of Smart Proxy (behind nginx) per request, µs. */
+  readonly sideCpuUsPerReq?: number | undefined;
   readonly errors: number;
   readonly latencyUs: Record<string, number>;
 }
@@ -32,6 +37,8 @@ export interface ContenderResult {
   readonly reqPerSSpreadPct: number;
   readonly cpuUsPerReq: number | undefined;
   readonly cpuSpreadPct: number | undefined;
+  /** Front-proxy mode: Smart Proxy's CPU per request behind nginx (median), µs. */
+  readonly sideCpuUsPerReq?: number | undefined;
   readonly p50Ms: number;
   readonly p99Ms: number;
   readonly errors: number;
@@ -44,6 +51,8 @@ interface Contender {
   readonly label: string;
   readonly url: string;
   readonly proc: Spawned | undefined;
+  /** A second process doing part of the work (Smart Proxy behind nginx in front-proxy mode). */
+  readonly side?: Spawned | undefined;
 }
 
 /** The credential every contender is sent (Smart Proxy verifies it; the others pass it on). */
@@ -110,16 +119,36 @@ async function startContenders(ctx: Context): Promise<Contender[]> {
   const smart = await startSmartProxy(ctx, 'smart-proxy', smartProxyYaml(ctx.upstreamPort));
   await waitForHttp(smart.url + BENCH_PATH);
   out.push({ name: 'smart', label: 'Smart Proxy (warm)', url: smart.url + BENCH_PATH, proc: smart });
+
+  // Front-proxy mode: nginx runs the generated config, Smart Proxy decides behind it. Both on
+  // the proxy CPU; the row's CPU is nginx's, Smart Proxy's own is reported beside it.
+  const [frontPort, decisionPort, controlPort] = [await freePort(), await freePort(), await freePort()];
+  // On a tmpfs, as docs/operations/front-proxy.md advises.
+  const frontCache = existsSync('/dev/shm') ? join('/dev/shm', `smart-proxy-bench-${process.pid}`) : join(ctx.workDir, 'nginx-front-cache');
+  const frontYaml = `${smartProxyYaml(ctx.upstreamPort)}front:
+  enabled: true
+  decision: { host: 127.0.0.1, port: ${decisionPort} }
+  grantTtlMs: 5000
+  nginx: { listen: "127.0.0.1:${frontPort}", controlListen: "127.0.0.1:${controlPort}", cachePath: "${frontCache}" }
+`;
+  const behind = await startSmartProxy(ctx, 'smart-proxy-behind-nginx', frontYaml);
+  const snippet = generateNginxConfig(parseConfig(frontYaml), { dataPlane: new URL(behind.url).host });
+  const front = await startNginxFront(ctx.workDir, frontPort, snippet, ctx.proxyCpu);
+  await waitForHttp(`http://127.0.0.1:${frontPort}${BENCH_PATH}`);
+  out.push({ name: 'front', label: 'nginx front-proxy mode (token checked by Smart Proxy, grant cached 5 s)', url: `http://127.0.0.1:${frontPort}${BENCH_PATH}`, proc: front, side: behind });
   return out;
 }
 
 async function measure(c: Contender, ctx: Context, durationS: number): Promise<Round> {
   const before = c.proc === undefined ? 0 : cpuTimeMs(c.proc.pid);
+  const sideBefore = c.side === undefined ? 0 : cpuTimeMs(c.side.pid);
   const r: WrkResult = await wrk({ url: c.url, durationS, connections: 50, cpu: ctx.loadCpu, headers: BENCH_HEADERS });
   const after = c.proc === undefined ? 0 : cpuTimeMs(c.proc.pid);
+  const sideAfter = c.side === undefined ? 0 : cpuTimeMs(c.side.pid);
   return {
     reqPerS: r.requests / (r.durationUs / 1e6),
     cpuUsPerReq: c.proc === undefined ? undefined : ((after - before) * 1000) / r.requests,
+    sideCpuUsPerReq: c.side === undefined ? undefined : ((sideAfter - sideBefore) * 1000) / r.requests,
     errors: errorCount(r),
     latencyUs: r.latencyUs,
   };
@@ -148,6 +177,8 @@ export async function runThroughput(ctx: Context): Promise<ContenderResult[]> {
     return contenders.map((c) => summarise(c, byName.get(c.name)!));
   } finally {
     await Promise.all(contenders.map((c) => c.proc?.stop() ?? Promise.resolve()));
+    await Promise.all(contenders.map((c) => c.side?.stop() ?? Promise.resolve()));
+    rmSync(join('/dev/shm', `smart-proxy-bench-${process.pid}`), { recursive: true, force: true });
   }
 }
 
@@ -164,6 +195,7 @@ function summarise(c: Contender, rounds: Round[]): ContenderResult {
     reqPerSSpreadPct: spreadPct(rounds.map((r) => r.reqPerS)),
     cpuUsPerReq: cpu.length > 0 ? median(cpu) : undefined,
     cpuSpreadPct: cpu.length > 0 ? spreadPct(cpu) : undefined,
+    sideCpuUsPerReq: c.side === undefined ? undefined : median(rounds.map((r) => r.sideCpuUsPerReq ?? 0)),
     p50Ms: latencyUs['50']! / 1000,
     p99Ms: latencyUs['99']! / 1000,
     errors: rounds.reduce((n, r) => n + r.errors, 0),

@@ -9,6 +9,7 @@ import { adminSchema, auditSchema } from './admin-schema.ts';
 import { cronProblem } from '../core/keep-warm.ts';
 import { DEFAULT_DENIED_ENDPOINTS } from '../providers/endpoint-guard.ts';
 import { accessSettingsSchema, cidrSchema, identitySchema, resourceAccessSchema } from './access-schema.ts';
+import { frontSchema } from './front-schema.ts';
 
 const ms = (description: string, dflt: number) => z.number().int().min(0).default(dflt).describe(description);
 const port = z.number().int().min(0).max(65535);
@@ -371,6 +372,7 @@ export const configSchema = z.object({
   resources: z.record(resourceId, resourceSchema).describe('The resources, by id (the {resource_id} of the URL).'),
   admin: adminSchema.optional(),
   audit: auditSchema,
+  front: frontSchema,
 }).strict().superRefine((cfg, ctx) => {
   if (cfg.admin !== undefined && !cfg.admin.anonymousFromLoopback && cfg.identities.length === 0) {
     ctx.addIssue({ code: 'custom', path: ['admin', 'groups'], message: 'no identities are configured, so nobody could be an admin: configure identities or set admin.anonymousFromLoopback' });

@@ -358,9 +358,13 @@ export class ResourceManager {
     };
   }
 
-  /** Marks use of an instance; O(1), no I/O (it runs on every request). */
-  touch(inst: Instance): void {
-    inst.lastActivityAt = this.#clock.now();
+  /**
+   * Marks use of an instance; O(1), no I/O. `atMs` may lie ahead: a front
+   * proxy granted use until then without asking again (src/front/). Never moves a mark back.
+   */
+  touch(inst: Instance, atMs?: number): void {
+    const at = atMs ?? this.#clock.now();
+    if (at > inst.lastActivityAt) inst.lastActivityAt = at;
   }
 
   /**

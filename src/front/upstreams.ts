@@ -1,0 +1,80 @@
+/**
+ * Backends whose address is known from the config (static endpoints, process resources on
+ * a fixed port) get a named upstream block in the generated nginx config, with keep-alive
+ * connections; nginx cannot keep connections to an address that only a variable names. The
+ * decision server hands out the block's name for those, and the plain address otherwise.
+ */
+import { createHash } from 'node:crypto';
+import type { ProviderConfig } from '../config/schema.ts';
+
+export interface UpstreamBlock {
+  readonly name: string;
+  /** `host:port` as nginx's `server` takes it. */
+  readonly server: string;
+  readonly scheme: 'http' | 'https';
+}
+
+export interface ForwardTarget {
+  /** `http://name` or `http://host:port`. */
+  readonly upstream: string;
+  /** `host:port` of the backend (HAProxy routes by address). */
+  readonly address: string;
+  readonly basePath: string;
+}
+
+/** The origin (`scheme://host:port`) a provider's config fixes, if any. */
+export function fixedOrigin(p: ProviderConfig): string | undefined {
+  switch (p.kind) {
+    case 'static':
+      return new URL(p.endpoint).origin;
+    case 'process':
+      if (p.port === 0) return undefined;
+      return `http://${p.host.includes(':') ? `[${p.host}]` : p.host}:${p.port}`;
+    default:
+      return undefined;
+  }
+}
+
+export class UpstreamNames {
+  readonly blocks: readonly UpstreamBlock[];
+  readonly #byOrigin = new Map<string, UpstreamBlock>();
+  readonly #cache = new Map<string, ForwardTarget | undefined>();
+
+  constructor(providers: Iterable<ProviderConfig>) {
+    for (const p of providers) {
+      const origin = fixedOrigin(p);
+      if (origin === undefined || this.#byOrigin.has(origin)) continue;
+      const url = new URL(origin);
+      const scheme = url.protocol === 'https:' ? 'https' : 'http';
+      const port = url.port === '' ? (scheme === 'https' ? '443' : '80') : url.port;
+      const name = `smart_proxy_${createHash('sha256').update(origin).digest('hex').slice(0, 12)}`;
+      this.#byOrigin.set(origin, { name, server: `${url.hostname}:${port}`, scheme });
+    }
+    this.blocks = [...this.#byOrigin.values()];
+  }
+
+  /** How a front proxy reaches `endpoint`; undefined when it is not an http(s) URL. */
+  target(endpoint: string): ForwardTarget | undefined {
+    if (this.#cache.has(endpoint)) return this.#cache.get(endpoint);
+    let out: ForwardTarget | undefined;
+    try {
+      const url = new URL(endpoint);
+      if (url.protocol === 'http:' || url.protocol === 'https:') {
+        const block = this.#byOrigin.get(url.origin);
+        const basePath = url.pathname === '/' ? '' : url.pathname.replace(/\/$/, '');
+        const port = url.port === '' ? (url.protocol === 'https:' ? '443' : '80') : url.port;
+        out = {
+          upstream: block === undefined ? url.origin : `${block.scheme}://${block.name}`,
+          address: `${url.hostname}:${port}`,
+          basePath,
+        };
+      }
+    } catch {
+      out = undefined;
+    }
+    // Endpoints are few (one per instance start); the cache is bounded anyway.
+    if (this.#cache.size > 10_000) this.#cache.clear();
+    this.#cache.set(endpoint, out);
+    return out;
+  }
+}

@@ -1,0 +1,85 @@
+/**
+ * `smart-proxy nginx-config` and `haproxy-config` print configs that the real nginx and
+ * HAProxy accept (`nginx -t`, `haproxy -c`), for a config using every identity kind, fixed and
+ * dynamic backends and renamed identity headers.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+
+const cli = new URL('../../src/cli.ts', import.meta.url).pathname;
+
+function configFile(dir: string): string {
+  const file = join(dir, 'smart-proxy.yaml');
+  writeFileSync(file, `
+listen: { host: 0.0.0.0, port: 8080 }
+identities:
+  - kind: token
+    tokens: [{ user: a, groups: [g], hash: "sha256:${'a'.repeat(64)}" }]
+  - kind: header
+    fromAddresses: [10.0.0.0/8]
+    userHeader: x-auth-user
+    groupsHeader: x-auth-groups
+access:
+  backendHeaders: { user: X-User, groups: X-Groups }
+providers:
+  fixed: { kind: static, endpoint: "https://localhost:8443/base/" }
+  local: { kind: process, command: [/bin/true], port: 9001 }
+  dyn: { kind: process, command: [/bin/true] }
+resources:
+  a: { provider: fixed, access: { anyOf: [g] } }
+  b: { provider: local, access: { anyOf: [g], passCredentials: true } }
+  c: { provider: dyn, access: { public: true } }
+front:
+  enabled: true
+  nginx: { listen: "127.0.0.1:18080", controlListen: "127.0.0.1:18081", cachePath: "${dir}/cache", resolver: "127.0.0.1" }
+  haproxy: { listen: "127.0.0.1:18082", luaPath: "${dir}/sp.lua" }
+`);
+  return file;
+}
+
+void describe('front-proxy config commands', () => {
+  void it('nginx-config prints a config nginx -t accepts, with the renamed headers and keep-alive upstreams', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sp-front-cli-'));
+    try {
+      const out = spawnSync(process.execPath, [cli, 'nginx-config', '--config', configFile(dir)], { encoding: 'utf8' });
+      assert.equal(out.status, 0, out.stderr);
+      const conf = out.stdout;
+      assert.match(conf, /proxy_set_header X-User \$smart_proxy_user;/);
+      assert.match(conf, /proxy_set_header x-auth-user "";/);
+      assert.match(conf, /proxy_cache_key "\$smart_proxy_route\|\$http_authorization\|\$remote_addr\|\$http_x_auth_user\|\$http_x_auth_groups";/);
+      assert.match(conf, /server localhost:8443;/);
+      assert.match(conf, /server 127\.0\.0\.1:9001;/);
+      assert.match(conf, /server 127\.0\.0\.1:8080;/, 'a wildcard listen is reached on loopback');
+      writeFileSync(join(dir, 'nginx.conf'), `pid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents {}\nhttp {\n${conf}\n}\n`);
+      const t = spawnSync('/usr/sbin/nginx', ['-t', '-q', '-p', dir, '-e', join(dir, 'error.log'), '-c', join(dir, 'nginx.conf')], { encoding: 'utf8' });
+      assert.equal(t.status, 0, t.stderr + readFileSync(join(dir, 'error.log'), 'utf8'));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  void it('haproxy-config writes the Lua helper and a config haproxy -c accepts', { skip: !existsSync('/usr/sbin/haproxy') && 'haproxy is not installed' }, () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sp-front-cli-'));
+    try {
+      const lua = join(dir, 'sp.lua');
+      const out = spawnSync(process.execPath, [cli, 'haproxy-config', '--config', configFile(dir), '--lua', lua], { encoding: 'utf8' });
+      assert.equal(out.status, 0, out.stderr);
+      assert.ok(existsSync(lua));
+      writeFileSync(join(dir, 'haproxy.cfg'), out.stdout);
+      const c = spawnSync('/usr/sbin/haproxy', ['-c', '-f', join(dir, 'haproxy.cfg')], { encoding: 'utf8' });
+      assert.equal(c.status, 0, c.stdout + c.stderr);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  void it('needs --config', () => {
+    const out = spawnSync(process.execPath, [cli, 'nginx-config'], { encoding: 'utf8' });
+    assert.equal(out.status, 2);
+    assert.match(out.stderr, /needs --config FILE/);
+  });
+});

@@ -1,0 +1,133 @@
+/**
+ * Front-proxy mode with HAProxy (the second front proxy): the generated config and Lua
+ * helper in a real HAProxy in front of a real Smart Proxy. Cold wake, warm traffic that does
+ * not reach Smart Proxy, access refused as Smart Proxy refuses it, identity headers, and the
+ * busy check of a long response.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { request, type IncomingMessage } from 'node:http';
+import { after, before, describe, it } from 'node:test';
+import { parseConfig } from '../../src/config/load.ts';
+import { generateHaproxyConfig, HAPROXY_LUA } from '../../src/front/haproxy-config.ts';
+import { startApp, type App } from '../../src/main.ts';
+import type { Echo } from '../helpers/echo-server.ts';
+import { MimicProvider } from '../helpers/mimic-provider.ts';
+import { collectingLogger, type Harness } from '../helpers/proxy-harness.ts';
+import { freePort, startHaproxy, type FrontProcess } from './front-kit.ts';
+
+const ALICE = 'alice-token-0123456789abcdef';
+const EVE = 'eve-token-0123456789abcdef';
+const sha = (t: string): string => `sha256:${createHash('sha256').update(t).digest('hex')}`;
+const bearer = (t: string): Record<string, string> => ({ authorization: `Bearer ${t}` });
+
+interface Answer { status: number; headers: IncomingMessage['headers']; body: string }
+
+function get(port: number, path: string, headers: Record<string, string> = {}): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path, headers: { connection: 'close', ...headers } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => { body += d; });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+void describe('front-proxy mode: HAProxy in front (generated config and Lua helper)', { skip: !existsSync('/usr/sbin/haproxy') && 'haproxy is not installed (scripts/install-system-deps.sh)' }, () => {
+  let app: App;
+  let haproxy: FrontProcess;
+  let port: number;
+  let dataPlaneRequests = 0;
+  const mimic = new MimicProvider({ bootMs: 150 });
+  const logs: Harness['logs'] = [];
+
+  before(async () => {
+    const [listen, decision, control] = [await freePort(), await freePort(), await freePort()];
+    port = await freePort();
+    const config = parseConfig(`
+listen: { host: 127.0.0.1, port: ${listen} }
+state: { kind: memory }
+identities:
+  - kind: token
+    tokens:
+      - { user: alice, groups: [staff], hash: "${sha(ALICE)}" }
+      - { user: eve, groups: [guests], hash: "${sha(EVE)}" }
+providers:
+  m: { kind: static, endpoint: "http://127.0.0.1:9" }
+resources:
+  app: { provider: m, access: { anyOf: [staff] }, idleStopMs: 600000, bootTimeoutMs: 10000 }
+front:
+  enabled: true
+  decision: { host: 127.0.0.1, port: ${decision} }
+  grantTtlMs: 5000
+  nginx: { controlListen: "127.0.0.1:${control}" }
+  haproxy: { listen: "127.0.0.1:${port}" }
+`);
+    app = await startApp(config, { logger: collectingLogger(logs), providers: new Map([['m', mimic]]) });
+    app.proxy.server.on('request', () => { dataPlaneRequests++; });
+    haproxy = await startHaproxy((dir) => generateHaproxyConfig(config, { luaPath: `${dir}/smart-proxy.lua` }), HAPROXY_LUA, port);
+  });
+
+  after(async () => {
+    await haproxy?.close();
+    await app?.close();
+    await mimic.close();
+  });
+
+  void it('wakes a cold resource, then serves it warm without asking Smart Proxy', async () => {
+    const cold = await get(port, '/smart_proxy/app/-/hello?x=1', bearer(ALICE));
+    assert.equal(cold.status, 200, cold.body + haproxy.output());
+    assert.equal((JSON.parse(cold.body) as Echo).url, '/hello?x=1');
+    assert.equal(mimic.calls.start, 1);
+    const before = { data: dataPlaneRequests, decisions: app.front!.decisions.counts.direct };
+    const warm: Answer[] = [];
+    for (let i = 0; i < 50; i++) warm.push(await get(port, `/smart_proxy/app/-/w/${i}`, bearer(ALICE)));
+    assert.deepEqual([...new Set(warm.map((w) => w.status))], [200], JSON.stringify(warm[0]) + haproxy.output());
+    assert.equal(dataPlaneRequests - before.data, 0, 'no warm request reached the data plane');
+    assert.ok(app.front!.decisions.counts.direct - before.decisions <= 2, 'one decision per grant');
+    const echo = JSON.parse(warm[7]!.body) as Echo;
+    assert.equal(echo.url, '/w/7');
+  });
+
+  void it('sets the identity headers Smart Proxy sets, and strips spoofed ones', async () => {
+    const spoof = { 'x-forwarded-user': 'root', 'x_forwarded_user': 'root2', 'x-forwarded-groups': 'admin' };
+    const viaHaproxy = JSON.parse((await get(port, '/smart_proxy/app/-/id', { ...bearer(ALICE), ...spoof })).body) as Echo;
+    const direct = JSON.parse((await get(Number(new URL(app.proxyUrl).port), '/smart_proxy/app/-/id', { ...bearer(ALICE), ...spoof })).body) as Echo;
+    for (const h of ['x-forwarded-user', 'x-forwarded-groups', 'x-forwarded-prefix', 'authorization', 'x_forwarded_user']) {
+      assert.equal(viaHaproxy.headers[h], direct.headers[h], h);
+    }
+    assert.equal(viaHaproxy.headers['x-forwarded-user'], 'alice');
+  });
+
+  void it('refuses as Smart Proxy refuses', async () => {
+    const anonymous = await get(port, '/smart_proxy/app/-/x');
+    assert.equal(anonymous.status, 401, anonymous.body + haproxy.output());
+    assert.match(String(anonymous.headers['www-authenticate']), /Bearer/);
+    const eve = await get(port, '/smart_proxy/app/-/x', bearer(EVE));
+    const eveDirect = await get(Number(new URL(app.proxyUrl).port), '/smart_proxy/app/-/x', bearer(EVE));
+    assert.equal(eve.status, eveDirect.status);
+    assert.equal((await get(port, '/smart_proxy/app/-/a/../b', bearer(ALICE))).status, 400);
+  });
+
+  void it('answers busy checks from its open-request count', async () => {
+    assert.equal(await app.front!.busy.check('app'), 'idle');
+    // A held-open request: the backend answers only when told.
+    const [inst] = app.manager.instancesOf('app');
+    assert.ok(inst !== undefined);
+    const open = request({ host: '127.0.0.1', port, path: '/smart_proxy/app/-/upload', method: 'POST', headers: { ...bearer(ALICE), 'content-length': '10' } });
+    open.on('error', () => undefined);
+    open.write('12345');
+    // The request reaches HAProxy's stick table as its headers arrive: ask until it shows.
+    let answer = await app.front!.busy.check('app');
+    for (let i = 0; i < 200 && answer !== 'busy'; i++) answer = await app.front!.busy.check('app');
+    assert.equal(answer, 'busy');
+    open.destroy();
+    for (let i = 0; i < 200 && answer !== 'idle'; i++) answer = await app.front!.busy.check('app');
+    assert.equal(answer, 'idle');
+  });
+});
