@@ -10,7 +10,7 @@ import { applyEnv } from './config/env.ts';
 const usage = `usage: smart-proxy <command> [options]
 
 commands:
-  start --config FILE [--port N]   run the proxy with a config file
+  start --config FILE [--port N]   run the proxy with a config file (SIGHUP: reload it)
   demo [--port N]                  run the proxy with the bundled demo config and the embedded mock cloud
   check-config FILE                validate a config file and exit (0 valid, 1 invalid)
   mock-cloud [--port N] [--boot-min-ms N] [--boot-max-ms N] [--seed N] [--failure-rate R] [--hang-rate R]
@@ -30,14 +30,21 @@ async function main(argv: string[]): Promise<number> {
         process.stderr.write(`start needs --config FILE\n\n${usage}`);
         return 2;
       }
-      const config = applyEnv(await loadConfigFile(file), values.port);
+      const load = async () => applyEnv(await loadConfigFile(file), values.port);
+      const config = await load();
       // Loaded on demand so that check-config stays light and never opens a socket.
-      const { startApp, closeOnSignal } = await import('./main.ts');
+      const { startApp, closeOnSignal, reloadOnSignal } = await import('./main.ts');
       const { printDemoBanner } = await import('./demo-banner.ts');
-      const app = await startApp(config);
+      const app = await startApp(config, { loadConfig: load });
       if (command === 'demo') printDemoBanner(app);
+      const stopReloading = reloadOnSignal(app, (result) => process.stderr.write(result.ok
+        ? `SIGHUP: configuration reloaded (${JSON.stringify(result.summary)})\n`
+        : `SIGHUP: configuration refused, the running one is kept:\n${result.errors}\n`));
       // A second signal means "now".
-      await closeOnSignal(app, (signal) => process.stderr.write(`\n${signal}: draining and shutting down (again to quit at once)…\n`));
+      await closeOnSignal(app, (signal) => {
+        stopReloading();
+        process.stderr.write(`\n${signal}: draining and shutting down (again to quit at once)…\n`);
+      });
       return 0;
     }
     case 'check-config': {

@@ -3,6 +3,7 @@
  * shutdown order. Nothing else wires components together.
  */
 import { pino } from 'pino';
+import { performance } from 'node:perf_hooks';
 import { LoggerAuditSink, teeAudit, type AuditSink } from './access/audit.ts';
 import { StartLimiter } from './access/limits.ts';
 import type { Config } from './config/schema.ts';
@@ -27,6 +28,12 @@ import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 import { ThemeLoader } from './proxy/waiting-page.ts';
 import { createStore } from './state/create-store.ts';
 import { RedisCoordinator } from './state/redis/redis-coordinator.ts';
+import { Metrics } from './metrics/metrics.ts';
+import { AccessLog } from './proxy/access-log.ts';
+import { combineObservers } from './proxy/observer.ts';
+import { planResources, restartOnlyChanges } from './reload/plan.ts';
+import { Retirer } from './reload/retire.ts';
+import { ConfigError } from './config/load.ts';
 
 export interface AppOptions {
   readonly logger?: Logger;
@@ -37,6 +44,21 @@ export interface AppOptions {
   readonly audit?: AuditSink;
   /** A store to use instead of the configured one (tests: a failing store). */
   readonly store?: Store;
+  /** Reads and validates the configuration again, for `reload()` (the CLI: the --config file). */
+  readonly loadConfig?: () => Promise<Config>;
+}
+
+/** What `App.reload()` did: applied (with what changed), or refused with the reasons. */
+export type ReloadResult = { readonly ok: true; readonly summary: ReloadSummary } | { readonly ok: false; readonly errors: string };
+
+export interface ReloadSummary {
+  readonly added: readonly string[];
+  readonly changed: readonly string[];
+  /** Their running instances are drained, then stopped. */
+  readonly removed: readonly string[];
+  readonly providersRebuilt: readonly string[];
+  readonly identities: number;
+  readonly tookMs: number;
 }
 
 export interface App {
@@ -44,9 +66,17 @@ export interface App {
   readonly mockCloud: MockCloud | undefined;
   readonly manager: ResourceManager;
   readonly proxy: ProxyServer;
+  /** The configuration in force (replaced by a successful reload). */
   readonly config: Config;
   /** The state store behind write-behind batching (stats: flushes, failures). */
   readonly state: StateSync;
+  /** Prometheus metrics (`render()` is what the admin listener serves); undefined when metrics.enabled is false. */
+  readonly metrics: Metrics | undefined;
+  /**
+   * Reads the configuration again (AppOptions.loadConfig), validates it and applies it at
+   * once, or refuses it and keeps the old one. See docs/operations/reload.md.
+   */
+  reload(): Promise<ReloadResult>;
   /** Graceful shutdown, in the order written below. Idempotent. */
   close(): Promise<void>;
 }
@@ -85,16 +115,22 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
 
     // 2. Providers: one per named entry, one per inline definition.
     const providers = new Map<string, Provider>();
-    const resources = effectiveResources(config);
+    /** Providers replaced by a reload: their instances still use them; closed at shutdown. */
+    const retiredProviders: Provider[] = [];
+    const notOurs = new Set<Provider>();
+    let resources = effectiveResources(config);
     const serviceIds = new Map(resources.map((r) => [r.id, r.serviceId]));
-    const providerFor = (r: EffectiveResource): Provider => {
-      const injected = options.providers?.get(r.providerName);
-      if (injected !== undefined) return injected;
-      const existing = providers.get(r.providerName);
+    let metrics: Metrics | undefined;
+    const providerFor = (r: EffectiveResource, into: Map<string, Provider> = providers): Provider => {
+      const existing = into.get(r.providerName);
       if (existing !== undefined) return existing;
-      const p = buildProvider(r, mockCloud, serviceIds, log);
-      providers.set(r.providerName, p);
-      return p;
+      const injected = options.providers?.get(r.providerName);
+      const p = injected ?? buildProvider(r, mockCloud, serviceIds, log);
+      const metered = metrics === undefined ? p : metrics.meterProvider(r.providerName, p);
+      into.set(r.providerName, metered);
+      // The caller owns what it injected (tests hand one provider to several apps).
+      if (injected !== undefined) notOurs.add(metered);
+      return metered;
     };
 
     // 3. Access (identities, policies, start limits, audit), then the control plane, which
@@ -104,10 +140,12 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       clock, audit,
       startRetryAfterS: (id: string): number => Math.max(1, Math.ceil((manager.estimateBoot(id)?.p50Ms ?? 5_000) / 1000)),
     });
-    const access = createAccessSteps({
-      identities: config.identities, settings: config.access, clock, logger: log, audit,
-      policies: new Map(resources.map((r) => [r.id, r.access])),
+    const buildAccess = (cfg: Config, rs: readonly EffectiveResource[]): ReturnType<typeof createAccessSteps> => createAccessSteps({
+      identities: cfg.identities, settings: cfg.access, clock, logger: log, audit,
+      policies: new Map(rs.map((r) => [r.id, r.access])),
     });
+    // Replaced as a whole by a reload; the data plane calls through these indirections.
+    let access = buildAccess(config, resources);
     //    The control plane; with state on Redis, coordinated with the other replicas
     //    (one start and one idle stop per instance cluster-wide). Start limits count per replica.
     const coordinator = config.state.kind === 'redis'
@@ -118,6 +156,11 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       clock, prober: netProber, logger: log, maxHeldRequestsTotal: config.limits.maxHeldRequests, coordinator, admitStart: limiter.admit,
     });
     manager.onEvent(limiter.onEvent);
+    if (config.metrics.enabled) {
+      metrics = new Metrics({ manager, clock, maxResourceLabels: config.metrics.maxResourceLabels, resources: meteredResources(resources) });
+      const m = metrics;
+      closers.push(async () => m.close());
+    }
     coordinator?.attach({
       readyInstances: () => [...manager.allInstances()].filter((i) => i.status === 'ready'),
       stoppedElsewhere: (resourceId, instanceKey) => {
@@ -126,10 +169,10 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     });
     const routed = new Map<string, RoutedResource>();
     const themes = new ThemeLoader();
-    for (const r of resources) {
+    const buildRouted = (r: EffectiveResource, into: Map<string, Provider>): RoutedResource => {
       const runtime: ResourceRuntime = {
         id: r.id,
-        provider: providerFor(r),
+        provider: providerFor(r, into),
         sharing: r.sharing,
         bootTimeoutMs: r.bootTimeoutMs,
         probe: toProbeSpec(r),
@@ -145,12 +188,13 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         keepWarm: r.keepWarm === undefined ? undefined : new KeepWarmPolicy(r.keepWarm),
       };
       // Waiting page themes are read and checked here, once: a broken theme stops start-up.
-      routed.set(r.id, {
+      return {
         runtime, holdTimeoutMs: r.holdTimeoutMs,
         waiting: { ...r.waiting, theme: themes.load(r.waiting.themeDir) },
         websocket: { allowedOrigins: r.websocketAllowedOrigins },
-      });
-    }
+      };
+    };
+    for (const r of resources) routed.set(r.id, buildRouted(r, providers));
     const runtimes = new Map([...routed].map(([id, r]) => [id, r.runtime]));
 
     // 4. State: read back what a previous run left (boot history; instances to re-adopt,
@@ -165,13 +209,16 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     void state.adoptListed(runtimes, maxCallMs).catch((err: unknown) => log.warn({ err }, 'adopting listed instances failed'));
 
     // 5. Keep-warm: pre-start what must run now; windows open on the clock.
-    const keepWarm = new KeepWarmScheduler({
-      clock, logger: log, target: manager.keepWarmTarget(runtimes),
-      policies: new Map([...runtimes].flatMap(([id, r]) => (r.keepWarm === undefined ? [] : [[id, r.keepWarm] as const]))),
+    const buildKeepWarm = (rts: ReadonlyMap<string, ResourceRuntime>): KeepWarmScheduler => new KeepWarmScheduler({
+      clock, logger: log, target: manager.keepWarmTarget(rts),
+      policies: new Map([...rts].flatMap(([id, r]) => (r.keepWarm === undefined ? [] : [[id, r.keepWarm] as const]))),
     });
+    let keepWarm = buildKeepWarm(runtimes);
     keepWarm.start();
 
     // 6. The data plane, last: traffic arrives only once everything behind it exists.
+    const accessLog = config.accessLog.enabled ? new AccessLog({ format: config.accessLog.format, path: config.accessLog.path, logger: log }) : undefined;
+    if (accessLog !== undefined) closers.push(() => accessLog.close());
     const proxy = new ProxyServer({
       manager,
       resources: routed,
@@ -181,11 +228,13 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       headersTimeoutMs: config.server.headersTimeoutMs,
       keepAliveTimeoutMs: config.server.keepAliveTimeoutMs,
       maxHeaderBytes: config.server.maxHeaderBytes,
-      identify: access.identify,
-      authorize: access.authorize,
-      unknownResource: access.unknownResource,
-      backendHeaders: access.backendHeaders,
+      identify: (req, route, res) => access.identify(req, route, res),
+      authorize: (identity, route, res) => access.authorize(identity, route, res),
+      unknownResource: (req, route) => access.unknownResource(req, route),
+      backendHeaders: (identity, acting, res) => access.backendHeaders(identity, acting, res),
       protectedHeaders: access.protectedHeaders,
+      observer: combineObservers([metrics, accessLog]),
+      coldStartHeader: config.coldStartHeader.enabled ? config.coldStartHeader.name : undefined,
       clock,
       tls: config.tls,
       maxHeldBytes: config.limits.maxHeldBytes,
@@ -198,7 +247,88 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
 
     const drainTimeoutMs = config.shutdown.drainTimeoutMs
       ?? Math.max(0, ...resources.map((r) => r.holdTimeoutMs)) + 5_000;
+    const retirer = new Retirer({ manager, clock, logger: log, drainTimeoutMs, isConfigured: (id) => routed.has(id) });
+    let current = config;
+    let reloading: Promise<ReloadResult> | undefined;
     let closing: Promise<void> | undefined;
+
+    // Reload: everything new is built first (a throw leaves the old world untouched), then
+    // swapped in one synchronous block, so no request sees half of each.
+    const applyReload = async (): Promise<ReloadResult> => {
+      const t0 = performance.now();
+      const refuse = (errors: string): ReloadResult => {
+        log.warn({ errors }, 'configuration reload refused; the running configuration is kept');
+        metrics?.reloaded('refused');
+        return { ok: false, errors };
+      };
+      if (closing !== undefined) return refuse('the proxy is shutting down');
+      if (options.loadConfig === undefined) return refuse('no configuration file to reload from');
+      let next: Config;
+      try {
+        next = await options.loadConfig();
+      } catch (err) {
+        return refuse(err instanceof ConfigError ? err.message : `cannot read the configuration: ${err instanceof Error ? err.message : String(err)}`);
+      }
+      if (closing !== undefined) return refuse('the proxy is shutting down');
+      const restart = restartOnlyChanges(current, next);
+      if (restart.length > 0) {
+        return refuse(`these sections changed and need a restart: ${restart.join(', ')} (nothing was applied; see docs/operations/reload.md)`);
+      }
+      const nextResources = effectiveResources(next);
+      const plan = planResources(resources, nextResources);
+      const rebuilt = new Set(plan.providersRebuilt);
+      // Unchanged providers are shared; changed ones are built anew for the new runtimes.
+      const nextProviders = new Map([...providers].filter(([name]) => !rebuilt.has(name) && nextResources.some((r) => r.providerName === name)));
+      const fresh = new Map<string, RoutedResource>();
+      let nextAccess: typeof access;
+      const previousServiceIds = new Map(serviceIds);
+      try {
+        for (const r of nextResources) serviceIds.set(r.id, r.serviceId);
+        for (const r of nextResources) {
+          const old = routed.get(r.id);
+          if (old !== undefined && plan.unchanged.includes(r.id)) continue;
+          fresh.set(r.id, buildRouted(r, nextProviders));
+        }
+        nextAccess = buildAccess(next, nextResources);
+      } catch (err) {
+        serviceIds.clear();
+        for (const [k, v] of previousServiceIds) serviceIds.set(k, v);
+        await Promise.allSettled([...nextProviders].filter(([name]) => providers.get(name) !== nextProviders.get(name)).map(([, p]) => p.close?.() ?? Promise.resolve()));
+        return refuse(err instanceof Error ? err.message : String(err));
+      }
+      // -- the swap: synchronous from here on ----------------------------------------------
+      for (const id of plan.removed) {
+        routed.delete(id);
+        serviceIds.delete(id);
+      }
+      for (const [id, r] of fresh) routed.set(id, r);
+      for (const [name, p] of providers) if (nextProviders.get(name) !== p) retiredProviders.push(p);
+      providers.clear();
+      for (const [name, p] of nextProviders) providers.set(name, p);
+      access = nextAccess;
+      limiter.replaceSettings(next.access.limits);
+      resources = nextResources;
+      current = next;
+      metrics?.setResources(meteredResources(nextResources));
+      keepWarm.close();
+      keepWarm = buildKeepWarm(new Map([...routed].map(([id, r]) => [id, r.runtime])));
+      keepWarm.start();
+      for (const id of plan.removed) retirer.retire(id);
+      accessLog?.reopen();
+      metrics?.reloaded('applied');
+      const summary: ReloadSummary = {
+        added: plan.added, changed: plan.changed, removed: plan.removed, providersRebuilt: plan.providersRebuilt,
+        identities: next.identities.length, tookMs: Math.round(performance.now() - t0),
+      };
+      log.info(summary, 'configuration reloaded');
+      return { ok: true, summary };
+    };
+    // One reload at a time: a second SIGHUP during a reload waits for it, then reloads again.
+    const reload = (): Promise<ReloadResult> => {
+      const run = (reloading ?? Promise.resolve()).catch(() => undefined).then(applyReload);
+      reloading = run;
+      return run;
+    };
     const close = (): Promise<void> => {
       closing ??= (async () => {
         // Shutdown order:
@@ -210,6 +340,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         // 3. Stop keep-warm; answer whatever is still held with 503 and stop the control
         //    plane's timers; give those 503s a turn to be written before sockets close.
         keepWarm.close();
+        retirer.close();
         const unanswered = manager.heldTotal;
         manager.close();
         if (unanswered > 0) log.warn({ unanswered }, 'drain time over: held requests answered 503');
@@ -225,12 +356,16 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         // 6. Close client connections and upstream pools.
         await proxy.close();
         // 7. Close providers, then the mock cloud.
-        await Promise.allSettled([...providers.values()].map((p) => p.close?.() ?? Promise.resolve()));
+        const ours = new Set([...providers.values(), ...retiredProviders].filter((p) => !notOurs.has(p)));
+        await Promise.allSettled([...ours].map((p) => p.close?.() ?? Promise.resolve()));
         for (const c of closers.reverse()) await c();
       })();
       return closing;
     };
-    return { proxyUrl, mockCloud, manager, proxy, config, state, close };
+    return {
+      proxyUrl, mockCloud, manager, proxy, state, metrics, close, reload,
+      get config() { return current; },
+    };
   } catch (err) {
     for (const c of closers.reverse()) await c().catch(() => undefined);
     throw err;
@@ -255,6 +390,22 @@ export function closeOnSignal(app: App, onSignal?: (signal: NodeJS.Signals) => v
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
   });
+}
+
+/**
+ * Reloads the configuration on every SIGHUP (systemd's `ExecReload=kill -HUP $MAINPID`).
+ * Returns the function that stops listening.
+ */
+export function reloadOnSignal(app: App, onResult: (result: ReloadResult) => void): () => void {
+  const onHup = (): void => {
+    app.reload().then(onResult, (err: unknown) => onResult({ ok: false, errors: err instanceof Error ? err.message : String(err) }));
+  };
+  process.on('SIGHUP', onHup);
+  return () => process.off('SIGHUP', onHup);
+}
+
+function meteredResources(resources: readonly EffectiveResource[]): Array<{ id: string; provider: string }> {
+  return resources.map((r) => ({ id: r.id, provider: r.providerName }));
 }
 
 function openStore(config: Config, log: Logger): Store {

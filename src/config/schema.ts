@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { cronProblem } from '../core/keep-warm.ts';
 import { accessSettingsSchema, identitySchema, resourceAccessSchema } from './access-schema.ts';
+import { accessLogSchema, coldStartHeaderSchema, metricsSchema } from './ops-schema.ts';
 
 const ms = (description: string, dflt: number) => z.number().int().min(0).default(dflt).describe(description);
 const port = z.number().int().min(0).max(65535);
@@ -318,6 +319,9 @@ export const configSchema = z.object({
   log: z.object({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('info'),
   }).strict().default({ level: 'info' }),
+  metrics: metricsSchema,
+  coldStartHeader: coldStartHeaderSchema,
+  accessLog: accessLogSchema,
   mockCloud: z.object({
     enabled: z.boolean().default(false).describe('Run the embedded mock cloud (demo and tests).'),
     host: z.string().default('127.0.0.1'),

@@ -264,7 +264,9 @@ export class ResourceManager {
       const fit = pickSubsetInstance(byKey.values(), groups);
       if (fit !== undefined) return fit;
     }
-    if (exact !== undefined) return exact;
+    // An instance made under a resource's previous settings (before a configuration reload)
+    // keeps them while it runs; once stopped it is replaced, so the next start uses the new ones.
+    if (exact !== undefined && (exact.resource === resource || (exact.status !== 'stopped' && exact.status !== 'failed'))) return exact;
     const created = new Instance(resource, key, instGroups, instUser);
     byKey.set(key, created);
     return created;
