@@ -1,12 +1,14 @@
 /**
- * Writes the generated reference pages (config, errors) from the code. `npm test` runs a
+ * Writes the generated reference pages (config, errors, metrics) from the code. `npm test` runs a
  * test that fails when the files on disk differ, so docs cannot drift from the code.
  */
 import { writeFileSync } from 'node:fs';
 import { configReference } from '../src/config/reference.ts';
 import { errorReference } from '../src/proxy/error-reference.ts';
+import { metricsReference } from '../src/metrics/catalogue.ts';
 
 const root = new URL('../docs/reference/', import.meta.url);
 writeFileSync(new URL('config.md', root), configReference());
 writeFileSync(new URL('errors.md', root), errorReference());
-process.stdout.write('docs/reference/config.md and errors.md written\n');
+writeFileSync(new URL('metrics.md', root), metricsReference());
+process.stdout.write('docs/reference/config.md, errors.md and metrics.md written\n');

@@ -5,13 +5,15 @@
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { loadConfigFile, ConfigError } from './config/load.ts';
-import { applyEnv } from './config/env.ts';
+import { applyEnv, healthcheckUrl } from './config/env.ts';
 
 const usage = `usage: smart-proxy <command> [options]
 
 commands:
-  start --config FILE [--port N]   run the proxy with a config file (SIGHUP: reload it)
-  demo [--port N]                  run the proxy with the bundled demo config and the embedded mock cloud
+  start --config FILE [--port N] [--host H]
+                                   run the proxy with a config file (SIGHUP: reload it)
+  demo [--port N] [--host H]       run the proxy with the bundled demo config and the embedded mock cloud
+  healthcheck [--url URL]          exit 0 when the proxy answers HTTP (default http://127.0.0.1:8080/), else 1
   check-config FILE                validate a config file and exit (0 valid, 1 invalid)
   mock-cloud [--port N] [--boot-min-ms N] [--boot-max-ms N] [--seed N] [--failure-rate R] [--hang-rate R]
                                    run the mock cloud alone (the original Atmosphere API)
@@ -24,13 +26,13 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'start':
     case 'demo': {
-      const { values } = parseArgs({ args: rest, options: { config: { type: 'string' }, port: { type: 'string' } } });
+      const { values } = parseArgs({ args: rest, options: { config: { type: 'string' }, port: { type: 'string' }, host: { type: 'string' } } });
       const file = values.config ?? (command === 'demo' ? fileURLToPath(new URL('../examples/demo.yaml', import.meta.url)) : undefined);
       if (file === undefined) {
         process.stderr.write(`start needs --config FILE\n\n${usage}`);
         return 2;
       }
-      const load = async () => applyEnv(await loadConfigFile(file), values.port);
+      const load = async () => applyEnv(await loadConfigFile(file), { port: values.port, host: values.host });
       const config = await load();
       // Loaded on demand so that check-config stays light and never opens a socket.
       const { startApp, closeOnSignal, reloadOnSignal } = await import('./main.ts');
@@ -46,6 +48,21 @@ async function main(argv: string[]): Promise<number> {
         process.stderr.write(`\n${signal}: draining and shutting down (again to quit at once)…\n`);
       });
       return 0;
+    }
+    case 'healthcheck': {
+      // For container health checks: any HTTP answer below 500 means the listener is serving
+      // (the proxy answers 404 at "/"); no answer within 3 s, or a 5xx, means unhealthy.
+      const { values } = parseArgs({ args: rest, options: { url: { type: 'string' } } });
+      const url = healthcheckUrl(values.url);
+      try {
+        const res = await fetch(url, { signal: AbortSignal.timeout(3_000), redirect: 'manual' });
+        await res.body?.cancel();
+        process.stdout.write(`${url}: ${res.status}\n`);
+        return res.status < 500 ? 0 : 1;
+      } catch (err) {
+        process.stderr.write(`${url}: ${err instanceof Error ? err.message : String(err)}\n`);
+        return 1;
+      }
     }
     case 'check-config': {
       const file = rest[0];
