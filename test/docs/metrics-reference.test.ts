@@ -35,7 +35,7 @@ it('the Grafana dashboard queries only metrics that exist', () => {
   const text = readFileSync(new URL('../../docs/operations/grafana-dashboard.json', import.meta.url), 'utf8');
   const dashboard = JSON.parse(text) as { panels: unknown[] };
   assert.ok(dashboard.panels.length > 10);
-  const names = new Set(Object.values(METRICS).map((d) => d.name));
+  const names = new Set<string>(Object.values(METRICS).map((d) => d.name));
   const used = new Set([...text.matchAll(/\b(smart_proxy_[a-z_]+|process_[a-z_]+|nodejs_[a-z_]+)/g)].map((m) => (m[1] ?? '').replace(/_(bucket|count|sum)$/, '')));
   for (const n of used) assert.ok(names.has(n), `${n} in the dashboard is not a metric`);
   assert.ok(used.size >= 10);
