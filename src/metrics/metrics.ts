@@ -14,6 +14,7 @@ import type { Clock, Provider } from '../core/ports.ts';
 import type { Instance, ManagerEvent, ResourceManager } from '../core/resource-manager.ts';
 import type { HoldOutcome, RequestObserver, RequestRecord } from '../proxy/observer.ts';
 import { METRICS, type MetricDefinition } from './catalogue.ts';
+import { LocalHistogram } from './local-histogram.ts';
 
 /** A configured resource as metrics label it. */
 export interface MeteredResource {
@@ -31,7 +32,9 @@ export interface MetricsOptions {
 }
 
 const STATES: readonly InstanceStatus[] = ['stopped', 'starting', 'ready', 'stopping', 'failed'];
-const STATUS_CLASSES = ['1xx', '1xx', '2xx', '3xx', '4xx', '5xx'] as const;
+/** Index = status / 100 (0 and 1: 1xx); 6: the client left before the response ended. */
+const STATUS_CLASSES = ['1xx', '1xx', '2xx', '3xx', '4xx', '5xx', 'closed'] as const;
+const CLOSED = 6;
 /** Label values of requests with no configured resource, and of resources past the cap. */
 const UNROUTED = '_unrouted';
 const OTHER = '_other';
@@ -64,9 +67,14 @@ export class Metrics implements RequestObserver {
   /** The status each instance had at its previous event, to tell a stop from a vanishing. */
   readonly #lastStatus = new WeakMap<Instance, InstanceStatus>();
   readonly #eventLoop: ReturnType<typeof monitorEventLoopDelay>;
+  /**
+   * Requests counted since the last scrape, per resource label and status class index. The
+   * warm path adds 1 to a number here (no label hashing, no allocation); the counter takes
+   * the sums when Prometheus scrapes.
+   */
+  readonly #pendingRequests = new Map<string, Float64Array>();
   readonly #unsubscribe: () => void;
 
-  readonly #requests: Counter<'resource' | 'status_class'>;
   readonly #holdDuration: Histogram<'resource' | 'outcome'>;
   readonly #bootDuration: Histogram<'resource' | 'provider'>;
   readonly #starts: Counter<'resource'>;
@@ -75,7 +83,7 @@ export class Metrics implements RequestObserver {
   readonly #lost: Counter<'resource'>;
   readonly #providerCalls: Histogram<'provider' | 'operation' | 'outcome'>;
   readonly #providerErrors: Counter<'provider' | 'operation' | 'kind'>;
-  readonly #forwardDuration: Histogram<'resource'>;
+  readonly #forwardDuration: LocalHistogram;
   readonly #reloads: Counter<'outcome'>;
 
   constructor(options: MetricsOptions) {
@@ -84,7 +92,16 @@ export class Metrics implements RequestObserver {
     this.#maxResourceLabels = options.maxResourceLabels;
     this.setResources(options.resources);
     const r = this.registry;
-    this.#requests = counter(r, METRICS.requests);
+    counter(r, METRICS.requests, (c) => {
+      for (const [resource, counts] of this.#pendingRequests) {
+        for (let i = 0; i < counts.length; i++) {
+          const n = counts[i] ?? 0;
+          if (n === 0) continue;
+          c.inc({ resource, status_class: STATUS_CLASSES[i] ?? 'closed' }, n);
+          counts[i] = 0;
+        }
+      }
+    });
     this.#holdDuration = histogram(r, METRICS.holdDuration);
     this.#bootDuration = histogram(r, METRICS.bootDuration);
     this.#starts = counter(r, METRICS.starts);
@@ -93,7 +110,8 @@ export class Metrics implements RequestObserver {
     this.#lost = counter(r, METRICS.lost);
     this.#providerCalls = histogram(r, METRICS.providerCalls);
     this.#providerErrors = counter(r, METRICS.providerErrors);
-    this.#forwardDuration = histogram(r, METRICS.forwardDuration);
+    const fwd = METRICS.forwardDuration;
+    this.#forwardDuration = new LocalHistogram({ name: fwd.name, help: fwd.help, label: 'resource', buckets: fwd.buckets, registry: r });
     this.#reloads = counter(r, METRICS.reloads);
 
     gauge(r, METRICS.held, (g) => {
@@ -209,9 +227,14 @@ export class Metrics implements RequestObserver {
 
   finished(_req: IncomingMessage, res: ServerResponse, record: RequestRecord): void {
     const resource = record.resourceId === undefined ? UNROUTED : this.#label(record.resourceId);
-    const statusClass = res.writableFinished ? (STATUS_CLASSES[Math.floor(res.statusCode / 100)] ?? '5xx') : 'closed';
-    this.#requests.inc({ resource, status_class: statusClass });
-    if (record.warm && res.writableFinished) this.#forwardDuration.observe({ resource }, (performance.now() - record.startedAt) / 1000);
+    const cls = res.writableFinished ? Math.min(5, Math.floor(res.statusCode / 100)) : CLOSED;
+    let counts = this.#pendingRequests.get(resource);
+    if (counts === undefined) {
+      counts = new Float64Array(STATUS_CLASSES.length);
+      this.#pendingRequests.set(resource, counts);
+    }
+    counts[cls] = (counts[cls] ?? 0) + 1;
+    if (record.warm && res.writableFinished) this.#forwardDuration.observe(resource, (performance.now() - record.startedAt) / 1000);
   }
 
   held(resourceId: string, heldMs: number, outcome: HoldOutcome): void {
