@@ -48,10 +48,12 @@ test('the image builds with Podman, runs the demo read-only as non-root, and ans
     await run('npm', ['prune', '--omit=dev', '--ignore-scripts', '--no-audit', '--no-fund', '--offline'], { cwd: context });
 
     await podman('build', '--format', 'docker', '--build-arg', `NODE_IMAGE=${NODE_IMAGE}`, '--build-arg', 'DEPS=context', '-t', IMAGE, '-f', join(context, 'Containerfile'), context);
-    const inspect = JSON.parse((await podman('image', 'inspect', IMAGE)).stdout) as Array<{ Config: { User?: string; Healthcheck?: { Test?: string[] }; Volumes?: Record<string, unknown> } }>;
+    type Health = { Test?: string[] } | undefined;
+    const inspect = JSON.parse((await podman('image', 'inspect', IMAGE)).stdout) as Array<{ Healthcheck?: Health; Config: { User?: string; Healthcheck?: Health; Volumes?: Record<string, unknown> } }>;
     const cfg = inspect[0]?.Config;
     assert.equal(cfg?.User, '1000:1000');
-    assert.deepEqual(cfg?.Healthcheck?.Test, ['CMD', 'node', 'src/cli.ts', 'healthcheck']);
+    // Podman shows the health check beside Config (Docker: inside it).
+    assert.deepEqual((inspect[0]?.Healthcheck ?? cfg?.Healthcheck)?.Test, ['CMD', 'node', 'src/cli.ts', 'healthcheck']);
     assert.ok(cfg?.Volumes !== undefined && '/var/lib/smart-proxy' in cfg.Volumes);
 
     // The demo in one command: read-only root, state in a volume.
