@@ -5,7 +5,7 @@
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { loadConfigFile, ConfigError } from './config/load.ts';
-import { applyEnv, healthcheckUrl } from './config/env.ts';
+import { applyEnv } from './config/env.ts';
 
 const usage = `usage: smart-proxy <command> [options]
 
@@ -50,19 +50,9 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'healthcheck': {
-      // For container health checks: any HTTP answer below 500 means the listener is serving
-      // (the proxy answers 404 at "/"); no answer within 3 s, or a 5xx, means unhealthy.
       const { values } = parseArgs({ args: rest, options: { url: { type: 'string' } } });
-      const url = healthcheckUrl(values.url);
-      try {
-        const res = await fetch(url, { signal: AbortSignal.timeout(3_000), redirect: 'manual' });
-        await res.body?.cancel();
-        process.stdout.write(`${url}: ${res.status}\n`);
-        return res.status < 500 ? 0 : 1;
-      } catch (err) {
-        process.stderr.write(`${url}: ${err instanceof Error ? err.message : String(err)}\n`);
-        return 1;
-      }
+      const { healthcheck } = await import('./healthcheck.ts');
+      return healthcheck(values.url);
     }
     case 'check-config': {
       const file = rest[0];

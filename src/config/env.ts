@@ -31,8 +31,3 @@ export function applyEnv(config: Config, flags?: string | EnvFlags): Config {
   if (statePath !== undefined && statePath !== '' && out.state.kind === 'sqlite') out = { ...out, state: { ...out.state, path: statePath } };
   return out;
 }
-
-/** The health check's target: `--url`, else `SMART_PROXY_HEALTHCHECK_URL`, else the default listener. */
-export function healthcheckUrl(flag: string | undefined): string {
-  return flag ?? process.env.SMART_PROXY_HEALTHCHECK_URL ?? `http://127.0.0.1:${process.env.SMART_PROXY_PORT ?? '8080'}/`;
-}
