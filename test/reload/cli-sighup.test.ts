@@ -4,11 +4,11 @@
  * real SIGHUP, with the access log on.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { startEchoServer } from '../helpers/echo-server.ts';
@@ -81,4 +81,16 @@ test('SIGHUP reloads the config file of `smart-proxy start`; a bad file is refus
     await backend.close();
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('`npm exec smart-proxy` (what npx runs) reaches the CLI through package.json bin', async () => {
+  // The bin's `#!/usr/bin/env node` must find this Node (24), not an older one on PATH.
+  const env = { ...process.env, PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}` };
+  const out = await new Promise<string>((resolve, reject) => {
+    execFile('npm', ['exec', '--offline', 'smart-proxy', '--', 'check-config', 'examples/demo.yaml'], { cwd: root, env, timeout: 120_000 }, (err, stdout, stderr) => {
+      if (err !== null) reject(new Error(`${err.message}\n${stderr}`));
+      else resolve(stdout);
+    });
+  });
+  assert.match(out, /examples\/demo\.yaml: valid/);
 });
