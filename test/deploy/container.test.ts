@@ -84,8 +84,9 @@ test('the image builds with Podman, runs the demo read-only as non-root, and ans
     const logs = { stdout: seen, stderr: '' };
     assert.equal((await podman('exec', name, 'id', '-u')).stdout.trim(), '1000');
     // Reachable from the host through the published port (it listens on 0.0.0.0 inside).
+    // The demo has identities, so an anonymous caller of an unknown resource is challenged.
     const res = await fetch(`http://127.0.0.1:${port}/smart_proxy/nope/-/`);
-    assert.equal(res.status, 404);
+    assert.equal(res.status, 401);
     await res.text();
     // State is written to the volume (SQLite), not the read-only root.
     const files = (await podman('exec', name, 'ls', '/var/lib/smart-proxy')).stdout;
