@@ -18,6 +18,7 @@ const commands: Record<string, () => Promise<Command>> = {
   'check-config': () => import('./cli/check-config.ts'),
   'hash-password': () => import('./cli/hash-password.ts'),
   'mock-cloud': () => import('./cli/mock-cloud.ts'),
+  healthcheck: () => import('./cli/healthcheck.ts'),
   'nginx-config': () => import('./front/cli.ts').then((m) => m.nginxConfigCommand),
   'haproxy-config': () => import('./front/cli.ts').then((m) => m.haproxyConfigCommand),
 };

@@ -3,6 +3,7 @@
  * shutdown order. Nothing else wires components together.
  */
 import { pino } from 'pino';
+import { performance } from 'node:perf_hooks';
 import { LoggerAuditSink, teeAudit, type AuditSink } from './access/audit.ts';
 import { AdminServer } from './admin/admin-server.ts';
 import { AdminState } from './admin/admin-state.ts';
@@ -34,6 +35,12 @@ import { ThemeLoader } from './proxy/waiting-page.ts';
 import { createStore } from './state/create-store.ts';
 import { RedisCoordinator } from './state/redis/redis-coordinator.ts';
 import { atmosphereApiWarnings } from './startup-checks.ts';
+import { Metrics } from './metrics/metrics.ts';
+import { AccessLog } from './proxy/access-log.ts';
+import { combineObservers } from './proxy/observer.ts';
+import { planResources, restartOnlyChanges } from './reload/plan.ts';
+import { Retirer } from './reload/retire.ts';
+import { ConfigError } from './config/load.ts';
 
 export interface AppOptions {
   readonly logger?: Logger;
@@ -44,6 +51,21 @@ export interface AppOptions {
   readonly audit?: AuditSink;
   /** A store to use instead of the configured one (tests: a failing store). */
   readonly store?: Store;
+  /** Reads and validates the configuration again, for `reload()` (the CLI: the --config file). */
+  readonly loadConfig?: () => Promise<Config>;
+}
+
+/** What `App.reload()` did: applied (with what changed), or refused with the reasons. */
+export type ReloadResult = { readonly ok: true; readonly summary: ReloadSummary } | { readonly ok: false; readonly errors: string };
+
+export interface ReloadSummary {
+  readonly added: readonly string[];
+  readonly changed: readonly string[];
+  /** Their running instances are drained, then stopped. */
+  readonly removed: readonly string[];
+  readonly providersRebuilt: readonly string[];
+  readonly identities: number;
+  readonly tookMs: number;
 }
 
 export interface App {
@@ -51,6 +73,7 @@ export interface App {
   readonly mockCloud: MockCloud | undefined;
   readonly manager: ResourceManager;
   readonly proxy: ProxyServer;
+  /** The configuration in force (replaced by a successful reload). */
   readonly config: Config;
   /** The state store behind write-behind batching (stats: flushes, failures). */
   readonly state: StateSync;
@@ -60,6 +83,13 @@ export interface App {
   readonly adminUrl: string | undefined;
   /** Front-proxy mode (src/front/), when `front.enabled`. */
   readonly front: FrontMode | undefined;
+  /** Prometheus metrics (`render()` is what the admin listener serves); undefined when metrics.enabled is false. */
+  readonly metrics: Metrics | undefined;
+  /**
+   * Reads the configuration again (AppOptions.loadConfig), validates it and applies it at
+   * once, or refuses it and keeps the old one. See docs/operations/reload.md.
+   */
+  reload(): Promise<ReloadResult>;
   /** Graceful shutdown, in the order written below. Idempotent. */
   close(): Promise<void>;
 }
@@ -104,7 +134,10 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
 
     // 2. Providers: one per named entry, one per inline definition.
     const providers = new Map<string, Provider>();
-    const resources = effectiveResources(config);
+    /** Providers replaced by a reload: their instances still use them; closed at shutdown. */
+    const retiredProviders: Provider[] = [];
+    const notOurs = new Set<Provider>();
+    let resources = effectiveResources(config);
     const serviceIds = new Map(resources.map((r) => [r.id, r.serviceId]));
     //    Every provider's endpoints pass the backendEndpoints policy before the core may use
     //    them (providers/endpoint-guard.ts); the proxy's own ports are added once it listens.
@@ -114,16 +147,18 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       log.warn({ resource: ref.resourceId, instance: ref.instanceKey, endpoint, reason }, 'provider endpoint refused');
       audit.record({ type: 'endpoint-refused', at: clock.now(), actor: undefined, resource: ref.resourceId, instance: ref.instanceKey, endpoint, reason });
     };
-    // Injected providers (tests) are guarded too, but closed by whoever injected them.
-    const injectedGuarded = new Map<string, Provider>();
-    const providerFor = (r: EffectiveResource): Provider => {
-      const injected = options.providers?.get(r.providerName);
-      const cache = injected === undefined ? providers : injectedGuarded;
-      const existing = cache.get(r.providerName);
+    let metrics: Metrics | undefined;
+    const providerFor = (r: EffectiveResource, into: Map<string, Provider> = providers): Provider => {
+      const existing = into.get(r.providerName);
       if (existing !== undefined) return existing;
-      const p = guardEndpoints(injected ?? buildProvider(r, mockCloud, serviceIds, log), endpointPolicy, onRefused);
-      cache.set(r.providerName, p);
-      return p;
+      const injected = options.providers?.get(r.providerName);
+      // Injected providers (tests) are guarded and metered too.
+      const guarded = guardEndpoints(injected ?? buildProvider(r, mockCloud, serviceIds, log), endpointPolicy, onRefused);
+      const metered = metrics === undefined ? guarded : metrics.meterProvider(r.providerName, guarded);
+      into.set(r.providerName, metered);
+      // The caller owns what it injected (tests hand one provider to several apps).
+      if (injected !== undefined) notOurs.add(metered);
+      return metered;
     };
 
     // 3. Access (identities, policies, start limits, audit), then the control plane, which
@@ -136,10 +171,12 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       clock, audit,
       startRetryAfterS: (id: string): number => Math.max(1, Math.ceil((manager.estimateBoot(id)?.p50Ms ?? 5_000) / 1000)),
     });
-    const access = createAccessSteps({
-      identities: config.identities, settings: config.access, clock, logger: log, audit,
-      policies: new Map(resources.map((r) => [r.id, r.access])),
+    const buildAccess = (cfg: Config, rs: readonly EffectiveResource[]): ReturnType<typeof createAccessSteps> => createAccessSteps({
+      identities: cfg.identities, settings: cfg.access, clock, logger: log, audit,
+      policies: new Map(rs.map((r) => [r.id, r.access])),
     });
+    // Replaced as a whole by a reload; the data plane calls through these indirections.
+    let access = buildAccess(config, resources);
     //    The control plane; with state on Redis, coordinated with the other replicas
     //    (one start and one idle stop per instance cluster-wide). Start limits count per replica.
     const coordinator = config.state.kind === 'redis'
@@ -153,6 +190,11 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     manager.onEvent(limiter.onEvent);
     const adminState = new AdminState(manager, clock);
     adminAudit.sink = adminState.auditSink;
+    if (config.metrics.enabled) {
+      metrics = new Metrics({ manager, clock, maxResourceLabels: config.metrics.maxResourceLabels, resources: meteredResources(resources) });
+      const m = metrics;
+      closers.push(async () => m.close());
+    }
     coordinator?.attach({
       readyInstances: () => [...manager.allInstances()].filter((i) => i.status === 'ready'),
       stoppedElsewhere: (resourceId, instanceKey) => {
@@ -161,12 +203,12 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     });
     const routed = new Map<string, RoutedResource>();
     const themes = new ThemeLoader();
-    for (const r of resources) {
+    const buildRouted = (r: EffectiveResource, into: Map<string, Provider>): RoutedResource => {
       const backendTls = loadBackendTls(r.backendTls);
       if (!backendTls.rejectUnauthorized) log.warn({ resource: r.id }, 'backendTls.insecureSkipVerify: the backend\'s certificate is not verified');
       const runtime: ResourceRuntime = {
         id: r.id,
-        provider: providerFor(r),
+        provider: providerFor(r, into),
         sharing: r.sharing,
         bootTimeoutMs: r.bootTimeoutMs,
         probe: toProbeSpec(r, backendTls),
@@ -182,13 +224,14 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         keepWarm: r.keepWarm === undefined ? undefined : new KeepWarmPolicy(r.keepWarm),
       };
       // Waiting page themes are read and checked here, once: a broken theme stops start-up.
-      routed.set(r.id, {
+      return {
         runtime, holdTimeoutMs: r.holdTimeoutMs,
         waiting: { ...r.waiting, theme: themes.load(r.waiting.themeDir) },
         websocket: { allowedOrigins: r.websocketAllowedOrigins },
         backendTls,
-      });
-    }
+      };
+    };
+    for (const r of resources) routed.set(r.id, buildRouted(r, providers));
     const runtimes = new Map([...routed].map(([id, r]) => [id, r.runtime]));
 
     // 4. State: read back what a previous run left (boot history; instances to re-adopt,
@@ -205,13 +248,16 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     void state.adoptListed(runtimes, maxCallMs).catch((err: unknown) => log.warn({ err }, 'adopting listed instances failed'));
 
     // 5. Keep-warm: pre-start what must run now; windows open on the clock.
-    const keepWarm = new KeepWarmScheduler({
-      clock, logger: log, target: manager.keepWarmTarget(runtimes),
-      policies: new Map([...runtimes].flatMap(([id, r]) => (r.keepWarm === undefined ? [] : [[id, r.keepWarm] as const]))),
+    const buildKeepWarm = (rts: ReadonlyMap<string, ResourceRuntime>): KeepWarmScheduler => new KeepWarmScheduler({
+      clock, logger: log, target: manager.keepWarmTarget(rts),
+      policies: new Map([...rts].flatMap(([id, r]) => (r.keepWarm === undefined ? [] : [[id, r.keepWarm] as const]))),
     });
+    let keepWarm = buildKeepWarm(runtimes);
     keepWarm.start();
 
     // 6. The data plane, last: traffic arrives only once everything behind it exists.
+    const accessLog = config.accessLog.enabled ? new AccessLog({ format: config.accessLog.format, path: config.accessLog.path, logger: log }) : undefined;
+    if (accessLog !== undefined) closers.push(() => accessLog.close());
     const proxy = new ProxyServer({
       manager,
       resources: routed,
@@ -221,11 +267,13 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       headersTimeoutMs: config.server.headersTimeoutMs,
       keepAliveTimeoutMs: config.server.keepAliveTimeoutMs,
       maxHeaderBytes: config.server.maxHeaderBytes,
-      identify: access.identify,
-      authorize: access.authorize,
-      unknownResource: access.unknownResource,
-      backendHeaders: access.backendHeaders,
+      identify: (req, route, res) => access.identify(req, route, res),
+      authorize: (identity, route, res) => access.authorize(identity, route, res),
+      unknownResource: (req, route) => access.unknownResource(req, route),
+      backendHeaders: (identity, acting, res) => access.backendHeaders(identity, acting, res),
       protectedHeaders: access.protectedHeaders,
+      observer: combineObservers([metrics, accessLog]),
+      coldStartHeader: config.coldStartHeader.enabled ? config.coldStartHeader.name : undefined,
       clock,
       tls: config.tls,
       maxHeldBytes: config.limits.maxHeldBytes,
@@ -249,13 +297,21 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       for (const w of ws) log.warn(w, 'a resource cannot work with its cloud as configured');
     });
 
+    const drainTimeoutMs = config.shutdown.drainTimeoutMs
+      ?? Math.max(0, ...resources.map((r) => r.holdTimeoutMs)) + 5_000;
+    let current = config;
+
     // 7. The admin listener (API, dashboard, metrics), when configured: loopback by default.
+    //    Its reload calls the `reload` defined below (only ever called after start-up).
+    const m = metrics;
     let admin: AdminServer | undefined;
     let adminUrl: string | undefined;
     if (config.admin !== undefined) {
       const a = new AdminServer({
         admin: config.admin, identities: config.identities, realm: config.access.realm, manager, state: adminState,
-        resources: () => runtimes, config: () => config, store, clock, logger: log,
+        resources: () => new Map([...routed].map(([id, r]) => [id, r.runtime])), config: () => current, store, clock, logger: log,
+        metrics: m === undefined ? undefined : () => m.render(),
+        reload: () => reload(),
       });
       const at = await a.listen(config.admin.listen.port, config.admin.listen.host);
       admin = a;
@@ -266,13 +322,95 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
 
     // 8. Front-proxy mode: the decisions nginx (or HAProxy) in front asks for (src/front/).
     const front = config.front.enabled
-      ? await startFrontMode({ config, manager, admit: (req) => proxy.admit(req), backendHeaders: access.backendHeaders, clock, logger: log })
+      ? await startFrontMode({
+        config, manager, admit: (req) => proxy.admit(req), clock, logger: log,
+        // Through the indirection: a reload replaces `access`.
+        backendHeaders: access.backendHeaders === undefined ? undefined : (...a) => access.backendHeaders?.(...a) ?? [],
+      })
       : undefined;
     if (front !== undefined) closers.push(() => front.close());
 
-    const drainTimeoutMs = config.shutdown.drainTimeoutMs
-      ?? Math.max(0, ...resources.map((r) => r.holdTimeoutMs)) + 5_000;
+    const retirer = new Retirer({ manager, clock, logger: log, drainTimeoutMs, isConfigured: (id) => routed.has(id) });
+    let reloading: Promise<ReloadResult> | undefined;
     let closing: Promise<void> | undefined;
+
+    // Reload: everything new is built first (a throw leaves the old world untouched), then
+    // swapped in one synchronous block, so no request sees half of each.
+    const applyReload = async (): Promise<ReloadResult> => {
+      const t0 = performance.now();
+      const refuse = (errors: string): ReloadResult => {
+        log.warn({ errors }, 'configuration reload refused; the running configuration is kept');
+        metrics?.reloaded('refused');
+        return { ok: false, errors };
+      };
+      if (closing !== undefined) return refuse('the proxy is shutting down');
+      if (options.loadConfig === undefined) return refuse('no configuration file to reload from');
+      let next: Config;
+      try {
+        next = await options.loadConfig();
+      } catch (err) {
+        return refuse(err instanceof ConfigError ? err.message : `cannot read the configuration: ${err instanceof Error ? err.message : String(err)}`);
+      }
+      if (closing !== undefined) return refuse('the proxy is shutting down');
+      const restart = restartOnlyChanges(current, next);
+      if (restart.length > 0) {
+        return refuse(`these sections changed and need a restart: ${restart.join(', ')} (nothing was applied; see docs/operations/reload.md)`);
+      }
+      const nextResources = effectiveResources(next);
+      const plan = planResources(resources, nextResources);
+      const rebuilt = new Set(plan.providersRebuilt);
+      // Unchanged providers are shared; changed ones are built anew for the new runtimes.
+      const nextProviders = new Map([...providers].filter(([name]) => !rebuilt.has(name) && nextResources.some((r) => r.providerName === name)));
+      const fresh = new Map<string, RoutedResource>();
+      let nextAccess: typeof access;
+      const previousServiceIds = new Map(serviceIds);
+      try {
+        for (const r of nextResources) serviceIds.set(r.id, r.serviceId);
+        for (const r of nextResources) {
+          const old = routed.get(r.id);
+          if (old !== undefined && plan.unchanged.includes(r.id)) continue;
+          fresh.set(r.id, buildRouted(r, nextProviders));
+        }
+        nextAccess = buildAccess(next, nextResources);
+      } catch (err) {
+        serviceIds.clear();
+        for (const [k, v] of previousServiceIds) serviceIds.set(k, v);
+        await Promise.allSettled([...nextProviders].filter(([name]) => providers.get(name) !== nextProviders.get(name)).map(([, p]) => p.close?.() ?? Promise.resolve()));
+        return refuse(err instanceof Error ? err.message : String(err));
+      }
+      // -- the swap: synchronous from here on ----------------------------------------------
+      for (const id of plan.removed) {
+        routed.delete(id);
+        serviceIds.delete(id);
+      }
+      for (const [id, r] of fresh) routed.set(id, r);
+      for (const [name, p] of providers) if (nextProviders.get(name) !== p) retiredProviders.push(p);
+      providers.clear();
+      for (const [name, p] of nextProviders) providers.set(name, p);
+      access = nextAccess;
+      limiter.replaceSettings(next.access.limits);
+      resources = nextResources;
+      current = next;
+      metrics?.setResources(meteredResources(nextResources));
+      keepWarm.close();
+      keepWarm = buildKeepWarm(new Map([...routed].map(([id, r]) => [id, r.runtime])));
+      keepWarm.start();
+      for (const id of plan.removed) retirer.retire(id);
+      accessLog?.reopen();
+      metrics?.reloaded('applied');
+      const summary: ReloadSummary = {
+        added: plan.added, changed: plan.changed, removed: plan.removed, providersRebuilt: plan.providersRebuilt,
+        identities: next.identities.length, tookMs: Math.round(performance.now() - t0),
+      };
+      log.info(summary, 'configuration reloaded');
+      return { ok: true, summary };
+    };
+    // One reload at a time: a second SIGHUP during a reload waits for it, then reloads again.
+    const reload = (): Promise<ReloadResult> => {
+      const run = (reloading ?? Promise.resolve()).catch(() => undefined).then(applyReload);
+      reloading = run;
+      return run;
+    };
     const close = (): Promise<void> => {
       closing ??= (async () => {
         // Shutdown order:
@@ -286,6 +424,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         // 3. Stop keep-warm; answer whatever is still held with 503 and stop the control
         //    plane's timers; give those 503s a turn to be written before sockets close.
         keepWarm.close();
+        retirer.close();
         const unanswered = manager.heldTotal;
         manager.close();
         if (unanswered > 0) log.warn({ unanswered }, 'drain time over: held requests answered 503');
@@ -301,12 +440,16 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         // 6. Close client connections and upstream pools.
         await proxy.close();
         // 7. Close providers, then the mock cloud.
-        await Promise.allSettled([...providers.values()].map((p) => p.close?.() ?? Promise.resolve()));
+        const ours = new Set([...providers.values(), ...retiredProviders].filter((p) => !notOurs.has(p)));
+        await Promise.allSettled([...ours].map((p) => p.close?.() ?? Promise.resolve()));
         for (const c of closers.reverse()) await c();
       })();
       return closing;
     };
-    return { proxyUrl, adminUrl, mockCloud, manager, proxy, config, state, verifiers: access.verifiers, front, close };
+    return {
+      proxyUrl, adminUrl, mockCloud, manager, proxy, state, verifiers: access.verifiers, front, metrics, close, reload,
+      get config() { return current; },
+    };
   } catch (err) {
     for (const c of closers.reverse()) await c().catch(() => undefined);
     throw err;
@@ -331,6 +474,22 @@ export function closeOnSignal(app: App, onSignal?: (signal: NodeJS.Signals) => v
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
   });
+}
+
+/**
+ * Reloads the configuration on every SIGHUP (systemd's `ExecReload=kill -HUP $MAINPID`).
+ * Returns the function that stops listening.
+ */
+export function reloadOnSignal(app: App, onResult: (result: ReloadResult) => void): () => void {
+  const onHup = (): void => {
+    app.reload().then(onResult, (err: unknown) => onResult({ ok: false, errors: err instanceof Error ? err.message : String(err) }));
+  };
+  process.on('SIGHUP', onHup);
+  return () => process.off('SIGHUP', onHup);
+}
+
+function meteredResources(resources: readonly EffectiveResource[]): Array<{ id: string; provider: string }> {
+  return resources.map((r) => ({ id: r.id, provider: r.providerName }));
 }
 
 async function openStore(config: Config, log: Logger): Promise<Store> {

@@ -6,6 +6,9 @@
 #   scripts/podman/podman.sh start [SOCKET]  setup, then run the service in the background (pid file)
 #   scripts/podman/podman.sh stop            stop the background service started by `start`
 #   scripts/podman/podman.sh podman ARGS...  run the podman CLI against the private storage
+#   scripts/podman/podman.sh node-base       import a local stand-in for the public Node 24 image
+#                                            (this machine's node and npm, busybox): the Containerfile's
+#                                            NODE_IMAGE when no registry is reachable
 #
 # Everything lives under $SMART_PROXY_PODMAN_DIR (default: <repo>/var/podman, gitignored), so the
 # machine's own podman setup is neither read nor changed. The settings are the ones this machine
@@ -119,6 +122,44 @@ build_image() {
   podman image prune -f >/dev/null 2>&1 || true
 }
 
+node_image="localhost/smart-proxy/node24-base:latest"
+
+# A minimal Node 24 base with the layout of the official image (node and npm under /usr/local,
+# a shell, uid 1000), built from this machine's files: no registry is reachable here.
+build_node_base() {
+  local node npm_dir recipe
+  node="$(readlink -f "${SMART_PROXY_NODE:-$(command -v node)}")"
+  npm_dir="$(readlink -f "$(dirname "$(readlink -f "$(command -v npm)")")/..")"
+  [ -x "$node" ] && [ -f "$npm_dir/bin/npm-cli.js" ] || { echo "podman.sh: need node and npm on PATH" >&2; exit 2; }
+  recipe="$( { declare -f build_node_base; "$node" --version; } | sha256sum | cut -c1-16)"
+  if podman image exists "$node_image" 2>/dev/null && [ "$(cat "$dir/node-image.recipe" 2>/dev/null)" = "$recipe" ]; then return 0; fi
+  local rootfs="$dir/tmp/node-rootfs.$$"
+  rm -rf "$rootfs"
+  mkdir -p "$rootfs/bin" "$rootfs/usr/bin" "$rootfs/usr/local/bin" "$rootfs/usr/local/lib/node_modules" "$rootfs/tmp" "$rootfs/etc" "$rootfs/home/node"
+  chmod 1777 "$rootfs/tmp"
+  cp /bin/busybox "$rootfs/bin/busybox"
+  for app in sh mkdir chown ls cat rm cp mv ln env wget true false id; do ln -s busybox "$rootfs/bin/$app"; done
+  ln -s /bin/env "$rootfs/usr/bin/env"
+  cp "$node" "$rootfs/usr/local/bin/node"
+  # The shared libraries node links against, at the same paths.
+  ldd "$node" | grep -o '/[^ ]*' | while read -r lib; do
+    mkdir -p "$rootfs$(dirname "$lib")"
+    cp -L "$lib" "$rootfs$lib"
+  done
+  cp -r "$npm_dir" "$rootfs/usr/local/lib/node_modules/npm"
+  ln -s ../lib/node_modules/npm/bin/npm-cli.js "$rootfs/usr/local/bin/npm"
+  printf 'root:x:0:0:root:/root:/bin/sh\nnode:x:1000:1000::/home/node:/bin/sh\n' >"$rootfs/etc/passwd"
+  printf 'root:x:0:\nnode:x:1000:\n' >"$rootfs/etc/group"
+  chown 1000:1000 "$rootfs/home/node"
+  tar -C "$rootfs" -c . | podman import --quiet \
+    --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
+    --change 'CMD ["node"]' \
+    - "$node_image" >/dev/null
+  rm -rf "$rootfs"
+  echo "$recipe" >"$dir/node-image.recipe"
+  podman image prune -f >/dev/null 2>&1 || true
+}
+
 setup() {
   need
   mkdir -p "$dir"
@@ -162,6 +203,14 @@ case "$cmd" in
       kill "$(cat "$dir/service.pid")" 2>/dev/null || true
       rm -f "$dir/service.pid"
     fi
+    ;;
+  node-base)
+    setup
+    export_env
+    exec 9>"$dir/.lock"
+    flock 9
+    build_node_base
+    echo "image $node_image ready"
     ;;
   podman)
     shift

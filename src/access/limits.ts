@@ -64,7 +64,7 @@ interface Exceeded {
 }
 
 export class StartLimiter {
-  readonly #settings: LimitSettings;
+  #settings: LimitSettings;
   readonly #clock: Clock;
   readonly #audit: AuditSink;
   readonly #startRetryAfterS: (resourceId: string) => number;
@@ -79,6 +79,14 @@ export class StartLimiter {
     this.#clock = deps.clock;
     this.#audit = deps.audit;
     this.#startRetryAfterS = deps.startRetryAfterS ?? (() => 5);
+  }
+
+  /**
+   * New limits (a configuration reload). The counts go on: instances already running or
+   * starting count against the new limits, and none is stopped for being over them.
+   */
+  replaceSettings(settings: LimitSettings): void {
+    this.#settings = settings;
   }
 
   /**

@@ -10,6 +10,7 @@ import { cronProblem } from '../core/keep-warm.ts';
 import { DEFAULT_DENIED_ENDPOINTS } from '../providers/endpoint-guard.ts';
 import { accessSettingsSchema, cidrSchema, identitySchema, resourceAccessSchema } from './access-schema.ts';
 import { frontSchema } from './front-schema.ts';
+import { accessLogSchema, coldStartHeaderSchema, metricsSchema } from './ops-schema.ts';
 
 const ms = (description: string, dflt: number) => z.number().int().min(0).default(dflt).describe(description);
 const port = z.number().int().min(0).max(65535);
@@ -352,6 +353,9 @@ export const configSchema = z.object({
   log: z.object({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('info'),
   }).strict().default({ level: 'info' }),
+  metrics: metricsSchema,
+  coldStartHeader: coldStartHeaderSchema,
+  accessLog: accessLogSchema,
   mockCloud: z.object({
     enabled: z.boolean().default(false).describe('Run the embedded mock cloud (demo and tests).'),
     host: z.string().default('127.0.0.1'),

@@ -285,7 +285,9 @@ export class ResourceManager {
       const fit = pickSubsetInstance(byKey.values(), groups);
       if (fit !== undefined) return fit;
     }
-    if (exact !== undefined) return exact;
+    // An instance made under a resource's previous settings (before a configuration reload)
+    // keeps them while it runs; once stopped it is replaced, so the next start uses the new ones.
+    if (exact !== undefined && (exact.resource === resource || (exact.status !== 'stopped' && exact.status !== 'failed'))) return exact;
     // Growth happens only here: an amortised sweep keeps the map within twice what is in use.
     if (byKey.size >= (this.#sweepAt.get(resource.id) ?? 64)) this.#sweep(resource.id, byKey);
     const created = new Instance(resource, key, instGroups, instUser);

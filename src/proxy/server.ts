@@ -6,6 +6,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
 import { setTimeout as delay } from 'node:timers/promises';
 import { systemClock } from '../core/clock.ts';
 import { SmartProxyError } from '../core/errors.ts';
@@ -19,6 +20,7 @@ import { WebSocketForwarder, isWebSocketUpgrade, type Admission } from './forwar
 import { HeldBytesBudget } from './held-bytes.ts';
 import { hostProblem, TrustedProxies, upstreamHeaders } from './headers.ts';
 import { isReservedPath } from './progress-sse.ts';
+import { RequestRecord, type RequestObserver } from './observer.ts';
 import { joinUpstreamPath, parseTarget, type ParsedTarget } from './route.ts';
 import { createTlsFront, type TlsFiles, type TlsFront } from './tls.ts';
 import { WaitingRoom, type ResourceWaiting } from './waiting-room.ts';
@@ -114,6 +116,10 @@ export interface ProxyServerOptions {
   readonly http2MaxConcurrentStreams?: number;
   /** After an instance leaves ready, pools of endpoints no instance uses are closed this much later. */
   readonly poolSweepDelayMs?: number;
+  /** Metrics and the access log (observer.ts); absent: no per-request record at all. */
+  readonly observer?: RequestObserver | undefined;
+  /** Response header naming the time a cold-started request waited (ms); absent: none. */
+  readonly coldStartHeader?: string | undefined;
 }
 
 /** Retries of the first forward after readiness when the connection is refused. */
@@ -138,6 +144,8 @@ export class ProxyServer {
   readonly #tls: TlsFront | undefined;
   readonly ws: WebSocketForwarder;
   readonly #waiting: WaitingRoom;
+  readonly #observer: RequestObserver | undefined;
+  readonly #coldStartHeader: string | undefined;
   #draining = false;
 
   constructor(options: ProxyServerOptions) {
@@ -152,6 +160,8 @@ export class ProxyServer {
     this.#protected = new Set(options.protectedHeaders ?? ['x-forwarded-user', 'x-forwarded-groups']);
     this.pools = new UpstreamPools({ ...options.upstream, bodyIdleTimeoutMs: options.bodyIdleTimeoutMs ?? 60_000 });
     this.#sweepPoolsOnStop(options.manager, options.clock ?? systemClock, options.poolSweepDelayMs ?? 1_000);
+    this.#observer = options.observer;
+    this.#coldStartHeader = options.coldStartHeader;
     this.#waiting = new WaitingRoom({ manager: options.manager, clock: options.clock ?? systemClock });
     this.#heldBytes = new HeldBytesBudget({
       maxHeldBytes: options.maxHeldBytes ?? Number.MAX_SAFE_INTEGER,
@@ -167,7 +177,15 @@ export class ProxyServer {
       maxHeaderSize: options.maxHeaderBytes,
     };
     const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
-      this.handle(req, res).catch((err: unknown) => this.#fail(req, res, err));
+      const observer = this.#observer;
+      if (observer === undefined) {
+        this.handle(req, res).catch((err: unknown) => this.#fail(req, res, err));
+        return;
+      }
+      // 'close' comes after the last byte or when the client left: either way, once.
+      const record = new RequestRecord();
+      res.once('close', () => observer.finished(req, res, record));
+      this.handle(req, res, record).catch((err: unknown) => this.#fail(req, res, err));
     };
     this.#tls = options.tls === undefined ? undefined : createTlsFront({
       files: options.tls, http1, onRequest, logger: options.logger,
@@ -270,7 +288,7 @@ export class ProxyServer {
   }
 
   /** The steps of one request, in order. */
-  async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  async handle(req: IncomingMessage, res: ServerResponse, record?: RequestRecord): Promise<void> {
     if (this.#draining) {
       res.shouldKeepAlive = false;
       throw new SmartProxyError('SP_SHUTTING_DOWN', undefined, { retryAfterS: 1 });
@@ -291,6 +309,10 @@ export class ProxyServer {
     // A client that left during identify is gone everywhere: no start, no hold, no forward.
     if (requestGone(req)) return;
     const { resource } = admission;
+    if (record !== undefined) {
+      record.resourceId = resource.runtime.id;
+      record.user = admission.identity.user;
+    }
     const requester = requesterOf(admission);
     const inst = this.#manager.selectInstance(resource.runtime, admission.acting, admission.identity.user);
     this.#manager.touch(inst);
@@ -298,7 +320,9 @@ export class ProxyServer {
     // still holds requests for a fresh backend, a newcomer queues behind them instead of
     // adding to the flood (still no call: two fields in memory).
     let endpoint = inst.status === 'ready' && inst.waiters.size === 0 ? inst.endpoint : undefined;
-    if (endpoint === undefined) {
+    if (endpoint !== undefined) {
+      if (record !== undefined) record.warm = true;
+    } else {
       // 5. await ready, as this client asked (waiting-room.ts): the waiting page, 202 at
       // once, or a hold on the local readiness broadcast (never on a provider call). A
       // ready instance behind the ramp is a short hold, never a waiting page.
@@ -307,10 +331,17 @@ export class ProxyServer {
         this.#waiting.answerAtOnce(req, res, plan.kind, inst, route, resource.waiting, requester);
         return;
       }
+      // Cold: the instance was not serving when the request came (not merely the ramp).
+      const coldSince = inst.status === 'ready' ? -1 : performance.now();
       endpoint = plan.kind === 'hold'
         ? await this.#waiting.hold(req, res, plan, inst, route, (ms) => this.#hold(req, res, inst, resource, ms, requester))
         : await this.#hold(req, res, inst, resource, resource.holdTimeoutMs, requester);
       if (endpoint === undefined) return;
+      if (coldSince >= 0) {
+        const wokeMs = Math.round(performance.now() - coldSince);
+        if (record !== undefined) record.wokeMs = wokeMs;
+        if (this.#coldStartHeader !== undefined && !res.headersSent) res.setHeader(this.#coldStartHeader, String(wokeMs));
+      }
     }
     // Built after any hold: a held request carries nothing it does not need yet.
     const headers = this.#forwardHeaders(req, admission);
@@ -373,10 +404,15 @@ export class ProxyServer {
     const ac = new AbortController();
     const onClose = (): void => ac.abort(new ClientGone());
     res.once('close', onClose);
+    const heldSince = this.#observer === undefined ? 0 : performance.now();
     try {
-      return await this.#manager.waitUntilReady(inst, { signal: ac.signal, timeoutMs, requester });
+      const endpoint = await this.#manager.waitUntilReady(inst, { signal: ac.signal, timeoutMs, requester });
+      this.#observer?.held(resource.runtime.id, performance.now() - heldSince, 'ready');
+      return endpoint;
     } catch (err) {
-      if (err instanceof ClientGone) return undefined;
+      const gone = err instanceof ClientGone;
+      this.#observer?.held(resource.runtime.id, performance.now() - heldSince, gone ? 'client_gone' : 'failed');
+      if (gone) return undefined;
       throw err;
     } finally {
       res.off('close', onClose);

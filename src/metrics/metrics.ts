@@ -1,0 +1,300 @@
+/**
+ * Prometheus metrics (prom-client), one registry per App: nothing is global, so two apps in
+ * one process (tests, replicas) never mix their numbers. Fed by the core's events, by the
+ * data plane's request observer (observer.ts) and by a timing wrapper around each provider.
+ * Gauges that describe the present (held requests, instances, circuits) are read from the
+ * manager at scrape time, so they cannot drift from what the manager knows.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { isSmartProxyError, ProviderError } from '../core/errors.ts';
+import type { InstanceStatus } from '../core/lifecycle.ts';
+import type { Clock, Provider } from '../core/ports.ts';
+import type { Instance, ManagerEvent, ResourceManager } from '../core/resource-manager.ts';
+import type { HoldOutcome, RequestObserver, RequestRecord } from '../proxy/observer.ts';
+import { METRICS, type MetricDefinition } from './catalogue.ts';
+import { LocalHistogram } from './local-histogram.ts';
+
+/** A configured resource as metrics label it. */
+export interface MeteredResource {
+  readonly id: string;
+  /** The provider's name in the config (`providers.NAME`, or the inline one's kind). */
+  readonly provider: string;
+}
+
+export interface MetricsOptions {
+  readonly manager: ResourceManager;
+  readonly clock: Clock;
+  /** In config order; the first `maxResourceLabels` get their own label value. */
+  readonly resources: readonly MeteredResource[];
+  readonly maxResourceLabels: number;
+}
+
+const STATES: readonly InstanceStatus[] = ['stopped', 'starting', 'ready', 'stopping', 'failed'];
+/** Index = status / 100 (0 and 1: 1xx); 6: the client left before the response ended. */
+const STATUS_CLASSES = ['1xx', '1xx', '2xx', '3xx', '4xx', '5xx', 'closed'] as const;
+const CLOSED = 6;
+/** Label values of requests with no configured resource, and of resources past the cap. */
+const UNROUTED = '_unrouted';
+const OTHER = '_other';
+
+type Labels<D extends MetricDefinition> = D['labels'][number];
+
+function counter<D extends MetricDefinition>(registry: Registry, d: D, collect?: (c: Counter<Labels<D>>) => void): Counter<Labels<D>> {
+  return new Counter({
+    name: d.name, help: d.help, labelNames: d.labels, registers: [registry],
+    ...(collect === undefined ? {} : { collect(this: Counter<Labels<D>>) { collect(this); } }),
+  });
+}
+
+/** A gauge read at scrape time: `collect` sets its values from what is known now. */
+function gauge<D extends MetricDefinition>(registry: Registry, d: D, collect: (g: Gauge<Labels<D>>) => void): Gauge<Labels<D>> {
+  return new Gauge({ name: d.name, help: d.help, labelNames: d.labels, registers: [registry], collect(this: Gauge<Labels<D>>) { collect(this); } });
+}
+
+function histogram<D extends MetricDefinition>(registry: Registry, d: D): Histogram<Labels<D>> {
+  return new Histogram({ name: d.name, help: d.help, labelNames: d.labels, buckets: [...(d.buckets ?? [])], registers: [registry] });
+}
+
+export class Metrics implements RequestObserver {
+  readonly registry = new Registry();
+  readonly #manager: ResourceManager;
+  readonly #clock: Clock;
+  readonly #maxResourceLabels: number;
+  #resourceLabel = new Map<string, string>();
+  #providerOf = new Map<string, string>();
+  /** The status each instance had at its previous event, to tell a stop from a vanishing. */
+  readonly #lastStatus = new WeakMap<Instance, InstanceStatus>();
+  readonly #eventLoop: ReturnType<typeof monitorEventLoopDelay>;
+  /**
+   * Requests counted since the last scrape, per resource label and status class index. The
+   * warm path adds 1 to a number here (no label hashing, no allocation); the counter takes
+   * the sums when Prometheus scrapes.
+   */
+  readonly #pendingRequests = new Map<string, Float64Array>();
+  readonly #unsubscribe: () => void;
+
+  readonly #holdDuration: Histogram<'resource' | 'outcome'>;
+  readonly #bootDuration: Histogram<'resource' | 'provider'>;
+  readonly #starts: Counter<'resource'>;
+  readonly #stops: Counter<'resource' | 'cause'>;
+  readonly #failures: Counter<'resource' | 'cause'>;
+  readonly #lost: Counter<'resource'>;
+  readonly #providerCalls: Histogram<'provider' | 'operation' | 'outcome'>;
+  readonly #providerErrors: Counter<'provider' | 'operation' | 'kind'>;
+  readonly #forwardDuration: LocalHistogram;
+  readonly #reloads: Counter<'outcome'>;
+
+  constructor(options: MetricsOptions) {
+    this.#manager = options.manager;
+    this.#clock = options.clock;
+    this.#maxResourceLabels = options.maxResourceLabels;
+    this.setResources(options.resources);
+    const r = this.registry;
+    counter(r, METRICS.requests, (c) => {
+      for (const [resource, counts] of this.#pendingRequests) {
+        for (let i = 0; i < counts.length; i++) {
+          const n = counts[i] ?? 0;
+          if (n === 0) continue;
+          c.inc({ resource, status_class: STATUS_CLASSES[i] ?? 'closed' }, n);
+          counts[i] = 0;
+        }
+      }
+    });
+    this.#holdDuration = histogram(r, METRICS.holdDuration);
+    this.#bootDuration = histogram(r, METRICS.bootDuration);
+    this.#starts = counter(r, METRICS.starts);
+    this.#stops = counter(r, METRICS.stops);
+    this.#failures = counter(r, METRICS.failures);
+    this.#lost = counter(r, METRICS.lost);
+    this.#providerCalls = histogram(r, METRICS.providerCalls);
+    this.#providerErrors = counter(r, METRICS.providerErrors);
+    const fwd = METRICS.forwardDuration;
+    this.#forwardDuration = new LocalHistogram({ name: fwd.name, help: fwd.help, label: 'resource', buckets: fwd.buckets, registry: r });
+    this.#reloads = counter(r, METRICS.reloads);
+
+    gauge(r, METRICS.held, (g) => {
+      g.reset();
+      for (const label of this.#labelValues()) g.set({ resource: label }, 0);
+      for (const inst of this.#manager.allInstances()) {
+        if (inst.waiters.size > 0) g.inc({ resource: this.#label(inst.resource.id) }, inst.waiters.size);
+      }
+    });
+    gauge(r, METRICS.instances, (g) => {
+      g.reset();
+      for (const label of this.#labelValues()) for (const state of STATES) g.set({ resource: label, state }, 0);
+      for (const inst of this.#manager.allInstances()) g.inc({ resource: this.#label(inst.resource.id), state: inst.status });
+    });
+    gauge(r, METRICS.circuit, (g) => {
+      g.reset();
+      const now = this.#clock.now();
+      const open = new Set<string>();
+      for (const inst of this.#manager.allInstances()) {
+        if (inst.status === 'failed' && inst.failedUntil > now) open.add(this.#label(inst.resource.id));
+      }
+      for (const label of this.#labelValues()) g.set({ resource: label }, open.has(label) ? 1 : 0);
+    });
+    // Node's own sampler (libuv timer, 20 ms resolution); disabled again in close().
+    this.#eventLoop = monitorEventLoopDelay({ resolution: 20 });
+    this.#eventLoop.enable();
+    const loop = this.#eventLoop;
+    gauge(r, METRICS.eventLoopDelay, (g) => {
+      g.reset();
+      const q = (p: number): number => (loop.count === 0 ? 0 : loop.percentile(p) / 1e9);
+      g.set({ quantile: '0.5' }, q(50));
+      g.set({ quantile: '0.9' }, q(90));
+      g.set({ quantile: '0.99' }, q(99));
+      g.set({ quantile: '1' }, loop.count === 0 ? 0 : loop.max / 1e9);
+      loop.reset();
+    });
+    gauge(r, METRICS.residentMemory, (g) => { g.set(process.memoryUsage.rss()); });
+    gauge(r, METRICS.heapUsed, (g) => { g.set(process.memoryUsage().heapUsed); });
+    counter(r, METRICS.cpu, (g) => {
+      const u = process.cpuUsage();
+      g.reset();
+      g.inc((u.user + u.system) / 1e6);
+    });
+    this.#unsubscribe = options.manager.onEvent((e) => this.#onEvent(e));
+  }
+
+  /** The label values of configured resources (a reload replaces them). */
+  setResources(resources: readonly MeteredResource[]): void {
+    const labels = new Map<string, string>();
+    const providers = new Map<string, string>();
+    for (const res of resources) {
+      labels.set(res.id, labels.size < this.#maxResourceLabels ? res.id : OTHER);
+      providers.set(res.id, res.provider);
+    }
+    this.#resourceLabel = labels;
+    this.#providerOf = providers;
+  }
+
+  /** The Prometheus text exposition of every metric. */
+  async render(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+
+  /** A configuration reload was applied or refused. */
+  reloaded(outcome: 'applied' | 'refused'): void {
+    this.#reloads.inc({ outcome });
+  }
+
+  /**
+   * Wraps a provider so that each call is timed and its failures counted under `name`
+   * (a configured provider name: bounded). Every other member passes through unchanged.
+   */
+  meterProvider(name: string, provider: Provider): Provider {
+    const timed = (operation: 'start' | 'inspect' | 'stop' | 'list', call: (...args: never[]) => Promise<unknown>) =>
+      async (...args: never[]): Promise<unknown> => {
+        const t0 = performance.now();
+        try {
+          const result = await call.apply(provider, args);
+          this.#providerCalls.observe({ provider: name, operation, outcome: 'ok' }, (performance.now() - t0) / 1000);
+          return result;
+        } catch (err) {
+          const signal = args.find((a: unknown) => a instanceof AbortSignal) as AbortSignal | undefined;
+          const aborted = signal?.aborted === true;
+          this.#providerCalls.observe({ provider: name, operation, outcome: aborted ? 'aborted' : 'error' }, (performance.now() - t0) / 1000);
+          const kind = aborted ? 'aborted' : err instanceof ProviderError ? (err.retryable ? 'retryable' : 'permanent') : 'other';
+          this.#providerErrors.inc({ provider: name, operation, kind });
+          throw err;
+        }
+      };
+    const wrapped = new Map<PropertyKey, unknown>();
+    for (const op of ['start', 'inspect', 'stop', 'list'] as const) {
+      const fn: unknown = (provider as unknown as Record<string, unknown>)[op];
+      if (typeof fn === 'function') wrapped.set(op, timed(op, fn as (...args: never[]) => Promise<unknown>));
+    }
+    const bound = new Map<PropertyKey, unknown>();
+    return new Proxy(provider, {
+      get(target, prop) {
+        if (wrapped.has(prop)) return wrapped.get(prop);
+        const value: unknown = Reflect.get(target, prop, target);
+        if (typeof value !== 'function') return value;
+        // Bound to the provider itself: its private fields do not exist on the proxy.
+        let fn = bound.get(prop);
+        if (fn === undefined) {
+          fn = (value as (...args: unknown[]) => unknown).bind(target);
+          bound.set(prop, fn);
+        }
+        return fn;
+      },
+    });
+  }
+
+  // -- the data plane's observer (observer.ts) -------------------------------------------
+
+  finished(_req: IncomingMessage, res: ServerResponse, record: RequestRecord): void {
+    const resource = record.resourceId === undefined ? UNROUTED : this.#label(record.resourceId);
+    const cls = res.writableFinished ? Math.min(5, Math.floor(res.statusCode / 100)) : CLOSED;
+    let counts = this.#pendingRequests.get(resource);
+    if (counts === undefined) {
+      counts = new Float64Array(STATUS_CLASSES.length);
+      this.#pendingRequests.set(resource, counts);
+    }
+    counts[cls] = (counts[cls] ?? 0) + 1;
+    if (record.warm && res.writableFinished) this.#forwardDuration.observe(resource, (performance.now() - record.startedAt) / 1000);
+  }
+
+  held(resourceId: string, heldMs: number, outcome: HoldOutcome): void {
+    this.#holdDuration.observe({ resource: this.#label(resourceId), outcome }, heldMs / 1000);
+  }
+
+  /** Stops the event-loop sampler and the event subscription. */
+  close(): void {
+    this.#unsubscribe();
+    this.#eventLoop.disable();
+  }
+
+  // -- internals -------------------------------------------------------------------------
+
+  #label(resourceId: string): string {
+    return this.#resourceLabel.get(resourceId) ?? OTHER;
+  }
+
+  *#labelValues(): Iterable<string> {
+    yield* new Set(this.#resourceLabel.values());
+  }
+
+  #onEvent(e: ManagerEvent): void {
+    const inst = e.instance;
+    const resource = this.#label(inst.resource.id);
+    switch (e.type) {
+      case 'start-requested':
+        this.#starts.inc({ resource });
+        return;
+      case 'boot-finished':
+        this.#bootDuration.observe({ resource, provider: this.#providerOf.get(inst.resource.id) ?? inst.resource.provider.kind }, e.bootMs / 1000);
+        return;
+      case 'instance-adopted':
+        return;
+      case 'instance-changed': {
+        const prev = this.#lastStatus.get(inst) ?? 'stopped';
+        const now = inst.status;
+        if (prev === now) return; // a phase change within starting
+        this.#lastStatus.set(inst, now);
+        if (now === 'stopped' && prev === 'stopping') this.#stops.inc({ resource, cause: stopCause(e.reason) });
+        else if (now === 'stopped' && prev === 'ready') this.#stops.inc({ resource, cause: 'vanished' });
+        else if (now === 'failed') this.#failures.inc({ resource, cause: prev === 'stopping' ? 'stop_failed' : failureCause(inst) });
+        else if (now === 'starting' && prev === 'ready') this.#lost.inc({ resource });
+        return;
+      }
+    }
+  }
+}
+
+/** The bounded cause of a stop, from the free-text reason the core gives. */
+export function stopCause(reason: string | undefined): string {
+  if (reason === undefined) return 'other';
+  if (reason.startsWith('idle')) return 'idle';
+  if (reason === 'proxy shutdown') return 'shutdown';
+  if (reason.startsWith('resource removed')) return 'reload';
+  if (/\b(operator|admin)\b/i.test(reason)) return 'operator';
+  return 'other';
+}
+
+function failureCause(inst: Instance): string {
+  const err = inst.lastError;
+  return isSmartProxyError(err) && /^SP_[A-Z0-9_]{1,60}$/.test(err.code) ? err.code : 'other';
+}

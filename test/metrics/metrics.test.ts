@@ -1,0 +1,144 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { MimicProvider } from '../helpers/mimic-provider.ts';
+import { parseScrape } from '../helpers/prometheus.ts';
+import { startTestApp, testConfig, until } from './metrics-app.ts';
+
+test('after known traffic the metrics say exactly what happened (parsed as Prometheus text)', async () => {
+  const pa = new MimicProvider({ manual: true });
+  const pb = new MimicProvider({ bootFails: true });
+  const t = await startTestApp(testConfig({
+    resources: {
+      app: { provider: 'pa' },
+      broken: { provider: 'pb', failureCooldownMs: 600_000 },
+    },
+  }, ['pa', 'pb']), { pa, pb });
+  try {
+    const { app } = t;
+    assert.ok(app.metrics !== undefined);
+    const url = (res: string, path = '/x'): string => `${app.proxyUrl}/smart_proxy/${res}/-${path}`;
+
+    // 5 cold requests join one start; the boot finishes only when the test says so.
+    const cold = Array.from({ length: 5 }, (_, i) => fetch(url('app', `/cold/${i}`)));
+    await until('5 held requests', () => app.manager.heldTotal === 5);
+    const during = parseScrape((await app.metrics.render()).body);
+    assert.equal(during.value('smart_proxy_held_requests', { resource: 'app' }), 5);
+    assert.equal(during.value('smart_proxy_instances', { resource: 'app', state: 'starting' }), 1);
+    await pa.release('*');
+    const coldRes = await Promise.all(cold);
+    for (const r of coldRes) {
+      assert.equal(r.status, 200);
+      await r.text();
+      const woke = r.headers.get('x-smart-proxy-cold-start');
+      assert.ok(woke !== null && /^\d+$/.test(woke), `cold-start header on a held request: ${String(woke)}`);
+    }
+    // 3 warm requests: no cold-start header.
+    for (let i = 0; i < 3; i++) {
+      const r = await fetch(url('app', `/warm/${i}`));
+      assert.equal(r.status, 200);
+      assert.equal(r.headers.get('x-smart-proxy-cold-start'), null);
+      await r.text();
+    }
+    // An unknown resource and a resource whose boot fails.
+    assert.equal((await fetch(url('nope'))).status, 404);
+    const failed = await fetch(url('broken'));
+    assert.equal(failed.status >= 500, true);
+    await failed.text();
+    // The cool-down answers at once, without a second start.
+    const coolingDown = await fetch(url('broken'));
+    assert.equal(coolingDown.status, 503);
+    await coolingDown.text();
+    // An operator stop.
+    const inst = [...app.manager.instancesOf('app')][0];
+    assert.ok(inst !== undefined);
+    await app.manager.stop(inst, 'operator request');
+
+    const rendered = await app.metrics.render();
+    assert.match(rendered.contentType, /^text\/plain; version=0\.0\.4/);
+    const s = parseScrape(rendered.body);
+    assert.equal(s.type('smart_proxy_boot_duration_seconds'), 'HISTOGRAM');
+    assert.equal(s.value('smart_proxy_instance_starts_total', { resource: 'app' }), 1);
+    assert.equal(s.value('smart_proxy_instance_starts_total', { resource: 'broken' }), 1);
+    assert.equal(s.value('smart_proxy_boot_duration_seconds_count', { resource: 'app', provider: 'pa' }), 1);
+    assert.equal(s.value('smart_proxy_boot_duration_seconds_bucket', { resource: 'app', provider: 'pa', le: '600' }), 1);
+    assert.equal(s.value('smart_proxy_boot_duration_seconds_count', { resource: 'broken', provider: 'pb' }), undefined, 'a failed boot is not a boot duration');
+    assert.equal(s.value('smart_proxy_hold_duration_seconds_count', { resource: 'app', outcome: 'ready' }), 5);
+    assert.equal(s.value('smart_proxy_hold_duration_seconds_count', { resource: 'broken', outcome: 'failed' }), 2);
+    assert.equal(s.value('smart_proxy_requests_total', { resource: 'app', status_class: '2xx' }), 8);
+    assert.equal(s.value('smart_proxy_requests_total', { resource: '_unrouted', status_class: '4xx' }), 1);
+    assert.equal(s.value('smart_proxy_requests_total', { resource: 'broken', status_class: '5xx' }), 2);
+    assert.equal(s.value('smart_proxy_warm_forward_duration_seconds_count', { resource: 'app' }), 3);
+    assert.equal(s.value('smart_proxy_instance_failures_total', { resource: 'broken', cause: 'SP_START_FAILED' }), 1);
+    assert.equal(s.value('smart_proxy_circuit_open', { resource: 'broken' }), 1);
+    assert.equal(s.value('smart_proxy_circuit_open', { resource: 'app' }), 0);
+    assert.equal(s.value('smart_proxy_instance_stops_total', { resource: 'app', cause: 'operator' }), 1);
+    assert.equal(s.value('smart_proxy_instances', { resource: 'app', state: 'stopped' }), 1);
+    assert.equal(s.value('smart_proxy_instances', { resource: 'app', state: 'ready' }), 0);
+    assert.equal(s.value('smart_proxy_instances', { resource: 'broken', state: 'failed' }), 1);
+    assert.equal(s.value('smart_proxy_held_requests', { resource: 'app' }), 0);
+    // Provider calls: exactly one start of each, timed; the stop too.
+    assert.equal(s.value('smart_proxy_provider_call_duration_seconds_count', { provider: 'pa', operation: 'start', outcome: 'ok' }), 1);
+    assert.equal(s.value('smart_proxy_provider_call_duration_seconds_count', { provider: 'pa', operation: 'stop', outcome: 'ok' }), 1);
+    assert.equal(pa.calls.start, 1);
+    const inspects = s.value('smart_proxy_provider_call_duration_seconds_count', { provider: 'pa', operation: 'inspect', outcome: 'ok' });
+    assert.equal(inspects, pa.calls.inspect);
+    // Event-loop delay and process metrics are there.
+    assert.ok((s.value('smart_proxy_event_loop_delay_seconds', { quantile: '0.99' }) ?? -1) >= 0);
+    assert.ok((s.value('process_resident_memory_bytes') ?? 0) > 0);
+    // Bounded labels: no path, user or group ever appears as a label value.
+    for (const f of s.families) {
+      for (const m of f.metrics) {
+        for (const v of Object.values(m.labels ?? {})) assert.ok(!/cold|warm|g1|\//.test(v), `label value ${v} of ${f.name}`);
+      }
+    }
+  } finally {
+    await t.close();
+  }
+});
+
+test('provider errors are counted by kind, and resources past maxResourceLabels share "_other"', async () => {
+  const flaky = new MimicProvider({ failStarts: 1 });
+  const t = await startTestApp(testConfig({
+    metrics: { maxResourceLabels: 1 },
+    resources: { first: { provider: 'p' }, second: { provider: 'p' } },
+  }, ['p']), { p: flaky });
+  try {
+    const { app } = t;
+    assert.ok(app.metrics !== undefined);
+    const r = await fetch(`${app.proxyUrl}/smart_proxy/second/-/x`);
+    assert.equal(r.status, 200);
+    await r.text();
+    const s = parseScrape((await app.metrics.render()).body);
+    assert.equal(s.value('smart_proxy_provider_errors_total', { provider: 'p', operation: 'start', kind: 'retryable' }), 1);
+    assert.equal(s.value('smart_proxy_provider_call_duration_seconds_count', { provider: 'p', operation: 'start', outcome: 'error' }), 1);
+    assert.equal(s.value('smart_proxy_provider_call_duration_seconds_count', { provider: 'p', operation: 'start', outcome: 'ok' }), 1);
+    assert.equal(s.value('smart_proxy_instance_starts_total', { resource: '_other' }), 1);
+    assert.equal(s.value('smart_proxy_instance_starts_total', { resource: 'second' }), undefined);
+    assert.deepEqual(s.samples('smart_proxy_instances').map(([l]) => l.resource).filter((v, i, a) => a.indexOf(v) === i).sort(), ['_other', 'first']);
+  } finally {
+    await t.close();
+  }
+});
+
+test('metrics and the cold-start header can be turned off; the header can be renamed', async () => {
+  const p = new MimicProvider();
+  const off = await startTestApp(testConfig({ metrics: { enabled: false }, coldStartHeader: { enabled: false }, resources: { app: { provider: 'p' } } }, ['p']), { p });
+  try {
+    assert.equal(off.app.metrics, undefined);
+    const r = await fetch(`${off.app.proxyUrl}/smart_proxy/app/-/x`);
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get('x-smart-proxy-cold-start'), null);
+    await r.text();
+  } finally {
+    await off.close();
+  }
+  const p2 = new MimicProvider();
+  const renamed = await startTestApp(testConfig({ coldStartHeader: { name: 'X-Cold-Start-Ms' }, resources: { app: { provider: 'p' } } }, ['p']), { p: p2 });
+  try {
+    const r = await fetch(`${renamed.app.proxyUrl}/smart_proxy/app/-/x`);
+    assert.match(r.headers.get('x-cold-start-ms') ?? '', /^\d+$/);
+    await r.text();
+  } finally {
+    await renamed.close();
+  }
+});
