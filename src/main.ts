@@ -5,19 +5,20 @@
 import { pino } from 'pino';
 import { LoggerAuditSink, teeAudit, type AuditSink } from './access/audit.ts';
 import { StartLimiter } from './access/limits.ts';
+import { OidcSignIn } from './access/oidc/sign-in.ts';
 import type { Config } from './config/schema.ts';
 import { effectiveResources, expandStatuses, type EffectiveResource } from './config/load.ts';
 import { systemClock } from './core/clock.ts';
 import { SmartProxyError } from './core/errors.ts';
 import { KeepWarmPolicy, KeepWarmScheduler } from './core/keep-warm.ts';
-import type { Clock, Logger, ProbeSpec, Provider, Store } from './core/ports.ts';
+import type { Clock, KeyValueStore, Logger, ProbeSpec, Provider, Store } from './core/ports.ts';
 import { ResourceManager, type ResourceRuntime } from './core/resource-manager.ts';
 import { StateSync } from './core/state-sync.ts';
 import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
 import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
 import { createHttpProvider } from './providers/http/http-provider.ts';
 import { createProcessProvider } from './providers/process/process-provider.ts';
-import { inheritedEnv, secretReaders } from './config/secrets.ts';
+import { inheritedEnv, resolveSecretValue, secretReaders } from './config/secrets.ts';
 import { createStaticProvider } from './providers/static/static-provider.ts';
 import { createQemuProvider } from './providers/qemu/qemu-provider.ts';
 import { createDockerProvider } from './providers/docker/docker-provider.ts';
@@ -26,6 +27,7 @@ import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 import { ThemeLoader } from './proxy/waiting-page.ts';
 import { createStore } from './state/create-store.ts';
+import { createKeyValueStore } from './state/key-value-stores.ts';
 import { RedisCoordinator } from './state/redis/redis-coordinator.ts';
 
 export interface AppOptions {
@@ -37,6 +39,8 @@ export interface AppOptions {
   readonly audit?: AuditSink;
   /** A store to use instead of the configured one (tests: a failing store). */
   readonly store?: Store;
+  /** A key-value store to use instead of the configured one (tests: replicas sharing one). */
+  readonly keyValues?: KeyValueStore;
 }
 
 export interface App {
@@ -104,8 +108,11 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       clock, audit,
       startRetryAfterS: (id: string): number => Math.max(1, Math.ceil((manager.estimateBoot(id)?.p50Ms ?? 5_000) / 1000)),
     });
+    //    Browser sign-in (OIDC): sessions too big for a cookie and single-use sign-in marks
+    //    go to the key-value store beside the state store (shared when it is).
+    const oidc = buildSignIn(config, clock, log, options.keyValues, closers);
     const access = createAccessSteps({
-      identities: config.identities, settings: config.access, clock, logger: log, audit,
+      identities: config.identities, settings: config.access, clock, logger: log, audit, oidc,
       policies: new Map(resources.map((r) => [r.id, r.access])),
     });
     //    The control plane; with state on Redis, coordinated with the other replicas
@@ -186,11 +193,13 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       unknownResource: access.unknownResource,
       backendHeaders: access.backendHeaders,
       protectedHeaders: access.protectedHeaders,
+      signIn: oidc,
       clock,
       tls: config.tls,
       maxHeldBytes: config.limits.maxHeldBytes,
       heldBodyEstimateBytes: config.limits.heldBodyEstimateBytes,
     });
+    if (oidc !== undefined) oidc.onSignedIn = (target, identity) => proxy.startFor(target, identity);
     const addr = await proxy.listen(config.listen.port, config.listen.host);
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
     const proxyUrl = `${config.tls === undefined ? 'http' : 'https'}://${host}:${addr.port}`;
@@ -254,6 +263,19 @@ export function closeOnSignal(app: App, onSignal?: (signal: NodeJS.Signals) => v
     };
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
+  });
+}
+
+function buildSignIn(config: Config, clock: Clock, log: Logger, injected: KeyValueStore | undefined, closers: Array<() => Promise<void>>): OidcSignIn | undefined {
+  const identities = config.identities.flatMap((i) => (i.kind === 'oidc' ? [i] : []));
+  if (identities.length === 0) return undefined;
+  const kv = injected ?? createKeyValueStore(config.state, clock, log);
+  if (injected === undefined) closers.push(() => kv.close());
+  const sessions = config.access.sessions;
+  return new OidcSignIn({
+    identities, sessions, kv, clock, logger: log, tls: config.tls !== undefined,
+    keys: sessions.keys.map((k, i) => resolveSecretValue(k, `access.sessions.keys[${i}]`)),
+    clientSecrets: new Map(identities.map((i) => [i.name, i.clientSecret === undefined ? undefined : resolveSecretValue(i.clientSecret, `identities.${i.name}.clientSecret`)])),
   });
 }
 

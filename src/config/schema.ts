@@ -6,7 +6,7 @@
  */
 import { z } from 'zod';
 import { cronProblem } from '../core/keep-warm.ts';
-import { accessSettingsSchema, identitySchema, resourceAccessSchema } from './access-schema.ts';
+import { accessSettingsSchema, checkOidcSettings, identitySchema, resourceAccessSchema } from './access-schema.ts';
 
 const ms = (description: string, dflt: number) => z.number().int().min(0).default(dflt).describe(description);
 const port = z.number().int().min(0).max(65535);
@@ -346,6 +346,7 @@ export const configSchema = z.object({
     }
     checkResourceAccess(cfg, id, r, ctx);
   }
+  checkOidcSettings(cfg, ctx);
 });
 
 /** Access rules that span fields: a resource nobody could reach, a per-user resource without users. */
