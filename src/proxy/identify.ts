@@ -143,7 +143,8 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
       return new SmartProxyError('SP_ACCESS_UNAVAILABLE', undefined, { retryAfterS: 5 });
     }
     // A person in a browser is sent to sign in (and back); an API client gets its 401 below.
-    if (oidc !== undefined && isBrowserNavigation(req) && req.url !== undefined && (out.kind === 'anonymous' || out.via === 'oidc')) {
+    // A refused Authorization header is the client's own credential: it gets the 401.
+    if (oidc !== undefined && isBrowserNavigation(req) && req.url !== undefined && req.headers.authorization === undefined && (out.kind === 'anonymous' || out.via === 'oidc')) {
       return new SmartProxyError('SP_ACCESS_SIGN_IN_REQUIRED', 'Sign in to continue.', { data: { location: oidc.signInLocation(req.url) } });
     }
     // RFC 6750 §3.1: tell a bearer client its token is the problem, so it refreshes it.
