@@ -102,7 +102,7 @@ export class CookieJar {
 
   store(origin: string, res: Response): void {
     let jar = this.#byOrigin.get(origin);
-    if (jar === undefined) this.#byOrigin.set(origin, jar = new Map());
+    if (jar === undefined) this.#byOrigin.set(origin, jar = new Map<string, string>());
     for (const c of res.headers.getSetCookie()) {
       const [pair] = c.split(';');
       const eq = (pair as string).indexOf('=');
@@ -123,7 +123,7 @@ export class CookieJar {
 
   set(origin: string, name: string, value: string): void {
     let jar = this.#byOrigin.get(origin);
-    if (jar === undefined) this.#byOrigin.set(origin, jar = new Map());
+    if (jar === undefined) this.#byOrigin.set(origin, jar = new Map<string, string>());
     jar.set(name, value);
   }
 

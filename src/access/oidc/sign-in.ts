@@ -479,7 +479,9 @@ function describeGrantError(err: unknown): string {
   if (err instanceof client.ResponseBodyError) return `the provider refused the code (${err.error})`;
   if (err instanceof client.AuthorizationResponseError) return `the provider refused it (${err.error})`;
   if (err instanceof client.ClientError) {
-    const cause = (err as { cause?: { claim?: string } }).cause;
+    // openid-client wraps oauth4webapi's error, whose own cause names the claim.
+    const inner = (err as { cause?: { claim?: string; cause?: { claim?: string } } }).cause;
+    const cause = { claim: inner?.claim ?? inner?.cause?.claim };
     if (err.code === 'OAUTH_JWT_CLAIM_COMPARISON_FAILED' && cause?.claim === 'nonce') return 'the ID token does not answer this sign-in (nonce mismatch)';
     if (err.code === 'OAUTH_JWT_CLAIM_COMPARISON_FAILED') return `the ID token's "${cause?.claim ?? 'claim'}" is wrong`;
     if (err.code === 'OAUTH_JWT_TIMESTAMP_CHECK_FAILED' || /expired|timestamp/i.test(err.message)) return 'the ID token has expired or is not yet valid';
