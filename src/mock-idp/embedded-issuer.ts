@@ -145,7 +145,18 @@ export async function startEmbeddedIssuer(options: EmbeddedIssuerOptions): Promi
     conformIdTokenClaims: false,
     pkce: { required: () => true },
     issueRefreshToken: () => true,
-    features: { devInteractions: { enabled: false }, rpInitiatedLogout: { enabled: true } },
+    features: {
+      devInteractions: { enabled: false },
+      rpInitiatedLogout: {
+        enabled: true,
+        logoutSource(ctx: { body: string }, form: string) {
+          ctx.body = '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign out</title></head>'
+            + '<body style="font-family:system-ui,sans-serif;max-width:24rem;margin:3rem auto;padding:0 1rem">'
+            + `<h1>Sign out of the demo identity provider?</h1>${form}`
+            + '<button autofocus type="submit" form="op.logoutForm" value="yes" name="logout">Yes, sign me out</button></body></html>';
+        },
+      },
+    },
     interactions: { url: (_ctx: unknown, interaction: { uid: string }) => `/interaction/${interaction.uid}` },
     // The proxy's client needs no consent screen: the demo user signs in, and that is all.
     async loadExistingGrant(ctx: CtxLike) {
