@@ -11,7 +11,8 @@ const usage = `usage: smart-proxy <command> [options]
 
 commands:
   start --config FILE [--port N]   run the proxy with a config file
-  demo [--port N]                  run the proxy with the bundled demo config and the embedded mock cloud
+  demo [--port N] [--oidc]         run the proxy with the bundled demo config and the embedded mock cloud;
+                                   --oidc adds browser sign-in through an embedded OpenID provider (port 5556)
   check-config FILE                validate a config file and exit (0 valid, 1 invalid)
   mock-cloud [--port N] [--boot-min-ms N] [--boot-max-ms N] [--seed N] [--failure-rate R] [--hang-rate R]
                                    run the mock cloud alone (the original Atmosphere API)
@@ -24,20 +25,26 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'start':
     case 'demo': {
-      const { values } = parseArgs({ args: rest, options: { config: { type: 'string' }, port: { type: 'string' } } });
+      const { values } = parseArgs({ args: rest, options: { config: { type: 'string' }, port: { type: 'string' }, oidc: { type: 'boolean', default: false } } });
       const file = values.config ?? (command === 'demo' ? fileURLToPath(new URL('../examples/demo.yaml', import.meta.url)) : undefined);
       if (file === undefined) {
         process.stderr.write(`start needs --config FILE\n\n${usage}`);
         return 2;
       }
-      const config = applyEnv(await loadConfigFile(file), values.port);
+      let config = applyEnv(await loadConfigFile(file), values.port);
       // Loaded on demand so that check-config stays light and never opens a socket.
       const { startApp, closeOnSignal } = await import('./main.ts');
       const { printDemoBanner } = await import('./demo-banner.ts');
-      const app = await startApp(config);
-      if (command === 'demo') printDemoBanner(app);
+      const demoOidc = command === 'demo' && values.oidc ? await (await import('./demo-oidc.ts')).withEmbeddedIssuer(config, 5556) : undefined;
+      if (demoOidc !== undefined) config = demoOidc.config;
+      const app = await startApp(config).catch(async (err: unknown) => {
+        await demoOidc?.issuer.close();
+        throw err;
+      });
+      if (command === 'demo') printDemoBanner(app, demoOidc?.issuer.url);
       // A second signal means "now".
       await closeOnSignal(app, (signal) => process.stderr.write(`\n${signal}: draining and shutting down (again to quit at once)…\n`));
+      await demoOidc?.issuer.close();
       return 0;
     }
     case 'check-config': {

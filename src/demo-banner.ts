@@ -11,7 +11,7 @@ export const demoCredentials = {
 } as const;
 
 /** What `npm start` prints: where things are and what to try. */
-export function printDemoBanner(app: App): void {
+export function printDemoBanner(app: App, issuerUrl?: string): void {
   const p = `${app.proxyUrl}/smart_proxy`;
   const alice = `-H 'Authorization: Bearer ${demoCredentials.alice.token}'`;
   const bob = `-H 'Authorization: Bearer ${demoCredentials.bob.token}'`;
@@ -37,6 +37,15 @@ export function printDemoBanner(app: App): void {
     `  curl -i ${alice} ${p}/notebook/-/          # ... and alice hers`,
     `  curl -i ${p}/notebook/-/                             # 401 with a challenge`,
     '',
+    ...(issuerUrl === undefined ? ['Browser sign-in: npm start -- --oidc', ''] : [
+      `Browser sign-in (OIDC, embedded provider at ${issuerUrl}): open in a browser`,
+      `  ${p}/notebook/-/                 # sign in, watch your VM wake, land on it`,
+      `  ${p}/reports/staff/              # alice only`,
+      `  ${app.proxyUrl}/_smart_proxy/auth/sign-out      # sign out (here and at the provider)`,
+      '  users: alice / alice-demo-password (g1, g2, staff), bob / bob-demo-password (g1),',
+      `         carol / ${demoCredentials.carol.password} (g2)`,
+      '',
+    ]),
     'Ctrl-C stops the proxy and the VMs it started.',
     '',
   ];
