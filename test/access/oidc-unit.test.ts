@@ -4,11 +4,12 @@
  * stores every replica shares (memory, SQLite, Redis) with single-use markers.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { hkdfSync, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { compactDecrypt } from 'jose';
 import { mapClaims } from '../../src/access/oidc/claims.ts';
 import { Sealer } from '../../src/access/oidc/sealer.ts';
 import { safeReturnPath } from '../../src/access/oidc/sign-in.ts';
@@ -63,6 +64,14 @@ describe('oidc sealing', () => {
     assert.equal(await old.open('session', parts.join('.')), undefined);
     for (const junk of ['', 'a.b.c.d.e', 'x'.repeat(20_000), '....']) assert.equal(await old.open('session', junk), undefined);
     assert.doesNotMatch(sealed, /alice/, 'encrypted, not just signed');
+  });
+
+  it('writes standard JWE (dir + A256GCM) that jose opens', async () => {
+    const sealed = await new Sealer([KEY_A]).seal('session', { user: 'alice' });
+    const key = new Uint8Array(hkdfSync('sha256', KEY_A, '', 'smart-proxy cookie sealing v1', 32));
+    const { plaintext, protectedHeader } = await compactDecrypt(sealed, key);
+    assert.equal(protectedHeader.enc, 'A256GCM');
+    assert.equal((JSON.parse(new TextDecoder().decode(plaintext)) as { user: string }).user, 'alice');
   });
 });
 
