@@ -259,6 +259,59 @@ describe('oidc across replicas and keys', () => {
   });
 });
 
+describe('oidc with several providers and userinfo', () => {
+  it('offers a choice of providers, and merges userinfo claims at sign-in', async () => {
+    const port = await freePort();
+    const issuer = await startIssuer(port);
+    const url = `http://127.0.0.1:${port}`;
+    const { configSchema } = await import('../../src/config/schema.ts');
+    const { startApp } = await import('../../src/main.ts');
+    const { collectingLogger } = await import('../helpers/proxy-harness.ts');
+    const { MimicProvider } = await import('../helpers/mimic-provider.ts');
+    const provider = new MimicProvider({ bootMs: 10 });
+    const common = { issuer: issuer.url, clientId: 'smart-proxy', clientSecret: 'client-secret-for-tests', scopes: ['openid', 'profile', 'groups'] };
+    const app = await startApp(configSchema.parse({
+      listen: { host: '127.0.0.1', port }, shutdown: { drainTimeoutMs: 0 }, state: { kind: 'memory' },
+      providers: { mimic: { kind: 'atmosphere', baseUrl: 'http://127.0.0.1:9' } },
+      identities: [{ kind: 'oidc', name: 'test', userinfo: true, ...common }, { kind: 'oidc', name: 'other', ...common }],
+      access: { sessions: { publicUrl: url, keys: [KEY_A] } },
+      resources: { r1: { provider: 'mimic', access: { anyOf: ['g1'] }, probe: { kind: 'http', path: '/', expectStatus: [200], timeoutMs: 1000 } } },
+    }), { logger: collectingLogger([]), providers: new Map([['mimic', provider]]) });
+    try {
+      const chooser = await fetch(`${url}/_smart_proxy/auth/sign-in?rd=${encodeURIComponent(TARGET)}`);
+      assert.equal(chooser.status, 200);
+      const html = await chooser.text();
+      assert.match(html, /provider=test&amp;rd=%2Fsmart_proxy%2Fr1/);
+      assert.match(html, /provider=other/);
+      // Through the first provider (the one the issuer knows), with userinfo.
+      const jar = new CookieJar();
+      const start = await go(jar, `${url}/_smart_proxy/auth/sign-in?provider=test&rd=${encodeURIComponent(TARGET)}`);
+      assert.equal(start.status, 303);
+      let next = start.headers.get('location') as string;
+      for (let i = 0; i < 10 && !next.startsWith(`${url}/_smart_proxy/auth/callback/`); i++) {
+        const res = await go(jar, next, { headers: BROWSER });
+        if (res.status === 200) {
+          await res.text();
+          const post = await go(jar, `${next}/login`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'login=alice&password=alice-pw' });
+          next = new URL(post.headers.get('location') as string, next).href;
+          continue;
+        }
+        await res.text();
+        next = new URL(res.headers.get('location') as string, next).href;
+      }
+      const cb = await go(jar, next, { headers: BROWSER });
+      assert.equal(cb.status, 303);
+      const res = await go(jar, `${url}${TARGET}`, { headers: API });
+      assert.equal(res.status, 200);
+      assert.equal((await res.json() as Echo).headers['x-forwarded-groups'], 'g1,staff');
+    } finally {
+      await app.close();
+      await provider.close();
+      await issuer.close();
+    }
+  });
+});
+
 describe('oidc sessions too big for a cookie', () => {
   it('keeps them in the store, shared by replicas, and deletes them at sign-out', async () => {
     const shared = new MemoryKeyValueStore(systemClock);

@@ -153,3 +153,29 @@ describe('oidc config', () => {
     assert.equal(hs.success, false, 'HS* is never accepted for ID tokens (the client secret would sign them)');
   });
 });
+
+describe('oidc session cookie attributes', () => {
+  it('is Secure when the public URL is https, HttpOnly and SameSite=Lax always, and within browser limits', async () => {
+    const { OidcSignIn } = await import('../../src/access/oidc/sign-in.ts');
+    const sessions = configSchema.parse({
+      resources: { r: { provider: { kind: 'static', endpoint: 'http://127.0.0.1:1' } } },
+      identities: [{ kind: 'oidc', name: 'kc', issuer: 'https://id.example', clientId: 'c' }],
+      access: { sessions: { publicUrl: 'https://proxy.example', keys: [KEY_A] } },
+    }).access.sessions;
+    const logger = { debug() {}, info() {}, warn() {}, error() {} };
+    const kv = new MemoryKeyValueStore(systemClock);
+    const mk = (publicUrl: string, tls: boolean): InstanceType<typeof OidcSignIn> => new OidcSignIn({
+      identities: [], clientSecrets: new Map(), sessions: { ...sessions, publicUrl }, keys: [KEY_A], tls, kv, clock: systemClock, logger,
+    });
+    const session = { sid: 's', prov: 'kc', user: 'alice', groups: Array.from({ length: 40 }, (_, i) => `group-${i}`), iat: Date.now(), seen: Date.now(), idt: 'x'.repeat(1200) };
+    const https = await mk('https://proxy.example', false).sessions.issue(session);
+    assert.match(https, /; HttpOnly; SameSite=Lax; Secure; Max-Age=\d+$/);
+    assert.ok(https.length <= 4096, `${https.length} bytes`);
+    assert.match(await mk('http://proxy.example', true).sessions.issue(session), /; Secure/, 'TLS terminated here');
+    assert.doesNotMatch(await mk('http://proxy.example', false).sessions.issue(session), /Secure/);
+    // Past maxCookieBytes the session goes to the store and the cookie is a short reference.
+    const big = await mk('https://proxy.example', false).sessions.issue({ ...session, idt: 'x'.repeat(5000) });
+    assert.ok(big.length < 400, `${big.length} bytes`);
+    await kv.close();
+  });
+});
