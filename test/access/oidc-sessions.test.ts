@@ -142,6 +142,21 @@ describe('oidc sessions on an injected clock', () => {
     assert.match(res.headers.get('www-authenticate') ?? '', /error="invalid_token", error_description="token expired"/);
     await res.text();
   });
+
+  // Last in this block: it stops the issuer.
+  it('keeps a session going when the refresh finds the provider down, and backs off', async () => {
+    const { jar } = await signIn(proxy.url, '/smart_proxy/tok/-/', 'alice', 'alice-pw');
+    await ready(jar, '/smart_proxy/tok/-/');
+    await issuer.close();
+    clock.offsetMs = 9.5 * MIN;
+    for (let i = 0; i < 3; i++) {
+      const res = await go(jar, `${proxy.url}/smart_proxy/tok/-/`, { headers: API });
+      assert.equal(res.status, 200);
+      await res.text();
+    }
+    const tries = proxy.logs.filter((l) => l.msg?.includes('refresh failed (provider unreachable)')).length;
+    assert.equal(tries, 1, 'one attempt, then a back-off');
+  });
 });
 
 describe('oidc with the issuer down', () => {

@@ -35,6 +35,8 @@ import { Sealer } from './sealer.ts';
 import { digest, newSessionId, SessionCookies, type Session } from './sessions.ts';
 
 export const AUTH_PREFIX = '/_smart_proxy/auth/';
+/** After a refresh failed for want of the provider, the same token is tried again after this. */
+const REFRESH_RETRY_MS = 30_000;
 const CALLBACK = `${AUTH_PREFIX}callback/`;
 
 /** An identity from a session carries what the response and the backend may need. */
@@ -85,6 +87,8 @@ export class OidcSignIn {
   readonly #settings: SessionSettings;
   /** Refreshes in flight, by refresh-token digest: one per token in this replica. */
   readonly #refreshing = new Map<string, Promise<Session | 'ended' | 'unavailable'>>();
+  /** After a provider outage, a token's next refresh waits (requests must not each wait on a dead provider). */
+  readonly #refreshRetryAt = new Map<string, number>();
   #onSignedIn: SignedInHook = () => undefined;
 
   constructor(options: OidcSignInOptions) {
@@ -197,9 +201,20 @@ export class OidcSignIn {
   /** Refreshes the access token; single-flight per refresh token, shared across replicas. */
   #refresh(issuer: Issuer, session: Session): Promise<Session | 'ended' | 'unavailable'> {
     const key = digest(session.rt as string);
+    const retryAt = this.#refreshRetryAt.get(key);
+    if (retryAt !== undefined && this.#clock.now() < retryAt) return Promise.resolve('unavailable');
     let p = this.#refreshing.get(key);
     if (p === undefined) {
-      p = this.#doRefresh(issuer, session, key).finally(() => this.#refreshing.delete(key));
+      p = this.#doRefresh(issuer, session, key).then((out) => {
+        if (out === 'unavailable') {
+          // Bounded: an outage with very many sessions forgets the oldest back-offs first.
+          if (this.#refreshRetryAt.size >= 10_000) this.#refreshRetryAt.delete(this.#refreshRetryAt.keys().next().value as string);
+          this.#refreshRetryAt.set(key, this.#clock.now() + REFRESH_RETRY_MS);
+        } else {
+          this.#refreshRetryAt.delete(key);
+        }
+        return out;
+      }).finally(() => this.#refreshing.delete(key));
       this.#refreshing.set(key, p);
     }
     return p;
@@ -455,6 +470,7 @@ export class OidcSignIn {
 
   close(): void {
     this.#refreshing.clear();
+    this.#refreshRetryAt.clear();
   }
 }
 
