@@ -10,8 +10,8 @@ export const demoCredentials = {
   carol: { password: 'carol-demo-password', groups: ['g2'] },
 } as const;
 
-export function printDemoBanner(app: App): void {
-  process.stdout.write(demoBanner(app.proxyUrl, app.mockCloud?.url, app.adminUrl, app.config.admin?.groups ?? []));
+export function printDemoBanner(app: App, issuerUrl?: string): void {
+  process.stdout.write(demoBanner(app.proxyUrl, app.mockCloud?.url, app.adminUrl, app.config.admin?.groups ?? [], issuerUrl));
 }
 
 /**
@@ -23,7 +23,7 @@ export function shellQuote(s: string): string {
 }
 
 /** What `npm start` prints: where things are and what to try, every command copy-paste safe. */
-export function demoBanner(proxyUrl: string, mockCloudUrl: string | undefined, adminUrl?: string, adminGroups: readonly string[] = []): string {
+export function demoBanner(proxyUrl: string, mockCloudUrl: string | undefined, adminUrl?: string, adminGroups: readonly string[] = [], issuerUrl?: string): string {
   const url = (path: string): string => shellQuote(`${proxyUrl}/smart_proxy/${path}`);
   const alice = `-H ${shellQuote(`Authorization: Bearer ${demoCredentials.alice.token}`)}`;
   const bob = `-H ${shellQuote(`Authorization: Bearer ${demoCredentials.bob.token}`)}`;
@@ -55,6 +55,15 @@ export function demoBanner(proxyUrl: string, mockCloudUrl: string | undefined, a
     'Try (the first request to a resource wakes a VM and waits until it answers; "-" = all my groups):',
     ...tries.map(([c, why]) => `  ${c.padEnd(width)}  # ${why}`),
     '',
+    ...(issuerUrl === undefined ? ['Browser sign-in: npm start -- --oidc', ''] : [
+      `Browser sign-in (OIDC, embedded provider at ${issuerUrl}): open in a browser`,
+      `  ${proxyUrl}/smart_proxy/notebook/-/   # sign in, watch your VM wake, land on it`,
+      `  ${proxyUrl}/smart_proxy/reports/staff/   # alice only`,
+      `  ${proxyUrl}/_smart_proxy/auth/sign-out   # sign out (here and at the provider)`,
+      '  users: alice / alice-demo-password (g1, g2, staff), bob / bob-demo-password (g1),',
+      `         carol / ${demoCredentials.carol.password} (g2)`,
+      '',
+    ]),
     'Ctrl-C stops the proxy and the VMs it started.',
     '',
   ];

@@ -9,12 +9,13 @@ import { AdminServer } from './admin/admin-server.ts';
 import { AdminState } from './admin/admin-state.ts';
 import { StartLimiter } from './access/limits.ts';
 import type { Verifier } from './access/types.ts';
+import { OidcSignIn } from './access/oidc/sign-in.ts';
 import type { Config } from './config/schema.ts';
 import { effectiveResources, expandStatuses, type EffectiveResource } from './config/load.ts';
 import { systemClock } from './core/clock.ts';
 import { SmartProxyError } from './core/errors.ts';
 import { KeepWarmPolicy, KeepWarmScheduler } from './core/keep-warm.ts';
-import type { Clock, Logger, ProbeSpec, Provider, Store } from './core/ports.ts';
+import type { Clock, KeyValueStore, Logger, ProbeSpec, Provider, Store } from './core/ports.ts';
 import { ResourceManager, type ResourceRuntime } from './core/resource-manager.ts';
 import { StateSync } from './core/state-sync.ts';
 import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
@@ -22,7 +23,7 @@ import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-prov
 import { EndpointPolicy, guardEndpoints } from './providers/endpoint-guard.ts';
 import { createHttpProvider } from './providers/http/http-provider.ts';
 import { createProcessProvider } from './providers/process/process-provider.ts';
-import { inheritedEnv, secretReaders } from './config/secrets.ts';
+import { inheritedEnv, resolveSecretValue, secretReaders } from './config/secrets.ts';
 import { createStaticProvider } from './providers/static/static-provider.ts';
 import { createQemuProvider } from './providers/qemu/qemu-provider.ts';
 import { createDockerProvider } from './providers/docker/docker-provider.ts';
@@ -33,6 +34,7 @@ import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 import { ThemeLoader } from './proxy/waiting-page.ts';
 import { createStore } from './state/create-store.ts';
+import { createKeyValueStore } from './state/key-value-stores.ts';
 import { RedisCoordinator } from './state/redis/redis-coordinator.ts';
 import { atmosphereApiWarnings } from './startup-checks.ts';
 import { Metrics } from './metrics/metrics.ts';
@@ -51,6 +53,8 @@ export interface AppOptions {
   readonly audit?: AuditSink;
   /** A store to use instead of the configured one (tests: a failing store). */
   readonly store?: Store;
+  /** A key-value store to use instead of the configured one (tests: replicas sharing one). */
+  readonly keyValues?: KeyValueStore;
   /** Reads and validates the configuration again, for `reload()` (the CLI: the --config file). */
   readonly loadConfig?: () => Promise<Config>;
 }
@@ -171,8 +175,12 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       clock, audit,
       startRetryAfterS: (id: string): number => Math.max(1, Math.ceil((manager.estimateBoot(id)?.p50Ms ?? 5_000) / 1000)),
     });
+    //    Browser sign-in (OIDC): sessions too big for a cookie and single-use sign-in marks
+    //    go to the key-value store beside the state store (shared when it is). Built once: a
+    //    reload that changes the OIDC providers or session settings is refused (restart).
+    const oidc = buildSignIn(config, clock, log, options.keyValues, closers);
     const buildAccess = (cfg: Config, rs: readonly EffectiveResource[]): ReturnType<typeof createAccessSteps> => createAccessSteps({
-      identities: cfg.identities, settings: cfg.access, clock, logger: log, audit,
+      identities: cfg.identities, settings: cfg.access, clock, logger: log, audit, oidc,
       policies: new Map(rs.map((r) => [r.id, r.access])),
     });
     // Replaced as a whole by a reload; the data plane calls through these indirections.
@@ -274,6 +282,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       protectedHeaders: access.protectedHeaders,
       observer: combineObservers([metrics, accessLog]),
       coldStartHeader: config.coldStartHeader.enabled ? config.coldStartHeader.name : undefined,
+      signIn: oidc,
       clock,
       tls: config.tls,
       maxHeldBytes: config.limits.maxHeldBytes,
@@ -285,6 +294,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       http2SessionIdleTimeoutMs: config.server.http2SessionIdleTimeoutMs,
       http2MaxConcurrentStreams: config.server.http2MaxConcurrentStreams,
     });
+    if (oidc !== undefined) oidc.onSignedIn = (target, identity) => proxy.startFor(target, identity);
     const addr = await proxy.listen(config.listen.port, config.listen.host);
     ownPorts.add(addr.port);
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
@@ -490,6 +500,19 @@ export function reloadOnSignal(app: App, onResult: (result: ReloadResult) => voi
 
 function meteredResources(resources: readonly EffectiveResource[]): Array<{ id: string; provider: string }> {
   return resources.map((r) => ({ id: r.id, provider: r.providerName }));
+}
+
+function buildSignIn(config: Config, clock: Clock, log: Logger, injected: KeyValueStore | undefined, closers: Array<() => Promise<void>>): OidcSignIn | undefined {
+  const identities = config.identities.flatMap((i) => (i.kind === 'oidc' ? [i] : []));
+  if (identities.length === 0) return undefined;
+  const kv = injected ?? createKeyValueStore(config.state, clock, log);
+  if (injected === undefined) closers.push(() => kv.close());
+  const sessions = config.access.sessions;
+  return new OidcSignIn({
+    identities, sessions, kv, clock, logger: log, tls: config.tls !== undefined,
+    keys: sessions.keys.map((k, i) => resolveSecretValue(k, `access.sessions.keys[${i}]`)),
+    clientSecrets: new Map(identities.map((i) => [i.name, i.clientSecret === undefined ? undefined : resolveSecretValue(i.clientSecret, `identities.${i.name}.clientSecret`)])),
+  });
 }
 
 async function openStore(config: Config, log: Logger): Promise<Store> {

@@ -5,7 +5,7 @@
  */
 
 /** How an identity was established. */
-export type CredentialKind = 'token' | 'basic' | 'jwt' | 'header' | 'anonymous';
+export type CredentialKind = 'token' | 'basic' | 'jwt' | 'header' | 'oidc' | 'anonymous';
 
 /** A caller as far as the proxy could verify it. */
 export interface VerifiedIdentity {

@@ -49,7 +49,7 @@ export class AdminAuth {
   readonly #onDenied: AdminAuthOptions['onDenied'];
 
   constructor(options: AdminAuthOptions) {
-    this.#verifiers = createVerifiers(options.identities, options.realm, options.clock, options.logger);
+    this.#verifiers = createVerifiers(options.identities.filter((i) => i.kind !== 'oidc'), options.realm, options.clock, options.logger);
     this.#challenges = challengesOf(this.#verifiers);
     this.#groups = new Set(options.admin.groups);
     this.#anonymousFromLoopback = options.admin.anonymousFromLoopback;

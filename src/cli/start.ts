@@ -10,27 +10,33 @@ import { UsageError } from './usage.ts';
 
 export const usage = [
   ['start --config FILE [--port N] [--host H] [--mock-port N]', 'run the proxy with a config file (SIGHUP: reload it)'],
-  ['demo [--port N] [--host H] [--mock-port N]', 'run the bundled demo config with the embedded mock cloud'],
+  ['demo [--port N] [--host H] [--mock-port N] [--oidc]', 'run the bundled demo config with the embedded mock cloud; --oidc adds browser sign-in through an embedded OpenID provider (port 5556)'],
 ] as const;
 
 export async function run(args: string[], command: 'start' | 'demo'): Promise<number> {
-  const { values } = parseArgs({ args, options: { config: { type: 'string' }, port: { type: 'string' }, host: { type: 'string' }, 'mock-port': { type: 'string' } } });
+  const { values } = parseArgs({ args, options: { config: { type: 'string' }, port: { type: 'string' }, host: { type: 'string' }, 'mock-port': { type: 'string' }, oidc: { type: 'boolean', default: false } } });
   const file = values.config ?? (command === 'demo' ? fileURLToPath(new URL('../../examples/demo.yaml', import.meta.url)) : undefined);
   if (file === undefined) throw new UsageError('start needs --config FILE');
   // Also what a reload (SIGHUP) reads: the same file, flags and environment.
-  const load = async (): Promise<Config> => applyMockPort(applyEnv(await loadConfigFile(file), { port: values.port, host: values.host }), values['mock-port']);
-  const config = await load();
+  const read = async (): Promise<Config> => applyMockPort(applyEnv(await loadConfigFile(file), { port: values.port, host: values.host }), values['mock-port']);
+  let config = await read();
+  const demo = command === 'demo' && values.oidc ? await (await import('../demo-oidc.ts')).withEmbeddedIssuer(config, 5556) : undefined;
+  const demoIssuer = demo?.issuer;
+  if (demo !== undefined) config = demo.config;
+  // Also what a reload (SIGHUP) reads: the same file, flags and environment.
+  const load = async (): Promise<Config> => (demo === undefined ? read() : demo.apply(await read()));
   // Loaded on demand so that the other commands stay light and never open a socket.
   const { startApp, closeOnSignal, reloadOnSignal } = await import('../main.ts');
   let app;
   try {
     app = await startApp(config, { loadConfig: load });
   } catch (err) {
+    await demoIssuer?.close();
     throw portInUse(err, config) ?? err;
   }
   if (command === 'demo') {
     const { printDemoBanner } = await import('../demo-banner.ts');
-    printDemoBanner(app);
+    printDemoBanner(app, demoIssuer?.url);
   }
   const stopReloading = reloadOnSignal(app, (result) => process.stderr.write(result.ok
     ? `SIGHUP: configuration reloaded (${JSON.stringify(result.summary)})\n`
@@ -40,6 +46,7 @@ export async function run(args: string[], command: 'start' | 'demo'): Promise<nu
     stopReloading();
     process.stderr.write(`\n${signal}: draining and shutting down (again to quit at once)…\n`);
   });
+  await demoIssuer?.close();
   // Everything is closed and flushed: exit now. Left to itself, Node would first tear the V8
   // heap down page by page, 100-400 ms measured after a demo run, which nothing here needs.
   await new Promise<void>((resolve) => process.stdout.write('', () => resolve()));

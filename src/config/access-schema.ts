@@ -89,13 +89,46 @@ export const headerIdentitySchema = z.object({
   groupsSeparator: z.string().min(1).max(4).default(',').describe('Separator between groups in groupsHeader.'),
 }).strict().describe('An identity asserted by a trusted authenticating proxy (oauth2-proxy style); ignored and stripped from anyone else.');
 
-export const identitySchema = z.discriminatedUnion('kind', [tokenIdentitySchema, basicIdentitySchema, jwtIdentitySchema, headerIdentitySchema]);
+/** A secret given inline, or read from the environment or a file once at start-up. */
+export const secretValueSchema = z.union([
+  z.string().min(1),
+  z.object({ env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/) }).strict(),
+  z.object({ file: z.string().min(1) }).strict(),
+]);
+
+export const oidcIdentitySchema = z.object({
+  kind: z.literal('oidc'),
+  name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,31}$/, 'a provider name: 1-32 of a-z 0-9 - (it is part of the callback URL)')
+    .describe('Names the provider in its callback URL: {publicUrl}/_smart_proxy/auth/callback/{name}.'),
+  issuer: z.url({ protocol: /^https?$/ }).describe('The issuer URL; its /.well-known/openid-configuration is read on first use.'),
+  clientId: z.string().min(1),
+  clientSecret: secretValueSchema.optional().describe('Confidential clients: the secret, or { env } / { file }. Absent: a public client (PKCE only).'),
+  scopes: z.array(z.string().regex(/^[\x21\x23-\x5b\x5d-\x7e]+$/)).default(['openid', 'profile', 'email'])
+    .describe('Scopes asked for; "openid" is added when missing. Some providers issue refresh tokens only for "offline_access".'),
+  algorithms: z.array(z.enum(jwtAlgorithms.filter((a) => !a.startsWith('HS')) as [string, ...string[]])).min(1).default(['RS256'])
+    .describe('Accepted ID token (and bearer token) "alg" values.'),
+  userClaim: z.string().min(1).default('sub').describe('Claim holding the user name (preferred_username is friendlier but may change).'),
+  groupsClaim: z.string().min(1).default('groups').describe('Dot path of the claim holding the groups, e.g. realm_access.roles.'),
+  groupsPrefix: z.string().min(1).optional().describe('Stripped from claimed groups that start with it (Keycloak group paths: "/").'),
+  groupsMap: z.record(z.string().min(1), groupNameSchema).default({})
+    .describe('Claimed group (after prefix stripping) → proxy group; claimed groups not valid in a URL and not mapped are ignored.'),
+  userinfo: z.boolean().default(false).describe('Also read the userinfo endpoint at sign-in; its claims complete the ID token\'s.'),
+  acceptBearer: z.boolean().default(true).describe('API clients may send this issuer\'s access tokens (JWTs) as Bearer tokens.'),
+  bearerAudience: stringOrList.optional().describe('Accepted "aud" of bearer tokens; default the clientId.'),
+  endSession: z.boolean().default(true).describe('Sign-out also signs out at the provider (RP-initiated logout) when it offers an end_session_endpoint.'),
+  discoveryTimeoutMs: ms('Timeout of one call to the provider (discovery, token, userinfo, keys).', 5_000),
+  discoveryRetryMs: ms('After a failed discovery, the next attempt waits at least this long.', 5_000),
+  clockToleranceMs: ms('Clock skew allowed on exp / iat of tokens.', 30_000),
+}).strict().describe('Browser sign-in with OpenID Connect (authorization code + PKCE); see docs/how-to/sign-in-with-oidc.md.');
+
+export const identitySchema = z.discriminatedUnion('kind', [tokenIdentitySchema, basicIdentitySchema, jwtIdentitySchema, headerIdentitySchema, oidcIdentitySchema]);
 
 export const resourceAccessSchema = z.object({
   public: z.boolean().default(false).describe('Anyone may use it, with no identity.'),
   anyOf: z.array(groupNameSchema).min(1).optional().describe('The request must act with at least one of these groups.'),
   allOf: z.array(groupNameSchema).min(1).optional().describe('The request must act with all of these groups.'),
   passCredentials: z.boolean().default(false).describe('Forward the Authorization header to the backend (it is stripped otherwise).'),
+  passAccessToken: z.boolean().default(false).describe('Send a signed-in user\'s OIDC access token to the backend (access.backendHeaders.accessToken).'),
   revealExistence: z.boolean().optional().describe('Answer 403 rather than 404 to callers who may not see this resource; defaults to access.revealExistence.'),
 }).strict().refine((a) => !a.public || (a.anyOf === undefined && a.allOf === undefined), {
   message: 'a public resource has no group requirements (drop anyOf/allOf or public)',
@@ -115,6 +148,7 @@ export const accessSettingsSchema = z.object({
   backendHeaders: z.object({
     user: headerNameSchema.default('X-Forwarded-User'),
     groups: headerNameSchema.default('X-Forwarded-Groups'),
+    accessToken: headerNameSchema.default('X-Forwarded-Access-Token').describe('Carries the OIDC access token to resources with passAccessToken.'),
   }).strict().prefault({}).describe('Headers that tell the backend the verified user and the groups the request acts with.'),
   credentials: z.object({
     maxConcurrentHashes: z.number().int().min(1).max(64).default(2)
@@ -131,6 +165,21 @@ export const accessSettingsSchema = z.object({
     runningInstances: limitScopes.prefault({}).describe('Instances starting or running (like JupyterHub active_server_limit).'),
     runningRetryAfterMs: ms('Retry-After sent when a running-instances limit is hit.', 60_000),
   }).strict().prefault({}),
+  sessions: z.object({
+    publicUrl: z.url({ protocol: /^https?$/ }).optional()
+      .describe('The proxy\'s URL as browsers see it (scheme, host, port): callback URLs and the only origin sign-in returns to. Required with an oidc identity.'),
+    keys: z.array(secretValueSchema).default([])
+      .describe('Session keys (at least 32 characters each): the first seals new cookies, all open them. Prepend a new key to rotate; drop the old one after absoluteTimeoutMs.'),
+    cookieName: z.string().regex(/^[A-Za-z0-9_-]{1,40}$/).default('smart_proxy_session'),
+    idleTimeoutMs: ms('A session unused this long ends.', 4 * 3_600_000),
+    absoluteTimeoutMs: ms('A session ends this long after sign-in, used or not.', 24 * 3_600_000),
+    touchIntervalMs: ms('A used session\'s cookie is renewed (idle timer) at most this often.', 60_000),
+    refreshBeforeMs: ms('The access token is refreshed with the refresh token this long before it expires.', 60_000),
+    signInTimeoutMs: ms('Longest time between leaving for the provider and coming back.', 600_000),
+    maxCookieBytes: z.number().int().min(1_000).max(4_000).default(3_800)
+      .describe('A session larger than this (many groups, big tokens) is kept in the state store; the cookie then holds its key.'),
+    secure: z.enum(['auto', 'always', 'never']).default('auto').describe('The cookie\'s Secure attribute; auto: when publicUrl is https or the proxy terminates TLS.'),
+  }).strict().prefault({}).describe('Browser sessions after an OIDC sign-in (sealed cookies; see docs/how-to/sign-in-with-oidc.md).'),
 }).strict().prefault({});
 
 export type IdentityConfig = z.infer<typeof identitySchema>;
@@ -138,5 +187,28 @@ export type TokenIdentityConfig = z.infer<typeof tokenIdentitySchema>;
 export type BasicIdentityConfig = z.infer<typeof basicIdentitySchema>;
 export type JwtIdentityConfig = z.infer<typeof jwtIdentitySchema>;
 export type HeaderIdentityConfig = z.infer<typeof headerIdentitySchema>;
+export type OidcIdentityConfig = z.infer<typeof oidcIdentitySchema>;
+export type SecretValue = z.infer<typeof secretValueSchema>;
+export type SessionSettings = AccessSettings['sessions'];
 export type ResourceAccessConfig = z.infer<typeof resourceAccessSchema>;
 export type AccessSettings = z.infer<typeof accessSettingsSchema>;
+
+/** OIDC needs where browsers come back to and keys to seal sessions; provider names are unique. */
+export function checkOidcSettings(cfg: { identities: readonly IdentityConfig[]; access: AccessSettings }, ctx: z.RefinementCtx): void {
+  const oidc = cfg.identities.filter((i): i is OidcIdentityConfig => i.kind === 'oidc');
+  if (oidc.length === 0) return;
+  const names = new Set<string>();
+  oidc.forEach((o) => {
+    if (names.has(o.name)) ctx.addIssue({ code: 'custom', path: ['identities'], message: `two oidc identities are named "${o.name}"` });
+    names.add(o.name);
+  });
+  if (cfg.access.sessions.publicUrl === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['access', 'sessions', 'publicUrl'], message: 'is required with an oidc identity (the callback URL is built from it)' });
+  }
+  if (cfg.access.sessions.keys.length === 0) {
+    ctx.addIssue({ code: 'custom', path: ['access', 'sessions', 'keys'], message: 'needs at least one key (32+ characters, e.g. `openssl rand -base64 48`) with an oidc identity' });
+  }
+  cfg.access.sessions.keys.forEach((k, i) => {
+    if (typeof k === 'string' && k.length < 32) ctx.addIssue({ code: 'custom', path: ['access', 'sessions', 'keys', i], message: 'a session key needs at least 32 characters' });
+  });
+}

@@ -209,7 +209,7 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       releaseConcurrency: r.releaseConcurrency ?? d.releaseConcurrency ?? builtinDefaults.releaseConcurrency,
       healthCheckIntervalMs: r.healthCheckIntervalMs ?? d.healthCheckIntervalMs ?? builtinDefaults.healthCheckIntervalMs,
       keepWarm: r.keepWarm ?? d.keepWarm,
-      access: r.access ?? d.access ?? { public: false, passCredentials: false },
+      access: r.access ?? d.access ?? { public: false, passCredentials: false, passAccessToken: false },
       backendTls: r.backendTls ?? d.backendTls,
     };
   });

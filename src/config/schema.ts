@@ -8,7 +8,7 @@ import { z } from 'zod';
 import { adminSchema, auditSchema } from './admin-schema.ts';
 import { cronProblem } from '../core/keep-warm.ts';
 import { DEFAULT_DENIED_ENDPOINTS } from '../providers/endpoint-guard.ts';
-import { accessSettingsSchema, cidrSchema, identitySchema, resourceAccessSchema } from './access-schema.ts';
+import { accessSettingsSchema, checkOidcSettings, cidrSchema, identitySchema, resourceAccessSchema } from './access-schema.ts';
 import { frontSchema } from './front-schema.ts';
 import { accessLogSchema, coldStartHeaderSchema, metricsSchema } from './ops-schema.ts';
 
@@ -390,6 +390,7 @@ export const configSchema = z.object({
     }
     checkResourceAccess(cfg, id, r, ctx);
   }
+  checkOidcSettings(cfg, ctx);
 });
 
 /** Access rules that span fields: a resource nobody could reach, a per-user resource without users. */

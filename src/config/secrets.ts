@@ -4,6 +4,7 @@
  * missing token stops the proxy with a clear message; a file is re-read on each use, so a
  * rotated secret (a mounted Kubernetes secret, say) is picked up without a restart.
  */
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { ConfigError } from './load.ts';
 
@@ -28,4 +29,19 @@ export function secretReaders(specs: Readonly<Record<string, SecretSpec>>, where
 /** The proxy's environment, which a `process` provider's children start from. */
 export function inheritedEnv(): Readonly<Record<string, string | undefined>> {
   return { ...process.env };
+}
+
+/** A secret value from the config (inline, `{ env }` or `{ file }`), read once at start-up. */
+export function resolveSecretValue(value: string | { readonly env: string } | { readonly file: string }, where: string): string {
+  if (typeof value === 'string') return value;
+  if ('env' in value) {
+    const v = process.env[value.env];
+    if (v === undefined || v === '') throw new ConfigError(where, [`environment variable ${value.env} is not set`]);
+    return v;
+  }
+  try {
+    return readFileSync(value.file, 'utf8').replace(/\r?\n$/, '');
+  } catch (err) {
+    throw new ConfigError(where, [`cannot read ${value.file}: ${err instanceof Error ? err.message : String(err)}`]);
+  }
 }

@@ -262,3 +262,19 @@ export interface Store {
   queryAudit(query: AuditQuery): Promise<StoredAuditEvent[]>;
   close(): Promise<void>;
 }
+
+/**
+ * Small values with a time to live, shared by every replica when the store is (sign-in
+ * sessions too big for a cookie, single-use sign-in markers). Keys are opaque strings of at
+ * most 200 characters; an expired value is never returned. Failures reject: callers decide.
+ */
+export interface KeyValueStore {
+  readonly kind: string;
+  /** Stores `value` under `key` for `ttlMs`, replacing any value. */
+  set(key: string, value: string, ttlMs: number): Promise<void>;
+  /** Stores only when `key` holds no live value; true when stored (one winner across replicas). */
+  setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean>;
+  get(key: string): Promise<string | undefined>;
+  delete(key: string): Promise<void>;
+  close(): Promise<void>;
+}

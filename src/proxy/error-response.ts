@@ -14,6 +14,8 @@ export const statusByCode: Readonly<Record<ErrorCode, number>> = {
   SP_ACCESS_DENIED: 403,
   SP_ACCESS_UNAVAILABLE: 503,
   SP_ACCESS_BUSY: 503,
+  SP_ACCESS_SIGN_IN_REQUIRED: 302,
+  SP_ACCESS_SIGN_IN_FAILED: 400,
   SP_LIMIT_EXCEEDED: 429,
   SP_HOLD_QUEUE_FULL: 503,
   SP_HOLD_BYTES_FULL: 503,
@@ -40,7 +42,7 @@ export const statusByCode: Readonly<Record<ErrorCode, number>> = {
 };
 
 const titles: Readonly<Record<number, string>> = {
-  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 408: 'Request Timeout', 413: 'Content Too Large',
+  302: 'Found', 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 408: 'Request Timeout', 413: 'Content Too Large',
   429: 'Too Many Requests', 500: 'Internal Server Error', 501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
 };
 
@@ -68,7 +70,7 @@ export interface ProblemBody {
 export function problemOf(err: SmartProxyError, instance?: string): ProblemBody {
   const status = statusByCode[err.code];
   // `challenges` become WWW-Authenticate (see sendError), not body members.
-  const { challenges: _challenges, ...data } = err.data;
+  const { challenges: _challenges, location: _location, ...data } = err.data;
   return {
     ...data,
     type: `tag:smart-proxy,2026:${err.code}`,
@@ -100,6 +102,8 @@ export function sendError(req: IncomingMessage, res: ServerResponse, err: unknow
   // RFC 9110 §11.6.1: a 401 carries at least one challenge; several are listed comma-separated.
   const challenge = challengeOf(e);
   if (challenge !== undefined) headers['www-authenticate'] = challenge;
+  // A browser sent to sign in (SP_ACCESS_SIGN_IN_REQUIRED).
+  if (typeof e.data.location === 'string') headers.location = e.data.location;
   let body: string;
   if (wantsHtml(req)) {
     headers['content-type'] = 'text/html; charset=utf-8';

@@ -245,7 +245,12 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     // 1xx interim answers (100 Continue, 103 Early Hints) are not relayed; the final one follows.
     if (statusCode < 200) return;
     this.#headSent = true;
-    this.#res.writeHead(statusCode, downstreamHeaders(headers));
+    const head = downstreamHeaders(headers);
+    // A renewed sign-in session (set before forwarding): writeHead with the backend's own
+    // Set-Cookie would drop it, so it joins the list.
+    const own = this.#res.getHeader('set-cookie');
+    if (own !== undefined) for (const c of Array.isArray(own) ? own : [String(own)]) head.push('set-cookie', c);
+    this.#res.writeHead(statusCode, head);
     // A body of unknown length may be a stream (SSE, long poll): its head goes out now, as
     // the backend sent it, instead of waiting for the first chunk.
     if (headers['content-length'] === undefined) this.#res.flushHeaders();

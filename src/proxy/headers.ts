@@ -125,6 +125,8 @@ export interface ForwardContext {
   readonly protectedNames: ReadonlySet<string>;
   /** Extra headers to add (identity for the backend), already safe to send. */
   readonly extra?: ReadonlyArray<readonly [string, string]> | undefined;
+  /** Cookies (by name) not to forward: the proxy's own session cookies. */
+  readonly dropCookies?: ((name: string) => boolean) | undefined;
 }
 
 /** Builds the upstream request's headers as a flat [name, value, …] list. */
@@ -168,7 +170,8 @@ export function upstreamHeaders(rawHeaders: readonly string[], ctx: ForwardConte
     }
     out.push(rawName, rawHeaders[i + 1] as string);
   }
-  if (cookie !== undefined) out.push('cookie', cookie);
+  if (cookie !== undefined && ctx.dropCookies !== undefined) cookie = withoutCookies(cookie, ctx.dropCookies);
+  if (cookie !== undefined && cookie !== '') out.push('cookie', cookie);
   const remote = ctx.remoteAddress ?? '';
   const proto = ctx.encrypted ? 'https' : 'http';
   out.push(
@@ -179,6 +182,15 @@ export function upstreamHeaders(rawHeaders: readonly string[], ctx: ForwardConte
   );
   if (ctx.extra) for (const [n, v] of ctx.extra) out.push(n, v);
   return out;
+}
+
+/** The Cookie value without the pairs whose name `drop` accepts (RFC 6265 §4.2.1: `; `-separated). */
+function withoutCookies(cookie: string, drop: (name: string) => boolean): string {
+  if (!cookie.includes('=')) return cookie;
+  return cookie.split(';').filter((pair) => {
+    const eq = pair.indexOf('=');
+    return eq === -1 || !drop(pair.slice(0, eq).trim());
+  }).map((p) => p.trim()).join('; ');
 }
 
 const RESPONSE_HOP_BY_HOP = new Set(['connection', 'proxy-connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade']);

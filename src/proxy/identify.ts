@@ -15,6 +15,7 @@ import { HashGate, type CredentialWork } from '../access/credential-cache.ts';
 import { challengesOf, verifyChain, type ChainOutcome } from '../access/chain.ts';
 import { createHeaderVerifier } from '../access/header-verifier.ts';
 import { createJwtVerifier } from '../access/jwt-verifier.ts';
+import type { OidcSignIn, SessionIdentity } from '../access/oidc/sign-in.ts';
 import { ANONYMOUS, decide, type ResourcePolicy } from '../access/policy.ts';
 import { createTokenVerifier } from '../access/token-verifier.ts';
 import type { RequestCredentials, VerifiedIdentity, Verifier } from '../access/types.ts';
@@ -22,6 +23,7 @@ import type { AccessSettings, IdentityConfig, ResourceAccessConfig } from '../co
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger } from '../core/ports.ts';
 import { foldName, TrustedProxies } from './headers.ts';
+import { isBrowserNavigation } from './prefer.ts';
 import type { ParsedTarget } from './route.ts';
 import { resourceNotFound, type Authorize, type BackendHeaders, type Identify, type Identity, type UnknownResource } from './server.ts';
 
@@ -34,6 +36,8 @@ export interface AccessOptions {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly audit: AuditSink;
+  /** Browser sign-in, when an oidc identity is configured. */
+  readonly oidc?: OidcSignIn | undefined;
 }
 
 export interface AccessSteps {
@@ -62,7 +66,7 @@ export function credentialWork(settings: AccessSettings['credentials'], clock: C
 }
 
 /** Builds one verifier per configured identity, in order. */
-export function createVerifiers(identities: readonly IdentityConfig[], realm: string, clock: Clock, log: Logger, work?: CredentialWork): Verifier[] {
+export function createVerifiers(identities: readonly IdentityConfig[], realm: string, clock: Clock, log: Logger, work?: CredentialWork, oidc?: OidcSignIn): Verifier[] {
   const bearer = `Bearer realm="${realm}"`;
   return identities.map((cfg): Verifier => {
     switch (cfg.kind) {
@@ -73,6 +77,9 @@ export function createVerifiers(identities: readonly IdentityConfig[], realm: st
         const trusted = new TrustedProxies(cfg.fromAddresses);
         return createHeaderVerifier(cfg, (addr) => trusted.has(addr));
       }
+      case 'oidc':
+        if (oidc === undefined) throw new Error(`identity "${cfg.name}": oidc needs the sign-in routes (access.sessions)`);
+        return oidc.verifier(cfg.name, bearer);
     }
   });
 }
@@ -117,14 +124,15 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
   const { settings, clock, audit } = options;
   const log = options.logger;
   const work = credentialWork(settings.credentials, clock);
-  const verifiers = createVerifiers(options.identities, settings.realm, clock, log, work);
+  const { oidc } = options;
+  const verifiers = createVerifiers(options.identities, settings.realm, clock, log, work, oidc);
   const challenges = challengesOf(verifiers);
   const policies = new Map<string, ResourcePolicy>();
   for (const [id, cfg] of options.policies) policies.set(id, policyOf(cfg, settings));
   const policyFor = (id: string): ResourcePolicy => policies.get(id) ?? policyOf(undefined, settings);
 
   // Identity headers: the ones we set for backends, and the ones a front proxy sets for us.
-  const protectedHeaders = new Set([foldName(settings.backendHeaders.user), foldName(settings.backendHeaders.groups)]);
+  const protectedHeaders = new Set([foldName(settings.backendHeaders.user), foldName(settings.backendHeaders.groups), foldName(settings.backendHeaders.accessToken)]);
   for (const cfg of options.identities) {
     if (cfg.kind === 'header') {
       protectedHeaders.add(foldName(cfg.userHeader));
@@ -144,6 +152,11 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
     });
     if (out.kind === 'invalid' && out.unavailable) {
       return new SmartProxyError('SP_ACCESS_UNAVAILABLE', undefined, { retryAfterS: 5 });
+    }
+    // A person in a browser is sent to sign in (and back); an API client gets its 401 below.
+    // A refused Authorization header is the client's own credential: it gets the 401.
+    if (oidc !== undefined && isBrowserNavigation(req) && req.url !== undefined && req.headers.authorization === undefined && (out.kind === 'anonymous' || out.via === 'oidc')) {
+      return new SmartProxyError('SP_ACCESS_SIGN_IN_REQUIRED', 'Sign in to continue.', { data: { location: oidc.signInLocation(req.url) } });
     }
     // RFC 6750 §3.1: tell a bearer client its token is the problem, so it refreshes it.
     const bearerRefused = out.kind === 'invalid' && (out.via === 'jwt' || out.via === 'token' || /^bearer /i.test(req.headers.authorization ?? ''));
@@ -200,13 +213,17 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
     return refuseUnauthenticated(req, route, out, false);
   };
 
+  // The proxy's own session cookies are never a backend's business (a backend could replay them).
+  const dropCookies = oidc === undefined ? undefined : (name: string): boolean => oidc.sessions.isOwnCookie(name);
   const backendHeaders: BackendHeaders = (identity: Identity, acting, resource) => {
     const strip = stripFor(resource.runtime.id);
-    if (identity.user === undefined) return { extra: [], strip };
-    return {
-      extra: [[settings.backendHeaders.user, encodeHeaderValue(identity.user)], [settings.backendHeaders.groups, encodeGroups(acting)]],
-      strip,
-    };
+    if (identity.user === undefined) return { extra: [], strip, dropCookies };
+    const extra: Array<readonly [string, string]> = [[settings.backendHeaders.user, encodeHeaderValue(identity.user)], [settings.backendHeaders.groups, encodeGroups(acting)]];
+    const accessToken = (identity as SessionIdentity).accessToken;
+    if (accessToken !== undefined && options.policies.get(resource.runtime.id)?.passAccessToken === true) {
+      extra.push([settings.backendHeaders.accessToken, encodeHeaderValue(accessToken)]);
+    }
+    return { extra, strip, dropCookies };
   };
 
   return { identify, authorize, unknownResource, backendHeaders, protectedHeaders: [...protectedHeaders], verifiers };

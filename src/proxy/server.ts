@@ -43,6 +43,8 @@ export interface Identity {
   readonly user: string | undefined;
   /** Groups the identity really holds (sorted, unique). */
   readonly groups: readonly string[];
+  /** Set-Cookie values the response must carry (a renewed sign-in session). */
+  readonly responseCookies?: readonly string[] | undefined;
 }
 
 /**
@@ -66,6 +68,8 @@ export type UnknownResource = (req: IncomingMessage, route: ParsedTarget) => Sma
 export type BackendHeaders = (identity: Identity, acting: readonly string[], resource: RoutedResource) => {
   readonly extra: ReadonlyArray<readonly [string, string]>;
   readonly strip: ReadonlySet<string>;
+  /** Cookies (by name) the backend must not see: the proxy's own sessions. */
+  readonly dropCookies?: ((name: string) => boolean) | undefined;
 };
 
 /** The one "not found" answer, for unknown resources and for those the caller may not see. */
@@ -101,6 +105,8 @@ export interface ProxyServerOptions {
   readonly clock?: Clock;
   /** Terminate TLS (HTTP/2 + HTTP/1.1 by ALPN) with these files; absent: plain HTTP/1.1. */
   readonly tls?: TlsFiles | undefined;
+  /** The sign-in routes (OIDC) under their reserved prefix, served before anything else. */
+  readonly signIn?: { handles(url: string | undefined): boolean; handle(req: IncomingMessage, res: ServerResponse): Promise<void> } | undefined;
   /** Global budget of announced body bytes of held requests (see held-bytes.ts). */
   readonly maxHeldBytes?: number;
   /** What a held body of unknown length counts against maxHeldBytes. */
@@ -146,6 +152,7 @@ export class ProxyServer {
   readonly #waiting: WaitingRoom;
   readonly #observer: RequestObserver | undefined;
   readonly #coldStartHeader: string | undefined;
+  readonly #signIn: ProxyServerOptions['signIn'];
   #draining = false;
 
   constructor(options: ProxyServerOptions) {
@@ -157,6 +164,7 @@ export class ProxyServer {
     this.#authorize = options.authorize ?? allowActingGroups;
     this.#unknownResource = options.unknownResource;
     this.#backendHeaders = options.backendHeaders;
+    this.#signIn = options.signIn;
     this.#protected = new Set(options.protectedHeaders ?? ['x-forwarded-user', 'x-forwarded-groups']);
     this.pools = new UpstreamPools({ ...options.upstream, bodyIdleTimeoutMs: options.bodyIdleTimeoutMs ?? 60_000 });
     this.#sweepPoolsOnStop(options.manager, options.clock ?? systemClock, options.poolSweepDelayMs ?? 1_000);
@@ -293,6 +301,10 @@ export class ProxyServer {
       res.shouldKeepAlive = false;
       throw new SmartProxyError('SP_SHUTTING_DOWN', undefined, { retryAfterS: 1 });
     }
+    if (this.#signIn?.handles(req.url) === true) {
+      await this.#signIn.handle(req, res);
+      return;
+    }
     // The proxy's own status and progress endpoints, behind the same access steps.
     if (isReservedPath(req.url)) {
       await this.#waiting.serveReserved(req, res, async (r) => {
@@ -313,6 +325,8 @@ export class ProxyServer {
       record.resourceId = resource.runtime.id;
       record.user = admission.identity.user;
     }
+    const cookies = admission.identity.responseCookies?.filter((c) => c !== '');
+    if (cookies !== undefined && cookies.length > 0) res.setHeader('set-cookie', cookies);
     const requester = requesterOf(admission);
     const inst = this.#manager.selectInstance(resource.runtime, admission.acting, admission.identity.user);
     this.#manager.touch(inst);
@@ -347,6 +361,26 @@ export class ProxyServer {
     const headers = this.#forwardHeaders(req, admission);
     // 6. forward, with crash repair when the backend turns out to be gone.
     await this.#forward(req, res, inst, resource, route, headers, endpoint);
+  }
+
+  /**
+   * Starts what a user who just signed in is coming back to, through the same steps as their
+   * request will take (route, authorize, select): the boot runs while the browser is still
+   * on its way. Any refusal is left for that request to meet.
+   */
+  startFor(target: string, identity: Identity): void {
+    try {
+      const route = parseTarget(target);
+      const resource = this.#resources.get(route.resourceId);
+      if (resource === undefined) return;
+      const acting = this.#authorize(identity, route, resource);
+      if (acting instanceof SmartProxyError) return;
+      const inst = this.#manager.selectInstance(resource.runtime, acting, identity.user);
+      this.#manager.touch(inst);
+      if (inst.status !== 'ready') this.#manager.requestStart(inst, { user: identity.user, groups: acting, actor: identity });
+    } catch (err) {
+      if (!(err instanceof SmartProxyError)) this.#log.warn({ err }, 'early start after sign-in failed');
+    }
   }
 
   /**
@@ -388,6 +422,7 @@ export class ProxyServer {
       prefix: admission.route.prefix,
       protectedNames: backend?.strip ?? this.#protected,
       extra: backend?.extra,
+      dropCookies: backend?.dropCookies,
     });
   }
 

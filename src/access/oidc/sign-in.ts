@@ -1,0 +1,526 @@
+/**
+ * Browser sign-in with OpenID Connect: the authorization code flow with PKCE (RFC 7636),
+ * `state` and `nonce`, the ID token verified by openid-client (issuer, audience, expiry,
+ * signature; the algorithm against `algorithms`), groups mapped from claims (claims.ts),
+ * sessions in sealed cookies (sessions.ts), refresh before expiry, sign-out local and at the
+ * provider (RP-initiated logout).
+ *
+ * Routes live under `/_smart_proxy/auth/` (the proxy's reserved prefix: outside
+ * `/smart_proxy/`, so no resource id can shadow them):
+ *
+ * - `GET sign-in?rd=<path>[&provider=<name>]` seals a transaction cookie (state, nonce, PKCE
+ *   verifier, return path) and redirects to the provider;
+ * - `GET callback/<name>` checks it (single use, through the shared store), redeems the code,
+ *   opens the session, asks the data plane to start the resource the user returns to, and
+ *   redirects back to the exact path and query;
+ * - `GET|POST sign-out[?rd=<path>]` ends the session here, then at the provider when it
+ *   offers an end_session_endpoint;
+ * - `GET signed-out` says so.
+ *
+ * Return paths are only ever same-origin relative paths (no open redirect).
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
+import * as client from 'openid-client';
+import type { OidcIdentityConfig, SessionSettings } from '../../config/access-schema.ts';
+import { SmartProxyError } from '../../core/errors.ts';
+import type { Clock, KeyValueStore, Logger } from '../../core/ports.ts';
+import { bearerToken, looksLikeJwt } from '../bearer.ts';
+import { describeJoseError } from '../jwt-verifier.ts';
+import { ABSENT, type RequestCredentials, type VerifiedIdentity, type Verifier, type VerifyOutcome } from '../types.ts';
+import { mapClaims } from './claims.ts';
+import { cookiesWithPrefix, setCookie } from './cookies.ts';
+import { Issuer, IssuerUnavailable, isIssuerFailure } from './issuer.ts';
+import { Sealer } from './sealer.ts';
+import { digest, newSessionId, SessionCookies, type Session } from './sessions.ts';
+
+export const AUTH_PREFIX = '/_smart_proxy/auth/';
+/** After a refresh failed for want of the provider, the same token is tried again after this. */
+const REFRESH_RETRY_MS = 30_000;
+const CALLBACK = `${AUTH_PREFIX}callback/`;
+
+/** An identity from a session carries what the response and the backend may need. */
+export interface SessionIdentity extends VerifiedIdentity {
+  /** Set-Cookie values to send with the response (renewed or refreshed session). */
+  readonly responseCookies?: readonly string[];
+  /** The OIDC access token, for resources that pass it on. */
+  readonly accessToken?: string | undefined;
+}
+
+export interface OidcSignInOptions {
+  readonly identities: readonly OidcIdentityConfig[];
+  /** Client secrets by identity name, resolved at start-up. */
+  readonly clientSecrets: ReadonlyMap<string, string | undefined>;
+  readonly sessions: SessionSettings;
+  /** Session keys, resolved (first seals, all open). */
+  readonly keys: readonly string[];
+  /** The proxy terminates TLS itself. */
+  readonly tls: boolean;
+  readonly kv: KeyValueStore;
+  readonly clock: Clock;
+  readonly logger: Logger;
+}
+
+/** Called once a user signed in, with the path they return to (start the resource early). */
+export type SignedInHook = (returnPath: string, identity: VerifiedIdentity & { readonly remoteAddress: string | undefined; readonly method: string }) => void;
+
+const escapeHtml = (s: string): string =>
+  s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c] ?? c);
+
+function signInFailed(reason: string): SmartProxyError {
+  return new SmartProxyError('SP_ACCESS_SIGN_IN_FAILED', `Sign-in failed: ${reason}. Go back to the page you wanted and try again.`, { data: { reason } });
+}
+
+function unavailable(err: unknown, issuer: string): SmartProxyError {
+  return new SmartProxyError('SP_ACCESS_UNAVAILABLE',
+    `The sign-in provider (${issuer}) cannot be reached right now. Try again in a moment.`, { retryAfterS: 5, cause: err });
+}
+
+export class OidcSignIn {
+  readonly sessions: SessionCookies;
+  readonly #issuers: ReadonlyMap<string, Issuer>;
+  readonly #sealer: Sealer;
+  readonly #kv: KeyValueStore;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+  readonly #origin: string;
+  readonly #settings: SessionSettings;
+  /** Refreshes in flight, by refresh-token digest: one per token in this replica. */
+  readonly #refreshing = new Map<string, Promise<Session | 'ended' | 'unavailable'>>();
+  /** After a provider outage, a token's next refresh waits (requests must not each wait on a dead provider). */
+  readonly #refreshRetryAt = new Map<string, number>();
+  #onSignedIn: SignedInHook = () => undefined;
+
+  constructor(options: OidcSignInOptions) {
+    this.#settings = options.sessions;
+    this.#origin = new URL(options.sessions.publicUrl ?? 'http://localhost').origin;
+    this.#sealer = new Sealer(options.keys);
+    this.#kv = options.kv;
+    this.#clock = options.clock;
+    this.#log = options.logger;
+    const secure = options.sessions.secure === 'always' || (options.sessions.secure === 'auto' && (options.tls || this.#origin.startsWith('https:')));
+    this.sessions = new SessionCookies({ settings: options.sessions, secure, sealer: this.#sealer, kv: options.kv, clock: options.clock });
+    this.#issuers = new Map(options.identities.map((cfg) => [cfg.name, new Issuer(cfg, options.clientSecrets.get(cfg.name), options.logger, () => options.clock.now())]));
+  }
+
+  /** Who starts a resource at the callback (the data plane, wired by main.ts). */
+  set onSignedIn(hook: SignedInHook) {
+    this.#onSignedIn = hook;
+  }
+
+  /** Is this target one of the sign-in routes? */
+  handles(url: string | undefined): boolean {
+    return url !== undefined && url.startsWith(AUTH_PREFIX);
+  }
+
+  /** Where a browser that must sign in first goes, to come back to `target` afterwards. */
+  signInLocation(target: string): string {
+    const rd = safeReturnPath(target, this.#origin);
+    return `${this.#origin}${AUTH_PREFIX}sign-in${rd === undefined ? '' : `?rd=${encodeURIComponent(rd)}`}`;
+  }
+
+  /** The verifier of one oidc identity: its session cookies, and its bearer JWTs when enabled. */
+  verifier(name: string, challenge: string): Verifier {
+    const issuer = this.#issuers.get(name) as Issuer;
+    return {
+      kind: 'oidc',
+      challenge: issuer.cfg.acceptBearer ? challenge : undefined,
+      verify: (credentials) => this.#verify(issuer, credentials),
+    };
+  }
+
+  async #verify(issuer: Issuer, credentials: RequestCredentials): Promise<VerifyOutcome> {
+    const token = bearerToken(credentials.authorization);
+    if (token !== undefined) return issuer.cfg.acceptBearer ? this.#verifyBearer(issuer, token) : ABSENT;
+    const opened = await this.sessions.open(credentials.header('cookie'));
+    if (opened.kind === 'none') return ABSENT;
+    if (opened.kind === 'invalid') return opened.unavailable === true ? { kind: 'invalid', reason: opened.reason, unavailable: true } : { kind: 'invalid', reason: opened.reason };
+    let session = opened.session;
+    // Another identity's session: not ours to judge.
+    if (session.prov !== issuer.cfg.name) return ABSENT;
+    let renew = false;
+    if (this.sessions.dueForRefresh(session)) {
+      const refreshed = await this.#refresh(issuer, session);
+      if (refreshed === 'ended') return { kind: 'invalid', reason: 'the provider ended the session (refresh refused)' };
+      if (refreshed !== 'unavailable') {
+        session = refreshed;
+        renew = true;
+      }
+    }
+    if (renew || this.sessions.dueForTouch(session)) session = { ...session, seen: this.#clock.now() };
+    const cookies = renew || session !== opened.session ? [await this.#issueOrKeep(session)] : undefined;
+    const identity: SessionIdentity = {
+      user: session.user, groups: session.groups, via: 'oidc',
+      ...(cookies === undefined ? {} : { responseCookies: cookies }),
+      accessToken: session.at,
+    };
+    return { kind: 'verified', identity };
+  }
+
+  /** Renews the cookie; if the store holding a large session is down, the old cookie stays. */
+  async #issueOrKeep(session: Session): Promise<string> {
+    try {
+      return await this.sessions.issue(session);
+    } catch (err) {
+      this.#log.warn({ err: String(err) }, 'oidc: session could not be renewed (store unreachable)');
+      return '';
+    }
+  }
+
+  async #verifyBearer(issuer: Issuer, token: string): Promise<VerifyOutcome> {
+    if (!looksLikeJwt(token)) return ABSENT;
+    let iss: unknown;
+    try {
+      iss = decodeJwt(token).iss;
+    } catch {
+      return ABSENT;
+    }
+    // Tokens of other issuers are left to the other verifiers.
+    if (iss !== issuer.cfg.issuer && iss !== issuer.cfg.issuer.replace(/\/$/, '')) return ABSENT;
+    let payload: JWTPayload;
+    try {
+      const keys = await issuer.keys();
+      ({ payload } = await jwtVerify(token, keys, {
+        issuer: iss,
+        audience: issuer.cfg.bearerAudience ?? issuer.cfg.clientId,
+        algorithms: [...issuer.cfg.algorithms],
+        requiredClaims: ['exp'],
+        clockTolerance: issuer.cfg.clockToleranceMs / 1000,
+        currentDate: new Date(this.#clock.now()),
+      }));
+    } catch (err) {
+      if (err instanceof IssuerUnavailable) return { kind: 'invalid', reason: 'the sign-in provider cannot be reached', unavailable: true };
+      const { reason, unavailable: down } = err instanceof joseErrors.JOSEError || !isIssuerFailure(err) ? describeJoseError(err) : { reason: 'the key set could not be fetched', unavailable: true };
+      return { kind: 'invalid', reason, unavailable: down };
+    }
+    const mapped = mapClaims(issuer.cfg, payload);
+    if (typeof mapped === 'string') return { kind: 'invalid', reason: mapped };
+    return { kind: 'verified', identity: { user: mapped.user, groups: mapped.groups, via: 'jwt' } };
+  }
+
+  /** Refreshes the access token; single-flight per refresh token, shared across replicas. */
+  #refresh(issuer: Issuer, session: Session): Promise<Session | 'ended' | 'unavailable'> {
+    const key = digest(session.rt as string);
+    const retryAt = this.#refreshRetryAt.get(key);
+    if (retryAt !== undefined && this.#clock.now() < retryAt) return Promise.resolve('unavailable');
+    let p = this.#refreshing.get(key);
+    if (p === undefined) {
+      p = this.#doRefresh(issuer, session, key).then((out) => {
+        if (out === 'unavailable') {
+          // Bounded: an outage with very many sessions forgets the oldest back-offs first.
+          if (this.#refreshRetryAt.size >= 10_000) this.#refreshRetryAt.delete(this.#refreshRetryAt.keys().next().value as string);
+          this.#refreshRetryAt.set(key, this.#clock.now() + REFRESH_RETRY_MS);
+        } else {
+          this.#refreshRetryAt.delete(key);
+        }
+        return out;
+      }).finally(() => this.#refreshing.delete(key));
+      this.#refreshing.set(key, p);
+    }
+    return p;
+  }
+
+  async #doRefresh(issuer: Issuer, session: Session, key: string): Promise<Session | 'ended' | 'unavailable'> {
+    const shared = async (): Promise<Session | undefined> => {
+      const s = await this.#kv.get(`refreshed:${key}`).catch(() => undefined);
+      const v = s === undefined ? undefined : await this.#sealer.open('session', s);
+      return v === undefined || v.sid !== session.sid ? undefined : (v as unknown as Session);
+    };
+    const already = await shared();
+    if (already !== undefined) return already;
+    try {
+      const config = await issuer.configuration();
+      const tokens = await client.refreshTokenGrant(config, session.rt as string);
+      let { user, groups } = session;
+      if (tokens.id_token !== undefined) {
+        const mapped = mapClaims(issuer.cfg, tokens.claims());
+        if (typeof mapped !== 'string') ({ user, groups } = mapped);
+      }
+      const now = this.#clock.now();
+      const next: Session = {
+        ...session, user, groups,
+        at: tokens.access_token,
+        atExp: tokens.expires_in === undefined ? undefined : now + tokens.expires_in * 1000,
+        rt: tokens.refresh_token ?? session.rt,
+        idt: tokens.id_token ?? session.idt,
+        seen: now,
+      };
+      const { sid: _sid, ...rest } = next;
+      await this.#kv.set(`refreshed:${key}`, await this.#sealer.seal('session', { sid: next.sid, ...rest }), 60_000).catch(() => undefined);
+      this.#log.debug({ provider: issuer.cfg.name, user }, 'oidc: access token refreshed');
+      return next;
+    } catch (err) {
+      if (isIssuerFailure(err)) {
+        this.#log.warn({ provider: issuer.cfg.name, err: String(err) }, 'oidc: refresh failed (provider unreachable); the session goes on');
+        return 'unavailable';
+      }
+      // A replica or tab that won the race with a rotated refresh token has left its result.
+      const raced = await shared();
+      if (raced !== undefined) return raced;
+      this.#log.info({ provider: issuer.cfg.name, user: session.user, err: String(err) }, 'oidc: refresh refused; the session ends');
+      return 'ended';
+    }
+  }
+
+  /** Serves one of the sign-in routes. */
+  async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', this.#origin);
+    const path = url.pathname;
+    const method = req.method ?? 'GET';
+    if (path === `${AUTH_PREFIX}sign-out`) {
+      if (method !== 'GET' && method !== 'POST') {
+        res.setHeader('allow', 'GET, POST');
+        throw methodNotAllowed('GET, POST');
+      }
+      await this.#signOut(req, res, url);
+      return;
+    }
+    if (method !== 'GET' && method !== 'HEAD') {
+      res.setHeader('allow', 'GET, HEAD');
+      throw methodNotAllowed('GET, HEAD');
+    }
+    if (path === `${AUTH_PREFIX}sign-in`) await this.#signIn(res, url);
+    else if (path.startsWith(CALLBACK)) await this.#callback(req, res, url, path.slice(CALLBACK.length));
+    else if (path === `${AUTH_PREFIX}signed-out`) this.#page(res, 'Signed out', `<p>You are signed out.</p>${this.#signInLink(url.searchParams.get('rd'))}`);
+    else if (path === `${AUTH_PREFIX}signed-in`) {
+      const opened = await this.sessions.open(headerValues(req, 'cookie'));
+      if (opened.kind !== 'session') this.#page(res, 'Not signed in', this.#signInLink(null));
+      else this.#page(res, 'Signed in', `<p>Signed in as <b>${escapeHtml(opened.session.user)}</b> (groups: ${escapeHtml(opened.session.groups.join(', ') || 'none')}).</p>`
+        + `<form method="post" action="${AUTH_PREFIX}sign-out"><button>Sign out</button></form>`);
+    }
+    else throw new SmartProxyError('SP_ROUTE_NOT_FOUND', `nothing at ${path.slice(0, 200)}`);
+  }
+
+  #signInLink(rdParam: string | null): string {
+    const rd = rdParam === null ? undefined : safeReturnPath(rdParam, this.#origin);
+    return `<p><a href="${escapeHtml(`${AUTH_PREFIX}sign-in${rd === undefined ? '' : `?rd=${encodeURIComponent(rd)}`}`)}">Sign in again</a></p>`;
+  }
+
+  async #signIn(res: ServerResponse, url: URL): Promise<void> {
+    const rdParam = url.searchParams.get('rd');
+    const rd = rdParam === null ? undefined : safeReturnPath(rdParam, this.#origin);
+    if (rdParam !== null && rd === undefined) throw signInFailed('the return address is not a path on this site');
+    const name = url.searchParams.get('provider');
+    if (name === null && this.#issuers.size > 1) {
+      const links = [...this.#issuers.keys()].map((n) => {
+        const href = `${AUTH_PREFIX}sign-in?provider=${encodeURIComponent(n)}${rd === undefined ? '' : `&rd=${encodeURIComponent(rd)}`}`;
+        return `<li><a href="${escapeHtml(href)}">${escapeHtml(n)}</a></li>`;
+      }).join('');
+      this.#page(res, 'Sign in', `<p>Sign in with:</p><ul>${links}</ul>`);
+      return;
+    }
+    const issuer = name === null ? [...this.#issuers.values()][0] as Issuer : this.#issuers.get(name);
+    if (issuer === undefined) throw signInFailed('unknown sign-in provider');
+    let config: client.Configuration;
+    try {
+      config = await issuer.configuration();
+    } catch (err) {
+      throw unavailable(err, issuer.cfg.issuer);
+    }
+    const state = client.randomState();
+    const nonce = client.randomNonce();
+    const verifier = client.randomPKCECodeVerifier();
+    const scopes = issuer.cfg.scopes.includes('openid') ? issuer.cfg.scopes : ['openid', ...issuer.cfg.scopes];
+    const target = client.buildAuthorizationUrl(config, {
+      redirect_uri: this.#callbackUrl(issuer.cfg.name),
+      scope: scopes.join(' '),
+      state, nonce,
+      code_challenge: await client.calculatePKCECodeChallenge(verifier),
+      code_challenge_method: 'S256',
+    });
+    const tx = await this.#sealer.seal('sign-in', {
+      state, nonce, cv: verifier, prov: issuer.cfg.name, rd, exp: this.#clock.now() + this.#settings.signInTimeoutMs,
+    });
+    // One cookie per sign-in (two tabs may sign in at once), readable only by the callback.
+    res.setHeader('set-cookie', setCookie(this.#txCookie(state), tx, {
+      path: CALLBACK, secure: this.sessions.secure, maxAgeS: this.#settings.signInTimeoutMs / 1000,
+    }));
+    redirect(res, target.href);
+  }
+
+  #txCookie(state: string): string {
+    return `${this.#settings.cookieName}_tx_${digest(state).slice(0, 16)}`;
+  }
+
+  #callbackUrl(name: string): string {
+    return `${this.#origin}${CALLBACK}${encodeURIComponent(name)}`;
+  }
+
+  async #callback(req: IncomingMessage, res: ServerResponse, url: URL, name: string): Promise<void> {
+    const issuer = this.#issuers.get(decodeURIComponent(name));
+    if (issuer === undefined) throw new SmartProxyError('SP_ROUTE_NOT_FOUND', 'no such sign-in provider');
+    const state = url.searchParams.get('state');
+    if (state === null || state.length === 0 || state.length > 512) throw signInFailed('the answer carries no state');
+    const txName = this.#txCookie(state);
+    const sealed = cookiesWithPrefix(headerValues(req, 'cookie'), txName).find(([n]) => n === txName)?.[1];
+    const tx = sealed === undefined ? undefined : await this.#sealer.open('sign-in', sealed);
+    // Whatever happens next, this sign-in's cookie has served.
+    const clearTx = setCookie(txName, '', { path: CALLBACK, secure: this.sessions.secure, maxAgeS: 0 });
+    res.setHeader('set-cookie', clearTx);
+    if (tx === undefined || tx.state !== state || tx.prov !== issuer.cfg.name) {
+      throw signInFailed('this sign-in was not started in this browser, or it has already been used');
+    }
+    if (typeof tx.exp !== 'number' || tx.exp < this.#clock.now()) throw signInFailed('the sign-in took too long');
+    const providerError = url.searchParams.get('error');
+    if (providerError !== null) {
+      throw signInFailed(`the provider refused it (${providerError.slice(0, 100)}${url.searchParams.has('error_description') ? `: ${(url.searchParams.get('error_description') ?? '').slice(0, 200)}` : ''})`);
+    }
+    // Single use across replicas: a replayed answer (same state) is refused even with its cookie.
+    let first: boolean;
+    try {
+      first = await this.#kv.setIfAbsent(`sign-in-used:${digest(state)}`, '1', this.#settings.signInTimeoutMs);
+    } catch (err) {
+      throw new SmartProxyError('SP_ACCESS_UNAVAILABLE', 'The session store cannot be reached; try again in a moment.', { retryAfterS: 5, cause: err });
+    }
+    if (!first) throw signInFailed('this sign-in answer has already been used');
+    let config: client.Configuration;
+    try {
+      config = await issuer.configuration();
+    } catch (err) {
+      throw unavailable(err, issuer.cfg.issuer);
+    }
+    const current = new URL(this.#callbackUrl(issuer.cfg.name));
+    current.search = url.search;
+    let tokens: Awaited<ReturnType<typeof client.authorizationCodeGrant>>;
+    try {
+      tokens = await client.authorizationCodeGrant(config, current, {
+        pkceCodeVerifier: tx.cv as string, expectedState: state, expectedNonce: tx.nonce as string, idTokenExpected: true,
+      });
+    } catch (err) {
+      if (isIssuerFailure(err)) throw unavailable(err, issuer.cfg.issuer);
+      this.#log.info({ provider: issuer.cfg.name, err: String(err) }, 'oidc: sign-in refused');
+      throw signInFailed(describeGrantError(err));
+    }
+    const idToken = tokens.id_token as string;
+    const alg = decodeProtectedHeader(idToken).alg;
+    if (alg === undefined || !(issuer.cfg.algorithms as readonly string[]).includes(alg)) throw signInFailed(`the ID token is signed with ${String(alg)}, which is not allowed`);
+    let claims: Record<string, unknown> = { ...tokens.claims() };
+    if (issuer.cfg.userinfo) {
+      try {
+        const info = await client.fetchUserInfo(config, tokens.access_token, claims.sub as string);
+        claims = { ...claims, ...info };
+      } catch (err) {
+        if (isIssuerFailure(err)) throw unavailable(err, issuer.cfg.issuer);
+        throw signInFailed('the userinfo answer was refused');
+      }
+    }
+    const mapped = mapClaims(issuer.cfg, claims);
+    if (typeof mapped === 'string') throw signInFailed(mapped);
+    const now = this.#clock.now();
+    const session: Session = {
+      sid: newSessionId(), prov: issuer.cfg.name, user: mapped.user, groups: mapped.groups, iat: now, seen: now,
+      at: tokens.access_token,
+      atExp: tokens.expires_in === undefined ? undefined : now + tokens.expires_in * 1000,
+      rt: tokens.refresh_token, idt: idToken,
+    };
+    let cookie: string;
+    try {
+      cookie = await this.sessions.issue(session);
+    } catch (err) {
+      throw new SmartProxyError('SP_ACCESS_UNAVAILABLE', 'The session store cannot be reached; try again in a moment.', { retryAfterS: 5, cause: err });
+    }
+    res.setHeader('set-cookie', [clearTx, cookie]);
+    this.#log.info({ provider: issuer.cfg.name, user: mapped.user, groups: mapped.groups, dropped: mapped.dropped }, 'oidc: signed in');
+    const rd = typeof tx.rd === 'string' ? safeReturnPath(tx.rd, this.#origin) : undefined;
+    if (rd !== undefined) {
+      // The user is known now: start what they come back to before the browser even asks.
+      try {
+        this.#onSignedIn(rd, { user: mapped.user, groups: mapped.groups, via: 'oidc', remoteAddress: req.socket.remoteAddress, method: 'GET' });
+      } catch (err) {
+        this.#log.warn({ err: String(err) }, 'oidc: early start failed');
+      }
+    }
+    redirect(res, `${this.#origin}${rd ?? `${AUTH_PREFIX}signed-in`}`);
+  }
+
+  async #signOut(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+    const opened = await this.sessions.open(headerValues(req, 'cookie'));
+    const session = opened.kind === 'session' ? opened.session : undefined;
+    res.setHeader('set-cookie', await this.sessions.end(session, opened.kind === 'session' && opened.stored));
+    const rdParam = url.searchParams.get('rd');
+    const rd = rdParam === null ? undefined : safeReturnPath(rdParam, this.#origin);
+    const signedOut = `${this.#origin}${AUTH_PREFIX}signed-out${rd === undefined ? '' : `?rd=${encodeURIComponent(rd)}`}`;
+    const issuer = session === undefined ? undefined : this.#issuers.get(session.prov);
+    if (issuer !== undefined && issuer.cfg.endSession && session !== undefined) {
+      try {
+        const config = await issuer.configuration();
+        if (config.serverMetadata().end_session_endpoint !== undefined) {
+          const params: Record<string, string> = { client_id: issuer.cfg.clientId, post_logout_redirect_uri: `${this.#origin}${AUTH_PREFIX}signed-out` };
+          if (session.idt !== undefined) params.id_token_hint = session.idt;
+          this.#log.info({ provider: issuer.cfg.name, user: session.user }, 'oidc: signed out (at the provider too)');
+          redirect(res, client.buildEndSessionUrl(config, params).href);
+          return;
+        }
+      } catch (err) {
+        // Signed out here at least; the provider's own session stays.
+        this.#log.warn({ provider: issuer.cfg.name, err: String(err) }, 'oidc: provider sign-out skipped (unreachable)');
+      }
+    }
+    if (session !== undefined) this.#log.info({ user: session.user }, 'oidc: signed out');
+    redirect(res, signedOut);
+  }
+
+  #page(res: ServerResponse, title: string, body: string): void {
+    const html = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${escapeHtml(title)}</title>`
+      + '<meta name="viewport" content="width=device-width,initial-scale=1"></head>'
+      + `<body style="font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#1a1a1a"><main><h1>${escapeHtml(title)}</h1>${body}</main></body></html>`;
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(html) });
+    res.end(res.req.method === 'HEAD' ? undefined : html);
+  }
+
+  close(): void {
+    this.#refreshing.clear();
+    this.#refreshRetryAt.clear();
+  }
+}
+
+function methodNotAllowed(allow: string): SmartProxyError {
+  return new SmartProxyError('SP_ROUTE_METHOD_NOT_ALLOWED', undefined, { data: { allow } });
+}
+
+function redirect(res: ServerResponse, location: string): void {
+  // 303: the next request is a GET whatever this one was (sign-out may be a POST).
+  res.writeHead(303, { location, 'cache-control': 'no-store', 'content-length': '0' });
+  res.end();
+}
+
+function headerValues(req: IncomingMessage, name: string): string[] {
+  const out: string[] = [];
+  const raw = req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === name) out.push(raw[i + 1] as string);
+  return out;
+}
+
+function describeGrantError(err: unknown): string {
+  if (err instanceof client.ResponseBodyError) return `the provider refused the code (${err.error})`;
+  if (err instanceof client.AuthorizationResponseError) return `the provider refused it (${err.error})`;
+  if (err instanceof client.ClientError) {
+    // openid-client wraps oauth4webapi's error, whose own cause names the claim.
+    const inner = (err as { cause?: { claim?: string; cause?: { claim?: string } } }).cause;
+    const cause = { claim: inner?.claim ?? inner?.cause?.claim };
+    if (err.code === 'OAUTH_JWT_CLAIM_COMPARISON_FAILED' && cause?.claim === 'nonce') return 'the ID token does not answer this sign-in (nonce mismatch)';
+    if (err.code === 'OAUTH_JWT_CLAIM_COMPARISON_FAILED') return `the ID token's "${cause?.claim ?? 'claim'}" is wrong`;
+    if (err.code === 'OAUTH_JWT_TIMESTAMP_CHECK_FAILED' || /expired|timestamp/i.test(err.message)) return 'the ID token has expired or is not yet valid';
+    return `the provider's answer is not valid (${err.message})`;
+  }
+  return 'the provider\'s answer could not be checked';
+}
+
+/**
+ * A return address is accepted only as a path on this origin: starts with one "/", no
+ * backslash or control character (browsers treat "/\\host" and "/\thost" as other hosts), and
+ * it resolves to the proxy's own origin. It is returned as given, so path and query survive
+ * byte for byte.
+ */
+export function safeReturnPath(rd: string, origin: string): string | undefined {
+  if (rd.length === 0 || rd.length > 4096) return undefined;
+  if (!rd.startsWith('/') || rd.startsWith('//')) return undefined;
+  // eslint-disable-next-line no-control-regex
+  if (/[\\\u0000-\u0020\u007f]/.test(rd)) return undefined;
+  try {
+    if (new URL(rd, origin).origin !== origin) return undefined;
+  } catch {
+    return undefined;
+  }
+  return rd;
+}
