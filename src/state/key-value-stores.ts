@@ -80,7 +80,9 @@ export class SqliteKeyValueStore implements KeyValueStore {
     this.#db = new DatabaseSync(path);
     this.#clock = clock;
     // Its own table, outside the state schema's migrations: it holds nothing that outlives a session.
-    this.#db.exec(`PRAGMA journal_mode=WAL; PRAGMA busy_timeout=2000;
+    // Calls run on the event loop (sign-in only), so a lock held elsewhere (a backup, the
+    // sqlite3 shell) must fail such a call fast rather than freeze every request: 50 ms.
+    this.#db.exec(`PRAGMA journal_mode=WAL; PRAGMA busy_timeout=50;
       CREATE TABLE IF NOT EXISTS key_values (k TEXT PRIMARY KEY, v TEXT NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;`);
   }
 
