@@ -321,7 +321,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         admin: config.admin, identities: config.identities, realm: config.access.realm, manager, state: adminState,
         resources: () => new Map([...routed].map(([id, r]) => [id, r.runtime])), config: () => current, store, clock, logger: log,
         metrics: m === undefined ? undefined : () => m.render(),
-        reload: () => reload(),
+        // Only an app started from a file (the CLI) can read its configuration again.
+        reload: options.loadConfig === undefined ? undefined : () => reload(),
       });
       const at = await a.listen(config.admin.listen.port, config.admin.listen.host);
       admin = a;

@@ -531,6 +531,9 @@ function sendJson(req: IncomingMessage, res: ServerResponse, status: number, bod
 
 function sendText(req: IncomingMessage, res: ServerResponse, status: number, contentType: string, body: string): void {
   if (res.destroyed || res.writableEnded) return;
+  // Answered before the request body was read (refused as too large, say): the rest of that
+  // body is still on the connection, so it must not carry another request (RFC 9112 §9.3).
+  if (!req.complete) res.setHeader('connection', 'close');
   res.writeHead(status, { 'content-type': contentType, 'content-length': String(Buffer.byteLength(body)) });
   res.end(req.method === 'HEAD' ? undefined : body);
 }

@@ -19,7 +19,7 @@
  */
 import { lookup } from 'node:dns/promises';
 import { BlockList, isIP } from 'node:net';
-import type { InspectResult, InstanceRef, ListedInstance, Provider, StartResult } from '../core/ports.ts';
+import type { InspectResult, InstanceRef, ListedInstance, Provider } from '../core/ports.ts';
 
 export interface EndpointPolicyOptions {
   /** CIDRs (or addresses) refused unless also in `allow`. */
@@ -96,18 +96,27 @@ export function guardEndpoints(provider: Provider, policy: EndpointPolicy, onRef
     onRefused(ref, result.endpoint, verdict.reason);
     return { ...result, state: 'failed', endpoint: undefined, reason: `the endpoint the provider reported was refused: ${verdict.reason}` };
   };
-  const guarded: Provider = {
-    kind: provider.kind,
-    start: (ref: InstanceRef, signal: AbortSignal): Promise<StartResult> => provider.start(ref, signal),
-    inspect: async (ref: InstanceRef, signal: AbortSignal): Promise<InspectResult> => vet(ref, await provider.inspect(ref, signal)),
-    stop: (ref: InstanceRef, signal: AbortSignal): Promise<void> => provider.stop(ref, signal),
-  };
-  if (provider.list !== undefined) {
-    const list = provider.list.bind(provider);
-    guarded.list = async (signal: AbortSignal): Promise<ListedInstance[]> => Promise.all((await list(signal)).map((l) => vet(l, l)));
-  }
-  if (provider.close !== undefined) guarded.close = provider.close.bind(provider);
-  return guarded;
+  const inspect = async (ref: InstanceRef, signal: AbortSignal): Promise<InspectResult> => vet(ref, await provider.inspect(ref, signal));
+  const list = provider.list === undefined ? undefined : provider.list.bind(provider);
+  const listVetted = list === undefined ? undefined
+    : async (signal: AbortSignal): Promise<ListedInstance[]> => Promise.all((await list(signal)).map((l) => vet(l, l)));
+  // Every other member (start, stop, close, output, optional capabilities added later) passes
+  // through unchanged, bound to the provider itself: its private fields do not exist on a proxy.
+  const bound = new Map<PropertyKey, unknown>();
+  return new Proxy(provider, {
+    get(target, prop) {
+      if (prop === 'inspect') return inspect;
+      if (prop === 'list') return listVetted;
+      const value: unknown = Reflect.get(target, prop, target);
+      if (typeof value !== 'function') return value;
+      let b = bound.get(prop);
+      if (b === undefined) {
+        b = (value as (...a: unknown[]) => unknown).bind(target);
+        bound.set(prop, b);
+      }
+      return b;
+    },
+  });
 }
 
 function addCidr(list: BlockList, cidr: string): void {

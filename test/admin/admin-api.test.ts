@@ -170,9 +170,10 @@ describe('admin API', () => {
     const del = await api('/api/v1/resources', { method: 'DELETE' });
     assert.equal(del.headers.get('allow'), 'GET, HEAD');
     await del.body?.cancel();
+    // Metrics are on by default: the admin listener serves them in Prometheus' text format.
     const metrics = await api('/metrics');
-    assert.equal(metrics.status, 503);
-    assert.match(await metrics.text(), /metrics are not available/);
+    assert.equal(metrics.status, 200);
+    assert.match(await metrics.text(), /^# HELP /m);
   });
 
   it('shows the effective configuration with secrets redacted', async () => {
