@@ -143,8 +143,14 @@ describe('RedisCoordinator', () => {
     const decisions = await Promise.all([a.decideStop(ref, () => local), b.decideStop(ref, () => local), a.decideStop(ref, () => local)]);
     assert.equal(decisions.filter((d) => d === 'stop').length, 1, `exactly one stop: ${decisions.join(', ')}`);
     assert.ok(decisions.every((d) => d === 'stop' || d === 'keep' || d === 'gone'));
-    a.stopped(ref);
-    while ((await a.readRecord(ref))?.state !== 'stopped') await new Promise((r) => setImmediate(r));
+    // Only the replica whose decision won holds the stop lease, and only its stop record is
+    // accepted (fenced by that lease): the others' would be refused.
+    const winner = decisions[1] === 'stop' ? b : a;
+    winner.stopped(ref);
+    for (let i = 0; (await a.readRecord(ref))?.state !== 'stopped'; i++) {
+      if (i > 10_000) throw new Error('the winner\'s stop record never landed');
+      await new Promise((r) => setImmediate(r));
+    }
     assert.equal(await b.decideStop(ref, () => local), 'gone', 'stopped elsewhere: forget it locally');
   });
 });
