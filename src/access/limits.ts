@@ -13,7 +13,9 @@
  */
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock } from '../core/ports.ts';
-import type { Instance, ManagerEvent, StartRequester } from '../core/resource-manager.ts';
+import type { Instance } from '../core/instance.ts';
+import type { ManagerEvent } from '../core/manager-events.ts';
+import type { StartRequester } from '../core/resource-runtime.ts';
 import type { AuditActor, AuditSink } from './audit.ts';
 
 export interface LimitScopes {

@@ -1,8 +1,9 @@
 /**
  * The coordination port: what the control plane asks of a cluster of replicas so that an
  * instance is started once cluster-wide and stopped once, by one replica at a time.
- * `cluster/redis-coordinator.ts` implements it on Redis; without a coordinator (one process)
- * the manager never calls any of this, so the single-process path is unchanged.
+ * `state/redis/redis-coordinator.ts` implements it on Redis; in one process the manager uses
+ * `LocalCoordinator`, which always grants, so one start path and one idle path serve one
+ * replica or many.
  *
  * Nothing here is on the warm path (a warm request makes no remote call): the manager consults the coordinator
  * only where it would otherwise call a provider (a start, an idle stop).
@@ -66,13 +67,13 @@ export interface Coordinator {
    * elsewhere, and with SP_RESOURCE_FAILED while a failure elsewhere is younger than
    * `failureCooldownMs` (the cool-down holds cluster-wide).
    */
-  claimStart(ref: InstanceRef, signal: AbortSignal, options?: ClaimOptions): Promise<StartClaim>;
+  claimStart(ref: InstanceRef, signal: AbortSignal, options?: ClaimOptions): Promise<StartClaim> | StartClaim;
   /**
    * Asked when the local idle timer says stop: sums every replica's activity, twice, with two
    * activity flushes in between, so that a connection opened elsewhere just now is counted.
    * `local` is read each time (this replica's activity may change meanwhile).
    */
-  decideStop(ref: InstanceRef, local: () => LocalActivity): Promise<StopDecision>;
+  decideStop(ref: InstanceRef, local: () => LocalActivity): Promise<StopDecision> | StopDecision;
   /**
    * This replica stopped the instance (after a `stop` decision, or at shutdown): tell the
    * others. Fenced: written with the token of the stop lease it holds (or of the record it
@@ -85,4 +86,33 @@ export interface Coordinator {
    * stopped without one) and the stop lease is given up.
    */
   cancelStop?(ref: InstanceRef, endpoint: string | undefined): void;
+}
+
+/** The lease of a single process: nobody else to tell. */
+const localLease: StartLease = {
+  token: 0,
+  takeover: false,
+  started: () => undefined,
+  ready: () => Promise.resolve(),
+  failed: () => Promise.resolve(),
+  release: () => Promise.resolve(),
+};
+
+/**
+ * The coordinator of a single process: every start is granted and every idle stop decided
+ * here, at once (not a promise: a start is called in the same tick as the request that wants
+ * it, as the admission check in limits.ts relies on).
+ */
+export class LocalCoordinator implements Coordinator {
+  claimStart(): StartClaim {
+    return { kind: 'lead', lease: localLease };
+  }
+
+  decideStop(): StopDecision {
+    return 'stop';
+  }
+
+  stopped(): void {
+    // Nobody else to tell.
+  }
 }

@@ -1,8 +1,10 @@
 /**
- * The lifecycle of one instance as a pure state machine. The resource manager moves an
- * instance only through `transition`, so this table is the whole truth about which moves
- * exist; `docs/concepts/resource-lifecycle.md` draws it, and a test checks the drawing
- * lists exactly these edges.
+ * The lifecycle of one instance as a pure state machine. An instance's status changes only
+ * through InstanceControl's transitions (instance.ts), each of which goes through
+ * `transition` and throws on an edge that is not here: this table is the whole truth about
+ * which moves exist. `docs/concepts/resource-lifecycle.md` draws it, a test checks the
+ * drawing lists exactly these edges, and test/core/instance.test.ts that every other move
+ * throws. (A failure cool-down is a time on the `failed` status, `failedUntil`, not a move.)
  */
 
 export type InstanceStatus = 'stopped' | 'starting' | 'ready' | 'stopping' | 'failed';
@@ -20,8 +22,6 @@ export type LifecycleEvent =
   | 'stop'
   /** The provider confirmed the stop. */
   | 'stopped'
-  /** The failure cool-down elapsed. */
-  | 'cooled'
   /**
    * The provider no longer knows the instance and nobody uses it: re-adoption after a
    * restart found it gone, or a health check found a ready instance gone while idle.
@@ -30,10 +30,10 @@ export type LifecycleEvent =
 
 const table: Readonly<Record<InstanceStatus, Partial<Record<LifecycleEvent, InstanceStatus>>>> = {
   stopped: { start: 'starting' },
-  starting: { ready: 'ready', fail: 'failed', stop: 'stopping', lost: 'starting', vanished: 'stopped' },
+  starting: { ready: 'ready', fail: 'failed', stop: 'stopping', vanished: 'stopped' },
   ready: { lost: 'starting', stop: 'stopping', vanished: 'stopped' },
   stopping: { stopped: 'stopped', fail: 'stopped' },
-  failed: { cooled: 'stopped', start: 'starting', stop: 'stopping' },
+  failed: { start: 'starting', stop: 'stopping' },
 };
 
 /** Every edge of the machine, for docs and tests. */

@@ -27,7 +27,7 @@ import { DEFAULT_BACKEND_TLS, tlsConnectOptions, type BackendTls } from './backe
 import { errorResponseBytes } from './error-response.ts';
 import { downstreamHeaders } from './headers.ts';
 import { joinUpstreamPath, type ParsedTarget } from './route.ts';
-import type { Identity, RoutedResource } from './server.ts';
+import type { Identity, RoutedResource } from './resource-types.ts';
 
 /** What the pipeline's first steps (route → identify → authorize) established for a request. */
 export interface Admission {
@@ -192,12 +192,12 @@ export class WebSocketForwarder {
   async #connect(req: IncomingMessage, socket: Socket, head: Buffer, inst: Instance, route: ParsedTarget, headers: string[], firstEndpoint: string, tls?: BackendTls): Promise<void> {
     const manager = this.#p.manager;
     // An open tunnel is activity: the idle reaper leaves the instance alone while it lasts.
-    inst.activeConnections++;
+    manager.connectionBegun(inst);
     let ended = false;
     const end = (): void => {
       if (ended) return;
       ended = true;
-      inst.activeConnections--;
+      manager.connectionEnded(inst);
       manager.touch(inst);
     };
     let owned = false;
@@ -207,7 +207,7 @@ export class WebSocketForwarder {
         const outcome = await this.#handshake(socket, head, firstEndpoint, route, headers, end, tls);
         if (outcome === 'opened') {
           owned = true;
-          inst.freshlyReady = false;
+          manager.forwardDone(inst);
           return;
         }
         if (outcome === 'gone') return;

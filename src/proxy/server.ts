@@ -11,8 +11,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { systemClock } from '../core/clock.ts';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger, TimerHandle } from '../core/ports.ts';
-import type { Instance, ResourceManager, ResourceRuntime, StartRequester } from '../core/resource-manager.ts';
-import type { BackendTls } from './backend-tls.ts';
+import type { Instance, ResourceManager, StartRequester } from '../core/resource-manager.ts';
 import { ClientGone, expectContinue, requestGone, sendContinue } from './client-state.ts';
 import { sendError } from './error-response.ts';
 import { UpstreamPools, type UpstreamOptions } from './forward-http.ts';
@@ -23,29 +22,10 @@ import { isReservedPath } from './progress-sse.ts';
 import { RequestRecord, type RequestObserver } from './observer.ts';
 import { joinUpstreamPath, parseTarget, type ParsedTarget } from './route.ts';
 import { createTlsFront, type TlsFiles, type TlsFront } from './tls.ts';
-import { WaitingRoom, type ResourceWaiting } from './waiting-room.ts';
+import { WaitingRoom } from './waiting-room.ts';
+import type { Identity, RoutedResource } from './resource-types.ts';
 
-/** A resource as the data plane sees it. */
-export interface RoutedResource {
-  readonly runtime: ResourceRuntime;
-  /** Longest hold of one request. */
-  readonly holdTimeoutMs: number;
-  /** Waiting page, Prefer defaults, theme; built-in defaults when absent. */
-  readonly waiting?: ResourceWaiting | undefined;
-  /** Origins allowed to open WebSockets (browser handshakes); undefined: any. */
-  readonly websocket?: { readonly allowedOrigins?: readonly string[] | undefined } | undefined;
-  /** How an https: endpoint's certificate is checked (backend-tls.ts); default: system roots. */
-  readonly backendTls?: BackendTls | undefined;
-}
-
-/** Who is asking, as far as the proxy could verify. */
-export interface Identity {
-  readonly user: string | undefined;
-  /** Groups the identity really holds (sorted, unique). */
-  readonly groups: readonly string[];
-  /** Set-Cookie values the response must carry (a renewed sign-in session). */
-  readonly responseCookies?: readonly string[] | undefined;
-}
+export type { Identity, RoutedResource } from './resource-types.ts';
 
 /**
  * The identify step: turns a request into an identity, or an error (401). This issue's
@@ -460,7 +440,7 @@ export class ProxyServer {
     let reholds = 0;
     let freshRetries = 0;
     let resentAfterReset = false;
-    inst.activeConnections++;
+    this.#manager.connectionBegun(inst);
     try {
       for (;;) {
         // Checked before every send: after a hold, a retry delay or a re-hold the client may
@@ -471,8 +451,7 @@ export class ProxyServer {
         const ep = this.pools.endpoint(endpoint);
         const outcome = await this.pools.forward(req, res, ep.origin, joinUpstreamPath(ep.pathPrefix, route.path, route.query), headers, resource.backendTls);
         if (outcome === 'done') {
-          inst.freshlyReady = false;
-          this.#manager.touch(inst);
+          this.#manager.forwardDone(inst);
           return;
         }
         // A reset may be one stale keep-alive socket, not a dead backend: send once more
@@ -500,7 +479,7 @@ export class ProxyServer {
         endpoint = next;
       }
     } finally {
-      inst.activeConnections--;
+      this.#manager.connectionEnded(inst);
     }
   }
 

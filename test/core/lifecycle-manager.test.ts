@@ -67,7 +67,6 @@ describe('crash repair by health check', () => {
 
   it('forgets a ready instance gone while idle, without starting a new machine', async () => {
     const s = await setupReady({ healthCheckIntervalMs: 30_000, idleStopMs: 600_000 });
-    s.inst.lastActivityAt = s.clock.now() - 600_000;
     s.provider.state = { state: 'stopped' };
     await s.clock.advance(30_000);
     await settle();
@@ -125,10 +124,10 @@ describe('release ramp', () => {
     const finishers: Array<() => void> = [];
     // Each released request acts as the data plane does: counts itself, forwards, uncounts.
     const waits = Array.from({ length: 10 }, () => s.manager.waitUntilReady(inst, { timeoutMs: 60_000 }).then(() => {
-      inst.activeConnections++;
+      s.manager.connectionBegun(inst);
       inFlight++;
       maxInFlight = Math.max(maxInFlight, inFlight);
-      finishers.push(() => { inFlight--; served++; inst.activeConnections--; });
+      finishers.push(() => { inFlight--; served++; s.manager.connectionEnded(inst); });
     }));
     s.provider.state = { state: 'running', endpoint: 'http://127.0.0.1:1' };
     s.probe.ok = true;
@@ -148,7 +147,7 @@ describe('release ramp', () => {
     const s = setup({ releaseConcurrency: 1 });
     const inst = s.manager.selectInstance(s.resource, [], undefined);
     const order: string[] = [];
-    const first = s.manager.waitUntilReady(inst, { timeoutMs: 60_000 }).then(() => { order.push('held-1'); inst.activeConnections++; });
+    const first = s.manager.waitUntilReady(inst, { timeoutMs: 60_000 }).then(() => { order.push('held-1'); s.manager.connectionBegun(inst); });
     const second = s.manager.waitUntilReady(inst, { timeoutMs: 60_000 }).then(() => order.push('held-2'));
     s.provider.state = { state: 'running', endpoint: 'http://127.0.0.1:1' };
     s.probe.ok = true;
@@ -158,7 +157,7 @@ describe('release ramp', () => {
     const late = s.manager.waitUntilReady(inst, { timeoutMs: 60_000 }).then(() => order.push('newcomer'));
     await s.clock.advance(0);
     assert.deepEqual(order, ['held-1'], 'nobody passes while the slot is taken');
-    inst.activeConnections--;
+    s.manager.connectionEnded(inst);
     await s.clock.advance(0);
     await s.clock.advance(0);
     await Promise.all([second, late]);
@@ -171,7 +170,7 @@ describe('release ramp', () => {
     let released = 0;
     const waits = Array.from({ length: 4 }, () => s.manager.waitUntilReady(inst, { timeoutMs: 60_000 }).then(() => {
       released++;
-      inst.activeConnections++; // an SSE stream that stays open
+      s.manager.connectionBegun(inst); // an SSE stream that stays open
     }));
     s.provider.state = { state: 'running', endpoint: 'http://127.0.0.1:1' };
     s.probe.ok = true;

@@ -180,10 +180,10 @@ describe('ResourceManager', () => {
     const w = manager.waitUntilReady(inst, { timeoutMs: 10_000 });
     await clock.advance(50);
     await w;
-    inst.activeConnections = 1;
+    manager.connectionBegun(inst);
     await clock.advance(120_000);
     assert.equal(inst.status, 'ready', 'a connected user keeps it running');
-    inst.activeConnections = 0;
+    manager.connectionEnded(inst);
     manager.touch(inst);
     await clock.advance(59_000);
     assert.equal(inst.status, 'ready');
