@@ -12,49 +12,15 @@
  * Every comparison is constant-time (crypto.timingSafeEqual) over equal-length digests.
  */
 import { createHash, randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
+import type { ParsedScrypt, ScryptParams } from '../config/secret-format.ts';
 
-export interface ScryptParams {
-  /** log2 of the CPU/memory cost N. */
-  readonly ln: number;
-  readonly r: number;
-  readonly p: number;
-}
+// The formats are checked by the config schema too, so they live on the config's side.
+export { hashFormatProblem, parseScrypt, type ParsedScrypt, type ScryptParams } from '../config/secret-format.ts';
 
 /** 2^15 × 8 × 128 B = 32 MiB per hash: slow enough to guess, cheap enough for a login. */
 export const DEFAULT_SCRYPT: ScryptParams = { ln: 15, r: 8, p: 1 };
 const KEY_BYTES = 32;
 const SALT_BYTES = 16;
-/** Bounds on params read from a config, so a typo cannot make each login allocate gigabytes. */
-const MAX_LN = 20;
-const MAX_R = 32;
-const MAX_P = 16;
-
-export interface ParsedScrypt {
-  readonly params: ScryptParams;
-  readonly salt: Buffer;
-  readonly hash: Buffer;
-}
-
-const SCRYPT_RE = /^\$scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9+/]{16,})\$([A-Za-z0-9+/]{32,})$/;
-const SHA256_RE = /^sha256:[0-9a-f]{64}$/;
-
-/** Parses a `$scrypt$…` string; returns the reason it is unusable as a string otherwise. */
-export function parseScrypt(text: string): ParsedScrypt | string {
-  const m = SCRYPT_RE.exec(text);
-  if (m === null) return 'expected "$scrypt$ln=N,r=R,p=P$<salt>$<hash>" (use `smart-proxy hash-password`)';
-  const params = { ln: Number(m[1]), r: Number(m[2]), p: Number(m[3]) };
-  if (params.ln < 1 || params.ln > MAX_LN || params.r < 1 || params.r > MAX_R || params.p < 1 || params.p > MAX_P) {
-    return `scrypt parameters out of range (ln 1-${MAX_LN}, r 1-${MAX_R}, p 1-${MAX_P})`;
-  }
-  return { params, salt: Buffer.from(m[4] as string, 'base64'), hash: Buffer.from(m[5] as string, 'base64') };
-}
-
-/** True when `text` is a hash this module can check (config validation uses it). */
-export function hashFormatProblem(text: string, allowSha256: boolean): string | undefined {
-  if (SHA256_RE.test(text)) return allowSha256 ? undefined : 'sha256 hashes are for random API tokens; passwords need "$scrypt$…"';
-  const parsed = parseScrypt(text);
-  return typeof parsed === 'string' ? parsed : undefined;
-}
 
 function scryptOptions(p: ScryptParams): ScryptOptions {
   const n = 2 ** p.ln;

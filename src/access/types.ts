@@ -3,6 +3,9 @@
  * the verifiers and the limits are tested without sockets (src/proxy/identify.ts adapts a
  * node:http request to these).
  */
+import { GROUP_NAME_RE } from '../config/names.ts';
+
+export { GROUP_NAME_RE, isValidUserName } from '../config/names.ts';
 
 /** How an identity was established. */
 export type CredentialKind = 'token' | 'basic' | 'jwt' | 'header' | 'oidc' | 'anonymous';
@@ -52,12 +55,6 @@ export interface Verifier {
 
 export const ABSENT: VerifyOutcome = { kind: 'absent' };
 
-/**
- * Group names follow the grammar of the URL's `{required_groups}` segment (src/proxy/route.ts),
- * so that any group an identity holds can be named in a URL. A test keeps the two in step.
- */
-export const GROUP_NAME_RE = /^[A-Za-z0-9._~@+:=-]{1,128}$/;
-
 /** Sorted, unique, valid group names out of what an identity source claims; others are dropped. */
 export function normaliseGroups(claimed: Iterable<unknown>): { groups: string[]; dropped: number } {
   const out = new Set<string>();
@@ -67,10 +64,4 @@ export function normaliseGroups(claimed: Iterable<unknown>): { groups: string[];
     else dropped++;
   }
   return { groups: [...out].sort(), dropped };
-}
-
-/** A user name is any text of 1-256 characters without control characters. */
-export function isValidUserName(name: string): boolean {
-  // eslint-disable-next-line no-control-regex
-  return name.length > 0 && name.length <= 256 && !/[\u0000-\u001f\u007f]/.test(name);
 }

@@ -5,8 +5,8 @@
  */
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { hashFormatProblem } from '../access/passwords.ts';
-import { GROUP_NAME_RE, isValidUserName } from '../access/types.ts';
+import { GROUP_NAME_RE, isValidUserName } from './names.ts';
+import { hashFormatProblem } from './secret-format.ts';
 
 const ms = (description: string, dflt: number) => z.number().int().min(0).default(dflt).describe(description);
 
