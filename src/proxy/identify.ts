@@ -166,20 +166,26 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
       { data: { challenges: list } });
   };
 
-  const identify: Identify = async (req, route, resource) => {
-    const request = { remoteAddress: req.socket.remoteAddress, method: req.method ?? '' };
+  // Synchronous when the chain is (the warm path): no promise, no await, for a known credential.
+  const identify: Identify = (req, route, resource) => {
+    const remoteAddress = req.socket.remoteAddress;
+    const method = req.method ?? '';
     if (policyFor(resource.runtime.id).public) {
       // A public resource needs no identity, so credentials cost it no work at all (no hash,
       // no signature check): they may be meant for its backend; it is served anonymously.
-      const anonymous: RequestIdentity = { ...ANONYMOUS, ...request };
+      const anonymous: RequestIdentity = { user: undefined, groups: ANONYMOUS.groups, via: 'anonymous', remoteAddress, method };
       return anonymous;
     }
-    const out = await verifyChain(verifiers, credentialsOf(req));
-    if (out.kind === 'verified') {
-      const identity: RequestIdentity = { ...out.identity, ...request };
-      return identity;
-    }
-    return refuseUnauthenticated(req, route, out, true);
+    const judged = (out: ChainOutcome): Identity | SmartProxyError => {
+      if (out.kind === 'verified') {
+        // Spread: a session identity (oidc) carries more than user and groups (cookies, token).
+        const identity: RequestIdentity = { ...out.identity, remoteAddress, method };
+        return identity;
+      }
+      return refuseUnauthenticated(req, route, out, true);
+    };
+    const out = verifyChain(verifiers, credentialsOf(req));
+    return out instanceof Promise ? out.then(judged) : judged(out);
   };
 
   const authorize: Authorize = (identity, route, resource) => {
@@ -215,14 +221,25 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
 
   // The proxy's own session cookies are never a backend's business (a backend could replay them).
   const dropCookies = oidc === undefined ? undefined : (name: string): boolean => oidc.sessions.isOwnCookie(name);
+  // The encoded user and groups headers of an identity that acts with all its groups (`-` in
+  // the URL), kept with the identity's own groups array: a token's or a cached JWT's identity
+  // is the same object request after request, so its headers are encoded once, not per request.
+  // Weakly held: gone with the identity.
+  const encodedByGroups = new WeakMap<readonly string[], { readonly user: string; readonly extra: ReadonlyArray<readonly [string, string]> }>();
+  const noExtra: ReadonlyArray<readonly [string, string]> = [];
   const backendHeaders: BackendHeaders = (identity: Identity, acting, resource) => {
     const strip = stripFor(resource.runtime.id);
-    if (identity.user === undefined) return { extra: [], strip, dropCookies };
-    const extra: Array<readonly [string, string]> = [[settings.backendHeaders.user, encodeHeaderValue(identity.user)], [settings.backendHeaders.groups, encodeGroups(acting)]];
+    if (identity.user === undefined) return { extra: noExtra, strip, dropCookies };
     const accessToken = (identity as SessionIdentity).accessToken;
     if (accessToken !== undefined && options.policies.get(resource.runtime.id)?.passAccessToken === true) {
+      const extra: Array<readonly [string, string]> = [[settings.backendHeaders.user, encodeHeaderValue(identity.user)], [settings.backendHeaders.groups, encodeGroups(acting)]];
       extra.push([settings.backendHeaders.accessToken, encodeHeaderValue(accessToken)]);
+      return { extra, strip, dropCookies };
     }
+    const cached = acting === identity.groups ? encodedByGroups.get(acting) : undefined;
+    if (cached !== undefined && cached.user === identity.user) return { extra: cached.extra, strip, dropCookies };
+    const extra: ReadonlyArray<readonly [string, string]> = [[settings.backendHeaders.user, encodeHeaderValue(identity.user)], [settings.backendHeaders.groups, encodeGroups(acting)]];
+    if (acting === identity.groups) encodedByGroups.set(acting, { user: identity.user, extra });
     return { extra, strip, dropCookies };
   };
 
