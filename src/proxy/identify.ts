@@ -90,22 +90,35 @@ export function credentialsOf(req: IncomingMessage): RequestCredentials {
   let authorization: string | undefined;
   let authCount = 0;
   for (let i = 0; i < raw.length; i += 2) {
-    if ((raw[i] as string).toLowerCase() === 'authorization') {
+    const name = raw[i] as string;
+    if (name.length === 13 && name.toLowerCase() === 'authorization') {
       authCount++;
       authorization = raw[i + 1];
     }
   }
-  return {
-    // Two Authorization headers: which one would a backend believe? Neither verifies.
-    authorization: authCount > 1 ? 'duplicate' : authorization,
-    remoteAddress: req.socket.remoteAddress,
-    header(name: string): readonly string[] {
-      const out: string[] = [];
-      // Exact names only: an underscore variant is never an identity, and is stripped.
-      for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === name) out.push(raw[i + 1] as string);
-      return out;
-    },
-  };
+  // Two Authorization headers: which one would a backend believe? Neither verifies.
+  return new RawCredentials(raw, authCount > 1 ? 'duplicate' : authorization, req.socket.remoteAddress);
+}
+
+/** RequestCredentials over the raw header list: a class, so a request costs no closure. */
+class RawCredentials implements RequestCredentials {
+  readonly #raw: readonly string[];
+  readonly authorization: string | undefined;
+  readonly remoteAddress: string | undefined;
+
+  constructor(raw: readonly string[], authorization: string | undefined, remoteAddress: string | undefined) {
+    this.#raw = raw;
+    this.authorization = authorization;
+    this.remoteAddress = remoteAddress;
+  }
+
+  header(name: string): readonly string[] {
+    const raw = this.#raw;
+    const out: string[] = [];
+    // Exact names only: an underscore variant is never an identity, and is stripped.
+    for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === name) out.push(raw[i + 1] as string);
+    return out;
+  }
 }
 
 function policyOf(cfg: ResourceAccessConfig | undefined, settings: AccessSettings): ResourcePolicy {

@@ -330,7 +330,6 @@ export class ProxyServer {
     }
     const cookies = admission.identity.responseCookies?.filter((c) => c !== '');
     if (cookies !== undefined && cookies.length > 0) res.setHeader('set-cookie', cookies);
-    const requester = requesterOf(admission);
     const inst = this.#manager.selectInstance(resource.runtime, admission.acting, admission.identity.user);
     this.#manager.touch(inst);
     // A ready instance is forwarded at once, with no other call. While the release ramp
@@ -343,6 +342,8 @@ export class ProxyServer {
       // 5. await ready, as this client asked (waiting-room.ts): the waiting page, 202 at
       // once, or a hold on the local readiness broadcast (never on a provider call). A
       // ready instance behind the ramp is a short hold, never a waiting page.
+      // Who a start is for: built here, since a warm request starts nothing.
+      const requester = requesterOf(admission);
       const plan = this.#waiting.plan(req, resource.waiting, resource.holdTimeoutMs);
       if (plan.kind !== 'hold' && inst.status !== 'ready') {
         this.#waiting.answerAtOnce(req, res, plan.kind, inst, route, resource.waiting, requester);
