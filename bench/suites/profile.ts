@@ -1,14 +1,16 @@
 /**
- * `npm run bench -- --profile`: runs Smart Proxy's warm path and the bare proxy under wrk with
- * `node --cpu-prof`, then prints where the CPU went (self time by function and by file).
- * The .cpuprofile files stay in bench/out/work/ for Chrome DevTools or speedscope.
+ * `npm run bench -- --profile`: runs the bare dispatch() proxy and Smart Proxy's warm path
+ * (public, bearer token, JWT) under wrk with `node --cpu-prof`, prints where the CPU went (self
+ * time by function and by file) and draws the flame graphs (lib/flame.ts). The .cpuprofile
+ * files stay in bench/out/work/ for Chrome DevTools or speedscope.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BENCH_DIR, startSmartProxy, type Context } from '../lib/context.ts';
 import { freePort, spawnPinned, waitForHttp } from '../lib/procs.ts';
 import { wrk } from '../lib/wrk.ts';
-import { BENCH_HEADERS, BENCH_PATH, smartProxyYaml } from './throughput.ts';
+import { type FlamePanel, flameGraphSvg } from '../lib/flame.ts';
+import { ACCESS_CASES, BENCH_HEADERS, BENCH_PATH, headersFor, SMART_ROWS, smartProxyYaml } from './throughput.ts';
 
 interface ProfileNode {
   id: number;
@@ -50,33 +52,53 @@ export function summariseProfile(file: string, skipMs: number, requests: number,
   return `busy ${(total / requests).toFixed(1)} µs per request (sampled, ${requests} requests)\nself time by function (top ${top}):\n${rows(byFn, top)}\n\nself time by file:\n${rows(byFile, 15)}\n`;
 }
 
-export async function runProfile(ctx: Context): Promise<void> {
-  const dir = ctx.workDir;
-  const flags = ['--cpu-prof', `--cpu-prof-dir=${dir}`];
-  const up = `http://127.0.0.1:${ctx.upstreamPort}`;
-  const durationS = 15;
-  const out: string[] = [];
-  for (const engine of ['request', 'dispatch']) {
-    const port = await freePort();
-    const t0 = performance.now();
-    const bare = spawnPinned(`bare-${engine}-prof`, process.execPath, [...flags, `--cpu-prof-name=bare-${engine}.cpuprofile`, join(BENCH_DIR, 'bare-proxy.ts'), String(port), up, engine], {
-      cpu: ctx.proxyCpu, logFile: join(dir, `bare-${engine}-prof.log`),
-    });
-    await waitForHttp(`http://127.0.0.1:${port}/`);
-    ctx.log(`profiling the bare ${engine}() proxy (${durationS} s under wrk, after 3 s of warm-up)`);
-    await wrk({ url: `http://127.0.0.1:${port}${BENCH_PATH}`, durationS: 3, connections: 50, cpu: ctx.loadCpu, headers: BENCH_HEADERS });
-    const skipMs = performance.now() - t0;
-    const r = await wrk({ url: `http://127.0.0.1:${port}${BENCH_PATH}`, durationS, connections: 50, cpu: ctx.loadCpu, headers: BENCH_HEADERS });
-    await bare.stop();
-    out.push(`\n== bare ${engine}() proxy\n${summariseProfile(join(dir, `bare-${engine}.cpuprofile`), skipMs, r.requests)}`);
-  }
+/** One profiled run: a process started with --cpu-prof, warmed up, then measured under wrk. */
+async function profileOne(ctx: Context, name: string, start: (flags: string[]) => Promise<{ url: string; stop(): Promise<void> }>, headers: readonly string[], durationS: number): Promise<{ file: string; skipMs: number; requests: number }> {
+  const file = join(ctx.workDir, `${name}.cpuprofile`);
   const t0 = performance.now();
-  const smart = await startSmartProxy(ctx, 'smart-prof', smartProxyYaml(ctx.upstreamPort), [], [...flags, '--cpu-prof-name=smart.cpuprofile']);
-  ctx.log(`profiling Smart Proxy (${durationS} s under wrk, after 3 s of warm-up)`);
-  await wrk({ url: smart.url + BENCH_PATH, durationS: 3, connections: 50, cpu: ctx.loadCpu, headers: BENCH_HEADERS });
+  const proc = await start(['--cpu-prof', `--cpu-prof-dir=${ctx.workDir}`, `--cpu-prof-name=${name}.cpuprofile`]);
+  ctx.log(`profiling ${name} (${durationS} s under wrk, after 3 s of warm-up)`);
+  await wrk({ url: proc.url, durationS: 3, connections: 50, cpu: ctx.loadCpu, headers });
   const skipMs = performance.now() - t0;
-  const r = await wrk({ url: smart.url + BENCH_PATH, durationS, connections: 50, cpu: ctx.loadCpu, headers: BENCH_HEADERS });
-  await smart.stop();
-  out.push(`\n== Smart Proxy\n${summariseProfile(join(dir, 'smart.cpuprofile'), skipMs, r.requests)}`);
+  const r = await wrk({ url: proc.url, durationS, connections: 50, cpu: ctx.loadCpu, headers });
+  await proc.stop();
+  return { file, skipMs, requests: r.requests };
+}
+
+/**
+ * Profiles the bare dispatch() proxy and Smart Proxy's three warm-path cases (public, bearer
+ * token, JWT), prints self time by function and file for each, and draws them as flame
+ * graphs at one scale into bench/out/flame.svg (docs/img/bench-flame.svg is a copy).
+ */
+export async function runProfile(ctx: Context): Promise<void> {
+  const up = `http://127.0.0.1:${ctx.upstreamPort}`;
+  const durationS = ctx.quick ? 8 : 15;
+  const out: string[] = [];
+  const panels: FlamePanel[] = [];
+  const bare = await profileOne(ctx, 'bare-dispatch', async (flags) => {
+    const port = await freePort();
+    const p = spawnPinned('bare-dispatch-prof', process.execPath, [...flags, join(BENCH_DIR, 'bare-proxy.ts'), String(port), up, 'dispatch'], {
+      cpu: ctx.proxyCpu, logFile: join(ctx.workDir, 'bare-dispatch-prof.log'),
+    });
+    const url = `http://127.0.0.1:${port}${BENCH_PATH}`;
+    await waitForHttp(url);
+    return { url, stop: () => p.stop() };
+  }, BENCH_HEADERS, durationS);
+  out.push(`\n== bare dispatch() proxy\n${summariseProfile(bare.file, bare.skipMs, bare.requests)}`);
+  panels.push({ title: 'bare node:http + undici dispatch()', ...bare });
+  for (const access of ACCESS_CASES) {
+    const headers = await headersFor(access);
+    const name = `smart-${access}`;
+    const r = await profileOne(ctx, name, async (flags) => {
+      const smart = await startSmartProxy(ctx, `${name}-prof`, smartProxyYaml(ctx.upstreamPort, access), [], flags);
+      return { url: smart.url + BENCH_PATH, stop: () => smart.stop() };
+    }, headers, durationS);
+    out.push(`\n== ${SMART_ROWS[access].label}\n${summariseProfile(r.file, r.skipMs, r.requests)}`);
+    panels.push({ title: SMART_ROWS[access].label, ...r });
+  }
+  const svg = flameGraphSvg(panels, `Warm path CPU per request, one scale (npm run bench -- --profile, ${new Date().toISOString().slice(0, 10)}); hover a frame for its µs`);
+  writeFileSync(join(ctx.workDir, '..', 'flame.svg'), svg);
+  out.push('\nwritten: bench/out/flame.svg (the .cpuprofile files are in bench/out/work/)\n');
   process.stdout.write(out.join(''));
 }
+

@@ -12,22 +12,42 @@
  *
  * Both are pure memory (no I/O) and run on the request path.
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock } from '../core/ports.ts';
 
-/** The cache key of a credential: SHA-256 over its parts, NUL-separated. */
+/**
+ * The cache key of a credential: SHA-256 over its parts, each followed by a NUL. One-shot
+ * `crypto.hash` into a string: on the warm path (a cached JWT is looked up on every request)
+ * it costs a third of `createHash().update().digest()`, which builds a Hash object per call.
+ */
 export function credentialKey(...parts: readonly string[]): string {
-  const h = createHash('sha256');
-  for (const p of parts) h.update(p, 'utf8').update('\0');
-  return h.digest('base64url');
+  let text = '';
+  for (const p of parts) text += `${p}\0`;
+  return hash('sha256', text, 'base64url');
 }
 
-/** A bounded LRU whose entries expire at their own time (clock ms). */
+interface Entry<V> {
+  readonly value: V;
+  readonly untilMs: number;
+  /** The cache's insertion counter when this entry was (re)inserted. */
+  seq: number;
+}
+
+/**
+ * A bounded, approximately LRU cache whose entries expire at their own time (clock ms).
+ * Eviction takes the entry inserted (or refreshed) longest ago. A hit refreshes its entry
+ * only once it has fallen into the older half (more than maxEntries / 2 insertions since it
+ * was last refreshed): re-inserting on every hit, as a strict LRU does, cost two Map writes
+ * on every warm request. An entry used at least once per maxEntries / 2 insertions is never
+ * evicted, which is what the LRU is for: a busy client's verdict outlives a flood of one-off
+ * credentials.
+ */
 export class VerdictCache<V> {
-  readonly #entries = new Map<string, { value: V; untilMs: number }>();
+  readonly #entries = new Map<string, Entry<V>>();
   readonly #maxEntries: number;
   readonly #clock: Clock;
+  #seq = 0;
 
   constructor(maxEntries: number, clock: Clock) {
     this.#maxEntries = Math.max(1, maxEntries);
@@ -47,8 +67,11 @@ export class VerdictCache<V> {
       return undefined;
     }
     // Map keeps insertion order: re-inserting makes this the most recently used entry.
-    this.#entries.delete(key);
-    this.#entries.set(key, e);
+    if (this.#seq - e.seq > this.#maxEntries >> 1) {
+      this.#entries.delete(key);
+      e.seq = ++this.#seq;
+      this.#entries.set(key, e);
+    }
     return e.value;
   }
 
@@ -60,7 +83,7 @@ export class VerdictCache<V> {
       const oldest = this.#entries.keys().next().value as string;
       this.#entries.delete(oldest);
     }
-    this.#entries.set(key, { value, untilMs });
+    this.#entries.set(key, { value, untilMs, seq: ++this.#seq });
   }
 
   delete(key: string): void {

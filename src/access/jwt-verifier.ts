@@ -123,7 +123,8 @@ export function createJwtVerifier(cfg: JwtIdentityConfig, challenge: string, clo
     kind: 'jwt',
     challenge,
     stats,
-    async verify(credentials): Promise<VerifyOutcome> {
+    // Synchronous on a cache hit: a warm request with a known token awaits nothing here.
+    verify(credentials): VerifyOutcome | Promise<VerifyOutcome> {
       const token = bearerToken(credentials.authorization);
       if (token === undefined || !looksLikeJwt(token)) return ABSENT;
       const cacheKey = credentialKey('jwt', token);

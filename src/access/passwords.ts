@@ -11,7 +11,7 @@
  *
  * Every comparison is constant-time (crypto.timingSafeEqual) over equal-length digests.
  */
-import { createHash, randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
+import { createHash, hash, randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
 import type { ParsedScrypt, ScryptParams } from '../config/secret-format.ts';
 
 // The formats are checked by the config schema too, so they live on the config's side.
@@ -52,6 +52,31 @@ export async function verifyScrypt(secret: string, stored: ParsedScrypt): Promis
 /** The SHA-256 digest of a token, as stored in the config after `sha256:`. */
 export function sha256Digest(token: string): Buffer {
   return createHash('sha256').update(token, 'utf8').digest();
+}
+
+/**
+ * SHA-256 of a token as base64url text: what the token verifier compares on every request.
+ * One-shot `crypto.hash` into a string costs about a third of `createHash()…digest()` (and
+ * a Buffer output is no cheaper than the Hash object); compare with `keysEqual`.
+ */
+export function sha256Key(token: string): string {
+  return hash('sha256', token, 'base64url');
+}
+
+/** The base64url text of a `sha256:<hex>` config hash (see sha256Key). */
+export function sha256KeyOfHex(hex: string): string {
+  return Buffer.from(hex, 'hex').toString('base64url');
+}
+
+/**
+ * Constant-time equality of two keys of equal length (sha256Key): the time taken does not
+ * depend on where they differ. Different lengths are unequal at once (lengths are public).
+ */
+export function keysEqual(a: string, b: string): boolean {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a.charCodeAt(i) ^ b.charCodeAt(i);
+  return diff === 0;
 }
 
 /** The config form of a token's hash. */

@@ -32,9 +32,10 @@ export type Decision =
 /** Do these groups (sorted or not) meet the policy's group requirements? */
 export function satisfies(policy: ResourcePolicy, groups: readonly string[]): boolean {
   if (policy.public) return true;
-  const held = new Set(groups);
-  if (policy.anyOf !== undefined && !policy.anyOf.some((g) => held.has(g))) return false;
-  if (policy.allOf !== undefined && !policy.allOf.every((g) => held.has(g))) return false;
+  // Scans instead of a Set built per call (this runs on every request): the policy's lists are
+  // a few configured names, so the work is a few passes over the groups.
+  if (policy.anyOf !== undefined && !policy.anyOf.some((g) => groups.includes(g))) return false;
+  if (policy.allOf !== undefined && !policy.allOf.every((g) => groups.includes(g))) return false;
   return true;
 }
 

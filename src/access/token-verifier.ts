@@ -8,12 +8,14 @@ import type { TokenIdentityConfig } from '../config/access-schema.ts';
 import { systemClock } from '../core/clock.ts';
 import { bearerToken } from './bearer.ts';
 import { defaultCredentialWork, SingleFlight, VerdictCache, type CredentialWork } from './credential-cache.ts';
-import { digestsEqual, parseScrypt, sha256Digest, verifyScrypt, type ParsedScrypt } from './passwords.ts';
+import { keysEqual, parseScrypt, sha256Key, sha256KeyOfHex, verifyScrypt, type ParsedScrypt } from './passwords.ts';
 import { ABSENT, normaliseGroups, type VerifiedIdentity, type Verifier, type VerifyOutcome } from './types.ts';
 
 interface ShaEntry {
-  readonly digest: Buffer;
-  readonly identity: VerifiedIdentity;
+  /** The configured SHA-256, as sha256Key text. */
+  readonly key: string;
+  /** Built once: outcomes are read-only, so every request that matches shares it. */
+  readonly outcome: VerifyOutcome;
 }
 
 interface ScryptEntry {
@@ -26,7 +28,7 @@ export function createTokenVerifier(cfg: TokenIdentityConfig, challenge: string,
   const slow: ScryptEntry[] = [];
   for (const t of cfg.tokens) {
     const identity: VerifiedIdentity = { user: t.user, groups: normaliseGroups(t.groups).groups, via: 'token' };
-    if (t.hash.startsWith('sha256:')) sha.push({ digest: Buffer.from(t.hash.slice(7), 'hex'), identity });
+    if (t.hash.startsWith('sha256:')) sha.push({ key: sha256KeyOfHex(t.hash.slice(7)), outcome: { kind: 'verified', identity } });
     else {
       const parsed = parseScrypt(t.hash);
       if (typeof parsed === 'string') throw new Error(`token for ${t.user}: ${parsed}`);
@@ -38,6 +40,7 @@ export function createTokenVerifier(cfg: TokenIdentityConfig, challenge: string,
   const verdicts = new VerdictCache<VerifiedIdentity | 'none'>(work.cacheMaxEntries, work.clock);
   const flights = new SingleFlight<VerifiedIdentity | 'none'>();
   const stats = { verifications: 0 };
+  const outcomeOf = (verdict: VerifiedIdentity | 'none'): VerifyOutcome => (verdict === 'none' ? ABSENT : { kind: 'verified', identity: verdict });
   const slowCheck = async (key: string, token: string): Promise<VerifiedIdentity | 'none'> => {
     let found: VerifiedIdentity | 'none' = 'none';
     for (const e of slow) {
@@ -57,21 +60,22 @@ export function createTokenVerifier(cfg: TokenIdentityConfig, challenge: string,
     kind: 'token',
     challenge,
     stats,
-    async verify(credentials): Promise<VerifyOutcome> {
+    // Synchronous unless a slow hash must run: a warm request awaits nothing here.
+    verify(credentials): VerifyOutcome | Promise<VerifyOutcome> {
       const token = bearerToken(credentials.authorization);
       if (token === undefined) return ABSENT;
-      const digest = sha256Digest(token);
+      const key = sha256Key(token);
       // Compare against every entry, without stopping at a match, so the time taken does
       // not tell which entry (or whether an early one) matched.
-      let found: VerifiedIdentity | undefined;
+      let found: VerifyOutcome | undefined;
       for (const e of sha) {
-        if (digestsEqual(digest, e.digest)) found ??= e.identity;
+        if (keysEqual(key, e.key)) found ??= e.outcome;
       }
-      if (found !== undefined) return { kind: 'verified', identity: found };
+      if (found !== undefined) return found;
       if (slow.length === 0) return ABSENT;
-      const key = digest.toString('base64url');
-      const verdict = verdicts.get(key) ?? await flights.run(key, () => slowCheck(key, token));
-      return verdict === 'none' ? ABSENT : { kind: 'verified', identity: verdict };
+      const cached = verdicts.get(key);
+      if (cached !== undefined) return outcomeOf(cached);
+      return flights.run(key, () => slowCheck(key, token)).then(outcomeOf);
     },
   };
 }

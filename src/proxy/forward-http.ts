@@ -184,13 +184,7 @@ export class UpstreamPools {
     // A body is read through an idle bound, so a stalled upload frees its backend connection.
     const body = !hasBody ? null : idleMs > 0 ? idleBoundedBody(req, idleMs) : req;
     return new Promise<ForwardOutcome>((resolve, reject) => {
-      const handler = new ForwardHandler(req, res, method, (o) => {
-        slot();
-        resolve(o);
-      }, (e) => {
-        slot();
-        reject(e);
-      });
+      const handler = new ForwardHandler(req, res, method, slot, resolve, reject);
       // undici's client writes any async iterable body (client-h1 writeIterable); its
       // dispatch types name only Readable.
       try {
@@ -208,6 +202,8 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   readonly #req: IncomingMessage;
   readonly #res: ServerResponse;
   readonly #method: string;
+  /** The backend-gate slot, given back when the forward settles. */
+  readonly #slot: ReleaseSlot;
   readonly #resolve: (outcome: ForwardOutcome) => void;
   readonly #reject: (err: SmartProxyError) => void;
   #controller: Dispatcher.DispatchController | undefined;
@@ -216,14 +212,16 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   #settled = false;
   #settledOk = false;
 
-  constructor(req: IncomingMessage, res: ServerResponse, method: string, resolve: (o: ForwardOutcome) => void, reject: (e: SmartProxyError) => void) {
+  constructor(req: IncomingMessage, res: ServerResponse, method: string, slot: ReleaseSlot, resolve: (o: ForwardOutcome) => void, reject: (e: SmartProxyError) => void) {
     this.#req = req;
     this.#res = res;
     this.#method = method;
+    this.#slot = slot;
     this.#resolve = resolve;
     this.#reject = reject;
-    // Left attached: `res` lives for this one request, and after a normal end the check is a no-op.
-    res.once('close', this.#onClientClose);
+    // Left attached: `res` lives for this one request, and after a normal end the check is a
+    // no-op. `on`, not `once`: a response closes once, and once's wrapper costs on every request.
+    res.on('close', this.#onClientClose);
   }
 
   readonly #onClientClose = (): void => {
@@ -282,6 +280,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
         return;
       }
       this.#settled = true;
+      this.#slot();
       // The proxy's own verdicts (a client body that went silent) pass as they are.
       this.#reject(err instanceof SmartProxyError ? err : toUpstreamError(err));
     }
@@ -290,6 +289,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   #settle(outcome: ForwardOutcome): void {
     if (this.#settled) return;
     this.#settled = true;
+    this.#slot();
     this.#resolve(outcome);
   }
 }

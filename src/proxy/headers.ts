@@ -194,6 +194,8 @@ function withoutCookies(cookie: string, drop: (name: string) => boolean): string
 }
 
 const RESPONSE_HOP_BY_HOP = new Set(['connection', 'proxy-connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
+/** A Connection value that is one of these lists no field that is not dropped already. */
+const SOLE_CONNECTION_TOKENS = new Set([...RESPONSE_HOP_BY_HOP, 'close']);
 
 /**
  * Filters a backend response's headers (undici's object form) into a flat list for
@@ -201,7 +203,10 @@ const RESPONSE_HOP_BY_HOP = new Set(['connection', 'proxy-connection', 'keep-ali
  */
 export function downstreamHeaders(headers: Record<string, string | string[] | undefined>): string[] {
   const connection = headers.connection;
-  const listed = connection === undefined ? undefined
+  // `Connection: keep-alive` (or close), as nearly every backend sends, names only fields that
+  // are dropped anyway: no token list to build for it.
+  const listed = connection === undefined || (typeof connection === 'string' && SOLE_CONNECTION_TOKENS.has(connection.toLowerCase()))
+    ? undefined
     : new Set((Array.isArray(connection) ? connection.join(',') : connection).split(',').map((t) => t.trim().toLowerCase()));
   const out: string[] = [];
   for (const name in headers) {

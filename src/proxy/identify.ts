@@ -90,22 +90,35 @@ export function credentialsOf(req: IncomingMessage): RequestCredentials {
   let authorization: string | undefined;
   let authCount = 0;
   for (let i = 0; i < raw.length; i += 2) {
-    if ((raw[i] as string).toLowerCase() === 'authorization') {
+    const name = raw[i] as string;
+    if (name.length === 13 && name.toLowerCase() === 'authorization') {
       authCount++;
       authorization = raw[i + 1];
     }
   }
-  return {
-    // Two Authorization headers: which one would a backend believe? Neither verifies.
-    authorization: authCount > 1 ? 'duplicate' : authorization,
-    remoteAddress: req.socket.remoteAddress,
-    header(name: string): readonly string[] {
-      const out: string[] = [];
-      // Exact names only: an underscore variant is never an identity, and is stripped.
-      for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === name) out.push(raw[i + 1] as string);
-      return out;
-    },
-  };
+  // Two Authorization headers: which one would a backend believe? Neither verifies.
+  return new RawCredentials(raw, authCount > 1 ? 'duplicate' : authorization, req.socket.remoteAddress);
+}
+
+/** RequestCredentials over the raw header list: a class, so a request costs no closure. */
+class RawCredentials implements RequestCredentials {
+  readonly #raw: readonly string[];
+  readonly authorization: string | undefined;
+  readonly remoteAddress: string | undefined;
+
+  constructor(raw: readonly string[], authorization: string | undefined, remoteAddress: string | undefined) {
+    this.#raw = raw;
+    this.authorization = authorization;
+    this.remoteAddress = remoteAddress;
+  }
+
+  header(name: string): readonly string[] {
+    const raw = this.#raw;
+    const out: string[] = [];
+    // Exact names only: an underscore variant is never an identity, and is stripped.
+    for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === name) out.push(raw[i + 1] as string);
+    return out;
+  }
 }
 
 function policyOf(cfg: ResourceAccessConfig | undefined, settings: AccessSettings): ResourcePolicy {
@@ -166,20 +179,26 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
       { data: { challenges: list } });
   };
 
-  const identify: Identify = async (req, route, resource) => {
-    const request = { remoteAddress: req.socket.remoteAddress, method: req.method ?? '' };
+  // Synchronous when the chain is (the warm path): no promise, no await, for a known credential.
+  const identify: Identify = (req, route, resource) => {
+    const remoteAddress = req.socket.remoteAddress;
+    const method = req.method ?? '';
     if (policyFor(resource.runtime.id).public) {
       // A public resource needs no identity, so credentials cost it no work at all (no hash,
       // no signature check): they may be meant for its backend; it is served anonymously.
-      const anonymous: RequestIdentity = { ...ANONYMOUS, ...request };
+      const anonymous: RequestIdentity = { user: undefined, groups: ANONYMOUS.groups, via: 'anonymous', remoteAddress, method };
       return anonymous;
     }
-    const out = await verifyChain(verifiers, credentialsOf(req));
-    if (out.kind === 'verified') {
-      const identity: RequestIdentity = { ...out.identity, ...request };
-      return identity;
-    }
-    return refuseUnauthenticated(req, route, out, true);
+    const judged = (out: ChainOutcome): Identity | SmartProxyError => {
+      if (out.kind === 'verified') {
+        // Spread: a session identity (oidc) carries more than user and groups (cookies, token).
+        const identity: RequestIdentity = { ...out.identity, remoteAddress, method };
+        return identity;
+      }
+      return refuseUnauthenticated(req, route, out, true);
+    };
+    const out = verifyChain(verifiers, credentialsOf(req));
+    return out instanceof Promise ? out.then(judged) : judged(out);
   };
 
   const authorize: Authorize = (identity, route, resource) => {
@@ -215,14 +234,25 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
 
   // The proxy's own session cookies are never a backend's business (a backend could replay them).
   const dropCookies = oidc === undefined ? undefined : (name: string): boolean => oidc.sessions.isOwnCookie(name);
+  // The encoded user and groups headers of an identity that acts with all its groups (`-` in
+  // the URL), kept with the identity's own groups array: a token's or a cached JWT's identity
+  // is the same object request after request, so its headers are encoded once, not per request.
+  // Weakly held: gone with the identity.
+  const encodedByGroups = new WeakMap<readonly string[], { readonly user: string; readonly extra: ReadonlyArray<readonly [string, string]> }>();
+  const noExtra: ReadonlyArray<readonly [string, string]> = [];
   const backendHeaders: BackendHeaders = (identity: Identity, acting, resource) => {
     const strip = stripFor(resource.runtime.id);
-    if (identity.user === undefined) return { extra: [], strip, dropCookies };
-    const extra: Array<readonly [string, string]> = [[settings.backendHeaders.user, encodeHeaderValue(identity.user)], [settings.backendHeaders.groups, encodeGroups(acting)]];
+    if (identity.user === undefined) return { extra: noExtra, strip, dropCookies };
     const accessToken = (identity as SessionIdentity).accessToken;
     if (accessToken !== undefined && options.policies.get(resource.runtime.id)?.passAccessToken === true) {
+      const extra: Array<readonly [string, string]> = [[settings.backendHeaders.user, encodeHeaderValue(identity.user)], [settings.backendHeaders.groups, encodeGroups(acting)]];
       extra.push([settings.backendHeaders.accessToken, encodeHeaderValue(accessToken)]);
+      return { extra, strip, dropCookies };
     }
+    const cached = acting === identity.groups ? encodedByGroups.get(acting) : undefined;
+    if (cached !== undefined && cached.user === identity.user) return { extra: cached.extra, strip, dropCookies };
+    const extra: ReadonlyArray<readonly [string, string]> = [[settings.backendHeaders.user, encodeHeaderValue(identity.user)], [settings.backendHeaders.groups, encodeGroups(acting)]];
+    if (acting === identity.groups) encodedByGroups.set(acting, { user: identity.user, extra });
     return { extra, strip, dropCookies };
   };
 

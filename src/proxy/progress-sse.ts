@@ -19,6 +19,8 @@ import type { Instance, ManagerEvent, ResourceManager } from '../core/resource-m
 import { BASE_PATH, parseTarget, type ParsedTarget } from './route.ts';
 
 export const RESERVED_PREFIX = '/_smart_proxy';
+/** Built once: isReservedPath runs on every request. */
+const RESERVED_DIR = `${RESERVED_PREFIX}/`;
 const STATUS_PREFIX = `${RESERVED_PREFIX}/status/`;
 const EVENTS_PREFIX = `${RESERVED_PREFIX}/events/`;
 
@@ -97,7 +99,7 @@ export function eventsPathFor(route: ParsedTarget): string {
 }
 
 export function isReservedPath(url: string | undefined): boolean {
-  return url !== undefined && url.startsWith(`${RESERVED_PREFIX}/`);
+  return url !== undefined && url.startsWith(RESERVED_DIR);
 }
 
 /**

@@ -43,24 +43,43 @@ function notFound(reason: string): SmartProxyError {
  * Checks run on the raw bytes, so `%2e%2E` and `.` are caught alike.
  */
 export function unsafePathReason(path: string): string | undefined {
-  if (path.includes('\\')) return 'backslash in path';
-  if (path.includes('//')) return 'empty path segment ("//")';
-  if (path.includes('#')) return 'fragment in target';
+  // One pass over the characters (this runs on every request); the reasons keep their order
+  // of precedence: backslash, "//", "#", then the first bad character or percent-encoding.
+  let backslash = false;
+  let emptySegment = false;
+  let fragment = false;
+  let charProblem: string | undefined;
   let dotOrPercent = false;
+  let prev = -1;
   for (let i = 0; i < path.length; i++) {
     const c = path.charCodeAt(i);
-    if (c <= 0x20 || c === 0x7f) return 'control character or space in path';
-    if (c === 0x2e /* . */) dotOrPercent = true;
-    if (c === 0x25 /* % */) {
+    if (c === 0x5c /* \ */) backslash = true;
+    else if (c === 0x2f /* / */ && prev === 0x2f) emptySegment = true;
+    else if (c === 0x23 /* # */) fragment = true;
+    prev = c;
+    if (charProblem !== undefined) continue;
+    if (c <= 0x20 || c === 0x7f) charProblem = 'control character or space in path';
+    else if (c === 0x2e /* . */) dotOrPercent = true;
+    else if (c === 0x25 /* % */) {
       dotOrPercent = true;
       const h = path.slice(i + 1, i + 3);
-      if (!/^[0-9A-Fa-f]{2}$/.test(h)) return 'malformed percent-encoding';
-      const byte = parseInt(h, 16);
-      if (byte < 0x20 || byte === 0x7f) return 'encoded control character';
-      if (byte === 0x5c) return 'encoded backslash';
-      i += 2;
+      if (!/^[0-9A-Fa-f]{2}$/.test(h)) charProblem = 'malformed percent-encoding';
+      else {
+        const byte = parseInt(h, 16);
+        if (byte < 0x20 || byte === 0x7f) charProblem = 'encoded control character';
+        else if (byte === 0x5c) charProblem = 'encoded backslash';
+        // The two hex digits are neither "\\", "/" nor "#": skipping them misses nothing.
+        else {
+          i += 2;
+          prev = path.charCodeAt(i);
+        }
+      }
     }
   }
+  if (backslash) return 'backslash in path';
+  if (emptySegment) return 'empty path segment ("//")';
+  if (fragment) return 'fragment in target';
+  if (charProblem !== undefined) return charProblem;
   // Dot segments, raw or percent-encoded, anywhere (including the last segment), as any
   // backend could read them (see dotCheckForm). Without a "." or a "%" there can be none
   // (the common case: no decoding, no split).

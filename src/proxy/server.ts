@@ -172,7 +172,8 @@ export class ProxyServer {
       }
       // 'close' comes after the last byte or when the client left: either way, once.
       const record = new RequestRecord();
-      res.once('close', () => observer.finished(req, res, record));
+      // `on`, not `once`: a response closes once, and once's wrapper costs on every request.
+      res.on('close', () => observer.finished(req, res, record));
       this.handle(req, res, record).catch((err: unknown) => this.#fail(req, res, err));
     };
     this.#tls = options.tls === undefined ? undefined : createTlsFront({
@@ -296,8 +297,10 @@ export class ProxyServer {
     }
     // 1. route: strict target parsing, then the resource table.
     const route = parseTarget(req.url);
-    // 2. identify, 3. authorize (before any side effect), 4. select the instance.
-    const admission = await this.#admitRoute(req, route);
+    // 2. identify, 3. authorize (before any side effect), 4. select the instance. Awaited
+    // only when a step really waits (a slow hash, a signature check): not on the warm path.
+    const admitted = this.#admitRoute(req, route);
+    const admission = admitted instanceof Promise ? await admitted : admitted;
     // A client that left during identify is gone everywhere: no start, no hold, no forward.
     if (requestGone(req)) return;
     const { resource } = admission;
@@ -307,7 +310,6 @@ export class ProxyServer {
     }
     const cookies = admission.identity.responseCookies?.filter((c) => c !== '');
     if (cookies !== undefined && cookies.length > 0) res.setHeader('set-cookie', cookies);
-    const requester = requesterOf(admission);
     const inst = this.#manager.selectInstance(resource.runtime, admission.acting, admission.identity.user);
     this.#manager.touch(inst);
     // A ready instance is forwarded at once, with no other call. While the release ramp
@@ -320,6 +322,8 @@ export class ProxyServer {
       // 5. await ready, as this client asked (waiting-room.ts): the waiting page, 202 at
       // once, or a hold on the local readiness broadcast (never on a provider call). A
       // ready instance behind the ramp is a short hold, never a waiting page.
+      // Who a start is for: built here, since a warm request starts nothing.
+      const requester = requesterOf(admission);
       const plan = this.#waiting.plan(req, resource.waiting, resource.holdTimeoutMs);
       if (plan.kind !== 'hold' && inst.status !== 'ready') {
         this.#waiting.answerAtOnce(req, res, plan.kind, inst, route, resource.waiting, requester);
@@ -340,7 +344,7 @@ export class ProxyServer {
     // Built after any hold: a held request carries nothing it does not need yet.
     const headers = this.#forwardHeaders(req, admission);
     // 6. forward, with crash repair when the backend turns out to be gone.
-    await this.#forward(req, res, inst, resource, route, headers, endpoint);
+    return this.#forward(req, res, inst, resource, route, headers, endpoint);
   }
 
   /**
@@ -369,7 +373,7 @@ export class ProxyServer {
    */
   async admit(req: IncomingMessage): Promise<Admission> {
     if (this.#draining) throw new SmartProxyError('SP_SHUTTING_DOWN', undefined, { retryAfterS: 1 });
-    return this.#admitRoute(req, parseTarget(req.url));
+    return await this.#admitRoute(req, parseTarget(req.url));
   }
 
   /** Steps 2-4 for a routed target: the resource, who asks, and the instance they act on. */
@@ -378,14 +382,27 @@ export class ProxyServer {
     return { resource, inst: this.#manager.selectInstance(resource.runtime, acting, identity.user) };
   }
 
-  /** Steps 2-3 for a routed target: the resource, who asks, and the groups they act with. */
-  async #admitRoute(req: IncomingMessage, route: ParsedTarget): Promise<Admission> {
+  /**
+   * Steps 2-3 for a routed target: the resource, who asks, and the groups they act with.
+   * Synchronous when identify is (throws its refusals); a promise only when identify waits.
+   */
+  #admitRoute(req: IncomingMessage, route: ParsedTarget): Admission | Promise<Admission> {
     // RFC 9112 §3.2: two Host fields (or one that contradicts :authority) name no one server.
     const badHost = hostProblem(req.rawHeaders);
     if (badHost !== undefined) throw new SmartProxyError('SP_ROUTE_BAD_HOST', badHost);
     const resource = this.#resources.get(route.resourceId);
-    if (resource === undefined) throw await (this.#unknownResource?.(req, route) ?? resourceNotFound(route.resourceId));
-    const identity = await this.#identify(req, route, resource);
+    if (resource === undefined) return this.#refuseUnknown(req, route);
+    const identity = this.#identify(req, route, resource);
+    return identity instanceof Promise
+      ? identity.then((i) => this.#authorized(route, resource, i))
+      : this.#authorized(route, resource, identity);
+  }
+
+  async #refuseUnknown(req: IncomingMessage, route: ParsedTarget): Promise<never> {
+    throw await (this.#unknownResource?.(req, route) ?? resourceNotFound(route.resourceId));
+  }
+
+  #authorized(route: ParsedTarget, resource: RoutedResource, identity: Identity | SmartProxyError): Admission {
     if (identity instanceof SmartProxyError) throw identity;
     const acting = this.#authorize(identity, route, resource);
     if (acting instanceof SmartProxyError) throw acting;

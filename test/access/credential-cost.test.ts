@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { SignJWT, importPKCS8 } from 'jose';
 import { hashPassword } from '../../src/access/passwords.ts';
 import { createJwtVerifier } from '../../src/access/jwt-verifier.ts';
-import { defaultCredentialWork } from '../../src/access/credential-cache.ts';
+import { defaultCredentialWork, VerdictCache } from '../../src/access/credential-cache.ts';
 import type { JwtIdentityConfig } from '../../src/config/access-schema.ts';
 import { ManualClock } from '../../src/core/clock.ts';
 import type { RequestCredentials } from '../../src/access/types.ts';
@@ -182,5 +182,31 @@ describe('JWT verdict cache on an injected clock', () => {
     assert.equal((await v.verify(creds(later))).kind, 'invalid');
     await clock.advance(100_000);
     assert.equal((await v.verify(creds(later))).kind, 'verified');
+  });
+});
+
+describe('verdict cache: bounded, approximately least recently used', () => {
+  it('keeps an entry used at least once per half its size of insertions; evicts the unused, oldest first', () => {
+    const clock = new ManualClock(0);
+    const cache = new VerdictCache<string>(4, clock);
+    for (const k of ['busy', 'a', 'b', 'c']) cache.set(k, k, 60_000);
+    for (let i = 0; i < 20; i++) {
+      assert.equal(cache.get('busy'), 'busy', `the busy entry survives insertion ${i}`);
+      cache.set(`n${i}`, `n${i}`, 60_000);
+      assert.ok(cache.size <= 4);
+    }
+    // Never used again: gone, while the newest one-off entries are still there.
+    for (const k of ['a', 'b', 'c', 'n0', 'n15']) assert.equal(cache.get(k), undefined, k);
+    for (const k of ['n17', 'n18', 'n19']) assert.equal(cache.get(k), k);
+  });
+
+  it('an expired entry is gone however often it was used', async () => {
+    const clock = new ManualClock(0);
+    const cache = new VerdictCache<string>(4, clock);
+    cache.set('k', 'v', 1_000);
+    assert.equal(cache.get('k'), 'v');
+    await clock.advance(1_000);
+    assert.equal(cache.get('k'), undefined);
+    assert.equal(cache.size, 0);
   });
 });

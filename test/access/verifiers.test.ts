@@ -7,7 +7,7 @@ import { createBasicVerifier } from '../../src/access/basic-verifier.ts';
 import { verifyChain } from '../../src/access/chain.ts';
 import { createHeaderVerifier } from '../../src/access/header-verifier.ts';
 import { createJwtVerifier } from '../../src/access/jwt-verifier.ts';
-import { hashPassword, hashToken } from '../../src/access/passwords.ts';
+import { hashPassword, hashToken, keysEqual, sha256Key, sha256KeyOfHex } from '../../src/access/passwords.ts';
 import { createTokenVerifier } from '../../src/access/token-verifier.ts';
 import type { RequestCredentials, Verifier, VerifyOutcome } from '../../src/access/types.ts';
 import { jwtIdentitySchema, type JwtIdentityConfig } from '../../src/config/access-schema.ts';
@@ -217,5 +217,25 @@ describe('verifier chain', () => {
     const unknown = await verifyChain([token], creds('Digest whatever'));
     assert.deepEqual(unknown.kind === 'invalid' ? unknown.reason : unknown.kind, 'credentials not recognised');
     assert.equal((await verifyChain([token], creds())).kind, 'anonymous');
+  });
+
+  it('answers without a promise when every verifier does (a known token: the warm path), and waits for one that does not', async () => {
+    const token = createTokenVerifier({ kind: 'token', tokens: [{ user: 'a', groups: ['g'], hash: hashToken('t-a') }] }, 'Bearer');
+    const direct = verifyChain([token], bearer('t-a'));
+    assert.ok(!(direct instanceof Promise));
+    assert.equal(direct.kind === 'verified' ? direct.identity.user : direct.kind, 'a');
+    // A later asynchronous verifier still judges what the first one left absent.
+    const slow: Verifier = { kind: 'jwt', challenge: undefined, verify: async () => ({ kind: 'verified', identity: { user: 'j', groups: [], via: 'jwt' } }) };
+    const waited = verifyChain([token, slow], bearer('other'));
+    assert.ok(waited instanceof Promise);
+    const out = await waited;
+    assert.equal(out.kind === 'verified' ? out.identity.user : out.kind, 'j');
+    // A rejected promise is a refusal, as a throw is.
+    const rejecting: Verifier = { kind: 'jwt', challenge: undefined, verify: () => Promise.reject(new Error('boom')) };
+    assert.equal((await verifyChain([rejecting], bearer('x'))).kind, 'invalid');
+    // The token compare is the one the config form names: sha256 of the token.
+    assert.equal(sha256Key('t-a'), sha256KeyOfHex(hashToken('t-a').slice('sha256:'.length)));
+    assert.ok(keysEqual(sha256Key('t-a'), sha256Key('t-a')));
+    assert.ok(!keysEqual(sha256Key('t-a'), sha256Key('t-b')));
   });
 });
