@@ -108,7 +108,7 @@ export class DecisionServer {
       return;
     }
     if (res.destroyed) return;
-    const { resource, identity, acting, route } = admission;
+    const { resource, identity, acting } = admission;
     const { manager } = this.#o;
     const inst = manager.selectInstance(resource.runtime, acting, identity.user);
     // Exactly the data plane's warm test: ready, and nobody queued behind the release ramp.
@@ -139,19 +139,25 @@ export class DecisionServer {
       else if (name === names.groups) groups = value;
     }
     this.counts.direct++;
-    res.writeHead(200, {
+    // The allow is cached by the front proxy and re-read on every warm request: only what it
+    // uses, nothing empty (an absent header reads as empty), no Date, and an explicit
+    // Connection so that Node adds no Keep-Alive line. X-Forwarded-Prefix is the route
+    // itself, which the front proxy already has.
+    const headers: Record<string, string> = {
       [FRONT_HEADERS.upstream]: target.upstream,
       [FRONT_HEADERS.address]: target.address,
-      [FRONT_HEADERS.basePath]: target.basePath,
-      [FRONT_HEADERS.user]: user,
-      [FRONT_HEADERS.groups]: groups,
-      [FRONT_HEADERS.prefix]: route.prefix,
-      [FRONT_HEADERS.passCredentials]: backend?.strip.has('authorization') === false ? '1' : '0',
-      [FRONT_HEADERS.resource]: resource.runtime.id,
-      // nginx caches by this (seconds); HAProxy's helper reads the same header.
-      'x-accel-expires': String(ttlS),
       'content-length': '0',
-    });
+    };
+    // A shorter life than the grant TTL (a JWT about to expire), in seconds: nginx caches by
+    // it, HAProxy's helper reads it. Without it both keep the allow for the grant TTL.
+    if (ttlS < this.#ttlS) headers['x-accel-expires'] = String(ttlS);
+    if (target.basePath !== '') headers[FRONT_HEADERS.basePath] = target.basePath;
+    if (user !== '') headers[FRONT_HEADERS.user] = user;
+    if (groups !== '') headers[FRONT_HEADERS.groups] = groups;
+    if (backend?.strip.has('authorization') === false) headers[FRONT_HEADERS.passCredentials] = '1';
+    if (res.shouldKeepAlive) headers.connection = 'keep-alive';
+    res.sendDate = false;
+    res.writeHead(200, headers);
     res.end();
   }
 

@@ -209,7 +209,6 @@ core.register_action("smart_proxy_decide", { "http-req" }, function(txn, decisio
       base = first(h, "${FRONT_HEADERS.basePath.toLowerCase()}"),
       user = first(h, "${FRONT_HEADERS.user.toLowerCase()}"),
       groups = first(h, "${FRONT_HEADERS.groups.toLowerCase()}"),
-      prefix = first(h, "${FRONT_HEADERS.prefix.toLowerCase()}"),
       pass = first(h, "${FRONT_HEADERS.passCredentials.toLowerCase()}"),
     }
     e.ip, e.port = string.match(e.address, "^%[?([^%]]*)%]?:(%d+)$")
@@ -228,7 +227,8 @@ core.register_action("smart_proxy_decide", { "http-req" }, function(txn, decisio
   txn:set_var("txn.sp_pathq", upstream_path .. query)
   txn:set_var("txn.sp_user", e.user)
   txn:set_var("txn.sp_groups", e.groups)
-  txn:set_var("txn.sp_prefix", e.prefix)
+  -- X-Forwarded-Prefix is the route, as the data plane sends it.
+  txn:set_var("txn.sp_prefix", route)
   txn:set_var("txn.sp_pass", e.pass)
 end, 2)
 `;
