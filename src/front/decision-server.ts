@@ -15,7 +15,7 @@
  * the front proxy may keep serving on it until then without asking again.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger } from '../core/ports.ts';
 import type { ResourceManager } from '../core/resource-manager.ts';
@@ -37,6 +37,11 @@ export interface DecisionServerOptions {
   readonly logger: Logger;
   /** Called with each resource granted (the busy checker watches only those). */
   readonly onGrant?: (resourceId: string) => void;
+  /**
+   * Bound on the connect that checks a backend before it is granted (upstream.connectTimeoutMs);
+   * 0 skips the check.
+   */
+  readonly reachableTimeoutMs?: number;
 }
 
 /** Control headers the front proxy adds; never passed to the access steps as client headers. */
@@ -117,6 +122,19 @@ export class DecisionServer {
     if (target === undefined) {
       this.#viaProxy(res, endpoint === undefined ? inst.status : 'endpoint not forwardable');
       return;
+    }
+    // A grant is the front proxy's licence to use this address for a whole TTL without
+    // asking: one TCP connect first (at most once per TTL per route and credential). A backend
+    // that died behind Smart Proxy's back is then sent via the data plane, which notices it
+    // and wakes the resource again, whatever the method; a front proxy that cannot resend a
+    // failed request itself (HAProxy's POST) fails for at most one grant.
+    if ((this.#o.reachableTimeoutMs ?? 0) > 0) {
+      const why = await unreachable(target.address, this.#o.reachableTimeoutMs!);
+      if (why !== undefined) {
+        this.#viaProxy(res, `backend unreachable: ${why}`);
+        return;
+      }
+      if (res.destroyed) return;
     }
     let ttlS = this.#ttlS;
     const expiresAtMs = jwtExpiry(identity, req.headers.authorization);
@@ -219,4 +237,21 @@ function jwtExpiry(identity: Admission['identity'], authorization: string | unde
   } catch {
     return undefined;
   }
+}
+
+/** Why `host:port` does not accept a TCP connection within `timeoutMs`, or undefined if it does. */
+function unreachable(address: string, timeoutMs: number): Promise<string | undefined> {
+  const colon = address.lastIndexOf(':');
+  const host = address.slice(0, colon).replace(/^\[|\]$/g, '');
+  const port = Number(address.slice(colon + 1));
+  return new Promise((resolve) => {
+    const socket = connect({ host, port });
+    const done = (why: string | undefined): void => {
+      socket.destroy();
+      resolve(why);
+    };
+    socket.setTimeout(timeoutMs, () => done(`no connection within ${timeoutMs} ms`));
+    socket.once('connect', () => done(undefined));
+    socket.once('error', (err: NodeJS.ErrnoException) => done(err.code ?? err.message));
+  });
 }

@@ -167,12 +167,22 @@ front:
     assert.equal((JSON.parse(after[3]!.body) as Echo).url, '/after/3?q=3');
     assert.equal((JSON.parse(after[3]!.body) as Echo).headers['x-forwarded-user'], 'alice');
     // A POST is not sent again: HAProxy cannot tell a refused connection from a dropped one.
-    // It gets HAProxy's 502, once; the next request finds the resource woken.
+    // It gets HAProxy's 502 until the grant ends; the next decision finds the backend gone (it
+    // checks before granting), so the request goes via Smart Proxy, which wakes it.
     const [again] = app.manager.instancesOf('app');
     await mimic.crash(again!.key);
-    const post = await send(port, '/smart_proxy/app/-/upload', 'POST', 'payload-1', bearer(ALICE));
+    const startsBeforePost = mimic.calls.start;
+    const crashedAt = Date.now();
+    let post = await send(port, '/smart_proxy/app/-/upload', 'POST', 'payload-1', bearer(ALICE));
     assert.equal(post.status, 502, post.body);
-    assert.equal((await get(port, '/smart_proxy/app/-/next', bearer(ALICE))).status, 200);
+    while (post.status === 502) {
+      assert.ok(Date.now() - crashedAt < 5_000 + 2_000, 'POSTs still fail past the grant (5 s)');
+      await new Promise((r) => setImmediate(r));
+      post = await send(port, '/smart_proxy/app/-/upload', 'POST', 'payload-2', bearer(ALICE));
+    }
+    assert.equal(post.status, 200, post.body);
+    assert.equal((JSON.parse(post.body) as Echo).body, 'payload-2');
+    assert.equal(mimic.calls.start, startsBeforePost + 1, 'woken once');
     // Until the grant naming the dead backend ends, requests go the long way round; then
     // HAProxy serves the new backend directly again (each request is the next look).
     const until = Date.now() + 10_000;
