@@ -135,6 +135,11 @@ export class DecisionServer {
         return;
       }
       if (res.destroyed) return;
+      // The instance may have moved on during the connect (stopped, restarted elsewhere).
+      if (inst.status !== 'ready' || inst.endpoint !== endpoint) {
+        this.#viaProxy(res, inst.status);
+        return;
+      }
     }
     let ttlS = this.#ttlS;
     const expiresAtMs = jwtExpiry(identity, req.headers.authorization);

@@ -106,6 +106,9 @@ backend smart_proxy_direct
     # are sent again.
     http-request disable-l7-retry unless { method GET HEAD OPTIONS TRACE PUT DELETE }
     option forwardfor
+    # Set here, where the client's connection is known (the inner hop's is the abstract socket).
+    http-request set-header X-Forwarded-Proto http unless { ssl_fc }
+    http-request set-header X-Forwarded-Proto https if { ssl_fc }
     server inner ${inner} send-proxy-v2
     server smart_proxy ${dataPlane}${config.tls === undefined ? '' : ' ssl verify none'}
 
@@ -128,8 +131,6 @@ backend smart_proxy_backend
     http-request set-header ${config.access.backendHeaders.groups} %[var(txn.sp_groups)] if { var(txn.sp_groups) -m len gt 0 }
     http-request del-header Authorization unless { var(txn.sp_pass) -m str 1 }
     http-request set-header X-Forwarded-For %[src]
-    http-request set-header X-Forwarded-Proto http unless { ssl_fc }
-    http-request set-header X-Forwarded-Proto https if { ssl_fc }
     http-request set-header X-Forwarded-Prefix %[var(txn.sp_prefix)]
     http-request del-header X-Forwarded-Port
     http-request del-header X-Real-IP

@@ -140,6 +140,9 @@ front:
       assert.equal(viaHaproxy.headers[h], direct.headers[h], h);
     }
     assert.equal(viaHaproxy.headers['x-forwarded-user'], 'alice');
+    // Set by the outer hop, which sees the client's connection.
+    assert.equal(viaHaproxy.headers['x-forwarded-proto'], 'http');
+    assert.equal(viaHaproxy.headers['x-forwarded-proto'], direct.headers['x-forwarded-proto']);
   });
 
   void it('refuses as Smart Proxy refuses', async () => {
