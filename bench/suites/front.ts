@@ -12,7 +12,7 @@
  */
 import { execFile, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { BENCH_DIR, type Context } from '../lib/context.ts';
@@ -175,7 +175,12 @@ export async function runFrontAb(ctx: Context): Promise<FrontAbResult> {
       const cgFrontPort = await freePort();
       const plainIr = await instructionsPerRequest(ctx, 'plain', plainProxyConf(join(ctx.workDir, 'callgrind-plain'), cgPlainPort, ctx.upstreamPort), cgPlainPort);
       const cache = extraCacheDir(ctx, 'callgrind-front');
-      const frontIr = await instructionsPerRequest(ctx, 'front', frontConf(join(ctx.workDir, 'callgrind-front'), front.snippetFor(cgFrontPort, await freePort(), cache)), cgFrontPort);
+      let frontIr;
+      try {
+        frontIr = await instructionsPerRequest(ctx, 'front', frontConf(join(ctx.workDir, 'callgrind-front'), front.snippetFor(cgFrontPort, await freePort(), cache)), cgFrontPort);
+      } finally {
+        rmSync(cache, { recursive: true, force: true });
+      }
       instructions = { plain: plainIr.perReq, front: frontIr.perReq, requests: { plain: plainIr.requests, front: frontIr.requests } };
     } else {
       ctx.log('callgrind: valgrind is not installed (apt-get install valgrind); instructions per request not measured');
