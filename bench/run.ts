@@ -6,7 +6,7 @@
  * Pinning: this process, wrk, the upstream and the load generators run on CPU 0; the proxy
  * under test runs alone on CPU 1 (taskset). Benchmarks are not tests: nothing here asserts.
  *
- * usage: npm run bench [-- --quick] [--only throughput,wake,hold,many,churn] [--profile]
+ * usage: npm run bench [-- --quick] [--only throughput,wake,hold,many,churn,front] [--profile]
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -25,6 +25,7 @@ import { runHold } from './suites/hold.ts';
 import { runMany } from './suites/many.ts';
 import { runProfile } from './suites/profile.ts';
 import { runChurn } from './suites/churn.ts';
+import { runFrontAb } from './suites/front.ts';
 
 const { values } = parseArgs({
   options: {
@@ -75,6 +76,8 @@ try {
     if (suites.has('hold')) results.hold = await runHold(ctx);
     if (suites.has('many')) results.many = await runMany(ctx);
     if (suites.has('churn')) results.churn = await runChurn(ctx);
+    // Paired A/B of front-proxy mode against proxy_pass; writes bench/out/front.md itself.
+    if (suites.has('front')) await runFrontAb(ctx);
     results.durationS = (Date.now() - started) / 1000;
     const md = renderMarkdown(results);
     writeFileSync(join(outDir, 'results.json'), JSON.stringify(results, null, 2));

@@ -5,13 +5,11 @@
  */
 import { createHash } from 'node:crypto';
 import { SignJWT } from 'jose';
-import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CHP_BIN } from '../lib/deps.ts';
 import { BENCH_DIR, startSmartProxy, type Context } from '../lib/context.ts';
-import { parseConfig } from '../../src/config/load.ts';
-import { generateNginxConfig } from '../../src/front/nginx-config.ts';
-import { startNginxFront, startNginxProxy } from '../lib/nginx.ts';
+import { startFrontMode } from '../lib/front.ts';
+import { startNginxProxy } from '../lib/nginx.ts';
 import { cpuTimeMs, freePort, rssBytes, spawnPinned, waitForHttp, type Spawned } from '../lib/procs.ts';
 import { median, quantile, spreadPct } from '../lib/stats.ts';
 import { errorCount, wrk, type WrkResult } from '../lib/wrk.ts';
@@ -76,6 +74,8 @@ interface Contender {
   readonly headers?: readonly string[];
   /** A second process doing part of the work (Smart Proxy behind nginx in front-proxy mode). */
   readonly side?: Spawned | undefined;
+  /** Stops proc and side together (front-proxy mode). */
+  readonly stop?: () => Promise<void>;
 }
 
 /** The credential every contender is sent (Smart Proxy verifies it; the others pass it on). */
@@ -190,22 +190,9 @@ async function startContenders(ctx: Context): Promise<Contender[]> {
     out.push({ ...SMART_ROWS[access], url: smart.url + BENCH_PATH, proc: smart, headers: await headersFor(access) });
   }
 
-  // Front-proxy mode: nginx runs the generated config, Smart Proxy decides behind it. Both on
-  // the proxy CPU; the row's CPU is nginx's, Smart Proxy's own is reported beside it.
-  const [frontPort, decisionPort, controlPort] = [await freePort(), await freePort(), await freePort()];
-  // On a tmpfs, as docs/operations/front-proxy.md advises.
-  const frontCache = existsSync('/dev/shm') ? join('/dev/shm', `smart-proxy-bench-${process.pid}`) : join(ctx.workDir, 'nginx-front-cache');
-  const frontYaml = `${smartProxyYaml(ctx.upstreamPort)}front:
-  enabled: true
-  decision: { host: 127.0.0.1, port: ${decisionPort} }
-  grantTtlMs: 5000
-  nginx: { listen: "127.0.0.1:${frontPort}", controlListen: "127.0.0.1:${controlPort}", cachePath: "${frontCache}" }
-`;
-  const behind = await startSmartProxy(ctx, 'smart-proxy-behind-nginx', frontYaml);
-  const snippet = generateNginxConfig(parseConfig(frontYaml), { dataPlane: new URL(behind.url).host });
-  const front = await startNginxFront(ctx.workDir, frontPort, snippet, ctx.proxyCpu);
-  await waitForHttp(`http://127.0.0.1:${frontPort}${BENCH_PATH}`);
-  out.push({ name: 'front', label: 'nginx front-proxy mode (token checked by Smart Proxy, grant cached 5 s)', url: `http://127.0.0.1:${frontPort}${BENCH_PATH}`, proc: front, side: behind });
+  // Front-proxy mode (bench/lib/front.ts): the row's CPU is nginx's, Smart Proxy's own beside it.
+  const front = await startFrontMode(ctx, smartProxyYaml(ctx.upstreamPort), BENCH_PATH, BENCH_HEADERS);
+  out.push({ name: 'front', label: 'nginx front-proxy mode (token checked by Smart Proxy, grant cached 5 s)', url: `http://127.0.0.1:${front.port}${BENCH_PATH}`, proc: front.nginx, side: front.smart, stop: () => front.stop() });
   return out;
 }
 
@@ -248,9 +235,7 @@ export async function runThroughput(ctx: Context): Promise<ContenderResult[]> {
     const base = byName.get('dispatch');
     return contenders.map((c) => summarise(c, byName.get(c.name)!, base, cpu.get(c.name)));
   } finally {
-    await Promise.all(contenders.map((c) => c.proc?.stop() ?? Promise.resolve()));
-    await Promise.all(contenders.map((c) => c.side?.stop() ?? Promise.resolve()));
-    rmSync(join('/dev/shm', `smart-proxy-bench-${process.pid}`), { recursive: true, force: true });
+    await Promise.all(contenders.map((c) => c.stop?.() ?? c.proc?.stop() ?? Promise.resolve()));
   }
 }
 

@@ -15,7 +15,7 @@
  * the front proxy may keep serving on it until then without asking again.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger } from '../core/ports.ts';
 import type { ResourceManager } from '../core/resource-manager.ts';
@@ -37,6 +37,11 @@ export interface DecisionServerOptions {
   readonly logger: Logger;
   /** Called with each resource granted (the busy checker watches only those). */
   readonly onGrant?: (resourceId: string) => void;
+  /**
+   * Bound on the connect that checks a backend before it is granted (upstream.connectTimeoutMs);
+   * 0 skips the check.
+   */
+  readonly reachableTimeoutMs?: number;
 }
 
 /** Control headers the front proxy adds; never passed to the access steps as client headers. */
@@ -108,7 +113,7 @@ export class DecisionServer {
       return;
     }
     if (res.destroyed) return;
-    const { resource, identity, acting, route } = admission;
+    const { resource, identity, acting } = admission;
     const { manager } = this.#o;
     const inst = manager.selectInstance(resource.runtime, acting, identity.user);
     // Exactly the data plane's warm test: ready, and nobody queued behind the release ramp.
@@ -117,6 +122,24 @@ export class DecisionServer {
     if (target === undefined) {
       this.#viaProxy(res, endpoint === undefined ? inst.status : 'endpoint not forwardable');
       return;
+    }
+    // A grant is the front proxy's licence to use this address for a whole TTL without
+    // asking: one TCP connect first (at most once per TTL per route and credential). A backend
+    // that died behind Smart Proxy's back is then sent via the data plane, which notices it
+    // and wakes the resource again, whatever the method; a front proxy that cannot resend a
+    // failed request itself (HAProxy's POST) fails for at most one grant.
+    if ((this.#o.reachableTimeoutMs ?? 0) > 0) {
+      const why = await unreachable(target.address, this.#o.reachableTimeoutMs!);
+      if (why !== undefined) {
+        this.#viaProxy(res, `backend unreachable: ${why}`);
+        return;
+      }
+      if (res.destroyed) return;
+      // The instance may have moved on during the connect (stopped, restarted elsewhere).
+      if (inst.status !== 'ready' || inst.endpoint !== endpoint) {
+        this.#viaProxy(res, inst.status);
+        return;
+      }
     }
     let ttlS = this.#ttlS;
     const expiresAtMs = jwtExpiry(identity, req.headers.authorization);
@@ -139,19 +162,25 @@ export class DecisionServer {
       else if (name === names.groups) groups = value;
     }
     this.counts.direct++;
-    res.writeHead(200, {
+    // The allow is cached by the front proxy and re-read on every warm request: only what it
+    // uses, nothing empty (an absent header reads as empty), no Date, and an explicit
+    // Connection so that Node adds no Keep-Alive line. X-Forwarded-Prefix is the route
+    // itself, which the front proxy already has.
+    const headers: Record<string, string> = {
       [FRONT_HEADERS.upstream]: target.upstream,
       [FRONT_HEADERS.address]: target.address,
-      [FRONT_HEADERS.basePath]: target.basePath,
-      [FRONT_HEADERS.user]: user,
-      [FRONT_HEADERS.groups]: groups,
-      [FRONT_HEADERS.prefix]: route.prefix,
-      [FRONT_HEADERS.passCredentials]: backend?.strip.has('authorization') === false ? '1' : '0',
-      [FRONT_HEADERS.resource]: resource.runtime.id,
-      // nginx caches by this (seconds); HAProxy's helper reads the same header.
-      'x-accel-expires': String(ttlS),
       'content-length': '0',
-    });
+    };
+    // A shorter life than the grant TTL (a JWT about to expire), in seconds: nginx caches by
+    // it, HAProxy's helper reads it. Without it both keep the allow for the grant TTL.
+    if (ttlS < this.#ttlS) headers['x-accel-expires'] = String(ttlS);
+    if (target.basePath !== '') headers[FRONT_HEADERS.basePath] = target.basePath;
+    if (user !== '') headers[FRONT_HEADERS.user] = user;
+    if (groups !== '') headers[FRONT_HEADERS.groups] = groups;
+    if (backend?.strip.has('authorization') === false) headers[FRONT_HEADERS.passCredentials] = '1';
+    if (res.shouldKeepAlive) headers.connection = 'keep-alive';
+    res.sendDate = false;
+    res.writeHead(200, headers);
     res.end();
   }
 
@@ -213,4 +242,21 @@ function jwtExpiry(identity: Admission['identity'], authorization: string | unde
   } catch {
     return undefined;
   }
+}
+
+/** Why `host:port` does not accept a TCP connection within `timeoutMs`, or undefined if it does. */
+function unreachable(address: string, timeoutMs: number): Promise<string | undefined> {
+  const colon = address.lastIndexOf(':');
+  const host = address.slice(0, colon).replace(/^\[|\]$/g, '');
+  const port = Number(address.slice(colon + 1));
+  return new Promise((resolve) => {
+    const socket = connect({ host, port });
+    const done = (why: string | undefined): void => {
+      socket.destroy();
+      resolve(why);
+    };
+    socket.setTimeout(timeoutMs, () => done(`no connection within ${timeoutMs} ms`));
+    socket.once('connect', () => done(undefined));
+    socket.once('error', (err: NodeJS.ErrnoException) => done(err.code ?? err.message));
+  });
 }

@@ -45,6 +45,7 @@ export async function startFrontMode(o: FrontModeOptions): Promise<FrontMode> {
     identityHeaderNames: config.access.backendHeaders,
     upstreams: new UpstreamNames(providers.filter((p) => p !== undefined)),
     grantTtlMs: config.front.grantTtlMs,
+    reachableTimeoutMs: config.upstream.connectTimeoutMs,
     clock: o.clock,
     logger: o.logger,
     onGrant: (id) => busy.watch(id),

@@ -67,6 +67,19 @@ function credentialKey(identities: readonly IdentityConfig[]): string[] {
   return [...parts];
 }
 
+/**
+ * The targets nginx may forward itself (PCRE, byte-wise, as written into the config). At
+ * most as permissive as the data plane's parser (src/proxy/route.ts, unsafePathReason):
+ * a segment is never "." or ".." (nor "..;x", which some servlet containers read as ".."),
+ * and its bytes are printable, never "/", "?", "#", "%" or a backslash, except "%" with two
+ * hex digits that encode neither ".", "/", "\\", "%" (double encoding), a control character, nor
+ * a byte above 0x7f (overlong and full-width forms of "." and "/" are such bytes). The
+ * query may be anything but "#". Stricter than the data plane in one way only: such
+ * targets go via Smart Proxy, which forwards or refuses them as always.
+ */
+const SEGMENT = String.raw`(?!\.\.?(?:;[^/?]*)?(?:[/?]|$))(?:[^/?#%\x00-\x20\x7f\x5c]|%(?:2[0-46-9a-dA-D]|[346][0-9a-fA-F]|5[0-9abd-fABD-F]|7[0-9a-eA-E]))+`;
+const DIRECT_TARGET = String.raw`~^(?<smart_proxy_route>/smart_proxy/(?!\.\.?/)(?<smart_proxy_resource>[A-Za-z0-9._~-]+)/(?!\.\.?(?:[/?]|$))[A-Za-z0-9._~@+:=,-]+)(?:/(?<smart_proxy_tail>(?:${SEGMENT}/)*(?:${SEGMENT})?))?(?:\?[^#]*)?$`;
+
 /** Seconds for nginx timeouts, at least 1. */
 const s = (ms: number): string => `${Math.max(1, Math.ceil(ms / 1000))}s`;
 
@@ -102,7 +115,7 @@ export function generateNginxConfig(config: Config, options: GenerateOptions = {
 # The decision cache. Its keys contain credentials: keep it on a tmpfs only nginx can read.
 proxy_cache_path ${front.nginx.cachePath} levels=1:2 keys_zone=smart_proxy_decisions:10m max_size=64m inactive=${Math.max(60, ttlS * 4)}s use_temp_path=off;
 # Requests open per resource (busy checks read it; never a limit in practice).
-limit_conn_zone $smart_proxy_conn_key zone=smart_proxy_open:10m;
+limit_conn_zone $smart_proxy_resource zone=smart_proxy_open:10m;
 
 upstream smart_proxy_data {
     server ${dataPlane};
@@ -120,41 +133,37 @@ upstream smart_proxy_decision {
 }`);
   }
   out(`
-# The route of the raw target. Only plain resource ids and groups take the direct path;
-# anything percent-encoded is left to Smart Proxy's strict parser.
-map $request_uri $smart_proxy_route {
-    "~^(?<p>/smart_proxy/[A-Za-z0-9._~-]+/[A-Za-z0-9._~@+:=,-]+)(?:[/?]|$)" $p;
-    default "";
-}
-map $request_uri $smart_proxy_resource {
-    "~^/smart_proxy/(?<r>[A-Za-z0-9._~-]+)/" $r;
-    default "";
-}
-# The forwarded path, byte for byte (the query is $args).
-map $request_uri $smart_proxy_rest {
-    "~^/smart_proxy/[^/?]+/[^/?]+(?<p>/[^?]*)" $p;
-    default "/";
-}
-# Targets Smart Proxy refuses (dot segments, "//", backslashes, encoded "/", "." or control
-# characters): never forwarded directly, so the backend sees only what Smart Proxy would pass.
-map $request_uri $smart_proxy_unsafe {
-    "~^[^?]*(//|\\x5c|%2[eEfF]|%5[cC]|%[01][0-9a-fA-F]|%7[fF]|#|/\\.\\.?(/|\\?|$))" 1;
+# The direct path's gate: one regex over the raw target, which matches only what Smart Proxy
+# would forward unchanged: a route whose resource id and groups are written plainly, then a
+# path without dot segments (also as "..;x"), "//", backslashes, "#", control characters, or
+# "%" encodings of ".", "/", "\\", "%", control characters or bytes above 0x7f. Anything else
+# is Smart Proxy's strict parser's to judge. The captures name the route (the decision cache
+# key and X-Forwarded-Prefix), the resource (the open-request count) and the path after the
+# route (the shared variables of the decision subrequest see them too).
+map $request_uri $smart_proxy_direct {
+    "${DIRECT_TARGET}" 1;
     default 0;
 }
-# Via Smart Proxy without asking: unsafe targets, no plain route, WebSocket upgrades (their
-# Origin is checked there).
-map "$smart_proxy_unsafe|$http_upgrade|$smart_proxy_route" $smart_proxy_via {
-    "~^1\\|" 1;
-    "~^0\\|[^|]+\\|" 1;
-    "~\\|$" 1;
-    default 0;
+# Via Smart Proxy without asking: no direct target, or a WebSocket upgrade (its Origin is
+# checked there). An exact match: no regex.
+map "$smart_proxy_direct$http_upgrade" $smart_proxy_via {
+    "1" 0;
+    default 1;
 }
 # The upstream path: the endpoint's own path, then the forwarded one ("/" alone forwards to
-# the endpoint path exactly, as the data plane does).
-map "$smart_proxy_base_path|$smart_proxy_rest" $smart_proxy_upstream_path {
-    "~^\\|(?<p>.*)$" $p;
-    "~^(?<b>[^|]+)\\|/$" $b;
-    "~^(?<b>[^|]+)\\|(?<p>.*)$" $b$p;
+# the endpoint path exactly, as the data plane does). Exact matches: no regex.
+map $smart_proxy_tail $smart_proxy_upstream_path {
+    "" $smart_proxy_base_root;
+    default $smart_proxy_base_path/$smart_proxy_tail;
+}
+map $smart_proxy_base_path $smart_proxy_base_root {
+    "" /;
+    default $smart_proxy_base_path;
+}
+# The resource of any /smart_proxy/ target, for the count of requests passed to Smart Proxy.
+map $request_uri $smart_proxy_any_resource {
+    "~^/smart_proxy/(?<r>[A-Za-z0-9._~-]+)/" $r;
+    default "";
 }
 map $smart_proxy_pass_credentials $smart_proxy_authorization {
     "1" $http_authorization;
@@ -180,11 +189,11 @@ server {
     ignore_invalid_headers on;
 
     location /smart_proxy/ {
-        set $smart_proxy_conn_key $smart_proxy_resource;
         error_page 418 = @smart_proxy;
         if ($smart_proxy_via) {
             return 418;
         }
+        # Counted under $smart_proxy_resource, which the gate above captured.
         limit_conn smart_proxy_open 65535;
 
         auth_request ${DECISION_PATH};
@@ -193,7 +202,6 @@ server {
         auth_request_set $smart_proxy_base_path ${upstreamVar(H.basePath)};
         auth_request_set $smart_proxy_user ${upstreamVar(H.user)};
         auth_request_set $smart_proxy_groups ${upstreamVar(H.groups)};
-        auth_request_set $smart_proxy_prefix ${upstreamVar(H.prefix)};
         auth_request_set $smart_proxy_pass_credentials ${upstreamVar(H.passCredentials)};
         # 401: not (yet) for nginx to serve; 500: the decision failed; 502/504: the backend is
         # gone. Smart Proxy answers all of them (and wakes the backend again).
@@ -209,7 +217,7 @@ ${[...protectedHeaders].filter((h) => !identityHeaders.some((i) => i.toLowerCase
         proxy_set_header X-Forwarded-For $remote_addr;
         proxy_set_header X-Forwarded-Proto $scheme;
         proxy_set_header X-Forwarded-Host $http_host;
-        proxy_set_header X-Forwarded-Prefix $smart_proxy_prefix;
+        proxy_set_header X-Forwarded-Prefix $smart_proxy_route;
         proxy_set_header X-Forwarded-Port "";
         proxy_set_header X-Real-IP "";
         proxy_set_header Forwarded "";
@@ -232,8 +240,15 @@ ${[...protectedHeaders].filter((h) => !identityHeaders.some((i) => i.toLowerCase
         proxy_set_header ${H.method} $request_method;
         proxy_set_header ${H.client} $remote_addr;
         proxy_cache smart_proxy_decisions;
+        # A hit reads the cached allow from a kept-open file (one pread) instead of opening,
+        # stat-ing and closing it on every request. A replaced entry is a new file (the cache
+        # node's inode check reopens it); each kept descriptor counts against nginx's open
+        # files limit (worker_rlimit_nofile).
+        open_file_cache max=512 inactive=${Math.max(60, ttlS * 4)}s;
+        open_file_cache_valid ${Math.max(60, ttlS * 4)}s;
         proxy_cache_key "${key}";
-        # Smart Proxy sets the lifetime (X-Accel-Expires): ${ttlS} s, less for a JWT about to expire.
+        # An allow lives ${ttlS} s (front.grantTtlMs), less when Smart Proxy says so (X-Accel-Expires:
+        # a JWT about to expire).
         proxy_cache_valid 200 ${ttlS}s;
         proxy_cache_methods GET HEAD POST;
         # Concurrent misses for one key make one call.
@@ -247,7 +262,7 @@ ${[...protectedHeaders].filter((h) => !identityHeaders.some((i) => i.toLowerCase
         if ($smart_proxy_no_resend) {
             return 502;
         }
-        set $smart_proxy_conn_key $smart_proxy_resource;
+        set $smart_proxy_resource $smart_proxy_any_resource;
         limit_conn smart_proxy_open 65535;
         proxy_pass ${dataScheme}://smart_proxy_data;
         proxy_http_version 1.1;
@@ -283,7 +298,7 @@ server {
     access_log off;
     location = ${BUSY_PATH} {
         # 409 while the resource has a request open in nginx (this check is the only one).
-        set $smart_proxy_conn_key $arg_r;
+        set $smart_proxy_resource $arg_r;
         limit_conn smart_proxy_open 1;
         limit_conn_status 409;
         limit_conn_log_level info;

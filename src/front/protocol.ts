@@ -10,22 +10,21 @@ export const FRONT_HEADERS = {
   method: 'X-Smart-Proxy-Method',
   /** The client's address as the front proxy saw it (header identities trust by address). */
   client: 'X-Smart-Proxy-Client',
-  // Smart Proxy → front proxy.
+  // Smart Proxy → front proxy, in an allow. A front proxy keeps the allow and reads these on
+  // every warm request (nginx parses the cached answer each time and looks each one up by
+  // name), so they are few, short, distinct after "SP-", and left out when empty.
   /** `http://name` of a generated upstream block, or `http(s)://host:port`. */
-  upstream: 'X-Smart-Proxy-Upstream',
-  /** `host:port` of the backend (HAProxy routes by address). */
-  address: 'X-Smart-Proxy-Address',
-  /** The endpoint's own path without its trailing `/` (`''` for none). */
-  basePath: 'X-Smart-Proxy-Base-Path',
-  /** Values of the backend identity headers (empty: not sent). */
-  user: 'X-Smart-Proxy-User',
-  groups: 'X-Smart-Proxy-Groups',
-  /** X-Forwarded-Prefix, as the data plane sends it. */
-  prefix: 'X-Smart-Proxy-Prefix',
-  /** `1`: the resource passes the client's Authorization on (access.passCredentials). */
-  passCredentials: 'X-Smart-Proxy-Pass-Credentials',
-  resource: 'X-Smart-Proxy-Resource',
-  /** Why a request goes via Smart Proxy (for logs; never shown to clients). */
+  upstream: 'SP-Upstream',
+  /** `host:port` of the backend (the Host it is sent; HAProxy routes by it). */
+  address: 'SP-Host',
+  /** The endpoint's own path without its trailing `/` (absent: none). */
+  basePath: 'SP-Base',
+  /** Values of the backend identity headers (absent: not sent). */
+  user: 'SP-User',
+  groups: 'SP-Groups',
+  /** `1`: the resource passes the client's Authorization on (access.passCredentials); absent: not. */
+  passCredentials: 'SP-Creds',
+  /** Why a request goes via Smart Proxy (for logs; never shown to clients; never in an allow). */
   reason: 'X-Smart-Proxy-Reason',
 } as const;
 

@@ -1,13 +1,14 @@
 /**
  * Front-proxy mode with HAProxy (the second front proxy): the generated config and Lua
  * helper in a real HAProxy in front of a real Smart Proxy. Cold wake, warm traffic that does
- * not reach Smart Proxy, access refused as Smart Proxy refuses it, identity headers, and the
- * busy check of a long response.
+ * not reach Smart Proxy, access refused as Smart Proxy refuses it, identity headers, a backend
+ * that dies (sent to Smart Proxy, unchanged, by the second hop), and the busy check of an open
+ * request.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { request, type IncomingMessage } from 'node:http';
+import { request, type IncomingMessage, type ServerResponse } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { parseConfig } from '../../src/config/load.ts';
 import { generateHaproxyConfig, HAPROXY_LUA } from '../../src/front/haproxy-config.ts';
@@ -23,6 +24,31 @@ const sha = (t: string): string => `sha256:${createHash('sha256').update(t).dige
 const bearer = (t: string): Record<string, string> => ({ authorization: `Bearer ${t}` });
 
 interface Answer { status: number; headers: IncomingMessage['headers']; body: string }
+
+/** The echo backend's answer (what it received), with the body kept whole. */
+function echo(req: IncomingMessage, res: ServerResponse): void {
+  const chunks: Buffer[] = [];
+  req.on('data', (c: Buffer) => chunks.push(c));
+  req.on('end', () => {
+    const body = Buffer.concat(chunks).toString('utf8');
+    const answer = JSON.stringify({ method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders, body, bodyBytes: body.length });
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer) }).end(answer);
+  });
+}
+
+function send(port: number, path: string, method: string, body: string, headers: Record<string, string>): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path, method, headers: { connection: 'close', 'content-length': String(Buffer.byteLength(body)), ...headers } }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => { text += d; });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
 
 function get(port: number, path: string, headers: Record<string, string> = {}): Promise<Answer> {
   return new Promise((resolve, reject) => {
@@ -43,7 +69,19 @@ void describe('front-proxy mode: HAProxy in front (generated config and Lua help
   let haproxy: FrontProcess;
   let port: number;
   let dataPlaneRequests = 0;
-  const mimic = new MimicProvider({ bootMs: 150 });
+  let resets = 0;
+  const mimic = new MimicProvider({
+    bootMs: 150,
+    handler: (req, res) => {
+      // A backend that dies mid-request: it reads the request, then drops the connection.
+      if (req.url?.startsWith('/reset') === true) {
+        resets++;
+        req.socket.destroy();
+        return;
+      }
+      echo(req, res);
+    },
+  });
   const logs: Harness['logs'] = [];
 
   before(async () => {
@@ -102,6 +140,9 @@ front:
       assert.equal(viaHaproxy.headers[h], direct.headers[h], h);
     }
     assert.equal(viaHaproxy.headers['x-forwarded-user'], 'alice');
+    // Set by the outer hop, which sees the client's connection.
+    assert.equal(viaHaproxy.headers['x-forwarded-proto'], 'http');
+    assert.equal(viaHaproxy.headers['x-forwarded-proto'], direct.headers['x-forwarded-proto']);
   });
 
   void it('refuses as Smart Proxy refuses', async () => {
@@ -112,6 +153,59 @@ front:
     const eveDirect = await get(Number(new URL(app.proxyUrl).port), '/smart_proxy/app/-/x', bearer(EVE));
     assert.equal(eve.status, eveDirect.status);
     assert.equal((await get(port, '/smart_proxy/app/-/a/../b', bearer(ALICE))).status, 400);
+  });
+
+  void it('a backend that dies is woken again by the next request: idempotent requests see no error', async () => {
+    assert.equal((await get(port, '/smart_proxy/app/-/before', bearer(ALICE))).status, 200);
+    const startsBefore = mimic.calls.start;
+    const [inst] = app.manager.instancesOf('app');
+    await mimic.crash(inst!.key);
+    // HAProxy still holds the grant naming the dead backend: refused → sent, unchanged, to Smart Proxy.
+    const dataBefore = dataPlaneRequests;
+    const after: Answer[] = [];
+    for (let i = 0; i < 5; i++) after.push(await get(port, `/smart_proxy/app/-/after/${i}?q=${i}`, bearer(ALICE)));
+    assert.deepEqual([...new Set(after.map((a) => a.status))], [200], JSON.stringify(after[0]) + haproxy.output());
+    assert.ok(dataPlaneRequests > dataBefore, 'the data plane saw the retried request');
+    assert.equal(mimic.calls.start, startsBefore + 1, 'woken once');
+    assert.equal((JSON.parse(after[3]!.body) as Echo).url, '/after/3?q=3');
+    assert.equal((JSON.parse(after[3]!.body) as Echo).headers['x-forwarded-user'], 'alice');
+    // A POST is not sent again: HAProxy cannot tell a refused connection from a dropped one.
+    // It gets HAProxy's 502 until the grant ends; the next decision finds the backend gone (it
+    // checks before granting), so the request goes via Smart Proxy, which wakes it.
+    const [again] = app.manager.instancesOf('app');
+    await mimic.crash(again!.key);
+    const startsBeforePost = mimic.calls.start;
+    const crashedAt = Date.now();
+    let post = await send(port, '/smart_proxy/app/-/upload', 'POST', 'payload-1', bearer(ALICE));
+    assert.equal(post.status, 502, post.body);
+    while (post.status === 502) {
+      assert.ok(Date.now() - crashedAt < 5_000 + 2_000, 'POSTs still fail past the grant (5 s)');
+      await new Promise((r) => setImmediate(r));
+      post = await send(port, '/smart_proxy/app/-/upload', 'POST', 'payload-2', bearer(ALICE));
+    }
+    assert.equal(post.status, 200, post.body);
+    assert.equal((JSON.parse(post.body) as Echo).body, 'payload-2');
+    assert.equal(mimic.calls.start, startsBeforePost + 1, 'woken once');
+    // Until the grant naming the dead backend ends, requests go the long way round; then
+    // HAProxy serves the new backend directly again (each request is the next look).
+    const until = Date.now() + 10_000;
+    for (;;) {
+      const before = dataPlaneRequests;
+      assert.equal((await get(port, '/smart_proxy/app/-/direct-again', bearer(ALICE))).status, 200);
+      if (dataPlaneRequests === before) break;
+      assert.ok(Date.now() < until, 'not served directly again within 10 s (grant TTL 5 s)');
+      await new Promise((r) => setImmediate(r));
+    }
+  });
+
+  void it('never sends a POST twice when the backend dropped it after receiving it', async () => {
+    assert.equal((await get(port, '/smart_proxy/app/-/warm', bearer(ALICE))).status, 200);
+    const before = resets;
+    const dataBefore = dataPlaneRequests;
+    const post = await send(port, '/smart_proxy/app/-/reset', 'POST', 'once', bearer(ALICE));
+    assert.equal(post.status, 502);
+    assert.equal(resets - before, 1, 'the backend saw it once');
+    assert.equal(dataPlaneRequests, dataBefore, 'not sent to Smart Proxy either');
   });
 
   void it('answers busy checks from its open-request count', async () => {

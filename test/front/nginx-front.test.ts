@@ -14,6 +14,7 @@ import { exportJWK, SignJWT } from 'jose';
 import { parseConfig } from '../../src/config/load.ts';
 import { generateNginxConfig } from '../../src/front/nginx-config.ts';
 import { startApp, type App } from '../../src/main.ts';
+import type { Provider } from '../../src/core/ports.ts';
 import type { Echo } from '../helpers/echo-server.ts';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { collectingLogger, type Harness } from '../helpers/proxy-harness.ts';
@@ -103,6 +104,17 @@ void describe('front-proxy mode: nginx in front (generated config)', () => {
     },
   });
   let dataPlaneRequests = 0;
+  // A backend reached under a path of its own (an endpoint like http://host:port/base).
+  const basedMimic = new MimicProvider({ bootMs: 20, handler: echo });
+  const based: Provider = {
+    kind: 'mimic',
+    start: (ref, signal) => basedMimic.start(ref, signal),
+    stop: (ref) => basedMimic.stop(ref),
+    inspect: async (ref) => {
+      const r = await basedMimic.inspect(ref);
+      return r.endpoint === undefined ? r : { ...r, endpoint: `${r.endpoint}/base` };
+    },
+  };
 
   before(async () => {
     const [listen, decision, control] = [await freePort(), await freePort(), await freePort()];
@@ -137,7 +149,9 @@ access: { credentials: { jwtRecheckMs: 500 } }
 providers:
   m: { kind: static, endpoint: "http://127.0.0.1:9" }
   slow: { kind: static, endpoint: "http://127.0.0.1:9" }
+  based: { kind: static, endpoint: "http://127.0.0.1:9" }
 resources:
+  based: { provider: based, access: { anyOf: [staff] }, idleStopMs: 600000, bootTimeoutMs: 10000 }
   app: { provider: m, access: { anyOf: [staff] }, idleStopMs: 600000, bootTimeoutMs: 10000 }
   idle: { provider: slow, access: { anyOf: [staff] }, idleStopMs: 1500, bootTimeoutMs: 10000 }
 front:
@@ -147,7 +161,7 @@ front:
   busyCheckIntervalMs: 200
   nginx: { listen: "127.0.0.1:${nginxPort}", controlListen: "127.0.0.1:${control}", cachePath: "@DIR@/decisions" }
 `);
-    app = await startApp(config, { logger: collectingLogger(logs), providers: new Map([['m', mimic], ['slow', slowMimic]]) });
+    app = await startApp(config, { logger: collectingLogger(logs), providers: new Map<string, Provider>([['m', mimic], ['slow', slowMimic], ['based', based]]) });
     app.proxy.server.on('request', () => { dataPlaneRequests++; });
     nginx = await startNginx((dir) => generateNginxConfig(config).replace('@DIR@', dir), nginxPort);
   });
@@ -158,6 +172,7 @@ front:
     await app?.close();
     await mimic.close();
     await slowMimic.close();
+    await basedMimic.close();
     jwks?.close();
   });
 
@@ -218,6 +233,46 @@ front:
     const direct = JSON.parse((await get(Number(new URL(app.proxyUrl).port), encoded, bearer(ALICE))).body) as Echo;
     const viaNginx = JSON.parse((await get(nginxPort, encoded, bearer(ALICE))).body) as Echo;
     assert.equal(viaNginx.url, direct.url);
+  });
+
+  void it('forwards plain targets directly, byte for byte, and every other target via Smart Proxy with its answer', async () => {
+    const dataPort = Number(new URL(app.proxyUrl).port);
+    assert.equal((await get(nginxPort, '/smart_proxy/app/-/warm', bearer(ALICE))).status, 200);
+    // Direct: the backend gets what Smart Proxy would send it, and Smart Proxy sees nothing.
+    for (const target of ['/smart_proxy/app/-', '/smart_proxy/app/-/', '/smart_proxy/app/-/a%20b/c/?q=%2e%2e&x=..', '/smart_proxy/app/-/a.b/.c/..d/...', "/smart_proxy/app/-/x;y=1/(z)!$&'*+,=:@~"]) {
+      const before = dataPlaneRequests;
+      const viaNginx = await get(nginxPort, target, bearer(ALICE));
+      assert.equal(viaNginx.status, 200, `${target}: ${viaNginx.body}`);
+      assert.equal(dataPlaneRequests, before, `${target} went via Smart Proxy`);
+      const direct = await get(dataPort, target, bearer(ALICE));
+      assert.equal((JSON.parse(viaNginx.body) as Echo).url, (JSON.parse(direct.body) as Echo).url, target);
+    }
+    // Via Smart Proxy: dot segments in any spelling Smart Proxy reads as one, encoded
+    // separators and controls, double encoding, non-ASCII encodings (judged there), encoded
+    // route segments. The answer is Smart Proxy's own.
+    for (const target of ['/smart_proxy/app/-/a/%252e%252e/b', '/smart_proxy/app/-/a/..;x/b', '/smart_proxy/app/-/a/.;x', '/smart_proxy/app/-/a/%c0%ae%c0%ae/b',
+      '/smart_proxy/app/-/a/%ef%bc%8e%ef%bc%8e/b', '/smart_proxy/app/-/a/%2E%2e/b', '/smart_proxy/app/-/a%5cb', '/smart_proxy/app/-/a%1fb', '/smart_proxy/app/-/caf%C3%A9',
+      '/smart_proxy/%61pp/-/x', '/smart_proxy/app/%2d/x', '/smart_proxy/app/-/x?a#b']) {
+      const before = dataPlaneRequests;
+      const viaNginx = await get(nginxPort, target, bearer(ALICE));
+      assert.equal(dataPlaneRequests, before + 1, `${target} did not go via Smart Proxy (${viaNginx.status})`);
+      const direct = await get(dataPort, target, bearer(ALICE));
+      assert.equal(viaNginx.status, direct.status, target);
+      if (direct.status === 200) assert.equal((JSON.parse(viaNginx.body) as Echo).url, (JSON.parse(direct.body) as Echo).url, target);
+    }
+  });
+
+  void it('joins an endpoint path with the forwarded path as the data plane does', async () => {
+    assert.equal((await get(nginxPort, '/smart_proxy/based/-/wake', bearer(ALICE))).status, 200);
+    const dataPort = Number(new URL(app.proxyUrl).port);
+    for (const [target, expected] of [['/smart_proxy/based/-', '/base'], ['/smart_proxy/based/-/', '/base'], ['/smart_proxy/based/-?q=1', '/base?q=1'], ['/smart_proxy/based/-/x/y/?z=2', '/base/x/y/?z=2']] as const) {
+      const before = dataPlaneRequests;
+      const viaNginx = await get(nginxPort, target, bearer(ALICE));
+      assert.equal(viaNginx.status, 200, `${target}: ${viaNginx.body}`);
+      assert.equal(dataPlaneRequests, before, `${target} went via Smart Proxy`);
+      assert.equal((JSON.parse(viaNginx.body) as Echo).url, expected, target);
+      assert.equal((JSON.parse((await get(dataPort, target, bearer(ALICE))).body) as Echo).url, expected, `${target} through Smart Proxy alone`);
+    }
   });
 
   void it('stops serving a revoked credential within the grant TTL', async () => {
