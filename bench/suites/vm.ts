@@ -129,10 +129,11 @@ async function rounds(child: SmartChild, resource: string, n: number, ctx: Conte
   const samples: number[] = [];
   let errors = 0;
   for (let i = 0; i < n; i++) {
-    const r = await get(`${child.url}/smart_proxy/${resource}/-/health`);
+    const t0 = nowMs();
+    const r = await get(`${child.url}/smart_proxy/${resource}/-/health`).catch((err: unknown) => ({ status: 0, ms: nowMs() - t0, err }));
     if (r.status !== 200) errors++;
     samples.push(r.ms);
-    ctx.log(`  ${resource} ${i + 1}/${n}: ${r.status} in ${r.ms.toFixed(0)} ms`);
+    ctx.log(`  ${resource} ${i + 1}/${n}: ${r.status === 0 ? String((r as { err?: unknown }).err) : r.status} in ${r.ms.toFixed(0)} ms`);
     await ask(child.ipc, { type: 'stop-all' }, 'stopped', 120_000);
   }
   return { samples, errors };
