@@ -7,9 +7,12 @@
  *   configured, the guest has printed it). Readiness stays the core's job: QEMU's forwarder
  *   accepts TCP ~0.1 s after launch, long before the guest listens, so only the core's HTTP
  *   probe says ready.
+ * - `inspect` of a VM that is launching, booting or restoring waits (up to `inspectHoldMs`)
+ *   for its next change, so the core's polling learns of `running` at once.
  * - `stop`: QMP `system_powerdown`, then `quit` after a grace period, then SIGKILL. With
- *   `suspendOnStop`, the VM's state is first migrated to a file; the next `start` restores it
- *   with `-incoming` (measured 0.2–0.5 s to answer HTTP, against ~1.5 s for a cold boot).
+ *   `suspendOnStop`, guest RAM is a shared file: stop saves only the device state
+ *   (`x-ignore-shared`, ~60 KiB, tens of ms) and the next `start` restores it with
+ *   `-incoming defer` + `migrate-incoming`, mapping the same RAM file (no copy either way).
  * - Each VM has a directory under `stateDir` with its pid, port and sockets (vm.json), so a
  *   restarted proxy finds it again (`list`, or `inspect` by instance key).
  */
