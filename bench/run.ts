@@ -6,7 +6,7 @@
  * Pinning: this process, wrk, the upstream and the load generators run on CPU 0; the proxy
  * under test runs alone on CPU 1 (taskset). Benchmarks are not tests: nothing here asserts.
  *
- * usage: npm run bench [-- --quick] [--only throughput,wake,hold,many,churn,front] [--profile]
+ * usage: npm run bench [-- --quick] [--only throughput,wake,hold,many,churn,front,vm] [--profile]
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -26,6 +26,7 @@ import { runMany } from './suites/many.ts';
 import { runProfile } from './suites/profile.ts';
 import { runChurn } from './suites/churn.ts';
 import { runFrontAb } from './suites/front.ts';
+import { runVm, type VmResult } from './suites/vm.ts';
 
 const { values } = parseArgs({
   options: {
@@ -34,7 +35,7 @@ const { values } = parseArgs({
     profile: { type: 'boolean', default: false },
   },
 });
-const suites = new Set((values.only ?? 'throughput,wake,hold,many,churn').split(','));
+const suites = new Set((values.only ?? 'throughput,wake,hold,many,churn,vm').split(','));
 const started = Date.now();
 const log = (msg: string): void => {
   process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(0).padStart(4)} s] ${msg}\n`);
@@ -78,9 +79,10 @@ try {
     if (suites.has('churn')) results.churn = await runChurn(ctx);
     // Paired A/B of front-proxy mode against proxy_pass; writes bench/out/front.md itself.
     if (suites.has('front')) await runFrontAb(ctx);
+    const vm: VmResult | undefined = suites.has('vm') ? await runVm(ctx) : undefined;
     results.durationS = (Date.now() - started) / 1000;
-    const md = renderMarkdown(results);
-    writeFileSync(join(outDir, 'results.json'), JSON.stringify(results, null, 2));
+    const md = renderMarkdown(results) + (vm?.markdown ?? '');
+    writeFileSync(join(outDir, 'results.json'), JSON.stringify({ ...results, vm }, null, 2));
     writeFileSync(join(outDir, 'results.md'), md);
     if (results.throughput) writeFileSync(join(outDir, 'latency.svg'), latencyChart(results.throughput, results.wake));
     process.stdout.write(`\n${md}\nwritten: bench/out/results.md, results.json${results.throughput ? ', latency.svg' : ''}\n`);

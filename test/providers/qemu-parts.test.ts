@@ -75,9 +75,11 @@ void describe('buildQemuArgs', () => {
     assert.ok(!args.includes('-incoming'));
   });
 
-  void it('restores with -incoming, uses PCI devices off microvm, and doubles commas in paths', () => {
-    const args = buildQemuArgs({ ...base, machine: 'q35', diskImagePath: '/d/a,b.img' }, { ...vm, incomingStatePath: "/s/it's.state" });
-    assert.deepEqual(args.slice(-2), ['-incoming', "exec:cat '/s/it'\\''s.state'"]);
+  void it('restores with -incoming defer, maps RAM from a file, uses PCI devices off microvm, and doubles commas in paths', () => {
+    const args = buildQemuArgs({ ...base, machine: 'q35', diskImagePath: '/d/a,b.img' }, { ...vm, incoming: true, ramFilePath: '/s/r,am' });
+    assert.deepEqual(args.slice(-2), ['-incoming', 'defer']);
+    assert.deepEqual(args.slice(0, 2), ['-M', 'q35,memory-backend=ram0']);
+    assert.ok(args.includes('memory-backend-file,id=ram0,size=256M,mem-path=/s/r,,am,share=on'));
     assert.ok(args.includes('virtio-net-pci,netdev=net0'));
     assert.ok(args.includes('id=disk0,if=none,snapshot=on,file=/d/a,,b.img'));
   });

@@ -1,13 +1,17 @@
 /**
  * What the qemu provider does beyond the shared contract, on real VMs (TCG): clear failures
  * (missing kernel, QEMU refusing its command line), the boot gate, re-adoption by a new
- * provider after a "proxy restart", and a graceful powerdown through QMP.
+ * provider after a "proxy restart", a graceful powerdown through QMP, inspect waiting for a
+ * booting VM's change, and suspend with the guest's RAM kept in a file.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { request } from 'undici';
 import { ProviderError } from '../../src/core/errors.ts';
 import type { InspectResult, InstanceRef, Provider } from '../../src/core/ports.ts';
+import { access } from 'node:fs/promises';
+import { join } from 'node:path';
+import { vmNameOf } from '../../src/providers/qemu/qemu-provider.ts';
 import { qemuPidsUnder, qemuSubject } from './qemu-fixture.ts';
 
 const signal = (): AbortSignal => AbortSignal.timeout(15_000);
@@ -90,6 +94,44 @@ void describe('qemu provider', () => {
       assert.equal(stopLog?.obj['how'], 'powerdown', JSON.stringify(stopLog));
       assert.equal((await again.inspect(ref('a'), signal())).state, 'stopped');
       assert.equal((await qemuPidsUnder(s.stateDir)).length, 1, 'only b is left');
+    } finally {
+      await s.teardown();
+    }
+    assert.deepEqual(await qemuPidsUnder(s.stateDir), []);
+  });
+
+  void it('inspect waits for a booting VM\'s change (one call sees running); suspend keeps RAM in a file and saves KiB, and the restore is seen in one call too', async () => {
+    const s = await qemuSubject({ suspendOnStop: true, inspectHoldMs: 120_000 });
+    const r = ref('hold');
+    const long = (): AbortSignal => AbortSignal.timeout(120_000);
+    try {
+      await s.provider.start(r, signal());
+      await s.nextEvent('launched');
+      // An abort ends the wait at once, with the contract's rejection.
+      const ac = new AbortController();
+      const held = s.provider.inspect(r, ac.signal);
+      setImmediate(() => ac.abort(new Error('caller gone')));
+      await assert.rejects(held, /aborted/);
+      // One call: it waits through the boot and answers when READY appears.
+      const first = await s.provider.inspect(r, long());
+      assert.equal(first.state, 'running');
+      assert.ok(s.events.some((e) => e.type === 'console-marker'), 'answered after the marker');
+
+      await s.provider.stop(r, signal());
+      const suspended = await s.nextEvent('suspended');
+      assert.ok(suspended.stateBytes < 1024 * 1024, `device state only: ${suspended.stateBytes} bytes`);
+      await access(join(s.stateDir, vmNameOf('hold', '*'), 'ram')); // the guest's memory stays in its file
+      assert.deepEqual(await qemuPidsUnder(s.stateDir), [], 'no QEMU runs while suspended');
+
+      const before = s.events.length;
+      await s.provider.start(r, signal());
+      const woken = await s.provider.inspect(r, long());
+      assert.equal(woken.state, 'running');
+      assert.ok(s.events.slice(before).some((e) => e.type === 'restored'), 'restored, not booted');
+      assert.ok(!s.events.slice(before).some((e) => e.type === 'console-marker'));
+      const res = await request(`${woken.endpoint ?? ''}/health`, { signal: signal() });
+      assert.equal(res.statusCode, 200);
+      await res.body.dump();
     } finally {
       await s.teardown();
     }

@@ -38,8 +38,18 @@ export interface VmLaunch {
   readonly qmpSocketPath: string;
   readonly consoleSocketPath: string;
   readonly hostPort: number;
-  /** Restore from this state file (`-incoming exec:cat …`) instead of booting. */
-  readonly incomingStatePath?: string | undefined;
+  /**
+   * Guest RAM as this file, mapped shared (`memory-backend-file,share=on`), instead of
+   * anonymous memory. A suspend then saves only the device state (`x-ignore-shared`) and
+   * leaves the RAM in the file, and a restore maps the file again: no copy of the guest's
+   * memory either way, and pages are read only when the guest touches them.
+   */
+  readonly ramFilePath?: string | undefined;
+  /**
+   * Start waiting for an incoming migration (`-incoming defer`) instead of booting: the
+   * provider sets the migration capabilities over QMP, then runs `migrate-incoming`.
+   */
+  readonly incoming?: boolean | undefined;
 }
 
 /** The host's TSC rate in kHz from /proc/cpuinfo; under TCG the guest TSC runs at it. */
@@ -74,8 +84,9 @@ function escapeOpt(value: string): string {
 
 export function buildQemuArgs(o: QemuMachineOptions, vm: VmLaunch): string[] {
   const microvm = o.machine === 'microvm' || o.machine.startsWith('microvm,');
+  const machine = vm.ramFilePath === undefined ? o.machine : `${o.machine},memory-backend=ram0`;
   const args = [
-    '-M', o.machine, '-accel', o.accel, '-cpu', o.cpu, '-smp', '1', '-m', String(o.memoryMiB),
+    '-M', machine, '-accel', o.accel, '-cpu', o.cpu, '-smp', '1', '-m', String(o.memoryMiB),
     '-nodefaults', '-no-user-config', '-display', 'none',
     // The console is a socket the provider reads, not stdio, so the VM survives a proxy
     // restart and the console can be re-attached. wait=on: QEMU blocks until the provider
@@ -84,6 +95,9 @@ export function buildQemuArgs(o: QemuMachineOptions, vm: VmLaunch): string[] {
     '-serial', 'chardev:con0',
     '-qmp', `unix:${escapeOpt(vm.qmpSocketPath)},server=on,wait=off`,
   ];
+  if (vm.ramFilePath !== undefined) {
+    args.push('-object', `memory-backend-file,id=ram0,size=${o.memoryMiB}M,mem-path=${escapeOpt(vm.ramFilePath)},share=on`);
+  }
   if (o.kernelPath !== undefined) {
     const cmdline = [o.kernelCmdline ?? defaultKernelCmdline(o.tscKhz ?? hostTscKhz()), o.kernelCmdlineExtra, `vmid=${vm.vmName}`]
       .filter((s) => s !== undefined && s !== '').join(' ');
@@ -100,7 +114,7 @@ export function buildQemuArgs(o: QemuMachineOptions, vm: VmLaunch): string[] {
     '-device', microvm ? 'virtio-net-device,netdev=net0' : 'virtio-net-pci,netdev=net0',
   );
   args.push(...o.extraArgs);
-  if (vm.incomingStatePath !== undefined) args.push('-incoming', `exec:cat ${shellQuote(vm.incomingStatePath)}`);
+  if (vm.incoming === true) args.push('-incoming', 'defer');
   return args;
 }
 

@@ -7,9 +7,12 @@
  *   configured, the guest has printed it). Readiness stays the core's job: QEMU's forwarder
  *   accepts TCP ~0.1 s after launch, long before the guest listens, so only the core's HTTP
  *   probe says ready.
+ * - `inspect` of a VM that is launching, booting or restoring waits (up to `inspectHoldMs`)
+ *   for its next change, so the core's polling learns of `running` at once.
  * - `stop`: QMP `system_powerdown`, then `quit` after a grace period, then SIGKILL. With
- *   `suspendOnStop`, the VM's state is first migrated to a file; the next `start` restores it
- *   with `-incoming` (measured 0.2–0.5 s to answer HTTP, against ~1.5 s for a cold boot).
+ *   `suspendOnStop`, guest RAM is a shared file: stop saves only the device state
+ *   (`x-ignore-shared`, ~60 KiB, tens of ms) and the next `start` restores it with
+ *   `-incoming defer` + `migrate-incoming`, mapping the same RAM file (no copy either way).
  * - Each VM has a directory under `stateDir` with its pid, port and sockets (vm.json), so a
  *   restarted proxy finds it again (`list`, or `inspect` by instance key).
  */
@@ -49,6 +52,14 @@ export interface QemuProviderOptions extends QemuMachineOptions {
   readonly suspendTimeoutMs: number;
   /** Each QMP command is cut after this long. */
   readonly qmpTimeoutMs: number;
+  /**
+   * While a VM boots or restores, `inspect` answers `starting` only after waiting up to this
+   * long for a change (console marker, restore done, exit), and answers at once when one
+   * comes: the core, which polls with backoff (up to 250 ms between polls), learns of
+   * `running` within milliseconds instead of at its next poll. Keep it well under the
+   * resource's `providerCallTimeoutMs` (default 10 s). 0 turns the wait off.
+   */
+  readonly inspectHoldMs: number;
   readonly logger?: Logger | undefined;
   /** Measurements and lifecycle moments, for tests and metrics. */
   readonly onVmEvent?: ((event: QemuVmEvent) => void) | undefined;
@@ -77,6 +88,7 @@ export const qemuProviderDefaults = {
   suspendOnStop: false,
   suspendTimeoutMs: 30_000,
   qmpTimeoutMs: 5_000,
+  inspectHoldMs: 4_000,
 } as const;
 
 type Phase = 'queued' | 'launching' | 'up' | 'exited';
@@ -91,6 +103,8 @@ interface VmRecord {
   readonly consoleSocketPath: string;
   readonly startedAt: number;
   readonly restored: boolean;
+  /** Guest RAM file (see VmLaunch.ramFilePath), when the VM was launched with one. */
+  readonly ramFilePath?: string | undefined;
 }
 
 interface Vm {
@@ -115,12 +129,17 @@ interface Vm {
   releaseSlot?: (() => void) | undefined;
   readonly cancel: AbortController;
   launchedAt: number;
+  /** Guest RAM file, when the VM runs with one (suspendOnStop). */
+  ramFilePath?: string | undefined;
+  /** Called on every change an `inspect` may be waiting for (see inspectHoldMs). */
+  readonly changeWaiters: Set<() => void>;
 }
 
 const QEMU_LOG = 'qemu.log';
 const RECORD = 'vm.json';
 const SUSPEND_STATE = 'suspend.state';
 const SUSPEND_META = 'suspend.json';
+const RAM_FILE = 'ram';
 /** sockaddr_un.sun_path holds 108 bytes including the terminating NUL. */
 const MAX_SOCKET_PATH = 107;
 
@@ -196,7 +215,7 @@ export class QemuProvider implements Provider {
       name, dir, resourceId: ref.resourceId, instanceKey: ref.instanceKey, phase: 'queued',
       console: new ConsoleBuffer(this.#o.consoleMaxBytes, this.#o.consoleReadyMarker),
       hostPort: 0, needsMarker: false, restoring: false, stopRequested: false, exitWaiters: [],
-      cancel: new AbortController(), launchedAt: 0,
+      cancel: new AbortController(), launchedAt: 0, changeWaiters: new Set(),
     };
     if (this.#vms.has(name)) return { handle: name }; // a concurrent start won the race
     this.#vms.set(name, created);
@@ -213,7 +232,37 @@ export class QemuProvider implements Provider {
     const name = vmNameOf(ref.resourceId, ref.instanceKey);
     const vm = this.#vms.get(name) ?? await this.#adoptFromDisk(name);
     if (vm === undefined) return { state: 'stopped' };
-    return this.#stateOf(vm, signal);
+    const deadline = Date.now() + this.#o.inspectHoldMs;
+    for (;;) {
+      const result = await this.#stateOf(vm, signal);
+      // Only a VM that is really booting is waited on: a queued one may wait for a slot
+      // for long, and every other state is final for this call.
+      if (result.state !== 'starting' || phaseOf(vm) === 'queued') return result;
+      const leftMs = deadline - Date.now();
+      if (leftMs <= 0 || !await this.#awaitChange(vm, leftMs, signal)) return result;
+      if (signal.aborted) throw aborted('inspect');
+    }
+  }
+
+  /** True when the VM changed (or the call's signal aborted) within `ms`; false on timeout. */
+  #awaitChange(vm: Vm, ms: number, signal: AbortSignal): Promise<boolean> {
+    return new Promise<boolean>((resolveChange) => {
+      const done = (changed: boolean): void => {
+        clearTimeout(timer);
+        vm.changeWaiters.delete(onChange);
+        signal.removeEventListener('abort', onAbort);
+        resolveChange(changed);
+      };
+      const onChange = (): void => done(true);
+      const onAbort = (): void => done(true); // the caller sees signal.aborted and rejects
+      const timer = setTimeout(() => done(false), ms);
+      vm.changeWaiters.add(onChange);
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  #notifyChange(vm: Vm): void {
+    for (const w of [...vm.changeWaiters]) w();
   }
 
   async #stateOf(vm: Vm, signal: AbortSignal): Promise<InspectResult> {
@@ -261,9 +310,12 @@ export class QemuProvider implements Provider {
     const name = vmNameOf(ref.resourceId, ref.instanceKey);
     const vm = this.#vms.get(name) ?? await this.#adoptFromDisk(name);
     if (vm === undefined) return;
-    vm.stopping ??= this.#stopVm(vm).finally(() => {
-      vm.stopping = undefined;
-    });
+    if (vm.stopping === undefined) {
+      vm.stopping = this.#stopVm(vm).finally(() => {
+        vm.stopping = undefined;
+      });
+      this.#notifyChange(vm);
+    }
     // The stop goes on when this call's signal aborts; a retried stop joins it.
     await raceAbort(vm.stopping, signal, 'stop');
   }
@@ -323,6 +375,8 @@ export class QemuProvider implements Provider {
     try {
       await mkdir(vm.dir, { recursive: true });
       const incoming = await this.#usableSuspendState(vm);
+      // A cold boot starts from fresh RAM: a RAM file left behind would only hold stale pages.
+      if (incoming === undefined) await rm(join(vm.dir, RAM_FILE), { force: true });
       // A port picked by binding port 0 can be taken again before QEMU binds it; QEMU then
       // exits at once with a hostfwd error, and another port is tried.
       for (let attempt = 1; ; attempt++) {
@@ -349,15 +403,19 @@ export class QemuProvider implements Provider {
   async #spawnOnce(vm: Vm, incoming: string | undefined): Promise<boolean> {
     const qmpSocketPath = join(vm.dir, 'qmp');
     const consoleSocketPath = join(vm.dir, 'con');
-    await rm(qmpSocketPath, { force: true });
-    await rm(consoleSocketPath, { force: true });
-    vm.hostPort = await freePort(this.#o.hostAddress);
+    // Independent of each other: done together, they cost one round of I/O before the spawn.
+    const [hostPort] = await Promise.all([
+      freePort(this.#o.hostAddress), rm(qmpSocketPath, { force: true }), rm(consoleSocketPath, { force: true }),
+    ]);
+    vm.hostPort = hostPort;
     vm.phase = 'launching';
     vm.exitReason = undefined;
     vm.restoring = incoming !== undefined;
     vm.needsMarker = incoming === undefined && this.#o.consoleReadyMarker !== undefined;
+    // With suspendOnStop, guest RAM lives in a file, so that suspend and restore copy none of it.
+    vm.ramFilePath = this.#o.suspendOnStop ? join(vm.dir, RAM_FILE) : undefined;
     const args = buildQemuArgs(this.#o, {
-      vmName: vm.name, qmpSocketPath, consoleSocketPath, hostPort: vm.hostPort, incomingStatePath: incoming,
+      vmName: vm.name, qmpSocketPath, consoleSocketPath, hostPort: vm.hostPort, ramFilePath: vm.ramFilePath, incoming: incoming !== undefined,
     });
     if (vm.cancel.signal.aborted) return true; // stopped during set-up: nothing to launch
     const logFd = openSync(join(vm.dir, QEMU_LOG), 'w');
@@ -394,13 +452,21 @@ export class QemuProvider implements Provider {
     if (gone()) return phaseOf(vm) !== 'exited';
     vm.qmp = await this.#attachQmp(vm, qmpSocketPath, setupDeadline, gone);
     if (gone()) return phaseOf(vm) !== 'exited';
+    let restoreDone: Promise<void> | undefined;
+    if (incoming !== undefined && vm.qmp !== undefined) {
+      // Listen before the restore begins: QEMU announces the end of the restore with RESUME.
+      restoreDone = this.#restoreEvent(vm.qmp);
+      await this.#beginRestore(vm.qmp, incoming);
+      if (gone()) return phaseOf(vm) !== 'exited';
+    }
     await this.#writeRecord(vm, { qmpSocketPath, consoleSocketPath, restored: vm.restoring });
     if (gone()) return phaseOf(vm) !== 'exited';
     vm.phase = 'up';
+    this.#notifyChange(vm);
     this.#log?.info({ vm: vm.name, resource: vm.resourceId, instance: vm.instanceKey, pid: vm.pid, hostPort: vm.hostPort, restore: vm.restoring }, 'qemu VM launched');
     // Now QEMU is past its set-up (console attached, QMP answering): its forwarder listens.
     this.#o.onVmEvent?.({ type: 'launched', vm: vm.name, pid: child.pid, hostPort: vm.hostPort, restore: vm.restoring });
-    if (vm.restoring && incoming !== undefined) void this.#awaitRestore(vm, incoming);
+    if (vm.restoring && incoming !== undefined) void this.#awaitRestore(vm, incoming, restoreDone);
     return true;
   }
 
@@ -413,6 +479,7 @@ export class QemuProvider implements Provider {
     vm.console.onMarker(() => {
       this.#o.onVmEvent?.({ type: 'console-marker', vm: vm.name, afterMs: Date.now() - vm.launchedAt });
       this.#releaseSlot(vm);
+      this.#notifyChange(vm);
     });
   }
 
@@ -426,20 +493,53 @@ export class QemuProvider implements Provider {
     return qmp;
   }
 
-  /** After `-incoming`: wait for `running`, record the wake time, drop the state file. */
-  async #awaitRestore(vm: Vm, statePath: string): Promise<void> {
+  /**
+   * Starts loading the state file into a QEMU launched with `-incoming defer`. With a RAM
+   * file, only device state is in the state file: `x-ignore-shared` says so on this side too.
+   */
+  async #beginRestore(qmp: QmpClient, statePath: string): Promise<void> {
+    const opts = { timeoutMs: this.#o.qmpTimeoutMs };
+    if (this.#o.suspendOnStop) {
+      await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] }, opts);
+    }
+    await qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(statePath)}` }, opts);
+  }
+
+  /** Resolves on QEMU's RESUME event (the restored guest runs again); never rejects. */
+  #restoreEvent(qmp: QmpClient): Promise<void> {
+    return new Promise((resolveEvent) => {
+      const previous = qmp.onEvent;
+      qmp.onEvent = (e) => {
+        previous?.(e);
+        if (e.event === 'RESUME') resolveEvent();
+      };
+      qmp.onClose(() => resolveEvent());
+    });
+  }
+
+  /**
+   * After `migrate-incoming`: wait for `running` (QEMU's RESUME event, with a slow poll as a
+   * safety net), record the wake time, drop the state file.
+   */
+  async #awaitRestore(vm: Vm, statePath: string, resumed: Promise<void> | undefined): Promise<void> {
     try {
+      let event = false;
+      void resumed?.then(() => {
+        event = true;
+      });
       for (;;) {
         if (phaseOf(vm) !== 'up' || vm.qmp === undefined) return;
         const s = await vm.qmp.execute('query-status', undefined, { timeoutMs: this.#o.qmpTimeoutMs });
         const status = qmpStatus(s);
         if (status === 'running') break;
         if (stateFromQmp(status) === 'failed') return;
-        await delay(20);
+        // Until RESUME: wake on it (or every 100 ms). After it: QMP may lag the event a little.
+        await Promise.race([event ? delay(10) : resumed, delay(100)]);
       }
       const wakeMs = Date.now() - vm.launchedAt;
       vm.restoring = false;
       this.#releaseSlot(vm);
+      this.#notifyChange(vm);
       this.#log?.info({ vm: vm.name, resource: vm.resourceId, wakeMs }, 'qemu VM restored from suspend state');
       this.#o.onVmEvent?.({ type: 'restored', vm: vm.name, wakeMs });
       // The guest now runs ahead of the file; a later stop writes a fresh one.
@@ -462,6 +562,10 @@ export class QemuProvider implements Provider {
     if (phaseOf(vm) === 'launching') {
       // Set-up is cut short by the abort above; what is left is a process to end.
       await this.#kill(vm, 'SIGKILL');
+      // A restore cut short may already have let the guest run and write to the RAM file:
+      // the state file no longer matches it, so the next start boots cold.
+      const files = vm.restoring ? [RAM_FILE, SUSPEND_STATE, SUSPEND_META] : [RAM_FILE];
+      await Promise.all(files.map((f) => rm(join(vm.dir, f), { force: true })));
       this.#forget(vm);
       return;
     }
@@ -491,18 +595,28 @@ export class QemuProvider implements Provider {
       await this.#kill(vm, 'SIGKILL');
       how = 'kill';
     }
+    if (how !== 'suspend') await rm(join(vm.dir, RAM_FILE), { force: true });
     this.#log?.info({ vm: vm.name, resource: vm.resourceId, how, stopMs: Date.now() - t0 }, 'qemu VM stopped');
     this.#forget(vm);
   }
 
-  /** Migrates the VM's state to a file. True when the file is complete. */
+  /**
+   * Migrates the VM's device state to a file; its RAM stays in the RAM file (x-ignore-shared),
+   * so this takes milliseconds and a few tens of KiB. True when the file is complete.
+   */
   async #suspend(vm: Vm, qmp: QmpClient): Promise<boolean> {
     const statePath = join(vm.dir, SUSPEND_STATE);
     const tmp = `${statePath}.partial`;
     const t0 = Date.now();
     const opts = { timeoutMs: this.#o.qmpTimeoutMs };
+    if (vm.ramFilePath === undefined) {
+      // Launched without a RAM file (by a proxy that had suspendOnStop off): nothing to keep.
+      this.#log?.info({ vm: vm.name }, 'VM runs without a RAM file; stopping it instead of suspending');
+      return false;
+    }
     try {
       await rm(tmp, { force: true });
+      await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] }, opts);
       await qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(tmp)}` }, opts);
       for (;;) {
         const info = await qmp.execute('query-migrate', undefined, opts) as { status?: string; error_desc?: string } | undefined;
@@ -513,10 +627,10 @@ export class QemuProvider implements Provider {
           await qmp.execute('migrate_cancel', undefined, opts).catch(() => undefined);
           throw new Error(`state save took over ${this.#o.suspendTimeoutMs} ms`);
         }
-        await delay(25);
+        await delay(5);
       }
       await rename(tmp, statePath);
-      await writeFile(join(vm.dir, SUSPEND_META), JSON.stringify({ compat: this.#compatKey(), savedAt: Date.now() }));
+      await writeFile(join(vm.dir, SUSPEND_META), JSON.stringify({ compat: this.#compatKey(), savedAt: Date.now(), ramFilePath: vm.ramFilePath }));
       const stateBytes = (await stat(statePath)).size;
       const suspendMs = Date.now() - t0;
       this.#log?.info({ vm: vm.name, resource: vm.resourceId, suspendMs, stateBytes }, 'qemu VM suspended to a state file');
@@ -533,16 +647,18 @@ export class QemuProvider implements Provider {
   /** The state file to restore from, when there is one this configuration can load. */
   async #usableSuspendState(vm: Vm): Promise<string | undefined> {
     const statePath = join(vm.dir, SUSPEND_STATE);
-    let meta: { compat?: unknown };
+    let meta: { compat?: unknown; ramFilePath?: unknown };
     try {
-      meta = JSON.parse(await readFile(join(vm.dir, SUSPEND_META), 'utf8')) as { compat?: unknown };
+      meta = JSON.parse(await readFile(join(vm.dir, SUSPEND_META), 'utf8')) as { compat?: unknown; ramFilePath?: unknown };
       await access(statePath);
     } catch {
       return undefined;
     }
-    if (meta.compat !== this.#compatKey()) {
+    // The state file holds the devices only; the guest's memory is the RAM file beside it.
+    const ramOk = meta.ramFilePath === join(vm.dir, RAM_FILE) && await access(meta.ramFilePath).then(() => true, () => false);
+    if (meta.compat !== this.#compatKey() || !ramOk) {
       // Machine, memory, devices and QEMU build must match the saved state, or the restore fails.
-      this.#log?.warn({ vm: vm.name }, 'suspend state was saved with another VM configuration; cold booting');
+      this.#log?.warn({ vm: vm.name, ramFile: ramOk }, 'suspend state was saved with another VM configuration, or its RAM file is gone; cold booting');
       await rm(statePath, { force: true });
       await rm(join(vm.dir, SUSPEND_META), { force: true });
       return undefined;
@@ -553,7 +669,7 @@ export class QemuProvider implements Provider {
 
   #compatKey(): string {
     const o = this.#o;
-    return JSON.stringify([o.qemuBinary, o.machine, o.accel, o.cpu, o.memoryMiB, o.kernelPath, o.initrdPath, o.diskImagePath, o.extraArgs]);
+    return JSON.stringify(['ram-file', o.qemuBinary, o.machine, o.accel, o.cpu, o.memoryMiB, o.kernelPath, o.initrdPath, o.diskImagePath, o.extraArgs]);
   }
 
   // -- process bookkeeping ----------------------------------------------------------------
@@ -566,10 +682,15 @@ export class QemuProvider implements Provider {
       void rm(join(vm.dir, SUSPEND_STATE), { force: true });
       void rm(join(vm.dir, SUSPEND_META), { force: true });
     }
+    if (!vm.stopRequested) {
+      // The guest's memory is of no use without a state file to go with it.
+      void rm(join(vm.dir, RAM_FILE), { force: true });
+    }
     vm.exitReason = reason;
     vm.qmp?.close();
     vm.consoleSocket?.destroy();
     this.#releaseSlot(vm);
+    this.#notifyChange(vm);
     void rm(join(vm.dir, RECORD), { force: true });
     if (!vm.stopRequested) {
       this.#log?.warn({ vm: vm.name, resource: vm.resourceId, reason, console: vm.console.tail(500) }, 'qemu VM exited unexpectedly');
@@ -639,6 +760,7 @@ export class QemuProvider implements Provider {
     const record: VmRecord = {
       version: 1, resourceId: vm.resourceId, instanceKey: vm.instanceKey, pid: vm.pid ?? 0, hostPort: vm.hostPort,
       qmpSocketPath: r.qmpSocketPath, consoleSocketPath: r.consoleSocketPath, startedAt: vm.launchedAt, restored: r.restored,
+      ramFilePath: vm.ramFilePath,
     };
     await writeFile(join(vm.dir, `${RECORD}.tmp`), JSON.stringify(record));
     await rename(join(vm.dir, `${RECORD}.tmp`), join(vm.dir, RECORD));
@@ -667,7 +789,7 @@ export class QemuProvider implements Provider {
       console: new ConsoleBuffer(this.#o.consoleMaxBytes, this.#o.consoleReadyMarker),
       // The console before re-adoption is lost, so the marker cannot gate an adopted VM.
       hostPort: record.hostPort, needsMarker: false, restoring: false, stopRequested: false, exitWaiters: [],
-      cancel: new AbortController(), launchedAt: record.startedAt,
+      cancel: new AbortController(), launchedAt: record.startedAt, ramFilePath: record.ramFilePath, changeWaiters: new Set(),
     };
     this.#vms.set(name, vm);
     const deadline = Date.now() + this.#o.qmpTimeoutMs;
@@ -792,7 +914,9 @@ function connectUnix(path: string): Promise<Socket> {
 
 /** QEMU creates its sockets a few ms after exec: retry until connected, gone or too late. */
 async function retryConnect<T>(attempt: () => Promise<T>, deadline: number, gone: () => boolean): Promise<T | undefined> {
-  let waitMs = 5;
+  // QEMU waits for the console client (wait=on) before it goes on: every ms between its
+  // socket appearing and our connect is a ms of boot. A refused unix connect costs ~20 µs.
+  let waitMs = 2;
   for (;;) {
     if (gone()) return undefined;
     try {
@@ -801,7 +925,7 @@ async function retryConnect<T>(attempt: () => Promise<T>, deadline: number, gone
       if (Date.now() >= deadline) throw new Error(`could not connect: ${(err as Error).message}`, { cause: err });
     }
     await delay(waitMs);
-    waitMs = Math.min(100, waitMs * 2);
+    waitMs = Math.min(10, waitMs * 2);
   }
 }
 
