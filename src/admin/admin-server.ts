@@ -233,9 +233,24 @@ export class AdminServer {
           sendJson(req, res, 202, { accepted: true, instance: this.#view(inst) });
           return;
         }
+        case 'suspend':
+        case 'resume': {
+          // Only where the provider, as configured, can keep an instance's state.
+          if (resource.provider.suspend === undefined) break;
+          await readBody(req, this.#o.admin.maxBodyBytes);
+          if (action === 'suspend') {
+            this.#audit(caller, 'admin-suspend', inst, 'suspended by an operator');
+            void this.#o.manager.stop(inst, `suspended by ${caller.actor}`, 'suspend').catch(() => undefined);
+          } else {
+            this.#resume(inst, caller);
+          }
+          sendJson(req, res, 202, { accepted: true, instance: this.#view(inst) });
+          return;
+        }
         default:
-          throw new SmartProxyError('SP_ADMIN_UNSUPPORTED', `the ${resource.provider.kind} provider of ${resource.id} cannot ${action} instances`);
+          break;
       }
+      throw new SmartProxyError('SP_ADMIN_UNSUPPORTED', `the ${resource.provider.kind} provider of ${resource.id} cannot ${action} instances${action === 'suspend' || action === 'resume' ? ' (qemu can, with suspendOnStop)' : ''}`);
     }
     throw new SmartProxyError('SP_ROUTE_NOT_FOUND', `nothing at ${path.slice(0, 200)} (see ${API}/openapi.json)`);
   }
@@ -311,6 +326,20 @@ export class AdminServer {
     }
     this.#audit(caller, 'admin-start', inst, already ? `already ${inst.status}` : 'started by an operator');
     sendJson(req, res, 202, { accepted: true, instance: this.#view(inst) });
+  }
+
+  /** Resume is a start of that instance: the provider restores the state its suspend kept. */
+  #resume(inst: Instance, caller: AdminCaller): void {
+    const already = inst.status === 'ready' || inst.status === 'starting';
+    if (!already) {
+      const refused = this.#o.manager.requestStart(inst);
+      if (refused !== undefined) {
+        this.#audit(caller, 'admin-resume', inst, `refused: ${refused.message}`);
+        throw refused;
+      }
+      this.#o.state.startedByAdmin(inst, caller.actor);
+    }
+    this.#audit(caller, 'admin-resume', inst, already ? `already ${inst.status}` : 'resumed by an operator');
   }
 
   #drain(inst: Instance, caller: AdminCaller, timeoutMs: number): void {

@@ -52,7 +52,7 @@ export function resourceView(manager: ResourceManager, state: AdminState, r: Res
     sharing: r.sharing,
     bootTimeoutMs: r.bootTimeoutMs,
     idleStopMs: r.idleStopMs,
-    capabilities: { suspend: false, logs: typeof r.provider.output === 'function' },
+    capabilities: { suspend: typeof r.provider.suspend === 'function', logs: typeof r.provider.output === 'function' },
     boot: {
       estimate: est === undefined ? null : { samples: est.samples, p50Ms: est.p50Ms, p90Ms: est.p90Ms },
       history: state.boots(r.id).map((s) => ({ bootMs: s.bootMs, at: new Date(s.at).toISOString() })),

@@ -82,6 +82,12 @@ export interface Provider {
   stop(ref: InstanceRef, signal: AbortSignal): Promise<void>;
   list?(signal: AbortSignal): Promise<ListedInstance[]>;
   /**
+   * Optional: stops the instance keeping its state, so that the next `start` resumes it
+   * instead of booting anew (a VM's state saved to a file). Present only where the provider,
+   * as configured, can do it; operators ask for it through the admin API.
+   */
+  suspend?(ref: InstanceRef, signal: AbortSignal): Promise<void>;
+  /**
    * Optional: the output the provider keeps of an instance (a process's stdout/stderr ring,
    * a VM's serial console), for operators. Undefined when it knows none. Never blocks on I/O.
    */

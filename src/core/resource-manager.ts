@@ -33,7 +33,7 @@ import type { ProviderCircuit } from './provider-circuit.ts';
 import type { AdoptionRecord, ResourceRuntime, StartRequester } from './resource-runtime.ts';
 import { Recovery } from './recovery.ts';
 import { StartFlight, type FlightContext } from './start-flight.ts';
-import { StopFlight } from './stop-flight.ts';
+import { StopFlight, type StopMode } from './stop-flight.ts';
 
 export { Instance } from './instance.ts';
 export type { Waiter } from './instance.ts';
@@ -270,9 +270,11 @@ export class ResourceManager implements ConnectionPort {
   /**
    * Stops `inst` (idle stop, shutdown, operator). Idempotent: a second call while stopping
    * returns the same stop. Works after `close()` too, so shutdown can stop what it started.
+   * `mode: 'suspend'` keeps the instance's state where the provider can (`Provider.suspend`),
+   * so that the next start resumes it; otherwise it is an ordinary stop.
    */
-  stop(inst: Instance, reason: string): Promise<void> {
-    return this.#stops.stop(this.#registry.control(inst), reason);
+  stop(inst: Instance, reason: string, mode: StopMode = 'stop'): Promise<void> {
+    return this.#stops.stop(this.#registry.control(inst), reason, mode);
   }
 
   /**

@@ -9,6 +9,8 @@ import type { Instance, InstanceControl } from './instance.ts';
 import type { Clock, Logger } from './ports.ts';
 import { errMessage, type ProviderCalls } from './provider-calls.ts';
 
+export type StopMode = 'stop' | 'suspend';
+
 export interface StopFlightOptions {
   readonly clock: Clock;
   readonly logger: Logger;
@@ -32,16 +34,20 @@ export class StopFlight {
     return this.#stopping.has(inst);
   }
 
-  stop(ctl: InstanceControl, reason: string): Promise<void> {
+  /**
+   * `suspend` asks the provider to keep the instance's state (where it can); a stop already
+   * under way is joined as it is.
+   */
+  stop(ctl: InstanceControl, reason: string, mode: StopMode = 'stop'): Promise<void> {
     const inst = ctl.instance;
     if (inst.status === 'stopped') return Promise.resolve();
     if (inst.status === 'stopping') return this.#stopping.get(inst) ?? Promise.resolve();
-    const p = this.#run(ctl, reason).finally(() => this.#stopping.delete(inst));
+    const p = this.#run(ctl, reason, mode).finally(() => this.#stopping.delete(inst));
     this.#stopping.set(inst, p);
     return p;
   }
 
-  async #run(ctl: InstanceControl, reason: string): Promise<void> {
+  async #run(ctl: InstanceControl, reason: string, mode: StopMode): Promise<void> {
     const inst = ctl.instance;
     const { clock, logger, coordinator } = this.#o;
     const gen = ctl.supersede();
@@ -51,7 +57,10 @@ export class StopFlight {
     // Stops run during shutdown too (after close()), so they may outlive the manager.
     const guard = { inst, gen, deadline: stopStartedAt + res.bootTimeoutMs, afterClose: true };
     try {
-      await this.#o.calls.withRetry(guard, (signal) => res.provider.stop(inst.ref, signal), 'stop');
+      const provider = res.provider;
+      await this.#o.calls.withRetry(guard, (signal) => (mode === 'suspend' && provider.suspend !== undefined
+        ? provider.suspend(inst.ref, signal)
+        : provider.stop(inst.ref, signal)), 'stop');
     } catch (err) {
       logger.error({ resource: res.id, instance: inst.key, err }, 'stop failed; forgetting the instance');
       coordinator.cancelStop?.(inst.ref, undefined);
@@ -65,7 +74,7 @@ export class StopFlight {
     ctl.stopped(reason);
     // Logged here, whatever the provider, so that every stop (idle, shutdown, operator) is in
     // the log and not only in the audit table.
-    logger.info({ resource: res.id, instance: inst.key, reason, stopMs: clock.now() - stopStartedAt }, 'instance stopped');
+    logger.info({ resource: res.id, instance: inst.key, reason, mode, stopMs: clock.now() - stopStartedAt }, mode === 'suspend' ? 'instance suspended' : 'instance stopped');
     coordinator.stopped(ref);
     // A request that arrived while the instance was stopping waits for the stop, then wakes it.
     const wanted = inst.waiters.size > 0 || inst.startAfterStop;

@@ -157,10 +157,18 @@ export class QemuProvider implements Provider {
   /** After close(): exits of VMs we let go of are no longer ours to report. */
   #detached = false;
 
+  /**
+   * Present only with `suspendOnStop`: only a VM launched with its RAM in a file can be
+   * suspended, and such a VM's every stop is a suspend (see `#stopVm`), so an operator's
+   * suspend is that stop.
+   */
+  readonly suspend?: (ref: InstanceRef, signal: AbortSignal) => Promise<void>;
+
   constructor(options: QemuProviderOptions) {
     this.#o = options;
     this.#gate = new BootGate(options.maxConcurrentBoots);
     this.#log = options.logger;
+    if (options.suspendOnStop) this.suspend = (ref, signal) => this.stop(ref, signal);
   }
 
   /** Boots waiting for a slot right now (for tests and metrics). */
