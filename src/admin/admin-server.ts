@@ -11,7 +11,7 @@ import type { z } from 'zod';
 import type { AdminConfig } from '../config/admin-schema.ts';
 import type { IdentityConfig } from '../config/access-schema.ts';
 import { SmartProxyError } from '../core/errors.ts';
-import type { Clock, Logger, Store, TimerHandle } from '../core/ports.ts';
+import type { Clock, Logger, Store } from '../core/ports.ts';
 import type { Instance, ResourceManager, ResourceRuntime } from '../core/resource-manager.ts';
 import { identityOfKey } from '../core/state-sync.ts';
 import { problemOf, sendError } from '../proxy/error-response.ts';
@@ -47,7 +47,6 @@ const API = '/api/v1';
 /** A readiness check's question to the store is cut after this long. */
 const STORE_CHECK_TIMEOUT_MS = 2_000;
 /** A drain looks at the instance this often. */
-const DRAIN_POLL_MS = 250;
 /** Dashboard session cookie lifetime. */
 const SESSION_MAX_AGE_S = 12 * 3600;
 
@@ -60,7 +59,6 @@ export class AdminServer {
   readonly #progress: ProgressHub;
   readonly #sockets = new Set<Socket>();
   readonly #streams = new Set<ServerResponse>();
-  readonly #drains = new Set<TimerHandle>();
   #draining = false;
   #storeChecking: Promise<{ ok: boolean; error: string | null }> | undefined;
 
@@ -108,8 +106,6 @@ export class AdminServer {
 
   async close(): Promise<void> {
     this.#draining = true;
-    for (const t of this.#drains) t.cancel();
-    this.#drains.clear();
     this.#progress.close();
     for (const res of this.#streams) res.end();
     this.#streams.clear();
@@ -228,8 +224,8 @@ export class AdminServer {
           return;
         case 'drain': {
           const body = parseBody(drainBodySchema, await readBody(req, this.#o.admin.maxBodyBytes));
-          this.#audit(caller, 'admin-drain', inst, `drain, then stop (at most ${body.timeoutMs} ms)`);
-          this.#drain(inst, caller, body.timeoutMs);
+          const draining = this.#drain(inst, caller, body.timeoutMs);
+          this.#audit(caller, 'admin-drain', inst, draining ? `drain, then stop (at most ${body.timeoutMs} ms)` : `nothing to drain: ${inst.status}`);
           sendJson(req, res, 202, { accepted: true, instance: this.#view(inst) });
           return;
         }
@@ -342,23 +338,12 @@ export class AdminServer {
     this.#audit(caller, 'admin-resume', inst, already ? `already ${inst.status}` : 'resumed by an operator');
   }
 
-  #drain(inst: Instance, caller: AdminCaller, timeoutMs: number): void {
-    const until = this.#o.clock.now() + timeoutMs;
-    const gen = inst.generation;
-    const check = (): void => {
-      this.#drains.delete(timer);
-      // Someone else stopped or restarted it meanwhile: the drain is over.
-      if (inst.generation !== gen || (inst.status !== 'ready' && inst.status !== 'starting')) return;
-      const idle = inst.activeConnections === 0 && inst.waiters.size === 0;
-      if (idle || this.#o.clock.now() >= until) {
-        void this.#o.manager.stop(inst, `drained by ${caller.actor}${idle ? '' : ' (drain time over)'}`).catch(() => undefined);
-        return;
-      }
-      timer = this.#o.clock.setTimeout(check, DRAIN_POLL_MS);
-      this.#drains.add(timer);
-    };
-    let timer = this.#o.clock.setTimeout(check, 0);
-    this.#drains.add(timer);
+  /**
+   * The manager's drain: nothing new goes to the instance (new requests are held and served by
+   * a fresh start after the stop), what is in flight finishes, then it stops.
+   */
+  #drain(inst: Instance, caller: AdminCaller, timeoutMs: number): boolean {
+    return this.#o.manager.drain(inst, `drained by ${caller.actor}`, timeoutMs);
   }
 
   #listInstances(q: z.infer<typeof instanceQuerySchema>): { items: InstanceView[]; total: number; nextOffset: number | null } {

@@ -82,14 +82,14 @@ export class HoldQueue {
 
   /** Lets held requests go through the release ramp (bounded concurrency, oldest first). */
   release(inst: Instance): void {
-    if (inst.endpoint === undefined || inst.waiters.size === 0) return;
+    if (inst.endpoint === undefined || inst.waiters.size === 0 || inst.draining) return;
     let ramp = this.#ramps.get(inst);
     if (ramp === undefined) {
       ramp = new ReleaseRamp<Waiter>(this.#o.clock, inst.resource.releaseConcurrency ?? DEFAULT_RELEASE_CONCURRENCY, RELEASE_STALL_MS, {
         waiting: () => inst.waiters,
         waitingCount: () => inst.waiters.size,
         inFlight: () => inst.activeConnections,
-        canRelease: () => inst.status === 'ready' && inst.endpoint !== undefined && !this.#o.closed(),
+        canRelease: () => inst.status === 'ready' && inst.endpoint !== undefined && !inst.draining && !this.#o.closed(),
         release: (w) => { if (inst.endpoint !== undefined) w.resolve(inst.endpoint); },
       });
       this.#ramps.set(inst, ramp);

@@ -35,6 +35,8 @@ interface InstanceState {
   generation: number;
   freshlyReady: boolean;
   startAfterStop: boolean;
+  /** An operator drains it: nothing new is forwarded to it; it stops once idle. */
+  draining: boolean;
   settledAt: number;
   readonly waiters: Set<Waiter>;
 }
@@ -56,7 +58,7 @@ export class Instance {
   readonly #s: InstanceState = {
     status: 'stopped', phase: undefined, endpoint: undefined, handle: undefined, lastError: undefined,
     failedUntil: 0, startRequestedAt: 0, readyAt: 0, lastActivityAt: 0, consecutiveFailures: 0,
-    activeConnections: 0, generation: 0, freshlyReady: false, startAfterStop: false, settledAt: 0,
+    activeConnections: 0, generation: 0, freshlyReady: false, startAfterStop: false, draining: false, settledAt: 0,
     waiters: new Set(),
   };
 
@@ -93,6 +95,15 @@ export class Instance {
   get freshlyReady(): boolean { return this.#s.freshlyReady; }
   /** A start was asked for (without a held request) while stopping: start once stopped. */
   get startAfterStop(): boolean { return this.#s.startAfterStop; }
+  get draining(): boolean { return this.#s.draining; }
+  /**
+   * Where a new request may go at once (the warm path): ready, nobody held ahead of it (the
+   * release ramp goes first), not draining. Undefined: it must wait (waitUntilReady).
+   */
+  get openEndpoint(): string | undefined {
+    const s = this.#s;
+    return s.status === 'ready' && s.waiters.size === 0 && !s.draining ? s.endpoint : undefined;
+  }
   /** When it was created or last became stopped or failed (forgetting idle instances). */
   get settledAt(): number { return this.#s.settledAt; }
   /** Requests held for this instance, in arrival order. */
@@ -255,6 +266,13 @@ export class InstanceControl {
     this.#s.startAfterStop = wanted;
   }
 
+  /** Marks the instance as draining (ready or starting only); the mark ends when it stops. */
+  beginDrain(): boolean {
+    if (this.#s.status !== 'ready' && this.#s.status !== 'starting') return false;
+    this.#s.draining = true;
+    return true;
+  }
+
   #move(event: LifecycleEvent, reason: string | undefined): void {
     const s = this.#s;
     const next = transition(s.status, event);
@@ -263,6 +281,8 @@ export class InstanceControl {
     if (next !== 'starting') s.phase = undefined;
     if (next !== 'ready') s.endpoint = undefined;
     if (next === 'stopped' || next === 'failed') s.settledAt = this.#now();
+    // A drain ends with the stop (or failure) it was waiting for; a new start serves anew.
+    if (next !== 'ready' && next !== 'starting') s.draining = false;
     this.#onMove(this.instance, event, reason);
   }
 }

@@ -23,7 +23,7 @@ import { HoldQueue } from './hold-queue.ts';
 import type { Instance, InstanceControl } from './instance.ts';
 import { InstanceRegistry } from './instance-registry.ts';
 import { IdleStopper } from './idle-stopper.ts';
-import type { KeepWarmTarget } from './keep-warm.ts';
+import { keepWarmTargetOf } from './keep-warm-target.ts';
 import type { LifecycleEvent, StartPhase } from './lifecycle.ts';
 import type { ConnectionPort, ManagerEvent, ManagerListener } from './manager-events.ts';
 import { DEFAULT_FORGET_STOPPED_AFTER_MS, type ManagerOptions } from './manager-options.ts';
@@ -34,6 +34,7 @@ import type { AdoptionRecord, ResourceRuntime, StartRequester } from './resource
 import { Recovery } from './recovery.ts';
 import { StartFlight, type FlightContext } from './start-flight.ts';
 import { StopFlight, type StopMode } from './stop-flight.ts';
+import { Drains } from './drains.ts';
 
 export { Instance } from './instance.ts';
 export type { Waiter } from './instance.ts';
@@ -63,6 +64,7 @@ export class ResourceManager implements ConnectionPort {
   readonly #idle: IdleStopper;
   readonly #health: HealthWatcher;
   readonly #stops: StopFlight;
+  readonly #drains: Drains;
   readonly #flight: FlightContext;
   #closed = false;
 
@@ -108,6 +110,7 @@ export class ResourceManager implements ConnectionPort {
       clock, logger, calls: this.#calls, coordinator: this.#coordinator, closed,
       afterStop: (ctl) => { if (!this.#closed) this.#ensureStarted(ctl); },
     });
+    this.#drains = new Drains({ clock, stop: (inst, reason) => void this.stop(inst, reason) });
     this.#flight = {
       clock, logger, prober: options.prober, calls: this.#calls, coordinator: this.#coordinator, history: this.#history,
       lostEndpoints: this.#lostEndpoints,
@@ -115,6 +118,7 @@ export class ResourceManager implements ConnectionPort {
       setPhase: (ctl, phase) => this.#setPhase(ctl, phase),
       onReady: (inst) => {
         this.#holds.release(inst);
+        this.#drains.check(inst);
         this.#idle.schedule(inst);
         this.#health.schedule(inst);
       },
@@ -175,17 +179,8 @@ export class ResourceManager implements ConnectionPort {
   runningCount(resourceId: string): number { return this.#registry.countOf(resourceId, 'ready', 'starting'); }
 
   /** The control plane as keep-warm sees it. */
-  keepWarmTarget(resources: ReadonlyMap<string, ResourceRuntime>): KeepWarmTarget {
-    return {
-      runningCount: (id) => this.runningCount(id),
-      startKeptWarm: (id, groups) => {
-        const res = resources.get(id);
-        if (res === undefined) return 'unknown resource';
-        const inst = this.selectInstance(res, groups, undefined);
-        if (inst.status === 'ready' || inst.status === 'starting') return undefined;
-        return this.requestStart(inst)?.message;
-      },
-    };
+  keepWarmTarget(resources: ReadonlyMap<string, ResourceRuntime>): ReturnType<typeof keepWarmTargetOf> {
+    return keepWarmTargetOf(this, resources);
   }
 
   /**
@@ -203,7 +198,9 @@ export class ResourceManager implements ConnectionPort {
   }
 
   connectionEnded(inst: Instance): void {
-    if (this.#registry.control(inst).connectionEnded()) this.#holds.connectionEnded(inst);
+    if (!this.#registry.control(inst).connectionEnded()) return;
+    this.#holds.connectionEnded(inst);
+    this.#drains.check(inst);
   }
 
   forwardDone(inst: Instance): void {
@@ -222,7 +219,8 @@ export class ResourceManager implements ConnectionPort {
    */
   waitUntilReady(inst: Instance, options: { readonly signal?: AbortSignal | undefined; readonly timeoutMs: number; readonly requester?: StartRequester | undefined }): Promise<string> {
     // While the release ramp still holds requests, a newcomer queues behind them.
-    if (inst.status === 'ready' && inst.endpoint !== undefined && inst.waiters.size === 0) return Promise.resolve(inst.endpoint);
+    const open = inst.openEndpoint;
+    if (open !== undefined) return Promise.resolve(open);
     if (this.#closed) return Promise.reject(new SmartProxyError('SP_SHUTTING_DOWN'));
     const refused = this.#admission.refused(inst) ?? this.#holds.full(inst);
     if (refused !== undefined) return Promise.reject(refused);
@@ -277,6 +275,11 @@ export class ResourceManager implements ConnectionPort {
     return this.#stops.stop(this.#registry.control(inst), reason, mode);
   }
 
+  /** Drains `inst`, then stops it (drains.ts); false when it is neither ready nor starting. */
+  drain(inst: Instance, reason: string, timeoutMs: number): boolean {
+    return this.#drains.drain(this.#registry.control(inst), reason, timeoutMs);
+  }
+
   /**
    * Stops taking new holds, rejects every held request, cancels timers and start loops.
    * `stop()` still works afterwards (shutdown may stop the instances it started).
@@ -311,6 +314,7 @@ export class ResourceManager implements ConnectionPort {
   /** Every status change (InstanceControl's transitions) comes through here. */
   #moved(inst: Instance, _event: LifecycleEvent, reason: string | undefined): void {
     if (inst.status !== 'ready') this.#leftReady(inst);
+    this.#drains.ended(inst);
     if (inst.status === 'stopped' || inst.status === 'failed') this.#registry.armForget();
     this.#emit({ type: 'instance-changed', instance: inst, at: this.#clock.now(), reason });
   }

@@ -74,7 +74,7 @@ export class StopFlight {
     ctl.stopped(reason);
     // Logged here, whatever the provider, so that every stop (idle, shutdown, operator) is in
     // the log and not only in the audit table.
-    logger.info({ resource: res.id, instance: inst.key, reason, mode, stopMs: clock.now() - stopStartedAt }, mode === 'suspend' ? 'instance suspended' : 'instance stopped');
+    logger.info({ resource: res.id, instance: inst.key, reason, stopMs: clock.now() - stopStartedAt }, mode === 'suspend' ? 'instance suspended' : 'instance stopped');
     coordinator.stopped(ref);
     // A request that arrived while the instance was stopping waits for the stop, then wakes it.
     const wanted = inst.waiters.size > 0 || inst.startAfterStop;

@@ -117,7 +117,7 @@ export class DecisionServer {
     const { manager } = this.#o;
     const inst = manager.selectInstance(resource.runtime, acting, identity.user);
     // Exactly the data plane's warm test: ready, and nobody queued behind the release ramp.
-    const endpoint = inst.status === 'ready' && inst.waiters.size === 0 ? inst.endpoint : undefined;
+    const endpoint = inst.openEndpoint;
     const target = endpoint === undefined ? undefined : this.#o.upstreams.target(endpoint);
     if (target === undefined) {
       this.#viaProxy(res, endpoint === undefined ? inst.status : 'endpoint not forwardable');

@@ -165,7 +165,7 @@ export class WebSocketForwarder {
     // Upgrade and Connection are hop-by-hop and were dropped; this hop asks for the same.
     headers.push('connection', 'Upgrade', 'upgrade', 'websocket');
     // As in handle(): behind the release ramp a newcomer queues instead of adding to the flood.
-    let endpoint = inst.status === 'ready' && inst.waiters.size === 0 ? inst.endpoint : undefined;
+    let endpoint = inst.openEndpoint;
     // Who the start limits count a start for (src/access/limits.ts).
     endpoint ??= await this.#hold(socket, inst, resource, { user: identity.user, groups: acting, actor: identity });
     // The client may have left while the hold resolved: nothing of it reaches the backend.

@@ -315,7 +315,7 @@ export class ProxyServer {
     // A ready instance is forwarded at once, with no other call. While the release ramp
     // still holds requests for a fresh backend, a newcomer queues behind them instead of
     // adding to the flood (still no call: two fields in memory).
-    let endpoint = inst.status === 'ready' && inst.waiters.size === 0 ? inst.endpoint : undefined;
+    let endpoint = inst.openEndpoint;
     if (endpoint !== undefined) {
       if (record !== undefined) record.warm = true;
     } else {
