@@ -12,7 +12,7 @@ import { isSmartProxyError, ProviderError } from '../core/errors.ts';
 import type { InstanceStatus } from '../core/lifecycle.ts';
 import type { Clock, Provider } from '../core/ports.ts';
 import type { Instance, ManagerEvent, ResourceManager } from '../core/resource-manager.ts';
-import type { HoldOutcome, RequestObserver, RequestRecord } from '../proxy/observer.ts';
+import type { HoldOutcome, RequestObserver, RequestRecord, UpgradeRecord } from '../proxy/observer.ts';
 import { METRICS, type MetricDefinition } from './catalogue.ts';
 import { LocalHistogram } from './local-histogram.ts';
 
@@ -227,14 +227,30 @@ export class Metrics implements RequestObserver {
 
   finished(_req: IncomingMessage, res: ServerResponse, record: RequestRecord): void {
     const resource = record.resourceId === undefined ? UNROUTED : this.#label(record.resourceId);
-    const cls = res.writableFinished ? Math.min(5, Math.floor(res.statusCode / 100)) : CLOSED;
+    this.#count(resource, res.writableFinished ? Math.min(5, Math.floor(res.statusCode / 100)) : CLOSED);
+    if (record.warm && res.writableFinished) this.#forwardDuration.observe(resource, (performance.now() - record.startedAt) / 1000);
+  }
+
+  /**
+   * A WebSocket upgrade counts as one request when its tunnel closes: 101 is "1xx", a refusal
+   * its own class, "closed" when the client left unanswered. A warm one's forward latency is
+   * the time to the backend's 101; the tunnel's lifetime is no latency and is not observed.
+   */
+  upgraded(_req: IncomingMessage, record: UpgradeRecord): void {
+    const resource = record.resourceId === undefined ? UNROUTED : this.#label(record.resourceId);
+    this.#count(resource, record.status === undefined ? CLOSED : Math.min(5, Math.floor(record.status / 100)));
+    if (record.warm && record.status === 101 && record.answeredAt !== undefined) {
+      this.#forwardDuration.observe(resource, (record.answeredAt - record.startedAt) / 1000);
+    }
+  }
+
+  #count(resource: string, cls: number): void {
     let counts = this.#pendingRequests.get(resource);
     if (counts === undefined) {
       counts = new Float64Array(STATUS_CLASSES.length);
       this.#pendingRequests.set(resource, counts);
     }
     counts[cls] = (counts[cls] ?? 0) + 1;
-    if (record.warm && res.writableFinished) this.#forwardDuration.observe(resource, (performance.now() - record.startedAt) / 1000);
   }
 
   held(resourceId: string, heldMs: number, outcome: HoldOutcome): void {
