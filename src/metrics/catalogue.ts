@@ -24,7 +24,7 @@ export const PROVIDER_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 export const METRICS = {
   requests: {
     name: 'smart_proxy_requests_total', type: 'counter', labels: ['resource', 'status_class'],
-    help: 'Requests answered, by resource and status class (1xx-5xx, or "closed": the client left before the response ended). Requests that matched no configured resource count under resource "_unrouted".',
+    help: 'Requests answered, by resource and status class (1xx-5xx, or "closed": the client left before the response ended). Requests that matched no configured resource count under resource "_unrouted". A WebSocket upgrade counts once, when its tunnel closes: 101 as "1xx", a refused one by its status.',
   },
   held: {
     name: 'smart_proxy_held_requests', type: 'gauge', labels: ['resource'],
@@ -72,11 +72,11 @@ export const METRICS = {
   },
   forwardDuration: {
     name: 'smart_proxy_warm_forward_duration_seconds', type: 'histogram', labels: ['resource'], buckets: FORWARD_BUCKETS_S,
-    help: 'Requests forwarded at once to a ready instance: from arrival to the end of the response (backend time included).',
+    help: 'Requests forwarded at once to a ready instance: from arrival to the end of the response (backend time included); for a WebSocket upgrade, to the backend\'s 101.',
   },
   eventLoopDelay: {
     name: 'smart_proxy_event_loop_delay_seconds', type: 'gauge', labels: ['quantile'],
-    help: 'Event-loop delay since the previous scrape (quantile 0.5, 0.9, 0.99 and 1 = max). High values delay every request.',
+    help: 'Event-loop delay since the previous scrape (quantile 0.5, 0.9, 0.99 and 1 = max). High values delay every request. Sampled every 20 ms while there is work (requests, instance changes) and 10 s after; 0 when there was none.',
   },
   residentMemory: {
     name: 'process_resident_memory_bytes', type: 'gauge', labels: [],

@@ -12,7 +12,7 @@ import { isSmartProxyError, ProviderError } from '../core/errors.ts';
 import type { InstanceStatus } from '../core/lifecycle.ts';
 import type { Clock, Provider } from '../core/ports.ts';
 import type { Instance, ManagerEvent, ResourceManager } from '../core/resource-manager.ts';
-import type { HoldOutcome, RequestObserver, RequestRecord } from '../proxy/observer.ts';
+import type { HoldOutcome, RequestObserver, RequestRecord, UpgradeRecord } from '../proxy/observer.ts';
 import { METRICS, type MetricDefinition } from './catalogue.ts';
 import { LocalHistogram } from './local-histogram.ts';
 
@@ -29,6 +29,8 @@ export interface MetricsOptions {
   /** In config order; the first `maxResourceLabels` get their own label value. */
   readonly resources: readonly MeteredResource[];
   readonly maxResourceLabels: number;
+  /** The event-loop sampler stays on this long after the last work (default 10 s; tests shorten it). */
+  readonly loopSampleAfterWorkMs?: number;
 }
 
 const STATES: readonly InstanceStatus[] = ['stopped', 'starting', 'ready', 'stopping', 'failed'];
@@ -38,6 +40,13 @@ const CLOSED = 6;
 /** Label values of requests with no configured resource, and of resources past the cap. */
 const UNROUTED = '_unrouted';
 const OTHER = '_other';
+/**
+ * The event-loop delay is sampled while there is work (a request ended, an instance changed)
+ * and this long after: Node's sampler wakes the process every 20 ms, which at idle was most of
+ * its CPU (about 6 ms per second measured, bench/idle-cpu.ts). With nothing to serve there is
+ * nothing a slow loop could delay.
+ */
+const LOOP_SAMPLE_AFTER_WORK_MS = 10_000;
 
 type Labels<D extends MetricDefinition> = D['labels'][number];
 
@@ -67,6 +76,11 @@ export class Metrics implements RequestObserver {
   /** The status each instance had at its previous event, to tell a stop from a vanishing. */
   readonly #lastStatus = new WeakMap<Instance, InstanceStatus>();
   readonly #eventLoop: ReturnType<typeof monitorEventLoopDelay>;
+  /** `performance.now()` until which the loop sampler stays on; its timer while it is on. */
+  #loopSampleUntil = 0;
+  readonly #loopSampleAfterWorkMs: number;
+  #loopTimer: NodeJS.Timeout | undefined;
+  #closed = false;
   /**
    * Requests counted since the last scrape, per resource label and status class index. The
    * warm path adds 1 to a number here (no label hashing, no allocation); the counter takes
@@ -90,6 +104,7 @@ export class Metrics implements RequestObserver {
     this.#manager = options.manager;
     this.#clock = options.clock;
     this.#maxResourceLabels = options.maxResourceLabels;
+    this.#loopSampleAfterWorkMs = options.loopSampleAfterWorkMs ?? LOOP_SAMPLE_AFTER_WORK_MS;
     this.setResources(options.resources);
     const r = this.registry;
     counter(r, METRICS.requests, (c) => {
@@ -135,9 +150,9 @@ export class Metrics implements RequestObserver {
       }
       for (const label of this.#labelValues()) g.set({ resource: label }, open.has(label) ? 1 : 0);
     });
-    // Node's own sampler (libuv timer, 20 ms resolution); disabled again in close().
+    // Node's own sampler (libuv timer, 20 ms resolution), on while there is work (#working).
     this.#eventLoop = monitorEventLoopDelay({ resolution: 20 });
-    this.#eventLoop.enable();
+    this.#working();
     const loop = this.#eventLoop;
     gauge(r, METRICS.eventLoopDelay, (g) => {
       g.reset();
@@ -155,7 +170,10 @@ export class Metrics implements RequestObserver {
       g.reset();
       g.inc((u.user + u.system) / 1e6);
     });
-    this.#unsubscribe = options.manager.onEvent((e) => this.#onEvent(e));
+    this.#unsubscribe = options.manager.onEvent((e) => {
+      this.#working();
+      this.#onEvent(e);
+    });
   }
 
   /** The label values of configured resources (a reload replaces them). */
@@ -226,15 +244,33 @@ export class Metrics implements RequestObserver {
   // -- the data plane's observer (observer.ts) -------------------------------------------
 
   finished(_req: IncomingMessage, res: ServerResponse, record: RequestRecord): void {
+    this.#working();
     const resource = record.resourceId === undefined ? UNROUTED : this.#label(record.resourceId);
-    const cls = res.writableFinished ? Math.min(5, Math.floor(res.statusCode / 100)) : CLOSED;
+    this.#count(resource, res.writableFinished ? Math.min(5, Math.floor(res.statusCode / 100)) : CLOSED);
+    if (record.warm && res.writableFinished) this.#forwardDuration.observe(resource, (performance.now() - record.startedAt) / 1000);
+  }
+
+  /**
+   * A WebSocket upgrade counts as one request when its tunnel closes: 101 is "1xx", a refusal
+   * its own class, "closed" when the client left unanswered. A warm one's forward latency is
+   * the time to the backend's 101; the tunnel's lifetime is no latency and is not observed.
+   */
+  upgraded(_req: IncomingMessage, record: UpgradeRecord): void {
+    this.#working();
+    const resource = record.resourceId === undefined ? UNROUTED : this.#label(record.resourceId);
+    this.#count(resource, record.status === undefined ? CLOSED : Math.min(5, Math.floor(record.status / 100)));
+    if (record.warm && record.status === 101 && record.answeredAt !== undefined) {
+      this.#forwardDuration.observe(resource, (record.answeredAt - record.startedAt) / 1000);
+    }
+  }
+
+  #count(resource: string, cls: number): void {
     let counts = this.#pendingRequests.get(resource);
     if (counts === undefined) {
       counts = new Float64Array(STATUS_CLASSES.length);
       this.#pendingRequests.set(resource, counts);
     }
     counts[cls] = (counts[cls] ?? 0) + 1;
-    if (record.warm && res.writableFinished) this.#forwardDuration.observe(resource, (performance.now() - record.startedAt) / 1000);
   }
 
   held(resourceId: string, heldMs: number, outcome: HoldOutcome): void {
@@ -243,8 +279,40 @@ export class Metrics implements RequestObserver {
 
   /** Stops the event-loop sampler and the event subscription. */
   close(): void {
+    this.#closed = true;
     this.#unsubscribe();
+    clearTimeout(this.#loopTimer);
+    this.#loopTimer = undefined;
     this.#eventLoop.disable();
+  }
+
+  /** Is the event-loop sampler on (there was work within LOOP_SAMPLE_AFTER_WORK_MS)? */
+  get sampling(): boolean {
+    return this.#loopTimer !== undefined;
+  }
+
+  /** There is work: keep the event-loop sampler on until a while after it. O(1), no allocation while on. */
+  #working(): void {
+    if (this.#closed) return;
+    this.#loopSampleUntil = performance.now() + this.#loopSampleAfterWorkMs;
+    if (this.#loopTimer !== undefined) return;
+    this.#eventLoop.enable();
+    this.#armLoopTimer(this.#loopSampleAfterWorkMs);
+  }
+
+  /** One timer per quiet period, not per request: when it fires it looks whether work came meanwhile. */
+  #armLoopTimer(ms: number): void {
+    this.#loopTimer = setTimeout(() => {
+      const left = this.#loopSampleUntil - performance.now();
+      if (left > 0 && !this.#closed) {
+        this.#armLoopTimer(left);
+        return;
+      }
+      this.#loopTimer = undefined;
+      this.#eventLoop.disable();
+    }, Math.max(1, Math.ceil(ms)));
+    // Never what keeps the process alive.
+    this.#loopTimer.unref();
   }
 
   // -- internals -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 /**
  * The access log: one line per request, written when its response has ended or its client
- * left. JSON (one object a line) or the Apache/nginx "combined" format, to standard output
+ * left. A WebSocket upgrade is one line too, written when its tunnel closes: status 101 (or
+ * the refusal's status), the tunnel's lifetime as its duration, and the bytes both ways. JSON (one object a line) or the Apache/nginx "combined" format, to standard output
  * or appended to a file. A slow disk never holds requests up: past a bound of unwritten
  * bytes, lines are dropped and counted instead of buffered without end.
  */
@@ -9,7 +10,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Writable } from 'node:stream';
 import type { Logger } from '../core/ports.ts';
-import type { RequestObserver, RequestRecord } from './observer.ts';
+import type { RequestObserver, RequestRecord, UpgradeRecord } from './observer.ts';
 
 export interface AccessLogOptions {
   readonly format: 'json' | 'combined';
@@ -44,7 +45,16 @@ export class AccessLog implements RequestObserver {
   }
 
   finished(req: IncomingMessage, res: ServerResponse, record: RequestRecord): void {
-    const line = this.#format === 'json' ? jsonLine(req, res, record) : combinedLine(req, res, record);
+    this.#write(req, record, { status: statusOf(res), bytes: sizeOf(res) });
+  }
+
+  upgraded(req: IncomingMessage, record: UpgradeRecord): void {
+    // 499 as for any request: the client left before it was answered.
+    this.#write(req, record, { status: record.status ?? 499, bytes: record.bytesOut, bytesIn: record.bytesIn, upgrade: 'websocket' });
+  }
+
+  #write(req: IncomingMessage, record: RequestRecord, answer: Answer): void {
+    const line = this.#format === 'json' ? jsonLine(req, record, answer) : combinedLine(req, record, answer);
     const out = this.#file ?? this.#stdout;
     if (out.writableLength > this.#maxBuffered) {
       if (this.dropped++ === 0) this.#log.warn({ path: this.#path ?? 'stdout' }, 'access log cannot keep up; dropping lines');
@@ -80,6 +90,15 @@ export class AccessLog implements RequestObserver {
   }
 }
 
+/** What the client got: the status and the bytes of the body (of a tunnel: the frames it was sent). */
+interface Answer {
+  readonly status: number;
+  readonly bytes: number | undefined;
+  /** A tunnel's bytes from the client. */
+  readonly bytesIn?: number;
+  readonly upgrade?: 'websocket';
+}
+
 function statusOf(res: ServerResponse): number {
   // 499 (nginx's "client closed request"): the client left before the response ended.
   return res.writableFinished ? res.statusCode : 499;
@@ -91,15 +110,17 @@ function sizeOf(res: ServerResponse): number | undefined {
   return Number.isSafeInteger(n) ? n : undefined;
 }
 
-function jsonLine(req: IncomingMessage, res: ServerResponse, record: RequestRecord): string {
+function jsonLine(req: IncomingMessage, record: RequestRecord, answer: Answer): string {
   return `${JSON.stringify({
     time: new Date().toISOString(),
     remote: req.socket.remoteAddress,
     method: req.method,
     url: req.url,
     protocol: `HTTP/${req.httpVersion}`,
-    status: statusOf(res),
-    bytes: sizeOf(res),
+    status: answer.status,
+    bytes: answer.bytes,
+    bytesIn: answer.bytesIn,
+    upgrade: answer.upgrade,
     durationMs: Math.round((performance.now() - record.startedAt) * 10) / 10,
     resource: record.resourceId,
     user: record.user,
@@ -111,12 +132,12 @@ function jsonLine(req: IncomingMessage, res: ServerResponse, record: RequestReco
 }
 
 /** Combined Log Format; quotes and backslashes in fields escaped as nginx does (\x22). */
-function combinedLine(req: IncomingMessage, res: ServerResponse, record: RequestRecord): string {
+function combinedLine(req: IncomingMessage, record: RequestRecord, answer: Answer): string {
   const d = new Date();
   const pad = (n: number): string => String(n).padStart(2, '0');
   const time = `${pad(d.getUTCDate())}/${MONTHS[d.getUTCMonth()] ?? 'Jan'}/${d.getUTCFullYear()}:${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())} +0000`;
-  const size = sizeOf(res);
-  return `${req.socket.remoteAddress ?? '-'} - ${field(record.user)} [${time}] "${esc(req.method ?? '-')} ${esc(req.url ?? '-')} HTTP/${req.httpVersion}" ${statusOf(res)} ${size ?? '-'} "${esc(header(req, 'referer'))}" "${esc(header(req, 'user-agent'))}"\n`;
+  const size = answer.bytes;
+  return `${req.socket.remoteAddress ?? '-'} - ${field(record.user)} [${time}] "${esc(req.method ?? '-')} ${esc(req.url ?? '-')} HTTP/${req.httpVersion}" ${answer.status} ${size ?? '-'} "${esc(header(req, 'referer'))}" "${esc(header(req, 'user-agent'))}"\n`;
 }
 
 function header(req: IncomingMessage, name: string): string {

@@ -18,14 +18,16 @@ import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { performance } from 'node:perf_hooks';
 import { pipeline } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Logger } from '../core/ports.ts';
 import type { Instance, ResourceManager, StartRequester } from '../core/resource-manager.ts';
 import { DEFAULT_BACKEND_TLS, tlsConnectOptions, type BackendTls } from './backend-tls.ts';
-import { errorResponseBytes } from './error-response.ts';
+import { errorResponseBytes, problemOf, toSmartProxyError } from './error-response.ts';
 import { downstreamHeaders } from './headers.ts';
+import { UpgradeRecord, type RequestObserver } from './observer.ts';
 import { joinUpstreamPath, type ParsedTarget } from './route.ts';
 import type { Identity, RoutedResource } from './resource-types.ts';
 
@@ -49,6 +51,17 @@ export interface UpgradePipeline {
   readonly connectTimeoutMs: number;
   /** Longest wait for the backend's answer to the upgrade request. */
   readonly handshakeTimeoutMs: number;
+  /** Metrics and the access log; absent: no record is kept. */
+  readonly observer?: RequestObserver | undefined;
+}
+
+/** What one upgrade's answer carries besides the backend's: the record, a renewed session. */
+interface UpgradeContext {
+  readonly record: UpgradeRecord | undefined;
+  /** Set-Cookie values from identify (a renewed sign-in session: sliding expiry). */
+  cookies: readonly string[] | undefined;
+  /** The client socket's bytesWritten at the end of the answer's head. */
+  outBase: number;
 }
 
 /** Retries of the first handshake after readiness when the connection is refused (as forward-http). */
@@ -112,6 +125,8 @@ class ClientGone extends Error {
 export class WebSocketForwarder {
   readonly #p: UpgradePipeline;
   readonly #tunnels = new Set<{ readonly client: Socket; readonly upstream: Socket }>();
+  /** Per client socket of an upgrade in progress or tunnelled. */
+  readonly #contexts = new WeakMap<Socket, UpgradeContext>();
 
   constructor(pipelineSteps: UpgradePipeline) {
     this.#p = pipelineSteps;
@@ -143,6 +158,21 @@ export class WebSocketForwarder {
       this.#p.logger.debug({ err: err.message, url: req.url }, 'websocket client socket error');
       socket.destroy();
     });
+    const observer = this.#p.observer;
+    const record = observer === undefined ? undefined : new UpgradeRecord();
+    const context: UpgradeContext = { record, cookies: undefined, outBase: 0 };
+    this.#contexts.set(socket, context);
+    if (observer !== undefined && record !== undefined) {
+      // What the socket had read so far is the handshake request, plus `head` (already frames).
+      const readBefore = socket.bytesRead - head.length;
+      // The client's connection closing ends the upgrade, whichever way it went: answered,
+      // tunnelled (its lifetime is the duration), or left before any answer.
+      socket.once('close', () => {
+        record.bytesIn = Math.max(0, socket.bytesRead - readBefore);
+        record.bytesOut = record.status === undefined ? 0 : Math.max(0, socket.bytesWritten - context.outBase);
+        observer.upgraded(req, record);
+      });
+    }
     this.#run(req, socket, head).catch((err: unknown) => this.#refuse(req, socket, err));
   }
 
@@ -153,6 +183,14 @@ export class WebSocketForwarder {
     // A client that left during identify is gone: no start, no handshake to a backend.
     if (socket.destroyed) return;
     const { route, resource, identity, acting } = admission;
+    const context = this.#contexts.get(socket);
+    if (context !== undefined) {
+      context.cookies = identity.responseCookies?.filter((c) => c !== '');
+      if (context.record !== undefined) {
+        context.record.resourceId = resource.runtime.id;
+        context.record.user = identity.user;
+      }
+    }
     if (!originAllowed(req.headers.origin, resource.websocket?.allowedOrigins)) {
       throw new SmartProxyError('SP_WS_ORIGIN_DENIED', `origin "${req.headers.origin?.slice(0, 200) ?? ''}" may not open WebSockets to this resource`, {
         data: { resource: resource.runtime.id },
@@ -167,7 +205,10 @@ export class WebSocketForwarder {
     // As in handle(): behind the release ramp a newcomer queues instead of adding to the flood.
     let endpoint = inst.openEndpoint;
     // Who the start limits count a start for (src/access/limits.ts).
+    if (endpoint !== undefined && context?.record !== undefined) context.record.warm = true;
+    const coldSince = endpoint === undefined && inst.status !== 'ready' ? performance.now() : -1;
     endpoint ??= await this.#hold(socket, inst, resource, { user: identity.user, groups: acting, actor: identity });
+    if (coldSince >= 0 && context?.record !== undefined) context.record.wokeMs = Math.round(performance.now() - coldSince);
     // The client may have left while the hold resolved: nothing of it reaches the backend.
     if (endpoint === undefined || socket.destroyed) return;
     await this.#connect(req, socket, head, inst, route, headers, endpoint, resource.backendTls);
@@ -330,6 +371,8 @@ export class WebSocketForwarder {
       if (name === 'transfer-encoding' || name === 'content-length' || name === 'keep-alive' || name === 'proxy-connection') continue;
       responseHead += `${raw[i] as string}: ${raw[i + 1] as string}\r\n`;
     }
+    responseHead += this.#cookieLines(client);
+    this.#answered(client, 101, `${responseHead}\r\n`);
     client.write(`${responseHead}\r\n`);
     if (upHead.length > 0) client.write(upHead);
     if (clientHead.length > 0) upstream.write(clientHead);
@@ -371,13 +414,39 @@ export class WebSocketForwarder {
     const flat = downstreamHeaders(upRes.headers);
     let responseHead = `HTTP/1.1 ${status} ${message}\r\n`;
     for (let i = 0; i < flat.length; i += 2) responseHead += `${flat[i] as string}: ${flat[i + 1] as string}\r\n`;
+    responseHead += this.#cookieLines(client);
     // Without a content-length the body is delimited by the close (RFC 9112 §6.3).
-    client.write(`${responseHead}connection: close\r\n\r\n`);
+    responseHead += 'connection: close\r\n\r\n';
+    this.#answered(client, status, responseHead);
+    client.write(responseHead);
     pipeline(upRes, client, () => {
       upRes.destroy();
       client.destroySoon();
       end();
     });
+  }
+
+  /**
+   * Set-Cookie lines for the answer: a sign-in session renewed by identify (sliding expiry)
+   * reaches the browser on the 101 as on any response (RFC 6455 §4.1 lets the handshake's
+   * answer set cookies). Values come from the session code, never from the client.
+   */
+  #cookieLines(client: Socket): string {
+    const cookies = this.#contexts.get(client)?.cookies;
+    if (cookies === undefined) return '';
+    let lines = '';
+    for (const c of cookies) lines += `set-cookie: ${c}\r\n`;
+    return lines;
+  }
+
+  /** Notes the status answered and where the answer's body starts (bytes to the client count from there). */
+  #answered(client: Socket, status: number, head: string): void {
+    const context = this.#contexts.get(client);
+    const record = context?.record;
+    if (context === undefined || record === undefined || record.status !== undefined) return;
+    record.status = status;
+    record.answeredAt = performance.now();
+    context.outBase = client.bytesWritten + Buffer.byteLength(head);
   }
 
   /** Answers a refused upgrade on the raw socket, then closes it. */
@@ -390,7 +459,9 @@ export class WebSocketForwarder {
       socket.destroy();
       return;
     }
-    socket.end(errorResponseBytes(req, err));
+    const answer = errorResponseBytes(req, err);
+    this.#answered(socket, problemOf(toSmartProxyError(err)).status, answer.slice(0, answer.indexOf('\r\n\r\n') + 4));
+    socket.end(answer);
     // Do not wait for the client to close its side.
     setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
   }

@@ -20,6 +20,21 @@ export class RequestRecord {
   wokeMs: number | undefined = undefined;
 }
 
+/**
+ * One WebSocket upgrade, from its handshake request to the end of its tunnel. An upgrade has
+ * no ServerResponse, so the forwarder writes down what the access log and the metrics need.
+ */
+export class UpgradeRecord extends RequestRecord {
+  /** What the client was answered: 101 (tunnel), the backend's non-101 or the proxy's error status; undefined: it left before any answer. */
+  status: number | undefined = undefined;
+  /** `performance.now()` when that answer was written. */
+  answeredAt: number | undefined = undefined;
+  /** Bytes the client sent after its handshake request (WebSocket frames through the tunnel). */
+  bytesIn = 0;
+  /** Bytes sent to the client after the answer's head (frames, or the body of a non-101 answer). */
+  bytesOut = 0;
+}
+
 /** How a hold ended (the hold-time histogram's `outcome`). */
 export type HoldOutcome = 'ready' | 'failed' | 'client_gone';
 
@@ -28,6 +43,8 @@ export interface RequestObserver {
   finished(req: IncomingMessage, res: ServerResponse, record: RequestRecord): void;
   /** Once per hold (a request waiting for an instance), when it ends. */
   held(resourceId: string, heldMs: number, outcome: HoldOutcome): void;
+  /** Once per WebSocket upgrade, when its connection to the client has closed (the tunnel's end). */
+  upgraded(req: IncomingMessage, record: UpgradeRecord): void;
 }
 
 /** Several observers as one; undefined when there is none, so the server skips all work. */
@@ -37,5 +54,6 @@ export function combineObservers(list: ReadonlyArray<RequestObserver | undefined
   return {
     finished: (req, res, record) => { for (const o of present) o.finished(req, res, record); },
     held: (resourceId, heldMs, outcome) => { for (const o of present) o.held(resourceId, heldMs, outcome); },
+    upgraded: (req, record) => { for (const o of present) o.upgraded(req, record); },
   };
 }

@@ -197,6 +197,7 @@ export class ProxyServer {
       logger: this.#log,
       connectTimeoutMs: options.upstream.connectTimeoutMs,
       handshakeTimeoutMs: options.upstream.headersTimeoutMs,
+      observer: this.#observer,
     });
     // Set as a property, not a constructor option: the HTTP/2 secure server ignores the option
     // but its HTTP/1 side reads the property, like the plain server (Node >= 24.9).

@@ -3,12 +3,10 @@
  * replica), SQLite (its own table in the state file; replicas on one machine), Redis (many
  * replicas). Sign-in sessions that outgrow a cookie and single-use sign-in markers live here.
  */
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
-import { DatabaseSync } from 'node:sqlite';
 import type { Clock, KeyValueStore, Logger } from '../core/ports.ts';
 import type { StoreSpec } from './create-store.ts';
 import { openRedis } from './redis/client.ts';
+import { SqliteThread } from './sqlite-thread.ts';
 
 /** Most live entries of the memory store: past it the oldest go first (a bound, not a cache policy). */
 const MAX_MEMORY_ENTRIES = 100_000;
@@ -69,55 +67,57 @@ export class MemoryKeyValueStore implements KeyValueStore {
   }
 }
 
+/**
+ * The SQLite key-value store: its own table in the state file, on a worker thread (the engine
+ * is sqlite-key-value-engine.ts, the thread sqlite-thread.ts), so a statement waiting for
+ * another connection's lock never blocks the event loop; it waits up to `busyTimeoutMs`, and a
+ * call gives up after `callTimeoutMs` (the caller answers 503 with Retry-After, as for any store
+ * it cannot reach). The thread starts with the first call, and keeps the process alive only
+ * while a call is in flight.
+ */
 export class SqliteKeyValueStore implements KeyValueStore {
   readonly kind = 'sqlite';
-  readonly #db: DatabaseSync;
+  readonly #thread: SqliteThread;
   readonly #clock: Clock;
-  #writes = 0;
 
-  constructor(path: string, clock: Clock) {
-    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
-    this.#db = new DatabaseSync(path);
+  constructor(path: string, clock: Clock, options: { busyTimeoutMs?: number | undefined; callTimeoutMs?: number | undefined } = {}) {
     this.#clock = clock;
-    // Its own table, outside the state schema's migrations: it holds nothing that outlives a session.
-    // Calls run on the event loop (sign-in only), so a lock held elsewhere (a backup, the
-    // sqlite3 shell) must fail such a call fast rather than freeze every request: 50 ms.
-    this.#db.exec(`PRAGMA journal_mode=WAL; PRAGMA busy_timeout=50;
-      CREATE TABLE IF NOT EXISTS key_values (k TEXT PRIMARY KEY, v TEXT NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;`);
+    const busyTimeoutMs = options.busyTimeoutMs ?? 5_000;
+    // A sign-in waits on this: past the lock wait and a margin, it gets a clear 503.
+    const callTimeoutMs = options.callTimeoutMs ?? busyTimeoutMs + 5_000;
+    this.#thread = new SqliteThread({
+      workerData: { engine: 'key-values', options: { path, busyTimeoutMs } },
+      callTimeoutMs,
+      openTimeoutMs: callTimeoutMs + 30_000,
+      maxPendingCalls: 256,
+    });
   }
 
-  set(key: string, value: string, ttlMs: number): Promise<void> {
-    this.#db.prepare('INSERT OR REPLACE INTO key_values (k, v, expires_at) VALUES (?, ?, ?)').run(key, value, this.#clock.now() + ttlMs);
-    this.#maybeSweep();
-    return Promise.resolve();
+  /** Workers replaced after a crash or a missed deadline (diagnostics and tests). */
+  get restarts(): number {
+    return this.#thread.restarts;
   }
 
-  setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean> {
+  async set(key: string, value: string, ttlMs: number): Promise<void> {
     const now = this.#clock.now();
-    // One statement: an expired row is replaced, a live one kept; changes tells who won.
-    const r = this.#db.prepare(`INSERT INTO key_values (k, v, expires_at) VALUES (?, ?, ?)
-      ON CONFLICT (k) DO UPDATE SET v = excluded.v, expires_at = excluded.expires_at WHERE key_values.expires_at <= ?`).run(key, value, now + ttlMs, now);
-    this.#maybeSweep();
-    return Promise.resolve(Number(r.changes) === 1);
+    await this.#thread.call('set', [key, value, now + ttlMs, now]);
   }
 
-  get(key: string): Promise<string | undefined> {
-    const row = this.#db.prepare('SELECT v FROM key_values WHERE k = ? AND expires_at > ?').get(key, this.#clock.now()) as { v: string } | undefined;
-    return Promise.resolve(row?.v);
+  async setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean> {
+    const now = this.#clock.now();
+    return await this.#thread.call('setIfAbsent', [key, value, now + ttlMs, now]) as boolean;
   }
 
-  delete(key: string): Promise<void> {
-    this.#db.prepare('DELETE FROM key_values WHERE k = ?').run(key);
-    return Promise.resolve();
+  async get(key: string): Promise<string | undefined> {
+    return await this.#thread.call('get', [key, this.#clock.now()]) as string | undefined;
+  }
+
+  async delete(key: string): Promise<void> {
+    await this.#thread.call('delete', [key]);
   }
 
   close(): Promise<void> {
-    if (this.#db.isOpen) this.#db.close();
-    return Promise.resolve();
-  }
-
-  #maybeSweep(): void {
-    if (++this.#writes % 500 === 0) this.#db.prepare('DELETE FROM key_values WHERE expires_at <= ?').run(this.#clock.now());
+    return this.#thread.close();
   }
 }
 
@@ -156,7 +156,7 @@ export class RedisKeyValueStore implements KeyValueStore {
 export function createKeyValueStore(spec: StoreSpec, clock: Clock, logger: Logger): KeyValueStore {
   switch (spec.kind) {
     case 'memory': return new MemoryKeyValueStore(clock);
-    case 'sqlite': return new SqliteKeyValueStore(spec.path, clock);
+    case 'sqlite': return new SqliteKeyValueStore(spec.path, clock, { busyTimeoutMs: spec.busyTimeoutMs });
     case 'redis': return new RedisKeyValueStore(spec, logger);
   }
 }

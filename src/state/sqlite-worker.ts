@@ -1,6 +1,7 @@
 /**
- * Worker-thread side of `ThreadedSqliteStore`: owns the one SQLite connection, so a write that
- * waits for another connection's lock (a backup, the sqlite3 shell, a second proxy) blocks
+ * Worker-thread side of `SqliteThread`: owns one SQLite connection through one engine (the
+ * state store's `SqliteStore`, or the key-value store's `SqliteKeyValueEngine`), so a statement
+ * that waits for another connection's lock (a backup, the sqlite3 shell, a second proxy) blocks
  * this thread, never the proxy's event loop.
  *
  * Protocol (structured-clone messages, one at a time in arrival order):
@@ -9,7 +10,13 @@
  * Only the engine's own async methods may be called; anything else is refused by name.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { SqliteKeyValueEngine, type SqliteKeyValueEngineOptions } from './sqlite-key-value-engine.ts';
 import { SqliteStore, type SqliteStoreOptions } from './sqlite-store.ts';
+
+/** Which engine the worker hosts, with its options. */
+export type WorkerData =
+  | { readonly engine: 'state'; readonly options: SqliteStoreOptions }
+  | { readonly engine: 'key-values'; readonly options: SqliteKeyValueEngineOptions };
 
 export interface WorkerRequest {
   readonly id: number;
@@ -39,9 +46,11 @@ function serialize(err: unknown): SerializedError {
 const port = parentPort;
 if (port === null) throw new Error('sqlite-worker.ts runs only as a worker thread');
 
-let store: SqliteStore;
+const data = workerData as WorkerData;
+const Engine = data.engine === 'key-values' ? SqliteKeyValueEngine : SqliteStore;
+let store: object;
 try {
-  store = new SqliteStore(workerData as SqliteStoreOptions);
+  store = data.engine === 'key-values' ? new SqliteKeyValueEngine(data.options) : new SqliteStore(data.options);
   port.postMessage({ type: 'ready' } satisfies WorkerReply);
 } catch (err) {
   port.postMessage({ type: 'open-failed', error: serialize(err) } satisfies WorkerReply);
@@ -50,9 +59,9 @@ try {
 }
 
 /** The engine's callable surface: its own prototype's methods, never inherited ones. */
-const callable = new Set(Object.getOwnPropertyNames(SqliteStore.prototype).filter((name) => {
+const callable = new Set(Object.getOwnPropertyNames(Engine.prototype).filter((name) => {
   if (name === 'constructor') return false;
-  const d = Object.getOwnPropertyDescriptor(SqliteStore.prototype, name);
+  const d = Object.getOwnPropertyDescriptor(Engine.prototype, name);
   return d !== undefined && typeof d.value === 'function';
 }));
 

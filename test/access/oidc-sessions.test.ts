@@ -344,7 +344,7 @@ describe('oidc sessions too big for a cookie', () => {
       const onB = await go(j, `${b.url}${TARGET}`, { headers: API });
       assert.equal(onB.status, 200);
       await onB.text();
-      const out = await go(jar, `${a.url}/_smart_proxy/auth/sign-out`, { method: 'POST', headers: BROWSER });
+      const out = await go(jar, `${a.url}/_smart_proxy/auth/sign-out`, { method: 'POST', headers: { ...BROWSER, origin: a.url } });
       assert.equal(out.status, 303);
       // The same cookie, replayed after sign-out, opens nothing.
       const j2 = new CookieJar();

@@ -155,7 +155,8 @@ describe('oidc sign-in (raw HTTP)', () => {
 
   it('signs out locally and at the provider (RP-initiated)', async () => {
     const { jar } = await signIn(proxy.url, TARGET, 'alice', 'alice-pw');
-    const out = await go(jar, `${proxy.url}/_smart_proxy/auth/sign-out`, { method: 'POST', headers: BROWSER });
+    // As a browser posts the sign-out page's form: Origin names this site.
+    const out = await go(jar, `${proxy.url}/_smart_proxy/auth/sign-out`, { method: 'POST', headers: { ...BROWSER, origin: proxy.url } });
     assert.equal(out.status, 303);
     const loc = new URL(out.headers.get('location') as string);
     assert.equal(loc.origin, issuer.url);

@@ -89,8 +89,11 @@ describe('OIDC sign-in in Chromium', { skip, timeout: 120_000 }, () => {
       // Scripts never see the session.
       assert.equal(await page.evaluate(() => (globalThis as unknown as { document: { cookie: string } }).document.cookie), '');
 
-      // Sign out: at the proxy, then at the provider (its confirmation), then the proxy's page.
+      // Sign out: the link shows a button (a GET signs no one out), which posts the form; then
+      // the provider's confirmation, then the proxy's page.
       await page.goto(`${proxy.url}/_smart_proxy/auth/sign-out`);
+      assert.match(await page.textContent('h1') ?? '', /Sign out/);
+      await Promise.all([page.waitForURL((u) => u.href.startsWith(issuer.url)), page.click('form button')]);
       assert.ok(page.url().startsWith(issuer.url), page.url());
       await page.click('button[name=logout]');
       await page.waitForURL(`${proxy.url}/_smart_proxy/auth/signed-out`);

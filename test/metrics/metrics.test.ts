@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { systemClock } from '../../src/core/clock.ts';
+import { Metrics } from '../../src/metrics/metrics.ts';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { parseScrape } from '../helpers/prometheus.ts';
 import { startTestApp, testConfig, until } from './metrics-app.ts';
@@ -140,5 +142,40 @@ test('metrics and the cold-start header can be turned off; the header can be ren
     await r.text();
   } finally {
     await renamed.close();
+  }
+});
+
+test('the event-loop sampler runs while there is work and stops when the proxy is idle (no wake-ups at idle)', async () => {
+  const p = new MimicProvider();
+  const t = await startTestApp(testConfig({ resources: { app: { provider: 'p' } } }, ['p']), { p });
+  // A second Metrics on the same manager, with a short quiet period (the default is 10 s).
+  const m = new Metrics({ manager: t.app.manager, clock: systemClock, resources: [{ id: 'app', provider: 'p' }], maxResourceLabels: 10, loopSampleAfterWorkMs: 400 });
+  try {
+    const maxDelay = async (): Promise<number> => parseScrape((await m.render()).body).value('smart_proxy_event_loop_delay_seconds', { quantile: '1' }) ?? -1;
+    assert.equal(m.sampling, true, 'on at start (start-up is work)');
+    await until('the sampler stops when nothing happens', () => !m.sampling);
+    await maxDelay(); // resets the window
+    // Work: a request (a start, then the response) turns it on again.
+    const r = await fetch(`${t.app.proxyUrl}/smart_proxy/app/-/x`);
+    assert.equal(r.status, 200);
+    await r.text();
+    assert.equal(m.sampling, true, 'on again with traffic');
+    // A blocked loop while there is work is seen (the point of the metric). Node's sampler
+    // measures between its own ticks, so it needs one tick before the block to measure from.
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    const end = performance.now() + 120;
+    while (performance.now() < end) { /* block the event loop */ }
+    // The sampler's own timer (20 ms) fires late once the loop is free: one period later it has.
+    await new Promise((resolve) => setTimeout(resolve, 40));
+    const seen = await maxDelay();
+    assert.ok(seen >= 0.1, `a 120 ms block shows as at least 0.1 s: ${seen}`);
+    await until('the sampler stops again', () => !m.sampling);
+    await maxDelay(); // the window up to the stop
+    // Several of the sampler's 20 ms periods pass at idle: none is sampled.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(await maxDelay(), 0, 'nothing sampled at idle');
+  } finally {
+    m.close();
+    await t.close();
   }
 });

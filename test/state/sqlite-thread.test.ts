@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -14,6 +14,8 @@ import { DatabaseSync } from 'node:sqlite';
 import { after, describe, it } from 'node:test';
 import { parseConfig } from '../../src/config/load.ts';
 import { startApp } from '../../src/main.ts';
+import { systemClock } from '../../src/core/clock.ts';
+import { SqliteKeyValueStore } from '../../src/state/key-value-stores.ts';
 import { ThreadedSqliteStore } from '../../src/state/threaded-sqlite-store.ts';
 import { startEchoServer } from '../helpers/echo-server.ts';
 import { collectingLogger, type Harness } from '../helpers/proxy-harness.ts';
@@ -121,6 +123,85 @@ void describe('ThreadedSqliteStore', () => {
     } finally {
       raw.close();
     }
+  });
+});
+
+void describe('SqliteKeyValueStore (sign-in sessions, on its own worker)', () => {
+  void it('a call waiting on another connection\'s lock leaves the event loop free, then fails clearly; the retry succeeds', async () => {
+    const path = join(dir, 'kv-locked.sqlite');
+    const kv = new SqliteKeyValueStore(path, systemClock, { busyTimeoutMs: 1_000 });
+    await kv.set('session:a', 'sealed', 60_000);
+    const lock = lockFromOutside(path);
+    const delay = monitorEventLoopDelay({ resolution: 5 });
+    try {
+      delay.enable();
+      const started = performance.now();
+      await assert.rejects(kv.setIfAbsent('sign-in-used:x', '1', 60_000), /locked|busy/i);
+      delay.disable();
+      assert.ok(performance.now() - started >= 900, `the write waited ${performance.now() - started} ms`);
+      // On the event loop (the store before this one) the whole wait was a frozen proxy.
+      const maxMs = delay.max / 1e6;
+      assert.ok(maxMs < 50, `event loop delay reached ${maxMs.toFixed(1)} ms while the database was locked`);
+      // Reads go on under a write lock (WAL).
+      assert.equal(await kv.get('session:a'), 'sealed');
+      lock.release();
+      assert.equal(await kv.setIfAbsent('sign-in-used:x', '1', 60_000), true);
+      assert.equal(await kv.setIfAbsent('sign-in-used:x', '1', 60_000), false);
+    } finally {
+      delay.disable();
+      try { lock.release(); } catch { /* already released */ }
+      await kv.close();
+    }
+  });
+
+  void it('a call that misses its deadline fails, and the next call gets a fresh worker', async () => {
+    const path = join(dir, 'kv-deadline.sqlite');
+    const kv = new SqliteKeyValueStore(path, systemClock, { busyTimeoutMs: 10_000, callTimeoutMs: 300 });
+    await kv.set('k', 'v', 60_000);
+    const lock = lockFromOutside(path);
+    try {
+      await assert.rejects(kv.set('k', 'w', 60_000), /no answer within 300 ms/);
+      lock.release();
+      await kv.set('k', 'w', 60_000);
+      assert.equal(await kv.get('k'), 'w');
+      assert.equal(kv.restarts, 1);
+    } finally {
+      try { lock.release(); } catch { /* already released */ }
+      await kv.close();
+    }
+  });
+
+  void it('does not keep the process alive when idle, and starts no thread before its first call', async () => {
+    const path = join(dir, 'kv-exit.sqlite');
+    const kvUrl = new URL('../../src/state/key-value-stores.ts', import.meta.url).href;
+    const clockUrl = new URL('../../src/core/clock.ts', import.meta.url).href;
+    const script = `
+      import { SqliteKeyValueStore } from ${JSON.stringify(kvUrl)};
+      import { systemClock } from ${JSON.stringify(clockUrl)};
+      const unused = new SqliteKeyValueStore(${JSON.stringify(`${path}.unused`)}, systemClock);
+      const kv = new SqliteKeyValueStore(${JSON.stringify(path)}, systemClock);
+      await kv.set('k', 'v', 60_000);
+      void kv.set('late', 'landed', 60_000);
+    `;
+    const file = join(dir, 'kv-exit-script.mjs');
+    writeFileSync(file, script);
+    const child = spawn(process.execPath, [file], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    try {
+      const [code] = await once(child, 'exit') as [number | null];
+      assert.equal(code, 0, stderr);
+    } finally {
+      clearTimeout(timer);
+    }
+    const raw = new DatabaseSync(path);
+    try {
+      assert.deepEqual(raw.prepare('SELECT k, v FROM key_values ORDER BY k').all().map((r) => `${String(r.k)}=${String(r.v)}`), ['k=v', 'late=landed']);
+    } finally {
+      raw.close();
+    }
+    assert.equal(existsSync(`${path}.unused`), false, 'no file (and no thread) for a store never called');
   });
 });
 

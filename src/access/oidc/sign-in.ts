@@ -13,8 +13,11 @@
  * - `GET callback/<name>` checks it (single use, through the shared store), redeems the code,
  *   opens the session, asks the data plane to start the resource the user returns to, and
  *   redirects back to the exact path and query;
- * - `GET|POST sign-out[?rd=<path>]` ends the session here, then at the provider when it
- *   offers an end_session_endpoint;
+ * - `GET sign-out[?rd=<path>]` answers a page with a sign-out button (a link must not sign
+ *   anyone out: an image or a link on another site could); `POST sign-out` ends the session
+ *   here, then at the provider when it offers an end_session_endpoint. The POST must prove it
+ *   comes from this site (logout CSRF): `Sec-Fetch-Site: same-origin`, an `Origin` of this
+ *   site, or else the page's token, sealed for this session;
  * - `GET signed-out` says so.
  *
  * Return paths are only ever same-origin relative paths (no open redirect).
@@ -38,6 +41,13 @@ export const AUTH_PREFIX = '/_smart_proxy/auth/';
 /** After a refresh failed for want of the provider, the same token is tried again after this. */
 const REFRESH_RETRY_MS = 30_000;
 const CALLBACK = `${AUTH_PREFIX}callback/`;
+const SIGN_OUT = `${AUTH_PREFIX}sign-out`;
+/** The sign-out form's body: a token and a return path, nothing larger. */
+const MAX_SIGN_OUT_BODY_BYTES = 8 * 1024;
+/** Longest wait for that body: a client that sends its head and then stalls holds nothing long. */
+const SIGN_OUT_BODY_TIMEOUT_MS = 10_000;
+/** A sign-out page's token is good for this long (the page may sit in a tab). */
+const SIGN_OUT_TOKEN_TTL_MS = 12 * 60 * 60_000;
 
 /** An identity from a session carries what the response and the backend may need. */
 export interface SessionIdentity extends VerifiedIdentity {
@@ -267,12 +277,13 @@ export class OidcSignIn {
     const url = new URL(req.url ?? '/', this.#origin);
     const path = url.pathname;
     const method = req.method ?? 'GET';
-    if (path === `${AUTH_PREFIX}sign-out`) {
-      if (method !== 'GET' && method !== 'POST') {
-        res.setHeader('allow', 'GET, POST');
-        throw methodNotAllowed('GET, POST');
+    if (path === SIGN_OUT) {
+      if (method === 'POST') await this.#signOut(req, res, url);
+      else if (method === 'GET' || method === 'HEAD') await this.#signOutPage(req, res, url);
+      else {
+        res.setHeader('allow', 'GET, HEAD, POST');
+        throw methodNotAllowed('GET, HEAD, POST');
       }
-      await this.#signOut(req, res, url);
       return;
     }
     if (method !== 'GET' && method !== 'HEAD') {
@@ -286,7 +297,7 @@ export class OidcSignIn {
       const opened = await this.sessions.open(headerValues(req, 'cookie'));
       if (opened.kind !== 'session') this.#page(res, 'Not signed in', this.#signInLink(null));
       else this.#page(res, 'Signed in', `<p>Signed in as <b>${escapeHtml(opened.session.user)}</b> (groups: ${escapeHtml(opened.session.groups.join(', ') || 'none')}).</p>`
-        + `<form method="post" action="${AUTH_PREFIX}sign-out"><button>Sign out</button></form>`);
+        + await this.#signOutForm(opened.session, undefined));
     }
     else throw new SmartProxyError('SP_ROUTE_NOT_FOUND', `nothing at ${path.slice(0, 200)}`);
   }
@@ -433,11 +444,74 @@ export class OidcSignIn {
     redirect(res, `${this.#origin}${rd ?? `${AUTH_PREFIX}signed-in`}`);
   }
 
+  /** GET sign-out: a confirmation page whose button POSTs (a GET never signs out). */
+  async #signOutPage(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+    const opened = await this.sessions.open(headerValues(req, 'cookie'));
+    const rdParam = url.searchParams.get('rd');
+    const rd = rdParam === null ? undefined : safeReturnPath(rdParam, this.#origin);
+    if (opened.kind !== 'session') {
+      this.#page(res, 'Not signed in', `<p>You are not signed in.</p>${this.#signInLink(rdParam)}`);
+      return;
+    }
+    this.#page(res, 'Sign out', `<p>Signed in as <b>${escapeHtml(opened.session.user)}</b>.</p>${await this.#signOutForm(opened.session, rd)}`);
+  }
+
+  /** The sign-out button: a POST carrying a token sealed for this session (see #csrfProblem). */
+  async #signOutForm(session: Session, rd: string | undefined): Promise<string> {
+    const token = await this.#sealer.seal('sign-out', { sid: session.sid, exp: this.#clock.now() + SIGN_OUT_TOKEN_TTL_MS });
+    return `<form method="post" action="${escapeHtml(`${SIGN_OUT}${rd === undefined ? '' : `?rd=${encodeURIComponent(rd)}`}`)}">`
+      + `<input type="hidden" name="token" value="${escapeHtml(token)}"><button>Sign out</button></form>`;
+  }
+
+  /**
+   * Why this POST may not sign anyone out, or undefined. Another site could make a browser
+   * POST here (a form needs no script), so the request must show it comes from this site:
+   * `Sec-Fetch-Site` (set by the browser, never by a page) saying same-origin, else an `Origin`
+   * of this site (the public URL's, or the Host the browser addressed), else (a browser that
+   * sends `Origin: null` or none) the form's token, sealed for this very session.
+   */
+  async #csrfProblem(req: IncomingMessage, form: URLSearchParams, session: Session | undefined): Promise<string | undefined> {
+    const site = req.headers['sec-fetch-site'];
+    if (site === 'same-origin') return undefined;
+    if (site !== undefined && site !== 'none') return `it came from another site (Sec-Fetch-Site: ${site.slice(0, 40)})`;
+    const origin = req.headers.origin;
+    if (origin !== undefined && origin !== 'null') {
+      return this.#isOwnOrigin(origin, req.headers.host) ? undefined : `it came from ${origin.slice(0, 200)}, not from this site`;
+    }
+    // Nothing to end: no one is signed out by it.
+    if (session === undefined) return undefined;
+    const token = form.get('token');
+    const opened = token === null || token.length > 4096 ? undefined : await this.#sealer.open('sign-out', token);
+    if (opened === undefined || opened.sid !== session.sid) return 'it carries no sign-out token of this session';
+    if (typeof opened.exp !== 'number' || opened.exp < this.#clock.now()) return 'its sign-out page is too old';
+    return undefined;
+  }
+
+  #isOwnOrigin(origin: string, host: string | undefined): boolean {
+    let o: URL;
+    try {
+      o = new URL(origin);
+    } catch {
+      return false;
+    }
+    if (o.origin === this.#origin) return true;
+    // Without a publicUrl the proxy knows itself by the Host the browser sent (a page on
+    // another site cannot make its own Origin name this host).
+    return host !== undefined && o.host === host.toLowerCase() && (o.protocol === 'http:' || o.protocol === 'https:');
+  }
+
+  /** POST sign-out: checks where it comes from, then ends the session here and at the provider. */
   async #signOut(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+    const form = await readForm(req);
     const opened = await this.sessions.open(headerValues(req, 'cookie'));
     const session = opened.kind === 'session' ? opened.session : undefined;
+    const refused = await this.#csrfProblem(req, form, session);
+    if (refused !== undefined) {
+      this.#log.warn({ user: session?.user, origin: req.headers.origin?.slice(0, 200), site: req.headers['sec-fetch-site'] }, 'oidc: sign-out refused (not from this site)');
+      throw new SmartProxyError('SP_ACCESS_DENIED', `Sign-out refused: ${refused}. Sign out with the button at ${SIGN_OUT}.`, { data: { reason: 'sign-out not from this site' } });
+    }
     res.setHeader('set-cookie', await this.sessions.end(session, opened.kind === 'session' && opened.stored));
-    const rdParam = url.searchParams.get('rd');
+    const rdParam = url.searchParams.get('rd') ?? form.get('rd');
     const rd = rdParam === null ? undefined : safeReturnPath(rdParam, this.#origin);
     const signedOut = `${this.#origin}${AUTH_PREFIX}signed-out${rd === undefined ? '' : `?rd=${encodeURIComponent(rd)}`}`;
     const issuer = session === undefined ? undefined : this.#issuers.get(session.prov);
@@ -482,6 +556,42 @@ function redirect(res: ServerResponse, location: string): void {
   // 303: the next request is a GET whatever this one was (sign-out may be a POST).
   res.writeHead(303, { location, 'cache-control': 'no-store', 'content-length': '0' });
   res.end();
+}
+
+/**
+ * The sign-out form's body (application/x-www-form-urlencoded), bounded in bytes and time; an
+ * empty or absent body is an empty form. Other content types are read as empty (and bounded).
+ */
+function readForm(req: IncomingMessage): Promise<URLSearchParams> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  const tooLarge = (): SmartProxyError => new SmartProxyError('SP_BODY_TOO_LARGE', `The sign-out form is larger than ${MAX_SIGN_OUT_BODY_BYTES} bytes.`);
+  if (declared > MAX_SIGN_OUT_BODY_BYTES) return Promise.reject(tooLarge());
+  const form = /^application\/x-www-form-urlencoded\b/i.test(req.headers['content-type'] ?? '');
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const done = (err: Error | undefined, value?: URLSearchParams): void => {
+      clearTimeout(timer);
+      req.off('data', onData).off('end', onEnd).off('error', onError).off('close', onClose);
+      if (err !== undefined) reject(err);
+      else resolve(value as URLSearchParams);
+    };
+    const timer = setTimeout(() => done(new SmartProxyError('SP_CLIENT_BODY_TIMEOUT', 'The sign-out form did not arrive in time.')), SIGN_OUT_BODY_TIMEOUT_MS);
+    const onData = (c: Buffer): void => {
+      size += c.length;
+      if (size > MAX_SIGN_OUT_BODY_BYTES) {
+        done(tooLarge());
+        return;
+      }
+      if (form) chunks.push(c);
+    };
+    const onEnd = (): void => done(undefined, new URLSearchParams(Buffer.concat(chunks).toString('utf8')));
+    // A client that left is nobody to answer: an error that logs nothing (not SP_INTERNAL).
+    const gone = (): SmartProxyError => new SmartProxyError('SP_CLIENT_BODY_TIMEOUT', 'The client left before its sign-out form arrived.');
+    const onError = (): void => done(gone());
+    const onClose = (): void => { if (!req.complete) done(gone()); };
+    req.on('data', onData).once('end', onEnd).once('error', onError).once('close', onClose);
+  });
 }
 
 function headerValues(req: IncomingMessage, name: string): string[] {
