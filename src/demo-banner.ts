@@ -59,7 +59,7 @@ export function demoBanner(proxyUrl: string, mockCloudUrl: string | undefined, a
       `Browser sign-in (OIDC, embedded provider at ${issuerUrl}): open in a browser`,
       `  ${proxyUrl}/smart_proxy/notebook/-/   # sign in, watch your VM wake, land on it`,
       `  ${proxyUrl}/smart_proxy/reports/staff/   # alice only`,
-      `  ${proxyUrl}/_smart_proxy/auth/sign-out   # sign out (here and at the provider)`,
+      `  ${proxyUrl}/_smart_proxy/auth/sign-out   # the sign-out button (here and at the provider)`,
       '  users: alice / alice-demo-password (g1, g2, staff), bob / bob-demo-password (g1),',
       `         carol / ${demoCredentials.carol.password} (g2)`,
       '',
