@@ -110,7 +110,7 @@ export class ResourceManager implements ConnectionPort {
       clock, logger, calls: this.#calls, coordinator: this.#coordinator, closed,
       afterStop: (ctl) => { if (!this.#closed) this.#ensureStarted(ctl); },
     });
-    this.#drains = new Drains({ clock, stop: (inst, reason) => void this.stop(inst, reason) });
+    this.#drains = new Drains({ clock, stop: (inst, reason) => { if (!this.#closed) void this.stop(inst, reason); } });
     this.#flight = {
       clock, logger, prober: options.prober, calls: this.#calls, coordinator: this.#coordinator, history: this.#history,
       lostEndpoints: this.#lostEndpoints,
