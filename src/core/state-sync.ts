@@ -61,6 +61,8 @@ export class StateSync {
   #flushing: Promise<void> | undefined;
   #unsubscribe: (() => void) | undefined;
   #closed = false;
+  /** The flush timer is off: nothing pending, nothing in service (see #quiet). */
+  #sleeping = false;
 
   constructor(options: StateSyncOptions) {
     this.#store = options.store;
@@ -164,6 +166,7 @@ export class StateSync {
   recordAudit(e: AuditEvent): void {
     if (this.#closed) return;
     this.#pushAudit(e);
+    this.#wake();
   }
 
   /** Subscribes to the control plane and starts the flush timer. */
@@ -196,11 +199,34 @@ export class StateSync {
   #schedule(): void {
     if (this.#closed) return;
     this.#timer = this.#clock.setTimeout(() => {
-      void this.flush().finally(() => this.#schedule());
+      this.#timer = undefined;
+      void this.flush().finally(() => {
+        // An idle proxy should cost nothing: with nothing pending and no instance in
+        // service, nothing can change without an event or an audit record, and both wake
+        // the timer again. Instances in service keep it: their activity marks change
+        // without events.
+        if (this.#quiet()) this.#sleeping = true;
+        else this.#schedule();
+      });
     }, this.#intervalMs);
   }
 
+  #quiet(): boolean {
+    if (this.#dirty.size > 0 || this.#audit.length > 0 || this.#samples.length > 0) return false;
+    for (const inst of this.#manager.allInstances()) {
+      if (inst.status !== 'stopped' && inst.status !== 'failed') return false;
+    }
+    return true;
+  }
+
+  #wake(): void {
+    if (!this.#sleeping || this.#closed) return;
+    this.#sleeping = false;
+    this.#schedule();
+  }
+
   #onEvent(e: ManagerEvent): void {
+    this.#wake();
     const inst = e.instance;
     this.#dirty.add(inst);
     const base = { at: e.at, resourceId: inst.resource.id, instanceKey: inst.key };

@@ -31,6 +31,43 @@ class FlakyStore extends MemoryStore {
 }
 
 describe('StateSync', () => {
+  it('lets its flush timer sleep while nothing is in service, and wakes it on the next event', async () => {
+    const s = setup();
+    const store = new MemoryStore();
+    // Counts the timers the sync itself arms (the manager has its own on the same clock).
+    let armed = 0;
+    const clock = { now: () => s.clock.now(), setTimeout: (fn: () => void, ms: number) => { armed++; return s.clock.setTimeout(fn, ms); } };
+    const sync = new StateSync({ store, manager: s.manager, clock, logger: collectingLogger([]), flushIntervalMs: 1_000 });
+    sync.start();
+    await s.clock.advance(1_000);
+    const asleep = armed;
+    await s.clock.advance(60_000);
+    assert.equal(armed, asleep, 'nothing in service, nothing pending: no flush timer');
+    // An instance in service keeps it going (its activity marks change without events).
+    const inst = await makeReady(s);
+    await s.clock.advance(1_000);
+    assert.equal((await store.loadInstances())[0]?.status, 'ready', 'the event woke the timer');
+    const ticking = armed;
+    await s.clock.advance(5_000);
+    assert.ok(armed >= ticking + 5, `${armed - ticking} flush timers in 5 s while an instance is ready`);
+    s.manager.touch(inst);
+    const touchedAt = s.clock.now();
+    await s.clock.advance(1_000);
+    assert.equal((await store.loadInstances())[0]?.lastActivityAt, touchedAt);
+    await s.manager.stop(inst, 'test');
+    await s.clock.advance(2_000);
+    assert.deepEqual(await store.loadInstances(), [], 'the stop is written before the timer sleeps');
+    const stopped = armed;
+    await s.clock.advance(60_000);
+    assert.equal(armed, stopped, 'asleep again');
+    // An audit record from outside the control plane wakes it too.
+    sync.recordAudit({ at: s.clock.now(), type: 'access-denied', resourceId: 'r', reason: 'test' });
+    await s.clock.advance(1_000);
+    assert.ok((await store.recentAudit(50)).some((e) => e.type === 'access-denied'));
+    await sync.close();
+    s.manager.close();
+  });
+
   it('writes instances, activity, boot samples and audit events in batches on a timer', async () => {
     const s = setup();
     const store = new MemoryStore();
