@@ -127,7 +127,13 @@ void describe('qemu provider', () => {
       await s.provider.start(r, signal());
       const woken = await s.provider.inspect(r, long());
       assert.equal(woken.state, 'running');
-      assert.ok(s.events.slice(before).some((e) => e.type === 'restored'), 'restored, not booted');
+      // inspect may read QEMU's "running" a moment before the provider's own restore watcher
+      // does and reports it: wait for that report (bounded), already made or still coming.
+      const restored = await Promise.race([
+        s.nextEvent('restored', undefined, before),
+        new Promise<undefined>((resolve) => { setTimeout(resolve, 30_000, undefined).unref(); }),
+      ]);
+      assert.ok(restored !== undefined, 'restored, not booted');
       assert.ok(!s.events.slice(before).some((e) => e.type === 'console-marker'));
       const res = await request(`${woken.endpoint ?? ''}/health`, { signal: signal() });
       assert.equal(res.statusCode, 200);
