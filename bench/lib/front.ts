@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { parseConfig } from '../../src/config/load.ts';
 import { generateNginxConfig } from '../../src/front/nginx-config.ts';
 import { startSmartProxy, type Context, type SmartChild } from './context.ts';
-import { startNginxFront } from './nginx.ts';
+import { proxyPassHttp, startNginxFront } from './nginx.ts';
 import { freePort, waitForHttp, type Spawned } from './procs.ts';
 
 export interface FrontMode {
@@ -108,22 +108,9 @@ ${http}
 `;
 }
 
-/** nginx's plain proxy_pass, as bench/lib/nginx.ts's startNginxProxy configures it. */
+/** nginx's plain proxy_pass, exactly as startNginxProxy (bench/lib/nginx.ts) configures it. */
 export function plainProxyConf(dir: string, port: number, upstreamPort: number): string {
-  return wholeConf(dir, `  upstream backend {
-    server 127.0.0.1:${upstreamPort};
-    keepalive 64;
-    keepalive_requests 100000000;
-  }
-  server {
-    listen 127.0.0.1:${port} backlog=4096;
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For $remote_addr;
-    }
-  }`);
+  return wholeConf(dir, proxyPassHttp(port, upstreamPort));
 }
 
 /** nginx running a generated front-proxy snippet. */

@@ -43,10 +43,12 @@ export async function startNginxUpstream(dir: string, port: number, cpu: string)
   return start(dir, 'upstream', conf, port, cpu);
 }
 
-/** nginx as a reverse proxy with keep-alive to the upstream (how one configures it for speed). */
-export async function startNginxProxy(dir: string, port: number, upstreamPort: number, cpu: string): Promise<Spawned> {
-  const conf = `${common(dir, 'nginx-proxy')}
-  upstream backend {
+/**
+ * The http-block contents of nginx as a reverse proxy with keep-alive to the upstream (how one
+ * configures it for speed); the front-proxy A/B (bench/lib/front.ts) compares against the same.
+ */
+export function proxyPassHttp(port: number, upstreamPort: number): string {
+  return `  upstream backend {
     server 127.0.0.1:${upstreamPort};
     keepalive 64;
     keepalive_requests 100000000;
@@ -59,7 +61,13 @@ export async function startNginxProxy(dir: string, port: number, upstreamPort: n
       proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For $remote_addr;
     }
-  }
+  }`;
+}
+
+/** nginx as a reverse proxy with keep-alive to the upstream. */
+export async function startNginxProxy(dir: string, port: number, upstreamPort: number, cpu: string): Promise<Spawned> {
+  const conf = `${common(dir, 'nginx-proxy')}
+${proxyPassHttp(port, upstreamPort)}
 }
 `;
   return start(dir, 'nginx-proxy', conf, port, cpu);

@@ -10,7 +10,7 @@ import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { isSmartProxyError, ProviderError } from '../core/errors.ts';
 import type { InstanceStatus } from '../core/lifecycle.ts';
-import type { Clock, Provider } from '../core/ports.ts';
+import type { Clock, Provider, TimerHandle } from '../core/ports.ts';
 import type { Instance, ManagerEvent, ResourceManager } from '../core/resource-manager.ts';
 import type { HoldOutcome, RequestObserver, RequestRecord, UpgradeRecord } from '../proxy/observer.ts';
 import { METRICS, type MetricDefinition } from './catalogue.ts';
@@ -76,10 +76,10 @@ export class Metrics implements RequestObserver {
   /** The status each instance had at its previous event, to tell a stop from a vanishing. */
   readonly #lastStatus = new WeakMap<Instance, InstanceStatus>();
   readonly #eventLoop: ReturnType<typeof monitorEventLoopDelay>;
-  /** `performance.now()` until which the loop sampler stays on; its timer while it is on. */
+  /** Clock time until which the loop sampler stays on; its timer while it is on. */
   #loopSampleUntil = 0;
   readonly #loopSampleAfterWorkMs: number;
-  #loopTimer: NodeJS.Timeout | undefined;
+  #loopTimer: TimerHandle | undefined;
   #closed = false;
   /**
    * Requests counted since the last scrape, per resource label and status class index. The
@@ -281,7 +281,7 @@ export class Metrics implements RequestObserver {
   close(): void {
     this.#closed = true;
     this.#unsubscribe();
-    clearTimeout(this.#loopTimer);
+    this.#loopTimer?.cancel();
     this.#loopTimer = undefined;
     this.#eventLoop.disable();
   }
@@ -291,10 +291,15 @@ export class Metrics implements RequestObserver {
     return this.#loopTimer !== undefined;
   }
 
+  /** Event-loop delay samples taken since the last scrape (Node records one per 20 ms tick, from the second on). */
+  get loopSampleCount(): number {
+    return this.#eventLoop.count;
+  }
+
   /** There is work: keep the event-loop sampler on until a while after it. O(1), no allocation while on. */
   #working(): void {
     if (this.#closed) return;
-    this.#loopSampleUntil = performance.now() + this.#loopSampleAfterWorkMs;
+    this.#loopSampleUntil = this.#clock.now() + this.#loopSampleAfterWorkMs;
     if (this.#loopTimer !== undefined) return;
     this.#eventLoop.enable();
     this.#armLoopTimer(this.#loopSampleAfterWorkMs);
@@ -302,8 +307,9 @@ export class Metrics implements RequestObserver {
 
   /** One timer per quiet period, not per request: when it fires it looks whether work came meanwhile. */
   #armLoopTimer(ms: number): void {
-    this.#loopTimer = setTimeout(() => {
-      const left = this.#loopSampleUntil - performance.now();
+    // The injected clock's timers never keep the process alive.
+    this.#loopTimer = this.#clock.setTimeout(() => {
+      const left = this.#loopSampleUntil - this.#clock.now();
       if (left > 0 && !this.#closed) {
         this.#armLoopTimer(left);
         return;
@@ -311,8 +317,6 @@ export class Metrics implements RequestObserver {
       this.#loopTimer = undefined;
       this.#eventLoop.disable();
     }, Math.max(1, Math.ceil(ms)));
-    // Never what keeps the process alive.
-    this.#loopTimer.unref();
   }
 
   // -- internals -------------------------------------------------------------------------

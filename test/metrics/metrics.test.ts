@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { systemClock } from '../../src/core/clock.ts';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { ManualClock } from '../../src/core/clock.ts';
 import { Metrics } from '../../src/metrics/metrics.ts';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { parseScrape } from '../helpers/prometheus.ts';
@@ -148,12 +149,23 @@ test('metrics and the cold-start header can be turned off; the header can be ren
 test('the event-loop sampler runs while there is work and stops when the proxy is idle (no wake-ups at idle)', async () => {
   const p = new MimicProvider();
   const t = await startTestApp(testConfig({ resources: { app: { provider: 'p' } } }, ['p']), { p });
-  // A second Metrics on the same manager, with a short quiet period (the default is 10 s).
-  const m = new Metrics({ manager: t.app.manager, clock: systemClock, resources: [{ id: 'app', provider: 'p' }], maxResourceLabels: 10, loopSampleAfterWorkMs: 400 });
+  // A second Metrics on the same manager, its quiet period (400 ms) on a clock the test drives.
+  const clock = new ManualClock();
+  const m = new Metrics({ manager: t.app.manager, clock, resources: [{ id: 'app', provider: 'p' }], maxResourceLabels: 10, loopSampleAfterWorkMs: 400 });
+  const block = (ms: number): void => {
+    const end = performance.now() + ms;
+    while (performance.now() < end) { /* the event loop is blocked: the stimulus, not a wait */ }
+  };
+  // Enough turns of the loop for an overdue timer (the sampler's 20 ms tick) to have run
+  // (timers run once per turn, before setImmediate callbacks).
+  const turns = async (): Promise<void> => { for (let i = 0; i < 3; i++) await nextTurn(); };
   try {
     const maxDelay = async (): Promise<number> => parseScrape((await m.render()).body).value('smart_proxy_event_loop_delay_seconds', { quantile: '1' }) ?? -1;
     assert.equal(m.sampling, true, 'on at start (start-up is work)');
-    await until('the sampler stops when nothing happens', () => !m.sampling);
+    await clock.advance(399);
+    assert.equal(m.sampling, true, 'on through the quiet period');
+    await clock.advance(1);
+    assert.equal(m.sampling, false, 'off once a quiet period passed with no work');
     await maxDelay(); // resets the window
     // Work: a request (a start, then the response) turns it on again.
     const r = await fetch(`${t.app.proxyUrl}/smart_proxy/app/-/x`);
@@ -161,19 +173,25 @@ test('the event-loop sampler runs while there is work and stops when the proxy i
     await r.text();
     assert.equal(m.sampling, true, 'on again with traffic');
     // A blocked loop while there is work is seen (the point of the metric). Node's sampler
-    // measures between its own ticks, so it needs one tick before the block to measure from.
-    await new Promise((resolve) => setTimeout(resolve, 30));
-    const end = performance.now() + 120;
-    while (performance.now() < end) { /* block the event loop */ }
-    // The sampler's own timer (20 ms) fires late once the loop is free: one period later it has.
-    await new Promise((resolve) => setTimeout(resolve, 40));
+    // records from its second tick on (it measures between ticks): await its first sample.
+    await until('the sampler has taken a sample', () => m.loopSampleCount > 0);
+    const before = m.loopSampleCount;
+    block(150);
+    await until('the sampler ran again after the block', () => m.loopSampleCount > before);
     const seen = await maxDelay();
-    assert.ok(seen >= 0.1, `a 120 ms block shows as at least 0.1 s: ${seen}`);
-    await until('the sampler stops again', () => !m.sampling);
-    await maxDelay(); // the window up to the stop
-    // Several of the sampler's 20 ms periods pass at idle: none is sampled.
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    assert.equal(await maxDelay(), 0, 'nothing sampled at idle');
+    assert.ok(seen >= 0.1, `a 150 ms block shows as at least 0.1 s: ${seen}`);
+    // The scrape restarted the window: a sample after it, so that a running sampler would see
+    // the next block.
+    await until('a sample after the scrape', () => m.loopSampleCount > 0);
+    await clock.advance(400);
+    assert.equal(m.sampling, false, 'off again a quiet period after the work');
+    // The same block at idle is not sampled: the sampler is off.
+    const samples = m.loopSampleCount;
+    block(150);
+    await turns();
+    assert.equal(m.loopSampleCount, samples, 'no sample while off');
+    const idle = await maxDelay();
+    assert.ok(idle < 0.1, `the block at idle is not seen: ${idle}`);
   } finally {
     m.close();
     await t.close();
