@@ -219,7 +219,7 @@ const resourceFields = {
   holdTimeoutMs: optMs('How long one request is held at most. Default: bootTimeoutMs.'),
   probe: probeSchema.optional(),
   probeIntervalMs: optMs('Pause between probes once the provider says running.', resourceBuiltinDefaults.probeIntervalMs),
-  pollIntervalMinMs: optMs('First pause between provider polls while it says starting; grows x1.5.', resourceBuiltinDefaults.pollIntervalMinMs),
+  pollIntervalMinMs: optMs('Shortest pause between provider polls while it says starting (the pause grows with the boot\'s elapsed time, or follows past boots).', resourceBuiltinDefaults.pollIntervalMinMs),
   pollIntervalMaxMs: optMs('Longest pause between provider polls.', resourceBuiltinDefaults.pollIntervalMaxMs),
   providerCallTimeoutMs: optMs('Each provider call is cut after this long, then retried within the boot deadline.', resourceBuiltinDefaults.providerCallTimeoutMs),
   failureCooldownMs: optMs('After a failed start, requests fail fast with 503 for this long.', resourceBuiltinDefaults.failureCooldownMs),

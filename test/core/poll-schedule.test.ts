@@ -17,9 +17,24 @@ function schedule(untilMs: number, estimate: typeof narrow | undefined): number[
   return at;
 }
 
-void it('without a history it is plain backoff', () => {
-  assert.equal(nextPollDelayMs(500, 152, 20, 250, undefined), 152);
-  assert.deepEqual(schedule(300, undefined), [0, 20, 50, 95, 163, 265, 418]);
+void it('without a history the pause is a tenth of the time elapsed, within [min, max]', () => {
+  assert.equal(nextPollDelayMs(0, 20, 20, 250, undefined), 20);
+  assert.equal(nextPollDelayMs(500, 152, 20, 250, undefined), 50);
+  assert.equal(nextPollDelayMs(9000, 250, 20, 250, undefined), 250);
+  // A boot ending anywhere in its first 2 s is seen within 10 % of its length (or min).
+  const at = schedule(2000, undefined);
+  for (let i = 1; i < at.length; i++) {
+    const gap = at[i]! - at[i - 1]!;
+    assert.ok(gap <= Math.max(20, Math.ceil(at[i - 1]! / 10)), `gap ${gap} after ${at[i - 1]}`);
+  }
+  assert.equal(at.length, 35, `polls by 2 s: ${at.join(',')}`);
+  // The price is bounded: once the pause is at max, plain backoff would poll just as often.
+  const plain = (until: number) => {
+    let t = 0, b = 20, n = 1;
+    while (t < until) { t += b; n++; b = Math.min(250, Math.ceil(b * 1.5)); }
+    return n;
+  };
+  assert.ok(schedule(60_000, undefined).length - plain(60_000) <= 22);
 });
 
 void it('with a narrow history, polls land every min interval around the expected end', () => {
