@@ -19,7 +19,7 @@ interface Panel {
 }
 
 const COLORS: Record<string, string> = {
-  direct: '#7f7f7f', nginx: '#2ca02c', chp: '#d62728', bare: '#1f77b4', dispatch: '#17becf', smart: '#ff7f0e', 'smart-public': '#ffbb78', 'smart-jwt': '#e377c2', front: '#bcbd22', probe: '#9467bd', provider: '#8c564b',
+  direct: '#7f7f7f', nginx: '#2ca02c', chp: '#d62728', bare: '#1f77b4', dispatch: '#17becf', smart: '#ff7f0e', 'smart-public': '#ffbb78', 'smart-jwt': '#e377c2', front: '#bcbd22', probe: '#9467bd', provider: '#8c564b', 'first-boot': '#c49c94',
 };
 const PERCENTILES = [30, 40, 50, 60, 70, 75, 80, 85, 90, 95, 97.5, 99, 99.5, 99.9, 99.99];
 const nines = (p: number): number => -Math.log10(1 - p / 100);
@@ -121,7 +121,7 @@ export function latencyChart(t: readonly ContenderResult[], wake: readonly WakeR
       maxPercentile: 99.9,
       refLines: [{ y: 20, label: 'p50 target 20 ms' }, { y: 50, label: 'p99 target 50 ms' }],
       series: wake.map((wr) => ({
-        name: wr.path === 'probe' ? 'found by probe' : 'found by provider poll', color: COLORS[wr.path] ?? '#000',
+        name: wr.path === 'probe' ? 'found by probe' : wr.path === 'provider' ? 'found by provider poll' : 'provider poll, first boots', color: COLORS[wr.path] ?? '#000',
         points: PERCENTILES.filter((p) => p <= 99.9).map((p) => [p, quantile(wr.samplesMs, p / 100)] as const),
       })),
     }, w1, 0, w2, h));

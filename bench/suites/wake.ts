@@ -5,6 +5,8 @@
  *   listening at instant T while K requests are held; readiness is found by the probe.
  * - provider path: the provider says `starting` until T = start + boot (300 ± 50 ms), then
  *   `running`; readiness is found by polling the provider, then one probe.
+ * - first boots: the provider path again, but every wake is of a different resource, so none
+ *   has a boot history to go by (the provider path's other wakes learn from the earlier ones).
  *
  * Between wakes the instance is stopped (IPC), so every wake is a cold start.
  */
@@ -15,7 +17,7 @@ import { freePort } from '../lib/procs.ts';
 import { quantile } from '../lib/stats.ts';
 
 export interface WakeResult {
-  readonly path: 'probe' | 'provider';
+  readonly path: 'probe' | 'provider' | 'first-boot';
   readonly wakes: number;
   readonly heldPerWake: number;
   /** Every held request's T → response head, ms. */
@@ -58,15 +60,19 @@ function get(url: string): Promise<{ status: number; at: number }> {
   });
 }
 
-/** One public resource `wake` on a static backend at `port`: both wake paths use it. */
-function wakeConfig(port: number): string {
+/**
+ * Public resources on a static backend at `port`: `wake` (both wake paths use it), and with
+ * `firstBoots` also `wake0` … `wake{firstBoots - 1}`, each woken once.
+ */
+function wakeConfig(port: number, firstBoots = 0): string {
+  const more = Array.from({ length: firstBoots }, (_, i) => `  wake${i}: { provider: up, bootTimeoutMs: 30000, access: { public: true } }\n`).join('');
   return `listen: { host: 127.0.0.1, port: 0 }
 log: { level: warn }
 providers:
   up: { kind: static, endpoint: "http://127.0.0.1:${port}" }
 resources:
   wake: { provider: up, bootTimeoutMs: 30000, access: { public: true } }
-`;
+${more}`;
 }
 
 async function waitHeld(child: SmartChild, n: number): Promise<void> {
@@ -120,20 +126,22 @@ async function probePath(ctx: Context, wakes: number): Promise<WakeResult> {
   return summarise('probe', wakes, samples, detect, errors, loop);
 }
 
-async function providerPath(ctx: Context, wakes: number): Promise<WakeResult> {
-  const yaml = wakeConfig(ctx.upstreamPort);
-  const child = await startSmartProxy(ctx, 'wake-provider', yaml, ['--switch', 'up', '--boot-ms', '300', '--boot-jitter-ms', '50']);
-  const url = `${child.url}/smart_proxy/wake/-/`;
+/** With `firstBoots`, wake i is of resource `wake{i}`, which has never booted. */
+async function providerPath(ctx: Context, wakes: number, firstBoots: boolean): Promise<WakeResult> {
+  const yaml = wakeConfig(ctx.upstreamPort, firstBoots ? wakes : 0);
+  const child = await startSmartProxy(ctx, firstBoots ? 'wake-first-boot' : 'wake-provider', yaml, ['--switch', 'up', '--boot-ms', '300', '--boot-jitter-ms', '50']);
   const samples: number[] = [];
   const detect: number[] = [];
   let errors = 0;
   let loop: Stats['loopDelayMs'];
   try {
     for (let i = 0; i < wakes; i++) {
+      const id = firstBoots ? `wake${i}` : 'wake';
+      const url = `${child.url}/smart_proxy/${id}/-/`;
       const results = await Promise.all(Array.from({ length: HELD }, () => get(url)));
       const s = await ask<Stats>(child.ipc, { type: 'stats' }, 'stats');
       const t = s.flips.at(-1)!;
-      detect.push(s.readyAt.wake!.at(-1)! - t);
+      detect.push(s.readyAt[id]!.at(-1)! - t);
       for (const r of results) {
         if (r.status !== 200) errors++;
         samples.push(r.at - t);
@@ -144,7 +152,7 @@ async function providerPath(ctx: Context, wakes: number): Promise<WakeResult> {
   } finally {
     await child.stop();
   }
-  return summarise('provider', wakes, samples, detect, errors, loop);
+  return summarise(firstBoots ? 'first-boot' : 'provider', wakes, samples, detect, errors, loop);
 }
 
 export async function runWake(ctx: Context): Promise<WakeResult[]> {
@@ -153,7 +161,10 @@ export async function runWake(ctx: Context): Promise<WakeResult[]> {
   const probe = await probePath(ctx, wakes);
   ctx.log(`  p50 ${probe.p50Ms.toFixed(1)} ms, p99 ${probe.p99Ms.toFixed(1)} ms (T → ready p50 ${probe.detectP50Ms.toFixed(1)} ms), errors ${probe.errors}`);
   ctx.log(`wake latency, provider path (boot 300 ± 50 ms): ${wakes} wakes × ${HELD} held`);
-  const provider = await providerPath(ctx, wakes);
+  const provider = await providerPath(ctx, wakes, false);
   ctx.log(`  p50 ${provider.p50Ms.toFixed(1)} ms, p99 ${provider.p99Ms.toFixed(1)} ms (T → ready p50 ${provider.detectP50Ms.toFixed(1)} ms), errors ${provider.errors}`);
-  return [probe, provider];
+  ctx.log(`wake latency, provider path, first boots only (boot 300 ± 50 ms, no history): ${wakes} resources × ${HELD} held`);
+  const first = await providerPath(ctx, wakes, true);
+  ctx.log(`  p50 ${first.p50Ms.toFixed(1)} ms, p99 ${first.p99Ms.toFixed(1)} ms (T → ready p50 ${first.detectP50Ms.toFixed(1)} ms), errors ${first.errors}`);
+  return [probe, provider, first];
 }
