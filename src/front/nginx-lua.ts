@@ -1,0 +1,183 @@
+/**
+ * The Lua decision cache of the generated nginx config (`smart-proxy nginx-config --cache
+ * lua`; docs/operations/front-proxy.md). The plain variant asks for every warm request's
+ * decision with an `auth_request` subrequest that nginx's proxy_cache answers; this one keeps
+ * the decision in nginx's own memory (a `lua_shared_dict`, shared by the workers), so a warm
+ * request costs a hash, a shared-memory lookup and a few variables instead of a subrequest.
+ *
+ * What stays the same as the plain variant: a miss asks the decision listener with the same
+ * subrequest (the same headers), an allow is kept for the grant TTL (less when the answer's
+ * X-Accel-Expires says so), anything but an allow is never kept and sends the request to the
+ * data plane, which answers it. Added: a backend that fails a direct forward (502/504) has
+ * its decision dropped, so the next request is decided afresh.
+ *
+ * Needs lua-nginx-module with lua-resty-core (Debian: libnginx-mod-http-lua, which loads
+ * ndk_http_module and ngx_http_lua_module through /etc/nginx/modules-enabled/).
+ */
+import { DECISION_PATH } from './protocol.ts';
+
+/** The `load_module` lines a private nginx (tests, benchmarks) needs in its main context. */
+export const NGINX_LUA_MODULES = `load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;`;
+
+/** The Debian package that brings them. */
+export const NGINX_LUA_PACKAGE = 'libnginx-mod-http-lua';
+
+/** Shared dict names (one nginx runs one generated config). */
+const DICT = 'smart_proxy_decisions';
+const LOCKS = 'smart_proxy_decision_locks';
+
+/** The http-level directives: the two shared dicts, fixed sizes, least recently used evicted. */
+export function luaSharedDicts(): string {
+  return `# The decision cache: decisions by route and a salted hash of the credential (never the
+# credential itself). Fixed size; when full, the least recently used entry is evicted.
+lua_shared_dict ${DICT} 10m;
+# One decision call at a time per key (concurrent misses wait for it, at most 5 s), and the salt.
+lua_shared_dict ${LOCKS} 1m;`;
+}
+
+/** A Lua string literal of `s` (ASCII only: the inputs are generated names and numbers). */
+const lit = (s: string): string => `"${s.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
+
+/**
+ * The access-phase Lua of `location /smart_proxy/`. `credentialVars` are the nginx variables
+ * (without `$`) that carry a credential, as in the plain variant's cache key.
+ */
+export function luaAccess(credentialVars: readonly string[], ttlMs: number): string {
+  const cred = credentialVars.map((v) => `(var.${v} or "")`).join(' .. "\\0" .. ');
+  // The module is built once per worker (package.loaded) and kept: the per-request chunk is
+  // two table lookups and a call, with no closures made per request.
+  return `access_by_lua_block {
+            local sp = package.loaded.smart_proxy_front
+            if sp == nil then
+                sp = (function()
+${LUA_MODULE.replace('@TTL_S@', String(ttlMs / 1000)).replace('@DECISION_PATH@', lit(DECISION_PATH)).replace(/^/gm, '                    ').trimEnd()}
+                end)()
+                package.loaded.smart_proxy_front = sp
+            end
+            local var = ngx.var
+            return sp.access(var.smart_proxy_route, ${cred})
+        }`;
+}
+
+/** The access-phase Lua of `location @smart_proxy`: drop the decision of a failed direct forward. */
+export function luaDropFailed(): string {
+  return `access_by_lua_block {
+            -- Set only when this request was forwarded directly on a cached allow: it failed
+            -- (the backend refused or timed out), so the allow is dropped and the next request
+            -- is decided afresh while Smart Proxy wakes the resource again.
+            local key = ngx.var.smart_proxy_key
+            if key ~= nil and key ~= "" then
+                ngx.shared.${DICT}:delete(key)
+                ngx.log(ngx.NOTICE, "smart proxy: a direct forward failed (", ngx.var.upstream_status, "): decision dropped, the next request is decided afresh")
+            end
+        }`;
+}
+
+/**
+ * The module. A value is the allow's six fields joined by "\\n" (header values never hold
+ * one): upstream, host, base path, user, groups, pass-credentials flag.
+ */
+const LUA_MODULE = `local dict = ngx.shared.${DICT}
+local locks = ngx.shared.${LOCKS}
+local var = ngx.var
+local sha1_bin, capture, exec, sleep, log, ERR = ngx.sha1_bin, ngx.location.capture, ngx.exec, ngx.sleep, ngx.log, ngx.ERR
+local find, sub, lower, concat, tonumber, type, pairs = string.find, string.sub, string.lower, table.concat, tonumber, type, pairs
+local TTL_S = @TTL_S@
+local LOCK_S = 5
+local salt
+
+-- One random salt for all workers (they share the dict, so their keys must agree): the
+-- first to need one stores it. Were it ever lost, keys would just change: decided afresh.
+local function get_salt()
+    local s = locks:get("salt")
+    if s == nil then
+        local f = assert(io.open("/dev/urandom", "rb"))
+        local bytes = f:read(32)
+        f:close()
+        assert(bytes ~= nil and #bytes == 32, "short read from /dev/urandom")
+        locks:add("salt", bytes)
+        s = assert(locks:get("salt"), "no room for the salt")
+    end
+    return s
+end
+
+local function serve(v, key)
+    local a = find(v, "\\n", 1, true)
+    local b = find(v, "\\n", a + 1, true)
+    local c = find(v, "\\n", b + 1, true)
+    local d = find(v, "\\n", c + 1, true)
+    local e = find(v, "\\n", d + 1, true)
+    var.smart_proxy_upstream = sub(v, 1, a - 1)
+    var.smart_proxy_address = sub(v, a + 1, b - 1)
+    var.smart_proxy_base_path = sub(v, b + 1, c - 1)
+    var.smart_proxy_user = sub(v, c + 1, d - 1)
+    var.smart_proxy_groups = sub(v, d + 1, e - 1)
+    var.smart_proxy_pass_credentials = sub(v, e + 1)
+    var.smart_proxy_key = key
+end
+
+local function field(h, name)
+    local v = h[name]
+    if type(v) == "table" then return nil end -- repeated: not an answer of Smart Proxy's
+    return v or ""
+end
+
+-- Asks the decision listener (the plain variant's subrequest). Returns the allow to keep, or
+-- nil: the request goes via Smart Proxy (never kept, as the plain variant keeps no 401).
+local function decide(key)
+    -- Concurrent misses for one key make one call: the others wait for its answer (bounded),
+    -- then ask themselves if it was no allow (as nginx's proxy_cache_lock).
+    local locked = locks:add(key, true, LOCK_S)
+    if not locked then
+        local waited, step = 0, 0.001
+        while waited < LOCK_S do
+            sleep(step)
+            waited = waited + step
+            local v = dict:get(key)
+            if v ~= nil then return v end
+            if locks:get(key) == nil then break end
+            if step < 0.05 then step = step * 2 end
+        end
+    end
+    local ok, res = pcall(capture, @DECISION_PATH@)
+    if locked then locks:delete(key) end
+    if not ok then error("decision subrequest failed: " .. tostring(res)) end
+    if res.status ~= 200 then return nil end
+    local h = {}
+    for name, value in pairs(res.header) do h[lower(name)] = value end
+    local upstream = field(h, "sp-upstream")
+    if upstream == nil or upstream == "" then
+        log(ERR, "smart proxy: an allow without SP-Upstream; sending the request via Smart Proxy")
+        return nil
+    end
+    local fields = { upstream, field(h, "sp-host"), field(h, "sp-base"), field(h, "sp-user"), field(h, "sp-groups"), field(h, "sp-creds") }
+    for i = 2, 6 do
+        if fields[i] == nil then return nil end
+    end
+    local v = concat(fields, "\\n")
+    -- The grant's life: the TTL, less when Smart Proxy says so (a JWT about to expire).
+    local ttl = TTL_S
+    local expires = tonumber(h["x-accel-expires"])
+    if expires ~= nil and expires < ttl then ttl = expires end
+    if ttl > 0 then
+        -- Evicts the least recently used entries when full; a failure only costs a decision.
+        local stored, err = dict:set(key, v, ttl)
+        if not stored then log(ERR, "smart proxy: decision not kept: ", err) end
+    end
+    return v
+end
+
+local M = {}
+function M.access(route, cred)
+    if salt == nil then salt = get_salt() end
+    local key = route .. "\\0" .. sha1_bin(salt .. cred)
+    local v = dict:get(key)
+    if v == nil then
+        v = decide(key)
+        if v == nil then return exec("@smart_proxy") end
+    end
+    serve(v, key)
+end
+return M
+`;
