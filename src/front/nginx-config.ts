@@ -16,7 +16,7 @@
  *   answers Smart Proxy's busy checks from that count (busy-checker.ts).
  */
 import type { Config, IdentityConfig } from '../config/schema.ts';
-import { luaAccess, luaDropFailed, luaSharedDicts, NGINX_LUA_PACKAGE } from './nginx-lua.ts';
+import { luaDecide, luaDropFailed, luaSharedDicts, NGINX_LUA_PACKAGE } from './nginx-lua.ts';
 import { BUSY_PATH, DECISION_PATH, FRONT_HEADERS } from './protocol.ts';
 import { UpstreamNames } from './upstreams.ts';
 
@@ -149,7 +149,7 @@ upstream smart_proxy_decision {
 }`);
   }
   out(`
-# The direct path's gate: one regex over the raw target, which matches only what Smart Proxy
+${lua ? '' : `# The direct path's gate: one regex over the raw target, which matches only what Smart Proxy
 # would forward unchanged: a route whose resource id and groups are written plainly, then a
 # path without dot segments (also as "..;x"), "//", backslashes, "#", control characters, or
 # "%" encodings of ".", "/", "\\", "%", control characters or bytes above 0x7f. Anything else
@@ -166,7 +166,7 @@ map "$smart_proxy_direct$http_upgrade" $smart_proxy_via {
     "1" 0;
     default 1;
 }
-# The upstream path: the endpoint's own path, then the forwarded one ("/" alone forwards to
+`}# The upstream path: the endpoint's own path, then the forwarded one ("/" alone forwards to
 # the endpoint path exactly, as the data plane does). Exact matches: no regex.
 map $smart_proxy_tail $smart_proxy_upstream_path {
     "" $smart_proxy_base_root;
@@ -205,24 +205,31 @@ server {
     ignore_invalid_headers on;
 
     location /smart_proxy/ {
-${lua ? `        # The key of the decision this request is forwarded on (set by Lua; @smart_proxy drops it).
-        set $smart_proxy_key "";
-` : ''}        error_page 418 = @smart_proxy;
-        if ($smart_proxy_via) {
+        error_page 418 = @smart_proxy;
+${lua ? `        # The direct path's gate: one regex over the raw target, which matches only what Smart
+        # Proxy would forward unchanged: a route whose resource id and groups are written
+        # plainly, then a path without dot segments (also as "..;x"), "//", backslashes, "#",
+        # control characters, or "%" encodings of ".", "/", "\\", "%", control characters or
+        # bytes above 0x7f. Anything else is Smart Proxy's strict parser's to judge. The captures
+        # name the route (the decision key and X-Forwarded-Prefix), the resource (the
+        # open-request count) and the path after the route. An \`if\` rather than a \`map\`: a map
+        # lowercases and hashes its subject before the regex, on every request.
+        if ($request_uri !~ "${DIRECT_TARGET.slice(1)}") {
             return 418;
         }
-        # Counted under $smart_proxy_resource, which the gate above captured.
+        # A WebSocket upgrade goes via Smart Proxy (its Origin is checked there).
+        if ($http_upgrade != "") {
+            return 418;
+        }
+` : `        if ($smart_proxy_via) {
+            return 418;
+        }
+`}        # Counted under $smart_proxy_resource, which the gate above captured.
         limit_conn smart_proxy_open 65535;
 ${lua ? `
-        # The decision: from the shared dict, or (a miss) asked with the subrequest below and
-        # kept if it allows. Anything else goes via Smart Proxy (ngx.exec). Lua sets these.
-        set $smart_proxy_upstream "";
-        set $smart_proxy_address "";
-        set $smart_proxy_base_path "";
-        set $smart_proxy_user "";
-        set $smart_proxy_groups "";
-        set $smart_proxy_pass_credentials "";
-        ${luaAccess(credentials.map((v) => v.slice(1)), front.grantTtlMs)}
+        # The decision: the grant from the shared dict, or (a miss) asked with the subrequest
+        # below and kept if it allows. Anything else goes via Smart Proxy (ngx.exec).
+        ${luaDecide(credentials, front.grantTtlMs)}
         # 500: the decision failed (a Lua error, logged; the decision listener unreachable);
         # 502/504: the backend is gone. Smart Proxy answers all of them (and wakes the backend
         # again).

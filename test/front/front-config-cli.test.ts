@@ -76,8 +76,9 @@ void describe('front-proxy config commands', () => {
       assert.doesNotMatch(conf, /auth_request |proxy_cache /, 'no subrequest per request, no proxy_cache');
       assert.doesNotMatch(conf, new RegExp(`${dir}/cache`), 'no cache files');
       // The key: the route and a salted SHA-1 of every credential part the identities read.
-      assert.match(conf, /sp\.access\(var\.smart_proxy_route, \(var\.http_authorization or ""\) \.\. "\\0" \.\. \(var\.remote_addr or ""\) \.\. "\\0" \.\. \(var\.http_x_auth_user or ""\) \.\. "\\0" \.\. \(var\.http_x_auth_groups or ""\)\)/);
-      assert.match(conf, /local key = route \.\. "\\0" \.\. sha1_bin\(salt \.\. cred\)/);
+      assert.match(conf, /set_by_lua \$smart_proxy_grant '[^']*' \$smart_proxy_route \$http_authorization \$remote_addr \$http_x_auth_user \$http_x_auth_groups;/);
+      assert.match(conf, /local CRED_NAMES = \{ "http_authorization", "remote_addr", "http_x_auth_user", "http_x_auth_groups" \}/);
+      assert.match(conf, /return route \.\. "\\0" \.\. sha1_bin\(salt \.\. cred\)/);
       assert.match(conf, /proxy_set_header X-User \$smart_proxy_user;/);
       writeFileSync(join(dir, 'nginx.conf'), `${NGINX_LUA_MODULES}\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents {}\nhttp {\n${conf}\n}\n`);
       const t = spawnSync('/usr/sbin/nginx', ['-t', '-q', '-p', dir, '-e', join(dir, 'error.log'), '-c', join(dir, 'nginx.conf')], { encoding: 'utf8' });

@@ -415,12 +415,19 @@ export function nginxFrontSuite(cache: NginxCache): void {
       const [inst] = app.manager.instancesOf('app');
       await mimic.crash(inst!.key);
       const errorLog = join(nginx.dir, 'error.log');
-      const dropsBefore = readFileSync(errorLog, 'utf8').split('decision dropped').length;
+      const drops = (): number => readFileSync(errorLog, 'utf8').split('decision dropped').length - 1;
+      // Requests sent via Smart Proxy before any forward (refused after a decision, unsafe
+      // paths, WebSockets, unknown resources) drop nothing.
+      const dropsBefore = drops();
+      assert.equal((await get(nginxPort, '/smart_proxy/app/-/x', bearer(EVE))).status, 404);
+      assert.equal((await get(nginxPort, '/smart_proxy/nope/-/x', bearer(ALICE))).status, 404);
+      assert.equal((await get(nginxPort, '/smart_proxy/app/-/a/../b', bearer(ALICE))).status, 400);
+      assert.equal(drops(), dropsBefore);
       const data0 = dataPlaneRequests;
       const first = await get(nginxPort, '/smart_proxy/app/-/after-crash', bearer(ALICE));
       assert.equal(first.status, 200, first.body);
       assert.equal(dataPlaneRequests - data0, 1, 'the failed direct forward went via Smart Proxy');
-      assert.equal(readFileSync(errorLog, 'utf8').split('decision dropped').length, dropsBefore + 1, 'nginx dropped the decision');
+      assert.equal(drops(), dropsBefore + 1, 'nginx dropped the decision');
       // Decided afresh (not the dropped allow, which names the dead address): one decision call,
       // and the request goes directly to the backend Smart Proxy woke.
       const data1 = dataPlaneRequests;
