@@ -462,5 +462,27 @@ export function nginxFrontSuite(cache: NginxCache): void {
         await plain.close();
       }
     });
+  
+    void it('a Lua error sends the request to Smart Proxy, which answers it, and is logged', async () => {
+      const [port, control] = [await freePort(), await freePort()];
+      // Without its shared dicts the decision's Lua fails on every miss.
+      const broken = (dir: string): string => generateNginxConfig(config, { cache }).replace('@DIR@', dir)
+        .replace(/^lua_shared_dict .*$/gm, '')
+        .replace(`listen ${config.front.nginx.listen};`, `listen 127.0.0.1:${port};`)
+        .replace(`listen ${config.front.nginx.controlListen};`, `listen 127.0.0.1:${control};`);
+      const other = await startNginx(broken, port, NGINX_LUA_MODULES);
+      try {
+        for (let i = 0; i < 2; i++) {
+          const before = dataPlaneRequests;
+          const r = await get(port, `/smart_proxy/app/-/lua-error/${i}`, bearer(ALICE));
+          assert.equal(r.status, 200, r.body);
+          assert.equal((JSON.parse(r.body) as Echo).url, `/lua-error/${i}`);
+          assert.equal(dataPlaneRequests - before, 1, 'answered by the data plane');
+        }
+        assert.match(readFileSync(join(other.dir, 'error.log'), 'utf8'), /\[error\] .*lua entry thread aborted: runtime error: access_by_lua/);
+      } finally {
+        await other.close();
+      }
+    });
   });
 }
