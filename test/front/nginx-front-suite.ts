@@ -288,6 +288,18 @@ export function nginxFrontSuite(cache: NginxCache): void {
       }
     });
 
+    void it('makes one decision call for concurrent first requests of a route and credential', async () => {
+      assert.equal((await get(nginxPort, '/smart_proxy/app/-/warm', bearer(ALICE))).status, 200);
+      // A route nobody asked for yet (the URL's groups are part of it): a fresh key.
+      const route = `/smart_proxy/app/staff`;
+      const before = { direct: app.front!.decisions.counts.direct, via: app.front!.decisions.counts.viaProxy, data: dataPlaneRequests };
+      const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => get(nginxPort, `${route}/burst/${i}`, bearer(ALICE))));
+      assert.deepEqual([...new Set(answers.map((a) => a.status))], [200]);
+      assert.equal(app.front!.decisions.counts.direct - before.direct, 1, 'one decision for 20 concurrent requests');
+      assert.equal(app.front!.decisions.counts.viaProxy - before.via, 0);
+      assert.equal(dataPlaneRequests - before.data, 0);
+    });
+
     void it('stops serving a revoked credential within the grant TTL', async () => {
       const token = await signJwt(['staff']);
       assert.equal((await get(nginxPort, '/smart_proxy/app/-/jwt', bearer(token))).status, 200);
