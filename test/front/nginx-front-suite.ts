@@ -142,38 +142,39 @@ export function nginxFrontSuite(cache: NginxCache): void {
       signJwt = (groups) => new SignJWT({ groups }).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setSubject('jwt-user')
         .setIssuer('test').setAudience('sp').setExpirationTime('10m').sign(privateKey);
       config = parseConfig(`
-  listen: { host: 127.0.0.1, port: ${listen} }
-  state: { kind: memory }
-  trustedProxies: [127.0.0.1]
-  identities:
-    - kind: token
-      tokens:
-        - { user: alice, groups: [staff], hash: "${sha(ALICE)}" }
-        - { user: eve, groups: [guests], hash: "${sha(EVE)}" }
-    - kind: jwt
-      issuer: test
-      audience: sp
-      algorithms: [ES256]
-      jwksUrl: "http://127.0.0.1:${jwksPort}/jwks"
-      jwksCacheMaxAgeMs: 1
-      jwksCooldownMs: 1
-  # Smart Proxy's own cache of verified JWTs adds up to jwtRecheckMs to the revocation window.
-  access: { credentials: { jwtRecheckMs: 500 } }
-  providers:
-    m: { kind: static, endpoint: "http://127.0.0.1:9" }
-    slow: { kind: static, endpoint: "http://127.0.0.1:9" }
-    based: { kind: static, endpoint: "http://127.0.0.1:9" }
-  resources:
-    based: { provider: based, access: { anyOf: [staff] }, idleStopMs: 600000, bootTimeoutMs: 10000 }
-    app: { provider: m, access: { anyOf: [staff] }, idleStopMs: 600000, bootTimeoutMs: 10000 }
-    idle: { provider: slow, access: { anyOf: [staff] }, idleStopMs: 1500, bootTimeoutMs: 10000 }
-  front:
-    enabled: true
-    decision: { host: 127.0.0.1, port: ${decision} }
-    grantTtlMs: 1000
-    busyCheckIntervalMs: 200
-    nginx: { listen: "127.0.0.1:${nginxPort}", controlListen: "127.0.0.1:${control}", cachePath: "@DIR@/decisions" }
-  `);
+listen: { host: 127.0.0.1, port: ${listen} }
+state: { kind: memory }
+trustedProxies: [127.0.0.1]
+identities:
+  - kind: token
+    tokens:
+      - { user: alice, groups: [staff], hash: "${sha(ALICE)}" }
+      - { user: eve, groups: [guests], hash: "${sha(EVE)}" }
+  - kind: jwt
+    issuer: test
+    audience: sp
+    algorithms: [ES256]
+    jwksUrl: "http://127.0.0.1:${jwksPort}/jwks"
+    jwksCacheMaxAgeMs: 1
+    jwksCooldownMs: 1
+# Smart Proxy's own cache of verified JWTs adds up to jwtRecheckMs to the revocation window.
+access: { credentials: { jwtRecheckMs: 500 } }
+providers:
+  m: { kind: static, endpoint: "http://127.0.0.1:9" }
+  slow: { kind: static, endpoint: "http://127.0.0.1:9" }
+  based: { kind: static, endpoint: "http://127.0.0.1:9" }
+resources:
+  based: { provider: based, access: { anyOf: [staff] }, idleStopMs: 600000, bootTimeoutMs: 10000 }
+  app: { provider: m, access: { anyOf: [staff] }, idleStopMs: 600000, bootTimeoutMs: 10000 }
+  pub: { provider: m, access: { public: true }, idleStopMs: 600000, bootTimeoutMs: 10000 }
+  idle: { provider: slow, access: { anyOf: [staff] }, idleStopMs: 1500, bootTimeoutMs: 10000 }
+front:
+  enabled: true
+  decision: { host: 127.0.0.1, port: ${decision} }
+  grantTtlMs: 1000
+  busyCheckIntervalMs: 200
+  nginx: { listen: "127.0.0.1:${nginxPort}", controlListen: "127.0.0.1:${control}", cachePath: "@DIR@/decisions" }
+`);
       app = await startApp(config, { logger: collectingLogger(logs), providers: new Map<string, Provider>([['m', mimic], ['slow', slowMimic], ['based', based]]) });
       app.proxy.server.on('request', () => { dataPlaneRequests++; });
       nginx = await startNginx((dir) => generateNginxConfig(config, { cache }).replace('@DIR@', dir), nginxPort, cache === 'lua' ? NGINX_LUA_MODULES : '');
@@ -286,6 +287,22 @@ export function nginxFrontSuite(cache: NginxCache): void {
         assert.equal((JSON.parse(viaNginx.body) as Echo).url, expected, target);
         assert.equal((JSON.parse((await get(dataPort, target, bearer(ALICE))).body) as Echo).url, expected, `${target} through Smart Proxy alone`);
       }
+    });
+
+    void it('serves a public resource to anonymous callers directly once warm', async () => {
+      const cold = await get(nginxPort, '/smart_proxy/pub/-/wake');
+      assert.equal(cold.status, 200, cold.body);
+      const before = { data: dataPlaneRequests, direct: app.front!.decisions.counts.direct };
+      const started = Date.now();
+      for (let i = 0; i < 10; i++) {
+        const r = await get(nginxPort, `/smart_proxy/pub/-/anon/${i}`);
+        assert.equal(r.status, 200, r.body);
+        assert.equal((JSON.parse(r.body) as Echo).headers['x-forwarded-user'], undefined);
+      }
+      const elapsedS = (Date.now() - started) / 1000;
+      assert.equal(dataPlaneRequests - before.data, 0, 'no anonymous request reached the data plane');
+      const asked = app.front!.decisions.counts.direct - before.direct;
+      assert.ok(asked >= 1 && asked <= Math.ceil(elapsedS) + 1, `${asked} decisions for 10 requests in ${elapsedS} s`);
     });
 
     void it('makes one decision call for concurrent first requests of a route and credential', async () => {
@@ -475,6 +492,11 @@ export function nginxFrontSuite(cache: NginxCache): void {
       }
     });
   
+    void it('logged no Lua error while serving this suite', () => {
+      const errors = readFileSync(join(nginx.dir, 'error.log'), 'utf8').split('\n').filter((l) => /\[error\].*lua/.test(l));
+      assert.deepEqual(errors, []);
+    });
+
     void it('a Lua error sends the request to Smart Proxy, which answers it, and is logged', async () => {
       const [port, control] = [await freePort(), await freePort()];
       // Without its shared dicts the decision's Lua fails on every miss.
