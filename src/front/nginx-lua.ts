@@ -3,7 +3,7 @@
  * lua`; docs/operations/front-proxy.md). The plain variant asks for every warm request's
  * decision with an `auth_request` subrequest that nginx's proxy_cache answers; this one keeps
  * the decision in nginx's own memory (a `lua_shared_dict`, shared by the workers), so a warm
- * request costs a hash, a shared-memory lookup and a few variables instead of a subrequest.
+ * request costs a hash, a shared-memory lookup and a regex instead of a subrequest.
  *
  * What stays the same as the plain variant: a miss asks the decision listener with the same
  * subrequest (the same headers), an allow is kept for the grant TTL (less when the answer's
@@ -41,9 +41,9 @@ const lit = (s: string): string => `"${s.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
 
 /**
  * The grant of a request: the allow's six fields, each on a line (header values never hold a
- * newline). On a hit, one regex (`if ... ~`, which neither
- * lowercases nor hashes its subject as a `map` would) splits it into the variables the forward
- * uses: far cheaper than Lua setting six nginx variables.
+ * newline). On a hit, one regex (`if ... ~`, which neither lowercases nor hashes its subject
+ * as a `map` would) splits it into the variables the forward uses: far cheaper than Lua
+ * setting six nginx variables.
  */
 export const GRANT_FIELDS = ['smart_proxy_upstream', 'smart_proxy_address', 'smart_proxy_base_path', 'smart_proxy_user', 'smart_proxy_groups', 'smart_proxy_pass_credentials'] as const;
 const GRANT_REGEX = `^${GRANT_FIELDS.map((f) => `(?<${f}>[^\\n]*)`).join('\\n')}$`;
@@ -190,7 +190,6 @@ function M.lookup(arg)
     return dict:get(key) or ""
 end
 
--- access_by_lua after a miss: the decision (kept if it allows), or via Smart Proxy.
 -- The key of this request, from its variables (off the warm path).
 local function request_key()
     local var = ngx.var
@@ -199,6 +198,7 @@ local function request_key()
     return key_of(var.smart_proxy_route, concat(parts, "\\0"))
 end
 
+-- access_by_lua after a miss: the decision (kept if it allows), or via Smart Proxy.
 function M.miss()
     if salt == nil then salt = get_salt() end
     local var = ngx.var
