@@ -122,8 +122,12 @@ local function get_salt()
     return s
 end
 
+-- No credential at all (an anonymous caller of a public resource): nothing to hash.
+local NO_CREDENTIAL = string.rep("\\0", NCRED - 1)
+
 -- The route, then a salted hash of the credential parts (never the credential itself).
 local function key_of(route, cred)
+    if cred == NO_CREDENTIAL then return route .. "\\0" end
     return route .. "\\0" .. sha1_bin(salt .. cred)
 end
 
