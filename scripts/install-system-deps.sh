@@ -39,6 +39,9 @@ done
 # front of the replicas (docs/operations/replicas.md).
 command -v redis-server >/dev/null 2>&1 || need redis-server "replicas share state on Redis; tests kill and restart one"
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need nginx "the documented load balancer config runs in front of replicas"
+# front-proxy mode's Lua decision cache (test/front/nginx-lua.test.ts, `nginx-config --cache
+# lua`): lua-nginx-module with NDK and lua-resty-core, loaded by nginx from /usr/lib/nginx/modules.
+dpkg -s libnginx-mod-http-lua >/dev/null 2>&1 || need libnginx-mod-http-lua "front-proxy mode keeps decisions in nginx's memory with Lua (nginx-config --cache lua)"
 # front-proxy mode's second front proxy (test/front/haproxy-front.test.ts): HAProxy with Lua.
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need haproxy "front-proxy mode is tested behind HAProxy as well as nginx"
 

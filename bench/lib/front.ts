@@ -8,7 +8,8 @@
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseConfig } from '../../src/config/load.ts';
-import { generateNginxConfig } from '../../src/front/nginx-config.ts';
+import { generateNginxConfig, type NginxCache } from '../../src/front/nginx-config.ts';
+import { NGINX_LUA_MODULES } from '../../src/front/nginx-lua.ts';
 import { startSmartProxy, type Context, type SmartChild } from './context.ts';
 import { proxyPassHttp, startNginxFront } from './nginx.ts';
 import { freePort, waitForHttp, type Spawned } from './procs.ts';
@@ -21,6 +22,8 @@ export interface FrontMode {
   readonly smart: SmartChild;
   /** Another nginx with the same config on other ports and its own cache (callgrind runs it). */
   readonly snippetFor: (port: number, controlPort: number, cachePath: string) => string;
+  /** What that nginx needs before its config's http block (load_module lines). */
+  readonly main: string;
   stop(): Promise<void>;
 }
 
@@ -29,25 +32,31 @@ function cacheDir(ctx: Context, name: string): string {
   return existsSync('/dev/shm') ? join('/dev/shm', `smart-proxy-bench-${process.pid}-${name}`) : join(ctx.workDir, `${name}-cache`);
 }
 
-export async function startFrontMode(ctx: Context, baseYaml: string, probePath: string, headers: readonly string[]): Promise<FrontMode> {
+/**
+ * `decisions` picks the generated config's decision cache: `proxy` (proxy_cache, the default)
+ * or `lua` (a lua_shared_dict; its nginx and Smart Proxy get names of their own).
+ */
+export async function startFrontMode(ctx: Context, baseYaml: string, probePath: string, headers: readonly string[], decisions: NginxCache = 'proxy'): Promise<FrontMode> {
   const [port, decisionPort, controlPort] = [await freePort(), await freePort(), await freePort()];
-  const cache = cacheDir(ctx, 'nginx-front');
+  const suffix = decisions === 'proxy' ? '' : `-${decisions}`;
+  const cache = cacheDir(ctx, `nginx-front${suffix}`);
+  const main = decisions === 'lua' ? NGINX_LUA_MODULES : '';
   const yamlFor = (listen: number, control: number, cachePath: string): string => `${baseYaml}front:
   enabled: true
   decision: { host: 127.0.0.1, port: ${decisionPort} }
   grantTtlMs: 5000
   nginx: { listen: "127.0.0.1:${listen}", controlListen: "127.0.0.1:${control}", cachePath: "${cachePath}" }
 `;
-  const smart = await startSmartProxy(ctx, 'smart-proxy-behind-nginx', yamlFor(port, controlPort, cache));
+  const smart = await startSmartProxy(ctx, `smart-proxy-behind-nginx${suffix}`, yamlFor(port, controlPort, cache));
   const dataPlane = new URL(smart.url).host;
   const snippetFor = (listen: number, control: number, cachePath: string): string =>
-    generateNginxConfig(parseConfig(yamlFor(listen, control, cachePath)), { dataPlane });
+    generateNginxConfig(parseConfig(yamlFor(listen, control, cachePath)), { dataPlane, cache: decisions });
   const cleanup = (): void => {
     rmSync(cache, { recursive: true, force: true });
   };
   let nginx: Spawned;
   try {
-    nginx = await startNginxFront(ctx.workDir, port, snippetFor(port, controlPort, cache), ctx.proxyCpu);
+    nginx = await startNginxFront(ctx.workDir, port, snippetFor(port, controlPort, cache), ctx.proxyCpu, `nginx-front${suffix}`, main);
   } catch (err) {
     await smart.stop();
     cleanup();
@@ -64,7 +73,7 @@ export async function startFrontMode(ctx: Context, baseYaml: string, probePath: 
   }
   await waitForHttp(url);
   return {
-    nginx, port, smart, snippetFor,
+    nginx, port, smart, snippetFor, main,
     async stop() {
       await nginx.stop();
       await smart.stop();
@@ -84,9 +93,10 @@ export function extraCacheDir(ctx: Context, name: string): string {
  * Whole nginx configs for a second nginx of each kind (the callgrind runs): one process in the
  * foreground, as bench/lib/nginx.ts runs them, the same http settings, files under `dir`.
  */
-function wholeConf(dir: string, http: string): string {
+function wholeConf(dir: string, http: string, main = ''): string {
   mkdirSync(join(dir, 'tmp'), { recursive: true });
-  return `daemon off;
+  return `${main}
+daemon off;
 master_process off;
 worker_processes 1;
 worker_rlimit_nofile 20000;
@@ -113,7 +123,7 @@ export function plainProxyConf(dir: string, port: number, upstreamPort: number):
   return wholeConf(dir, proxyPassHttp(port, upstreamPort));
 }
 
-/** nginx running a generated front-proxy snippet. */
-export function frontConf(dir: string, snippet: string): string {
-  return wholeConf(dir, snippet);
+/** nginx running a generated front-proxy snippet (`main`: its load_module lines, if any). */
+export function frontConf(dir: string, snippet: string, main = ''): string {
+  return wholeConf(dir, snippet, main);
 }

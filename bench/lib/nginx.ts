@@ -6,10 +6,11 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnPinned, waitForHttp, type Spawned } from './procs.ts';
 
-function common(dir: string, name: string): string {
+function common(dir: string, name: string, main = ''): string {
   mkdirSync(join(dir, `${name}-tmp`), { recursive: true });
   const tmp = join(dir, `${name}-tmp`);
-  return `daemon off;
+  return `${main}
+daemon off;
 master_process off;
 worker_processes 1;
 worker_rlimit_nofile 20000;
@@ -75,17 +76,18 @@ ${proxyPassHttp(port, upstreamPort)}
 
 /**
  * nginx in front-proxy mode: the config `smart-proxy nginx-config` generates (given as
- * `snippet`), inside the same http block as the other nginx contenders.
+ * `snippet`), inside the same http block as the other nginx contenders; `main` is put before
+ * everything (the Lua variant's load_module lines).
  */
-export async function startNginxFront(dir: string, port: number, snippet: string, cpu: string): Promise<Spawned> {
-  const conf = `${common(dir, 'nginx-front')}
+export async function startNginxFront(dir: string, port: number, snippet: string, cpu: string, name = 'nginx-front', main = ''): Promise<Spawned> {
+  const conf = `${common(dir, name, main)}
   # The generated config writes no access log; the benchmark's nginx contenders log nothing.
 ${snippet}
 }
 `;
-  const file = join(dir, 'nginx-front.conf');
+  const file = join(dir, `${name}.conf`);
   writeFileSync(file, conf);
-  const proc = spawnPinned('nginx-front', 'nginx', ['-e', join(dir, 'nginx-front-error.log'), '-p', dir, '-c', file], { cpu, logFile: join(dir, 'nginx-front.log') });
+  const proc = spawnPinned(name, 'nginx', ['-e', join(dir, `${name}-error.log`), '-p', dir, '-c', file], { cpu, logFile: join(dir, `${name}.log`) });
   await waitForHttp(`http://127.0.0.1:${port}/smart_proxy/`);
   return proc;
 }

@@ -16,6 +16,7 @@
  *   answers Smart Proxy's busy checks from that count (busy-checker.ts).
  */
 import type { Config, IdentityConfig } from '../config/schema.ts';
+import { luaDecide, luaDropFailed, luaSharedDicts, NGINX_LUA_PACKAGE } from './nginx-lua.ts';
 import { BUSY_PATH, DECISION_PATH, FRONT_HEADERS } from './protocol.ts';
 import { UpstreamNames } from './upstreams.ts';
 
@@ -26,7 +27,16 @@ export interface GenerateOptions {
   readonly dataPlane?: string;
   /** The decision listener as nginx reaches it; default from `front.decision`. */
   readonly decision?: string;
+  /**
+   * Where nginx keeps decisions: `proxy` (default) in proxy_cache, answered by an
+   * `auth_request` subrequest per request (OSS nginx alone); `lua` in a lua_shared_dict,
+   * read by Lua with no subrequest (needs lua-nginx-module: nginx-lua.ts).
+   */
+  readonly cache?: NginxCache;
 }
+
+export type NginxCache = 'proxy' | 'lua';
+export const NGINX_CACHES: readonly NginxCache[] = ['proxy', 'lua'];
 
 /** `$upstream_http_x_smart_proxy_user` for `X-Smart-Proxy-User`. */
 const upstreamVar = (header: string): string => `$upstream_http_${header.toLowerCase().replaceAll('-', '_')}`;
@@ -99,7 +109,9 @@ export function generateNginxConfig(config: Config, options: GenerateOptions = {
       protectedHeaders.add(id.groupsHeader.toLowerCase());
     }
   }
-  const key = ['$smart_proxy_route', ...credentialKey(config.identities)].join('|');
+  const credentials = credentialKey(config.identities);
+  const key = ['$smart_proxy_route', ...credentials].join('|');
+  const lua = options.cache === 'lua';
   const H = FRONT_HEADERS;
   const lines: string[] = [];
   const out = (text: string): void => { lines.push(text); };
@@ -109,11 +121,15 @@ export function generateNginxConfig(config: Config, options: GenerateOptions = {
 # config changes. Include it inside \`http { }\` (Debian: /etc/nginx/conf.d/smart-proxy.conf).
 #
 # Warm requests go from nginx straight to the backend; Smart Proxy is asked once per grant
-# (${ttlS} s, front.grantTtlMs) per route and credential: a revoked token or a removed group keeps
+# (${lua ? `${front.grantTtlMs / 1000}` : ttlS} s, front.grantTtlMs) per route and credential: a revoked token or a removed group keeps
 # working for at most that long. Smart Proxy's trustedProxies should list this nginx.
+${lua ? `#
+# Decisions are kept in nginx's memory by Lua (--cache lua): this needs lua-nginx-module and
+# lua-resty-core (Debian: apt-get install ${NGINX_LUA_PACKAGE}, which loads the modules).
 
+${luaSharedDicts()}` : `
 # The decision cache. Its keys contain credentials: keep it on a tmpfs only nginx can read.
-proxy_cache_path ${front.nginx.cachePath} levels=1:2 keys_zone=smart_proxy_decisions:10m max_size=64m inactive=${Math.max(60, ttlS * 4)}s use_temp_path=off;
+proxy_cache_path ${front.nginx.cachePath} levels=1:2 keys_zone=smart_proxy_decisions:10m max_size=64m inactive=${Math.max(60, ttlS * 4)}s use_temp_path=off;`}
 # Requests open per resource (busy checks read it; never a limit in practice).
 limit_conn_zone $smart_proxy_resource zone=smart_proxy_open:10m;
 
@@ -133,7 +149,7 @@ upstream smart_proxy_decision {
 }`);
   }
   out(`
-# The direct path's gate: one regex over the raw target, which matches only what Smart Proxy
+${lua ? '' : `# The direct path's gate: one regex over the raw target, which matches only what Smart Proxy
 # would forward unchanged: a route whose resource id and groups are written plainly, then a
 # path without dot segments (also as "..;x"), "//", backslashes, "#", control characters, or
 # "%" encodings of ".", "/", "\\", "%", control characters or bytes above 0x7f. Anything else
@@ -150,7 +166,7 @@ map "$smart_proxy_direct$http_upgrade" $smart_proxy_via {
     "1" 0;
     default 1;
 }
-# The upstream path: the endpoint's own path, then the forwarded one ("/" alone forwards to
+`}# The upstream path: the endpoint's own path, then the forwarded one ("/" alone forwards to
 # the endpoint path exactly, as the data plane does). Exact matches: no regex.
 map $smart_proxy_tail $smart_proxy_upstream_path {
     "" $smart_proxy_base_root;
@@ -190,12 +206,35 @@ server {
 
     location /smart_proxy/ {
         error_page 418 = @smart_proxy;
-        if ($smart_proxy_via) {
+${lua ? `        # The direct path's gate: one regex over the raw target, which matches only what Smart
+        # Proxy would forward unchanged: a route whose resource id and groups are written
+        # plainly, then a path without dot segments (also as "..;x"), "//", backslashes, "#",
+        # control characters, or "%" encodings of ".", "/", "\\", "%", control characters or
+        # bytes above 0x7f. Anything else is Smart Proxy's strict parser's to judge. The captures
+        # name the route (the decision key and X-Forwarded-Prefix), the resource (the
+        # open-request count) and the path after the route. An \`if\` rather than a \`map\`: a map
+        # lowercases and hashes its subject before the regex, on every request.
+        if ($request_uri !~ "${DIRECT_TARGET.slice(1)}") {
             return 418;
         }
-        # Counted under $smart_proxy_resource, which the gate above captured.
+        # A WebSocket upgrade goes via Smart Proxy (its Origin is checked there).
+        if ($http_upgrade != "") {
+            return 418;
+        }
+` : `        if ($smart_proxy_via) {
+            return 418;
+        }
+`}        # Counted under $smart_proxy_resource, which the gate above captured.
         limit_conn smart_proxy_open 65535;
-
+${lua ? `
+        # The decision: the grant from the shared dict, or (a miss) asked with the subrequest
+        # below and kept if it allows. Anything else goes via Smart Proxy (ngx.exec).
+        ${luaDecide(credentials, front.grantTtlMs)}
+        # 500: the decision failed (a Lua error, logged; the decision listener unreachable);
+        # 502/504: the backend is gone. Smart Proxy answers all of them (and wakes the backend
+        # again).
+        error_page 500 502 504 = @smart_proxy;
+` : `
         auth_request ${DECISION_PATH};
         auth_request_set $smart_proxy_upstream ${upstreamVar(H.upstream)};
         auth_request_set $smart_proxy_address ${upstreamVar(H.address)};
@@ -206,7 +245,7 @@ server {
         # 401: not (yet) for nginx to serve; 500: the decision failed; 502/504: the backend is
         # gone. Smart Proxy answers all of them (and wakes the backend again).
         error_page 401 403 500 502 504 = @smart_proxy;
-
+`}
         proxy_pass $smart_proxy_upstream$smart_proxy_upstream_path$is_args$args;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
@@ -238,7 +277,8 @@ ${[...protectedHeaders].filter((h) => !identityHeaders.some((i) => i.toLowerCase
         proxy_set_header Content-Length "";
         proxy_set_header ${H.uri} $request_uri;
         proxy_set_header ${H.method} $request_method;
-        proxy_set_header ${H.client} $remote_addr;
+        proxy_set_header ${H.client} $remote_addr;${lua ? `
+        # Asked by Lua on a miss (ngx.location.capture), which keeps the allow.` : `
         proxy_cache smart_proxy_decisions;
         # A hit reads the cached allow from a kept-open file (one pread) instead of opening,
         # stat-ing and closing it on every request. A replaced entry is a new file (the cache
@@ -253,7 +293,7 @@ ${[...protectedHeaders].filter((h) => !identityHeaders.some((i) => i.toLowerCase
         proxy_cache_methods GET HEAD POST;
         # Concurrent misses for one key make one call.
         proxy_cache_lock on;
-        proxy_cache_lock_timeout 5s;
+        proxy_cache_lock_timeout 5s;`}
         proxy_connect_timeout 2s;
         proxy_read_timeout 30s;
     }
@@ -263,7 +303,8 @@ ${[...protectedHeaders].filter((h) => !identityHeaders.some((i) => i.toLowerCase
             return 502;
         }
         set $smart_proxy_resource $smart_proxy_any_resource;
-        limit_conn smart_proxy_open 65535;
+        limit_conn smart_proxy_open 65535;${lua ? `
+        ${luaDropFailed()}` : ''}
         proxy_pass ${dataScheme}://smart_proxy_data;
         proxy_http_version 1.1;
         proxy_set_header Host $http_host;

@@ -1,5 +1,5 @@
 /**
- * `smart-proxy nginx-config` and `haproxy-config` print configs that the real nginx and
+ * `smart-proxy nginx-config` (both decision caches) and `haproxy-config` print configs that the real nginx and
  * HAProxy accept (`nginx -t`, `haproxy -c`), for a config using every identity kind, fixed and
  * dynamic backends and renamed identity headers.
  */
@@ -9,6 +9,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { NGINX_LUA_MODULES } from '../../src/front/nginx-lua.ts';
+import { requireNginxLua } from './nginx-front-suite.ts';
 
 const cli = new URL('../../src/cli.ts', import.meta.url).pathname;
 
@@ -57,6 +59,45 @@ void describe('front-proxy config commands', () => {
       writeFileSync(join(dir, 'nginx.conf'), `pid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents {}\nhttp {\n${conf}\n}\n`);
       const t = spawnSync('/usr/sbin/nginx', ['-t', '-q', '-p', dir, '-e', join(dir, 'error.log'), '-c', join(dir, 'nginx.conf')], { encoding: 'utf8' });
       assert.equal(t.status, 0, t.stderr + readFileSync(join(dir, 'error.log'), 'utf8'));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  void it('nginx-config --cache lua prints a config nginx -t accepts with the Lua modules loaded, keyed on a hash of the credential', () => {
+    requireNginxLua();
+    const dir = mkdtempSync(join(tmpdir(), 'sp-front-cli-'));
+    try {
+      const out = spawnSync(process.execPath, [cli, 'nginx-config', '--config', configFile(dir), '--cache', 'lua'], { encoding: 'utf8' });
+      assert.equal(out.status, 0, out.stderr);
+      const conf = out.stdout;
+      assert.match(conf, /lua_shared_dict smart_proxy_decisions 10m;/);
+      assert.match(conf, /access_by_lua_block/);
+      assert.doesNotMatch(conf, /auth_request |proxy_cache /, 'no subrequest per request, no proxy_cache');
+      assert.doesNotMatch(conf, new RegExp(`${dir}/cache`), 'no cache files');
+      // The key: the route and a salted SHA-1 of every credential part the identities read.
+      assert.match(conf, /set_by_lua \$smart_proxy_grant '[^']*' \$smart_proxy_route \$http_authorization \$remote_addr \$http_x_auth_user \$http_x_auth_groups;/);
+      assert.match(conf, /local CRED_NAMES = \{ "http_authorization", "remote_addr", "http_x_auth_user", "http_x_auth_groups" \}/);
+      assert.match(conf, /return route \.\. "\\0" \.\. sha1_bin\(salt \.\. cred\)/);
+      assert.match(conf, /proxy_set_header X-User \$smart_proxy_user;/);
+      writeFileSync(join(dir, 'nginx.conf'), `${NGINX_LUA_MODULES}\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents {}\nhttp {\n${conf}\n}\n`);
+      const t = spawnSync('/usr/sbin/nginx', ['-t', '-q', '-p', dir, '-e', join(dir, 'error.log'), '-c', join(dir, 'nginx.conf')], { encoding: 'utf8' });
+      assert.equal(t.status, 0, t.stderr + readFileSync(join(dir, 'error.log'), 'utf8'));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  void it('nginx-config refuses an unknown --cache, and haproxy-config any --cache', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sp-front-cli-'));
+    try {
+      const bad = spawnSync(process.execPath, [cli, 'nginx-config', '--config', configFile(dir), '--cache', 'redis'], { encoding: 'utf8' });
+      assert.equal(bad.status, 2);
+      assert.match(bad.stderr, /--cache is one of proxy, lua, not "redis"/);
+      assert.equal(bad.stdout, '');
+      const haproxy = spawnSync(process.execPath, [cli, 'haproxy-config', '--config', configFile(dir), '--cache', 'lua'], { encoding: 'utf8' });
+      assert.equal(haproxy.status, 2);
+      assert.match(haproxy.stderr, /--cache is an option of nginx-config only/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -59,11 +59,15 @@ async function run(command: string, args: string[], dir: string, port: number): 
   return { dir, output: () => out, close };
 }
 
-/** nginx in the foreground with `snippet` (the generated config) inside `http { }`. */
-export async function startNginx(snippet: (dir: string) => string, port: number): Promise<FrontProcess> {
+/**
+ * nginx in the foreground with `snippet` (the generated config) inside `http { }` and `main`
+ * (`load_module` lines) before everything.
+ */
+export async function startNginx(snippet: (dir: string) => string, port: number, main = ''): Promise<FrontProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'sp-front-nginx-'));
   chmodSync(dir, 0o777); // workers may run as another user
-  const conf = `daemon off;
+  const conf = `${main}
+daemon off;
 master_process off;
 worker_processes 1;
 pid ${dir}/nginx.pid;

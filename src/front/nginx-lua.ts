@@ -1,0 +1,230 @@
+/**
+ * The Lua decision cache of the generated nginx config (`smart-proxy nginx-config --cache
+ * lua`; docs/operations/front-proxy.md). The plain variant asks for every warm request's
+ * decision with an `auth_request` subrequest that nginx's proxy_cache answers; this one keeps
+ * the decision in nginx's own memory (a `lua_shared_dict`, shared by the workers), so a warm
+ * request costs a hash, a shared-memory lookup and a regex instead of a subrequest.
+ *
+ * What stays the same as the plain variant: a miss asks the decision listener with the same
+ * subrequest (the same headers), an allow is kept for the grant TTL (less when the answer's
+ * X-Accel-Expires says so), anything but an allow is never kept and sends the request to the
+ * data plane, which answers it. Added: a backend that fails a direct forward (502/504) has
+ * its decision dropped, so the next request is decided afresh.
+ *
+ * Needs lua-nginx-module with lua-resty-core (Debian: libnginx-mod-http-lua, which loads
+ * ndk_http_module and ngx_http_lua_module through /etc/nginx/modules-enabled/).
+ */
+import { DECISION_PATH } from './protocol.ts';
+
+/** The `load_module` lines a private nginx (tests, benchmarks) needs in its main context. */
+export const NGINX_LUA_MODULES = `load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;`;
+
+/** The Debian package that brings them. */
+export const NGINX_LUA_PACKAGE = 'libnginx-mod-http-lua';
+
+/** Shared dict names (one nginx runs one generated config). */
+const DICT = 'smart_proxy_decisions';
+const LOCKS = 'smart_proxy_decision_locks';
+
+/** The http-level directives: the two shared dicts, fixed sizes, least recently used evicted. */
+export function luaSharedDicts(): string {
+  return `# The decision cache: decisions by route and a salted hash of the credential (never the
+# credential itself). Fixed size; when full, the least recently used entry is evicted.
+lua_shared_dict ${DICT} 10m;
+# One decision call at a time per key (concurrent misses wait for it, at most 5 s), and the salt.
+lua_shared_dict ${LOCKS} 1m;`;
+}
+
+/** A Lua string literal of `s` (ASCII only: the inputs are generated names and numbers). */
+const lit = (s: string): string => `"${s.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
+
+/**
+ * The grant of a request: the allow's six fields, each on a line (header values never hold a
+ * newline). On a hit, one regex (`if ... ~`, which neither lowercases nor hashes its subject
+ * as a `map` would) splits it into the variables the forward uses: far cheaper than Lua
+ * setting six nginx variables.
+ */
+export const GRANT_FIELDS = ['smart_proxy_upstream', 'smart_proxy_address', 'smart_proxy_base_path', 'smart_proxy_user', 'smart_proxy_groups', 'smart_proxy_pass_credentials'] as const;
+const GRANT_REGEX = `^${GRANT_FIELDS.map((f) => `(?<${f}>[^\\n]*)`).join('\\n')}$`;
+
+/**
+ * The Lua of `location /smart_proxy/`. `credentialVars` are the nginx variables (with `$`) that
+ * carry a credential, as in the plain variant's cache key.
+ *
+ * The warm path is `set_by_lua` (rewrite phase, no coroutine, no subrequest): the key and one
+ * shared-dict lookup; a hit sets `$smart_proxy_grant`. Only a miss runs the access-phase Lua
+ * (inside an `if`, so a hit never starts a Lua thread), which asks Smart Proxy.
+ */
+export function luaDecide(credentialVars: readonly string[], ttlMs: number): string {
+  const module = LUA_MODULE.replace('@TTL_S@', String(ttlMs / 1000)).replace('@DECISION_PATH@', lit(DECISION_PATH)).replace('@NCRED@', String(credentialVars.length))
+    .replace('@CRED_NAMES@', credentialVars.map((v) => lit(v.slice(1))).join(', '))
+    .replace('@SET_FIELDS@', GRANT_FIELDS.map((f, i) => `    var.${f} = f[${i + 1}]`).join('\n'));
+  // The module is built once per worker by the first miss (package.loaded) and kept; until
+  // then, set_by_lua finds none and the request takes the miss path, which builds it.
+  // set_by_lua's string form, because only it takes nginx variables as arguments (ngx.arg),
+  // which costs less than reading them through ngx.var.
+  return `set_by_lua $smart_proxy_grant 'local sp = package.loaded.smart_proxy_front if sp == nil then return "" end return sp.lookup(ngx.arg)' $smart_proxy_route ${credentialVars.join(' ')};
+        if ($smart_proxy_grant = "") {
+            access_by_lua_block {
+                local sp = package.loaded.smart_proxy_front
+                if sp == nil then
+                    sp = (function()
+${module.replace(/^/gm, '                        ').trimEnd()}
+                    end)()
+                    package.loaded.smart_proxy_front = sp
+                end
+                return sp.miss()
+            }
+        }
+        if ($smart_proxy_grant ~ "${GRANT_REGEX}") {
+            # A hit: the named captures are the allow's fields (a miss has Lua set them).
+        }`;
+}
+
+/** The access-phase Lua of `location @smart_proxy`: drop the decision of a failed direct forward. */
+export function luaDropFailed(): string {
+  return `access_by_lua_block {
+            -- An upstream address here means a direct forward on a kept allow failed (the
+            -- backend refused or timed out; a decision's subrequest has upstreams of its own):
+            -- the allow is dropped, and the next request is decided afresh while Smart Proxy
+            -- wakes the resource again.
+            local sp = package.loaded.smart_proxy_front
+            if sp ~= nil and ngx.var.upstream_addr ~= nil then
+                sp.drop()
+            end
+        }`;
+}
+
+/** The module: lookup (set_by_lua, the warm path) and miss (access phase). */
+const LUA_MODULE = `local dict = ngx.shared.${DICT}
+local locks = ngx.shared.${LOCKS}
+local sha1_bin, capture, exec, sleep, log, ERR = ngx.sha1_bin, ngx.location.capture, ngx.exec, ngx.sleep, ngx.log, ngx.ERR
+local find, sub, lower, concat, tonumber, type, pairs, tostring = string.find, string.sub, string.lower, table.concat, tonumber, type, pairs, tostring
+local TTL_S = @TTL_S@
+local LOCK_S = 5
+local NCRED = @NCRED@
+local CRED_NAMES = { @CRED_NAMES@ }
+local salt
+
+-- One random salt for all workers (they share the dict, so their keys must agree): the
+-- first to need one stores it. Were it ever lost, keys would just change: decided afresh.
+local function get_salt()
+    local s = locks:get("salt")
+    if s == nil then
+        local f = assert(io.open("/dev/urandom", "rb"))
+        local bytes = f:read(32)
+        f:close()
+        assert(bytes ~= nil and #bytes == 32, "short read from /dev/urandom")
+        locks:add("salt", bytes)
+        s = assert(locks:get("salt"), "no room for the salt")
+    end
+    return s
+end
+
+-- No credential at all (an anonymous caller of a public resource): nothing to hash.
+local NO_CREDENTIAL = string.rep("\\0", NCRED - 1)
+
+-- The route, then a salted hash of the credential parts (never the credential itself).
+local function key_of(route, cred)
+    if cred == NO_CREDENTIAL then return route .. "\\0" end
+    return route .. "\\0" .. sha1_bin(salt .. cred)
+end
+
+local function field(h, name)
+    local v = h[name]
+    if type(v) == "table" then return nil end -- repeated: not an answer of Smart Proxy's
+    return v or ""
+end
+
+-- Asks the decision listener (the plain variant's subrequest). Returns the allow to keep, or
+-- nil: the request goes via Smart Proxy (never kept, as the plain variant keeps no 401).
+local function decide(key)
+    -- Concurrent misses for one key make one call: the others wait for its answer (bounded),
+    -- then ask themselves if it was no allow (as nginx's proxy_cache_lock).
+    local locked = locks:add(key, true, LOCK_S)
+    if not locked then
+        local waited, step = 0, 0.001
+        while waited < LOCK_S do
+            sleep(step)
+            waited = waited + step
+            local v = dict:get(key)
+            if v ~= nil then return v end
+            if locks:get(key) == nil then break end
+            if step < 0.05 then step = step * 2 end
+        end
+    end
+    local ok, res = pcall(capture, @DECISION_PATH@)
+    if locked then locks:delete(key) end
+    if not ok then error("decision subrequest failed: " .. tostring(res)) end
+    if res.status ~= 200 then return nil end
+    local h = {}
+    for name, value in pairs(res.header) do h[lower(name)] = value end
+    local upstream = field(h, "sp-upstream")
+    if upstream == nil or upstream == "" then
+        log(ERR, "smart proxy: an allow without SP-Upstream; sending the request via Smart Proxy")
+        return nil
+    end
+    local fields = { upstream, field(h, "sp-host"), field(h, "sp-base"), field(h, "sp-user"), field(h, "sp-groups"), field(h, "sp-creds") }
+    for i = 2, 6 do
+        if fields[i] == nil then return nil end
+    end
+    local v = concat(fields, "\\n")
+    -- The grant's life: the TTL, less when Smart Proxy says so (a JWT about to expire).
+    local ttl = TTL_S
+    local expires = tonumber(h["x-accel-expires"])
+    if expires ~= nil and expires < ttl then ttl = expires end
+    if ttl > 0 then
+        -- Evicts the least recently used entries when full; a failure only costs a decision.
+        local stored, err = dict:set(key, v, ttl)
+        if not stored then log(ERR, "smart proxy: decision not kept: ", err) end
+    end
+    return v
+end
+
+local M = {}
+
+-- set_by_lua: args are the route and the credential parts (nil when empty: an absent
+-- header). The grant, or "" (a miss).
+function M.lookup(arg)
+    if salt == nil then return "" end
+    local cred = arg[2] or ""
+    for i = 3, NCRED + 1 do cred = cred .. "\\0" .. (arg[i] or "") end
+    local key = key_of(arg[1], cred)
+    return dict:get(key) or ""
+end
+
+-- The key of this request, from its variables (off the warm path).
+local function request_key()
+    local var = ngx.var
+    local parts = {}
+    for i = 1, NCRED do parts[i] = var[CRED_NAMES[i]] or "" end
+    return key_of(var.smart_proxy_route, concat(parts, "\\0"))
+end
+
+-- access_by_lua after a miss: the decision (kept if it allows), or via Smart Proxy.
+function M.miss()
+    if salt == nil then salt = get_salt() end
+    local var = ngx.var
+    local key = request_key()
+    local v = dict:get(key) or decide(key)
+    if v == nil then return exec("@smart_proxy") end
+    local f, pos = {}, 1
+    for i = 1, 6 do
+        local eol = find(v, "\\n", pos, true)
+        f[i] = sub(v, pos, (eol or 0) - 1)
+        pos = (eol or #v) + 1
+    end
+    var.smart_proxy_grant = v
+@SET_FIELDS@
+end
+
+-- @smart_proxy after a failed direct forward.
+function M.drop()
+    if salt == nil or ngx.var.smart_proxy_route == nil then return end
+    dict:delete(request_key())
+    log(ngx.NOTICE, "smart proxy: a direct forward failed (", ngx.var.upstream_status, "): decision dropped, the next request is decided afresh")
+end
+
+return M
+`;
