@@ -11,13 +11,14 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { systemClock } from '../core/clock.ts';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger, TimerHandle } from '../core/ports.ts';
-import type { Instance, ResourceManager, StartRequester } from '../core/resource-manager.ts';
+import type { HeldRequest, HoldSettled, Instance, ResourceManager, StartRequester } from '../core/resource-manager.ts';
 import { ClientGone, expectContinue, requestGone, sendContinue } from './client-state.ts';
 import { sendError } from './error-response.ts';
 import { UpstreamPools, type UpstreamOptions } from './forward-http.ts';
 import { WebSocketForwarder, isWebSocketUpgrade, type Admission } from './forward-ws.ts';
 import { HeldBytesBudget } from './held-bytes.ts';
 import { hostProblem, TrustedProxies, upstreamHeaders } from './headers.ts';
+import type { WaitPlan } from './prefer.ts';
 import { isReservedPath } from './progress-sse.ts';
 import { RequestRecord, type RequestObserver } from './observer.ts';
 import { joinUpstreamPath, parseTarget, type ParsedTarget } from './route.ts';
@@ -107,6 +108,8 @@ export interface ProxyServerOptions {
   /** Response header naming the time a cold-started request waited (ms); absent: none. */
   readonly coldStartHeader?: string | undefined;
 }
+
+type HoldPlan = Extract<WaitPlan, { kind: 'hold' }>;
 
 /** Retries of the first forward after readiness when the connection is refused. */
 const FRESH_RETRY_DELAYS_MS = [10, 30, 90];
@@ -316,7 +319,7 @@ export class ProxyServer {
     // A ready instance is forwarded at once, with no other call. While the release ramp
     // still holds requests for a fresh backend, a newcomer queues behind them instead of
     // adding to the flood (still no call: two fields in memory).
-    let endpoint = inst.openEndpoint;
+    const endpoint = inst.openEndpoint;
     if (endpoint !== undefined) {
       if (record !== undefined) record.warm = true;
     } else {
@@ -330,22 +333,40 @@ export class ProxyServer {
         this.#waiting.answerAtOnce(req, res, plan.kind, inst, route, resource.waiting, requester);
         return;
       }
-      // Cold: the instance was not serving when the request came (not merely the ramp).
-      const coldSince = inst.status === 'ready' ? -1 : performance.now();
-      endpoint = plan.kind === 'hold'
-        ? await this.#waiting.hold(req, res, plan, inst, route, (ms) => this.#hold(req, res, inst, resource, ms, requester))
-        : await this.#hold(req, res, inst, resource, resource.holdTimeoutMs, requester);
+      this.#holdThenForward(req, res, inst, admission, plan.kind === 'hold' ? plan : undefined, requester, record);
+      return;
+    }
+    // 6. forward, with crash repair when the backend turns out to be gone.
+    return this.#forward(req, res, inst, resource, route, this.#forwardHeaders(req, admission), endpoint);
+  }
+
+  /**
+   * Step 5 for a request that must wait, then step 6. Held requests are many and wait long,
+   * so nothing waits on a promise: `handle` has returned, and the hold's end (HoldQueue)
+   * calls back into the pipeline. A held request keeps its hold record, this callback and
+   * its connection's own objects; its forwarded headers are built only once it is released.
+   */
+  #holdThenForward(req: IncomingMessage, res: ServerResponse, inst: Instance, admission: Admission, plan: HoldPlan | undefined,
+    requester: StartRequester, record: RequestRecord | undefined): void {
+    const { resource } = admission;
+    if (plan !== undefined) this.#waiting.holdBegins(res, plan);
+    // Cold: the instance was not serving when the request came (not merely the ramp).
+    const coldSince = inst.status === 'ready' ? -1 : performance.now();
+    this.#holdFor(req, res, inst, resource, plan?.holdMs ?? resource.holdTimeoutMs, requester, (endpoint, err) => {
+      if (err !== undefined) {
+        const answer = plan === undefined ? err : this.#waiting.holdFailed(req, res, plan, inst, admission.route, err);
+        if (answer !== undefined) this.#fail(req, res, answer);
+        return;
+      }
       if (endpoint === undefined) return;
       if (coldSince >= 0) {
         const wokeMs = Math.round(performance.now() - coldSince);
         if (record !== undefined) record.wokeMs = wokeMs;
         if (this.#coldStartHeader !== undefined && !res.headersSent) res.setHeader(this.#coldStartHeader, String(wokeMs));
       }
-    }
-    // Built after any hold: a held request carries nothing it does not need yet.
-    const headers = this.#forwardHeaders(req, admission);
-    // 6. forward, with crash repair when the backend turns out to be gone.
-    return this.#forward(req, res, inst, resource, route, headers, endpoint);
+      this.#forward(req, res, inst, resource, admission.route, this.#forwardHeaders(req, admission), endpoint)
+        .catch((e: unknown) => this.#fail(req, res, e));
+    });
   }
 
   /**
@@ -424,32 +445,52 @@ export class ProxyServer {
     });
   }
 
-  /** Waits for `inst`; resolves undefined if the client left meanwhile. */
-  async #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource, timeoutMs = resource.holdTimeoutMs, requester?: StartRequester): Promise<string | undefined> {
-    if (requestGone(req)) return undefined;
+  /** Waits for `inst`; resolves undefined if the client left meanwhile (a re-hold in #forward). */
+  #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource): Promise<string | undefined> {
+    return new Promise((resolve, reject) => {
+      this.#holdFor(req, res, inst, resource, resource.holdTimeoutMs, undefined, (endpoint, err) => {
+        if (err === undefined) resolve(endpoint);
+        else reject(err);
+      });
+    });
+  }
+
+  /**
+   * Holds `req` until `inst` is ready. `done` gets the endpoint, or undefined if the client
+   * left meanwhile, or the error; it may be called before this returns. Throws what the held
+   * bytes budget refuses.
+   */
+  #holdFor(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource, timeoutMs: number, requester: StartRequester | undefined, done: HoldSettled): void {
+    if (requestGone(req)) {
+      done(undefined, undefined);
+      return;
+    }
     // The held body stays unread (backpressure); its announced size counts against the budget.
-    const est = this.#manager.estimateBoot(resource.runtime.id);
     const releaseBytes = this.#heldBytes.reserve(req, {
       resourceId: resource.runtime.id,
-      retryAfterS: Math.max(1, Math.ceil((est?.p50Ms ?? 5000) / 1000)),
+      retryAfterS: Math.max(1, Math.ceil((this.#manager.estimateBoot(resource.runtime.id)?.p50Ms ?? 5000) / 1000)),
       client: this.#trusted.clientAddress(req.socket.remoteAddress, req.rawHeaders),
     });
-    const ac = new AbortController();
-    const onClose = (): void => ac.abort(new ClientGone());
-    res.once('close', onClose);
     const heldSince = this.#observer === undefined ? 0 : performance.now();
-    try {
-      const endpoint = await this.#manager.waitUntilReady(inst, { signal: ac.signal, timeoutMs, requester });
-      this.#observer?.held(resource.runtime.id, performance.now() - heldSince, 'ready');
-      return endpoint;
-    } catch (err) {
-      const gone = err instanceof ClientGone;
-      this.#observer?.held(resource.runtime.id, performance.now() - heldSince, gone ? 'client_gone' : 'failed');
-      if (gone) return undefined;
-      throw err;
-    } finally {
+    let held: HeldRequest | undefined;
+    // The client left: the hold ends at once (HoldQueue drops it), the others are untouched.
+    const onClose = (): void => held?.reject(new ClientGone());
+    const settled: HoldSettled = (endpoint, err) => {
       res.off('close', onClose);
       releaseBytes();
+      const gone = err instanceof ClientGone;
+      this.#observer?.held(resource.runtime.id, performance.now() - heldSince, err === undefined ? 'ready' : gone ? 'client_gone' : 'failed');
+      if (gone) done(undefined, undefined);
+      else done(endpoint, err);
+    };
+    const outcome = this.#manager.hold(inst, { timeoutMs, requester }, settled);
+    if (typeof outcome === 'string') settled(outcome, undefined);
+    else if (outcome instanceof SmartProxyError) settled(undefined, outcome);
+    else if (outcome.pending) {
+      held = outcome;
+      // `on`, not `once`: the listener is removed when the hold ends, and once's wrapper
+      // would be one more object per held request.
+      res.on('close', onClose);
     }
   }
 
