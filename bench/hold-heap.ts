@@ -6,6 +6,7 @@
  * proxy's CPU per released request. Counts are deterministic; the times are not.
  *
  * usage: node bench/hold-heap.ts [--count 1000] [--top 40] [--root DIR] [--node-flag F]... [--floor]
+ *   --no-heap: no snapshots (a CPU profile of the release then shows the release alone)
  *   --floor: the same on a bare node:http server that holds every request (bench/hold-floor.ts)
  *   --root: the checkout whose proxy to measure (its bench/smart-proxy-child.ts), for before/after
  *   --node-flag: extra flags for the proxy's node, e.g. --cpu-prof --cpu-prof-dir=/tmp/prof
@@ -25,6 +26,7 @@ const { values } = parseArgs({
     root: { type: 'string', default: join(BENCH_DIR, '..') },
     'node-flag': { type: 'string', multiple: true, default: [] },
     floor: { type: 'boolean', default: false },
+    'no-heap': { type: 'boolean', default: false },
   },
 });
 const n = Number(values.count);
@@ -63,7 +65,10 @@ try {
   const ready = await nextMessage<Message & { url?: string; port?: number }>(proxy.child, 'ready', 60_000);
   const url = values.floor ? `http://127.0.0.1:${ready.port}` : ready.url!;
   if (!values.floor) for (let i = 0; i < 200; i++) await (await fetch(`${url}/smart_proxy/warmup/-/`)).arrayBuffer();
-  const before = await ask<HeapCounts>(proxy.child, { type: 'heap-counts' }, 'heap-counts', 120_000);
+  const heapCounts = (): Promise<HeapCounts> => values['no-heap']
+    ? ask<HeapCounts>(proxy.child, { type: 'gc' }, 'gc-done').then((m) => ({ ...m, counts: {} }))
+    : ask<HeapCounts>(proxy.child, { type: 'heap-counts' }, 'heap-counts', 120_000);
+  const before = await heapCounts();
   const rssBefore = rssBytes(proxy.pid);
   const client = spawnPinned('client', process.execPath, [join(BENCH_DIR, 'hold-client.ts'), '--url', `${url}/smart_proxy/cold/-/`, '--count', String(n)], {
     cpu: '0', logFile: join(workDir, 'client.log'), ipc: true,
@@ -78,7 +83,7 @@ try {
       if (tries > 6_000) throw new Error(`fewer than ${n} requests held after 60 s`);
       await new Promise((r) => setTimeout(r, 10));
     }
-    const held = await ask<HeapCounts>(proxy.child, { type: 'heap-counts' }, 'heap-counts', 120_000);
+    const held = await heapCounts();
     const rssHeld = rssBytes(proxy.pid);
     const cpuBefore = cpuTimeMs(proxy.pid);
     if (values.floor) {
