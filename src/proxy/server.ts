@@ -206,9 +206,15 @@ export class ProxyServer {
     // but its HTTP/1 side reads the property, like the plain server (Node >= 24.9).
     (this.server as { shouldUpgradeCallback?: (req: IncomingMessage) => boolean }).shouldUpgradeCallback = isWebSocketUpgrade;
     this.server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.ws.handleUpgrade(req, socket, head));
+    // One listener for all connections, not a closure (and once's wrapper) per connection:
+    // a connection held through a cold start keeps what it allocated here for the whole boot.
+    const sockets = this.#sockets;
+    const forget = function (this: Socket): void {
+      sockets.delete(this);
+    };
     this.server.on('connection', (socket: Socket) => {
-      this.#sockets.add(socket);
-      socket.once('close', () => this.#sockets.delete(socket));
+      sockets.add(socket);
+      socket.on('close', forget);
     });
     // CONNECT has no place at a reverse proxy; answer instead of silently dropping.
     this.server.on('connect', (_req: IncomingMessage, socket: Socket | ServerResponse) => {
@@ -343,30 +349,52 @@ export class ProxyServer {
   /**
    * Step 5 for a request that must wait, then step 6. Held requests are many and wait long,
    * so nothing waits on a promise: `handle` has returned, and the hold's end (HoldQueue)
-   * calls back into the pipeline. A held request keeps its hold record, this callback and
-   * its connection's own objects; its forwarded headers are built only once it is released.
+   * calls back into the pipeline. A held request keeps this one callback's scope and its
+   * connection's own objects; what can be recomputed (the parsed route, the forwarded
+   * headers) is built once it is released.
    */
   #holdThenForward(req: IncomingMessage, res: ServerResponse, inst: Instance, admission: Admission, plan: HoldPlan | undefined,
     requester: StartRequester, record: RequestRecord | undefined): void {
-    const { resource } = admission;
+    const { resource, identity, acting } = admission;
+    if (requestGone(req)) return;
+    const releaseBytes = this.#reserveHeldBytes(req, resource);
     if (plan !== undefined) this.#waiting.holdBegins(res, plan);
     // Cold: the instance was not serving when the request came (not merely the ramp).
-    const coldSince = inst.status === 'ready' ? -1 : performance.now();
-    this.#holdFor(req, res, inst, resource, plan?.holdMs ?? resource.holdTimeoutMs, requester, (endpoint, err) => {
-      if (err !== undefined) {
-        const answer = plan === undefined ? err : this.#waiting.holdFailed(req, res, plan, inst, admission.route, err);
+    const cold = inst.status !== 'ready';
+    const since = performance.now();
+    let held: HeldRequest | undefined;
+    // The client left: its hold ends at once (HoldQueue drops it), the others are untouched.
+    const onClose = (): void => held?.reject(new ClientGone());
+    const settled: HoldSettled = (endpoint, err) => {
+      res.off('close', onClose);
+      releaseBytes();
+      const waitedMs = performance.now() - since;
+      const gone = err instanceof ClientGone;
+      this.#observer?.held(resource.runtime.id, waitedMs, err === undefined ? 'ready' : gone ? 'client_gone' : 'failed');
+      if (gone) return;
+      const route = parseTarget(req.url);
+      if (err !== undefined || endpoint === undefined) {
+        const answer = plan === undefined || err === undefined ? err : this.#waiting.holdFailed(req, res, plan, inst, route, err);
         if (answer !== undefined) this.#fail(req, res, answer);
         return;
       }
-      if (endpoint === undefined) return;
-      if (coldSince >= 0) {
-        const wokeMs = Math.round(performance.now() - coldSince);
+      if (cold) {
+        const wokeMs = Math.round(waitedMs);
         if (record !== undefined) record.wokeMs = wokeMs;
         if (this.#coldStartHeader !== undefined && !res.headersSent) res.setHeader(this.#coldStartHeader, String(wokeMs));
       }
-      this.#forward(req, res, inst, resource, admission.route, this.#forwardHeaders(req, admission), endpoint)
+      this.#forward(req, res, inst, resource, route, this.#forwardHeaders(req, { route, resource, identity, acting }), endpoint)
         .catch((e: unknown) => this.#fail(req, res, e));
-    });
+    };
+    const outcome = this.#manager.hold(inst, { timeoutMs: plan?.holdMs ?? resource.holdTimeoutMs, requester }, settled);
+    if (typeof outcome === 'string') settled(outcome, undefined);
+    else if (outcome instanceof SmartProxyError) settled(undefined, outcome);
+    else if (outcome.pending) {
+      held = outcome;
+      // `on`, not `once`: the listener goes when the hold ends, and once's wrapper would be
+      // one more object per held request.
+      res.on('close', onClose);
+    }
   }
 
   /**
@@ -445,52 +473,35 @@ export class ProxyServer {
     });
   }
 
-  /** Waits for `inst`; resolves undefined if the client left meanwhile (a re-hold in #forward). */
-  #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource): Promise<string | undefined> {
-    return new Promise((resolve, reject) => {
-      this.#holdFor(req, res, inst, resource, resource.holdTimeoutMs, undefined, (endpoint, err) => {
-        if (err === undefined) resolve(endpoint);
-        else reject(err);
-      });
-    });
-  }
-
-  /**
-   * Holds `req` until `inst` is ready. `done` gets the endpoint, or undefined if the client
-   * left meanwhile, or the error; it may be called before this returns. Throws what the held
-   * bytes budget refuses.
-   */
-  #holdFor(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource, timeoutMs: number, requester: StartRequester | undefined, done: HoldSettled): void {
-    if (requestGone(req)) {
-      done(undefined, undefined);
-      return;
-    }
-    // The held body stays unread (backpressure); its announced size counts against the budget.
-    const releaseBytes = this.#heldBytes.reserve(req, {
+  /** The held body stays unread (backpressure); its announced size counts against the budget. */
+  #reserveHeldBytes(req: IncomingMessage, resource: RoutedResource): () => void {
+    return this.#heldBytes.reserve(req, {
       resourceId: resource.runtime.id,
       retryAfterS: Math.max(1, Math.ceil((this.#manager.estimateBoot(resource.runtime.id)?.p50Ms ?? 5000) / 1000)),
       client: this.#trusted.clientAddress(req.socket.remoteAddress, req.rawHeaders),
     });
+  }
+
+  /** Waits for `inst` again (its backend was lost); resolves undefined if the client left meanwhile. */
+  async #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource): Promise<string | undefined> {
+    if (requestGone(req)) return undefined;
+    const releaseBytes = this.#reserveHeldBytes(req, resource);
+    const ac = new AbortController();
+    const onClose = (): void => ac.abort(new ClientGone());
+    res.once('close', onClose);
     const heldSince = this.#observer === undefined ? 0 : performance.now();
-    let held: HeldRequest | undefined;
-    // The client left: the hold ends at once (HoldQueue drops it), the others are untouched.
-    const onClose = (): void => held?.reject(new ClientGone());
-    const settled: HoldSettled = (endpoint, err) => {
+    try {
+      const endpoint = await this.#manager.waitUntilReady(inst, { signal: ac.signal, timeoutMs: resource.holdTimeoutMs });
+      this.#observer?.held(resource.runtime.id, performance.now() - heldSince, 'ready');
+      return endpoint;
+    } catch (err) {
+      const gone = err instanceof ClientGone;
+      this.#observer?.held(resource.runtime.id, performance.now() - heldSince, gone ? 'client_gone' : 'failed');
+      if (gone) return undefined;
+      throw err;
+    } finally {
       res.off('close', onClose);
       releaseBytes();
-      const gone = err instanceof ClientGone;
-      this.#observer?.held(resource.runtime.id, performance.now() - heldSince, err === undefined ? 'ready' : gone ? 'client_gone' : 'failed');
-      if (gone) done(undefined, undefined);
-      else done(endpoint, err);
-    };
-    const outcome = this.#manager.hold(inst, { timeoutMs, requester }, settled);
-    if (typeof outcome === 'string') settled(outcome, undefined);
-    else if (outcome instanceof SmartProxyError) settled(undefined, outcome);
-    else if (outcome.pending) {
-      held = outcome;
-      // `on`, not `once`: the listener is removed when the hold ends, and once's wrapper
-      // would be one more object per held request.
-      res.on('close', onClose);
     }
   }
 

@@ -50,7 +50,7 @@ describe('hold queue', () => {
     assert.equal(manager.heldTotal, 8);
 
     await clock.advance(999);
-    assert.deepEqual(ended, []);
+    assert.equal(ended.length, 0);
     await clock.advance(1);
     assert.deepEqual(ended.map((e) => e.id).sort(), [2, 4]);
     await clock.advance(4_000);
