@@ -7,10 +7,16 @@
  *
  * usage: node bench/hold-heap.ts [--count 1000] [--top 40] [--root DIR] [--node-flag F]... [--floor]
  *   --no-heap: no snapshots (a CPU profile of the release then shows the release alone)
+ *   --callgrind FILE: run the proxy under valgrind's callgrind, counting instructions during the
+ *     release only (flip → last response): a figure that does not depend on the machine's load
+ *   --warm-rounds R: hold, release and stop R times first, so that the measured release runs
+ *     compiled code (at small N the JIT's own work is otherwise a large, variable part)
  *   --floor: the same on a bare node:http server that holds every request (bench/hold-floor.ts)
  *   --root: the checkout whose proxy to measure (its bench/smart-proxy-child.ts), for before/after
  *   --node-flag: extra flags for the proxy's node, e.g. --cpu-prof --cpu-prof-dir=/tmp/prof
  */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -27,6 +33,8 @@ const { values } = parseArgs({
     'node-flag': { type: 'string', multiple: true, default: [] },
     floor: { type: 'boolean', default: false },
     'no-heap': { type: 'boolean', default: false },
+    callgrind: { type: 'string' },
+    'warm-rounds': { type: 'string', default: '0' },
   },
 });
 const n = Number(values.count);
@@ -38,7 +46,8 @@ interface HeapCounts extends Message { counts: Counts; heapUsed: number; externa
 interface Stats extends Message { heldTotal: number; calls: Record<string, { start: number }>; readyAt: Record<string, number[]> }
 interface Done extends Message { statuses: Record<string, number>; errors: Record<string, number>; doneAt: number[] }
 
-const workDir = join(BENCH_DIR, 'out', 'hold-heap');
+// One folder per run: runs under callgrind are slow, and two may go side by side.
+const workDir = join(BENCH_DIR, 'out', `hold-heap-${process.pid}`);
 rmSync(workDir, { recursive: true, force: true });
 mkdirSync(workDir, { recursive: true });
 const upstreamPort = await freePort();
@@ -56,15 +65,33 @@ resources:
   warmup: { provider: warm }
 state: { kind: sqlite, path: "${join(workDir, 'hold.sqlite')}" }
 `);
-const proxy = spawnPinned('proxy', process.execPath, ['--expose-gc', ...values['node-flag'], ...(values.floor
+const callgrind = values.callgrind === undefined ? [] : [
+  'valgrind', '--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${values.callgrind}`, '--smc-check=all', process.execPath,
+];
+const proxy = spawnPinned('proxy', callgrind[0] ?? process.execPath, [...callgrind.slice(1), '--expose-gc', ...values['node-flag'], ...(values.floor
   ? [join(BENCH_DIR, 'hold-floor.ts')]
   : [join(values.root, 'bench', 'smart-proxy-child.ts'), '--config', config, '--switch', 'up'])], {
   cpu: '1', logFile: join(workDir, 'proxy.log'), ipc: true, env: { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off' },
 });
 try {
-  const ready = await nextMessage<Message & { url?: string; port?: number }>(proxy.child, 'ready', 60_000);
+  const ready = await nextMessage<Message & { url?: string; port?: number }>(proxy.child, 'ready', values.callgrind === undefined ? 60_000 : 600_000);
   const url = values.floor ? `http://127.0.0.1:${ready.port}` : ready.url!;
   if (!values.floor) for (let i = 0; i < 200; i++) await (await fetch(`${url}/smart_proxy/warmup/-/`)).arrayBuffer();
+  for (let round = 0; !values.floor && round < Number(values['warm-rounds']); round++) {
+    const warm = spawnPinned('client', process.execPath, [join(BENCH_DIR, 'hold-client.ts'), '--url', `${url}/smart_proxy/cold/-/`, '--count', String(n)], {
+      cpu: '0', logFile: join(workDir, 'client.log'), ipc: true,
+    });
+    try {
+      const warmDone = nextMessage<Done>(warm.child, 'done', 600_000);
+      await nextMessage(warm.child, 'sent', 600_000);
+      while ((await ask<Stats>(proxy.child, { type: 'stats' }, 'stats')).heldTotal < n) await new Promise((r) => setTimeout(r, 10));
+      await ask(proxy.child, { type: 'flip' }, 'flipped');
+      await warmDone;
+      await ask(proxy.child, { type: 'stop-all' }, 'stopped', 600_000);
+    } finally {
+      await warm.stop();
+    }
+  }
   const heapCounts = (): Promise<HeapCounts> => values['no-heap']
     ? ask<HeapCounts>(proxy.child, { type: 'gc' }, 'gc-done').then((m) => ({ ...m, counts: {} }))
     : ask<HeapCounts>(proxy.child, { type: 'heap-counts' }, 'heap-counts', 120_000);
@@ -86,22 +113,44 @@ try {
     const held = await heapCounts();
     const rssHeld = rssBytes(proxy.pid);
     const cpuBefore = cpuTimeMs(proxy.pid);
+    // Valgrind takes the command when the process next runs: poke it (a stats round trip)
+    // until callgrind_control reports it done.
+    const collect = async (on: boolean): Promise<void> => {
+      if (values.callgrind === undefined) return;
+      await callgrindControl(on ? ['-i', 'on'] : ['-i', 'off']);
+      // Written now: the process may not get to write it when stopped.
+      if (!on) await callgrindControl(['--dump']);
+    };
+    const callgrindControl = async (args: string[]): Promise<void> => {
+      const control = spawn('callgrind_control', [...args, String(proxy.pid)], { stdio: 'ignore' });
+      const exited = once(control, 'exit');
+      let finished = false;
+      void exited.then(() => { finished = true; });
+      while (!finished) {
+        await (values.floor ? ask(proxy.child, { type: 'held' }, 'held') : ask(proxy.child, { type: 'stats' }, 'stats'));
+        await Promise.race([exited, new Promise((r) => setTimeout(r, 50))]);
+      }
+      if (control.exitCode !== 0) throw new Error(`callgrind_control ${args.join(' ')} failed (${control.exitCode})`);
+    };
+    await collect(true);
     if (values.floor) {
       proxy.child.send({ type: 'release' });
       await done;
+      await collect(false);
       printDiff(before, held, rssBefore, rssHeld);
       console.log(`release: proxy CPU ${(((cpuTimeMs(proxy.pid) - cpuBefore) * 1000) / n).toFixed(0)} µs per request`);
       process.exitCode = 0;
     } else {
     const flipped = await ask<Message & { at: number }>(proxy.child, { type: 'flip' }, 'flipped');
     const outcome = await done;
+    await collect(false);
     const cpuUsed = cpuTimeMs(proxy.pid) - cpuBefore;
     const stats = await ask<Stats>(proxy.child, { type: 'stats' }, 'stats');
-    const ready = stats.readyAt.cold![0]!;
+    const ready = stats.readyAt.cold!.at(-1)!;
     const times = outcome.doneAt.sort((a, b) => a - b);
     printDiff(before, held, rssBefore, rssHeld);
     console.log(`release: flip→ready ${(ready - flipped.at).toFixed(0)} ms, ready→first ${(times[0]! - ready).toFixed(0)} ms, ready→last ${(times.at(-1)! - ready).toFixed(0)} ms, proxy CPU ${((cpuUsed * 1000) / n).toFixed(0)} µs per request`);
-    console.log(`starts ${stats.calls.up!.start}, statuses ${JSON.stringify(outcome.statuses)}, errors ${JSON.stringify(outcome.errors)}`);
+    console.log(`starts ${stats.calls.up!.start} (warm-up rounds included), statuses ${JSON.stringify(outcome.statuses)}, errors ${JSON.stringify(outcome.errors)}`);
     }
   } finally {
     await client.stop();
@@ -109,6 +158,7 @@ try {
 } finally {
   await proxy.stop();
   await upstream.stop();
+  if (process.exitCode === undefined || process.exitCode === 0) rmSync(workDir, { recursive: true, force: true });
 }
 
 function printDiff(before: HeapCounts, held: HeapCounts, rssBefore: number, rssHeld: number): void {
