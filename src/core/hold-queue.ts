@@ -29,7 +29,10 @@ export interface HoldOptions {
   readonly requester?: StartRequester | undefined;
 }
 
-/** How a hold ends: with the endpoint, or with why not. Called once. */
+/**
+ * How a hold ends: with the endpoint, or with why not. Called once, from loops over many held
+ * requests (the release ramp, the deadline timer): it must not throw.
+ */
 export type HoldSettled = (endpoint: string | undefined, err: Error | undefined) => void;
 
 let dropHeld: (queue: HoldQueue, h: HeldRequest) => void;

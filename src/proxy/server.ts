@@ -365,26 +365,32 @@ export class ProxyServer {
     let held: HeldRequest | undefined;
     // The client left: its hold ends at once (HoldQueue drops it), the others are untouched.
     const onClose = (): void => held?.reject(new ClientGone());
+    // Called by the core (the release ramp, the deadline timer) in a loop over held requests:
+    // whatever goes wrong here is this request's failure and never leaves this function.
     const settled: HoldSettled = (endpoint, err) => {
-      res.off('close', onClose);
-      releaseBytes();
-      const waitedMs = performance.now() - since;
-      const gone = err instanceof ClientGone;
-      this.#observer?.held(resource.runtime.id, waitedMs, err === undefined ? 'ready' : gone ? 'client_gone' : 'failed');
-      if (gone) return;
-      const route = parseTarget(req.url);
-      if (err !== undefined || endpoint === undefined) {
-        const answer = plan === undefined || err === undefined ? err : this.#waiting.holdFailed(req, res, plan, inst, route, err);
-        if (answer !== undefined) this.#fail(req, res, answer);
-        return;
+      try {
+        res.off('close', onClose);
+        releaseBytes();
+        const waitedMs = performance.now() - since;
+        const gone = err instanceof ClientGone;
+        this.#observer?.held(resource.runtime.id, waitedMs, err === undefined ? 'ready' : gone ? 'client_gone' : 'failed');
+        if (gone) return;
+        const route = parseTarget(req.url);
+        if (err !== undefined || endpoint === undefined) {
+          const answer = plan === undefined || err === undefined ? err : this.#waiting.holdFailed(req, res, plan, inst, route, err);
+          if (answer !== undefined) this.#fail(req, res, answer);
+          return;
+        }
+        if (cold) {
+          const wokeMs = Math.round(waitedMs);
+          if (record !== undefined) record.wokeMs = wokeMs;
+          if (this.#coldStartHeader !== undefined && !res.headersSent) res.setHeader(this.#coldStartHeader, String(wokeMs));
+        }
+        this.#forward(req, res, inst, resource, route, this.#forwardHeaders(req, { route, resource, identity, acting }), endpoint)
+          .catch((e: unknown) => this.#fail(req, res, e));
+      } catch (e) {
+        this.#fail(req, res, e);
       }
-      if (cold) {
-        const wokeMs = Math.round(waitedMs);
-        if (record !== undefined) record.wokeMs = wokeMs;
-        if (this.#coldStartHeader !== undefined && !res.headersSent) res.setHeader(this.#coldStartHeader, String(wokeMs));
-      }
-      this.#forward(req, res, inst, resource, route, this.#forwardHeaders(req, { route, resource, identity, acting }), endpoint)
-        .catch((e: unknown) => this.#fail(req, res, e));
     };
     const outcome = this.#manager.hold(inst, { timeoutMs: plan?.holdMs ?? resource.holdTimeoutMs, requester }, settled);
     if (typeof outcome === 'string') settled(outcome, undefined);

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ManualClock } from '../../src/core/clock.ts';
 import { DeadlineHeap, type Deadlined } from '../../src/core/deadline-heap.ts';
+import { ReleaseRamp } from '../../src/core/release-ramp.ts';
 import type { SmartProxyError } from '../../src/core/errors.ts';
 import type { Prober, Provider } from '../../src/core/ports.ts';
 import { ResourceManager, type HeldRequest } from '../../src/core/resource-manager.ts';
@@ -108,6 +109,44 @@ describe('hold queue', () => {
     await timedOut;
     assert.equal(manager.heldTotal, 0);
     manager.close();
+  });
+});
+
+describe('release ramp', () => {
+  it('keeps to its concurrency when a released request ends, and pumps, within its release', async () => {
+    const clock = new ManualClock();
+    const waiting = new Set(Array.from({ length: 100 }, (_, i) => i));
+    let inFlight = 0;
+    let most = 0;
+    const released: number[] = [];
+    const ramp: ReleaseRamp<number> = new ReleaseRamp(clock, 4, 2_000, {
+      waiting: () => waiting,
+      waitingCount: () => waiting.size,
+      inFlight: () => inFlight,
+      canRelease: () => true,
+      release: (w) => {
+        waiting.delete(w);
+        released.push(w);
+        inFlight++;
+        most = Math.max(most, inFlight);
+        // Every third request's client has left: its forward ends at once, inside the release.
+        if (w % 3 === 0) {
+          inFlight--;
+          ramp.pump();
+        }
+      },
+    });
+    ramp.pump();
+    assert.ok(most <= 4, `${most} in flight at once`);
+    // The rest end one by one; each end lets the next go.
+    while (waiting.size > 0) {
+      await clock.advance(1);
+      if (inFlight > 0) inFlight--;
+      ramp.pump();
+      assert.ok(inFlight <= 4, `${inFlight} in flight at once`);
+    }
+    assert.deepEqual(released, Array.from({ length: 100 }, (_, i) => i), 'oldest first, each once');
+    ramp.cancel();
   });
 });
 
