@@ -6,6 +6,7 @@
  * usage: node --expose-gc bench/hold-floor.ts
  */
 import { createServer, type ServerResponse } from 'node:http';
+import { heapCounts } from './lib/heap-counts.ts';
 
 const held: ServerResponse[] = [];
 const server = createServer({ requestTimeout: 0 }, (_req, res) => {
@@ -21,6 +22,7 @@ process.on('message', (msg: { type: string }) => {
     (globalThis as { gc?: () => void }).gc?.();
     process.send?.({ type: 'gc-done', ...process.memoryUsage() });
   }
+  if (msg.type === 'heap-counts') void heapCounts().then((counts) => process.send?.({ type: 'heap-counts', counts, ...process.memoryUsage() }));
   if (msg.type === 'release') for (const res of held.splice(0)) res.end('ok');
 });
 process.once('SIGTERM', () => {

@@ -12,6 +12,7 @@ import { parseArgs } from 'node:util';
 import { loadConfigFile } from '../src/config/load.ts';
 import type { InspectResult, InstanceRef, Provider, StartResult } from '../src/core/ports.ts';
 import { startApp } from '../src/main.ts';
+import { heapCounts } from './lib/heap-counts.ts';
 import { createStaticProvider } from '../src/providers/static/static-provider.ts';
 
 const nowMs = (): number => performance.timeOrigin + performance.now();
@@ -117,7 +118,7 @@ const loopMs = (): { p50: number; p99: number; max: number } => ({
   p50: late(loopDelay.percentile(50)), p99: late(loopDelay.percentile(99)), max: late(loopDelay.max),
 });
 
-type Msg = { type: 'stats' } | { type: 'stop-all' } | { type: 'flip' } | { type: 'gc' };
+type Msg = { type: 'stats' } | { type: 'stop-all' } | { type: 'flip' } | { type: 'gc' } | { type: 'heap-counts' };
 process.on('message', (msg: Msg) => {
   switch (msg.type) {
     case 'stats':
@@ -133,6 +134,9 @@ process.on('message', (msg: Msg) => {
       void Promise.all([...app.manager.allInstances()].map((i) => app.manager.stop(i, 'benchmark'))).then(() => {
         process.send?.({ type: 'stopped' });
       });
+      break;
+    case 'heap-counts':
+      void heapCounts().then((counts) => process.send?.({ type: 'heap-counts', counts, ...process.memoryUsage() }));
       break;
     case 'gc':
       (globalThis as { gc?: () => void }).gc?.();

@@ -4,10 +4,12 @@
  * (bounded concurrency, oldest first). Held requests never call a provider.
  */
 import { SmartProxyError } from './errors.ts';
+import { DeadlineHeap, type Deadlined } from './deadline-heap.ts';
 import type { Instance, InstanceControl, Waiter } from './instance.ts';
 import type { Clock, TimerHandle } from './ports.ts';
 import { asError } from './provider-calls.ts';
 import { ReleaseRamp } from './release-ramp.ts';
+import type { StartRequester } from './resource-runtime.ts';
 
 const DEFAULT_RELEASE_CONCURRENCY = 64;
 /** A ramp with no free slot for this long lets one more batch go (see release-ramp.ts). */
@@ -21,10 +23,92 @@ export interface HoldQueueOptions {
   readonly closed: () => boolean;
 }
 
+export interface HoldOptions {
+  readonly timeoutMs: number;
+  /** Who a start made for this hold is counted for. */
+  readonly requester?: StartRequester | undefined;
+}
+
+/**
+ * How a hold ends: with the endpoint, or with why not. Called once, from loops over many held
+ * requests (the release ramp, the deadline timer): it must not throw.
+ */
+export type HoldSettled = (endpoint: string | undefined, err: Error | undefined) => void;
+
+let dropHeld: (queue: HoldQueue, h: HeldRequest) => void;
+
+/**
+ * One held request. Held requests are many and long-lived, so this is all one costs in the
+ * core: this object (its methods on the prototype, no closure, promise or timer of its own),
+ * its place in the instance's waiters and in the queue's deadline heap.
+ */
+export class HeldRequest implements Waiter, Deadlined {
+  heapIndex = -1;
+  readonly deadline: number;
+  readonly timeoutMs: number;
+  readonly instance: Instance;
+  readonly #queue: HoldQueue;
+  #settled: HoldSettled | undefined;
+
+  constructor(queue: HoldQueue, instance: Instance, deadline: number, timeoutMs: number, settled: HoldSettled) {
+    this.#queue = queue;
+    this.instance = instance;
+    this.deadline = deadline;
+    this.timeoutMs = timeoutMs;
+    this.#settled = settled;
+  }
+
+  /** Still held (not yet released, rejected or cancelled). */
+  get pending(): boolean {
+    return this.#settled !== undefined;
+  }
+
+  resolve(endpoint: string): void {
+    this.#end()?.(endpoint, undefined);
+  }
+
+  /** Ends the hold with `err`; also how the data plane cancels it when its client leaves. */
+  reject(err: Error): void {
+    this.#end()?.(undefined, err);
+  }
+
+  #end(): HoldSettled | undefined {
+    const settled = this.#settled;
+    if (settled === undefined) return undefined;
+    this.#settled = undefined;
+    dropHeld(this.#queue, this);
+    return settled;
+  }
+}
+
+/**
+ * The promise form of a hold (WebSocket upgrades, a re-hold after a lost backend): rejects
+ * with `signal.reason` when it aborts.
+ */
+export function holdAsPromise(hold: (settled: HoldSettled) => HeldRequest | string | Error, signal: AbortSignal | undefined): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const onAbort = (): void => {
+      if (h instanceof HeldRequest) h.reject(asError(signal?.reason));
+    };
+    const h = hold((endpoint, err) => {
+      signal?.removeEventListener('abort', onAbort);
+      if (err === undefined && endpoint !== undefined) resolve(endpoint);
+      else reject(err ?? new Error('hold ended without an endpoint'));
+    });
+    if (typeof h === 'string') resolve(h);
+    else if (h instanceof Error) reject(h);
+    // A start that failed at once has settled it already: nothing left to abort.
+    else if (h.pending) signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
 export class HoldQueue {
   readonly #o: HoldQueueOptions;
   readonly #heldByResource = new Map<string, number>();
   readonly #ramps = new Map<Instance, ReleaseRamp<Waiter>>();
+  readonly #deadlines = new DeadlineHeap<HeldRequest>();
+  #deadlineTimer: TimerHandle | undefined;
+  #deadlineAt = Infinity;
   #heldTotal = 0;
 
   constructor(options: HoldQueueOptions) {
@@ -49,35 +133,65 @@ export class HoldQueue {
 
   /**
    * Holds one request on `ctl`'s instance (bounds already checked with `full`), then calls
-   * `held` so that the caller can start the instance in the same tick.
+   * `held` so that the caller can start the instance in the same tick. `settled` is called
+   * once: with the endpoint, or with the error (the hold's own timeout, SP_BOOT_TIMEOUT; the
+   * start's failure; whatever `cancel` is given when the client leaves), possibly before this
+   * returns (a start that fails at once).
    */
-  hold(ctl: InstanceControl, signal: AbortSignal | undefined, timeoutMs: number, held: () => void): Promise<string> {
-    const inst = ctl.instance;
-    const resourceId = inst.resource.id;
-    return new Promise<string>((resolve, reject) => {
-      const done = (): void => {
-        ctl.waiters.delete(waiter);
-        timer.cancel();
-        signal?.removeEventListener('abort', onAbort);
-        this.#heldTotal--;
-        this.#heldByResource.set(resourceId, (this.#heldByResource.get(resourceId) ?? 1) - 1);
-      };
-      const waiter: Waiter = {
-        resolve: (endpoint) => { done(); resolve(endpoint); },
-        reject: (err) => { done(); reject(err); },
-      };
-      const onAbort = (): void => waiter.reject(asError(signal?.reason));
-      ctl.waiters.add(waiter);
-      this.#heldTotal++;
-      this.#heldByResource.set(resourceId, (this.#heldByResource.get(resourceId) ?? 0) + 1);
-      signal?.addEventListener('abort', onAbort, { once: true });
-      const timer: TimerHandle = this.#o.clock.setTimeout(() => {
-        waiter.reject(new SmartProxyError('SP_BOOT_TIMEOUT', undefined, {
-          data: { resource: resourceId, waitedMs: timeoutMs }, retryAfterS: this.#o.retryAfterS(inst),
-        }));
-      }, timeoutMs);
-      held();
-    });
+  hold(ctl: InstanceControl, timeoutMs: number, settled: HoldSettled, held: () => void): HeldRequest {
+    const h = new HeldRequest(this, ctl.instance, this.#o.clock.now() + timeoutMs, timeoutMs, settled);
+    ctl.waiters.add(h);
+    this.#heldTotal++;
+    const resourceId = ctl.instance.resource.id;
+    this.#heldByResource.set(resourceId, (this.#heldByResource.get(resourceId) ?? 0) + 1);
+    this.#deadlines.push(h);
+    this.#armDeadline();
+    held();
+    return h;
+  }
+
+  /** `h` left the queue (released, rejected or cancelled): HeldRequest calls this, once. */
+  static {
+    dropHeld = (q, h) => q.#drop(h);
+  }
+
+  #drop(h: HeldRequest): void {
+    // The waiters set belongs to the instance; only this queue adds to it or removes from it.
+    (h.instance.waiters as Set<Waiter>).delete(h);
+    this.#deadlines.remove(h);
+    if (this.#deadlines.size === 0) this.#cancelDeadline();
+    this.#heldTotal--;
+    const resourceId = h.instance.resource.id;
+    this.#heldByResource.set(resourceId, (this.#heldByResource.get(resourceId) ?? 1) - 1);
+  }
+
+  /** One timer for the earliest deadline of all held requests (see deadline-heap.ts). */
+  #armDeadline(): void {
+    const next = this.#deadlines.peek();
+    if (next === undefined || (this.#deadlineTimer !== undefined && this.#deadlineAt <= next.deadline)) return;
+    this.#deadlineTimer?.cancel();
+    this.#deadlineAt = next.deadline;
+    this.#deadlineTimer = this.#o.clock.setTimeout(() => this.#expire(), Math.max(0, next.deadline - this.#o.clock.now()));
+  }
+
+  #cancelDeadline(): void {
+    this.#deadlineTimer?.cancel();
+    this.#deadlineTimer = undefined;
+    this.#deadlineAt = Infinity;
+  }
+
+  /** Ends every hold whose own timeout has come (SP_BOOT_TIMEOUT), then waits for the next. */
+  #expire(): void {
+    this.#deadlineTimer = undefined;
+    this.#deadlineAt = Infinity;
+    const now = this.#o.clock.now();
+    for (let h = this.#deadlines.peek(); h !== undefined && h.deadline <= now; h = this.#deadlines.peek()) {
+      const inst = h.instance;
+      h.reject(new SmartProxyError('SP_BOOT_TIMEOUT', undefined, {
+        data: { resource: inst.resource.id, waitedMs: h.timeoutMs }, retryAfterS: this.#o.retryAfterS(inst),
+      }));
+    }
+    this.#armDeadline();
   }
 
   /** Lets held requests go through the release ramp (bounded concurrency, oldest first). */

@@ -28,6 +28,7 @@ export class ReleaseRamp<W> {
   readonly #target: RampTarget<W>;
   #settleTimer: TimerHandle | undefined;
   #stallTimer: TimerHandle | undefined;
+  #pumping = false;
 
   constructor(clock: Clock, concurrency: number, stallMs: number, target: RampTarget<W>) {
     this.#clock = clock;
@@ -46,7 +47,9 @@ export class ReleaseRamp<W> {
    * finished forward, and by its own timers.
    */
   pump(force = false): void {
-    if (this.#settleTimer !== undefined) return;
+    // A release runs the request on at once (its forward may end, and pump, within it): the
+    // outer pump counts what is in flight once it is done, through its settle timer.
+    if (this.#settleTimer !== undefined || this.#pumping) return;
     if (!this.#target.canRelease() || this.#target.waitingCount() === 0) {
       this.cancel();
       return;
@@ -62,7 +65,12 @@ export class ReleaseRamp<W> {
       if (batch.length >= free) break;
       batch.push(w);
     }
-    for (const w of batch) this.#target.release(w);
+    this.#pumping = true;
+    try {
+      for (const w of batch) this.#target.release(w);
+    } finally {
+      this.#pumping = false;
+    }
     this.#stallTimer?.cancel();
     this.#stallTimer = undefined;
     if (this.#target.waitingCount() === 0) return;

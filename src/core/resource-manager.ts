@@ -19,7 +19,7 @@ import { BootHistory, type BootEstimate } from './boot-history.ts';
 import { LocalCoordinator, type Coordinator } from './coordination.ts';
 import { SmartProxyError } from './errors.ts';
 import { HealthWatcher } from './health-watcher.ts';
-import { HoldQueue } from './hold-queue.ts';
+import { holdAsPromise, HoldQueue, type HeldRequest, type HoldOptions, type HoldSettled } from './hold-queue.ts';
 import type { Instance, InstanceControl } from './instance.ts';
 import { InstanceRegistry } from './instance-registry.ts';
 import { IdleStopper } from './idle-stopper.ts';
@@ -36,14 +36,13 @@ import { StartFlight, type FlightContext } from './start-flight.ts';
 import { StopFlight, type StopMode } from './stop-flight.ts';
 import { Drains } from './drains.ts';
 
-export { Instance } from './instance.ts';
-export type { Waiter } from './instance.ts';
+export { Instance, type Waiter } from './instance.ts';
+export type { HeldRequest, HoldOptions, HoldSettled } from './hold-queue.ts';
 export { isSubset } from './instance-registry.ts';
 export type { AdmitStart, ConnectionPort, ManagerEvent, ManagerListener } from './manager-events.ts';
 export { DEFAULT_FORGET_STOPPED_AFTER_MS, type ManagerOptions } from './manager-options.ts';
 export { deadlineSignal, timeoutSignal } from './provider-calls.ts';
 export type { AdoptionRecord, ResourceRuntime, SharingMode, StartRequester } from './resource-runtime.ts';
-
 
 /**
  * Selects instances, starts each at most once at a time (single flight), learns readiness by
@@ -212,25 +211,26 @@ export class ResourceManager implements ConnectionPort {
   // ---------------------------------------------------------------------------------------
 
   /**
-   * Resolves with the endpoint once `inst` is ready, starting it if needed. Rejects with
-   * SP_HOLD_QUEUE_FULL past the bounds (checked before anything is started), with
-   * SP_RESOURCE_FAILED during a failure cool-down, with SP_BOOT_TIMEOUT after `timeoutMs`,
-   * with the start's own error if it fails, or with `signal.reason` when the client leaves.
+   * The endpoint once `inst` is ready, starting it if needed; or SP_HOLD_QUEUE_FULL past the
+   * bounds (checked before any start), SP_RESOURCE_FAILED in a failure cool-down, SP_BOOT_TIMEOUT
+   * after `timeoutMs`, the start's own error, or `signal.reason` when the client leaves.
    */
-  waitUntilReady(inst: Instance, options: { readonly signal?: AbortSignal | undefined; readonly timeoutMs: number; readonly requester?: StartRequester | undefined }): Promise<string> {
+  waitUntilReady(inst: Instance, options: HoldOptions & { readonly signal?: AbortSignal | undefined }): Promise<string> {
+    if (options.signal?.aborted === true) return Promise.reject(asError(options.signal.reason));
+    return holdAsPromise((settled) => this.hold(inst, options, settled), options.signal);
+  }
+
+  /** waitUntilReady with no promise: the open endpoint, the refusal, or the hold (see HoldQueue.hold). */
+  hold(inst: Instance, options: HoldOptions, settled: HoldSettled): string | SmartProxyError | HeldRequest {
     // While the release ramp still holds requests, a newcomer queues behind them.
     const open = inst.openEndpoint;
-    if (open !== undefined) return Promise.resolve(open);
-    if (this.#closed) return Promise.reject(new SmartProxyError('SP_SHUTTING_DOWN'));
-    const refused = this.#admission.refused(inst) ?? this.#holds.full(inst);
-    if (refused !== undefined) return Promise.reject(refused);
-    const { signal, timeoutMs } = options;
-    if (signal?.aborted === true) return Promise.reject(asError(signal.reason));
-    // Last check before a start: the hold below starts the instance in this same tick.
-    const denied = this.#admission.admit(inst, options.requester);
-    if (denied !== undefined) return Promise.reject(denied);
+    if (open !== undefined) return open;
+    if (this.#closed) return new SmartProxyError('SP_SHUTTING_DOWN');
+    // admit last: the hold starts the instance in this same tick.
+    const refused = this.#admission.refused(inst) ?? this.#holds.full(inst) ?? this.#admission.admit(inst, options.requester);
+    if (refused !== undefined) return refused;
     const ctl = this.#registry.control(inst);
-    return this.#holds.hold(ctl, signal, timeoutMs, () => this.#ensureStarted(ctl));
+    return this.#holds.hold(ctl, options.timeoutMs, settled, () => this.#ensureStarted(ctl));
   }
 
   /**

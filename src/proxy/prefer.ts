@@ -87,8 +87,16 @@ export function planWait(req: IncomingMessage, settings: WaitingSettings, holdTi
   }
   if (prefs.respondAsync) return { kind: 'async' };
   if (settings.browserPage && isBrowserNavigation(req)) return { kind: 'page' };
-  return { kind: 'hold', holdMs: Math.min(settings.defaultWaitMs ?? holdTimeoutMs, holdTimeoutMs), applied: undefined, thenAsync: false };
+  const holdMs = Math.min(settings.defaultWaitMs ?? holdTimeoutMs, holdTimeoutMs);
+  // Shared by every request without a preference: a held request keeps its plan for the hold.
+  const shared = defaultHolds.get(settings);
+  if (shared?.holdMs === holdMs) return shared;
+  const plan = { kind: 'hold', holdMs, applied: undefined, thenAsync: false } as const;
+  defaultHolds.set(settings, plan);
+  return plan;
 }
+
+const defaultHolds = new WeakMap<WaitingSettings, Extract<WaitPlan, { kind: 'hold' }>>();
 
 /** Splits on `sep` where it is not inside a quoted-string (RFC 9110 §5.6.4). */
 function splitOutsideQuotes(s: string, sep: string): string[] {

@@ -11,13 +11,14 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { systemClock } from '../core/clock.ts';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger, TimerHandle } from '../core/ports.ts';
-import type { Instance, ResourceManager, StartRequester } from '../core/resource-manager.ts';
+import type { HeldRequest, HoldSettled, Instance, ResourceManager, StartRequester } from '../core/resource-manager.ts';
 import { ClientGone, expectContinue, requestGone, sendContinue } from './client-state.ts';
 import { sendError } from './error-response.ts';
 import { UpstreamPools, type UpstreamOptions } from './forward-http.ts';
 import { WebSocketForwarder, isWebSocketUpgrade, type Admission } from './forward-ws.ts';
 import { HeldBytesBudget } from './held-bytes.ts';
 import { hostProblem, TrustedProxies, upstreamHeaders } from './headers.ts';
+import type { WaitPlan } from './prefer.ts';
 import { isReservedPath } from './progress-sse.ts';
 import { RequestRecord, type RequestObserver } from './observer.ts';
 import { joinUpstreamPath, parseTarget, type ParsedTarget } from './route.ts';
@@ -107,6 +108,8 @@ export interface ProxyServerOptions {
   /** Response header naming the time a cold-started request waited (ms); absent: none. */
   readonly coldStartHeader?: string | undefined;
 }
+
+type HoldPlan = Extract<WaitPlan, { kind: 'hold' }>;
 
 /** Retries of the first forward after readiness when the connection is refused. */
 const FRESH_RETRY_DELAYS_MS = [10, 30, 90];
@@ -203,9 +206,15 @@ export class ProxyServer {
     // but its HTTP/1 side reads the property, like the plain server (Node >= 24.9).
     (this.server as { shouldUpgradeCallback?: (req: IncomingMessage) => boolean }).shouldUpgradeCallback = isWebSocketUpgrade;
     this.server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.ws.handleUpgrade(req, socket, head));
+    // One listener for all connections, not a closure (and once's wrapper) per connection:
+    // a connection held through a cold start keeps what it allocated here for the whole boot.
+    const sockets = this.#sockets;
+    const forget = function (this: Socket): void {
+      sockets.delete(this);
+    };
     this.server.on('connection', (socket: Socket) => {
-      this.#sockets.add(socket);
-      socket.once('close', () => this.#sockets.delete(socket));
+      sockets.add(socket);
+      socket.on('close', forget);
     });
     // CONNECT has no place at a reverse proxy; answer instead of silently dropping.
     this.server.on('connect', (_req: IncomingMessage, socket: Socket | ServerResponse) => {
@@ -316,7 +325,7 @@ export class ProxyServer {
     // A ready instance is forwarded at once, with no other call. While the release ramp
     // still holds requests for a fresh backend, a newcomer queues behind them instead of
     // adding to the flood (still no call: two fields in memory).
-    let endpoint = inst.openEndpoint;
+    const endpoint = inst.openEndpoint;
     if (endpoint !== undefined) {
       if (record !== undefined) record.warm = true;
     } else {
@@ -330,22 +339,68 @@ export class ProxyServer {
         this.#waiting.answerAtOnce(req, res, plan.kind, inst, route, resource.waiting, requester);
         return;
       }
-      // Cold: the instance was not serving when the request came (not merely the ramp).
-      const coldSince = inst.status === 'ready' ? -1 : performance.now();
-      endpoint = plan.kind === 'hold'
-        ? await this.#waiting.hold(req, res, plan, inst, route, (ms) => this.#hold(req, res, inst, resource, ms, requester))
-        : await this.#hold(req, res, inst, resource, resource.holdTimeoutMs, requester);
-      if (endpoint === undefined) return;
-      if (coldSince >= 0) {
-        const wokeMs = Math.round(performance.now() - coldSince);
-        if (record !== undefined) record.wokeMs = wokeMs;
-        if (this.#coldStartHeader !== undefined && !res.headersSent) res.setHeader(this.#coldStartHeader, String(wokeMs));
-      }
+      this.#holdThenForward(req, res, inst, admission, plan.kind === 'hold' ? plan : undefined, requester, record);
+      return;
     }
-    // Built after any hold: a held request carries nothing it does not need yet.
-    const headers = this.#forwardHeaders(req, admission);
     // 6. forward, with crash repair when the backend turns out to be gone.
-    return this.#forward(req, res, inst, resource, route, headers, endpoint);
+    return this.#forward(req, res, inst, resource, route, this.#forwardHeaders(req, admission), endpoint);
+  }
+
+  /**
+   * Step 5 for a request that must wait, then step 6. Held requests are many and wait long,
+   * so nothing waits on a promise: `handle` has returned, and the hold's end (HoldQueue)
+   * calls back into the pipeline. A held request keeps this one callback's scope and its
+   * connection's own objects; what can be recomputed (the parsed route, the forwarded
+   * headers) is built once it is released.
+   */
+  #holdThenForward(req: IncomingMessage, res: ServerResponse, inst: Instance, admission: Admission, plan: HoldPlan | undefined,
+    requester: StartRequester, record: RequestRecord | undefined): void {
+    const { resource, identity, acting } = admission;
+    if (requestGone(req)) return;
+    const releaseBytes = this.#reserveHeldBytes(req, resource);
+    if (plan !== undefined) this.#waiting.holdBegins(res, plan);
+    // Cold: the instance was not serving when the request came (not merely the ramp).
+    const cold = inst.status !== 'ready';
+    const since = performance.now();
+    let held: HeldRequest | undefined;
+    // The client left: its hold ends at once (HoldQueue drops it), the others are untouched.
+    const onClose = (): void => held?.reject(new ClientGone());
+    // Called by the core (the release ramp, the deadline timer) in a loop over held requests:
+    // whatever goes wrong here is this request's failure and never leaves this function.
+    const settled: HoldSettled = (endpoint, err) => {
+      try {
+        res.off('close', onClose);
+        releaseBytes();
+        const waitedMs = performance.now() - since;
+        const gone = err instanceof ClientGone;
+        this.#observer?.held(resource.runtime.id, waitedMs, err === undefined ? 'ready' : gone ? 'client_gone' : 'failed');
+        if (gone) return;
+        const route = parseTarget(req.url);
+        if (err !== undefined || endpoint === undefined) {
+          const answer = plan === undefined || err === undefined ? err : this.#waiting.holdFailed(req, res, plan, inst, route, err);
+          if (answer !== undefined) this.#fail(req, res, answer);
+          return;
+        }
+        if (cold) {
+          const wokeMs = Math.round(waitedMs);
+          if (record !== undefined) record.wokeMs = wokeMs;
+          if (this.#coldStartHeader !== undefined && !res.headersSent) res.setHeader(this.#coldStartHeader, String(wokeMs));
+        }
+        this.#forward(req, res, inst, resource, route, this.#forwardHeaders(req, { route, resource, identity, acting }), endpoint)
+          .catch((e: unknown) => this.#fail(req, res, e));
+      } catch (e) {
+        this.#fail(req, res, e);
+      }
+    };
+    const outcome = this.#manager.hold(inst, { timeoutMs: plan?.holdMs ?? resource.holdTimeoutMs, requester }, settled);
+    if (typeof outcome === 'string') settled(outcome, undefined);
+    else if (outcome instanceof SmartProxyError) settled(undefined, outcome);
+    else if (outcome.pending) {
+      held = outcome;
+      // `on`, not `once`: the listener goes when the hold ends, and once's wrapper would be
+      // one more object per held request.
+      res.on('close', onClose);
+    }
   }
 
   /**
@@ -424,22 +479,25 @@ export class ProxyServer {
     });
   }
 
-  /** Waits for `inst`; resolves undefined if the client left meanwhile. */
-  async #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource, timeoutMs = resource.holdTimeoutMs, requester?: StartRequester): Promise<string | undefined> {
-    if (requestGone(req)) return undefined;
-    // The held body stays unread (backpressure); its announced size counts against the budget.
-    const est = this.#manager.estimateBoot(resource.runtime.id);
-    const releaseBytes = this.#heldBytes.reserve(req, {
+  /** The held body stays unread (backpressure); its announced size counts against the budget. */
+  #reserveHeldBytes(req: IncomingMessage, resource: RoutedResource): () => void {
+    return this.#heldBytes.reserve(req, {
       resourceId: resource.runtime.id,
-      retryAfterS: Math.max(1, Math.ceil((est?.p50Ms ?? 5000) / 1000)),
+      retryAfterS: Math.max(1, Math.ceil((this.#manager.estimateBoot(resource.runtime.id)?.p50Ms ?? 5000) / 1000)),
       client: this.#trusted.clientAddress(req.socket.remoteAddress, req.rawHeaders),
     });
+  }
+
+  /** Waits for `inst` again (its backend was lost); resolves undefined if the client left meanwhile. */
+  async #hold(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource): Promise<string | undefined> {
+    if (requestGone(req)) return undefined;
+    const releaseBytes = this.#reserveHeldBytes(req, resource);
     const ac = new AbortController();
     const onClose = (): void => ac.abort(new ClientGone());
     res.once('close', onClose);
     const heldSince = this.#observer === undefined ? 0 : performance.now();
     try {
-      const endpoint = await this.#manager.waitUntilReady(inst, { signal: ac.signal, timeoutMs, requester });
+      const endpoint = await this.#manager.waitUntilReady(inst, { signal: ac.signal, timeoutMs: resource.holdTimeoutMs });
       this.#observer?.held(resource.runtime.id, performance.now() - heldSince, 'ready');
       return endpoint;
     } catch (err) {

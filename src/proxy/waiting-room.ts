@@ -67,32 +67,30 @@ export class WaitingRoom {
     if (!req.complete) res.shouldKeepAlive = false;
   }
 
-  /**
-   * Holds a request as `plan` says. `wait(timeoutMs)` is the data plane's hold (it knows the
-   * client's connection); resolves with the endpoint, or undefined once answered here (202)
-   * or when the client left.
-   */
-  async hold(req: IncomingMessage, res: ServerResponse, plan: Extract<WaitPlan, { kind: 'hold' }>, inst: Instance, route: ParsedTarget,
-    wait: (timeoutMs: number) => Promise<string | undefined>): Promise<string | undefined> {
+  /** A hold as `plan` says begins (the data plane holds; see server.ts). */
+  holdBegins(res: ServerResponse, plan: Extract<WaitPlan, { kind: 'hold' }>): void {
     // RFC 7240 §3: tell the client its preference shaped the answer (the 200 included).
     if (plan.applied !== undefined) res.setHeader('preference-applied', plan.applied);
-    try {
-      return await wait(plan.holdMs);
-    } catch (err) {
-      // Only this client's own hold ran out: the instance is still starting. A boot that
-      // timed out has failed, and that error goes out as it is.
-      if (!(err instanceof SmartProxyError) || err.code !== 'SP_BOOT_TIMEOUT' || inst.status !== 'starting') throw err;
-      const snap = this.hub.snapshot(inst);
-      if (plan.thenAsync) {
-        this.#sendAccepted(req, res, route, snap);
-        return undefined;
-      }
-      throw new SmartProxyError('SP_BOOT_TIMEOUT', `not ready within the ${plan.holdMs} ms this request could be held`, {
-        data: { ...err.data, waitedMs: plan.holdMs, elapsedMs: snap.elapsedMs, statusUrl: statusPathFor(route) },
-        retryAfterS: snap.retryAfterS,
-        cause: err,
-      });
+  }
+
+  /**
+   * A hold as `plan` said ended in `err`: returns the error to answer with, or undefined once
+   * answered here (202, when `Prefer: respond-async, wait=N` ran out of time).
+   */
+  holdFailed(req: IncomingMessage, res: ServerResponse, plan: Extract<WaitPlan, { kind: 'hold' }>, inst: Instance, route: ParsedTarget, err: Error): Error | undefined {
+    // Only this client's own hold ran out: the instance is still starting. A boot that
+    // timed out has failed, and that error goes out as it is.
+    if (!(err instanceof SmartProxyError) || err.code !== 'SP_BOOT_TIMEOUT' || inst.status !== 'starting') return err;
+    const snap = this.hub.snapshot(inst);
+    if (plan.thenAsync) {
+      this.#sendAccepted(req, res, route, snap);
+      return undefined;
     }
+    return new SmartProxyError('SP_BOOT_TIMEOUT', `not ready within the ${plan.holdMs} ms this request could be held`, {
+      data: { ...err.data, waitedMs: plan.holdMs, elapsedMs: snap.elapsedMs, statusUrl: statusPathFor(route) },
+      retryAfterS: snap.retryAfterS,
+      cause: err,
+    });
   }
 
   /**

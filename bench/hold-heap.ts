@@ -1,0 +1,177 @@
+/**
+ * What one held request costs, object by object: holds N requests on one cold resource (the
+ * hold suite's setup, smaller), takes a V8 heap snapshot after a GC before and while they are
+ * held, and prints the growth per held request by constructor (count and bytes). Then flips
+ * the resource to running and reports the release: flip → ready → last response, and the
+ * proxy's CPU per released request. Counts are deterministic; the times are not.
+ *
+ * usage: node bench/hold-heap.ts [--count 1000] [--top 40] [--root DIR] [--node-flag F]... [--floor]
+ *   --no-heap: no snapshots (a CPU profile of the release then shows the release alone)
+ *   --callgrind FILE: run the proxy under valgrind's callgrind, counting instructions during the
+ *     release only (flip → last response): a figure that does not depend on the machine's load
+ *   --warm-rounds R: hold, release and stop R times first, so that the measured release runs
+ *     compiled code (at small N the JIT's own work is otherwise a large, variable part)
+ *   --floor: the same on a bare node:http server that holds every request (bench/hold-floor.ts)
+ *   --root: the checkout whose proxy to measure (its bench/smart-proxy-child.ts), for before/after
+ *   --node-flag: extra flags for the proxy's node, e.g. --cpu-prof --cpu-prof-dir=/tmp/prof
+ */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { BENCH_DIR } from './lib/context.ts';
+import { ask, nextMessage, type Message } from './lib/ipc.ts';
+import { startNginxUpstream } from './lib/nginx.ts';
+import { cpuTimeMs, freePort, rssBytes, spawnPinned } from './lib/procs.ts';
+
+const { values } = parseArgs({
+  options: {
+    count: { type: 'string', default: '1000' },
+    top: { type: 'string', default: '40' },
+    root: { type: 'string', default: join(BENCH_DIR, '..') },
+    'node-flag': { type: 'string', multiple: true, default: [] },
+    floor: { type: 'boolean', default: false },
+    'no-heap': { type: 'boolean', default: false },
+    callgrind: { type: 'string' },
+    'warm-rounds': { type: 'string', default: '0' },
+  },
+});
+const n = Number(values.count);
+if (!Number.isInteger(n) || n <= 0) throw new Error(`--count must be a positive integer, not ${values.count}`);
+const top = Number(values.top);
+
+type Counts = Record<string, [number, number]>;
+interface HeapCounts extends Message { counts: Counts; heapUsed: number; external: number; rss: number }
+interface Stats extends Message { heldTotal: number; calls: Record<string, { start: number }>; readyAt: Record<string, number[]> }
+interface Done extends Message { statuses: Record<string, number>; errors: Record<string, number>; doneAt: number[] }
+
+// One folder per run: runs under callgrind are slow, and two may go side by side.
+const workDir = join(BENCH_DIR, 'out', `hold-heap-${process.pid}`);
+rmSync(workDir, { recursive: true, force: true });
+mkdirSync(workDir, { recursive: true });
+const upstreamPort = await freePort();
+const upstream = await startNginxUpstream(workDir, upstreamPort, '0');
+const config = join(workDir, 'hold.yaml');
+writeFileSync(config, `listen: { host: 127.0.0.1, port: 0 }
+log: { level: warn }
+limits: { maxHeldRequests: 20000, maxHeldRequestsPerResource: 20000 }
+providers:
+  up: { kind: static, endpoint: "http://127.0.0.1:${upstreamPort}" }
+  warm: { kind: static, endpoint: "http://127.0.0.1:${upstreamPort}" }
+resourceDefaults: { access: { public: true } }
+resources:
+  cold: { provider: up, bootTimeoutMs: 120000 }
+  warmup: { provider: warm }
+state: { kind: sqlite, path: "${join(workDir, 'hold.sqlite')}" }
+`);
+const callgrind = values.callgrind === undefined ? [] : [
+  'valgrind', '--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${values.callgrind}`, '--smc-check=all', process.execPath,
+];
+const proxy = spawnPinned('proxy', callgrind[0] ?? process.execPath, [...callgrind.slice(1), '--expose-gc', ...values['node-flag'], ...(values.floor
+  ? [join(BENCH_DIR, 'hold-floor.ts')]
+  : [join(values.root, 'bench', 'smart-proxy-child.ts'), '--config', config, '--switch', 'up'])], {
+  cpu: '1', logFile: join(workDir, 'proxy.log'), ipc: true, env: { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off' },
+});
+try {
+  const ready = await nextMessage<Message & { url?: string; port?: number }>(proxy.child, 'ready', values.callgrind === undefined ? 60_000 : 600_000);
+  const url = values.floor ? `http://127.0.0.1:${ready.port}` : ready.url!;
+  if (!values.floor) for (let i = 0; i < 200; i++) await (await fetch(`${url}/smart_proxy/warmup/-/`)).arrayBuffer();
+  for (let round = 0; !values.floor && round < Number(values['warm-rounds']); round++) {
+    const warm = spawnPinned('client', process.execPath, [join(BENCH_DIR, 'hold-client.ts'), '--url', `${url}/smart_proxy/cold/-/`, '--count', String(n)], {
+      cpu: '0', logFile: join(workDir, 'client.log'), ipc: true,
+    });
+    try {
+      const warmDone = nextMessage<Done>(warm.child, 'done', 600_000);
+      await nextMessage(warm.child, 'sent', 600_000);
+      while ((await ask<Stats>(proxy.child, { type: 'stats' }, 'stats')).heldTotal < n) await new Promise((r) => setTimeout(r, 10));
+      await ask(proxy.child, { type: 'flip' }, 'flipped');
+      await warmDone;
+      await ask(proxy.child, { type: 'stop-all' }, 'stopped', 600_000);
+    } finally {
+      await warm.stop();
+    }
+  }
+  const heapCounts = (): Promise<HeapCounts> => values['no-heap']
+    ? ask<HeapCounts>(proxy.child, { type: 'gc' }, 'gc-done').then((m) => ({ ...m, counts: {} }))
+    : ask<HeapCounts>(proxy.child, { type: 'heap-counts' }, 'heap-counts', 120_000);
+  const before = await heapCounts();
+  const rssBefore = rssBytes(proxy.pid);
+  const client = spawnPinned('client', process.execPath, [join(BENCH_DIR, 'hold-client.ts'), '--url', `${url}/smart_proxy/cold/-/`, '--count', String(n)], {
+    cpu: '0', logFile: join(workDir, 'client.log'), ipc: true,
+  });
+  try {
+    const done = nextMessage<Done>(client.child, 'done', 300_000);
+    await nextMessage(client.child, 'sent', 120_000);
+    const heldNow = async (): Promise<number> => values.floor
+      ? (await ask<Message & { count: number }>(proxy.child, { type: 'held' }, 'held')).count
+      : (await ask<Stats>(proxy.child, { type: 'stats' }, 'stats')).heldTotal;
+    for (let tries = 0; await heldNow() < n; tries++) {
+      if (tries > 6_000) throw new Error(`fewer than ${n} requests held after 60 s`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const held = await heapCounts();
+    const rssHeld = rssBytes(proxy.pid);
+    const cpuBefore = cpuTimeMs(proxy.pid);
+    // Valgrind takes the command when the process next runs: poke it (a stats round trip)
+    // until callgrind_control reports it done.
+    const collect = async (on: boolean): Promise<void> => {
+      if (values.callgrind === undefined) return;
+      await callgrindControl(on ? ['-i', 'on'] : ['-i', 'off']);
+      // Written now: the process may not get to write it when stopped.
+      if (!on) await callgrindControl(['--dump']);
+    };
+    const callgrindControl = async (args: string[]): Promise<void> => {
+      const control = spawn('callgrind_control', [...args, String(proxy.pid)], { stdio: 'ignore' });
+      const exited = once(control, 'exit');
+      let finished = false;
+      void exited.then(() => { finished = true; });
+      while (!finished) {
+        await (values.floor ? ask(proxy.child, { type: 'held' }, 'held') : ask(proxy.child, { type: 'stats' }, 'stats'));
+        await Promise.race([exited, new Promise((r) => setTimeout(r, 50))]);
+      }
+      if (control.exitCode !== 0) throw new Error(`callgrind_control ${args.join(' ')} failed (${control.exitCode})`);
+    };
+    await collect(true);
+    if (values.floor) {
+      proxy.child.send({ type: 'release' });
+      await done;
+      await collect(false);
+      printDiff(before, held, rssBefore, rssHeld);
+      console.log(`release: proxy CPU ${(((cpuTimeMs(proxy.pid) - cpuBefore) * 1000) / n).toFixed(0)} µs per request`);
+      process.exitCode = 0;
+    } else {
+    const flipped = await ask<Message & { at: number }>(proxy.child, { type: 'flip' }, 'flipped');
+    const outcome = await done;
+    await collect(false);
+    const cpuUsed = cpuTimeMs(proxy.pid) - cpuBefore;
+    const stats = await ask<Stats>(proxy.child, { type: 'stats' }, 'stats');
+    const ready = stats.readyAt.cold!.at(-1)!;
+    const times = outcome.doneAt.sort((a, b) => a - b);
+    printDiff(before, held, rssBefore, rssHeld);
+    console.log(`release: flip→ready ${(ready - flipped.at).toFixed(0)} ms, ready→first ${(times[0]! - ready).toFixed(0)} ms, ready→last ${(times.at(-1)! - ready).toFixed(0)} ms, proxy CPU ${((cpuUsed * 1000) / n).toFixed(0)} µs per request`);
+    console.log(`starts ${stats.calls.up!.start} (warm-up rounds included), statuses ${JSON.stringify(outcome.statuses)}, errors ${JSON.stringify(outcome.errors)}`);
+    }
+  } finally {
+    await client.stop();
+  }
+} finally {
+  await proxy.stop();
+  await upstream.stop();
+  if (process.exitCode === undefined || process.exitCode === 0) rmSync(workDir, { recursive: true, force: true });
+}
+
+function printDiff(before: HeapCounts, held: HeapCounts, rssBefore: number, rssHeld: number): void {
+    const rows = Object.keys({ ...before.counts, ...held.counts }).map((k) => {
+      const [c0, b0] = before.counts[k] ?? [0, 0];
+      const [c1, b1] = held.counts[k] ?? [0, 0];
+      return { k, count: (c1 - c0) / n, bytes: (b1 - b0) / n };
+    });
+    const sum = rows.reduce((a, r) => ({ count: a.count + r.count, bytes: a.bytes + r.bytes }), { count: 0, bytes: 0 });
+    const shown = rows.filter((r) => Math.abs(r.count) >= 0.5 || Math.abs(r.bytes) >= 8).sort((a, b) => b.bytes - a.bytes);
+    console.log(`root ${values.root}, ${n} held`);
+    console.log('per held request: objects  bytes  type:constructor');
+    for (const r of shown.slice(0, top)) console.log(`${r.count.toFixed(2).padStart(8)} ${r.bytes.toFixed(0).padStart(7)}  ${r.k}`);
+    console.log(`total: ${sum.count.toFixed(1)} objects, ${(sum.bytes / 1024).toFixed(2)} KB per held request`);
+    console.log(`heapUsed ${((held.heapUsed - before.heapUsed) / n / 1024).toFixed(2)} KB, external ${((held.external - before.external) / n / 1024).toFixed(2)} KB, RSS ${((rssHeld - rssBefore) / n / 1024).toFixed(2)} KB per held request`);
+}
