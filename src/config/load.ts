@@ -8,6 +8,7 @@ import type { z } from 'zod';
 import { configSchema, resourceBuiltinDefaults, type Config, type KeepWarmConfig, type ProbeConfig, type ProviderConfig, type ResourceAccessConfig, type ResourceConfig } from './schema.ts';
 import { SmartProxyError } from '../core/errors.ts';
 import { defaultParseCache, type ParseCache } from './parse-cache.ts';
+import { parsePlainYaml } from './plain-yaml.ts';
 import { closestKey, knownKeysAt } from './suggest.ts';
 
 export class ConfigError extends SmartProxyError {
@@ -21,13 +22,16 @@ export class ConfigError extends SmartProxyError {
 }
 
 /**
- * Parses and validates YAML text. `source` names the file in messages. With a `cache`, a text
- * parsed before skips the YAML parse (validation still runs; see parse-cache.ts).
+ * Parses and validates YAML text. `source` names the file in messages. A text in plain YAML
+ * is read by the fast path (plain-yaml.ts); with a `cache`, another text parsed before skips
+ * the YAML parse (see parse-cache.ts). Validation always runs; a text that fails anywhere is
+ * parsed again in full, so that errors always come from one place, with their lines.
  */
 export function parseConfig(text: string, source = '<config>', cache?: ParseCache): Config {
-  const cached = cache?.get(text);
-  if (cached !== undefined) {
-    const fast = configSchema.safeParse(cached);
+  const plain = parsePlainYaml(text);
+  const known = plain ?? cache?.get(text);
+  if (known !== undefined) {
+    const fast = configSchema.safeParse(known);
     if (fast.success) return fast.data;
     // Invalid under this schema: the full parse below reports it with line numbers.
   }
@@ -51,7 +55,8 @@ export function parseConfig(text: string, source = '<config>', cache?: ParseCach
       ? unknownKeys(issue, doc, lineCounter)
       : [describeIssue(issue, raw, doc, lineCounter)])));
   }
-  cache?.set(text, raw);
+  // A plain text is read fast anyway: caching it would only cost a write.
+  if (plain === undefined) cache?.set(text, raw);
   return result.data;
 }
 
