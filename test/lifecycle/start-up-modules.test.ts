@@ -1,7 +1,8 @@
 /**
  * A start-up loads the code its configuration needs, and not the rest: with a plain config the
- * CLI never loads the admin listener, OIDC sign-in, the mock cloud, front mode, Redis, or the
- * docker and qemu providers (each is ~20-150 ms of start-up); a config that uses some of them
+ * CLI never loads the admin listener, OIDC sign-in, the mock cloud, front mode, Redis, the
+ * docker and qemu providers, or the full YAML parser (each is ~20-150 ms of start-up); a config
+ * that uses some of them
  * gets them, and starts. Runs the real CLI with a module-logging hook.
  */
 import assert from 'node:assert/strict';
@@ -27,6 +28,8 @@ const optional = {
   redis: '/node_modules/ioredis/',
   docker: '/node_modules/dockerode/',
   qemu: '/src/providers/qemu/',
+  // The full YAML parser: a plain text is read by the fast path (src/config/plain-yaml.ts).
+  yaml: '/node_modules/yaml/dist/',
 };
 
 /**
@@ -84,8 +87,9 @@ void describe('start-up modules', () => {
     assert.deepEqual(loadedParts(urls), []);
   });
 
-  void it('a config with an admin listener, the mock cloud and a docker provider loads those, and starts', async () => {
-    const urls = await modulesOfStart('some', `${base}admin: { listen: { host: 127.0.0.1, port: 0 }, anonymousFromLoopback: true }\nmockCloud: { enabled: true, port: 0 }\nresources:\n  c:\n    provider: { kind: docker, socketPath: ${join(root, 'no-engine.sock')}, containerPort: 80, existing: { name: c } }\n`, 'admin listening');
-    assert.deepEqual(loadedParts(urls), ['admin', 'mockCloud', 'docker']);
+  void it('a config with an admin listener, the mock cloud, a docker provider and an anchor loads those, and starts', async () => {
+    // The anchor (&d) takes the file off the plain-YAML fast path: the full parser is loaded.
+    const urls = await modulesOfStart('some', `${base.replace('resourceDefaults:', 'resourceDefaults: &d')}admin: { listen: { host: 127.0.0.1, port: 0 }, anonymousFromLoopback: true }\nmockCloud: { enabled: true, port: 0 }\nresources:\n  c:\n    provider: { kind: docker, socketPath: ${join(root, 'no-engine.sock')}, containerPort: 80, existing: { name: c } }\n`, 'admin listening');
+    assert.deepEqual(loadedParts(urls), ['admin', 'mockCloud', 'docker', 'yaml']);
   });
 });
