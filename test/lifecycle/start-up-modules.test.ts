@@ -12,6 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { parseConfig } from '../../src/config/load.ts';
+import { startApp } from '../../src/main.ts';
 import { exitOf } from '../helpers/system.ts';
 
 const cli = fileURLToPath(new URL('../../src/cli.ts', import.meta.url));
@@ -91,5 +93,20 @@ void describe('start-up modules', () => {
     // The anchor (&d) takes the file off the plain-YAML fast path: the full parser is loaded.
     const urls = await modulesOfStart('some', `${base.replace('resourceDefaults:', 'resourceDefaults: &d')}admin: { listen: { host: 127.0.0.1, port: 0 }, anonymousFromLoopback: true }\nmockCloud: { enabled: true, port: 0 }\nresources:\n  c:\n    provider: { kind: docker, socketPath: ${join(root, 'no-engine.sock')}, containerPort: 80, existing: { name: c } }\n`, 'admin listening');
     assert.deepEqual(loadedParts(urls), ['admin', 'mockCloud', 'docker', 'yaml']);
+  });
+
+  void it('a reload that adds a docker resource loads the docker provider then', async () => {
+    const plain = `${base}resources:\n  a:\n    provider: { kind: static, endpoint: "http://127.0.0.1:9" }\n`;
+    const withDocker = `${plain}  c:\n    provider: { kind: docker, socketPath: ${join(root, 'no-engine.sock')}, containerPort: 80, existing: { name: c } }\n`;
+    let next = plain;
+    const app = await startApp(parseConfig(plain.replace('level: info', 'level: warn')), { loadConfig: async () => parseConfig(next.replace('level: info', 'level: warn')) });
+    try {
+      next = withDocker;
+      const result = await app.reload();
+      assert.ok(result.ok, result.ok ? '' : result.errors);
+      assert.deepEqual(result.summary.added, ['c']);
+    } finally {
+      await app.close();
+    }
   });
 });
