@@ -42,8 +42,13 @@ const PLAIN_KEY = /^[A-Za-z0-9_][A-Za-z0-9_./-]*$/;
 /** First characters a plain scalar may not have (YAML indicators). `-` is checked apart. */
 const INDICATORS = '?:,[]{}#&*!|>\'"%@`';
 
+/** First characters of every plain scalar the core schema reads as other than a string. */
+const NON_STRING_START = '~nNtTfF0123456789+-.';
+
 /** What a plain scalar means under the core schema. */
 function resolvePlain(s: string): unknown {
+  // Most keys and values (`provider`, `static`, `http://…`): a string, known from its first character.
+  if (s !== '' && !NON_STRING_START.includes(s[0]!)) return s;
   if (NULL.test(s)) return null;
   if (BOOL.test(s)) return s[0] === 't' || s[0] === 'T';
   if (INT_OCT.test(s)) return parseInt(s.substring(2), 8);
