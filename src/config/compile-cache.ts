@@ -53,3 +53,13 @@ export function flushStartupCompileCache(): void {
     // No cache written: the next start compiles again.
   }
 }
+
+/**
+ * The environment for a worker thread, so that it compiles its modules with this process's
+ * compile cache (a thread does not inherit it, except through NODE_COMPILE_CACHE); undefined
+ * (the default environment) when there is no cache.
+ */
+export function workerEnvWithCompileCache(): NodeJS.ProcessEnv | undefined {
+  const dir = (nodeModule as Partial<typeof nodeModule>).getCompileCacheDir?.();
+  return dir === undefined ? undefined : { ...process.env, NODE_COMPILE_CACHE: dir };
+}

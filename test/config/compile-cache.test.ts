@@ -64,6 +64,15 @@ void describe('compile cache at start-up', () => {
     assert.deepEqual(enableIn({ SMART_PROXY_COMPILE_CACHE: file }), { status: 'untrusted directory' });
   });
 
+  void it('hands the cache to worker threads (the SQLite store\'s) through their environment', () => {
+    const script = (enable: string): string => `import { enableStartupCompileCache, workerEnvWithCompileCache } from ${JSON.stringify(moduleUrl)}; ${enable}; process.stdout.write(JSON.stringify(workerEnvWithCompileCache()?.NODE_COMPILE_CACHE ?? null));`;
+    const run = (enable: string, extra: Record<string, string>): unknown => JSON.parse(execFileSync(process.execPath, ['--input-type=module', '-e', script(enable)], { env: envWith(extra), encoding: 'utf8', timeout: 30_000 }));
+    const dir = join(root, 'workers');
+    const got = run('enableStartupCompileCache()', { SMART_PROXY_COMPILE_CACHE: dir });
+    assert.ok(typeof got === 'string' && got.startsWith(dir), String(got));
+    assert.equal(run('enableStartupCompileCache()', { SMART_PROXY_COMPILE_CACHE: 'off' }), null);
+  });
+
   void it('leaves a cache enabled by NODE_COMPILE_CACHE where Node put it', () => {
     const dir = join(root, 'node-env');
     const r = enableIn({ NODE_COMPILE_CACHE: dir, SMART_PROXY_COMPILE_CACHE: join(root, 'ours') });
