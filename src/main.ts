@@ -125,6 +125,15 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   const log = options.logger ?? createLogger(config.log.level);
   const clock = options.clock ?? systemClock;
   const closers: Array<() => Promise<void>> = [];
+  // The state store opens on its own thread (SQLite) while the steps before 4 are built;
+  // step 4 takes it. Its error, if any, is thrown there, in its turn.
+  let storeOpening = options.store === undefined ? openStore(config, log) : undefined;
+  storeOpening?.catch(() => undefined);
+  closers.push(async () => {
+    const opening = storeOpening;
+    storeOpening = undefined;
+    await opening?.then((s) => s.close(), () => undefined);
+  });
   try {
     // 1. The embedded mock cloud, when asked for (demo, tests).
     let mockCloud: MockCloud | undefined;
@@ -245,7 +254,9 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     // 4. State: read back what a previous run left (boot history; instances to re-adopt,
     //    checked with their providers, never started again), then write behind on a timer.
     //    Before the data plane, so a request for an instance being re-adopted joins it.
-    const store = options.store ?? await openStore(config, log);
+    const store = options.store ?? await storeOpening!;
+    // Taken: from here on it closes with the state sync.
+    storeOpening = undefined;
     const state = new StateSync({ store, manager, clock, logger: log, flushIntervalMs: config.state.flushIntervalMs });
     closers.push(() => state.close());
     adminState.attachStore(state);
