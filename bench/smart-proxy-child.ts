@@ -147,6 +147,7 @@ process.on('message', (msg: Msg) => {
 process.once('SIGTERM', () => {
   void app.close().finally(() => process.exit(0));
 });
-process.send?.({ type: 'ready', url: app.proxyUrl, startupMs: performance.now(), parseMs, appMs, rssBytes: process.memoryUsage.rss() });
+const cpu = process.cpuUsage();
+process.send?.({ type: 'ready', url: app.proxyUrl, startupMs: performance.now(), startupCpuMs: (cpu.user + cpu.system) / 1000, parseMs, appMs, rssBytes: process.memoryUsage.rss() });
 // Listening (as the CLI, which flushes after startApp): what start-up compiled is written now.
 flushStartupCompileCache();

@@ -23,6 +23,8 @@ export interface Context {
 export interface ReadyMessage extends Message {
   readonly url: string;
   readonly startupMs: number;
+  /** CPU time of the whole process (every thread) at that moment, ms: steadier than wall time on a busy machine. */
+  readonly startupCpuMs?: number;
   readonly parseMs: number;
   readonly appMs: number;
   readonly rssBytes: number;

@@ -22,6 +22,8 @@ export interface ManyCase {
   readonly startupMs: number;
   /** Each of those starts, in order. */
   readonly startupSamplesMs: number[];
+  /** CPU time (all threads) at listening, ms (median of the same starts). */
+  readonly startupCpuMs: number;
   /** Reading and validating the YAML config, ms (median). */
   readonly configMs: number;
   /** startApp (building providers, runtimes, the routing table, listening), ms (median). */
@@ -95,7 +97,7 @@ export async function runMany(ctx: Context): Promise<ManyCase[]> {
     throw err;
   });
   const many = manyRun.child;
-  const startups = (r: { samples: SmartChild['ready'][] }): string => r.samples.map((s) => s.startupMs.toFixed(0)).join(', ');
+  const startups = (r: { samples: SmartChild['ready'][] }): string => r.samples.map((s) => `${s.startupMs.toFixed(0)} (CPU ${(s.startupCpuMs ?? 0).toFixed(0)})`).join(', ');
   ctx.log(`many resources: first start (empty compile cache) of 10,000: ${cold.ready.startupMs.toFixed(0)} ms (config ${cold.ready.parseMs.toFixed(0)} ms); then 10,000: ${startups(manyRun)} ms; 1: ${startups(oneRun)} ms`);
   try {
     const rssOne = rssBytes(one.pid);
@@ -124,6 +126,7 @@ export async function runMany(ctx: Context): Promise<ManyCase[]> {
         spreadOver: c.spreadOver,
         startupMs: median(samples.map((r) => r.startupMs)),
         startupSamplesMs: samples.map((r) => Math.round(r.startupMs)),
+        startupCpuMs: median(samples.map((r) => r.startupCpuMs ?? 0)),
         configMs: median(samples.map((r) => r.parseMs)),
         appMs: median(samples.map((r) => r.appMs)),
         coldStartupMs: c.child === many ? cold.ready.startupMs : undefined,
