@@ -95,6 +95,29 @@ void describe('plain YAML fast path', () => {
     }), { numRuns: 3000 });
   });
 
+  void it('agrees with yaml (or gives up) when lines are re-indented, repeated, swapped, joined or dropped', () => {
+    const edit = fc.tuple(fc.nat(), fc.constantFrom('indent+1', 'indent+2', 'indent-1', 'dup', 'swap', 'del', 'join', 'comment', 'dash'));
+    fc.assert(fc.property(plainDocArb, fc.array(edit, { minLength: 1, maxLength: 3 }), (text, edits) => {
+      const lines = text.split('\n');
+      for (const [n, e] of edits) {
+        if (lines.length === 0) break;
+        const i = n % lines.length;
+        const l = lines[i]!;
+        const next = lines[i + 1];
+        if (e === 'indent+1') lines[i] = ` ${l}`;
+        else if (e === 'indent+2') lines[i] = `  ${l}`;
+        else if (e === 'indent-1') lines[i] = l.startsWith(' ') ? l.slice(1) : l;
+        else if (e === 'dup') lines.splice(i, 0, l);
+        else if (e === 'swap' && next !== undefined) lines.splice(i, 2, next, l);
+        else if (e === 'del') lines.splice(i, 1);
+        else if (e === 'join' && next !== undefined) lines.splice(i, 2, `${l} ${next.trim()}`);
+        else if (e === 'comment') lines.splice(i, 0, `${' '.repeat(n % 7)}# c`);
+        else if (e === 'dash') lines[i] = l.replace(/^( *)/, '$1- ');
+      }
+      agrees(lines.join('\n'));
+    }), { numRuns: 2000 });
+  });
+
   void it('answers the shapes configs are written in, exactly', () => {
     const text = [
       '# a comment',
