@@ -10,7 +10,8 @@
  * usage: node bench/startup-ab.ts [--rounds 9] [--resources 1,10000] LABEL=DIR[,ENV=VALUE…] …
  *   e.g. git worktree add /tmp/sp-before <commit>
  *        node bench/startup-ab.ts before=/tmp/sp-before after=.
- * Each variant gets a compile cache of its own (SMART_PROXY_COMPILE_CACHE, unless given).
+ * Each variant gets a compile cache of its own (SMART_PROXY_COMPILE_CACHE, unless given);
+ * SMART_PROXY_COMPILE_CACHE=fresh gives every start a new, empty one (a first start).
  */
 import { fork } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -50,9 +51,13 @@ function cpuMs(pid: number): number {
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
 }
 
+let starts = 0;
+
 async function startOnce(v: Variant, config: string): Promise<ReadyMessage & { cpuMs: number }> {
+  const env: NodeJS.ProcessEnv = { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off', ...v.env };
+  if (env.SMART_PROXY_COMPILE_CACHE === 'fresh') env.SMART_PROXY_COMPILE_CACHE = join(work, `fresh-compile-cache-${++starts}`);
   const child = fork(join(v.dir, 'bench/smart-proxy-child.ts'), ['--config', config], {
-    env: { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off', ...v.env }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+    env, stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
   });
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   try {
