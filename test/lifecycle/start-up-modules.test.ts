@@ -1,7 +1,7 @@
 /**
  * A start-up loads the code its configuration needs, and not the rest: with a plain config the
  * CLI never loads the admin listener, OIDC sign-in, the mock cloud, front mode, Redis, the
- * docker and qemu providers, or the full YAML parser (each is ~20-150 ms of start-up); a config
+ * docker and qemu providers, the full YAML parser, or jose (each is ~20-150 ms of start-up); a config
  * that uses some of them
  * gets them, and starts. Runs the real CLI with a module-logging hook.
  */
@@ -32,6 +32,8 @@ const optional = {
   qemu: '/src/providers/qemu/',
   // The full YAML parser: a plain text is read by the fast path (src/config/plain-yaml.ts).
   yaml: '/node_modules/yaml/dist/',
+  // JWT verification: only with a JWT identity (src/access/jwt-verifier.ts).
+  jose: '/node_modules/jose/',
 };
 
 /**
@@ -89,10 +91,10 @@ void describe('start-up modules', () => {
     assert.deepEqual(loadedParts(urls), []);
   });
 
-  void it('a config with an admin listener, the mock cloud, a docker provider and an anchor loads those, and starts', async () => {
+  void it('a config with an admin listener, the mock cloud, a docker provider, an anchor and a JWT identity loads those, and starts', async () => {
     // The anchor (&d) takes the file off the plain-YAML fast path: the full parser is loaded.
-    const urls = await modulesOfStart('some', `${base.replace('resourceDefaults:', 'resourceDefaults: &d')}admin: { listen: { host: 127.0.0.1, port: 0 }, anonymousFromLoopback: true }\nmockCloud: { enabled: true, port: 0 }\nresources:\n  c:\n    provider: { kind: docker, socketPath: ${join(root, 'no-engine.sock')}, containerPort: 80, existing: { name: c } }\n`, 'admin listening');
-    assert.deepEqual(loadedParts(urls), ['admin', 'mockCloud', 'docker', 'yaml']);
+    const urls = await modulesOfStart('some', `${base.replace('resourceDefaults:', 'resourceDefaults: &d')}admin: { listen: { host: 127.0.0.1, port: 0 }, anonymousFromLoopback: true }\nmockCloud: { enabled: true, port: 0 }\nidentities: [{ kind: jwt, secret: "a-secret-of-at-least-32-characters!!", issuer: "https://issuer.example", audience: proxy, algorithms: [HS256] }]\nresources:\n  c:\n    provider: { kind: docker, socketPath: ${join(root, 'no-engine.sock')}, containerPort: 80, existing: { name: c } }\n`, 'admin listening');
+    assert.deepEqual(loadedParts(urls), ['admin', 'mockCloud', 'docker', 'yaml', 'jose']);
   });
 
   void it('a reload that adds a docker resource loads the docker provider then', async () => {
