@@ -2,9 +2,14 @@
 /**
  * Command line: a command name → its module in cli/. No logic lives here; a new command is
  * one module exporting `usage` and `run(args)`, and one line in the table below.
+ *
+ * Only light modules are imported statically: the compile cache (config/compile-cache.ts) must be
+ * enabled before the rest is loaded, or the rest is compiled without it.
  */
-import { ConfigError } from './config/load.ts';
+import { enableStartupCompileCache } from './config/compile-cache.ts';
 import { UsageError } from './cli/usage.ts';
+
+enableStartupCompileCache();
 
 interface Command {
   readonly usage: ReadonlyArray<readonly [string, string]>;
@@ -62,6 +67,7 @@ main(process.argv.slice(2)).then(
       process.exitCode = 2;
       return;
     }
+    const { ConfigError } = await import('./config/load.ts');
     if (err instanceof ConfigError) process.stderr.write(`${err.message}\n`);
     else process.stderr.write(`smart-proxy: ${err instanceof Error ? err.message : String(err)}\n`);
     process.exitCode = 1;

@@ -5,11 +5,11 @@
 import { pino } from 'pino';
 import { performance } from 'node:perf_hooks';
 import { LoggerAuditSink, teeAudit, type AuditSink } from './access/audit.ts';
-import { AdminServer } from './admin/admin-server.ts';
+import type { AdminServer } from './admin/admin-server.ts';
 import { AdminState } from './admin/admin-state.ts';
 import { StartLimiter } from './access/limits.ts';
 import type { Verifier } from './access/types.ts';
-import { OidcSignIn } from './access/oidc/sign-in.ts';
+import type { OidcSignIn } from './access/oidc/sign-in.ts';
 import type { Config } from './config/schema.ts';
 import { effectiveResources, expandStatuses, type EffectiveResource } from './config/load.ts';
 import { systemClock } from './core/clock.ts';
@@ -18,24 +18,22 @@ import { KeepWarmPolicy, KeepWarmScheduler } from './core/keep-warm.ts';
 import type { Clock, KeyValueStore, Logger, ProbeSpec, Provider, Store } from './core/ports.ts';
 import { ResourceManager, type ResourceRuntime } from './core/resource-manager.ts';
 import { StateSync } from './core/state-sync.ts';
-import { startMockCloud, type MockCloud } from './mock-cloud/mock-cloud.ts';
+import type { MockCloud } from './mock-cloud/mock-cloud.ts';
 import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
 import { EndpointPolicy, guardEndpoints } from './providers/endpoint-guard.ts';
 import { createHttpProvider } from './providers/http/http-provider.ts';
 import { createProcessProvider } from './providers/process/process-provider.ts';
 import { inheritedEnv, resolveSecretValue, secretReaders } from './config/secrets.ts';
 import { createStaticProvider } from './providers/static/static-provider.ts';
-import { createQemuProvider } from './providers/qemu/qemu-provider.ts';
-import { createDockerProvider } from './providers/docker/docker-provider.ts';
+import type { createQemuProvider } from './providers/qemu/qemu-provider.ts';
+import type { createDockerProvider } from './providers/docker/docker-provider.ts';
 import { loadBackendTls, type BackendTls } from './proxy/backend-tls.ts';
-import { startFrontMode, type FrontMode } from './front/front-mode.ts';
+import type { FrontMode } from './front/front-mode.ts';
 import { createAccessSteps } from './proxy/identify.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 import { ThemeLoader } from './proxy/waiting-page.ts';
 import { createStore } from './state/create-store.ts';
-import { createKeyValueStore } from './state/key-value-stores.ts';
-import { RedisCoordinator } from './state/redis/redis-coordinator.ts';
 import { atmosphereApiWarnings } from './startup-checks.ts';
 import { Metrics } from './metrics/metrics.ts';
 import { AccessLog } from './proxy/access-log.ts';
@@ -127,10 +125,20 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
   const log = options.logger ?? createLogger(config.log.level);
   const clock = options.clock ?? systemClock;
   const closers: Array<() => Promise<void>> = [];
+  // The state store opens on its own thread (SQLite) while the steps before 4 are built;
+  // step 4 takes it. Its error, if any, is thrown there, in its turn.
+  let storeOpening = options.store === undefined ? openStore(config, log) : undefined;
+  storeOpening?.catch(() => undefined);
+  closers.push(async () => {
+    const opening = storeOpening;
+    storeOpening = undefined;
+    await opening?.then((s) => s.close(), () => undefined);
+  });
   try {
     // 1. The embedded mock cloud, when asked for (demo, tests).
     let mockCloud: MockCloud | undefined;
     if (config.mockCloud.enabled) {
+      const { startMockCloud } = await import('./mock-cloud/mock-cloud.ts');
       mockCloud = await startMockCloud(config.mockCloud, log);
       const mc = mockCloud;
       closers.push(() => mc.close());
@@ -178,7 +186,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     //    Browser sign-in (OIDC): sessions too big for a cookie and single-use sign-in marks
     //    go to the key-value store beside the state store (shared when it is). Built once: a
     //    reload that changes the OIDC providers or session settings is refused (restart).
-    const oidc = buildSignIn(config, clock, log, options.keyValues, closers);
+    const oidc = await buildSignIn(config, clock, log, options.keyValues, closers);
     const buildAccess = (cfg: Config, rs: readonly EffectiveResource[]): ReturnType<typeof createAccessSteps> => createAccessSteps({
       identities: cfg.identities, settings: cfg.access, clock, logger: log, audit, oidc,
       policies: new Map(rs.map((r) => [r.id, r.access])),
@@ -188,7 +196,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     //    The control plane; with state on Redis, coordinated with the other replicas
     //    (one start and one idle stop per instance cluster-wide). Start limits count per replica.
     const coordinator = config.state.kind === 'redis'
-      ? new RedisCoordinator({ ...config.cluster, url: config.state.url, keyPrefix: config.state.keyPrefix, options: config.state.options, logger: log })
+      ? new (await import('./state/redis/redis-coordinator.ts')).RedisCoordinator({ ...config.cluster, url: config.state.url, keyPrefix: config.state.keyPrefix, options: config.state.options, logger: log })
       : undefined;
     if (coordinator !== undefined) closers.push(() => coordinator.close());
     const manager: ResourceManager = new ResourceManager({
@@ -239,13 +247,16 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         backendTls,
       };
     };
+    await loadProviderCode(resources);
     for (const r of resources) routed.set(r.id, buildRouted(r, providers));
     const runtimes = new Map([...routed].map(([id, r]) => [id, r.runtime]));
 
     // 4. State: read back what a previous run left (boot history; instances to re-adopt,
     //    checked with their providers, never started again), then write behind on a timer.
     //    Before the data plane, so a request for an instance being re-adopted joins it.
-    const store = options.store ?? await openStore(config, log);
+    const store = options.store ?? await storeOpening!;
+    // Taken: from here on it closes with the state sync.
+    storeOpening = undefined;
     const state = new StateSync({ store, manager, clock, logger: log, flushIntervalMs: config.state.flushIntervalMs });
     closers.push(() => state.close());
     adminState.attachStore(state);
@@ -317,6 +328,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     let admin: AdminServer | undefined;
     let adminUrl: string | undefined;
     if (config.admin !== undefined) {
+      const { AdminServer } = await import('./admin/admin-server.ts');
       const a = new AdminServer({
         admin: config.admin, identities: config.identities, realm: config.access.realm, manager, state: adminState,
         resources: () => new Map([...routed].map(([id, r]) => [id, r.runtime])), config: () => current, store, clock, logger: log,
@@ -333,7 +345,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
 
     // 8. Front-proxy mode: the decisions nginx (or HAProxy) in front asks for (src/front/).
     const front = config.front.enabled
-      ? await startFrontMode({
+      ? await (await import('./front/front-mode.ts')).startFrontMode({
         config, manager, admit: (req) => proxy.admit(req), clock, logger: log,
         // Through the indirection: a reload replaces `access`.
         backendHeaders: access.backendHeaders === undefined ? undefined : (...a) => access.backendHeaders?.(...a) ?? [],
@@ -368,6 +380,11 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         return refuse(`these sections changed and need a restart: ${restart.join(', ')} (nothing was applied; see docs/operations/reload.md)`);
       }
       const nextResources = effectiveResources(next);
+      try {
+        await loadProviderCode(nextResources);
+      } catch (err) {
+        return refuse(`cannot load a provider's code: ${err instanceof Error ? err.message : String(err)}`);
+      }
       const plan = planResources(resources, nextResources);
       const rebuilt = new Set(plan.providersRebuilt);
       // Unchanged providers are shared; changed ones are built anew for the new runtimes.
@@ -503,9 +520,11 @@ function meteredResources(resources: readonly EffectiveResource[]): Array<{ id: 
   return resources.map((r) => ({ id: r.id, provider: r.providerName }));
 }
 
-function buildSignIn(config: Config, clock: Clock, log: Logger, injected: KeyValueStore | undefined, closers: Array<() => Promise<void>>): OidcSignIn | undefined {
+async function buildSignIn(config: Config, clock: Clock, log: Logger, injected: KeyValueStore | undefined, closers: Array<() => Promise<void>>): Promise<OidcSignIn | undefined> {
   const identities = config.identities.flatMap((i) => (i.kind === 'oidc' ? [i] : []));
   if (identities.length === 0) return undefined;
+  // Loaded here, on demand: openid-client, jose's remote keys, the Redis client.
+  const [{ OidcSignIn }, { createKeyValueStore }] = await Promise.all([import('./access/oidc/sign-in.ts'), import('./state/key-value-stores.ts')]);
   const kv = injected ?? createKeyValueStore(config.state, clock, log);
   if (injected === undefined) closers.push(() => kv.close());
   const sessions = config.access.sessions;
@@ -539,6 +558,25 @@ async function waitFor(cond: () => boolean, timeoutMs: number): Promise<void> {
   }
 }
 
+/**
+ * The providers whose code is big (dockerode with its gRPC and SSH stacks: ~0.1 s to load;
+ * QEMU's), loaded by loadProviderCode only when a configuration uses them, so that a plain
+ * start-up does not pay for them.
+ */
+const heavyProviders: { docker?: typeof createDockerProvider; qemu?: typeof createQemuProvider } = {};
+
+async function loadProviderCode(resources: readonly EffectiveResource[]): Promise<void> {
+  const kinds = new Set(resources.map((r) => r.provider.kind));
+  if (kinds.has('docker')) heavyProviders.docker ??= (await import('./providers/docker/docker-provider.ts')).createDockerProvider;
+  if (kinds.has('qemu')) heavyProviders.qemu ??= (await import('./providers/qemu/qemu-provider.ts')).createQemuProvider;
+}
+
+/** A heavy provider's factory, which loadProviderCode has loaded before any build. */
+function loaded<T>(factory: T | undefined, kind: string): T {
+  if (factory === undefined) throw new Error(`the ${kind} provider's code was not loaded (loadProviderCode)`);
+  return factory;
+}
+
 function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, serviceIds: ReadonlyMap<string, string>, logger: Logger): Provider {
   const p = r.provider;
   switch (p.kind) {
@@ -568,10 +606,10 @@ function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, s
       });
     case 'qemu': {
       const { kind: _kind, ...options } = p;
-      return createQemuProvider({ ...options, logger });
+      return loaded(heavyProviders.qemu, 'qemu')({ ...options, logger });
     }
     case 'docker':
-      return createDockerProvider({
+      return loaded(heavyProviders.docker, 'docker')({
         socketPath: p.socketPath,
         apiVersion: p.apiVersion,
         requestTimeoutMs: p.requestTimeoutMs,

@@ -23,6 +23,8 @@ export interface Context {
 export interface ReadyMessage extends Message {
   readonly url: string;
   readonly startupMs: number;
+  /** CPU time of the whole process (every thread) at that moment, ms: steadier than wall time on a busy machine. */
+  readonly startupCpuMs?: number;
   readonly parseMs: number;
   readonly appMs: number;
   readonly rssBytes: number;
@@ -40,7 +42,7 @@ export async function startSmartProxy(ctx: Context, name: string, yaml: string, 
   // The default state store (SQLite), as a user runs it, in a file of this child's own.
   writeFileSync(file, `${yaml}state: { kind: sqlite, path: "${join(ctx.workDir, `${name}.sqlite`)}" }\n`);
   const proc = spawnPinned(name, process.execPath, [...nodeFlags, join(BENCH_DIR, 'smart-proxy-child.ts'), '--config', file, ...extraArgs], {
-    cpu: ctx.proxyCpu, logFile: join(ctx.workDir, `${name}.log`), ipc: true, env: { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off', ...env },
+    cpu: ctx.proxyCpu, logFile: join(ctx.workDir, `${name}.log`), ipc: true, env: { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off', SMART_PROXY_COMPILE_CACHE: join(ctx.workDir, 'compile-cache'), ...env },
   });
   const ready = await nextMessage<ReadyMessage>(proc.child, 'ready', 60_000);
   return { ...proc, url: ready.url, ready, ipc: proc.child };

@@ -16,12 +16,22 @@
  * time cannot cure (bad signature, unknown key, wrong issuer…) are cached for the refusal TTL;
  * "not yet valid" and an unreachable key set are never cached.
  */
-import { createLocalJWKSet, createRemoteJWKSet, decodeProtectedHeader, errors as joseErrors, importSPKI, jwtVerify, type CryptoKey, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import { createRequire } from 'node:module';
+import type * as Jose from 'jose';
+import type { CryptoKey, JWTPayload, JWTVerifyGetKey } from 'jose';
 import type { JwtIdentityConfig } from '../config/access-schema.ts';
 import type { Clock, Logger } from '../core/ports.ts';
 import { bearerToken, looksLikeJwt } from './bearer.ts';
 import { credentialKey, defaultCredentialWork, SingleFlight, VerdictCache, type CredentialWork } from './credential-cache.ts';
 import { ABSENT, isValidUserName, normaliseGroups, type Verifier, type VerifyOutcome } from './types.ts';
+
+/**
+ * jose, loaded on first use (a JWT identity is built, or a refusal described): loading it costs
+ * every start-up ~40 ms otherwise. Synchronous (require() of an ES module, the same module
+ * instance as an `import`), because verifiers are built synchronously.
+ */
+let joseLib: typeof Jose | undefined;
+const jose = (): typeof Jose => (joseLib ??= createRequire(import.meta.url)('jose') as typeof Jose);
 
 type KeySource = Uint8Array | JWTVerifyGetKey;
 
@@ -36,20 +46,20 @@ const TIME_BOUND_REASONS = new Set(['token not yet valid', 'token issued in the 
 function keySource(cfg: JwtIdentityConfig): KeySource {
   if (cfg.secret !== undefined) return new TextEncoder().encode(cfg.secret);
   if (cfg.jwksUrl !== undefined) {
-    return createRemoteJWKSet(new URL(cfg.jwksUrl), {
+    return jose().createRemoteJWKSet(new URL(cfg.jwksUrl), {
       cacheMaxAge: cfg.jwksCacheMaxAgeMs,
       cooldownDuration: cfg.jwksCooldownMs,
       timeoutDuration: cfg.jwksTimeoutMs,
     });
   }
-  if (cfg.jwks !== undefined) return createLocalJWKSet(cfg.jwks);
+  if (cfg.jwks !== undefined) return jose().createLocalJWKSet(cfg.jwks);
   const pem = cfg.publicKeyPem as string;
   const byAlg = new Map<string, Promise<CryptoKey>>();
   return async (header) => {
     const alg = header.alg ?? '';
     let key = byAlg.get(alg);
     if (key === undefined) {
-      key = importSPKI(pem, alg);
+      key = jose().importSPKI(pem, alg);
       byAlg.set(alg, key);
     }
     return key;
@@ -68,14 +78,14 @@ function claimAt(payload: JWTPayload, path: string): unknown {
 
 /** Why jose refused a token, in words fit for a 401 and an audit record. */
 export function describeJoseError(err: unknown): { reason: string; unavailable: boolean } {
-  if (!(err instanceof joseErrors.JOSEError)) {
+  if (!(err instanceof jose().errors.JOSEError)) {
     // fetch() of the JWKS failed (refused, DNS, TLS): not the token's fault.
     return { reason: 'the key set could not be fetched', unavailable: true };
   }
   switch (err.code) {
     case 'ERR_JWT_EXPIRED': return { reason: 'token expired', unavailable: false };
     case 'ERR_JWT_CLAIM_VALIDATION_FAILED': {
-      const claim = (err as joseErrors.JWTClaimValidationFailed).claim;
+      const claim = (err as Jose.errors.JWTClaimValidationFailed).claim;
       if (claim === 'iss') return { reason: 'wrong issuer', unavailable: false };
       if (claim === 'aud') return { reason: 'wrong audience', unavailable: false };
       if (claim === 'nbf') return { reason: 'token not yet valid', unavailable: false };
@@ -97,8 +107,9 @@ export function describeJoseError(err: unknown): { reason: string; unavailable: 
 }
 
 export function createJwtVerifier(cfg: JwtIdentityConfig, challenge: string, clock: Clock, log: Logger, work: CredentialWork = defaultCredentialWork(clock)): Verifier {
+  jose(); // Loaded with the verifier, at start-up, not on its first request.
   const key = keySource(cfg);
-  const remote = cfg.jwksUrl !== undefined ? (key as ReturnType<typeof createRemoteJWKSet>) : undefined;
+  const remote = cfg.jwksUrl !== undefined ? (key as ReturnType<typeof Jose.createRemoteJWKSet>) : undefined;
   const verdicts = new VerdictCache<Cached>(work.cacheMaxEntries, work.clock);
   const flights = new SingleFlight<VerifyOutcome>();
   /** The kids of the key set jose last fetched (remote sets only; refreshed after each real verification). */
@@ -162,8 +173,8 @@ export function createJwtVerifier(cfg: JwtIdentityConfig, challenge: string, clo
     let payload: JWTPayload;
     try {
       const verified = typeof key === 'function'
-        ? await jwtVerify(token, key, { ...options, currentDate: new Date(clock.now()) })
-        : await jwtVerify(token, key, { ...options, currentDate: new Date(clock.now()) });
+        ? await jose().jwtVerify(token, key, { ...options, currentDate: new Date(clock.now()) })
+        : await jose().jwtVerify(token, key, { ...options, currentDate: new Date(clock.now()) });
       payload = verified.payload;
     } catch (err) {
       const { reason, unavailable } = describeJoseError(err);
@@ -181,6 +192,6 @@ export function createJwtVerifier(cfg: JwtIdentityConfig, challenge: string, clo
       droppedWarned = true;
       log.warn({ issuer: cfg.issuer, groupsClaim: cfg.groupsClaim, dropped }, 'JWT groups that cannot be named in a URL are ignored');
     }
-    return { outcome: { kind: 'verified', identity: { user, groups, via: 'jwt' } }, payload, kid: decodeProtectedHeader(token).kid };
+    return { outcome: { kind: 'verified', identity: { user, groups, via: 'jwt' } }, payload, kid: jose().decodeProtectedHeader(token).kid };
   }
 }

@@ -7,6 +7,7 @@ import { loadConfigFile } from '../config/load.ts';
 import { applyEnv, applyMockPort } from '../config/env.ts';
 import type { Config } from '../config/schema.ts';
 import { UsageError } from './usage.ts';
+import { flushStartupCompileCache } from '../config/compile-cache.ts';
 
 export const usage = [
   ['start --config FILE [--port N] [--host H] [--mock-port N]', 'run the proxy with a config file (SIGHUP: reload it)'],
@@ -34,6 +35,8 @@ export async function run(args: string[], command: 'start' | 'demo'): Promise<nu
     await demoIssuer?.close();
     throw portInUse(err, config) ?? err;
   }
+  // Start-up is over: what it compiled is written now, not only at a clean exit.
+  flushStartupCompileCache();
   if (command === 'demo') {
     const { printDemoBanner } = await import('../demo-banner.ts');
     printDemoBanner(app, demoIssuer?.url);

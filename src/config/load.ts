@@ -3,12 +3,22 @@
  * value, what was expected and the line, so an operator can fix a file without reading code.
  */
 import { readFile } from 'node:fs/promises';
-import { LineCounter, parseDocument, isMap, isNode, isScalar, visit, type Document } from 'yaml';
+import { createRequire } from 'node:module';
+import type * as Yaml from 'yaml';
+import type { Document, LineCounter } from 'yaml';
 import type { z } from 'zod';
 import { configSchema, resourceBuiltinDefaults, type Config, type KeepWarmConfig, type ProbeConfig, type ProviderConfig, type ResourceAccessConfig, type ResourceConfig } from './schema.ts';
 import { SmartProxyError } from '../core/errors.ts';
 import { defaultParseCache, type ParseCache } from './parse-cache.ts';
+import { parsePlainYaml } from './plain-yaml.ts';
 import { closestKey, knownKeysAt } from './suggest.ts';
+
+/**
+ * The yaml library, loaded on first use: a text in plain YAML never needs it (plain-yaml.ts),
+ * and loading it is ~25 ms of start-up.
+ */
+let yamlLib: typeof Yaml | undefined;
+const yaml = (): typeof Yaml => (yamlLib ??= createRequire(import.meta.url)('yaml') as typeof Yaml);
 
 export class ConfigError extends SmartProxyError {
   readonly problems: readonly string[];
@@ -21,16 +31,20 @@ export class ConfigError extends SmartProxyError {
 }
 
 /**
- * Parses and validates YAML text. `source` names the file in messages. With a `cache`, a text
- * parsed before skips the YAML parse (validation still runs; see parse-cache.ts).
+ * Parses and validates YAML text. `source` names the file in messages. A text in plain YAML
+ * is read by the fast path (plain-yaml.ts); with a `cache`, another text parsed before skips
+ * the YAML parse (see parse-cache.ts). Validation always runs; a text that fails anywhere is
+ * parsed again in full, so that errors always come from one place, with their lines.
  */
 export function parseConfig(text: string, source = '<config>', cache?: ParseCache): Config {
-  const cached = cache?.get(text);
-  if (cached !== undefined) {
-    const fast = configSchema.safeParse(cached);
+  const plain = parsePlainYaml(text);
+  const known = plain ?? cache?.get(text);
+  if (known !== undefined) {
+    const fast = configSchema.safeParse(known);
     if (fast.success) return fast.data;
     // Invalid under this schema: the full parse below reports it with line numbers.
   }
+  const { LineCounter, parseDocument } = yaml();
   const lineCounter = new LineCounter();
   // yaml's own uniqueKeys check compares every key with every other (O(n²): 10 s for 10,000
   // resources); duplicateKeyErrors does the same check with a Set per map.
@@ -51,12 +65,14 @@ export function parseConfig(text: string, source = '<config>', cache?: ParseCach
       ? unknownKeys(issue, doc, lineCounter)
       : [describeIssue(issue, raw, doc, lineCounter)])));
   }
-  cache?.set(text, raw);
+  // A plain text is read fast anyway: caching it would only cost a write.
+  if (plain === undefined) cache?.set(text, raw);
   return result.data;
 }
 
 /** Keys that appear twice in one mapping, as `line L, column C: …` messages. */
 function duplicateKeyErrors(doc: Document, lines: LineCounter): string[] {
+  const { isNode, isScalar, visit } = yaml();
   const problems: string[] = [];
   visit(doc, {
     Map(_key, map) {
@@ -92,6 +108,7 @@ export async function loadConfigFile(file: string, cache: ParseCache | null | un
 
 /** One problem per unknown key, at the key's own line, with the closest known key. */
 function unknownKeys(issue: z.core.$ZodIssueUnrecognizedKeys, doc: Document, lines: LineCounter): string[] {
+  const { isMap, isNode, isScalar } = yaml();
   const map = doc.getIn(issue.path, true);
   const known = knownKeysAt(configSchema, issue.path);
   return issue.keys.map((key) => {
@@ -105,6 +122,7 @@ function unknownKeys(issue: z.core.$ZodIssueUnrecognizedKeys, doc: Document, lin
 }
 
 function describeIssue(issue: z.core.$ZodIssue, raw: unknown, doc: Document, lines: LineCounter): string {
+  const { isNode } = yaml();
   const path = issue.path.map(String);
   const field = path.length > 0 ? path.join('.') : '(top level)';
   let where = '';

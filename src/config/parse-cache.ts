@@ -4,7 +4,9 @@
  *
  * Why: `yaml` builds a full document (every node with its source range, which the error
  * messages need) at about 10 µs per line; a generated config with 10,000 resources spends most
- * of its start-up there, while `JSON.parse` of the same data takes a few milliseconds.
+ * of its start-up there, while `JSON.parse` of the same data takes a few milliseconds. A text
+ * in plain YAML is read by a fast path instead (plain-yaml.ts) and is never cached: this cache
+ * serves the large files that use more of YAML (anchors, block scalars, …).
  *
  * What is cached is only the plain data YAML yields, keyed by a SHA-256 of the exact text and
  * the yaml library's version: the same key can only ever mean the same data. Validation (the
@@ -17,11 +19,11 @@
  * (read-only file system, foreign owner, a corrupt entry) silently means "no cache".
  */
 import { createHash } from 'node:crypto';
-import { chmodSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
+import { ensureTrustedDir, trustedDir, userCacheDir } from './cache-dir.ts';
 
 export interface ParseCache {
   /** The data cached for this exact text, or undefined. */
@@ -65,8 +67,7 @@ export function fileParseCache(options: FileParseCacheOptions): ParseCache {
       if (text.length < minBytes) return;
       const key = keyOf(text);
       try {
-        mkdirSync(dir, { recursive: true, mode: 0o700 });
-        if (!trustedDir(dir)) return;
+        if (!ensureTrustedDir(dir)) return;
         // Only data that JSON carries exactly (YAML also has .inf, .nan, -0 …): never a lossy entry.
         const json = JSON.stringify({ key, raw });
         if (!isDeepStrictEqual((JSON.parse(json) as { raw: unknown }).raw, raw)) return;
@@ -87,26 +88,7 @@ export function defaultParseCache(env: NodeJS.ProcessEnv = process.env): ParseCa
   const configured = env.SMART_PROXY_CONFIG_CACHE;
   if (configured === 'off' || configured === '0') return undefined;
   if (configured !== undefined && configured !== '') return fileParseCache({ dir: configured });
-  const base = env.XDG_CACHE_HOME !== undefined && env.XDG_CACHE_HOME !== '' ? env.XDG_CACHE_HOME : join(safeHome(), '.cache');
-  return fileParseCache({ dir: join(base, 'smart-proxy', 'config') });
-}
-
-function safeHome(): string {
-  try {
-    return homedir();
-  } catch {
-    return '/nonexistent';
-  }
-}
-
-function trustedDir(dir: string): boolean {
-  try {
-    const st = statSync(dir);
-    const uid = process.getuid?.();
-    return st.isDirectory() && (uid === undefined || st.uid === uid) && (st.mode & 0o022) === 0;
-  } catch {
-    return false;
-  }
+  return fileParseCache({ dir: userCacheDir('config', env) });
 }
 
 function prune(dir: string, maxEntries: number): void {

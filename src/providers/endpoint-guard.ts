@@ -102,17 +102,18 @@ export function guardEndpoints(provider: Provider, policy: EndpointPolicy, onRef
     : async (signal: AbortSignal): Promise<ListedInstance[]> => Promise.all((await list(signal)).map((l) => vet(l, l)));
   // Every other member (start, stop, close, output, optional capabilities added later) passes
   // through unchanged, bound to the provider itself: its private fields do not exist on a proxy.
-  const bound = new Map<PropertyKey, unknown>();
+  // Made on first use: most providers of a large config never have most members called.
+  let bound: Map<PropertyKey, unknown> | undefined;
   return new Proxy(provider, {
     get(target, prop) {
       if (prop === 'inspect') return inspect;
       if (prop === 'list') return listVetted;
       const value: unknown = Reflect.get(target, prop, target);
       if (typeof value !== 'function') return value;
-      let b = bound.get(prop);
+      let b = bound?.get(prop);
       if (b === undefined) {
         b = (value as (...a: unknown[]) => unknown).bind(target);
-        bound.set(prop, b);
+        (bound ??= new Map()).set(prop, b);
       }
       return b;
     },

@@ -2,7 +2,6 @@
 import type { Logger, Store } from '../core/ports.ts';
 import { MemoryStore } from './memory-store.ts';
 import { ThreadedSqliteStore } from './threaded-sqlite-store.ts';
-import { RedisStore } from './redis/redis-store.ts';
 
 export type StoreSpec =
   | { readonly kind: 'memory' }
@@ -25,7 +24,10 @@ export async function createStore(spec: StoreSpec, logger: Logger, limits: Store
       return new MemoryStore({ maxAuditEvents });
     case 'sqlite':
       return await ThreadedSqliteStore.open({ path: spec.path, busyTimeoutMs: spec.busyTimeoutMs, maxAuditEvents });
-    case 'redis':
+    case 'redis': {
+      // Loaded on demand: the Redis client is big, and most configurations do not use it.
+      const { RedisStore } = await import('./redis/redis-store.ts');
       return new RedisStore({ url: spec.url, keyPrefix: spec.keyPrefix, options: spec.options, logger, maxAuditEvents });
+    }
   }
 }

@@ -15,6 +15,7 @@
  * shutdown is never cut short.
  */
 import { Worker } from 'node:worker_threads';
+import { workerEnvWithCompileCache } from '../config/compile-cache.ts';
 import type { SerializedError, WorkerData, WorkerReply, WorkerRequest } from './sqlite-worker.ts';
 
 export interface SqliteThreadOptions {
@@ -95,7 +96,9 @@ export class SqliteThread {
   }
 
   #spawn(): Promise<void> {
-    const worker = new Worker(new URL('./sqlite-worker.ts', import.meta.url), { workerData: this.#o.workerData });
+    // The thread compiles its modules too (on the start-up path): with the process's compile cache.
+    const env = workerEnvWithCompileCache();
+    const worker = new Worker(new URL('./sqlite-worker.ts', import.meta.url), { workerData: this.#o.workerData, ...(env === undefined ? {} : { env }) });
     this.#worker = worker;
     const ready = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {

@@ -21,9 +21,12 @@ function freshDir(): string {
   return dir;
 }
 
-/** A generated config the size that makes the cache worth having (block style, as generators write). */
+/**
+ * A generated config the size that makes the cache worth having (block style, as generators
+ * write). Its anchor (`&defaults`) keeps it off the plain-YAML fast path, which needs no cache.
+ */
 function bigConfig(resources: number, extra = ''): string {
-  const lines = ['listen: { host: 127.0.0.1, port: 0 }', 'state: { kind: memory }', 'resourceDefaults: { access: { public: true } }', 'resources:'];
+  const lines = ['listen: { host: 127.0.0.1, port: 0 }', 'state: { kind: memory }', 'resourceDefaults: &defaults { access: { public: true } }', 'resources:'];
   for (let i = 1; i <= resources; i++) lines.push(`  r${i}:`, '    provider:', '      kind: static', `      endpoint: "http://127.0.0.1:${9000 + (i % 100)}"`);
   return `${lines.join('\n')}\n${extra}`;
 }
@@ -60,6 +63,13 @@ void describe('config parse cache', () => {
     const third = parseConfig(text.replace('9001', '9002'), 'x', cache);
     assert.equal(cache.hits, 1);
     assert.equal((third.resources.r1?.provider as { endpoint: string }).endpoint, 'http://127.0.0.1:9002');
+  });
+
+  void it('a text the plain-YAML fast path reads is not written to the cache', () => {
+    const dir = freshDir();
+    const text = bigConfig(2_000).replace(' &defaults', '');
+    assert.deepEqual(parseConfig(text, 'plain', fileParseCache({ dir })), parseConfig(bigConfig(2_000)));
+    assert.deepEqual(readdirSync(dir), []);
   });
 
   void it('small files are never written to the cache', () => {
