@@ -28,10 +28,25 @@ export async function run(args: string[], command: 'start' | 'demo'): Promise<nu
   const load = async (): Promise<Config> => (demo === undefined ? read() : demo.apply(await read()));
   // Loaded on demand so that the other commands stay light and never open a socket.
   const { startApp, closeOnSignal, reloadOnSignal } = await import('../main.ts');
+  // The proxy listens (and may hold requests) before start-up ends: a signal in between must
+  // not kill it by Node's default. It is kept and acted on once the app can close gracefully;
+  // the same signal again still quits at once, in case start-up itself is what hangs.
+  const early: NodeJS.Signals[] = [];
+  const keep = (signal: NodeJS.Signals): void => {
+    if (signal !== 'SIGHUP' && early.includes(signal)) process.exit(signal === 'SIGINT' ? 130 : 143);
+    if (!early.includes(signal)) early.push(signal);
+    if (signal !== 'SIGHUP') process.stderr.write(`\n${signal} while starting: shutting down once started (again to quit at once)…\n`);
+  };
+  const earlySignals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+  for (const s of earlySignals) process.on(s, keep);
+  const dropEarly = (): void => {
+    for (const s of earlySignals) process.off(s, keep);
+  };
   let app;
   try {
     app = await startApp(config, { loadConfig: load });
   } catch (err) {
+    dropEarly();
     await demoIssuer?.close();
     throw portInUse(err, config) ?? err;
   }
@@ -45,10 +60,16 @@ export async function run(args: string[], command: 'start' | 'demo'): Promise<nu
     ? `SIGHUP: configuration reloaded (${JSON.stringify(result.summary)})\n`
     : `SIGHUP: configuration refused, the running one is kept:\n${result.errors}\n`));
   // A second signal means "now".
-  await closeOnSignal(app, (signal) => {
+  const closed = closeOnSignal(app, (signal) => {
     stopReloading();
     process.stderr.write(`\n${signal}: draining and shutting down (again to quit at once)…\n`);
   });
+  dropEarly();
+  // What arrived while starting: a reload first (it is refused if a shutdown follows), then the shutdown.
+  if (early.includes('SIGHUP')) process.emit('SIGHUP', 'SIGHUP');
+  const stopSignal = early.find((s) => s !== 'SIGHUP');
+  if (stopSignal !== undefined) process.emit(stopSignal, stopSignal);
+  await closed;
   await demoIssuer?.close();
   // Everything is closed and flushed: exit now. Left to itself, Node would first tear the V8
   // heap down page by page, 100-400 ms measured after a demo run, which nothing here needs.

@@ -94,3 +94,40 @@ test('`npm exec smart-proxy` (what npx runs) reaches the CLI through package.jso
   });
   assert.match(out, /examples\/demo\.yaml: valid/);
 });
+
+test('a SIGTERM and a SIGHUP as soon as the proxy listens (start-up not over: the admin listener still to come) shut it down gracefully, not by Node\'s default', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'sp-early-'));
+  const file = join(dir, 'config.yaml');
+  await writeFile(file, JSON.stringify({
+    listen: { host: '127.0.0.1', port: 0 },
+    state: { kind: 'memory' },
+    shutdown: { drainTimeoutMs: 2_000 },
+    // The admin listener is started after the proxy's: its code is loaded then, which leaves
+    // a window between "proxy listening" and the end of start-up.
+    admin: { listen: { host: '127.0.0.1', port: 0 }, anonymousFromLoopback: true },
+    resources: { one: { provider: { kind: 'static', endpoint: 'http://127.0.0.1:9' }, access: { public: true } } },
+  }));
+  const child = spawn(process.execPath, [join(root, 'src/cli.ts'), 'start', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+  const exited = once(child, 'exit');
+  try {
+    child.stdout.on('data', (d: Buffer) => {
+      const first = !out.includes('proxy listening');
+      out += d.toString();
+      if (first && out.includes('proxy listening')) {
+        child.kill('SIGHUP');
+        child.kill('SIGTERM');
+      }
+    });
+    const [code, signal] = await exited as [number | null, NodeJS.Signals | null];
+    assert.equal(signal, null, `killed by ${signal ?? ''}:\n${out}\n${err}`);
+    assert.equal(code, 0, `${out}\n${err}`);
+    assert.match(err, /SIGTERM: draining and shutting down/);
+  } finally {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await exited;
+    await rm(dir, { recursive: true, force: true });
+  }
+});
