@@ -3,7 +3,6 @@
  * schema → startApp) with an oidc identity, a mimic backend, and a cookie jar to walk the
  * sign-in flow over plain HTTP (fetch with redirects handled by hand).
  */
-import { createServer } from 'node:net';
 import { MemoryAuditSink } from '../../src/access/audit.ts';
 import { configSchema } from '../../src/config/schema.ts';
 import type { Clock, KeyValueStore } from '../../src/core/ports.ts';
@@ -11,6 +10,7 @@ import { startApp, type App } from '../../src/main.ts';
 import { startEmbeddedIssuer, type EmbeddedIssuer, type IssuerUser } from '../../src/mock-idp/embedded-issuer.ts';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { collectingLogger, type Harness } from '../helpers/proxy-harness.ts';
+export { freePort } from '../helpers/free-port.ts';
 
 export const KEY_A = 'key-a-0123456789-0123456789-0123456789';
 export const KEY_B = 'key-b-0123456789-0123456789-0123456789';
@@ -20,17 +20,6 @@ export const USERS: IssuerUser[] = [
   { login: 'bob', password: 'bob-pw', groups: ['g2'] },
 ];
 
-/** A port free right now (the proxy's public URL must be known before it listens). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 export interface OidcApp {
   readonly app: App;

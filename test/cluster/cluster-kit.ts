@@ -5,11 +5,11 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { createServer } from 'node:net';
 import { Redis } from 'ioredis';
 import { startMockCloud, type MockCloud } from '../../src/mock-cloud/mock-cloud.ts';
 import { deleteByPrefix } from '../../src/state/redis/client.ts';
 import { exitOf, requireBinary, testRedisUrl } from '../helpers/system.ts';
+export { freePort } from '../helpers/free-port.ts';
 
 /** SMART_PROXY_TEST_REDIS_URL, by default 127.0.0.1:6379. */
 export const sharedRedisUrl = testRedisUrl;
@@ -52,16 +52,6 @@ export function replicaConfig(cloud: MockCloud, o: ReplicaOptions): object {
   };
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /** A private redis-server (no persistence) that a test may kill and start again on the same port. */
 export class PrivateRedis {

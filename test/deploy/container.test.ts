@@ -8,12 +8,12 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { cp, mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { freePort } from '../helpers/free-port.ts';
 
 const run = promisify(execFile);
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -21,14 +21,6 @@ const podmanSh = join(root, 'scripts/podman/podman.sh');
 const NODE_IMAGE = 'localhost/smart-proxy/node24-base:latest';
 const IMAGE = 'localhost/smart-proxy/app-under-test:latest';
 
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const addr = srv.address();
-  await new Promise((resolve) => srv.close(resolve));
-  if (addr === null || typeof addr === 'string') throw new Error('no port');
-  return addr.port;
-}
 
 async function podman(...args: string[]): Promise<{ stdout: string; stderr: string }> {
   return run('bash', [podmanSh, 'podman', ...args], { maxBuffer: 64 * 1024 * 1024, timeout: 540_000 });

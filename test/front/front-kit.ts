@@ -4,22 +4,12 @@
  * in a temp dir, the process reaped on every path.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+export { freePort } from '../helpers/free-port.ts';
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      const port = typeof a === 'object' && a !== null ? a.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function accepts(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -40,8 +30,21 @@ async function run(command: string, args: string[], dir: string, port: number): 
   let out = '';
   child.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
   child.stderr?.on('data', (d: Buffer) => { out += d.toString(); });
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  let closing = false;
+  const exited = new Promise<void>((r) => child.once('exit', (code, signal) => {
+    // A front proxy that dies under a test fails every request after it with a bare ECONNREFUSED:
+    // say why, with its error log, where the test run's output shows it.
+    if (!closing) {
+      let log = '';
+      try {
+        log = readFileSync(join(dir, 'error.log'), 'utf8').split('\n').slice(-30).join('\n');
+      } catch { /* no log written */ }
+      process.stderr.write(`${command} (${dir}) exited unexpectedly: code ${String(code)}, signal ${String(signal)}\n${out}\n${log}\n`);
+    }
+    r();
+  }));
   const close = async (): Promise<void> => {
+    closing = true;
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
     await exited;
     rmSync(dir, { recursive: true, force: true });

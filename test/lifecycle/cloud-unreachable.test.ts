@@ -14,17 +14,8 @@ import { startApp, type App } from '../../src/main.ts';
 import { startMockCloud, type MockCloud } from '../../src/mock-cloud/mock-cloud.ts';
 import { MemoryAuditSink } from '../../src/access/audit.ts';
 import { collectingLogger, type Harness } from '../helpers/proxy-harness.ts';
+import { freePort } from '../helpers/free-port.ts';
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 interface Answer { status: number; retryAfter: string | null; body: Record<string, unknown> }
 
