@@ -50,6 +50,10 @@ export interface InstrOptions {
    * with --perf-basic-prof, whose map names the JIT-compiled code callgrind only knows by address.
    */
   readonly byFunction?: boolean | undefined;
+  /** Processes per row (median over them; default 1). */
+  readonly repeat?: number | undefined;
+  /** Extra node flags for every process measured (e.g. --single-threaded). */
+  readonly nodeFlags?: readonly string[] | undefined;
 }
 
 export interface InstrRow {
@@ -70,14 +74,18 @@ export interface InstrRow {
   /** Instructions per request of the median of the WINDOWS parts (a GC or compile in one part left out). */
   readonly medianWindow: number;
   readonly medianWindowRatio: number;
+  /** Processes measured for this row (the figures above are medians over them), and their range. */
+  readonly processes: number;
+  readonly perRequestMin: number;
+  readonly perRequestMax: number;
 }
 
 /** A process under callgrind, serving at `url`. */
 interface Counted { readonly name: string; readonly label: string; readonly url: string; readonly headers: readonly string[]; readonly dir: string; readonly proc: Spawned }
 
 /** The command line in front of the script: valgrind (instrumentation off until the window opens), node. */
-function callgrindArgs(dir: string, byFunction: boolean): string[] {
-  return ['--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${join(dir, 'callgrind.out')}`, process.execPath, ...(byFunction ? ['--perf-basic-prof'] : [])];
+function callgrindArgs(dir: string, nodeFlags: readonly string[]): string[] {
+  return ['--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${join(dir, 'callgrind.out')}`, process.execPath, ...nodeFlags];
 }
 
 /**
@@ -178,7 +186,7 @@ function newestDump(dir: string): string {
 }
 
 /** Smart Proxy (this checkout's or `root`'s bench/smart-proxy-child.ts) under callgrind, on `yaml`. */
-async function startSmart(ctx: Context, name: string, label: string, yaml: string, headers: readonly string[], root: string, fns: boolean): Promise<Counted> {
+async function startSmart(ctx: Context, name: string, label: string, yaml: string, headers: readonly string[], root: string, fns: readonly string[]): Promise<Counted> {
   const dir = join(ctx.workDir, `instr-${name}`);
   mkdirSync(dir, { recursive: true });
   const file = join(dir, 'config.yaml');
@@ -196,7 +204,7 @@ async function startSmart(ctx: Context, name: string, label: string, yaml: strin
   }
 }
 
-async function startDispatch(ctx: Context, fns: boolean): Promise<Counted> {
+async function startDispatch(ctx: Context, fns: readonly string[]): Promise<Counted> {
   const dir = join(ctx.workDir, 'instr-dispatch');
   mkdirSync(dir, { recursive: true });
   const port = await freePort();
@@ -290,7 +298,8 @@ export async function runInstr(ctx: Context, options: InstrOptions = {}): Promis
     connections: options.connections ?? 10,
     byFunction: options.byFunction === true,
   };
-  const fns = o.byFunction;
+  // --perf-basic-prof: node writes the map that names its JIT code (byFunction).
+  const fns = [...(o.byFunction ? ['--perf-basic-prof'] : []), ...(options.nodeFlags ?? [])];
   // One process at a time: under valgrind each is slow, and alone on the proxy CPU.
   // The dispatch() proxy always runs: every ratio is to it.
   const starts: Array<{ name: string; start: () => Promise<Counted> }> = [{ name: 'dispatch', start: () => startDispatch(ctx, fns) }];
@@ -305,8 +314,13 @@ export async function runInstr(ctx: Context, options: InstrOptions = {}): Promis
     }
   }
   const wanted = options.cases === undefined ? undefined : new Set(['dispatch', ...options.cases]);
-  const measured: Array<Omit<InstrRow, 'ratio' | 'busyRatio' | 'medianWindowRatio'>> = [];
-  for (const { start } of starts.filter((s) => wanted === undefined || wanted.has(s.name))) {
+  const measured: Array<Omit<InstrRow, 'ratio' | 'busyRatio' | 'medianWindowRatio' | 'processes' | 'perRequestMin' | 'perRequestMax'>> = [];
+  const chosen = starts.filter((s) => wanted === undefined || wanted.has(s.name));
+  // Repeats interleaved (A B C, A B C): one process's JIT may settle on other code than the
+  // next one's, so a row is the median over processes.
+  const runs: typeof chosen = [];
+  for (let r = 0; r < (options.repeat ?? 1); r++) runs.push(...chosen);
+  for (const { start } of runs) {
     const c = await start();
     const n = await count(ctx, c, o);
     const perRequest = n.instructions / o.requests;
@@ -314,21 +328,31 @@ export async function runInstr(ctx: Context, options: InstrOptions = {}): Promis
     measured.push({ name: c.name, label: c.label, requests: o.requests, instructions: n.instructions, perRequest, windowS: n.windowS, idlePerS: n.idlePerS, busyPerRequest, medianWindow: n.medianWindowPerRequest });
     ctx.log(`instr ${c.name}: ${Math.round(perRequest).toLocaleString('en')} instructions / request (median window ${Math.round(n.medianWindowPerRequest).toLocaleString('en')}; ${Math.round(busyPerRequest).toLocaleString('en')} less the idle rate, ${Math.round(n.idlePerS).toLocaleString('en')} / s, over ${n.windowS.toFixed(1)} s)`);
   }
-  const ref = measured[0]!;
-  return measured.map((m) => ({ ...m, ratio: m.perRequest / ref.perRequest, busyRatio: m.busyPerRequest / ref.busyPerRequest, medianWindowRatio: m.medianWindow / ref.medianWindow }));
+  const rows: Array<(typeof measured)[number] & { processes: number; perRequestMin: number; perRequestMax: number }> = [];
+  for (const { name } of chosen) {
+    const ms = measured.filter((m) => m.name === name);
+    const mid = (f: (m: (typeof ms)[number]) => number): number => median(ms.map(f));
+    rows.push({
+      ...ms[0]!, instructions: mid((m) => m.instructions), perRequest: mid((m) => m.perRequest), windowS: mid((m) => m.windowS),
+      idlePerS: mid((m) => m.idlePerS), busyPerRequest: mid((m) => m.busyPerRequest), medianWindow: mid((m) => m.medianWindow),
+      processes: ms.length, perRequestMin: Math.min(...ms.map((m) => m.perRequest)), perRequestMax: Math.max(...ms.map((m) => m.perRequest)),
+    });
+  }
+  const ref = rows[0]!;
+  return rows.map((m) => ({ ...m, ratio: m.perRequest / ref.perRequest, busyRatio: m.busyPerRequest / ref.busyPerRequest, medianWindowRatio: m.medianWindow / ref.medianWindow }));
 }
 
 export function renderInstr(rows: readonly InstrRow[], command: string): string {
   const out = [
     `Run ${new Date().toISOString()} · \`${command}\` · ${rows[0]?.requests.toLocaleString('en')} keep-alive requests per process, counted by callgrind after a warm-up`,
     '',
-    '| proxy | instructions / request | ÷ dispatch() | median of 5 parts | ÷ dispatch() | idle instructions / s | less idle, / request | ÷ dispatch() | target ≤ 1.10× |',
+    '| proxy | instructions / request (range over processes) | ÷ dispatch() | median of 5 parts | ÷ dispatch() | idle instructions / s | less idle, / request | ÷ dispatch() | target ≤ 1.10× |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
   ];
   const fmt = (n: number): string => Math.round(n).toLocaleString('en');
   for (const r of rows) {
     const verdict = r.name === 'dispatch' ? '–' : r.ratio <= 1.10 ? 'met' : '**missed**';
-    out.push(`| ${r.label} | ${fmt(r.perRequest)} | ${r.ratio.toFixed(2)}× | ${fmt(r.medianWindow)} | ${r.medianWindowRatio.toFixed(2)}× | ${fmt(r.idlePerS)} | ${fmt(r.busyPerRequest)} | ${r.busyRatio.toFixed(2)}× | ${verdict} |`);
+    out.push(`| ${r.label} | ${fmt(r.perRequest)}${r.processes > 1 ? ` (${fmt(r.perRequestMin)}-${fmt(r.perRequestMax)}, ${r.processes})` : ''} | ${r.ratio.toFixed(2)}× | ${fmt(r.medianWindow)} | ${r.medianWindowRatio.toFixed(2)}× | ${fmt(r.idlePerS)} | ${fmt(r.busyPerRequest)} | ${r.busyRatio.toFixed(2)}× | ${verdict} |`);
   }
   return `${out.join('\n')}\n`;
 }
