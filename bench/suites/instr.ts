@@ -187,7 +187,8 @@ function newestDump(dir: string): string {
 
 /** Smart Proxy (this checkout's or `root`'s bench/smart-proxy-child.ts) under callgrind, on `yaml`. */
 async function startSmart(ctx: Context, name: string, label: string, yaml: string, headers: readonly string[], root: string, fns: readonly string[]): Promise<Counted> {
-  const dir = join(ctx.workDir, `instr-${name}`);
+  // A folder per process: callgrind numbers its dumps per process, and the newest is read.
+  const dir = join(ctx.workDir, `instr-${name}-${++processes}`);
   mkdirSync(dir, { recursive: true });
   const file = join(dir, 'config.yaml');
   writeFileSync(file, `${yaml}state: { kind: sqlite, path: "${join(dir, 'state.sqlite')}" }\n`);
@@ -205,7 +206,7 @@ async function startSmart(ctx: Context, name: string, label: string, yaml: strin
 }
 
 async function startDispatch(ctx: Context, fns: readonly string[]): Promise<Counted> {
-  const dir = join(ctx.workDir, 'instr-dispatch');
+  const dir = join(ctx.workDir, `instr-dispatch-${++processes}`);
   mkdirSync(dir, { recursive: true });
   const port = await freePort();
   const proc = spawnPinned('dispatch', 'valgrind', [...callgrindArgs(dir, fns), join(BENCH_DIR, 'bare-proxy.ts'), String(port), `http://127.0.0.1:${ctx.upstreamPort}`, 'dispatch'], {
@@ -220,6 +221,9 @@ async function startDispatch(ctx: Context, fns: readonly string[]): Promise<Coun
   }
   return { name: 'dispatch', label: 'bare node:http + undici dispatch()', url, headers: BENCH_HEADERS, dir, proc };
 }
+
+/** Processes started so far (each gets its own folder). */
+let processes = 0;
 
 /** SIGTERM, then SIGKILL if the process (slow under valgrind) has not exited in 60 s. */
 async function stop(p: Spawned): Promise<void> {
