@@ -7,6 +7,7 @@
  * under test runs alone on CPU 1 (taskset). Benchmarks are not tests: nothing here asserts.
  *
  * usage: npm run bench [-- --quick] [--only throughput,wake,hold,many,churn,front,vm] [--profile]
+ *        npm run bench -- --instr [--quick] [--requests N] [--warmup N] [--baseline DIR] [--cases smart,smart-jwt] [--by-function] [--node-flags='--single-threaded'] [--repeat N]   (suites/instr.ts)
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -27,12 +28,22 @@ import { runProfile } from './suites/profile.ts';
 import { runChurn } from './suites/churn.ts';
 import { runFrontAb } from './suites/front.ts';
 import { runVm, type VmResult } from './suites/vm.ts';
+import { renderInstr, runInstr } from './suites/instr.ts';
 
 const { values } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false },
     only: { type: 'string' },
     profile: { type: 'boolean', default: false },
+    // Instructions per warm request under callgrind (suites/instr.ts), and the checkout to compare.
+    instr: { type: 'boolean', default: false },
+    requests: { type: 'string' },
+    warmup: { type: 'string' },
+    baseline: { type: 'string' },
+    cases: { type: 'string' },
+    'by-function': { type: 'boolean', default: false },
+    'node-flags': { type: 'string' },
+    repeat: { type: 'string' },
   },
 });
 const suites = new Set((values.only ?? 'throughput,wake,hold,many,churn,vm').split(','));
@@ -71,6 +82,12 @@ const results: Results = {
 try {
   if (values.profile) {
     await runProfile(ctx);
+  } else if (values.instr) {
+    const rows = await runInstr(ctx, { requests: values.requests === undefined ? undefined : Number(values.requests), warmup: values.warmup === undefined ? undefined : Number(values.warmup), baseline: values.baseline, cases: values.cases?.split(','), byFunction: values['by-function'], nodeFlags: values['node-flags']?.split(' ').filter((f) => f !== ''), repeat: values.repeat === undefined ? undefined : Number(values.repeat) });
+    const command = `npm run bench -- --instr${values.quick ? ' --quick' : ''}${values.requests ? ` --requests ${values.requests}` : ''}${values.warmup ? ` --warmup ${values.warmup}` : ''}${values.baseline ? ` --baseline ${values.baseline}` : ''}${values.cases ? ` --cases ${values.cases}` : ''}${values['node-flags'] ? ` --node-flags='${values['node-flags']}'` : ''}${values.repeat ? ` --repeat ${values.repeat}` : ''}`;
+    const md = renderInstr(rows, command);
+    writeFileSync(join(outDir, 'instr.md'), md);
+    process.stdout.write(`\n${md}\nwritten: bench/out/instr.md\n`);
   } else {
     if (suites.has('throughput')) results.throughput = await runThroughput(ctx);
     if (suites.has('wake')) results.wake = await runWake(ctx);

@@ -27,6 +27,13 @@ export class InstanceRegistry {
   readonly #sweepAt = new Map<string, number>();
   #forgetTimer: TimerHandle | undefined;
   #closed = false;
+  /**
+   * The key of the last group list selected with: a verified identity acts with the same
+   * array request after request, so its joined key (and that string's hash) is not rebuilt
+   * per request. Group lists are never mutated (readonly).
+   */
+  #lastGroups: readonly string[] | undefined;
+  #lastGroupsKey = '';
 
   constructor(options: RegistryOptions) {
     this.#o = options;
@@ -82,7 +89,13 @@ export class InstanceRegistry {
         instUser = user;
         break;
       case 'groups':
-        key = groups.length === 0 ? '*' : groups.join(',');
+        if (groups.length === 0) key = '*';
+        else if (groups === this.#lastGroups) key = this.#lastGroupsKey;
+        else {
+          key = groups.join(',');
+          this.#lastGroups = groups;
+          this.#lastGroupsKey = key;
+        }
         break;
     }
     const exact = byKey.get(key);

@@ -230,9 +230,8 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     this.#controller?.abort(new Error('client closed the connection'));
   };
 
-  readonly #onDrain = (): void => {
-    this.#controller?.resume();
-  };
+  /** Built on the first backpressure, not per request: most responses never meet any. */
+  #onDrain: (() => void) | undefined;
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.#controller = controller;
@@ -257,7 +256,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
     if (!this.#res.write(chunk)) {
       controller.pause();
-      this.#res.once('drain', this.#onDrain);
+      this.#res.once('drain', this.#onDrain ??= (): void => { this.#controller?.resume(); });
     }
   }
 

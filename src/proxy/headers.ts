@@ -136,10 +136,17 @@ export function upstreamHeaders(rawHeaders: readonly string[], ctx: ForwardConte
   let clientXff = '';
   let clientProto = '';
   let clientHost = '';
+  // Each name lower-cased once, for both passes (a request's headers are few: bounded by maxHeaderBytes).
+  const names = new Array<string>(rawHeaders.length >> 1);
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = (rawHeaders[i] as string).toLowerCase();
+    names[i >> 1] = name;
     if (name === 'connection') {
-      for (const token of (rawHeaders[i + 1] as string).split(',')) {
+      const value = rawHeaders[i + 1] as string;
+      // `keep-alive`, as nearly every client sends, names a field that is dropped anyway: no
+      // split, no set. (`close` is not skipped: a field named Close must still go.)
+      if (HOP_BY_HOP.has(value.toLowerCase())) continue;
+      for (const token of value.split(',')) {
         const t = token.trim().toLowerCase();
         if (t.length > 0) (connectionListed ??= new Set()).add(t);
       }
@@ -154,7 +161,7 @@ export function upstreamHeaders(rawHeaders: readonly string[], ctx: ForwardConte
   let cookie: string | undefined;
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const rawName = rawHeaders[i] as string;
-    const name = rawName.toLowerCase();
+    const name = names[i >> 1] as string;
     // HTTP/2 pseudo-headers (:method, :path, :authority, :scheme) are not fields for HTTP/1.1.
     if (name.charCodeAt(0) === 0x3a /* : */) continue;
     if (HOP_BY_HOP.has(name) || connectionListed?.has(name) === true) continue;

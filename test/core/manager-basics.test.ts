@@ -152,6 +152,20 @@ describe('ResourceManager', () => {
     assert.deepEqual(provider.starts.map((r) => r.groups), [['g1']]);
   });
 
+  it('in groups mode keys each group list by its content, whether the array is reused or new', () => {
+    const { manager, resource } = setup({ sharing: 'groups' });
+    // One array selected with again and again (a verified identity's groups): its key is
+    // remembered, and must never stand for another list.
+    const alice = ['g1', 'g2'];
+    const a = manager.selectInstance(resource, alice, undefined);
+    assert.equal(manager.selectInstance(resource, alice, undefined), a);
+    const b = manager.selectInstance(resource, ['g3'], undefined);
+    assert.notEqual(b, a, 'another list, another instance');
+    assert.equal(manager.selectInstance(resource, alice, undefined), a, 'the first list again');
+    assert.equal(manager.selectInstance(resource, ['g1', 'g2'], undefined), a, 'an equal list in a new array');
+    assert.equal(manager.selectInstance(resource, ['g3'], undefined), b);
+  });
+
   it('in user mode never hands alice carol\'s ready instance, though carol\'s groups are a subset of hers', async () => {
     const { clock, provider, probe, manager, resource } = setup({ sharing: 'user' });
     provider.state = { state: 'running', endpoint: 'http://127.0.0.1:1' };

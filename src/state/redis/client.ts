@@ -11,8 +11,25 @@
  * - Reconnect forever with capped, jittered backoff: Redis coming back needs no restart.
  * - Sentinel and the other connection options pass through from the config (`options`).
  */
-import { Redis, type RedisOptions } from 'ioredis';
+import { createRequire } from 'node:module';
+import type { Redis, RedisOptions } from 'ioredis';
 import type { Logger } from '../../core/ports.ts';
+
+/**
+ * ioredis, loaded on the first connection rather than when this file is imported: ioredis 6
+ * declares `class VerbatimString extends String`, and V8 then keeps String.prototype in
+ * dictionary mode for the life of the process, so every string method call anywhere (the
+ * proxy's header and path checks, Node's and undici's own) takes a slow lookup: a loop of
+ * charCodeAt calls ran 6.8× slower, and the bearer-token check alone made 86 out-of-line
+ * property loads per request (docs/benchmarks.md). A process with no Redis configured never
+ * loads it.
+ * Synchronous (require: ioredis is CommonJS), so opening a client stays synchronous.
+ */
+let redisClass: typeof Redis | undefined;
+function loadRedis(): typeof Redis {
+  redisClass ??= (createRequire(import.meta.url)('ioredis') as { Redis: typeof Redis }).Redis;
+  return redisClass;
+}
 
 export interface RedisSpec {
   /** `redis://[user:pass@]host:port[/db]` or `rediss://…` (TLS). */
@@ -28,7 +45,7 @@ export function reconnectDelayMs(attempt: number): number {
 }
 
 export function openRedis(spec: RedisSpec, logger: Logger, role: string, extra: RedisOptions = {}): Redis {
-  const client = new Redis(spec.url, {
+  const client = new (loadRedis())(spec.url, {
     maxRetriesPerRequest: 1,
     commandTimeout: 2_000,
     connectTimeout: 2_000,
