@@ -103,7 +103,11 @@ export function renderMarkdown(r: Results): string {
           : 'provider poll, first boots only (each wake a different resource, no history)';
       out.push(`| ${how} | ${w.wakes} × ${w.heldPerWake} | ${fmt(w.p50Ms, 1)} | ${fmt(w.p99Ms, 1)} | ${fmt(w.maxMs, 1)} | ${fmt(w.detectP50Ms, 1)} / ${fmt(w.detectP99Ms, 1)} | ${w.path === 'first-boot' ? '–' : `${fmt(w.warmHistoryP50Ms, 1)} / ${fmt(w.warmHistoryP99Ms, 1)}`} | ${w.errors} |`);
       noise.push(`${w.path} path: p50 ${fmt(w.loopDelayMs.p50, 1)} ms, p99 ${fmt(w.loopDelayMs.p99, 1)} ms, max ${fmt(w.loopDelayMs.max, 0)} ms`);
-      targets.push(`| wake p50 / p99, ${w.path === 'first-boot' ? 'first boots (provider path, no history)' : `${w.path} path`} | ≤ 20 / 50 ms | ${fmt(w.p50Ms, 1)} / ${fmt(w.p99Ms, 1)} ms | ${verdict(w.p50Ms <= 20 && w.p99Ms <= 50)} |`);
+      // A first boot's target is its tail only (p99 ≤ 50 ms): with nothing to go by, the
+      // schedule polls every tenth of the elapsed time, not every 20 ms through a known window.
+      targets.push(w.path === 'first-boot'
+        ? `| wake p99, first boots (provider path, no history) | ≤ 50 ms | ${fmt(w.p99Ms, 1)} ms (p50 ${fmt(w.p50Ms, 1)}) | ${verdict(w.p99Ms <= 50)} |`
+        : `| wake p50 / p99, ${w.path} path | ≤ 20 / 50 ms | ${fmt(w.p50Ms, 1)} / ${fmt(w.p99Ms, 1)} ms | ${verdict(w.p50Ms <= 20 && w.p99Ms <= 50)} |`);
     }
     out.push('');
     out.push(`Scheduling noise during these runs: the proxy's event loop was late by ${noise.join('; ')} (a timer due at t fired at t + this; every latency above includes it).`);

@@ -46,16 +46,21 @@ export class HeldRequest implements Waiter, Deadlined {
   heapIndex = -1;
   readonly deadline: number;
   readonly timeoutMs: number;
-  readonly instance: Instance;
+  /** The instance's control: the one writer of its waiters. */
+  readonly control: InstanceControl;
   readonly #queue: HoldQueue;
   #settled: HoldSettled | undefined;
 
-  constructor(queue: HoldQueue, instance: Instance, deadline: number, timeoutMs: number, settled: HoldSettled) {
+  constructor(queue: HoldQueue, control: InstanceControl, deadline: number, timeoutMs: number, settled: HoldSettled) {
     this.#queue = queue;
-    this.instance = instance;
+    this.control = control;
     this.deadline = deadline;
     this.timeoutMs = timeoutMs;
     this.#settled = settled;
+  }
+
+  get instance(): Instance {
+    return this.control.instance;
   }
 
   /** Still held (not yet released, rejected or cancelled). */
@@ -139,7 +144,7 @@ export class HoldQueue {
    * returns (a start that fails at once).
    */
   hold(ctl: InstanceControl, timeoutMs: number, settled: HoldSettled, held: () => void): HeldRequest {
-    const h = new HeldRequest(this, ctl.instance, this.#o.clock.now() + timeoutMs, timeoutMs, settled);
+    const h = new HeldRequest(this, ctl, this.#o.clock.now() + timeoutMs, timeoutMs, settled);
     ctl.waiters.add(h);
     this.#heldTotal++;
     const resourceId = ctl.instance.resource.id;
@@ -156,8 +161,7 @@ export class HoldQueue {
   }
 
   #drop(h: HeldRequest): void {
-    // The waiters set belongs to the instance; only this queue adds to it or removes from it.
-    (h.instance.waiters as Set<Waiter>).delete(h);
+    h.control.waiters.delete(h);
     this.#deadlines.remove(h);
     if (this.#deadlines.size === 0) this.#cancelDeadline();
     this.#heldTotal--;
