@@ -20,6 +20,13 @@
 /** Thrown inside to give up; never escapes parsePlainYaml. */
 class GiveUp extends Error {}
 
+/**
+ * Deeper nesting than this gives up (configs nest a few levels). Reading recurses once per
+ * level, so without a bound a hostile `[[[[…` or a staircase of indents would overflow the
+ * stack here, where the full parser reports an error.
+ */
+const MAX_DEPTH = 64;
+
 // yaml 2's core schema, in its order (yaml/dist/schema/core/*.js).
 const NULL = /^(?:~|[Nn]ull|NULL)?$/;
 const BOOL = /^(?:[Tt]rue|TRUE|[Ff]alse|FALSE)$/;
@@ -96,6 +103,7 @@ function giveUp(): never {
 
 class Reader {
   at = 0;
+  private depth = 0;
   private readonly lines: Line[];
 
   constructor(lines: Line[]) {
@@ -105,8 +113,10 @@ class Reader {
   /** The node whose first line is the current one, at `indent`. */
   block(indent: number): unknown {
     const line = this.lines[this.at]!;
-    if (line.indent !== indent) giveUp();
-    return isSeqItem(line.text) ? this.sequence(indent) : this.mapping(indent);
+    if (line.indent !== indent || ++this.depth > MAX_DEPTH) giveUp();
+    const value = isSeqItem(line.text) ? this.sequence(indent) : this.mapping(indent);
+    this.depth--;
+    return value;
   }
 
   private mapping(indent: number): Record<string, unknown> {
@@ -230,11 +240,12 @@ function quoted(text: string, start: number): [string, number] {
 }
 
 /** A scalar or flow collection at `start` (block context unless `inFlow`): value and end index. */
-function scalarOrFlow(text: string, start: number, inFlow: boolean): [unknown, number] {
+function scalarOrFlow(text: string, start: number, inFlow: boolean, depth = 0): [unknown, number] {
   const c = text[start];
   if (c === '"' || c === "'") return quoted(text, start);
-  if (c === '{') return flowMap(text, start);
-  if (c === '[') return flowSeq(text, start);
+  if ((c === '{' || c === '[') && depth >= MAX_DEPTH) giveUp();
+  if (c === '{') return flowMap(text, start, depth + 1);
+  if (c === '[') return flowSeq(text, start, depth + 1);
   // `-` starts a plain scalar only when a word character follows (`-1`, `-x`), never an entry.
   if (c === undefined || INDICATORS.includes(c) || (c === '-' && !/[\w.-]/.test(text[start + 1] ?? ''))) giveUp();
   let end = start;
@@ -254,7 +265,7 @@ function skipSpaces(text: string, i: number): number {
   return i;
 }
 
-function flowMap(text: string, start: number): [Record<string, unknown>, number] {
+function flowMap(text: string, start: number, depth: number): [Record<string, unknown>, number] {
   const out: Record<string, unknown> = {};
   let i = skipSpaces(text, start + 1);
   while (text[i] !== '}') {
@@ -271,7 +282,7 @@ function flowMap(text: string, start: number): [Record<string, unknown>, number]
     if (text[i] !== ':' || text[i + 1] !== ' ' || key === '__proto__' || Object.hasOwn(out, key)) giveUp();
     i = skipSpaces(text, i + 1);
     let value: unknown;
-    [value, i] = scalarOrFlow(text, i, true);
+    [value, i] = scalarOrFlow(text, i, true, depth);
     out[key] = value;
     i = skipSpaces(text, i);
     if (text[i] === ',') i = skipSpaces(text, i + 1);
@@ -280,12 +291,12 @@ function flowMap(text: string, start: number): [Record<string, unknown>, number]
   return [out, i + 1];
 }
 
-function flowSeq(text: string, start: number): [unknown[], number] {
+function flowSeq(text: string, start: number, depth: number): [unknown[], number] {
   const out: unknown[] = [];
   let i = skipSpaces(text, start + 1);
   while (text[i] !== ']') {
     let value: unknown;
-    [value, i] = scalarOrFlow(text, i, true);
+    [value, i] = scalarOrFlow(text, i, true, depth);
     out.push(value);
     i = skipSpaces(text, i);
     if (text[i] === ',') i = skipSpaces(text, i + 1);

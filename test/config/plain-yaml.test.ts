@@ -183,3 +183,18 @@ void describe('plain YAML fast path', () => {
     assert.match(message(text.replace('  r3:', '  r2:')), /line 13, column 3: Map keys must be unique \("r2" appears twice\)/);
   });
 });
+
+describe('hostile nesting', () => {
+  it('gives up on nesting deeper than any config (flow or block) instead of overflowing the stack; the full parse then refuses with a line', () => {
+    const n = 50_000;
+    const flow = `resources: ${'['.repeat(n)}${']'.repeat(n)}\n`;
+    const block = `resources:\n${Array.from({ length: 5_000 }, (_, i) => `${' '.repeat(i + 1)}k${i}:\n`).join('')}${' '.repeat(5_001)}x: 1\n`;
+    for (const text of [flow, block]) {
+      assert.equal(parsePlainYaml(text), undefined);
+      assert.throws(() => parseConfig(text, 'deep.yaml'), /deep\.yaml:\n {2}- line \d+/);
+    }
+    // Nesting a config may really have is still read by the fast path.
+    const ok = `a: ${'['.repeat(30)}1${']'.repeat(30)}\nb:\n${Array.from({ length: 30 }, (_, i) => `${' '.repeat(i + 1)}k${i}:\n`).join('')}${' '.repeat(31)}x: 1\n`;
+    assert.ok(agrees(ok));
+  });
+});
