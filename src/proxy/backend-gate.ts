@@ -1,5 +1,5 @@
 /**
- * A bounded queue in front of one backend's connection pool (DESIGN.md rule 4: every queue
+ * A bounded queue in front of one backend's connection pool (every queue here
  * is bounded). undici's pool queues without limit and without deadline: with every
  * connection taken by slow uploads or a hung backend, everyone else waited forever. Here at
  * most `maxInFlight` requests (the pool's size) are handed to undici, so its own queue stays
