@@ -4,7 +4,9 @@
  * in a temp dir, the process reaped on every path.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { request, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -97,3 +99,51 @@ export async function startHaproxy(config: (dir: string) => string, lua: string,
   writeFileSync(join(dir, 'haproxy.cfg'), config(dir));
   return run('/usr/sbin/haproxy', ['-db', '-f', join(dir, 'haproxy.cfg')], dir, port);
 }
+
+// Shared by the nginx and HAProxy suites: requests, the echo backend, credentials.
+
+export const sha = (t: string): string => `sha256:${createHash('sha256').update(t).digest('hex')}`;
+
+export interface Answer { status: number; headers: IncomingMessage['headers']; body: string }
+
+/** A raw request (node:http sends the path exactly as given, unlike fetch). */
+export function get(port: number, path: string, headers: Record<string, string> = {}): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path, headers: { connection: 'close', ...headers } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => { body += d; });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** The echo backend's answer (what it received), with the body kept whole. */
+export function echo(req: IncomingMessage, res: ServerResponse): void {
+  const chunks: Buffer[] = [];
+  req.on('data', (c: Buffer) => chunks.push(c));
+  req.on('end', () => {
+    const body = Buffer.concat(chunks).toString('utf8');
+    const answer = JSON.stringify({ method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders, body, bodyBytes: body.length });
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer) }).end(answer);
+  });
+}
+
+export function send(port: number, path: string, method: string, body: string, headers: Record<string, string>): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path, method, headers: { connection: 'close', 'content-length': String(Buffer.byteLength(body)), ...headers } }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => { text += d; });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+export const bearer = (t: string): Record<string, string> => ({ authorization: `Bearer ${t}` });

@@ -6,9 +6,8 @@
  * request.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { request, type IncomingMessage, type ServerResponse } from 'node:http';
+import { request } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { parseConfig } from '../../src/config/load.ts';
 import { generateHaproxyConfig, HAPROXY_LUA } from '../../src/front/haproxy-config.ts';
@@ -16,53 +15,14 @@ import { startApp, type App } from '../../src/main.ts';
 import type { Echo } from '../helpers/echo-server.ts';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { collectingLogger, type Harness } from '../helpers/proxy-harness.ts';
-import { freePort, startHaproxy, type FrontProcess } from './front-kit.ts';
+import { freePort, startHaproxy, type FrontProcess, bearer, echo, get, send, sha, type Answer } from './front-kit.ts';
 
 const ALICE = 'alice-token-0123456789abcdef';
 const EVE = 'eve-token-0123456789abcdef';
-const sha = (t: string): string => `sha256:${createHash('sha256').update(t).digest('hex')}`;
-const bearer = (t: string): Record<string, string> => ({ authorization: `Bearer ${t}` });
 
-interface Answer { status: number; headers: IncomingMessage['headers']; body: string }
 
-/** The echo backend's answer (what it received), with the body kept whole. */
-function echo(req: IncomingMessage, res: ServerResponse): void {
-  const chunks: Buffer[] = [];
-  req.on('data', (c: Buffer) => chunks.push(c));
-  req.on('end', () => {
-    const body = Buffer.concat(chunks).toString('utf8');
-    const answer = JSON.stringify({ method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders, body, bodyBytes: body.length });
-    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer) }).end(answer);
-  });
-}
 
-function send(port: number, path: string, method: string, body: string, headers: Record<string, string>): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path, method, headers: { connection: 'close', 'content-length': String(Buffer.byteLength(body)), ...headers } }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => { text += d; });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
 
-function get(port: number, path: string, headers: Record<string, string> = {}): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path, headers: { connection: 'close', ...headers } }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => { body += d; });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 void describe('front-proxy mode: HAProxy in front (generated config and Lua helper)', { skip: !existsSync('/usr/sbin/haproxy') && 'haproxy is not installed (scripts/install-system-deps.sh)' }, () => {
   let app: App;

@@ -7,11 +7,11 @@
  * traffic only through nginx, and a backend that dies without a 502 reaching the client.
  */
 import assert from 'node:assert/strict';
-import { createHash, generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync } from 'node:crypto';
 import { once } from 'node:events';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, request, type Server } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { exportJWK, SignJWT } from 'jose';
 import { parseConfig } from '../../src/config/load.ts';
@@ -22,55 +22,15 @@ import type { Provider } from '../../src/core/ports.ts';
 import type { Echo } from '../helpers/echo-server.ts';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { collectingLogger, type Harness } from '../helpers/proxy-harness.ts';
-import { freePort, startNginx, type FrontProcess } from './front-kit.ts';
+import { freePort, startNginx, type FrontProcess, bearer, echo, get, send, sha, type Answer } from './front-kit.ts';
 
 const ALICE = 'alice-token-0123456789abcdef';
 const EVE = 'eve-token-0123456789abcdef';
-const sha = (t: string): string => `sha256:${createHash('sha256').update(t).digest('hex')}`;
 
-interface Answer { status: number; headers: IncomingMessage['headers']; body: string }
 
-/** A raw request (node:http sends the path exactly as given, unlike fetch). */
-function get(port: number, path: string, headers: Record<string, string> = {}): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path, headers: { connection: 'close', ...headers } }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => { body += d; });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
 
-/** The echo backend's answer (what it received), with the body kept whole. */
-function echo(req: IncomingMessage, res: ServerResponse): void {
-  const chunks: Buffer[] = [];
-  req.on('data', (c: Buffer) => chunks.push(c));
-  req.on('end', () => {
-    const body = Buffer.concat(chunks).toString('utf8');
-    const answer = JSON.stringify({ method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders, body, bodyBytes: body.length });
-    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer) }).end(answer);
-  });
-}
 
-function send(port: number, path: string, method: string, body: string, headers: Record<string, string>): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path, method, headers: { connection: 'close', 'content-length': String(Buffer.byteLength(body)), ...headers } }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => { text += d; });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
 
-const bearer = (t: string): Record<string, string> => ({ authorization: `Bearer ${t}` });
 
 /** Fails at once, naming the Debian package, when nginx's Lua module is missing. */
 export function requireNginxLua(): void {
