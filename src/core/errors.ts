@@ -5,7 +5,7 @@
  */
 
 export const errorCatalogue = {
-  SP_ROUTE_BAD_TARGET: 'The request target is malformed or unsafe (dot segments, "//", backslashes, bad percent-encoding, absolute-form or "*").',
+  SP_ROUTE_BAD_TARGET: 'The request target is malformed or unsafe (dot segments, "//", backslashes, bad percent-encoding, "*", authority-form, an absolute-form target that is not http(s) or carries userinfo).',
   SP_ROUTE_NOT_FOUND: 'The path is not under /smart_proxy/{resource_id}/{groups}/, or the resource is unknown.',
   SP_ROUTE_BAD_HOST: 'The request has more than one Host field, or a Host that contradicts its :authority (RFC 9112 §3.2, RFC 9113 §8.3.1).',
   SP_ROUTE_METHOD_NOT_ALLOWED: 'The proxy\'s own endpoints (/_smart_proxy/…) answer only the methods named in Allow.',

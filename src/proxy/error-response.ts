@@ -82,6 +82,17 @@ export function problemOf(err: SmartProxyError, instance?: string): ProblemBody 
   };
 }
 
+/**
+ * The problem's `instance`: the target's path. Only an origin-form target is echoed: a refused
+ * absolute-form one may carry userinfo (a password) that must not come back in a body that
+ * caches and logs keep.
+ */
+function instanceOf(url: string | undefined): string | undefined {
+  if (url === undefined || url.charCodeAt(0) !== 0x2f /* / */) return undefined;
+  const q = url.indexOf('?');
+  return q === -1 ? url : url.slice(0, q);
+}
+
 const escapeHtml = (s: string): string =>
   s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c] ?? c);
 
@@ -96,7 +107,7 @@ export function sendError(req: IncomingMessage, res: ServerResponse, err: unknow
     return;
   }
   if (res.destroyed || res.writableEnded) return;
-  const problem = problemOf(e, req.url?.split('?')[0]);
+  const problem = problemOf(e, instanceOf(req.url));
   const headers: Record<string, string> = { 'cache-control': 'no-store', ...extraHeaders };
   if (e.retryAfterS !== undefined) headers['retry-after'] = String(e.retryAfterS);
   // RFC 9110 §11.6.1: a 401 carries at least one challenge; several are listed comma-separated.
@@ -126,7 +137,7 @@ export function sendError(req: IncomingMessage, res: ServerResponse, err: unknow
  */
 export function errorResponseBytes(req: IncomingMessage, err: unknown): string {
   const e = toSmartProxyError(err);
-  const problem = problemOf(e, req.url?.split('?')[0]);
+  const problem = problemOf(e, instanceOf(req.url));
   const body = JSON.stringify(problem);
   let head = `HTTP/1.1 ${problem.status} ${problem.title}\r\n`
     + 'content-type: application/problem+json\r\ncache-control: no-store\r\nconnection: close\r\n'

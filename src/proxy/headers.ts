@@ -181,12 +181,15 @@ export function upstreamHeaders(rawHeaders: readonly string[], ctx: ForwardConte
   if (cookie !== undefined && cookie !== '') out.push('cookie', cookie);
   const remote = ctx.remoteAddress ?? '';
   const proto = ctx.encrypted ? 'https' : 'http';
+  const forwardedHost = ctx.trusted && clientHost ? clientHost : host;
   out.push(
     'x-forwarded-for', ctx.trusted && clientXff ? `${clientXff}, ${remote}` : remote,
     'x-forwarded-proto', ctx.trusted && clientProto ? clientProto : proto,
-    'x-forwarded-host', ctx.trusted && clientHost ? clientHost : host,
-    'x-forwarded-prefix', ctx.prefix,
   );
+  // An HTTP/1.0 request may come without Host: then no X-Forwarded-Host, rather than an empty
+  // one that a backend would build its links from.
+  if (forwardedHost !== '') out.push('x-forwarded-host', forwardedHost);
+  out.push('x-forwarded-prefix', ctx.prefix);
   if (ctx.extra) for (const [n, v] of ctx.extra) out.push(n, v);
   return out;
 }

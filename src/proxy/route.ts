@@ -5,8 +5,9 @@
  * Everything that could make two parties disagree about which path is meant is refused with
  * SP_ROUTE_BAD_TARGET (400): dot segments raw or percent-encoded (RFC 3986 §5.2.4), empty
  * segments (`//`), backslashes (some servers treat them as `/`), malformed or control-character
- * percent-encoding, and targets that are not origin-form (RFC 9112 §3.2: absolute-form,
- * authority-form and `*` have no business at a reverse proxy). The forwarded rest is passed
+ * percent-encoding, and targets that are not origin-form (RFC 9112 §3.2: authority-form and
+ * `*` have no business at a reverse proxy; an http(s) absolute-form target was already
+ * rewritten to origin-form at the door, absolute-form.ts). The forwarded rest is passed
  * on byte for byte as the client sent it (it is already checked), so the backend sees exactly
  * what was validated here.
  */

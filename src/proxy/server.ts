@@ -21,6 +21,7 @@ import { hostProblem, TrustedProxies, upstreamHeaders } from './headers.ts';
 import type { WaitPlan } from './prefer.ts';
 import { isReservedPath } from './progress-sse.ts';
 import { RequestRecord, type RequestObserver } from './observer.ts';
+import { absoluteToOriginForm } from './absolute-form.ts';
 import { joinUpstreamPath, parseTarget, type ParsedTarget } from './route.ts';
 import { createTlsFront, type TlsFiles, type TlsFront } from './tls.ts';
 import { WaitingRoom } from './waiting-room.ts';
@@ -292,6 +293,8 @@ export class ProxyServer {
       res.shouldKeepAlive = false;
       throw new SmartProxyError('SP_SHUTTING_DOWN', undefined, { retryAfterS: 1 });
     }
+    const absolute = absoluteToOriginForm(req);
+    if (absolute !== undefined) throw new SmartProxyError('SP_ROUTE_BAD_TARGET', `bad request target: ${absolute}`, { data: { reason: absolute } });
     if (this.#signIn?.handles(req.url) === true) {
       await this.#signIn.handle(req, res);
       return;
@@ -429,6 +432,8 @@ export class ProxyServer {
    */
   async admit(req: IncomingMessage): Promise<Admission> {
     if (this.#draining) throw new SmartProxyError('SP_SHUTTING_DOWN', undefined, { retryAfterS: 1 });
+    const absolute = absoluteToOriginForm(req);
+    if (absolute !== undefined) throw new SmartProxyError('SP_ROUTE_BAD_TARGET', `bad request target: ${absolute}`, { data: { reason: absolute } });
     return await this.#admitRoute(req, parseTarget(req.url));
   }
 

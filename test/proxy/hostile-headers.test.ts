@@ -11,10 +11,10 @@ import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { startHarness } from '../helpers/proxy-harness.ts';
 import { RawClient } from '../helpers/raw-client.ts';
 
-async function rawGet(url: string, target: string, headers: string): Promise<{ status: number; head: string; body: string }> {
+async function rawGet(url: string, target: string, headers: string, version = '1.1'): Promise<{ status: number; head: string; body: string }> {
   const c = await RawClient.open(url);
   try {
-    c.write(`GET ${target} HTTP/1.1\r\n${headers}connection: close\r\n\r\n`);
+    c.write(`GET ${target} HTTP/${version}\r\n${headers}connection: close\r\n\r\n`);
     return await c.response();
   } finally {
     c.close();
@@ -84,6 +84,65 @@ describe('headers from untrusted clients', () => {
       assert.equal(res.status, 400);
       assert.equal((JSON.parse(res.body) as { code: string }).code, 'SP_ROUTE_BAD_HOST');
       assert.equal(seen, 1);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('accepts an absolute-form target and takes its authority as Host (RFC 9112 §3.2.2)', async () => {
+    const mimic = new MimicProvider();
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }] });
+    try {
+      const res = await rawGet(h.url, 'http://front.example:8443/smart_proxy/app/g1/who?q=1', 'host: other.example\r\n');
+      assert.equal(res.status, 200, res.body);
+      const echo = JSON.parse(res.body) as Echo;
+      assert.equal(echo.url, '/who?q=1', 'forwarded in origin-form');
+      assert.equal(echo.headers['x-forwarded-host'], 'front.example:8443', 'the target\'s authority, not the Host field');
+      assert.equal(echo.headers['x-forwarded-prefix'], '/smart_proxy/app/g1');
+      // HTTP/1.0 with no Host field at all, a scheme in capitals, an IPv6 literal: the same.
+      const v6 = await rawGet(h.url, 'HTTPS://[::1]:9/smart_proxy/app/g1/', '', '1.0');
+      assert.equal(v6.status, 200, v6.body);
+      assert.equal((JSON.parse(v6.body) as Echo).headers['x-forwarded-host'], '[::1]:9');
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('refuses absolute-form targets with userinfo, no host or another scheme, and keeps two Host fields ambiguous', async () => {
+    let seen = 0;
+    const mimic = new MimicProvider({
+      backend: (key) => startEchoServer({ name: key, handler: (_req: IncomingMessage, res: ServerResponse) => {
+        seen++;
+        res.end('ok');
+      } }),
+    });
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }] });
+    try {
+      for (const target of ['http://user:secret@x.example/smart_proxy/app/g1/', 'http:///smart_proxy/app/g1/', 'http://x.example:8o/smart_proxy/app/g1/', 'ftp://x.example/smart_proxy/app/g1/']) {
+        const res = await rawGet(h.url, target, 'host: x\r\n');
+        assert.equal(res.status, 400, `${target} must be refused`);
+        assert.equal((JSON.parse(res.body) as { code: string }).code, 'SP_ROUTE_BAD_TARGET', target);
+        assert.ok(!res.body.includes('secret'), 'userinfo is not echoed back');
+      }
+      const two = await rawGet(h.url, 'http://x.example/smart_proxy/app/g1/', 'host: a.example\r\nhost: b.example\r\n');
+      assert.equal(two.status, 400);
+      assert.equal((JSON.parse(two.body) as { code: string }).code, 'SP_ROUTE_BAD_HOST');
+      assert.equal(seen, 0, 'nothing was forwarded');
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('sends no empty X-Forwarded-Host for an HTTP/1.0 request without Host', async () => {
+    const mimic = new MimicProvider();
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }] });
+    try {
+      const res = await rawGet(h.url, '/smart_proxy/app/g1/old', '', '1.0');
+      assert.equal(res.status, 200, res.body);
+      const echo = JSON.parse(res.body) as Echo;
+      assert.equal(echo.url, '/old');
+      assert.equal(echo.headers['x-forwarded-host'], undefined);
+      assert.equal(echo.headers['x-forwarded-proto'], 'http');
     } finally {
       await h.close();
     }
