@@ -57,7 +57,9 @@ const GRANT_REGEX = `^${GRANT_FIELDS.map((f) => `(?<${f}>[^\\n]*)`).join('\\n')}
  * (inside an `if`, so a hit never starts a Lua thread), which asks Smart Proxy.
  */
 export function luaDecide(credentialVars: readonly string[], ttlMs: number): string {
+  const lookupCred = credentialVars.map((_, i) => `(arg[${i + 2}] or "")`).join(' .. "\\0" .. ');
   const module = LUA_MODULE.replace('@TTL_S@', String(ttlMs / 1000)).replace('@DECISION_PATH@', lit(DECISION_PATH)).replace('@NCRED@', String(credentialVars.length))
+    .replace('@LOOKUP_CRED@', lookupCred)
     .replace('@CRED_NAMES@', credentialVars.map((v) => lit(v.slice(1))).join(', '))
     .replace('@SET_FIELDS@', GRANT_FIELDS.map((f, i) => `    var.${f} = f[${i + 1}]`).join('\n'));
   // The module is built once per worker by the first miss (package.loaded) and kept; until
@@ -96,15 +98,31 @@ export function luaDropFailed(): string {
         }`;
 }
 
+/**
+ * Each worker's own copy of the decisions it used (in front of the shared dict): at most this
+ * many bytes per worker, counted generously (then it is emptied and refilled from the dict).
+ */
+export const LOCAL_MAX_BYTES = 8 * 1024 * 1024;
+/**
+ * How often, at most, a worker checks whether another worker dropped a decision (seconds):
+ * until then, that worker may try the failed backend once more, and that request goes via
+ * Smart Proxy as the first did.
+ */
+export const DROP_CHECK_S = 0.1;
+
 /** The module: lookup (set_by_lua, the warm path) and miss (access phase). */
 const LUA_MODULE = `local dict = ngx.shared.${DICT}
 local locks = ngx.shared.${LOCKS}
-local sha1_bin, capture, exec, sleep, log, ERR = ngx.sha1_bin, ngx.location.capture, ngx.exec, ngx.sleep, ngx.log, ngx.ERR
-local find, sub, lower, concat, tonumber, type, pairs, tostring = string.find, string.sub, string.lower, table.concat, tonumber, type, pairs, tostring
+local sha1_bin, capture, exec, sleep, log, ERR, now = ngx.sha1_bin, ngx.location.capture, ngx.exec, ngx.sleep, ngx.log, ngx.ERR, ngx.now
+local find, sub, lower, concat, format, tonumber, type, pairs, tostring = string.find, string.sub, string.lower, table.concat, string.format, tonumber, type, pairs, tostring
 local TTL_S = @TTL_S@
 local LOCK_S = 5
 local NCRED = @NCRED@
 local CRED_NAMES = { @CRED_NAMES@ }
+-- The worker's own copy of the decisions it used: at most this many bytes (then emptied), and
+-- checked against the shared dict's drops at most this often (seconds).
+local LOCAL_MAX_BYTES = ${LOCAL_MAX_BYTES}
+local DROP_CHECK_S = ${DROP_CHECK_S}
 local salt
 
 -- One random salt for all workers (they share the dict, so their keys must agree): the
@@ -125,10 +143,52 @@ end
 -- No credential at all (an anonymous caller of a public resource): nothing to hash.
 local NO_CREDENTIAL = string.rep("\\0", NCRED - 1)
 
--- The route, then a salted hash of the credential parts (never the credential itself).
+-- The shared dict's key: the route, then a salted hash of the credential parts (never the
+-- credential itself: the shared memory outlives requests and is readable by every worker).
 local function key_of(route, cred)
     if cred == NO_CREDENTIAL then return route .. "\\0" end
     return route .. "\\0" .. sha1_bin(salt .. cred)
+end
+
+-- The worker's copy: route -> credential -> { grant, expiry }. It lives in this worker's own
+-- memory, which sees the raw credential anyway, so it is keyed by it: a hit costs two table
+-- lookups instead of a SHA-1 and a shared-memory read. An entry ends when its shared entry
+-- ends (the same expiry, to the millisecond); it is emptied when a worker drops a decision
+-- (the drop mark below) or when it outgrows LOCAL_MAX_BYTES.
+local copy, copy_bytes = {}, 0
+local drop_mark, next_drop_check, drops = nil, 0, 0
+
+local function forget_all()
+    copy, copy_bytes = {}, 0
+end
+
+local function remember(route, cred, grant, expiry)
+    local size = #route + #cred + #grant + 160
+    if copy_bytes + size > LOCAL_MAX_BYTES then forget_all() end
+    local by_cred = copy[route]
+    if by_cred == nil then
+        by_cred = {}
+        copy[route] = by_cred
+    end
+    by_cred[cred] = { grant, expiry }
+    copy_bytes = copy_bytes + size
+end
+
+-- A drop in any worker changes the mark (a value never used before, so an evicted or reset
+-- mark also reads as a change); a worker that sees a new mark empties its copy.
+local function check_drops(t)
+    next_drop_check = t + DROP_CHECK_S
+    local mark = locks:get("dropped")
+    if mark ~= drop_mark then
+        drop_mark = mark
+        forget_all()
+    end
+end
+
+-- A kept decision as the shared dict holds it: its expiry (epoch seconds), a newline, the grant.
+local function split_kept(v)
+    local nl = find(v, "\\n", 1, true)
+    return sub(v, nl + 1), tonumber(sub(v, 1, nl - 1))
 end
 
 local function field(h, name)
@@ -137,8 +197,9 @@ local function field(h, name)
     return v or ""
 end
 
--- Asks the decision listener (the plain variant's subrequest). Returns the allow to keep, or
--- nil: the request goes via Smart Proxy (never kept, as the plain variant keeps no 401).
+-- Asks the decision listener (the plain variant's subrequest). Returns the allow (what the
+-- shared dict keeps: expiry and grant), or nil: the request goes via Smart Proxy (never kept,
+-- as the plain variant keeps no 401).
 local function decide(key)
     -- Concurrent misses for one key make one call: the others wait for its answer (bounded),
     -- then ask themselves if it was no allow (as nginx's proxy_cache_lock).
@@ -169,11 +230,11 @@ local function decide(key)
     for i = 2, 6 do
         if fields[i] == nil then return nil end
     end
-    local v = concat(fields, "\\n")
     -- The grant's life: the TTL, less when Smart Proxy says so (a JWT about to expire).
     local ttl = TTL_S
     local expires = tonumber(h["x-accel-expires"])
     if expires ~= nil and expires < ttl then ttl = expires end
+    local v = format("%.3f\\n", now() + ttl) .. concat(fields, "\\n")
     if ttl > 0 then
         -- Evicts the least recently used entries when full; a failure only costs a decision.
         local stored, err = dict:set(key, v, ttl)
@@ -188,41 +249,65 @@ local M = {}
 -- header). The grant, or "" (a miss).
 function M.lookup(arg)
     if salt == nil then return "" end
-    local cred = arg[2] or ""
-    for i = 3, NCRED + 1 do cred = cred .. "\\0" .. (arg[i] or "") end
-    local key = key_of(arg[1], cred)
-    return dict:get(key) or ""
+    local t = now()
+    if t >= next_drop_check then check_drops(t) end
+    local route = arg[1]
+    local cred = @LOOKUP_CRED@
+    local by_cred = copy[route]
+    if by_cred ~= nil then
+        local e = by_cred[cred]
+        if e ~= nil then
+            if t < e[2] then return e[1] end
+            by_cred[cred] = nil
+        end
+    end
+    -- Not in this worker's copy: another worker's decision, or one this worker let go.
+    local v = dict:get(key_of(route, cred))
+    if v == nil then return "" end
+    local grant, expiry = split_kept(v)
+    remember(route, cred, grant, expiry)
+    return grant
 end
 
--- The key of this request, from its variables (off the warm path).
-local function request_key()
+-- The route and credential of this request, from its variables (off the warm path).
+local function request_cred()
     local var = ngx.var
     local parts = {}
     for i = 1, NCRED do parts[i] = var[CRED_NAMES[i]] or "" end
-    return key_of(var.smart_proxy_route, concat(parts, "\\0"))
+    return var.smart_proxy_route, concat(parts, "\\0")
 end
 
 -- access_by_lua after a miss: the decision (kept if it allows), or via Smart Proxy.
 function M.miss()
     if salt == nil then salt = get_salt() end
     local var = ngx.var
-    local key = request_key()
+    local route, cred = request_cred()
+    local key = key_of(route, cred)
     local v = dict:get(key) or decide(key)
     if v == nil then return exec("@smart_proxy") end
+    local grant, expiry = split_kept(v)
+    if expiry > now() then remember(route, cred, grant, expiry) end
     local f, pos = {}, 1
     for i = 1, 6 do
-        local eol = find(v, "\\n", pos, true)
-        f[i] = sub(v, pos, (eol or 0) - 1)
-        pos = (eol or #v) + 1
+        local eol = find(grant, "\\n", pos, true)
+        f[i] = sub(grant, pos, (eol or 0) - 1)
+        pos = (eol or #grant) + 1
     end
-    var.smart_proxy_grant = v
+    var.smart_proxy_grant = grant
 @SET_FIELDS@
 end
 
--- @smart_proxy after a failed direct forward.
+-- @smart_proxy after a failed direct forward: the decision is dropped here, in the shared
+-- dict, and (through the drop mark) in the other workers' copies.
 function M.drop()
     if salt == nil or ngx.var.smart_proxy_route == nil then return end
-    dict:delete(request_key())
+    local route, cred = request_cred()
+    local by_cred = copy[route]
+    if by_cred ~= nil then by_cred[cred] = nil end
+    dict:delete(key_of(route, cred))
+    drops = drops + 1
+    drop_mark = format("%d %.3f %d", ngx.worker.pid(), now(), drops)
+    locks:set("dropped", drop_mark)
     log(ngx.NOTICE, "smart proxy: a direct forward failed (", ngx.var.upstream_status, "): decision dropped, the next request is decided afresh")
 end
 
