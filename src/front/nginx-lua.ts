@@ -2,8 +2,9 @@
  * The Lua decision cache of the generated nginx config (`smart-proxy nginx-config --cache
  * lua`; docs/operations/front-proxy.md). The plain variant asks for every warm request's
  * decision with an `auth_request` subrequest that nginx's proxy_cache answers; this one keeps
- * the decision in nginx's own memory (a `lua_shared_dict`, shared by the workers), so a warm
- * request costs a hash, a shared-memory lookup and a regex instead of a subrequest.
+ * the decision in nginx's own memory (a `lua_shared_dict`, shared by the workers, and each
+ * worker's copy of the entries it used), so a warm request costs two Lua table lookups and a
+ * regex instead of a subrequest.
  *
  * What stays the same as the plain variant: a miss asks the decision listener with the same
  * subrequest (the same headers), an allow is kept for the grant TTL (less when the answer's
@@ -52,9 +53,9 @@ const GRANT_REGEX = `^${GRANT_FIELDS.map((f) => `(?<${f}>[^\\n]*)`).join('\\n')}
  * The Lua of `location /smart_proxy/`. `credentialVars` are the nginx variables (with `$`) that
  * carry a credential, as in the plain variant's cache key.
  *
- * The warm path is `set_by_lua` (rewrite phase, no coroutine, no subrequest): the key and one
- * shared-dict lookup; a hit sets `$smart_proxy_grant`. Only a miss runs the access-phase Lua
- * (inside an `if`, so a hit never starts a Lua thread), which asks Smart Proxy.
+ * The warm path is `set_by_lua` (rewrite phase, no coroutine, no subrequest): the worker's own
+ * copy, else the shared dict (salted key); a hit sets `$smart_proxy_grant`. Only a miss runs the
+ * access-phase Lua (inside an `if`, so a hit never starts a Lua thread), which asks Smart Proxy.
  */
 export function luaDecide(credentialVars: readonly string[], ttlMs: number): string {
   const lookupCred = credentialVars.map((_, i) => `(arg[${i + 2}] or "")`).join(' .. "\\0" .. ');

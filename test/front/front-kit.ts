@@ -66,15 +66,16 @@ async function run(command: string, args: string[], dir: string, port: number): 
 
 /**
  * nginx in the foreground with `snippet` (the generated config) inside `http { }` and `main`
- * (`load_module` lines) before everything.
+ * (`load_module` lines) before everything. One process serves, unless `workers` asks for more
+ * (then a master and that many workers).
  */
-export async function startNginx(snippet: (dir: string) => string, port: number, main = ''): Promise<FrontProcess> {
+export async function startNginx(snippet: (dir: string) => string, port: number, main = '', workers = 1): Promise<FrontProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'sp-front-nginx-'));
   chmodSync(dir, 0o777); // workers may run as another user
   const conf = `${main}
 daemon off;
-master_process off;
-worker_processes 1;
+master_process ${workers > 1 ? 'on' : 'off'};
+worker_processes ${workers};
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log info;
 events { worker_connections 1024; }
