@@ -166,7 +166,7 @@ map "$smart_proxy_direct$http_upgrade" $smart_proxy_via {
     "1" 0;
     default 1;
 }
-`}# The upstream path: the endpoint's own path, then the forwarded one ("/" alone forwards to
+`}${lua ? '' : `# The upstream path: the endpoint's own path, then the forwarded one ("/" alone forwards to
 # the endpoint path exactly, as the data plane does). Exact matches: no regex.
 map $smart_proxy_tail $smart_proxy_upstream_path {
     "" $smart_proxy_base_root;
@@ -176,7 +176,7 @@ map $smart_proxy_base_path $smart_proxy_base_root {
     "" /;
     default $smart_proxy_base_path;
 }
-# The resource of any /smart_proxy/ target, for the count of requests passed to Smart Proxy.
+`}# The resource of any /smart_proxy/ target, for the count of requests passed to Smart Proxy.
 map $request_uri $smart_proxy_any_resource {
     "~^/smart_proxy/(?<r>[A-Za-z0-9._~-]+)/" $r;
     default "";
@@ -246,7 +246,8 @@ ${lua ? `
         # gone. Smart Proxy answers all of them (and wakes the backend again).
         error_page 401 403 500 502 504 = @smart_proxy;
 `}
-        proxy_pass $smart_proxy_upstream$smart_proxy_upstream_path$is_args$args;
+${lua ? `        # The grant's prefix joins the endpoint's path with the forwarded one (no map).
+` : ''}        proxy_pass $smart_proxy_upstream${lua ? '$smart_proxy_prefix$smart_proxy_tail' : '$smart_proxy_upstream_path'}$is_args$args;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header Host $smart_proxy_address;

@@ -44,9 +44,11 @@ const lit = (s: string): string => `"${s.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
  * The grant of a request: the allow's six fields, each on a line (header values never hold a
  * newline). On a hit, one regex (`if ... ~`, which neither lowercases nor hashes its subject
  * as a `map` would) splits it into the variables the forward uses: far cheaper than Lua
- * setting six nginx variables.
+ * setting six nginx variables. `smart_proxy_prefix` is what the upstream path starts with,
+ * so that the forward needs no map to join the endpoint's path with the forwarded one (see
+ * grants_of in the module).
  */
-export const GRANT_FIELDS = ['smart_proxy_upstream', 'smart_proxy_address', 'smart_proxy_base_path', 'smart_proxy_user', 'smart_proxy_groups', 'smart_proxy_pass_credentials'] as const;
+export const GRANT_FIELDS = ['smart_proxy_upstream', 'smart_proxy_address', 'smart_proxy_prefix', 'smart_proxy_user', 'smart_proxy_groups', 'smart_proxy_pass_credentials'] as const;
 const GRANT_REGEX = `^${GRANT_FIELDS.map((f) => `(?<${f}>[^\\n]*)`).join('\\n')}$`;
 
 /**
@@ -58,16 +60,15 @@ const GRANT_REGEX = `^${GRANT_FIELDS.map((f) => `(?<${f}>[^\\n]*)`).join('\\n')}
  * access-phase Lua (inside an `if`, so a hit never starts a Lua thread), which asks Smart Proxy.
  */
 export function luaDecide(credentialVars: readonly string[], ttlMs: number): string {
-  const lookupCred = credentialVars.map((_, i) => `(arg[${i + 2}] or "")`).join(' .. "\\0" .. ');
   const module = LUA_MODULE.replace('@TTL_S@', String(ttlMs / 1000)).replace('@DECISION_PATH@', lit(DECISION_PATH)).replace('@NCRED@', String(credentialVars.length))
-    .replace('@LOOKUP_CRED@', lookupCred)
     .replace('@CRED_NAMES@', credentialVars.map((v) => lit(v.slice(1))).join(', '))
     .replace('@SET_FIELDS@', GRANT_FIELDS.map((f, i) => `    var.${f} = f[${i + 1}]`).join('\n'));
   // The module is built once per worker by the first miss (package.loaded) and kept; until
   // then, set_by_lua finds none and the request takes the miss path, which builds it.
   // set_by_lua's string form, because only it takes nginx variables as arguments (ngx.arg),
-  // which costs less than reading them through ngx.var.
-  return `set_by_lua $smart_proxy_grant 'local sp = package.loaded.smart_proxy_front if sp == nil then return "" end return sp.lookup(ngx.arg)' $smart_proxy_route ${credentialVars.join(' ')};
+  // which costs less than reading them through ngx.var; each argument costs an evaluation, so
+  // the route and the credential parts come as one (the worker's copy's key, below).
+  return `set_by_lua $smart_proxy_grant 'local sp = package.loaded.smart_proxy_front if sp == nil then return "" end return sp.lookup(ngx.arg)' "$smart_proxy_route ${credentialVars.join('\\n')}" $smart_proxy_tail;
         if ($smart_proxy_grant = "") {
             access_by_lua_block {
                 local sp = package.loaded.smart_proxy_front
@@ -142,7 +143,7 @@ local function get_salt()
 end
 
 -- No credential at all (an anonymous caller of a public resource): nothing to hash.
-local NO_CREDENTIAL = string.rep("\\0", NCRED - 1)
+local NO_CREDENTIAL = string.rep("\\n", NCRED - 1)
 
 -- The shared dict's key: the route, then a salted hash of the credential parts (never the
 -- credential itself: the shared memory outlives requests and is readable by every worker).
@@ -151,11 +152,13 @@ local function key_of(route, cred)
     return route .. "\\0" .. sha1_bin(salt .. cred)
 end
 
--- The worker's copy: route -> credential -> { grant, expiry }. It lives in this worker's own
--- memory, which sees the raw credential anyway, so it is keyed by it: a hit costs two table
--- lookups instead of a SHA-1 and a shared-memory read. An entry ends when its shared entry
--- ends (the same expiry, to the millisecond); it is emptied when a worker drops a decision
--- (the drop mark below) or when it outgrows LOCAL_MAX_BYTES.
+-- The worker's copy: { grant without a forwarded path, expiry, grant with one } by the route, a
+-- space and the credential parts, a newline between them (a route has no space, a header
+-- value no newline). It lives in this worker's own memory, which sees the raw credential
+-- anyway, so it is keyed by it: a hit costs a table lookup instead of a SHA-1 and a
+-- shared-memory read. An entry ends when its shared entry ends (the same expiry, to the
+-- millisecond); the copy is emptied when a worker drops a decision (the drop mark below) or
+-- when it outgrows LOCAL_MAX_BYTES.
 local copy, copy_bytes = {}, 0
 local drop_mark, next_drop_check, drops = nil, 0, 0
 
@@ -163,16 +166,17 @@ local function forget_all()
     copy, copy_bytes = {}, 0
 end
 
-local function remember(route, cred, grant, expiry)
-    local size = #route + #cred + #grant + 160
+local function remember(ck, root, path, expiry)
+    local size = #ck + #root + #path + 160
     if copy_bytes + size > LOCAL_MAX_BYTES then forget_all() end
-    local by_cred = copy[route]
-    if by_cred == nil then
-        by_cred = {}
-        copy[route] = by_cred
-    end
-    by_cred[cred] = { grant, expiry }
+    copy[ck] = { root, expiry, path }
     copy_bytes = copy_bytes + size
+end
+
+-- The shared dict's key of a copy's key.
+local function shared_key(ck)
+    local sp = find(ck, " ", 1, true)
+    return key_of(sub(ck, 1, sp - 1), sub(ck, sp + 1))
 end
 
 -- A drop in any worker changes the mark (a value never used before, so an evicted or reset
@@ -186,10 +190,22 @@ local function check_drops(t)
     end
 end
 
--- A kept decision as the shared dict holds it: its expiry (epoch seconds), a newline, the grant.
-local function split_kept(v)
-    local nl = find(v, "\\n", 1, true)
-    return sub(v, nl + 1), tonumber(sub(v, 1, nl - 1))
+-- The two grants of a kept allow, which the shared dict holds as its expiry (epoch seconds),
+-- then the upstream, Host, endpoint path, user, groups and pass-credentials fields, a line
+-- each. They differ in the upstream path's prefix: for a request with a path after the route
+-- it is the endpoint's path and "/", and that path follows; without one, it is the endpoint's
+-- path alone, or "/" when it has none (the data plane forwards "/" alone to the endpoint path
+-- exactly). Returns the grant without a forwarded path, the grant with one, the expiry.
+local function grants_of(v)
+    local f, pos = {}, 1
+    for i = 1, 7 do
+        local eol = find(v, "\\n", pos, true)
+        f[i] = sub(v, pos, (eol or 0) - 1)
+        pos = (eol or #v) + 1
+    end
+    local base = f[4]
+    local head, rest = f[2] .. "\\n" .. f[3] .. "\\n", "\\n" .. f[5] .. "\\n" .. f[6] .. "\\n" .. f[7]
+    return head .. (base == "" and "/" or base) .. rest, head .. base .. "/" .. rest, tonumber(f[1])
 end
 
 local function field(h, name)
@@ -199,7 +215,7 @@ local function field(h, name)
 end
 
 -- Asks the decision listener (the plain variant's subrequest). Returns the allow (what the
--- shared dict keeps: expiry and grant), or nil: the request goes via Smart Proxy (never kept,
+-- shared dict keeps: expiry and fields), or nil: the request goes via Smart Proxy (never kept,
 -- as the plain variant keeps no 401).
 local function decide(key)
     -- Concurrent misses for one key make one call: the others wait for its answer (bounded),
@@ -246,48 +262,50 @@ end
 
 local M = {}
 
--- set_by_lua: args are the route and the credential parts (nil when empty: an absent
--- header). The grant, or "" (a miss).
+-- set_by_lua: args are the copy's key of the request and the path after the route (nil or
+-- "" when there is none). The grant, or "" (a miss).
 function M.lookup(arg)
     if salt == nil then return "" end
     local t = now()
     if t >= next_drop_check then check_drops(t) end
-    local route = arg[1]
-    local cred = @LOOKUP_CRED@
-    local by_cred = copy[route]
-    if by_cred ~= nil then
-        local e = by_cred[cred]
-        if e ~= nil then
-            if t < e[2] then return e[1] end
-            by_cred[cred] = nil
+    local ck, tail = arg[1], arg[2]
+    local e = copy[ck]
+    if e ~= nil then
+        if t < e[2] then
+            if tail == nil or tail == "" then return e[1] end
+            return e[3]
         end
+        copy[ck] = nil
     end
     -- Not in this worker's copy: another worker's decision, or one this worker let go.
-    local v = dict:get(key_of(route, cred))
+    local v = dict:get(shared_key(ck))
     if v == nil then return "" end
-    local grant, expiry = split_kept(v)
-    remember(route, cred, grant, expiry)
-    return grant
+    local root, path, expiry = grants_of(v)
+    remember(ck, root, path, expiry)
+    if tail == nil or tail == "" then return root end
+    return path
 end
 
--- The route and credential of this request, from its variables (off the warm path).
-local function request_cred()
+-- The copy's key of this request, from its variables (off the warm path).
+local function request_ck()
     local var = ngx.var
     local parts = {}
     for i = 1, NCRED do parts[i] = var[CRED_NAMES[i]] or "" end
-    return var.smart_proxy_route, concat(parts, "\\0")
+    return var.smart_proxy_route .. " " .. concat(parts, "\\n")
 end
 
 -- access_by_lua after a miss: the decision (kept if it allows), or via Smart Proxy.
 function M.miss()
     if salt == nil then salt = get_salt() end
     local var = ngx.var
-    local route, cred = request_cred()
-    local key = key_of(route, cred)
+    local ck = request_ck()
+    local key = shared_key(ck)
     local v = dict:get(key) or decide(key)
     if v == nil then return exec("@smart_proxy") end
-    local grant, expiry = split_kept(v)
-    if expiry > now() then remember(route, cred, grant, expiry) end
+    local root, path, expiry = grants_of(v)
+    if expiry > now() then remember(ck, root, path, expiry) end
+    local tail = var.smart_proxy_tail
+    local grant = (tail == nil or tail == "") and root or path
     local f, pos = {}, 1
     for i = 1, 6 do
         local eol = find(grant, "\\n", pos, true)
@@ -302,10 +320,9 @@ end
 -- dict, and (through the drop mark) in the other workers' copies.
 function M.drop()
     if salt == nil or ngx.var.smart_proxy_route == nil then return end
-    local route, cred = request_cred()
-    local by_cred = copy[route]
-    if by_cred ~= nil then by_cred[cred] = nil end
-    dict:delete(key_of(route, cred))
+    local ck = request_ck()
+    copy[ck] = nil
+    dict:delete(shared_key(ck))
     drops = drops + 1
     drop_mark = format("%d %.3f %d", ngx.worker.pid(), now(), drops)
     locks:set("dropped", drop_mark)
