@@ -16,7 +16,7 @@
  *   answers Smart Proxy's busy checks from that count (busy-checker.ts).
  */
 import type { Config, IdentityConfig } from '../config/schema.ts';
-import { luaDecide, luaDropFailed, luaSharedDicts, NGINX_LUA_PACKAGE } from './nginx-lua.ts';
+import { luaDecide, luaDropFailed, luaDynamicUpstream, luaSharedDicts, NGINX_LUA_PACKAGE } from './nginx-lua.ts';
 import { BUSY_PATH, DECISION_PATH, FRONT_HEADERS } from './protocol.ts';
 import { UpstreamNames } from './upstreams.ts';
 
@@ -148,6 +148,7 @@ upstream smart_proxy_decision {
     keepalive 64;
 }`);
   }
+  if (lua) out(luaDynamicUpstream());
   out(`
 ${lua ? '' : `# The direct path's gate: one regex over the raw target, which matches only what Smart Proxy
 # would forward unchanged: a route whose resource id and groups are written plainly, then a

@@ -44,11 +44,12 @@ const lit = (s: string): string => `"${s.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
  * The grant of a request: the allow's six fields, each on a line (header values never hold a
  * newline). On a hit, one regex (`if ... ~`, which neither lowercases nor hashes its subject
  * as a `map` would) splits it into the variables the forward uses: far cheaper than Lua
- * setting six nginx variables. `smart_proxy_prefix` is what the upstream path starts with,
+ * setting seven nginx variables. `smart_proxy_prefix` is what the upstream path starts with,
  * so that the forward needs no map to join the endpoint's path with the forwarded one (see
- * grants_of in the module).
+ * grants_of in the module); `smart_proxy_peer` is the backend's `ip:port` when it goes through
+ * the dynamic upstream (luaDynamicUpstream), else empty.
  */
-export const GRANT_FIELDS = ['smart_proxy_upstream', 'smart_proxy_address', 'smart_proxy_prefix', 'smart_proxy_user', 'smart_proxy_groups', 'smart_proxy_pass_credentials'] as const;
+export const GRANT_FIELDS = ['smart_proxy_upstream', 'smart_proxy_address', 'smart_proxy_prefix', 'smart_proxy_user', 'smart_proxy_groups', 'smart_proxy_pass_credentials', 'smart_proxy_peer'] as const;
 const GRANT_REGEX = `^${GRANT_FIELDS.map((f) => `(?<${f}>[^\\n]*)`).join('\\n')}$`;
 
 /**
@@ -62,7 +63,8 @@ const GRANT_REGEX = `^${GRANT_FIELDS.map((f) => `(?<${f}>[^\\n]*)`).join('\\n')}
 export function luaDecide(credentialVars: readonly string[], ttlMs: number): string {
   const module = LUA_MODULE.replace('@TTL_S@', String(ttlMs / 1000)).replace('@DECISION_PATH@', lit(DECISION_PATH)).replace('@NCRED@', String(credentialVars.length))
     .replace('@CRED_NAMES@', credentialVars.map((v) => lit(v.slice(1))).join(', '))
-    .replace('@SET_FIELDS@', GRANT_FIELDS.map((f, i) => `    var.${f} = f[${i + 1}]`).join('\n'));
+    .replace('@SET_FIELDS@', GRANT_FIELDS.map((f, i) => `    var.${f} = f[${i + 1}]`).join('\n'))
+    .replace('@DYNAMIC_UPSTREAM@', lit(`http://${DYNAMIC_UPSTREAM}`));
   // The module is built once per worker by the first miss (package.loaded) and kept; until
   // then, set_by_lua finds none and the request takes the miss path, which builds it.
   // set_by_lua's string form, because only it takes nginx variables as arguments (ngx.arg),
@@ -84,6 +86,40 @@ ${module.replace(/^/gm, '                        ').trimEnd()}
         if ($smart_proxy_grant ~ "${GRANT_REGEX}") {
             # A hit: the named captures are the allow's fields (a miss has Lua set them).
         }`;
+}
+
+/** The upstream of backends whose address is known only at run time. */
+export const DYNAMIC_UPSTREAM = 'smart_proxy_dynamic';
+
+/**
+ * An upstream block for backends whose address only Smart Proxy knows (a container's port, a
+ * process on a port of its own choosing), so that they get kept-alive connections too: with
+ * the address in a variable, nginx makes a new connection for every request. The grant names
+ * this block instead of the plain `http://ip:port`, and `balancer_by_lua` picks the peer from
+ * the grant (ngx.balancer, lua-resty-core). Kept-alive connections are matched by the peer's
+ * address, so each backend gets back only its own.
+ */
+export function luaDynamicUpstream(): string {
+  return `upstream ${DYNAMIC_UPSTREAM} {
+    # Never used: balancer_by_lua sets the peer of every request.
+    server 0.0.0.1:1;
+    balancer_by_lua_block {
+        local sp = package.loaded.smart_proxy_front
+        local ok, err
+        if sp == nil then
+            ok, err = nil, "no decision made in this worker"
+        else
+            ok, err = sp.balance()
+        end
+        if not ok then
+            -- The request fails (500) and goes via Smart Proxy, which answers it.
+            ngx.log(ngx.ERR, "smart proxy: no backend for the dynamic upstream: ", err)
+            return ngx.exit(ngx.ERROR)
+        end
+    }
+    # After balancer_by_lua, so that it wraps the peer that Lua picks.
+    keepalive 64;
+}`;
 }
 
 /** The access-phase Lua of `location @smart_proxy`: drop the decision of a failed direct forward. */
@@ -116,7 +152,9 @@ export const DROP_CHECK_S = 0.1;
 const LUA_MODULE = `local dict = ngx.shared.${DICT}
 local locks = ngx.shared.${LOCKS}
 local sha1_bin, capture, exec, sleep, log, ERR, now = ngx.sha1_bin, ngx.location.capture, ngx.exec, ngx.sleep, ngx.log, ngx.ERR, ngx.now
-local find, sub, lower, concat, format, tonumber, type, pairs, tostring = string.find, string.sub, string.lower, table.concat, string.format, tonumber, type, pairs, tostring
+local find, sub, match, lower, concat, format, tonumber, type, pairs, tostring = string.find, string.sub, string.match, string.lower, table.concat, string.format, tonumber, type, pairs, tostring
+local set_current_peer = require("ngx.balancer").set_current_peer
+local DYNAMIC_UPSTREAM = @DYNAMIC_UPSTREAM@
 local TTL_S = @TTL_S@
 local LOCK_S = 5
 local NCRED = @NCRED@
@@ -195,7 +233,9 @@ end
 -- each. They differ in the upstream path's prefix: for a request with a path after the route
 -- it is the endpoint's path and "/", and that path follows; without one, it is the endpoint's
 -- path alone, or "/" when it has none (the data plane forwards "/" alone to the endpoint path
--- exactly). Returns the grant without a forwarded path, the grant with one, the expiry.
+-- exactly). A backend at a plain http://ip:port (an address only Smart Proxy knew) goes through
+-- the dynamic upstream, with that address as the last field (the peer; empty otherwise).
+-- Returns the grant without a forwarded path, the grant with one, the expiry.
 local function grants_of(v)
     local f, pos = {}, 1
     for i = 1, 7 do
@@ -203,10 +243,15 @@ local function grants_of(v)
         f[i] = sub(v, pos, (eol or 0) - 1)
         pos = (eol or #v) + 1
     end
+    local upstream, peer = f[2], match(f[2], "^http://(%d+%.%d+%.%d+%.%d+:%d+)$")
+    if peer ~= nil then upstream = DYNAMIC_UPSTREAM end
     local base = f[4]
-    local head, rest = f[2] .. "\\n" .. f[3] .. "\\n", "\\n" .. f[5] .. "\\n" .. f[6] .. "\\n" .. f[7]
+    local head, rest = upstream .. "\\n" .. f[3] .. "\\n", "\\n" .. f[5] .. "\\n" .. f[6] .. "\\n" .. f[7] .. "\\n" .. (peer or "")
     return head .. (base == "" and "/" or base) .. rest, head .. base .. "/" .. rest, tonumber(f[1])
 end
+
+-- The peers of the dynamic upstream by their ip:port, parsed once (at most 1,000, then again).
+local peers, npeers = {}, 0
 
 local function field(h, name)
     local v = h[name]
@@ -307,13 +352,28 @@ function M.miss()
     local tail = var.smart_proxy_tail
     local grant = (tail == nil or tail == "") and root or path
     local f, pos = {}, 1
-    for i = 1, 6 do
+    for i = 1, 7 do
         local eol = find(grant, "\\n", pos, true)
         f[i] = sub(grant, pos, (eol or 0) - 1)
         pos = (eol or #grant) + 1
     end
     var.smart_proxy_grant = grant
 @SET_FIELDS@
+end
+
+-- balancer_by_lua of the dynamic upstream: this request's peer, from its grant.
+function M.balance()
+    local peer = ngx.var.smart_proxy_peer
+    local p = peers[peer]
+    if p == nil then
+        local ip, port = match(peer or "", "^(%d+%.%d+%.%d+%.%d+):(%d+)$")
+        if ip == nil then return nil, "no peer in the grant: " .. tostring(peer) end
+        if npeers >= 1000 then peers, npeers = {}, 0 end
+        p = { ip, tonumber(port) }
+        peers[peer] = p
+        npeers = npeers + 1
+    end
+    return set_current_peer(p[1], p[2])
 end
 
 -- @smart_proxy after a failed direct forward: the decision is dropped here, in the shared

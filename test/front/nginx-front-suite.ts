@@ -502,6 +502,21 @@ front:
       assert.equal((await get(nginxPort, '/smart_proxy/app/-/settle', bearer(ALICE))).status, 200);
     });
 
+    void it('keeps connections to a backend whose address is known only at run time', async () => {
+      // The mimic backends listen on ports of their own choosing: Smart Proxy grants their
+      // plain address, which nginx reaches through the dynamic upstream.
+      assert.equal((await get(nginxPort, '/smart_proxy/app/-/warm', bearer(ALICE))).status, 200);
+      const data0 = dataPlaneRequests;
+      const ports: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const r = await get(nginxPort, `/smart_proxy/app/-/kept/${i}`, bearer(ALICE));
+        assert.equal(r.status, 200, r.body);
+        ports.push((JSON.parse(r.body) as Echo & { remotePort: number }).remotePort);
+      }
+      assert.equal(dataPlaneRequests, data0, 'served directly');
+      assert.deepEqual(new Set(ports).size, 1, `one connection for three requests (${ports.join(', ')})`);
+    });
+
     void it('gives the backend exactly what the plain variant (proxy_cache) gives it', async () => {
       const [plainPort, plainControl] = [await freePort(), await freePort()];
       const plainConf = (dir: string): string => generateNginxConfig(config).replace('@DIR@', dir)
