@@ -3,7 +3,7 @@
  * lua`; docs/operations/front-proxy.md). The plain variant asks for every warm request's
  * decision with an `auth_request` subrequest that nginx's proxy_cache answers; this one keeps
  * the decision in nginx's own memory (a `lua_shared_dict`, shared by the workers, and each
- * worker's copy of the entries it used), so a warm request costs two Lua table lookups and a
+ * worker's copy of the entries it used), so a warm request costs a Lua table lookup and a
  * regex instead of a subrequest.
  *
  * What stays the same as the plain variant: a miss asks the decision listener with the same
@@ -41,7 +41,7 @@ lua_shared_dict ${LOCKS} 1m;`;
 const lit = (s: string): string => `"${s.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
 
 /**
- * The grant of a request: the allow's six fields, each on a line (header values never hold a
+ * The grant of a request: the allow's fields, each on a line (header values never hold a
  * newline). On a hit, one regex (`if ... ~`, which neither lowercases nor hashes its subject
  * as a `map` would) splits it into the variables the forward uses: far cheaper than Lua
  * setting seven nginx variables. `smart_proxy_prefix` is what the upstream path starts with,
@@ -250,7 +250,8 @@ local function grants_of(v)
     return head .. (base == "" and "/" or base) .. rest, head .. base .. "/" .. rest, tonumber(f[1])
 end
 
--- The peers of the dynamic upstream by their ip:port, parsed once (at most 1,000, then again).
+-- The peers of the dynamic upstream by their ip:port, each parsed once (at most 1,000 kept;
+-- past that the table starts over).
 local peers, npeers = {}, 0
 
 local function field(h, name)
