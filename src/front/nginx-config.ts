@@ -204,6 +204,10 @@ server {
     # Identity headers with "_" are dropped (nginx's default), never folded into "-".
     underscores_in_headers off;
     ignore_invalid_headers on;
+    # Each request's memory: a forward from here (the gate's captures, the decision's variables,
+    # the request to the backend) takes more than nginx's default 4k pool, and each further 4k
+    # block costs an allocation and longer searches; 16k holds it in one, per open request.
+    request_pool_size 16k;
 
     location /smart_proxy/ {
         error_page 418 = @smart_proxy;
