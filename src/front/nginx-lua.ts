@@ -71,7 +71,10 @@ export function luaDecide(credentialVars: readonly string[], ttlMs: number): str
   // which costs less than reading them through ngx.var; each argument costs an evaluation, so
   // the route and the credential parts come as one (the worker's copy's key, below).
   return `set_by_lua $smart_proxy_grant 'local sp = package.loaded.smart_proxy_front if sp == nil then return "" end return sp.lookup(ngx.arg)' "$smart_proxy_route ${credentialVars.join('\\n')}" $smart_proxy_tail;
-        if ($smart_proxy_grant = "") {
+        # A hit: the regex's named captures are the allow's fields (set even though the
+        # condition is negated). A miss ("") runs the access-phase Lua, which asks Smart Proxy
+        # and sets them; on a hit nginx neither enters this block nor starts a Lua thread.
+        if ($smart_proxy_grant !~ "${GRANT_REGEX}") {
             access_by_lua_block {
                 local sp = package.loaded.smart_proxy_front
                 if sp == nil then
@@ -82,9 +85,6 @@ ${module.replace(/^/gm, '                        ').trimEnd()}
                 end
                 return sp.miss()
             }
-        }
-        if ($smart_proxy_grant ~ "${GRANT_REGEX}") {
-            # A hit: the named captures are the allow's fields (a miss has Lua set them).
         }`;
 }
 
