@@ -16,7 +16,7 @@
  *   answers Smart Proxy's busy checks from that count (busy-checker.ts).
  */
 import type { Config, IdentityConfig } from '../config/schema.ts';
-import { luaDecide, luaDropFailed, luaSharedDicts, NGINX_LUA_PACKAGE } from './nginx-lua.ts';
+import { luaDecide, luaDropFailed, luaDynamicUpstream, luaSharedDicts, NGINX_LUA_PACKAGE } from './nginx-lua.ts';
 import { BUSY_PATH, DECISION_PATH, FRONT_HEADERS } from './protocol.ts';
 import { UpstreamNames } from './upstreams.ts';
 
@@ -148,6 +148,7 @@ upstream smart_proxy_decision {
     keepalive 64;
 }`);
   }
+  if (lua) out(luaDynamicUpstream());
   out(`
 ${lua ? '' : `# The direct path's gate: one regex over the raw target, which matches only what Smart Proxy
 # would forward unchanged: a route whose resource id and groups are written plainly, then a
@@ -166,7 +167,7 @@ map "$smart_proxy_direct$http_upgrade" $smart_proxy_via {
     "1" 0;
     default 1;
 }
-`}# The upstream path: the endpoint's own path, then the forwarded one ("/" alone forwards to
+`}${lua ? '' : `# The upstream path: the endpoint's own path, then the forwarded one ("/" alone forwards to
 # the endpoint path exactly, as the data plane does). Exact matches: no regex.
 map $smart_proxy_tail $smart_proxy_upstream_path {
     "" $smart_proxy_base_root;
@@ -176,7 +177,7 @@ map $smart_proxy_base_path $smart_proxy_base_root {
     "" /;
     default $smart_proxy_base_path;
 }
-# The resource of any /smart_proxy/ target, for the count of requests passed to Smart Proxy.
+`}# The resource of any /smart_proxy/ target, for the count of requests passed to Smart Proxy.
 map $request_uri $smart_proxy_any_resource {
     "~^/smart_proxy/(?<r>[A-Za-z0-9._~-]+)/" $r;
     default "";
@@ -203,6 +204,10 @@ server {
     # Identity headers with "_" are dropped (nginx's default), never folded into "-".
     underscores_in_headers off;
     ignore_invalid_headers on;
+    # Each request's memory: a forward from here (the gate's captures, the decision's variables,
+    # the request to the backend) takes more than nginx's default 4k pool, and each further 4k
+    # block costs an allocation and longer searches; 16k holds it in one, per open request.
+    request_pool_size 16k;
 
     location /smart_proxy/ {
         error_page 418 = @smart_proxy;
@@ -246,7 +251,8 @@ ${lua ? `
         # gone. Smart Proxy answers all of them (and wakes the backend again).
         error_page 401 403 500 502 504 = @smart_proxy;
 `}
-        proxy_pass $smart_proxy_upstream$smart_proxy_upstream_path$is_args$args;
+${lua ? `        # The grant's prefix joins the endpoint's path with the forwarded one (no map).
+` : ''}        proxy_pass $smart_proxy_upstream${lua ? '$smart_proxy_prefix$smart_proxy_tail' : '$smart_proxy_upstream_path'}$is_args$args;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header Host $smart_proxy_address;

@@ -2,8 +2,9 @@
  * The Lua decision cache of the generated nginx config (`smart-proxy nginx-config --cache
  * lua`; docs/operations/front-proxy.md). The plain variant asks for every warm request's
  * decision with an `auth_request` subrequest that nginx's proxy_cache answers; this one keeps
- * the decision in nginx's own memory (a `lua_shared_dict`, shared by the workers), so a warm
- * request costs a hash, a shared-memory lookup and a regex instead of a subrequest.
+ * the decision in nginx's own memory (a `lua_shared_dict`, shared by the workers, and each
+ * worker's copy of the entries it used), so a warm request costs a Lua table lookup and a
+ * regex instead of a subrequest.
  *
  * What stays the same as the plain variant: a miss asks the decision listener with the same
  * subrequest (the same headers), an allow is kept for the grant TTL (less when the answer's
@@ -40,32 +41,40 @@ lua_shared_dict ${LOCKS} 1m;`;
 const lit = (s: string): string => `"${s.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
 
 /**
- * The grant of a request: the allow's six fields, each on a line (header values never hold a
+ * The grant of a request: the allow's fields, each on a line (header values never hold a
  * newline). On a hit, one regex (`if ... ~`, which neither lowercases nor hashes its subject
  * as a `map` would) splits it into the variables the forward uses: far cheaper than Lua
- * setting six nginx variables.
+ * setting seven nginx variables. `smart_proxy_prefix` is what the upstream path starts with,
+ * so that the forward needs no map to join the endpoint's path with the forwarded one (see
+ * grants_of in the module); `smart_proxy_peer` is the backend's `ip:port` when it goes through
+ * the dynamic upstream (luaDynamicUpstream), else empty.
  */
-export const GRANT_FIELDS = ['smart_proxy_upstream', 'smart_proxy_address', 'smart_proxy_base_path', 'smart_proxy_user', 'smart_proxy_groups', 'smart_proxy_pass_credentials'] as const;
+export const GRANT_FIELDS = ['smart_proxy_upstream', 'smart_proxy_address', 'smart_proxy_prefix', 'smart_proxy_user', 'smart_proxy_groups', 'smart_proxy_pass_credentials', 'smart_proxy_peer'] as const;
 const GRANT_REGEX = `^${GRANT_FIELDS.map((f) => `(?<${f}>[^\\n]*)`).join('\\n')}$`;
 
 /**
  * The Lua of `location /smart_proxy/`. `credentialVars` are the nginx variables (with `$`) that
  * carry a credential, as in the plain variant's cache key.
  *
- * The warm path is `set_by_lua` (rewrite phase, no coroutine, no subrequest): the key and one
- * shared-dict lookup; a hit sets `$smart_proxy_grant`. Only a miss runs the access-phase Lua
- * (inside an `if`, so a hit never starts a Lua thread), which asks Smart Proxy.
+ * The warm path is `set_by_lua` (rewrite phase, no coroutine, no subrequest): the worker's own
+ * copy, else the shared dict (salted key); a hit sets `$smart_proxy_grant`. Only a miss runs the
+ * access-phase Lua (inside an `if`, so a hit never starts a Lua thread), which asks Smart Proxy.
  */
 export function luaDecide(credentialVars: readonly string[], ttlMs: number): string {
   const module = LUA_MODULE.replace('@TTL_S@', String(ttlMs / 1000)).replace('@DECISION_PATH@', lit(DECISION_PATH)).replace('@NCRED@', String(credentialVars.length))
     .replace('@CRED_NAMES@', credentialVars.map((v) => lit(v.slice(1))).join(', '))
-    .replace('@SET_FIELDS@', GRANT_FIELDS.map((f, i) => `    var.${f} = f[${i + 1}]`).join('\n'));
+    .replace('@SET_FIELDS@', GRANT_FIELDS.map((f, i) => `    var.${f} = f[${i + 1}]`).join('\n'))
+    .replace('@DYNAMIC_UPSTREAM@', lit(`http://${DYNAMIC_UPSTREAM}`));
   // The module is built once per worker by the first miss (package.loaded) and kept; until
   // then, set_by_lua finds none and the request takes the miss path, which builds it.
   // set_by_lua's string form, because only it takes nginx variables as arguments (ngx.arg),
-  // which costs less than reading them through ngx.var.
-  return `set_by_lua $smart_proxy_grant 'local sp = package.loaded.smart_proxy_front if sp == nil then return "" end return sp.lookup(ngx.arg)' $smart_proxy_route ${credentialVars.join(' ')};
-        if ($smart_proxy_grant = "") {
+  // which costs less than reading them through ngx.var; each argument costs an evaluation, so
+  // the route and the credential parts come as one (the worker's copy's key, below).
+  return `set_by_lua $smart_proxy_grant 'local sp = package.loaded.smart_proxy_front if sp == nil then return "" end return sp.lookup(ngx.arg)' "$smart_proxy_route ${credentialVars.join('\\n')}" $smart_proxy_tail;
+        # A hit: the regex's named captures are the allow's fields (set even though the
+        # condition is negated). A miss ("") runs the access-phase Lua, which asks Smart Proxy
+        # and sets them; on a hit nginx neither enters this block nor starts a Lua thread.
+        if ($smart_proxy_grant !~ "${GRANT_REGEX}") {
             access_by_lua_block {
                 local sp = package.loaded.smart_proxy_front
                 if sp == nil then
@@ -76,10 +85,41 @@ ${module.replace(/^/gm, '                        ').trimEnd()}
                 end
                 return sp.miss()
             }
-        }
-        if ($smart_proxy_grant ~ "${GRANT_REGEX}") {
-            # A hit: the named captures are the allow's fields (a miss has Lua set them).
         }`;
+}
+
+/** The upstream of backends whose address is known only at run time. */
+export const DYNAMIC_UPSTREAM = 'smart_proxy_dynamic';
+
+/**
+ * An upstream block for backends whose address only Smart Proxy knows (a container's port, a
+ * process on a port of its own choosing), so that they get kept-alive connections too: with
+ * the address in a variable, nginx makes a new connection for every request. The grant names
+ * this block instead of the plain `http://ip:port`, and `balancer_by_lua` picks the peer from
+ * the grant (ngx.balancer, lua-resty-core). Kept-alive connections are matched by the peer's
+ * address, so each backend gets back only its own.
+ */
+export function luaDynamicUpstream(): string {
+  return `upstream ${DYNAMIC_UPSTREAM} {
+    # Never used: balancer_by_lua sets the peer of every request.
+    server 0.0.0.1:1;
+    balancer_by_lua_block {
+        local sp = package.loaded.smart_proxy_front
+        local ok, err
+        if sp == nil then
+            ok, err = nil, "no decision made in this worker"
+        else
+            ok, err = sp.balance()
+        end
+        if not ok then
+            -- The request fails (500) and goes via Smart Proxy, which answers it.
+            ngx.log(ngx.ERR, "smart proxy: no backend for the dynamic upstream: ", err)
+            return ngx.exit(ngx.ERROR)
+        end
+    }
+    # After balancer_by_lua, so that it wraps the peer that Lua picks.
+    keepalive 64;
+}`;
 }
 
 /** The access-phase Lua of `location @smart_proxy`: drop the decision of a failed direct forward. */
@@ -96,15 +136,33 @@ export function luaDropFailed(): string {
         }`;
 }
 
+/**
+ * Each worker's own copy of the decisions it used (in front of the shared dict): at most this
+ * many bytes per worker, counted generously (then it is emptied and refilled from the dict).
+ */
+export const LOCAL_MAX_BYTES = 8 * 1024 * 1024;
+/**
+ * How often, at most, a worker checks whether another worker dropped a decision (seconds):
+ * until then, that worker may try the failed backend once more, and that request goes via
+ * Smart Proxy as the first did.
+ */
+export const DROP_CHECK_S = 0.1;
+
 /** The module: lookup (set_by_lua, the warm path) and miss (access phase). */
 const LUA_MODULE = `local dict = ngx.shared.${DICT}
 local locks = ngx.shared.${LOCKS}
-local sha1_bin, capture, exec, sleep, log, ERR = ngx.sha1_bin, ngx.location.capture, ngx.exec, ngx.sleep, ngx.log, ngx.ERR
-local find, sub, lower, concat, tonumber, type, pairs, tostring = string.find, string.sub, string.lower, table.concat, tonumber, type, pairs, tostring
+local sha1_bin, capture, exec, sleep, log, ERR, now = ngx.sha1_bin, ngx.location.capture, ngx.exec, ngx.sleep, ngx.log, ngx.ERR, ngx.now
+local find, sub, match, lower, concat, format, tonumber, type, pairs, tostring = string.find, string.sub, string.match, string.lower, table.concat, string.format, tonumber, type, pairs, tostring
+local set_current_peer = require("ngx.balancer").set_current_peer
+local DYNAMIC_UPSTREAM = @DYNAMIC_UPSTREAM@
 local TTL_S = @TTL_S@
 local LOCK_S = 5
 local NCRED = @NCRED@
 local CRED_NAMES = { @CRED_NAMES@ }
+-- The worker's own copy of the decisions it used: at most this many bytes (then emptied), and
+-- checked against the shared dict's drops at most this often (seconds).
+local LOCAL_MAX_BYTES = ${LOCAL_MAX_BYTES}
+local DROP_CHECK_S = ${DROP_CHECK_S}
 local salt
 
 -- One random salt for all workers (they share the dict, so their keys must agree): the
@@ -123,13 +181,78 @@ local function get_salt()
 end
 
 -- No credential at all (an anonymous caller of a public resource): nothing to hash.
-local NO_CREDENTIAL = string.rep("\\0", NCRED - 1)
+local NO_CREDENTIAL = string.rep("\\n", NCRED - 1)
 
--- The route, then a salted hash of the credential parts (never the credential itself).
+-- The shared dict's key: the route, then a salted hash of the credential parts (never the
+-- credential itself: the shared memory outlives requests and is readable by every worker).
 local function key_of(route, cred)
     if cred == NO_CREDENTIAL then return route .. "\\0" end
     return route .. "\\0" .. sha1_bin(salt .. cred)
 end
+
+-- The worker's copy: { grant without a forwarded path, expiry, grant with one } by the route, a
+-- space and the credential parts, a newline between them (a route has no space, a header
+-- value no newline). It lives in this worker's own memory, which sees the raw credential
+-- anyway, so it is keyed by it: a hit costs a table lookup instead of a SHA-1 and a
+-- shared-memory read. An entry ends when its shared entry ends (the same expiry, to the
+-- millisecond); the copy is emptied when a worker drops a decision (the drop mark below) or
+-- when it outgrows LOCAL_MAX_BYTES.
+local copy, copy_bytes = {}, 0
+local drop_mark, next_drop_check, drops = nil, 0, 0
+
+local function forget_all()
+    copy, copy_bytes = {}, 0
+end
+
+local function remember(ck, root, path, expiry)
+    local size = #ck + #root + #path + 160
+    if copy_bytes + size > LOCAL_MAX_BYTES then forget_all() end
+    copy[ck] = { root, expiry, path }
+    copy_bytes = copy_bytes + size
+end
+
+-- The shared dict's key of a copy's key.
+local function shared_key(ck)
+    local sp = find(ck, " ", 1, true)
+    return key_of(sub(ck, 1, sp - 1), sub(ck, sp + 1))
+end
+
+-- A drop in any worker changes the mark (a value never used before, so an evicted or reset
+-- mark also reads as a change); a worker that sees a new mark empties its copy.
+local function check_drops(t)
+    next_drop_check = t + DROP_CHECK_S
+    local mark = locks:get("dropped")
+    if mark ~= drop_mark then
+        drop_mark = mark
+        forget_all()
+    end
+end
+
+-- The two grants of a kept allow, which the shared dict holds as its expiry (epoch seconds),
+-- then the upstream, Host, endpoint path, user, groups and pass-credentials fields, a line
+-- each. They differ in the upstream path's prefix: for a request with a path after the route
+-- it is the endpoint's path and "/", and that path follows; without one, it is the endpoint's
+-- path alone, or "/" when it has none (the data plane forwards "/" alone to the endpoint path
+-- exactly). A backend at a plain http://ip:port (an address only Smart Proxy knew) goes through
+-- the dynamic upstream, with that address as the last field (the peer; empty otherwise).
+-- Returns the grant without a forwarded path, the grant with one, the expiry.
+local function grants_of(v)
+    local f, pos = {}, 1
+    for i = 1, 7 do
+        local eol = find(v, "\\n", pos, true)
+        f[i] = sub(v, pos, (eol or 0) - 1)
+        pos = (eol or #v) + 1
+    end
+    local upstream, peer = f[2], match(f[2], "^http://(%d+%.%d+%.%d+%.%d+:%d+)$")
+    if peer ~= nil then upstream = DYNAMIC_UPSTREAM end
+    local base = f[4]
+    local head, rest = upstream .. "\\n" .. f[3] .. "\\n", "\\n" .. f[5] .. "\\n" .. f[6] .. "\\n" .. f[7] .. "\\n" .. (peer or "")
+    return head .. (base == "" and "/" or base) .. rest, head .. base .. "/" .. rest, tonumber(f[1])
+end
+
+-- The peers of the dynamic upstream by their ip:port, each parsed once (at most 1,000 kept;
+-- past that the table starts over).
+local peers, npeers = {}, 0
 
 local function field(h, name)
     local v = h[name]
@@ -137,8 +260,9 @@ local function field(h, name)
     return v or ""
 end
 
--- Asks the decision listener (the plain variant's subrequest). Returns the allow to keep, or
--- nil: the request goes via Smart Proxy (never kept, as the plain variant keeps no 401).
+-- Asks the decision listener (the plain variant's subrequest). Returns the allow (what the
+-- shared dict keeps: expiry and fields), or nil: the request goes via Smart Proxy (never kept,
+-- as the plain variant keeps no 401).
 local function decide(key)
     -- Concurrent misses for one key make one call: the others wait for its answer (bounded),
     -- then ask themselves if it was no allow (as nginx's proxy_cache_lock).
@@ -169,11 +293,11 @@ local function decide(key)
     for i = 2, 6 do
         if fields[i] == nil then return nil end
     end
-    local v = concat(fields, "\\n")
     -- The grant's life: the TTL, less when Smart Proxy says so (a JWT about to expire).
     local ttl = TTL_S
     local expires = tonumber(h["x-accel-expires"])
     if expires ~= nil and expires < ttl then ttl = expires end
+    local v = format("%.3f\\n", now() + ttl) .. concat(fields, "\\n")
     if ttl > 0 then
         -- Evicts the least recently used entries when full; a failure only costs a decision.
         local stored, err = dict:set(key, v, ttl)
@@ -184,45 +308,85 @@ end
 
 local M = {}
 
--- set_by_lua: args are the route and the credential parts (nil when empty: an absent
--- header). The grant, or "" (a miss).
+-- set_by_lua: args are the copy's key of the request and the path after the route (nil or
+-- "" when there is none). The grant, or "" (a miss).
 function M.lookup(arg)
     if salt == nil then return "" end
-    local cred = arg[2] or ""
-    for i = 3, NCRED + 1 do cred = cred .. "\\0" .. (arg[i] or "") end
-    local key = key_of(arg[1], cred)
-    return dict:get(key) or ""
+    local t = now()
+    if t >= next_drop_check then check_drops(t) end
+    local ck, tail = arg[1], arg[2]
+    local e = copy[ck]
+    if e ~= nil then
+        if t < e[2] then
+            if tail == nil or tail == "" then return e[1] end
+            return e[3]
+        end
+        copy[ck] = nil
+    end
+    -- Not in this worker's copy: another worker's decision, or one this worker let go.
+    local v = dict:get(shared_key(ck))
+    if v == nil then return "" end
+    local root, path, expiry = grants_of(v)
+    remember(ck, root, path, expiry)
+    if tail == nil or tail == "" then return root end
+    return path
 end
 
--- The key of this request, from its variables (off the warm path).
-local function request_key()
+-- The copy's key of this request, from its variables (off the warm path).
+local function request_ck()
     local var = ngx.var
     local parts = {}
     for i = 1, NCRED do parts[i] = var[CRED_NAMES[i]] or "" end
-    return key_of(var.smart_proxy_route, concat(parts, "\\0"))
+    return var.smart_proxy_route .. " " .. concat(parts, "\\n")
 end
 
 -- access_by_lua after a miss: the decision (kept if it allows), or via Smart Proxy.
 function M.miss()
     if salt == nil then salt = get_salt() end
     local var = ngx.var
-    local key = request_key()
+    local ck = request_ck()
+    local key = shared_key(ck)
     local v = dict:get(key) or decide(key)
     if v == nil then return exec("@smart_proxy") end
+    local root, path, expiry = grants_of(v)
+    if expiry > now() then remember(ck, root, path, expiry) end
+    local tail = var.smart_proxy_tail
+    local grant = (tail == nil or tail == "") and root or path
     local f, pos = {}, 1
-    for i = 1, 6 do
-        local eol = find(v, "\\n", pos, true)
-        f[i] = sub(v, pos, (eol or 0) - 1)
-        pos = (eol or #v) + 1
+    for i = 1, 7 do
+        local eol = find(grant, "\\n", pos, true)
+        f[i] = sub(grant, pos, (eol or 0) - 1)
+        pos = (eol or #grant) + 1
     end
-    var.smart_proxy_grant = v
+    var.smart_proxy_grant = grant
 @SET_FIELDS@
 end
 
--- @smart_proxy after a failed direct forward.
+-- balancer_by_lua of the dynamic upstream: this request's peer, from its grant.
+function M.balance()
+    local peer = ngx.var.smart_proxy_peer
+    local p = peers[peer]
+    if p == nil then
+        local ip, port = match(peer or "", "^(%d+%.%d+%.%d+%.%d+):(%d+)$")
+        if ip == nil then return nil, "no peer in the grant: " .. tostring(peer) end
+        if npeers >= 1000 then peers, npeers = {}, 0 end
+        p = { ip, tonumber(port) }
+        peers[peer] = p
+        npeers = npeers + 1
+    end
+    return set_current_peer(p[1], p[2])
+end
+
+-- @smart_proxy after a failed direct forward: the decision is dropped here, in the shared
+-- dict, and (through the drop mark) in the other workers' copies.
 function M.drop()
     if salt == nil or ngx.var.smart_proxy_route == nil then return end
-    dict:delete(request_key())
+    local ck = request_ck()
+    copy[ck] = nil
+    dict:delete(shared_key(ck))
+    drops = drops + 1
+    drop_mark = format("%d %.3f %d", ngx.worker.pid(), now(), drops)
+    locks:set("dropped", drop_mark)
     log(ngx.NOTICE, "smart proxy: a direct forward failed (", ngx.var.upstream_status, "): decision dropped, the next request is decided afresh")
 end
 

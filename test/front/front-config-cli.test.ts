@@ -75,8 +75,9 @@ void describe('front-proxy config commands', () => {
       assert.match(conf, /access_by_lua_block/);
       assert.doesNotMatch(conf, /auth_request |proxy_cache /, 'no subrequest per request, no proxy_cache');
       assert.doesNotMatch(conf, new RegExp(`${dir}/cache`), 'no cache files');
-      // The key: the route and a salted SHA-1 of every credential part the identities read.
-      assert.match(conf, /set_by_lua \$smart_proxy_grant '[^']*' \$smart_proxy_route \$http_authorization \$remote_addr \$http_x_auth_user \$http_x_auth_groups;/);
+      // The key: the route and every credential part the identities read (a salted SHA-1 of
+      // them in the shared dict).
+      assert.match(conf, /set_by_lua \$smart_proxy_grant '[^']*' "\$smart_proxy_route \$http_authorization\\n\$remote_addr\\n\$http_x_auth_user\\n\$http_x_auth_groups" \$smart_proxy_tail;/);
       assert.match(conf, /local CRED_NAMES = \{ "http_authorization", "remote_addr", "http_x_auth_user", "http_x_auth_groups" \}/);
       assert.match(conf, /return route \.\. "\\0" \.\. sha1_bin\(salt \.\. cred\)/);
       assert.match(conf, /proxy_set_header X-User \$smart_proxy_user;/);

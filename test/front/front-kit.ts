@@ -66,15 +66,16 @@ async function run(command: string, args: string[], dir: string, port: number): 
 
 /**
  * nginx in the foreground with `snippet` (the generated config) inside `http { }` and `main`
- * (`load_module` lines) before everything.
+ * (`load_module` lines) before everything. One process serves, unless `workers` asks for more
+ * (then a master and that many workers).
  */
-export async function startNginx(snippet: (dir: string) => string, port: number, main = ''): Promise<FrontProcess> {
+export async function startNginx(snippet: (dir: string) => string, port: number, main = '', workers = 1): Promise<FrontProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'sp-front-nginx-'));
   chmodSync(dir, 0o777); // workers may run as another user
   const conf = `${main}
 daemon off;
-master_process off;
-worker_processes 1;
+master_process ${workers > 1 ? 'on' : 'off'};
+worker_processes ${workers};
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log info;
 events { worker_connections 1024; }
@@ -127,7 +128,8 @@ export function echo(req: IncomingMessage, res: ServerResponse): void {
   req.on('data', (c: Buffer) => chunks.push(c));
   req.on('end', () => {
     const body = Buffer.concat(chunks).toString('utf8');
-    const answer = JSON.stringify({ method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders, body, bodyBytes: body.length });
+    // remotePort: the connection it came on (a kept-alive one comes again on the same).
+    const answer = JSON.stringify({ method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders, body, bodyBytes: body.length, remotePort: req.socket.remotePort });
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer) }).end(answer);
   });
 }

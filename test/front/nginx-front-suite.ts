@@ -11,12 +11,12 @@ import { generateKeyPairSync } from 'node:crypto';
 import { once } from 'node:events';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createServer, request, type Server } from 'node:http';
+import { Agent, createServer, request, type Server } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { exportJWK, SignJWT } from 'jose';
 import { parseConfig } from '../../src/config/load.ts';
 import { generateNginxConfig, type NginxCache } from '../../src/front/nginx-config.ts';
-import { NGINX_LUA_MODULES, NGINX_LUA_PACKAGE } from '../../src/front/nginx-lua.ts';
+import { DROP_CHECK_S, NGINX_LUA_MODULES, NGINX_LUA_PACKAGE } from '../../src/front/nginx-lua.ts';
 import { startApp, type App } from '../../src/main.ts';
 import type { Provider } from '../../src/core/ports.ts';
 import type { Echo } from '../helpers/echo-server.ts';
@@ -425,6 +425,96 @@ front:
       assert.equal(next.status, 200, next.body);
       assert.equal(dataPlaneRequests, data1, 'the next request went directly');
       assert.equal(app.front!.decisions.counts.direct - direct0, 1, 'one fresh decision');
+    });
+
+    void it('drops the decision of a failed backend in every worker, not only in the one whose forward failed', async () => {
+      assert.equal((await get(nginxPort, '/smart_proxy/app/-/warm', bearer(ALICE))).status, 200);
+      // Two workers, each with its own copy of the decision. Grants that outlive the test (so
+      // no copy ends on its own), and the drop mark read on every request rather than every
+      // DROP_CHECK_S: the second worker's next request must see the drop.
+      const [port, control] = [await freePort(), await freePort()];
+      const longGrants = { ...config, front: { ...config.front, grantTtlMs: 60_000 } };
+      const conf = (dir: string): string => {
+        const generated = generateNginxConfig(longGrants, { cache }).replace('@DIR@', dir);
+        const marked = generated.replace(`local DROP_CHECK_S = ${DROP_CHECK_S}\n`, 'local DROP_CHECK_S = 0\n');
+        assert.notEqual(marked, generated, 'the generated Lua names DROP_CHECK_S');
+        // The worker that answered, in every answer; reuseport spreads connections over both.
+        return `add_header X-Test-Worker $pid always;\n${marked
+          .replace(`listen ${config.front.nginx.listen};`, `listen 127.0.0.1:${port} reuseport;`)
+          .replace(`listen ${config.front.nginx.controlListen};`, `listen 127.0.0.1:${control};`)}`;
+      };
+      const two = await startNginx(conf, port, NGINX_LUA_MODULES, 2);
+      const agents: Agent[] = [];
+      try {
+        // One kept-alive connection per agent: each is served by one worker for its life.
+        const on = (agent: Agent, path: string): Promise<Answer> => new Promise((resolve, reject) => {
+          const req = request({ host: '127.0.0.1', port, path, agent, headers: bearer(ALICE) }, (res) => {
+            let body = '';
+            res.setEncoding('utf8');
+            res.on('data', (d: string) => { body += d; });
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+            res.on('error', reject);
+          });
+          req.on('error', reject);
+          req.end();
+        });
+        const byWorker = new Map<string, Agent>();
+        // Each connection lands on either worker: 64 all on one happens with odds of 2^-63.
+        for (let i = 0; i < 64 && byWorker.size < 2; i++) {
+          const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+          agents.push(agent);
+          const r = await on(agent, `/smart_proxy/app/-/spread/${i}`);
+          assert.equal(r.status, 200, r.body + two.output());
+          const worker = String(r.headers['x-test-worker']);
+          if (!byWorker.has(worker)) byWorker.set(worker, agent);
+        }
+        assert.equal(byWorker.size, 2, 'connections reached both workers');
+        const [[pidA, a], [pidB, b]] = [...byWorker] as [[string, Agent], [string, Agent]];
+        // Both workers hold a copy: each answers directly.
+        const data0 = dataPlaneRequests;
+        for (const [pid, agent] of [[pidA, a], [pidB, b]] as const) {
+          const r = await on(agent, '/smart_proxy/app/-/copy');
+          assert.equal(r.headers['x-test-worker'], pid);
+          assert.equal(r.status, 200);
+        }
+        assert.equal(dataPlaneRequests, data0, 'both answered from their copies');
+        const [inst] = app.manager.instancesOf('app');
+        await mimic.crash(inst!.key);
+        // A's forward fails: via Smart Proxy, which wakes the backend again; A drops the decision.
+        const failed = await on(a, '/smart_proxy/app/-/a-fails');
+        assert.equal(failed.headers['x-test-worker'], pidA);
+        assert.equal(failed.status, 200, failed.body);
+        assert.equal(dataPlaneRequests - data0, 1, 'the failed forward went via Smart Proxy');
+        // B never saw the failure, yet decides afresh and goes directly to the new backend.
+        const data1 = dataPlaneRequests;
+        const direct0 = app.front!.decisions.counts.direct;
+        const next = await on(b, '/smart_proxy/app/-/b-next');
+        assert.equal(next.headers['x-test-worker'], pidB);
+        assert.equal(next.status, 200, next.body);
+        assert.equal(dataPlaneRequests, data1, "B did not try the dropped decision's dead backend");
+        assert.equal(app.front!.decisions.counts.direct - direct0, 1, 'B asked for a fresh decision');
+      } finally {
+        for (const agent of agents) agent.destroy();
+        await two.close();
+      }
+      // The suite's own nginx may still hold the dead backend's decision: its next request
+      // drops it (answered via Smart Proxy), so the tests after this one see direct forwards.
+      assert.equal((await get(nginxPort, '/smart_proxy/app/-/settle', bearer(ALICE))).status, 200);
+    });
+
+    void it('keeps connections to a backend whose address is known only at run time', async () => {
+      // The mimic backends listen on ports of their own choosing: Smart Proxy grants their
+      // plain address, which nginx reaches through the dynamic upstream.
+      assert.equal((await get(nginxPort, '/smart_proxy/app/-/warm', bearer(ALICE))).status, 200);
+      const data0 = dataPlaneRequests;
+      const ports: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const r = await get(nginxPort, `/smart_proxy/app/-/kept/${i}`, bearer(ALICE));
+        assert.equal(r.status, 200, r.body);
+        ports.push((JSON.parse(r.body) as Echo & { remotePort: number }).remotePort);
+      }
+      assert.equal(dataPlaneRequests, data0, 'served directly');
+      assert.deepEqual(new Set(ports).size, 1, `one connection for three requests (${ports.join(', ')})`);
     });
 
     void it('gives the backend exactly what the plain variant (proxy_cache) gives it', async () => {
