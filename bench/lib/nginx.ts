@@ -56,6 +56,9 @@ export function proxyPassHttp(port: number, upstreamPort: number): string {
   }
   server {
     listen 127.0.0.1:${port} backlog=4096;
+    # The same per-request memory as the front-proxy mode's generated server block, so that the
+    # comparison with it measures what the mode does, not a tuning only one side has.
+    request_pool_size 16k;
     location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;
