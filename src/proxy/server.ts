@@ -132,6 +132,8 @@ export class ProxyServer {
   readonly #backendHeaders: BackendHeaders | undefined;
   readonly #protected: ReadonlySet<string>;
   readonly #sockets = new Set<Socket>();
+  /** One close listener for every tracked socket (`this` is the socket), not one closure each. */
+  readonly #forget: (this: Socket) => void;
   readonly #heldBytes: HeldBytesBudget;
   readonly #tls: TlsFront | undefined;
   readonly ws: WebSocketForwarder;
@@ -151,6 +153,10 @@ export class ProxyServer {
     this.#unknownResource = options.unknownResource;
     this.#backendHeaders = options.backendHeaders;
     this.#signIn = options.signIn;
+    const sockets = this.#sockets;
+    this.#forget = function (this: Socket): void {
+      sockets.delete(this);
+    };
     this.#protected = new Set(options.protectedHeaders ?? ['x-forwarded-user', 'x-forwarded-groups']);
     this.pools = new UpstreamPools({ ...options.upstream, bodyIdleTimeoutMs: options.bodyIdleTimeoutMs ?? 60_000 });
     this.#sweepPoolsOnStop(options.manager, options.clock ?? systemClock, options.poolSweepDelayMs ?? 1_000);
@@ -209,23 +215,24 @@ export class ProxyServer {
     // but its HTTP/1 side reads the property, like the plain server (Node >= 24.9).
     (this.server as { shouldUpgradeCallback?: (req: IncomingMessage) => boolean }).shouldUpgradeCallback = isWebSocketUpgrade;
     this.server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.ws.handleUpgrade(req, socket, head));
-    // One listener for all connections, not a closure (and once's wrapper) per connection:
-    // a connection held through a cold start keeps what it allocated here for the whole boot.
-    const sockets = this.#sockets;
-    const forget = function (this: Socket): void {
-      sockets.delete(this);
-    };
-    this.server.on('connection', (socket: Socket) => {
-      sockets.add(socket);
-      socket.on('close', forget);
-    });
+    // The plain HTTP server keeps its own list of connections (closeAllConnections, in
+    // close()): a connection costs no listener or set entry here, which a connection held
+    // through a cold start would keep for the whole boot. The TLS front has no such list:
+    // its connections are tracked here, with one listener shared by all of them.
+    if (this.#tls !== undefined) this.server.on('connection', (socket: Socket) => this.#track(socket));
     // CONNECT has no place at a reverse proxy; answer instead of silently dropping.
     this.server.on('connect', (_req: IncomingMessage, socket: Socket | ServerResponse) => {
       // Over HTTP/2 (tls.ts) a CONNECT stream comes as (request, response), not a raw socket.
-      if ('writeHead' in socket) socket.writeHead(405, { 'content-length': '0' }).end();
-      else socket.end('HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+      if ('writeHead' in socket) {
+        socket.writeHead(405, { 'content-length': '0' }).end();
+        return;
+      }
+      // Node's list lets go of a socket handed over here; close() still ends it.
+      this.#track(socket);
+      socket.end('HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
     });
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+      this.#track(socket);
       if (socket.writable && !socket.destroyed) {
         const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
         socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
@@ -233,6 +240,13 @@ export class ProxyServer {
         socket.destroy();
       }
     });
+  }
+
+  /** Sockets that close() must end besides the plain HTTP server's own list. */
+  #track(socket: Socket): void {
+    if (this.#sockets.has(socket)) return;
+    this.#sockets.add(socket);
+    socket.on('close', this.#forget);
   }
 
   listen(port: number, host: string): Promise<{ port: number; host: string }> {
@@ -271,6 +285,7 @@ export class ProxyServer {
     this.startDraining();
     this.#tls?.close();
     this.#waiting.close();
+    (this.server as { closeAllConnections?: () => void }).closeAllConnections?.();
     for (const s of this.#sockets) s.destroy();
     await this.pools.close();
   }
