@@ -9,9 +9,12 @@
  *   --no-heap: no snapshots (a CPU profile of the release then shows the release alone)
  *   --callgrind FILE: run the proxy under valgrind's callgrind, counting instructions during the
  *     release only (flip → last response): a figure that does not depend on the machine's load
+ *   --strace FILE: count the proxy's system calls during the release only (`strace -c -f`, all
+ *     its threads; attached just before the flip, detached after the last response)
  *   --warm-rounds R: hold, release and stop R times first, so that the measured release runs
  *     compiled code (at small N the JIT's own work is otherwise a large, variable part)
  *   --floor: the same on a bare node:http server that holds every request (bench/hold-floor.ts)
+ *   --keep: keep the run's folder (bench/out/hold-heap-PID: the proxy's and the client's logs)
  *   --root: the checkout whose proxy to measure (its bench/smart-proxy-child.ts), for before/after
  *   --node-flag: extra flags for the proxy's node, e.g. --cpu-prof --cpu-prof-dir=/tmp/prof
  */
@@ -34,6 +37,8 @@ const { values } = parseArgs({
     floor: { type: 'boolean', default: false },
     'no-heap': { type: 'boolean', default: false },
     callgrind: { type: 'string' },
+    strace: { type: 'string' },
+    keep: { type: 'boolean', default: false },
     'warm-rounds': { type: 'string', default: '0' },
   },
 });
@@ -61,7 +66,7 @@ providers:
   warm: { kind: static, endpoint: "http://127.0.0.1:${upstreamPort}" }
 resourceDefaults: { access: { public: true } }
 resources:
-  cold: { provider: up, bootTimeoutMs: 120000 }
+  cold: { provider: up, bootTimeoutMs: ${values.callgrind === undefined ? 120_000 : 1_200_000} }
   warmup: { provider: warm }
 state: { kind: sqlite, path: "${join(workDir, 'hold.sqlite')}" }
 `);
@@ -84,7 +89,7 @@ try {
     try {
       const warmDone = nextMessage<Done>(warm.child, 'done', 600_000);
       await nextMessage(warm.child, 'sent', 600_000);
-      while ((await ask<Stats>(proxy.child, { type: 'stats' }, 'stats')).heldTotal < n) await new Promise((r) => setTimeout(r, 10));
+      await allHeld(() => ask<Stats>(proxy.child, { type: 'stats' }, 'stats').then((s) => s.heldTotal), warmDone);
       await ask(proxy.child, { type: 'flip' }, 'flipped');
       await warmDone;
       await ask(proxy.child, { type: 'stop-all' }, 'stopped', 600_000);
@@ -106,10 +111,7 @@ try {
     const heldNow = async (): Promise<number> => values.floor
       ? (await ask<Message & { count: number }>(proxy.child, { type: 'held' }, 'held')).count
       : (await ask<Stats>(proxy.child, { type: 'stats' }, 'stats')).heldTotal;
-    for (let tries = 0; await heldNow() < n; tries++) {
-      if (tries > 6_000) throw new Error(`fewer than ${n} requests held after 60 s`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    await allHeld(heldNow, done);
     const held = await heapCounts();
     const rssHeld = rssBytes(proxy.pid);
     const cpuBefore = cpuTimeMs(proxy.pid);
@@ -133,10 +135,12 @@ try {
       if (control.exitCode !== 0) throw new Error(`callgrind_control ${args.join(' ')} failed (${control.exitCode})`);
     };
     await collect(true);
+    const traced = values.strace === undefined ? undefined : await attachStrace(proxy.pid, values.strace);
     if (values.floor) {
       proxy.child.send({ type: 'release' });
       await done;
       await collect(false);
+      await traced?.();
       printDiff(before, held, rssBefore, rssHeld);
       console.log(`release: proxy CPU ${(((cpuTimeMs(proxy.pid) - cpuBefore) * 1000) / n).toFixed(0)} µs per request`);
       process.exitCode = 0;
@@ -144,6 +148,7 @@ try {
     const flipped = await ask<Message & { at: number }>(proxy.child, { type: 'flip' }, 'flipped');
     const outcome = await done;
     await collect(false);
+    await traced?.();
     const cpuUsed = cpuTimeMs(proxy.pid) - cpuBefore;
     const stats = await ask<Stats>(proxy.child, { type: 'stats' }, 'stats');
     const ready = stats.readyAt.cold!.at(-1)!;
@@ -158,7 +163,47 @@ try {
 } finally {
   await proxy.stop();
   await upstream.stop();
-  if (process.exitCode === undefined || process.exitCode === 0) rmSync(workDir, { recursive: true, force: true });
+  if (values.keep) console.log(`logs kept in ${workDir}`);
+  else if (process.exitCode === undefined || process.exitCode === 0) rmSync(workDir, { recursive: true, force: true });
+}
+
+/**
+ * Resolves once `heldNow` says all `n` requests are held. Throws when the client is done first
+ * (its requests were answered instead: a boot timeout, a refusal) or after the bound: 60 s, or
+ * 20 minutes under callgrind, where the proxy runs some 50 times slower.
+ */
+async function allHeld(heldNow: () => Promise<number>, clientDone: Promise<Done>): Promise<void> {
+  let finished: Done | undefined;
+  void clientDone.then((d) => { finished = d; }, () => undefined);
+  const boundMs = values.callgrind === undefined ? 60_000 : 1_200_000;
+  const until = Date.now() + boundMs;
+  while (await heldNow() < n) {
+    if (finished !== undefined) throw new Error(`the client was answered before all ${n} were held: ${JSON.stringify(finished.statuses)}`);
+    if (Date.now() > until) throw new Error(`fewer than ${n} requests held after ${boundMs / 1000} s`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/**
+ * Attaches `strace -c -f` to `pid` (all its threads) and resolves once it is attached; the
+ * function it resolves with detaches it (SIGINT: the summary is written to `file`) and waits.
+ */
+async function attachStrace(pid: number, file: string): Promise<() => Promise<void>> {
+  const tracer = spawn('strace', ['-c', '-f', '-o', file, '-p', String(pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const exited = once(tracer, 'exit');
+  let err = '';
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`strace did not attach in 10 s: ${err}`)), 10_000);
+    tracer.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+      if (/attached/.test(err)) { clearTimeout(timer); resolve(); }
+    });
+    void exited.then(() => { clearTimeout(timer); reject(new Error(`strace exited: ${err}`)); });
+  });
+  return async () => {
+    tracer.kill('SIGINT');
+    await exited;
+  };
 }
 
 function printDiff(before: HeapCounts, held: HeapCounts, rssBefore: number, rssHeld: number): void {

@@ -35,6 +35,17 @@ export interface HoldOptions {
  */
 export type HoldSettled = (endpoint: string | undefined, err: Error | undefined) => void;
 
+/**
+ * The object form of HoldSettled: a caller that keeps per-request state in an object of its
+ * own passes that object, instead of a closure (and the scope it keeps) per held request.
+ */
+export interface HoldTarget {
+  holdEnded(endpoint: string | undefined, err: Error | undefined): void;
+}
+
+/** How a hold's end is told: the callback, or the target's method. */
+export type HoldEnd = HoldSettled | HoldTarget;
+
 let dropHeld: (queue: HoldQueue, h: HeldRequest) => void;
 
 /**
@@ -49,9 +60,9 @@ export class HeldRequest implements Waiter, Deadlined {
   /** The instance's control: the one writer of its waiters. */
   readonly control: InstanceControl;
   readonly #queue: HoldQueue;
-  #settled: HoldSettled | undefined;
+  #settled: HoldEnd | undefined;
 
-  constructor(queue: HoldQueue, control: InstanceControl, deadline: number, timeoutMs: number, settled: HoldSettled) {
+  constructor(queue: HoldQueue, control: InstanceControl, deadline: number, timeoutMs: number, settled: HoldEnd) {
     this.#queue = queue;
     this.control = control;
     this.deadline = deadline;
@@ -69,20 +80,21 @@ export class HeldRequest implements Waiter, Deadlined {
   }
 
   resolve(endpoint: string): void {
-    this.#end()?.(endpoint, undefined);
+    this.#end(endpoint, undefined);
   }
 
   /** Ends the hold with `err`; also how the data plane cancels it when its client leaves. */
   reject(err: Error): void {
-    this.#end()?.(undefined, err);
+    this.#end(undefined, err);
   }
 
-  #end(): HoldSettled | undefined {
+  #end(endpoint: string | undefined, err: Error | undefined): void {
     const settled = this.#settled;
-    if (settled === undefined) return undefined;
+    if (settled === undefined) return;
     this.#settled = undefined;
     dropHeld(this.#queue, this);
-    return settled;
+    if (typeof settled === 'function') settled(endpoint, err);
+    else settled.holdEnded(endpoint, err);
   }
 }
 
@@ -143,7 +155,7 @@ export class HoldQueue {
    * start's failure; whatever `cancel` is given when the client leaves), possibly before this
    * returns (a start that fails at once).
    */
-  hold(ctl: InstanceControl, timeoutMs: number, settled: HoldSettled, held: () => void): HeldRequest {
+  hold(ctl: InstanceControl, timeoutMs: number, settled: HoldEnd, held: () => void): HeldRequest {
     const h = new HeldRequest(this, ctl, this.#o.clock.now() + timeoutMs, timeoutMs, settled);
     ctl.waiters.add(h);
     this.#heldTotal++;

@@ -19,7 +19,7 @@ import { BootHistory, type BootEstimate } from './boot-history.ts';
 import { LocalCoordinator, type Coordinator } from './coordination.ts';
 import { SmartProxyError } from './errors.ts';
 import { HealthWatcher } from './health-watcher.ts';
-import { holdAsPromise, HoldQueue, type HeldRequest, type HoldOptions, type HoldSettled } from './hold-queue.ts';
+import { holdAsPromise, HoldQueue, type HeldRequest, type HoldEnd, type HoldOptions } from './hold-queue.ts';
 import type { Instance, InstanceControl } from './instance.ts';
 import { InstanceRegistry } from './instance-registry.ts';
 import { IdleStopper } from './idle-stopper.ts';
@@ -37,7 +37,7 @@ import { StopFlight, type StopMode } from './stop-flight.ts';
 import { Drains } from './drains.ts';
 
 export { Instance, type Waiter } from './instance.ts';
-export type { HeldRequest, HoldOptions, HoldSettled } from './hold-queue.ts';
+export type { HeldRequest, HoldEnd, HoldOptions, HoldSettled, HoldTarget } from './hold-queue.ts';
 export { isSubset } from './instance-registry.ts';
 export type { AdmitStart, ConnectionPort, ManagerEvent, ManagerListener } from './manager-events.ts';
 export { DEFAULT_FORGET_STOPPED_AFTER_MS, type ManagerOptions } from './manager-options.ts';
@@ -221,7 +221,7 @@ export class ResourceManager implements ConnectionPort {
   }
 
   /** waitUntilReady with no promise: the open endpoint, the refusal, or the hold (see HoldQueue.hold). */
-  hold(inst: Instance, options: HoldOptions, settled: HoldSettled): string | SmartProxyError | HeldRequest {
+  hold(inst: Instance, options: HoldOptions, settled: HoldEnd): string | SmartProxyError | HeldRequest {
     // While the release ramp still holds requests, a newcomer queues behind them.
     const open = inst.openEndpoint;
     if (open !== undefined) return open;

@@ -11,7 +11,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { systemClock } from '../core/clock.ts';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger, TimerHandle } from '../core/ports.ts';
-import type { HeldRequest, HoldSettled, Instance, ResourceManager, StartRequester } from '../core/resource-manager.ts';
+import type { HeldRequest, HoldTarget, Instance, ResourceManager, StartRequester } from '../core/resource-manager.ts';
 import { ClientGone, expectContinue, requestGone, sendContinue } from './client-state.ts';
 import { sendError } from './error-response.ts';
 import { UpstreamPools, type UpstreamOptions } from './forward-http.ts';
@@ -117,6 +117,9 @@ const FRESH_RETRY_DELAYS_MS = [10, 30, 90];
 /** How often one request may go back to waiting after its backend vanished. */
 const MAX_REHOLDS = 2;
 
+/** The end of a HeldForward's hold, into the pipeline (set by ProxyServer, which owns it). */
+let releaseHeld: (server: ProxyServer, h: HeldForward, endpoint: string | undefined, err: Error | undefined) => void;
+
 export class ProxyServer {
   readonly server: Server;
   readonly pools: UpstreamPools;
@@ -130,6 +133,8 @@ export class ProxyServer {
   readonly #backendHeaders: BackendHeaders | undefined;
   readonly #protected: ReadonlySet<string>;
   readonly #sockets = new Set<Socket>();
+  /** One close listener for every tracked socket (`this` is the socket), not one closure each. */
+  readonly #forget: (this: Socket) => void;
   readonly #heldBytes: HeldBytesBudget;
   readonly #tls: TlsFront | undefined;
   readonly ws: WebSocketForwarder;
@@ -149,6 +154,10 @@ export class ProxyServer {
     this.#unknownResource = options.unknownResource;
     this.#backendHeaders = options.backendHeaders;
     this.#signIn = options.signIn;
+    const sockets = this.#sockets;
+    this.#forget = function (this: Socket): void {
+      sockets.delete(this);
+    };
     this.#protected = new Set(options.protectedHeaders ?? ['x-forwarded-user', 'x-forwarded-groups']);
     this.pools = new UpstreamPools({ ...options.upstream, bodyIdleTimeoutMs: options.bodyIdleTimeoutMs ?? 60_000 });
     this.#sweepPoolsOnStop(options.manager, options.clock ?? systemClock, options.poolSweepDelayMs ?? 1_000);
@@ -207,23 +216,24 @@ export class ProxyServer {
     // but its HTTP/1 side reads the property, like the plain server (Node >= 24.9).
     (this.server as { shouldUpgradeCallback?: (req: IncomingMessage) => boolean }).shouldUpgradeCallback = isWebSocketUpgrade;
     this.server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.ws.handleUpgrade(req, socket, head));
-    // One listener for all connections, not a closure (and once's wrapper) per connection:
-    // a connection held through a cold start keeps what it allocated here for the whole boot.
-    const sockets = this.#sockets;
-    const forget = function (this: Socket): void {
-      sockets.delete(this);
-    };
-    this.server.on('connection', (socket: Socket) => {
-      sockets.add(socket);
-      socket.on('close', forget);
-    });
+    // The plain HTTP server keeps its own list of connections (closeAllConnections, in
+    // close()): a connection costs no listener or set entry here, which a connection held
+    // through a cold start would keep for the whole boot. The TLS front has no such list:
+    // its connections are tracked here, with one listener shared by all of them.
+    if (this.#tls !== undefined) this.server.on('connection', (socket: Socket) => this.#track(socket));
     // CONNECT has no place at a reverse proxy; answer instead of silently dropping.
     this.server.on('connect', (_req: IncomingMessage, socket: Socket | ServerResponse) => {
       // Over HTTP/2 (tls.ts) a CONNECT stream comes as (request, response), not a raw socket.
-      if ('writeHead' in socket) socket.writeHead(405, { 'content-length': '0' }).end();
-      else socket.end('HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+      if ('writeHead' in socket) {
+        socket.writeHead(405, { 'content-length': '0' }).end();
+        return;
+      }
+      // Node's list lets go of a socket handed over here; close() still ends it.
+      this.#track(socket);
+      socket.end('HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
     });
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+      this.#track(socket);
       if (socket.writable && !socket.destroyed) {
         const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
         socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
@@ -231,6 +241,13 @@ export class ProxyServer {
         socket.destroy();
       }
     });
+  }
+
+  /** Sockets that close() must end besides the plain HTTP server's own list. */
+  #track(socket: Socket): void {
+    if (this.#sockets.has(socket)) return;
+    this.#sockets.add(socket);
+    socket.on('close', this.#forget);
   }
 
   listen(port: number, host: string): Promise<{ port: number; host: string }> {
@@ -269,6 +286,7 @@ export class ProxyServer {
     this.startDraining();
     this.#tls?.close();
     this.#waiting.close();
+    (this.server as { closeAllConnections?: () => void }).closeAllConnections?.();
     for (const s of this.#sockets) s.destroy();
     await this.pools.close();
   }
@@ -352,57 +370,54 @@ export class ProxyServer {
   /**
    * Step 5 for a request that must wait, then step 6. Held requests are many and wait long,
    * so nothing waits on a promise: `handle` has returned, and the hold's end (HoldQueue)
-   * calls back into the pipeline. A held request keeps this one callback's scope and its
-   * connection's own objects; what can be recomputed (the parsed route, the forwarded
-   * headers) is built once it is released.
+   * calls back into the pipeline through the request's one HeldForward. What can be
+   * recomputed (the parsed route, the forwarded headers) is built once it is released.
    */
   #holdThenForward(req: IncomingMessage, res: ServerResponse, inst: Instance, admission: Admission, plan: HoldPlan | undefined,
     requester: StartRequester, record: RequestRecord | undefined): void {
-    const { resource, identity, acting } = admission;
+    const { resource } = admission;
     if (requestGone(req)) return;
     const releaseBytes = this.#reserveHeldBytes(req, resource);
     if (plan !== undefined) this.#waiting.holdBegins(res, plan);
-    // Cold: the instance was not serving when the request came (not merely the ramp).
-    const cold = inst.status !== 'ready';
-    const since = performance.now();
-    let held: HeldRequest | undefined;
-    // The client left: its hold ends at once (HoldQueue drops it), the others are untouched.
-    const onClose = (): void => held?.reject(new ClientGone());
-    // Called by the core (the release ramp, the deadline timer) in a loop over held requests:
-    // whatever goes wrong here is this request's failure and never leaves this function.
-    const settled: HoldSettled = (endpoint, err) => {
-      try {
-        res.off('close', onClose);
-        releaseBytes();
-        const waitedMs = performance.now() - since;
-        const gone = err instanceof ClientGone;
-        this.#observer?.held(resource.runtime.id, waitedMs, err === undefined ? 'ready' : gone ? 'client_gone' : 'failed');
-        if (gone) return;
-        const route = parseTarget(req.url);
-        if (err !== undefined || endpoint === undefined) {
-          const answer = plan === undefined || err === undefined ? err : this.#waiting.holdFailed(req, res, plan, inst, route, err);
-          if (answer !== undefined) this.#fail(req, res, answer);
-          return;
-        }
-        if (cold) {
-          const wokeMs = Math.round(waitedMs);
-          if (record !== undefined) record.wokeMs = wokeMs;
-          if (this.#coldStartHeader !== undefined && !res.headersSent) res.setHeader(this.#coldStartHeader, String(wokeMs));
-        }
-        this.#forward(req, res, inst, resource, route, this.#forwardHeaders(req, { route, resource, identity, acting }), endpoint)
-          .catch((e: unknown) => this.#fail(req, res, e));
-      } catch (e) {
-        this.#fail(req, res, e);
+    const h = new HeldForward(this, req, res, inst, admission, plan, record, releaseBytes);
+    const outcome = this.#manager.hold(inst, { timeoutMs: plan?.holdMs ?? resource.holdTimeoutMs, requester }, h);
+    if (typeof outcome === 'string') h.holdEnded(outcome, undefined);
+    else if (outcome instanceof SmartProxyError) h.holdEnded(undefined, outcome);
+    else if (outcome.pending) h.heldBy(outcome);
+  }
+
+  static {
+    releaseHeld = (server, h, endpoint, err) => server.#released(h, endpoint, err);
+  }
+
+  /**
+   * The end of `h`'s hold: forward it, answer its error, or nothing when its client left.
+   * Called by the core (the release ramp, the deadline timer) in a loop over held requests:
+   * whatever goes wrong here is this request's failure and never leaves this function.
+   */
+  #released(h: HeldForward, endpoint: string | undefined, err: Error | undefined): void {
+    const { req, res, plan, inst, resource } = h;
+    try {
+      h.releaseBytes();
+      const waitedMs = performance.now() - h.since;
+      const gone = err instanceof ClientGone;
+      this.#observer?.held(resource.runtime.id, waitedMs, err === undefined ? 'ready' : gone ? 'client_gone' : 'failed');
+      if (gone) return;
+      const route = parseTarget(req.url);
+      if (err !== undefined || endpoint === undefined) {
+        const answer = plan === undefined || err === undefined ? err : this.#waiting.holdFailed(req, res, plan, inst, route, err);
+        if (answer !== undefined) this.#fail(req, res, answer);
+        return;
       }
-    };
-    const outcome = this.#manager.hold(inst, { timeoutMs: plan?.holdMs ?? resource.holdTimeoutMs, requester }, settled);
-    if (typeof outcome === 'string') settled(outcome, undefined);
-    else if (outcome instanceof SmartProxyError) settled(undefined, outcome);
-    else if (outcome.pending) {
-      held = outcome;
-      // `on`, not `once`: the listener goes when the hold ends, and once's wrapper would be
-      // one more object per held request.
-      res.on('close', onClose);
+      if (h.cold) {
+        const wokeMs = Math.round(waitedMs);
+        if (h.record !== undefined) h.record.wokeMs = wokeMs;
+        if (this.#coldStartHeader !== undefined && !res.headersSent) res.setHeader(this.#coldStartHeader, String(wokeMs));
+      }
+      const headers = this.#forwardHeaders(req, { route, resource, identity: h.identity, acting: h.acting });
+      this.#forward(req, res, inst, resource, route, headers, endpoint).catch((e: unknown) => this.#fail(req, res, e));
+    } catch (e) {
+      this.#fail(req, res, e);
     }
   }
 
@@ -583,6 +598,66 @@ export class ProxyServer {
       this.#log.error({ err: sendErr }, 'could not send error response');
       res.destroy();
     }
+  }
+}
+
+/**
+ * One held request in the data plane: what its release needs, in one object with its methods
+ * on the prototype (no scope and no closure of its own but the client-close listener, a bound
+ * method). Held requests are many and wait long: this is what each one keeps besides its
+ * connection's own objects and the core's HeldRequest.
+ */
+class HeldForward implements HoldTarget {
+  readonly #server: ProxyServer;
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  readonly inst: Instance;
+  readonly resource: RoutedResource;
+  readonly identity: Identity;
+  readonly acting: readonly string[];
+  readonly plan: HoldPlan | undefined;
+  readonly record: RequestRecord | undefined;
+  readonly releaseBytes: () => void;
+  /** Cold: the instance was not serving when the request came (not merely the ramp). */
+  readonly cold: boolean;
+  /** `performance.now()` when the hold began. */
+  readonly since: number;
+  #held: HeldRequest | undefined;
+  #onClose: (() => void) | undefined;
+
+  constructor(server: ProxyServer, req: IncomingMessage, res: ServerResponse, inst: Instance, admission: Admission,
+    plan: HoldPlan | undefined, record: RequestRecord | undefined, releaseBytes: () => void) {
+    this.#server = server;
+    this.req = req;
+    this.res = res;
+    this.inst = inst;
+    this.resource = admission.resource;
+    this.identity = admission.identity;
+    this.acting = admission.acting;
+    this.plan = plan;
+    this.record = record;
+    this.releaseBytes = releaseBytes;
+    this.cold = inst.status !== 'ready';
+    this.since = performance.now();
+  }
+
+  /** Held by `held` until it ends: a client that leaves meanwhile ends it at once. */
+  heldBy(held: HeldRequest): void {
+    this.#held = held;
+    // `on`, not `once`: the listener goes when the hold ends, and once's wrapper would be
+    // one more object per held request.
+    this.#onClose = this.clientLeft.bind(this);
+    this.res.on('close', this.#onClose);
+  }
+
+  /** The client left: its hold ends (HoldQueue drops it), the others are untouched. */
+  clientLeft(): void {
+    this.#held?.reject(new ClientGone());
+  }
+
+  holdEnded(endpoint: string | undefined, err: Error | undefined): void {
+    if (this.#onClose !== undefined) this.res.off('close', this.#onClose);
+    releaseHeld(this.#server, this, endpoint, err);
   }
 }
 
