@@ -187,7 +187,11 @@ describe('activation path', () => {
       '/smart_proxy/app/g1/bad%zz',
       '/smart_proxy/app/g1/trunc%4',
       '/smart_proxy/app/g1/nul%00',
-      'http://evil.example/smart_proxy/app/g1/',
+      // An absolute-form target is accepted (hostile-headers.test.ts), but not one that
+      // smuggles a dot segment past the rewrite, nor another scheme or userinfo.
+      'http://evil.example/smart_proxy/app/g1/../../admin',
+      'ftp://evil.example/smart_proxy/app/g1/',
+      'http://user:pw@evil.example/smart_proxy/app/g1/',
       '*',
       '/smart_proxy/app/g1%2Fg2/x',
       '/smart_proxy/app/bad group/x',

@@ -132,7 +132,21 @@ describe('property: header rewriting (headers.ts)', () => {
         assert.ok(!protectedNames.has(foldName(name)), `identity header ${name}`);
         if (isProxyClaim(foldName(name))) assert.ok(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-prefix'].includes(name), `proxy claim ${name}`);
       }
-      for (const own of ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-prefix']) assert.equal(counts.get(own), 1, own);
+      for (const own of ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-prefix']) assert.equal(counts.get(own), 1, own);
+      // X-Forwarded-Host is the Host (or HTTP/2's :authority), once; none when there is
+      // neither (HTTP/1.0), never empty.
+      const hosts = raw.flatMap((v, i) => (i % 2 === 0 && ['host', ':authority'].includes(v.toLowerCase()) && raw[i + 1] !== '' ? [raw[i + 1] as string] : []));
+      const forwardedHost = counts.has('x-forwarded-host') ? out[out.indexOf('x-forwarded-host') + 1] : undefined;
+      assert.ok((counts.get('x-forwarded-host') ?? 0) <= 1);
+      assert.notEqual(forwardedHost, '');
+      // (Two Host fields, or a Host that contradicts :authority, never get here: hostProblem
+      // refuses the request first.)
+      const hostFields = raw.filter((v, i) => i % 2 === 0 && v.toLowerCase() === 'host').length;
+      const authorityFields = raw.filter((v, i) => i % 2 === 0 && v === ':authority').length;
+      if (hostFields + authorityFields <= 1) {
+        if (hosts.length === 0) assert.equal(forwardedHost, undefined);
+        else assert.ok(forwardedHost !== undefined && hosts.includes(forwardedHost), `X-Forwarded-Host ${forwardedHost}`);
+      }
       assert.equal(out[out.indexOf('x-forwarded-for') + 1], '10.1.2.3');
     }), { numRuns: 3000 });
   });
