@@ -237,5 +237,8 @@ describe('verifier chain', () => {
     assert.equal(sha256Key('t-a'), sha256KeyOfHex(hashToken('t-a').slice('sha256:'.length)));
     assert.ok(keysEqual(sha256Key('t-a'), sha256Key('t-a')));
     assert.ok(!keysEqual(sha256Key('t-a'), sha256Key('t-b')));
+    // 16 code units: the 32 digest bytes read as UTF-16LE (the comparison runs 16 rounds).
+    assert.equal(sha256Key('t-a').length, 16);
+    assert.equal(Buffer.from(sha256Key('t-a'), 'utf16le').toString('hex'), hashToken('t-a').slice('sha256:'.length));
   });
 });
