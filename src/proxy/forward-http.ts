@@ -179,9 +179,17 @@ export class UpstreamPools {
     }
     gate.acquire((leave) => res.once('close', leave)).then((queued) => {
       // The client left while queued: nothing was sent.
-      if (queued === undefined) settled('done');
-      else this.#dispatch(req, res, origin, path, headers, tls, queued, settled);
-    }, (err: unknown) => settled(err instanceof Error ? err : new Error(String(err))));
+      if (queued === undefined) {
+        settled('done');
+        return;
+      }
+      // What #dispatch throws is this request's failure, never an unhandled rejection.
+      try {
+        this.#dispatch(req, res, origin, path, headers, tls, queued, settled);
+      } catch (err) {
+        settled(asError(err));
+      }
+    }, (err: unknown) => settled(asError(err)));
   }
 
   #dispatch(req: IncomingMessage, res: ServerResponse, origin: string, path: string, headers: string[], tls: BackendTls | undefined, slot: ReleaseSlot, settled: ForwardSettled): void {
@@ -322,6 +330,10 @@ function toUpstreamError(err: unknown): SmartProxyError {
   }
   const code = (err as { code?: string }).code ?? 'unknown';
   return new SmartProxyError('SP_UPSTREAM_UNAVAILABLE', `the backend failed to answer (${code})`, { data: { cause: code }, cause: err });
+}
+
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
 }
 
 /** Plain origins key by themselves (the warm path builds no string); https ones add the TLS setting. */
