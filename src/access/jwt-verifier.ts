@@ -36,13 +36,13 @@ const jose = (): typeof Jose => (joseLib ??= createRequire(import.meta.url)('jos
 
 type KeySource = Uint8Array | JWTVerifyGetKey;
 
-/** A cached verdict: a verified identity (with what a hit re-checks), or a refusal. */
 /**
- * A verdict on one token, cached under the SHA-256 of the token's signature (its last part:
- * the secret one, and a fraction of the token to hash: one SHA-256 block for HS256 instead of
- * four or five for the whole token). `signed` is the rest of that token (header and claims,
- * no secret), compared in full on every hit: a hit is the very token judged before, never
- * one with the same signature and other claims.
+ * A cached verdict on one token: a verified identity (with what a hit re-checks), or a
+ * refusal. Cached under the SHA-256 of the token's signature (its last part: the secret one,
+ * and a fraction of the token to hash: one SHA-256 block for HS256 instead of four or five
+ * for the whole token). `signed` is the rest of that token (header and claims, no secret),
+ * compared in full on every hit: a hit is the very token judged before, never one with the
+ * same signature and other claims.
  */
 type Cached = { readonly signed: string } & (
   | { readonly kind: 'verified'; readonly outcome: VerifyOutcome; readonly kid: string | undefined; readonly notBeforeMs: number }
