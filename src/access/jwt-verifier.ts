@@ -154,8 +154,9 @@ export function createJwtVerifier(cfg: JwtIdentityConfig, challenge: string, clo
     verify(credentials): VerifyOutcome | Promise<VerifyOutcome> {
       const token = bearerToken(credentials.authorization);
       if (token === undefined || !looksLikeJwt(token)) return ABSENT;
-      // looksLikeJwt: three parts, the signature after the last dot.
-      const dot = token.lastIndexOf('.');
+      // looksLikeJwt: exactly three parts, so the second dot is the last, before the signature
+      // (indexOf is a builtin; lastIndexOf goes through the runtime).
+      const dot = token.indexOf('.', token.indexOf('.') + 1);
       const cacheKey = sha256Key(token.slice(dot + 1));
       const hit = verdicts.get(cacheKey);
       // Another token with this signature (claims changed, or not yet the one cached) is a miss.
