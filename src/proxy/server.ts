@@ -14,7 +14,7 @@ import type { Clock, Logger, TimerHandle } from '../core/ports.ts';
 import type { HeldRequest, HoldTarget, Instance, ResourceManager, StartRequester } from '../core/resource-manager.ts';
 import { ClientGone, expectContinue, requestGone, sendContinue } from './client-state.ts';
 import { sendError } from './error-response.ts';
-import { UpstreamPools, type UpstreamOptions } from './forward-http.ts';
+import { UpstreamPools, type ForwardOutcome, type UpstreamOptions } from './forward-http.ts';
 import { WebSocketForwarder, isWebSocketUpgrade, type Admission } from './forward-ws.ts';
 import { HeldBytesBudget } from './held-bytes.ts';
 import { hostProblem, TrustedProxies, upstreamHeaders } from './headers.ts';
@@ -180,14 +180,14 @@ export class ProxyServer {
     const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
       const observer = this.#observer;
       if (observer === undefined) {
-        this.handle(req, res).catch((err: unknown) => this.#fail(req, res, err));
+        this.#serve(req, res, undefined);
         return;
       }
       // 'close' comes after the last byte or when the client left: either way, once.
       const record = new RequestRecord();
       // `on`, not `once`: a response closes once, and once's wrapper costs on every request.
       res.on('close', () => observer.finished(req, res, record));
-      this.handle(req, res, record).catch((err: unknown) => this.#fail(req, res, err));
+      this.#serve(req, res, record);
     };
     this.#tls = options.tls === undefined ? undefined : createTlsFront({
       files: options.tls, http1, onRequest, logger: options.logger,
@@ -305,33 +305,51 @@ export class ProxyServer {
     });
   }
 
-  /** The steps of one request, in order. */
-  async handle(req: IncomingMessage, res: ServerResponse, record?: RequestRecord): Promise<void> {
+  /** Runs `handle`; whatever it throws or rejects with is answered by #fail. */
+  #serve(req: IncomingMessage, res: ServerResponse, record: RequestRecord | undefined): void {
+    let pending: Promise<void> | undefined;
+    try {
+      pending = this.handle(req, res, record);
+    } catch (err) {
+      this.#fail(req, res, err);
+      return;
+    }
+    pending?.catch((err: unknown) => this.#fail(req, res, err));
+  }
+
+  /**
+   * The steps of one request, in order. Throws (or rejects with) the error to answer. Returns
+   * a promise only when a step really waits (sign-in routes, the reserved endpoints, a slow
+   * identify); a warm request runs without one, its forward ending in callbacks (#forward).
+   */
+  handle(req: IncomingMessage, res: ServerResponse, record?: RequestRecord): Promise<void> | undefined {
     if (this.#draining) {
       res.shouldKeepAlive = false;
       throw new SmartProxyError('SP_SHUTTING_DOWN', undefined, { retryAfterS: 1 });
     }
     const absolute = absoluteToOriginForm(req);
     if (absolute !== undefined) throw new SmartProxyError('SP_ROUTE_BAD_TARGET', `bad request target: ${absolute}`, { data: { reason: absolute } });
-    if (this.#signIn?.handles(req.url) === true) {
-      await this.#signIn.handle(req, res);
-      return;
-    }
+    if (this.#signIn?.handles(req.url) === true) return this.#signIn.handle(req, res);
     // The proxy's own status and progress endpoints, behind the same access steps.
     if (isReservedPath(req.url)) {
-      await this.#waiting.serveReserved(req, res, async (r) => {
+      return this.#waiting.serveReserved(req, res, async (r) => {
         const { inst } = await this.#admitInstance(req, r);
         if (requestGone(req)) throw new ClientGone();
         return inst;
       });
-      return;
     }
     // 1. route: strict target parsing, then the resource table.
     const route = parseTarget(req.url);
-    // 2. identify, 3. authorize (before any side effect), 4. select the instance. Awaited
+    // 2. identify, 3. authorize (before any side effect), 4. select the instance. Waited for
     // only when a step really waits (a slow hash, a signature check): not on the warm path.
     const admitted = this.#admitRoute(req, route);
-    const admission = admitted instanceof Promise ? await admitted : admitted;
+    if (admitted instanceof Promise) return admitted.then((admission) => this.#admitted(req, res, route, admission, record));
+    this.#admitted(req, res, route, admitted, record);
+    return undefined;
+  }
+
+  /** Steps 4-6 of `handle` for an admitted request. */
+  #admitted(req: IncomingMessage, res: ServerResponse, route: ParsedTarget, admission: Admission, record: RequestRecord | undefined): void {
     // A client that left during identify is gone everywhere: no start, no hold, no forward.
     if (requestGone(req)) return;
     const { resource } = admission;
@@ -364,7 +382,7 @@ export class ProxyServer {
       return;
     }
     // 6. forward, with crash repair when the backend turns out to be gone.
-    return this.#forward(req, res, inst, resource, route, this.#forwardHeaders(req, admission), endpoint);
+    this.#forward(req, res, inst, resource, route, this.#forwardHeaders(req, admission), endpoint);
   }
 
   /**
@@ -415,7 +433,7 @@ export class ProxyServer {
         if (this.#coldStartHeader !== undefined && !res.headersSent) res.setHeader(this.#coldStartHeader, String(wokeMs));
       }
       const headers = this.#forwardHeaders(req, { route, resource, identity: h.identity, acting: h.acting });
-      this.#forward(req, res, inst, resource, route, headers, endpoint).catch((e: unknown) => this.#fail(req, res, e));
+      this.#forward(req, res, inst, resource, route, headers, endpoint);
     } catch (e) {
       this.#fail(req, res, e);
     }
@@ -531,48 +549,99 @@ export class ProxyServer {
     }
   }
 
-  async #forward(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource, route: ParsedTarget, headers: string[], firstEndpoint: string): Promise<void> {
+  /**
+   * Step 6: sends the request to `firstEndpoint` and streams the answer back. The first send
+   * ends in a callback, so a warm request's forward creates no promise; a send that did not
+   * get through (or failed before the response head) goes on in #resend. Throws only before
+   * the send (the connection count is then already given back); later failures are answered
+   * here.
+   */
+  #forward(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource, route: ParsedTarget, headers: string[], firstEndpoint: string): void {
+    this.#manager.connectionBegun(inst);
+    try {
+      // Checked before every send: after a hold the client may have left, and then nothing
+      // of its request reaches a backend.
+      if (requestGone(req)) {
+        this.#manager.connectionEnded(inst);
+        return;
+      }
+      // The body is read from here on: now is the time for the 100 the client waits for.
+      sendContinue(res);
+      const ep = this.pools.endpoint(firstEndpoint);
+      this.pools.forward(req, res, ep.origin, joinUpstreamPath(ep.pathPrefix, route.path, route.query), headers, resource.backendTls, (result) => {
+        if (result !== 'done') {
+          // Off undici's callback, as a promise's continuation would be: the retry loop may
+          // send again on the same pool, or answer the client.
+          void Promise.resolve()
+            .then(() => this.#resend(req, res, inst, resource, route, headers, firstEndpoint, result))
+            .catch((e: unknown) => this.#fail(req, res, e));
+          return;
+        }
+        try {
+          try {
+            this.#manager.forwardDone(inst);
+          } finally {
+            this.#manager.connectionEnded(inst);
+          }
+        } catch (e) {
+          this.#fail(req, res, e);
+        }
+      });
+    } catch (err) {
+      this.#manager.connectionEnded(inst);
+      throw err;
+    }
+  }
+
+  /**
+   * The rest of step 6 after a send that was not served (`first`): crash repair when the
+   * backend turns out to be gone. Gives back the connection count #forward took.
+   */
+  async #resend(req: IncomingMessage, res: ServerResponse, inst: Instance, resource: RoutedResource, route: ParsedTarget, headers: string[],
+    firstEndpoint: string, first: ForwardOutcome | Error): Promise<void> {
     let endpoint = firstEndpoint;
+    let outcome = first;
     let reholds = 0;
     let freshRetries = 0;
     let resentAfterReset = false;
-    this.#manager.connectionBegun(inst);
     try {
       for (;;) {
-        // Checked before every send: after a hold, a retry delay or a re-hold the client may
-        // have left, and then nothing of its request reaches a backend.
-        if (requestGone(req)) return;
-        // The body is read from here on: now is the time for the 100 the client waits for.
-        sendContinue(res);
-        const ep = this.pools.endpoint(endpoint);
-        const outcome = await this.pools.forward(req, res, ep.origin, joinUpstreamPath(ep.pathPrefix, route.path, route.query), headers, resource.backendTls);
+        // Failed before the response head: the client's answer (#fail).
+        if (typeof outcome !== 'string') throw outcome;
         if (outcome === 'done') {
           this.#manager.forwardDone(inst);
           return;
         }
-        // A reset may be one stale keep-alive socket, not a dead backend: send once more
-        // (undici drops the reset socket) before restarting anything. A dead backend then
-        // refuses, and the crash repair below takes over.
         if (outcome === 'reset' && !resentAfterReset) {
+          // A reset may be one stale keep-alive socket, not a dead backend: send once more
+          // (undici drops the reset socket) before restarting anything. A dead backend then
+          // refuses, and the crash repair below takes over.
           resentAfterReset = true;
-          continue;
+        } else {
+          // Nothing reached the backend. Right after readiness the service may still be
+          // binding its socket: retry briefly before calling it lost.
+          const freshDelay = FRESH_RETRY_DELAYS_MS[freshRetries];
+          if (inst.freshlyReady && freshDelay !== undefined) {
+            freshRetries++;
+            await delay(freshDelay);
+          } else {
+            this.pools.evict(this.pools.endpoint(endpoint).origin, resource.backendTls);
+            this.#manager.reportUnreachable(inst, endpoint, 'connection refused or reset before the request was sent');
+            if (reholds++ >= MAX_REHOLDS) {
+              throw new SmartProxyError('SP_UPSTREAM_UNAVAILABLE', 'the backend keeps refusing connections after restarts', { data: { resource: resource.runtime.id } });
+            }
+            const next = await this.#hold(req, res, inst, resource);
+            if (next === undefined) return;
+            endpoint = next;
+          }
         }
-        // Nothing reached the backend. Right after readiness the service may still be
-        // binding its socket: retry briefly before calling it lost.
-        const freshDelay = FRESH_RETRY_DELAYS_MS[freshRetries];
-        if (inst.freshlyReady && freshDelay !== undefined) {
-          freshRetries++;
-          await delay(freshDelay);
-          continue;
-        }
-        this.pools.evict(ep.origin, resource.backendTls);
-        this.#manager.reportUnreachable(inst, endpoint, 'connection refused or reset before the request was sent');
-        if (reholds++ >= MAX_REHOLDS) {
-          throw new SmartProxyError('SP_UPSTREAM_UNAVAILABLE', 'the backend keeps refusing connections after restarts', { data: { resource: resource.runtime.id } });
-        }
-        const next = await this.#hold(req, res, inst, resource);
-        if (next === undefined) return;
-        endpoint = next;
+        // Checked before every send: after a retry delay or a re-hold the client may have
+        // left, and then nothing of its request reaches a backend.
+        if (requestGone(req)) return;
+        sendContinue(res);
+        const ep = this.pools.endpoint(endpoint);
+        const path = joinUpstreamPath(ep.pathPrefix, route.path, route.query);
+        outcome = await new Promise<ForwardOutcome | Error>((resolve) => this.pools.forward(req, res, ep.origin, path, headers, resource.backendTls, resolve));
       }
     } finally {
       this.#manager.connectionEnded(inst);

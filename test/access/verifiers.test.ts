@@ -141,6 +141,22 @@ describe('JWT', () => {
     assert.match(invalidReason(await hs.verify(bearer(await sign(hsKey, { alg: 'HS256' }, {}, { exp: null })))), /exp/);
     assert.equal(invalidReason(await hs.verify(bearer(await sign(hsKey, { alg: 'HS512' })))), 'algorithm not allowed');
   });
+  it('a cached verdict answers only the very token judged: its signature with other claims is verified, and refused', async () => {
+    const v = createJwtVerifier(jwtConfig({ algorithms: ['HS256'], secret }), 'Bearer', clock, logger);
+    const good = await sign(hsKey, { alg: 'HS256' });
+    assert.equal(verified(await v.verify(bearer(good))).user, 'erin');
+    const hit = v.verify(bearer(good));
+    assert.ok(!(hit instanceof Promise), 'the same token again: a cache hit');
+    assert.equal(v.stats?.verifications, 1);
+    // The claims of a more privileged user under the genuine token's signature.
+    const [header, , signature] = good.split('.');
+    const claims = { sub: 'root', groups: ['admin'], iss: 'https://idp.test', aud: 'smart-proxy', iat: NOW_S - 10, exp: NOW_S + 300 };
+    const swapped = `${header}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.${signature}`;
+    assert.equal(invalidReason(await v.verify(bearer(swapped))), 'bad signature');
+    assert.equal(invalidReason(await v.verify(bearer(swapped))), 'bad signature');
+    // The genuine token is still verified (afresh: the refusal took its place in the cache).
+    assert.equal(verified(await v.verify(bearer(good))).user, 'erin');
+  });
   it('leaves a non-JWT bearer token to other verifiers', async () => {
     assert.deepEqual(await hs.verify(bearer('opaque-token')), { kind: 'absent' });
   });
@@ -237,5 +253,8 @@ describe('verifier chain', () => {
     assert.equal(sha256Key('t-a'), sha256KeyOfHex(hashToken('t-a').slice('sha256:'.length)));
     assert.ok(keysEqual(sha256Key('t-a'), sha256Key('t-a')));
     assert.ok(!keysEqual(sha256Key('t-a'), sha256Key('t-b')));
+    // 16 code units: the 32 digest bytes read as UTF-16LE (the comparison runs 16 rounds).
+    assert.equal(sha256Key('t-a').length, 16);
+    assert.equal(Buffer.from(sha256Key('t-a'), 'utf16le').toString('hex'), hashToken('t-a').slice('sha256:'.length));
   });
 });

@@ -151,6 +151,15 @@ describe('property: header rewriting (headers.ts)', () => {
     }), { numRuns: 3000 });
   });
 
+  it('drops the fields Connection lists, also those before it (Cookie included); folds `_` for the proxy\'s own names only', () => {
+    const raw = ['X-Custom', '1', 'Cookie', 'a=1', 'x_forwarded_for', '9.9.9.9', 'Connection', 'x-custom, Cookie', 'Host', 'h.example',
+      'X-Forwarded-For', '8.8.8.8', 'Transfer_Encoding', 'x', 'Accept', '*/*', ':authority', 'other', 'cookie', 'b=2', 'X_Forwarded_User', 'evil'];
+    assert.deepEqual(upstreamHeaders(raw, ctx(false)), ['Transfer_Encoding', 'x', 'Accept', '*/*', 'x-forwarded-for', '10.1.2.3',
+      'x-forwarded-proto', 'http', 'x-forwarded-host', 'h.example', 'x-forwarded-prefix', '/smart_proxy/app/g1']);
+    assert.deepEqual(upstreamHeaders(raw, ctx(true)).slice(4, 6), ['x-forwarded-for', '8.8.8.8, 10.1.2.3']);
+    assert.deepEqual(upstreamHeaders(['Cookie', 'a=1', 'connection', 'close', 'Close', 'x', 'cookie', 'b=2'], ctx(false)).slice(0, 2), ['cookie', 'a=1; b=2']);
+  });
+
   it('a trusted proxy\'s chain is extended, never replaced; identity headers are dropped even from it', () => {
     fc.assert(fc.property(RAW_HEADERS, (raw) => {
       const out = upstreamHeaders(raw, ctx(true));

@@ -53,6 +53,25 @@ describe('parseTarget', () => {
     }
   });
 
+  it('finds each unsafe character or sequence alone in an otherwise plain path', () => {
+    // One at a time, at the start, middle and end of the path: a quick screen for plain paths
+    // must let none of them through.
+    const cases: ReadonlyArray<readonly [string, string]> = [
+      ['\\', 'backslash in path'], ['//', 'empty path segment ("//")'], ['#', 'fragment in target'],
+      ['\u0000', 'control character or space in path'], ['\u001f', 'control character or space in path'],
+      [' ', 'control character or space in path'], ['\u007f', 'control character or space in path'],
+      ['/..', 'dot segment in path'], ['/.', 'dot segment in path'], ['/%2e%2E', 'dot segment in path'],
+      ['%', 'malformed percent-encoding'], ['%0a', 'encoded control character'], ['%5c', 'encoded backslash'],
+    ];
+    for (const [piece, reason] of cases) {
+      // A dot segment ("/..") is a segment of its own; the others go anywhere in one.
+      const paths = piece.startsWith('/.') || piece.startsWith('/%') ? [piece, `/a${piece}/c`, `/a/b${piece}`] : [`/${piece}x`, `/a/b${piece}c`, `/a/b${piece}`];
+      for (const path of paths) assert.equal(unsafePathReason(path), reason, JSON.stringify(path));
+    }
+    assert.equal(unsafePathReason('/smart_proxy/bench/-/hello'), undefined);
+    assert.equal(unsafePathReason('/a/b-c_d~e/f;g=h/@i:j+k,l$m!n*o(p)\'q&r'), undefined);
+  });
+
   it('accepts dots inside names (only whole dot segments are refused)', () => {
     assert.equal(unsafePathReason('/a/.well-known/x..y/...'), undefined);
   });
