@@ -228,6 +228,17 @@ local function check_drops(t)
     end
 end
 
+-- The first n lines of v (missing ones empty).
+local function lines(v, n)
+    local f, pos = {}, 1
+    for i = 1, n do
+        local eol = find(v, "\\n", pos, true)
+        f[i] = sub(v, pos, (eol or 0) - 1)
+        pos = (eol or #v) + 1
+    end
+    return f
+end
+
 -- The two grants of a kept allow, which the shared dict holds as its expiry (epoch seconds),
 -- then the upstream, Host, endpoint path, user, groups and pass-credentials fields, a line
 -- each. They differ in the upstream path's prefix: for a request with a path after the route
@@ -237,12 +248,7 @@ end
 -- the dynamic upstream, with that address as the last field (the peer; empty otherwise).
 -- Returns the grant without a forwarded path, the grant with one, the expiry.
 local function grants_of(v)
-    local f, pos = {}, 1
-    for i = 1, 7 do
-        local eol = find(v, "\\n", pos, true)
-        f[i] = sub(v, pos, (eol or 0) - 1)
-        pos = (eol or #v) + 1
-    end
+    local f = lines(v, 7)
     local upstream, peer = f[2], match(f[2], "^http://(%d+%.%d+%.%d+%.%d+:%d+)$")
     if peer ~= nil then upstream = DYNAMIC_UPSTREAM end
     local base = f[4]
@@ -352,12 +358,7 @@ function M.miss()
     if expiry > now() then remember(ck, root, path, expiry) end
     local tail = var.smart_proxy_tail
     local grant = (tail == nil or tail == "") and root or path
-    local f, pos = {}, 1
-    for i = 1, 7 do
-        local eol = find(grant, "\\n", pos, true)
-        f[i] = sub(grant, pos, (eol or 0) - 1)
-        pos = (eol or #grant) + 1
-    end
+    local f = lines(grant, 7)
     var.smart_proxy_grant = grant
 @SET_FIELDS@
 end

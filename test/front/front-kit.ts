@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
-import { request, type IncomingMessage, type ServerResponse } from 'node:http';
+import { request, type Agent, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -107,10 +107,13 @@ export const sha = (t: string): string => `sha256:${createHash('sha256').update(
 
 export interface Answer { status: number; headers: IncomingMessage['headers']; body: string }
 
-/** A raw request (node:http sends the path exactly as given, unlike fetch). */
-export function get(port: number, path: string, headers: Record<string, string> = {}): Promise<Answer> {
+/**
+ * A raw request (node:http sends the path exactly as given, unlike fetch); on a connection of
+ * its own, or on `agent`'s kept-alive one.
+ */
+export function get(port: number, path: string, headers: Record<string, string> = {}, agent?: Agent): Promise<Answer> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path, headers: { connection: 'close', ...headers } }, (res) => {
+    const req = request({ host: '127.0.0.1', port, path, agent, headers: agent === undefined ? { connection: 'close', ...headers } : headers }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (d: string) => { body += d; });

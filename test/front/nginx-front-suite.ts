@@ -447,17 +447,7 @@ front:
       const agents: Agent[] = [];
       try {
         // One kept-alive connection per agent: each is served by one worker for its life.
-        const on = (agent: Agent, path: string): Promise<Answer> => new Promise((resolve, reject) => {
-          const req = request({ host: '127.0.0.1', port, path, agent, headers: bearer(ALICE) }, (res) => {
-            let body = '';
-            res.setEncoding('utf8');
-            res.on('data', (d: string) => { body += d; });
-            res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-            res.on('error', reject);
-          });
-          req.on('error', reject);
-          req.end();
-        });
+        const on = (agent: Agent, path: string): Promise<Answer> => get(port, path, bearer(ALICE), agent);
         const byWorker = new Map<string, Agent>();
         // Each connection lands on either worker: 64 all on one happens with odds of 2^-63.
         for (let i = 0; i < 64 && byWorker.size < 2; i++) {
