@@ -303,7 +303,11 @@ export async function runInstr(ctx: Context, options: InstrOptions = {}): Promis
     byFunction: options.byFunction === true,
   };
   // --perf-basic-prof: node writes the map that names its JIT code (byFunction).
-  const fns = [...(o.byFunction ? ['--perf-basic-prof'] : []), ...(options.nodeFlags ?? [])];
+  // --no-memory-reducer: V8's memory reducer starts major GCs by the wall clock; under
+  // valgrind, which stretches every request some 50 times, they land in the counted windows
+  // at random (11k-139k instructions per request in one run, 1.6k-4.9k without it). Every
+  // process measured gets it, so the ratios stay like for like.
+  const fns = ['--no-memory-reducer', ...(o.byFunction ? ['--perf-basic-prof'] : []), ...(options.nodeFlags ?? [])];
   // One process at a time: under valgrind each is slow, and alone on the proxy CPU.
   // The dispatch() proxy always runs: every ratio is to it.
   const starts: Array<{ name: string; start: () => Promise<Counted> }> = [{ name: 'dispatch', start: () => startDispatch(ctx, fns) }];
