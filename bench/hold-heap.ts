@@ -27,6 +27,7 @@ import { BENCH_DIR } from './lib/context.ts';
 import { ask, nextMessage, type Message } from './lib/ipc.ts';
 import { startNginxUpstream } from './lib/nginx.ts';
 import { cpuTimeMs, freePort, rssBytes, spawnPinned } from './lib/procs.ts';
+import { holdYaml } from './suites/hold.ts';
 
 const { values } = parseArgs({
   options: {
@@ -58,17 +59,9 @@ mkdirSync(workDir, { recursive: true });
 const upstreamPort = await freePort();
 const upstream = await startNginxUpstream(workDir, upstreamPort, '0');
 const config = join(workDir, 'hold.yaml');
-writeFileSync(config, `listen: { host: 127.0.0.1, port: 0 }
-log: { level: warn }
-limits: { maxHeldRequests: 20000, maxHeldRequestsPerResource: 20000 }
-providers:
-  up: { kind: static, endpoint: "http://127.0.0.1:${upstreamPort}" }
-  warm: { kind: static, endpoint: "http://127.0.0.1:${upstreamPort}" }
-resourceDefaults: { access: { public: true } }
-resources:
-  cold: { provider: up, bootTimeoutMs: ${values.callgrind === undefined ? 120_000 : 1_200_000} }
-  warmup: { provider: warm }
-state: { kind: sqlite, path: "${join(workDir, 'hold.sqlite')}" }
+// The hold suite's config. Under callgrind the boot timeout is 20 minutes: a slow warm-up
+// round must not run past it and fail every hold.
+writeFileSync(config, `${holdYaml(upstreamPort, values.callgrind === undefined ? 120_000 : 1_200_000)}state: { kind: sqlite, path: "${join(workDir, 'hold.sqlite')}" }
 `);
 const callgrind = values.callgrind === undefined ? [] : [
   'valgrind', '--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${values.callgrind}`, '--smc-check=all', process.execPath,

@@ -42,19 +42,27 @@ interface Stats extends Message { heldTotal: number; calls: Record<string, { sta
 interface Memory extends Message { heapUsed: number; external: number; arrayBuffers: number }
 interface Done extends Message { statuses: Record<string, number>; errors: Record<string, number>; doneAt: number[] }
 
-export async function runHold(ctx: Context): Promise<HoldResult> {
-  const n = 10_000;
-  const yaml = `listen: { host: 127.0.0.1, port: 0 }
+/**
+ * The hold setup's config: `cold`, whose provider the child switches (`--switch up`), and a
+ * `warmup` resource to load the code paths first; room for 20,000 held requests.
+ */
+export function holdYaml(upstreamPort: number, bootTimeoutMs: number): string {
+  return `listen: { host: 127.0.0.1, port: 0 }
 log: { level: warn }
 limits: { maxHeldRequests: 20000, maxHeldRequestsPerResource: 20000 }
 providers:
-  up: { kind: static, endpoint: "http://127.0.0.1:${ctx.upstreamPort}" }
-  warm: { kind: static, endpoint: "http://127.0.0.1:${ctx.upstreamPort}" }
+  up: { kind: static, endpoint: "http://127.0.0.1:${upstreamPort}" }
+  warm: { kind: static, endpoint: "http://127.0.0.1:${upstreamPort}" }
 resourceDefaults: { access: { public: true } }
 resources:
-  cold: { provider: up, bootTimeoutMs: 120000 }
+  cold: { provider: up, bootTimeoutMs: ${bootTimeoutMs} }
   warmup: { provider: warm }
 `;
+}
+
+export async function runHold(ctx: Context): Promise<HoldResult> {
+  const n = 10_000;
+  const yaml = holdYaml(ctx.upstreamPort, 120_000);
   ctx.log(`holding: ${n} requests on one cold resource`);
   const child = await startSmartProxy(ctx, 'hold', yaml, ['--switch', 'up'], ['--expose-gc']);
   try {

@@ -236,7 +236,6 @@ async function stop(p: Spawned): Promise<void> {
   clearTimeout(timer);
 }
 
-/** Warm-up, then exactly `requests` counted requests; the process is stopped on every path. */
 /** What one process counted. */
 interface Counts {
   /** Instructions while the counted requests were served. */
