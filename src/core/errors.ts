@@ -26,6 +26,7 @@ export const errorCatalogue = {
   SP_UPSTREAM_QUEUE_FULL: 'Every connection to the backend is busy and its queue of waiting requests is full; try again later.',
   SP_UPSTREAM_QUEUE_TIMEOUT: 'Every connection to the backend stayed busy for as long as a request may queue for one; try again later.',
   SP_CLIENT_BODY_TIMEOUT: 'The client stopped sending its request body for longer than the body idle timeout.',
+  SP_BODY_UNSUPPORTED_CODING: 'The request\'s Transfer-Encoding is not `chunked` alone (RFC 9112 §6.1); send the body chunked or with Content-Length, and any compression as Content-Encoding.',
   SP_BODY_TOO_LARGE: 'The request body is larger than the limit for held requests.',
   SP_WS_BAD_UPGRADE: 'The upgrade request is not a proper WebSocket handshake (GET, Connection: upgrade, Upgrade: websocket, Sec-WebSocket-Key, Sec-WebSocket-Version: 13).',
   SP_WS_ORIGIN_DENIED: 'The WebSocket handshake\'s Origin is not in the resource\'s allow-list.',

@@ -39,22 +39,47 @@ export function isProxyClaim(folded: string): boolean {
   return folded.startsWith('x-forwarded-') || CLIENT_CLAIMS.has(folded);
 }
 
+/** What makes a request unforwardable before any step looks at it (see fieldProblem). */
+export interface FieldProblem {
+  readonly code: 'SP_ROUTE_BAD_HOST' | 'SP_BODY_UNSUPPORTED_CODING';
+  readonly detail: string;
+}
+
 /**
- * Why a request's Host is ambiguous, or undefined: two Host fields (RFC 9112 §3.2: 400), or a
- * Host that differs from the HTTP/2 `:authority` (RFC 9113 §8.3.1).
+ * What makes a request's fields unforwardable, in one pass, or undefined:
+ * - two Host fields (RFC 9112 §3.2: 400), or a Host that differs from the HTTP/2 `:authority`
+ *   (RFC 9113 §8.3.1);
+ * - a Transfer-Encoding other than `chunked` alone. Node's parser takes `gzip, chunked` and
+ *   hands over the de-chunked bytes, which are still gzip-coded; forwarded without the
+ *   coding's name they would reach the backend as a different body. A server answers 501 to a
+ *   transfer coding it does not implement (RFC 9112 §6.1), as nginx does.
  */
-export function hostProblem(rawHeaders: readonly string[]): string | undefined {
+export function fieldProblem(rawHeaders: readonly string[]): FieldProblem | undefined {
   let host: string | undefined;
   let authority: string | undefined;
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i] as string;
     if (name.length === 4 && name.toLowerCase() === 'host') {
-      if (host !== undefined) return 'more than one Host header';
+      if (host !== undefined) return { code: 'SP_ROUTE_BAD_HOST', detail: 'more than one Host header' };
       host = rawHeaders[i + 1];
     } else if (name === ':authority') authority = rawHeaders[i + 1];
+    else if (name.length === 17 && name.toLowerCase() === 'transfer-encoding') {
+      const coding = (rawHeaders[i + 1] as string).trim();
+      if (coding.toLowerCase() !== 'chunked') {
+        return { code: 'SP_BODY_UNSUPPORTED_CODING', detail: `transfer coding "${printable(coding)}" is not supported: send the body chunked or with Content-Length (compression as Content-Encoding)` };
+      }
+    }
   }
-  if (host !== undefined && authority !== undefined && host.toLowerCase() !== authority.toLowerCase()) return 'Host differs from :authority';
+  if (host !== undefined && authority !== undefined && host.toLowerCase() !== authority.toLowerCase()) {
+    return { code: 'SP_ROUTE_BAD_HOST', detail: 'Host differs from :authority' };
+  }
   return undefined;
+}
+
+/** A client's value, short and printable, for an error message. */
+function printable(value: string): string {
+  const clean = value.replace(/[^\x20-\x7e]/g, '?');
+  return clean.length > 64 ? `${clean.slice(0, 64)}…` : clean;
 }
 
 /** Folds a header name for comparison: lower case, `_` as `-`. */

@@ -17,7 +17,7 @@ import { sendError } from './error-response.ts';
 import { UpstreamPools, type ForwardOutcome, type UpstreamOptions } from './forward-http.ts';
 import { WebSocketForwarder, isWebSocketUpgrade, type Admission } from './forward-ws.ts';
 import { HeldBytesBudget } from './held-bytes.ts';
-import { hostProblem, TrustedProxies, upstreamHeaders } from './headers.ts';
+import { fieldProblem, TrustedProxies, upstreamHeaders } from './headers.ts';
 import type { WaitPlan } from './prefer.ts';
 import { isReservedPath } from './progress-sse.ts';
 import { RequestRecord, type RequestObserver } from './observer.ts';
@@ -481,9 +481,10 @@ export class ProxyServer {
    * Synchronous when identify is (throws its refusals); a promise only when identify waits.
    */
   #admitRoute(req: IncomingMessage, route: ParsedTarget): Admission | Promise<Admission> {
-    // RFC 9112 §3.2: two Host fields (or one that contradicts :authority) name no one server.
-    const badHost = hostProblem(req.rawHeaders);
-    if (badHost !== undefined) throw new SmartProxyError('SP_ROUTE_BAD_HOST', badHost);
+    // Two Host fields name no one server; a transfer coding we cannot pass on would change the
+    // body: refused before anything is woken for the request.
+    const bad = fieldProblem(req.rawHeaders);
+    if (bad !== undefined) throw new SmartProxyError(bad.code, bad.detail);
     const resource = this.#resources.get(route.resourceId);
     if (resource === undefined) return this.#refuseUnknown(req, route);
     const identity = this.#identify(req, route, resource);

@@ -89,6 +89,39 @@ describe('headers from untrusted clients', () => {
     }
   });
 
+  it('answers 501 to a transfer coding other than chunked, wakes nothing, and still takes chunked', async () => {
+    const mimic = new MimicProvider();
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }] });
+    const post = async (te: string, body: string): Promise<{ status: number; head: string; body: string }> => {
+      const c = await RawClient.open(h.url);
+      try {
+        c.write(`POST /smart_proxy/app/g1/up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: ${te}\r\nconnection: close\r\n\r\n${body}`);
+        return await c.response();
+      } finally {
+        c.close();
+      }
+    };
+    try {
+      // Node's parser passes these on de-chunked; the bytes left would still be gzip- or
+      // otherwise coded, so forwarding them without the coding would change the body.
+      for (const te of ['gzip, chunked', 'deflate,chunked', 'identity, chunked', 'x-\u00e9, chunked']) {
+        const res = await post(te, '5\r\nhello\r\n0\r\n\r\n');
+        assert.equal(res.status, 501, `${te}: ${res.body}`);
+        const problem = JSON.parse(res.body) as { code: string; detail: string };
+        assert.equal(problem.code, 'SP_BODY_UNSUPPORTED_CODING');
+        assert.match(problem.detail, /^[\x20-\x7e]+$/, 'the detail stays printable');
+      }
+      assert.equal(mimic.calls.start, 0, 'a refused request wakes nothing');
+      for (const te of ['chunked', 'Chunked', ' CHUNKED ']) {
+        const res = await post(te, '5\r\nhello\r\n0\r\n\r\n');
+        assert.equal(res.status, 200, `${te}: ${res.body}`);
+        assert.equal((JSON.parse(res.body) as Echo).body, 'hello');
+      }
+    } finally {
+      await h.close();
+    }
+  });
+
   it('accepts an absolute-form target and takes its authority as Host (RFC 9112 §3.2.2)', async () => {
     const mimic = new MimicProvider();
     const h = await startHarness({ resources: [{ id: 'app', provider: mimic }] });
