@@ -224,6 +224,8 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   readonly #settled: ForwardSettled;
   #controller: Dispatcher.DispatchController | undefined;
   #headSent = false;
+  /** The answer is whole at its head: 204, 304, or the answer to HEAD (RFC 9110 §6.4.1). */
+  #bodyless = false;
   #clientGone = false;
   /** Settled: `settled` has been called (once). */
   #done = false;
@@ -258,7 +260,11 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     // 1xx interim answers (100 Continue, 103 Early Hints) are not relayed; the final one follows.
     if (statusCode < 200) return;
     this.#headSent = true;
+    this.#bodyless = statusCode === 204 || statusCode === 304 || this.#method === 'HEAD';
     const head = downstreamHeaders(headers);
+    // A 204 has no content and no Content-Length (RFC 9110 §8.6); a backend that sends one
+    // anyway must not make a client wait for bytes that never come.
+    if (statusCode === 204) dropField(head, 'content-length');
     // A renewed sign-in session (set before forwarding): writeHead with the backend's own
     // Set-Cookie would drop it, so it joins the list.
     const own = this.#res.getHeader('set-cookie');
@@ -284,7 +290,14 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
 
   onResponseError(_controller: Dispatcher.DispatchController | undefined, err: Error): void {
     if (this.#done) return;
-    if (this.#headSent || this.#clientGone) {
+    if (this.#headSent && this.#bodyless && !this.#clientGone) {
+      // The client's answer was complete at its head. What broke is the backend's framing
+      // after it (a 204 with a body or a length): undici drops that connection, and the
+      // client gets its whole answer instead of a cut connection.
+      this.#res.end();
+      this.#settledOk = true;
+      this.#settle('done');
+    } else if (this.#headSent || this.#clientGone) {
       // Client left or backend broke mid-body: the client connection is the only signal left.
       if (!this.#res.destroyed) this.#res.destroy();
       this.#settle('done');
@@ -330,6 +343,17 @@ function toUpstreamError(err: unknown): SmartProxyError {
   }
   const code = (err as { code?: string }).code ?? 'unknown';
   return new SmartProxyError('SP_UPSTREAM_UNAVAILABLE', `the backend failed to answer (${code})`, { data: { cause: code }, cause: err });
+}
+
+/** Removes every `name` (lower-case) from a flat [name, value, …] list, in place. */
+function dropField(list: string[], name: string): void {
+  let kept = 0;
+  for (let i = 0; i < list.length; i += 2) {
+    if (list[i] === name) continue;
+    list[kept++] = list[i] as string;
+    list[kept++] = list[i + 1] as string;
+  }
+  list.length = kept;
 }
 
 function asError(err: unknown): Error {

@@ -55,8 +55,11 @@ export class RawClient {
     });
   }
 
-  /** Waits for a complete response with a Content-Length body (after any 1xx); returns head and body. */
-  async response(timeoutMs = 5_000): Promise<{ status: number; head: string; body: string }> {
+  /**
+   * Waits for a complete response with a Content-Length body (after any 1xx); returns head and
+   * body. `noBody`: the answer to HEAD, complete at its head whatever its length says.
+   */
+  async response(timeoutMs = 5_000, { noBody = false } = {}): Promise<{ status: number; head: string; body: string }> {
     const parse = (text: string): { status: number; head: string; body: string } | undefined => {
       let rest = text;
       // Skip interim answers.
@@ -68,6 +71,7 @@ export class RawClient {
       const end = rest.indexOf('\r\n\r\n');
       if (end === -1) return undefined;
       const head = rest.slice(0, end);
+      if (noBody) return { status: Number(head.slice(9, 12)), head, body: '' };
       const len = /\r\ncontent-length: *(\d+)/i.exec(head);
       const body = rest.slice(end + 4);
       if (len !== null && body.length < Number(len[1])) return undefined;

@@ -212,3 +212,41 @@ describe('headers from untrusted clients', () => {
     }
   });
 });
+
+describe('answers from a backend that breaks HTTP framing', () => {
+  it('relays a 204 or a HEAD answer whole when the backend sends a length or a body after it', async () => {
+    const mimic = new MimicProvider({
+      backend: (key) => startEchoServer({ name: key, handler: (req: IncomingMessage, res: ServerResponse) => {
+        // Raw bytes on the backend's socket: node:http would not send them.
+        if (req.url === '/no-content') res.socket?.write('HTTP/1.1 204 No Content\r\ncontent-length: 5\r\nx-kept: yes\r\n\r\nhello');
+        else if (req.url === '/head' && req.method === 'HEAD') res.socket?.write('HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello');
+        else res.end('ok');
+      } }),
+    });
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }] });
+    try {
+      for (let round = 0; round < 2; round++) {
+        const res = await rawGet(h.url, '/smart_proxy/app/g1/no-content', 'host: x\r\n');
+        assert.equal(res.status, 204, res.head);
+        assert.match(res.head, /x-kept: yes/i);
+        assert.doesNotMatch(res.head, /content-length/i, 'a 204 carries no Content-Length (RFC 9110 §8.6)');
+        assert.equal(res.body, '');
+      }
+      const c = await RawClient.open(h.url);
+      try {
+        c.write('HEAD /smart_proxy/app/g1/head HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n');
+        const head = await c.response(5_000, { noBody: true });
+        assert.equal(head.status, 200);
+        assert.match(head.head, /content-length: 5/i, 'HEAD keeps the length of what GET would send');
+      } finally {
+        c.close();
+      }
+      // The broken backend connections were dropped, not reused: the next answer is clean.
+      const after = await rawGet(h.url, '/smart_proxy/app/g1/plain', 'host: x\r\n');
+      assert.equal(after.status, 200);
+      assert.equal(after.body, 'ok');
+    } finally {
+      await h.close();
+    }
+  });
+});
