@@ -341,6 +341,12 @@ function toUpstreamError(err: unknown): SmartProxyError {
   if (err instanceof undiciErrors.HeadersTimeoutError) {
     return new SmartProxyError('SP_UPSTREAM_TIMEOUT', 'the backend did not send a response head in time', { cause: err });
   }
+  // undici's parser errors carry no code; their message names what broke (never the
+  // backend's bytes, which stay in the error's data and out of the answer).
+  if (err instanceof undiciErrors.HTTPParserError) {
+    const why = /\(([^()]{1,80})\)$/.exec(err.message)?.[1] ?? 'unparsable';
+    return new SmartProxyError('SP_UPSTREAM_UNAVAILABLE', `the backend's answer is not valid HTTP/1.1 (${why})`, { data: { cause: 'malformed-response' }, cause: err });
+  }
   const code = (err as { code?: string }).code ?? 'unknown';
   return new SmartProxyError('SP_UPSTREAM_UNAVAILABLE', `the backend failed to answer (${code})`, { data: { cause: code }, cause: err });
 }

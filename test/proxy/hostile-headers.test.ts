@@ -214,12 +214,13 @@ describe('headers from untrusted clients', () => {
 });
 
 describe('answers from a backend that breaks HTTP framing', () => {
-  it('relays a 204 or a HEAD answer whole when the backend sends a length or a body after it', async () => {
+  it('relays a 204 or a HEAD answer whole when the backend sends a length or a body after it; names a malformed answer', async () => {
     const mimic = new MimicProvider({
       backend: (key) => startEchoServer({ name: key, handler: (req: IncomingMessage, res: ServerResponse) => {
         // Raw bytes on the backend's socket: node:http would not send them.
         if (req.url === '/no-content') res.socket?.write('HTTP/1.1 204 No Content\r\ncontent-length: 5\r\nx-kept: yes\r\n\r\nhello');
         else if (req.url === '/head' && req.method === 'HEAD') res.socket?.write('HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello');
+        else if (req.url === '/malformed') res.socket?.write('HTTP/1.1 200 OK\r\nx-a: a\u0000backend-secret\r\ncontent-length: 2\r\n\r\nok');
         else res.end('ok');
       } }),
     });
@@ -241,6 +242,13 @@ describe('answers from a backend that breaks HTTP framing', () => {
       } finally {
         c.close();
       }
+      // Not HTTP at all: 502, saying what broke, without the backend's bytes.
+      const bad = await rawGet(h.url, '/smart_proxy/app/g1/malformed', 'host: x\r\n');
+      assert.equal(bad.status, 502);
+      const problem = JSON.parse(bad.body) as { code: string; cause: string; detail: string };
+      assert.equal(problem.cause, 'malformed-response');
+      assert.match(problem.detail, /not valid HTTP\/1\.1 \(Invalid header value char\)/);
+      assert.doesNotMatch(bad.body, /backend-secret/);
       // The broken backend connections were dropped, not reused: the next answer is clean.
       const after = await rawGet(h.url, '/smart_proxy/app/g1/plain', 'host: x\r\n');
       assert.equal(after.status, 200);
