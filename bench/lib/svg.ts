@@ -19,7 +19,7 @@ interface Panel {
 }
 
 const COLORS: Record<string, string> = {
-  direct: '#7f7f7f', nginx: '#2ca02c', chp: '#d62728', bare: '#1f77b4', dispatch: '#17becf', smart: '#ff7f0e', 'smart-public': '#ffbb78', 'smart-jwt': '#e377c2', front: '#bcbd22', probe: '#9467bd', provider: '#8c564b', 'first-boot': '#c49c94',
+  direct: '#7f7f7f', nginx: '#2ca02c', chp: '#d62728', bare: '#1f77b4', dispatch: '#17becf', smart: '#ff7f0e', 'smart-public': '#ffbb78', 'smart-jwt': '#e377c2', front: '#bcbd22', 'front-lua': '#8c6d31', probe: '#9467bd', provider: '#8c564b', 'first-boot': '#c49c94',
 };
 const PERCENTILES = [30, 40, 50, 60, 70, 75, 80, 85, 90, 95, 97.5, 99, 99.5, 99.9, 99.99];
 const nines = (p: number): number => -Math.log10(1 - p / 100);

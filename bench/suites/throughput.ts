@@ -193,6 +193,9 @@ async function startContenders(ctx: Context): Promise<Contender[]> {
   // Front-proxy mode (bench/lib/front.ts): the row's CPU is nginx's, Smart Proxy's own beside it.
   const front = await startFrontMode(ctx, smartProxyYaml(ctx.upstreamPort), BENCH_PATH, BENCH_HEADERS);
   out.push({ name: 'front', label: 'nginx front-proxy mode (token checked by Smart Proxy, grant cached 5 s)', url: `http://127.0.0.1:${front.port}${BENCH_PATH}`, proc: front.nginx, side: front.smart, stop: () => front.stop() });
+  // The same mode with the decisions in nginx's memory (`nginx-config --cache lua`).
+  const lua = await startFrontMode(ctx, smartProxyYaml(ctx.upstreamPort), BENCH_PATH, BENCH_HEADERS, 'lua');
+  out.push({ name: 'front-lua', label: 'nginx front-proxy mode, decisions in nginx\'s memory (--cache lua; the same grant)', url: `http://127.0.0.1:${lua.port}${BENCH_PATH}`, proc: lua.nginx, side: lua.smart, stop: () => lua.stop() });
   return out;
 }
 
