@@ -56,13 +56,24 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`unknown command "${name}"\n\n${await usage()}`);
     return 2;
   }
-  return (await load()).run(rest);
+  const command = await load();
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(`usage:\n${command.usage.map(([synopsis, what]) => `  smart-proxy ${synopsis}\n      ${what}`).join('\n')}\n`);
+    return 0;
+  }
+  return command.run(rest);
+}
+
+/** A command line node:util's parseArgs refused (unknown option, missing value…). */
+function isArgsError(err: unknown): err is Error {
+  const code = (err as { code?: unknown }).code;
+  return err instanceof Error && typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS_');
 }
 
 main(process.argv.slice(2)).then(
   (code) => { process.exitCode = code; },
   async (err: unknown) => {
-    if (err instanceof UsageError) {
+    if (err instanceof UsageError || isArgsError(err)) {
       process.stderr.write(`${err.message}\n\n${await usage()}`);
       process.exitCode = 2;
       return;

@@ -1,11 +1,17 @@
 /** `check-config FILE`: validate a config without starting anything, and warn about what cannot work. */
+import { parseArgs } from 'node:util';
 import { loadConfigFile } from '../config/load.ts';
 import { UsageError } from './usage.ts';
 
-export const usage = [['check-config FILE', 'validate a config file and exit (0 valid, 1 invalid)']] as const;
+export const usage = [['check-config FILE | --config FILE', 'validate a config file and exit (0 valid, 1 invalid)']] as const;
 
 export async function run(args: string[]): Promise<number> {
-  const file = args[0];
+  // `--config FILE`, as `start` takes it, or the file alone; an unknown option is a usage
+  // error, never a file name.
+  const { values, positionals } = parseArgs({ args, options: { config: { type: 'string' } }, allowPositionals: true, strict: true });
+  if (values.config !== undefined && positionals.length > 0) throw new UsageError('check-config takes one FILE (either FILE or --config FILE)');
+  if (positionals.length > 1) throw new UsageError('check-config takes one FILE');
+  const file = values.config ?? positionals[0];
   if (file === undefined) throw new UsageError('check-config needs a FILE');
   const config = await loadConfigFile(file);
   process.stdout.write(`${file}: valid\n`);

@@ -123,5 +123,25 @@ describe('config', () => {
     assert.ok(failed, 'expected a non-zero exit');
     assert.equal(failed.code, 1);
     assert.match(failed.stderr, /resources\.a\.idleStopMs/);
+    // `--config FILE`, as `start` takes it, works too; an option is never read as a file name.
+    assert.match((await run(process.execPath, [cli, 'check-config', '--config', good])).stdout, /valid/);
+    const help = await run(process.execPath, [cli, 'check-config', '--help']);
+    assert.match(help.stdout, /smart-proxy check-config FILE \| --config FILE/);
+    for (const args of [['--bogus'], [good, bad], ['--config', good, bad]]) {
+      const usage = await run(process.execPath, [cli, 'check-config', ...args]).then(() => undefined, (e: unknown) => e as { code: number; stderr: string });
+      assert.equal(usage?.code, 2, `check-config ${args.join(' ')} is a bad command line`);
+      assert.match(usage.stderr, /usage: smart-proxy/);
+      assert.doesNotMatch(usage.stderr, /cannot read the file/);
+    }
+  });
+
+  it('every command prints its own usage for --help and exits 2 on an unknown option', async () => {
+    for (const command of ['start', 'demo', 'hash-password', 'mock-cloud', 'healthcheck', 'nginx-config', 'haproxy-config']) {
+      const help = await run(process.execPath, [cli, command, '--help']);
+      assert.match(help.stdout, new RegExp(`^usage:\\n  smart-proxy ${command}`), command);
+    }
+    const bad = await run(process.execPath, [cli, 'nginx-config', '--no-such-option']).then(() => undefined, (e: unknown) => e as { code: number; stderr: string });
+    assert.equal(bad?.code, 2);
+    assert.match(bad.stderr, /Unknown option '--no-such-option'[\s\S]*usage: smart-proxy/);
   });
 });
