@@ -251,8 +251,8 @@ ${lua ? `
         # gone. Smart Proxy answers all of them (and wakes the backend again).
         error_page 401 403 500 502 504 = @smart_proxy;
 `}
-${lua ? `        # The grant's prefix joins the endpoint's path with the forwarded one (no map).
-` : ''}        proxy_pass $smart_proxy_upstream${lua ? '$smart_proxy_prefix$smart_proxy_tail' : '$smart_proxy_upstream_path'}$is_args$args;
+${lua ? `        # The grant's URL is the upstream and the endpoint's path, joined for the forwarded one (no map).
+` : ''}        proxy_pass ${lua ? '$smart_proxy_url$smart_proxy_tail' : '$smart_proxy_upstream$smart_proxy_upstream_path'}$is_args$args;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header Host $smart_proxy_address;

@@ -44,12 +44,13 @@ const lit = (s: string): string => `"${s.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
  * The grant of a request: the allow's fields, each on a line (header values never hold a
  * newline). On a hit, one regex (`if ... ~`, which neither lowercases nor hashes its subject
  * as a `map` would) splits it into the variables the forward uses: far cheaper than Lua
- * setting seven nginx variables. `smart_proxy_prefix` is what the upstream path starts with,
- * so that the forward needs no map to join the endpoint's path with the forwarded one (see
- * grants_of in the module); `smart_proxy_peer` is the backend's `ip:port` when it goes through
- * the dynamic upstream (luaDynamicUpstream), else empty.
+ * setting six nginx variables. `smart_proxy_url` is the upstream and what the upstream path
+ * starts with, joined, so that `proxy_pass` evaluates one variable for both and needs no map
+ * to join the endpoint's path with the forwarded one (see grants_of in the module);
+ * `smart_proxy_peer` is the backend's `ip:port` when it goes through the dynamic upstream
+ * (luaDynamicUpstream), else empty.
  */
-export const GRANT_FIELDS = ['smart_proxy_upstream', 'smart_proxy_address', 'smart_proxy_prefix', 'smart_proxy_user', 'smart_proxy_groups', 'smart_proxy_pass_credentials', 'smart_proxy_peer'] as const;
+export const GRANT_FIELDS = ['smart_proxy_url', 'smart_proxy_address', 'smart_proxy_user', 'smart_proxy_groups', 'smart_proxy_pass_credentials', 'smart_proxy_peer'] as const;
 const GRANT_REGEX = `^${GRANT_FIELDS.map((f) => `(?<${f}>[^\\n]*)`).join('\\n')}$`;
 
 /**
@@ -89,7 +90,7 @@ ${module.replace(/^/gm, '                        ').trimEnd()}
 }
 
 /** The upstream of backends whose address is known only at run time. */
-export const DYNAMIC_UPSTREAM = 'smart_proxy_dynamic';
+export const DYNAMIC_UPSTREAM = 'sp_dynamic';
 
 /**
  * An upstream block for backends whose address only Smart Proxy knows (a container's port, a
@@ -241,7 +242,8 @@ end
 
 -- The two grants of a kept allow, which the shared dict holds as its expiry (epoch seconds),
 -- then the upstream, Host, endpoint path, user, groups and pass-credentials fields, a line
--- each. They differ in the upstream path's prefix: for a request with a path after the route
+-- each. A grant's first line is the upstream joined with the upstream path's prefix, and the
+-- two differ in that prefix: for a request with a path after the route
 -- it is the endpoint's path and "/", and that path follows; without one, it is the endpoint's
 -- path alone, or "/" when it has none (the data plane forwards "/" alone to the endpoint path
 -- exactly). A backend at a plain http://ip:port (an address only Smart Proxy knew) goes through
@@ -252,8 +254,8 @@ local function grants_of(v)
     local upstream, peer = f[2], match(f[2], "^http://(%d+%.%d+%.%d+%.%d+:%d+)$")
     if peer ~= nil then upstream = DYNAMIC_UPSTREAM end
     local base = f[4]
-    local head, rest = upstream .. "\\n" .. f[3] .. "\\n", "\\n" .. f[5] .. "\\n" .. f[6] .. "\\n" .. f[7] .. "\\n" .. (peer or "")
-    return head .. (base == "" and "/" or base) .. rest, head .. base .. "/" .. rest, tonumber(f[1])
+    local rest = "\\n" .. f[3] .. "\\n" .. f[5] .. "\\n" .. f[6] .. "\\n" .. f[7] .. "\\n" .. (peer or "")
+    return upstream .. (base == "" and "/" or base) .. rest, upstream .. base .. "/" .. rest, tonumber(f[1])
 end
 
 -- The peers of the dynamic upstream by their ip:port, each parsed once (at most 1,000 kept;
@@ -358,7 +360,7 @@ function M.miss()
     if expiry > now() then remember(ck, root, path, expiry) end
     local tail = var.smart_proxy_tail
     local grant = (tail == nil or tail == "") and root or path
-    local f = lines(grant, 7)
+    local f = lines(grant, 6)
     var.smart_proxy_grant = grant
 @SET_FIELDS@
 end
