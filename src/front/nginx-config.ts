@@ -234,7 +234,7 @@ ${lua ? `        # The direct path's gate: one regex over the raw target, which 
 ${lua ? `
         # The decision: the grant from the shared dict, or (a miss) asked with the subrequest
         # below and kept if it allows. Anything else goes via Smart Proxy (ngx.exec).
-        ${luaDecide(credentials, front.grantTtlMs)}
+        ${luaDecide(credentials, front.grantTtlMs, config.access.backendHeaders)}
         # 500: the decision failed (a Lua error, logged; the decision listener unreachable);
         # 502/504: the backend is gone. Smart Proxy answers all of them (and wakes the backend
         # again).
@@ -255,14 +255,20 @@ ${lua ? `        # The grant's URL is the upstream and the endpoint's path, join
 ` : ''}        proxy_pass ${lua ? '$smart_proxy_url$smart_proxy_tail' : '$smart_proxy_upstream$smart_proxy_upstream_path'}$is_args$args;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
-        proxy_set_header Host $smart_proxy_address;
+${lua ? `        # The grant's header block: Host, then the identity headers (user, groups,
+        # X-Forwarded-Prefix) as lines of their own, one variable for four headers. The lines
+        # with "" below drop a client's own.
+        proxy_set_header Host $smart_proxy_headers;
+        proxy_set_header ${config.access.backendHeaders.user} "";
+        proxy_set_header ${config.access.backendHeaders.groups} "";
+` : `        proxy_set_header Host $smart_proxy_address;
         proxy_set_header ${config.access.backendHeaders.user} $smart_proxy_user;
         proxy_set_header ${config.access.backendHeaders.groups} $smart_proxy_groups;
-${[...protectedHeaders].filter((h) => !identityHeaders.some((i) => i.toLowerCase() === h)).map((h) => `        proxy_set_header ${h} "";\n`).join('')}        proxy_set_header Authorization $smart_proxy_authorization;
+`}${[...protectedHeaders].filter((h) => !identityHeaders.some((i) => i.toLowerCase() === h)).map((h) => `        proxy_set_header ${h} "";\n`).join('')}        proxy_set_header X-Forwarded-Prefix ${lua ? '""' : '$smart_proxy_route'};
+        proxy_set_header Authorization $smart_proxy_authorization;
         proxy_set_header X-Forwarded-For $remote_addr;
         proxy_set_header X-Forwarded-Proto $scheme;
         proxy_set_header X-Forwarded-Host $http_host;
-        proxy_set_header X-Forwarded-Prefix $smart_proxy_route;
         proxy_set_header X-Forwarded-Port "";
         proxy_set_header X-Real-IP "";
         proxy_set_header Forwarded "";

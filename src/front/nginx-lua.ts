@@ -44,14 +44,17 @@ const lit = (s: string): string => `"${s.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
  * The grant of a request: the allow's fields, each on a line (header values never hold a
  * newline). On a hit, one regex (`if ... ~`, which neither lowercases nor hashes its subject
  * as a `map` would) splits it into the variables the forward uses: far cheaper than Lua
- * setting six nginx variables. `smart_proxy_url` is the upstream and what the upstream path
+ * setting the nginx variables. `smart_proxy_url` is the upstream and what the upstream path
  * starts with, joined, so that `proxy_pass` evaluates one variable for both and needs no map
  * to join the endpoint's path with the forwarded one (see grants_of in the module);
  * `smart_proxy_peer` is the backend's `ip:port` when it goes through the dynamic upstream
- * (luaDynamicUpstream), else empty.
+ * (luaDynamicUpstream), else empty; `smart_proxy_headers` is the Host header's value followed
+ * by the identity headers (user, groups, X-Forwarded-Prefix) as the lines of a header block
+ * (see grants_of), so that nginx evaluates one variable for the four headers.
  */
-export const GRANT_FIELDS = ['smart_proxy_url', 'smart_proxy_address', 'smart_proxy_user', 'smart_proxy_groups', 'smart_proxy_pass_credentials', 'smart_proxy_peer'] as const;
-const GRANT_REGEX = `^${GRANT_FIELDS.map((f) => `(?<${f}>[^\\n]*)`).join('\\n')}$`;
+export const GRANT_FIELDS = ['smart_proxy_url', 'smart_proxy_pass_credentials', 'smart_proxy_peer', 'smart_proxy_headers'] as const;
+// The last field (the header block) holds CRLFs, so it takes the rest of the grant.
+const GRANT_REGEX = `^${GRANT_FIELDS.slice(0, -1).map((f) => `(?<${f}>[^\\n]*)\\n`).join('')}(?<${GRANT_FIELDS.at(-1)!}>[\\s\\S]*)$`;
 
 /**
  * The Lua of `location /smart_proxy/`. `credentialVars` are the nginx variables (with `$`) that
@@ -61,8 +64,9 @@ const GRANT_REGEX = `^${GRANT_FIELDS.map((f) => `(?<${f}>[^\\n]*)`).join('\\n')}
  * copy, else the shared dict (salted key); a hit sets `$smart_proxy_grant`. Only a miss runs the
  * access-phase Lua (inside an `if`, so a hit never starts a Lua thread), which asks Smart Proxy.
  */
-export function luaDecide(credentialVars: readonly string[], ttlMs: number): string {
-  const module = LUA_MODULE.replace('@TTL_S@', String(ttlMs / 1000)).replace('@DECISION_PATH@', lit(DECISION_PATH)).replace('@NCRED@', String(credentialVars.length))
+export function luaDecide(credentialVars: readonly string[], ttlMs: number, identityHeaders: { readonly user: string; readonly groups: string }): string {
+  const module = LUA_MODULE.replace('@TTL_S@', String(ttlMs / 1000))
+    .replace('@USER_HEADER@', lit(identityHeaders.user)).replace('@GROUPS_HEADER@', lit(identityHeaders.groups)).replace('@DECISION_PATH@', lit(DECISION_PATH)).replace('@NCRED@', String(credentialVars.length))
     .replace('@CRED_NAMES@', credentialVars.map((v) => lit(v.slice(1))).join(', '))
     .replace('@SET_FIELDS@', GRANT_FIELDS.map((f, i) => `    var.${f} = f[${i + 1}]`).join('\n'))
     .replace('@DYNAMIC_UPSTREAM@', lit(`http://${DYNAMIC_UPSTREAM}`));
@@ -156,6 +160,7 @@ local sha1_bin, capture, exec, sleep, log, ERR, now = ngx.sha1_bin, ngx.location
 local find, sub, match, lower, concat, format, tonumber, type, pairs, tostring = string.find, string.sub, string.match, string.lower, table.concat, string.format, tonumber, type, pairs, tostring
 local set_current_peer = require("ngx.balancer").set_current_peer
 local DYNAMIC_UPSTREAM = @DYNAMIC_UPSTREAM@
+local USER_HEADER, GROUPS_HEADER = @USER_HEADER@, @GROUPS_HEADER@
 local TTL_S = @TTL_S@
 local LOCK_S = 5
 local NCRED = @NCRED@
@@ -229,11 +234,11 @@ local function check_drops(t)
     end
 end
 
--- The first n lines of v (missing ones empty).
-local function lines(v, n)
+-- The first n lines of v (missing ones empty); with rest, the nth is all that follows n - 1.
+local function lines(v, n, rest)
     local f, pos = {}, 1
     for i = 1, n do
-        local eol = find(v, "\\n", pos, true)
+        local eol = (i < n or not rest) and find(v, "\\n", pos, true) or nil
         f[i] = sub(v, pos, (eol or 0) - 1)
         pos = (eol or #v) + 1
     end
@@ -246,15 +251,23 @@ end
 -- two differ in that prefix: for a request with a path after the route
 -- it is the endpoint's path and "/", and that path follows; without one, it is the endpoint's
 -- path alone, or "/" when it has none (the data plane forwards "/" alone to the endpoint path
--- exactly). A backend at a plain http://ip:port (an address only Smart Proxy knew) goes through
--- the dynamic upstream, with that address as the last field (the peer; empty otherwise).
+-- exactly). Then the pass-credentials field; then, for a backend at a plain http://ip:port (an
+-- address only Smart Proxy knew), which goes through the dynamic upstream, that address (the
+-- peer; empty otherwise); last the header block: the Host header's value, then the identity
+-- headers the data plane sets (user and groups when not empty, X-Forwarded-Prefix: the route),
+-- CRLF between them, which nginx writes as they are after "Host: ". The values are Smart
+-- Proxy's answer's header values and the gate's route: never a CR or LF (decide checks).
 -- Returns the grant without a forwarded path, the grant with one, the expiry.
-local function grants_of(v)
+local function grants_of(v, route)
     local f = lines(v, 7)
     local upstream, peer = f[2], match(f[2], "^http://(%d+%.%d+%.%d+%.%d+:%d+)$")
     if peer ~= nil then upstream = DYNAMIC_UPSTREAM end
+    local headers = f[3]
+    if f[5] ~= "" then headers = headers .. "\\r\\n" .. USER_HEADER .. ": " .. f[5] end
+    if f[6] ~= "" then headers = headers .. "\\r\\n" .. GROUPS_HEADER .. ": " .. f[6] end
+    headers = headers .. "\\r\\nX-Forwarded-Prefix: " .. route
     local base = f[4]
-    local rest = "\\n" .. f[3] .. "\\n" .. f[5] .. "\\n" .. f[6] .. "\\n" .. f[7] .. "\\n" .. (peer or "")
+    local rest = "\\n" .. f[7] .. "\\n" .. (peer or "") .. "\\n" .. headers
     return upstream .. (base == "" and "/" or base) .. rest, upstream .. base .. "/" .. rest, tonumber(f[1])
 end
 
@@ -299,7 +312,8 @@ local function decide(key)
     end
     local fields = { upstream, field(h, "sp-host"), field(h, "sp-base"), field(h, "sp-user"), field(h, "sp-groups"), field(h, "sp-creds") }
     for i = 2, 6 do
-        if fields[i] == nil then return nil end
+        -- A CR or LF would end a line of the grant, or of the header block it makes.
+        if fields[i] == nil or find(fields[i], "[\\r\\n]") then return nil end
     end
     -- The grant's life: the TTL, less when Smart Proxy says so (a JWT about to expire).
     local ttl = TTL_S
@@ -334,7 +348,7 @@ function M.lookup(arg)
     -- Not in this worker's copy: another worker's decision, or one this worker let go.
     local v = dict:get(shared_key(ck))
     if v == nil then return "" end
-    local root, path, expiry = grants_of(v)
+    local root, path, expiry = grants_of(v, sub(ck, 1, find(ck, " ", 1, true) - 1))
     remember(ck, root, path, expiry)
     if tail == nil or tail == "" then return root end
     return path
@@ -356,11 +370,11 @@ function M.miss()
     local key = shared_key(ck)
     local v = dict:get(key) or decide(key)
     if v == nil then return exec("@smart_proxy") end
-    local root, path, expiry = grants_of(v)
+    local root, path, expiry = grants_of(v, var.smart_proxy_route)
     if expiry > now() then remember(ck, root, path, expiry) end
     local tail = var.smart_proxy_tail
     local grant = (tail == nil or tail == "") and root or path
-    local f = lines(grant, 6)
+    local f = lines(grant, ${GRANT_FIELDS.length}, true)
     var.smart_proxy_grant = grant
 @SET_FIELDS@
 end
