@@ -88,7 +88,17 @@ function credentialKey(identities: readonly IdentityConfig[]): string[] {
  * targets go via Smart Proxy, which forwards or refuses them as always.
  */
 const SEGMENT = String.raw`(?!\.\.?(?:;[^/?]*)?(?:[/?]|$))(?:[^/?#%\x00-\x20\x7f\x5c]|%(?:2[0-46-9a-dA-D]|[346][0-9a-fA-F]|5[0-9abd-fABD-F]|7[0-9a-eA-E]))+`;
-const DIRECT_TARGET = String.raw`~^(?<smart_proxy_route>/smart_proxy/(?!\.\.?/)(?<smart_proxy_resource>[A-Za-z0-9._~-]+)/(?!\.\.?(?:[/?]|$))[A-Za-z0-9._~@+:=,-]+)(?:/(?<smart_proxy_tail>(?:${SEGMENT}/)*(?:${SEGMENT})?))?(?:\?[^#]*)?$`;
+const ROUTE = String.raw`/smart_proxy/(?!\.\.?/)(?<smart_proxy_resource>[A-Za-z0-9._~-]+)/(?!\.\.?(?:[/?]|$))[A-Za-z0-9._~@+:=,-]+`;
+const DIRECT_TARGET = String.raw`~^(?<smart_proxy_route>${ROUTE})(?:/(?<smart_proxy_tail>(?:${SEGMENT}/)*(?:${SEGMENT})?))?(?:\?[^#]*)?$`;
+/**
+ * The same gate for `--cache lua`, which accepts exactly the same targets but captures them
+ * for fewer evaluations per request: `smart_proxy_head` is the route and, when a path follows
+ * it, the "/" before that path (the Lua lookup's one argument: the grant differs with and
+ * without a path), and `smart_proxy_tail` is the rest of the target as it is forwarded: the
+ * path after the route and the query ("" or "?…" when there is no path; a bare "?" is left
+ * out, as nginx's `$is_args$args` leaves it out).
+ */
+const LUA_DIRECT_TARGET = String.raw`^(?<smart_proxy_head>(?<smart_proxy_route>${ROUTE})(?:/(?=[^?]))?)(?:(?<=/)|/?(?=\?|$))(?<smart_proxy_tail>(?:${SEGMENT}/)*(?:${SEGMENT})?(?:\?[^#]+)?)\??$`;
 
 /** Seconds for nginx timeouts, at least 1. */
 const s = (ms: number): string => `${Math.max(1, Math.ceil(ms / 1000))}s`;
@@ -217,9 +227,9 @@ ${lua ? `        # The direct path's gate: one regex over the raw target, which 
         # control characters, or "%" encodings of ".", "/", "\\", "%", control characters or
         # bytes above 0x7f. Anything else is Smart Proxy's strict parser's to judge. The captures
         # name the route (the decision key and X-Forwarded-Prefix), the resource (the
-        # open-request count) and the path after the route. An \`if\` rather than a \`map\`: a map
+        # open-request count) and the path after the route with the query (the forward). An \`if\` rather than a \`map\`: a map
         # lowercases and hashes its subject before the regex, on every request.
-        if ($request_uri !~ "${DIRECT_TARGET.slice(1)}") {
+        if ($request_uri !~ "${LUA_DIRECT_TARGET}") {
             return 418;
         }
         # A WebSocket upgrade goes via Smart Proxy (its Origin is checked there).
@@ -251,8 +261,9 @@ ${lua ? `
         # gone. Smart Proxy answers all of them (and wakes the backend again).
         error_page 401 403 500 502 504 = @smart_proxy;
 `}
-${lua ? `        # The grant's URL is the upstream and the endpoint's path, joined for the forwarded one (no map).
-` : ''}        proxy_pass ${lua ? '$smart_proxy_url$smart_proxy_tail' : '$smart_proxy_upstream$smart_proxy_upstream_path'}$is_args$args;
+${lua ? `        # The grant's URL is the upstream and the endpoint's path, joined for the forwarded
+        # path and query (no map).
+` : ''}        proxy_pass ${lua ? '$smart_proxy_url$smart_proxy_tail' : '$smart_proxy_upstream$smart_proxy_upstream_path$is_args$args'};
         proxy_http_version 1.1;
         proxy_set_header Connection "";
 ${lua ? `        # The grant's header block: Host, then the identity headers (user, groups,

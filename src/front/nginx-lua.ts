@@ -74,8 +74,11 @@ export function luaDecide(credentialVars: readonly string[], ttlMs: number, iden
   // then, set_by_lua finds none and the request takes the miss path, which builds it.
   // set_by_lua's string form, because only it takes nginx variables as arguments (ngx.arg),
   // which costs less than reading them through ngx.var; each argument costs an evaluation, so
-  // the route and the credential parts come as one (the worker's copy's key, below).
-  return `set_by_lua $smart_proxy_grant 'local sp = package.loaded.smart_proxy_front if sp == nil then return "" end return sp.lookup(ngx.arg)' "$smart_proxy_route ${credentialVars.join('\\n')}" $smart_proxy_tail;
+  // there is one: the gate's head (the route, and "/" when a path follows it) and the
+  // credential parts, which is the worker's copy's key (below). The module reads it from
+  // ngx.arg, not this chunk: `ngx.arg[1]` here (a C metamethod in the chunk LuaJIT starts
+  // its trace in) costs ~5,000 instructions more per request under callgrind.
+  return `set_by_lua $smart_proxy_grant 'local sp = package.loaded.smart_proxy_front if sp == nil then return "" end return sp.lookup(ngx.arg)' "$smart_proxy_head ${credentialVars.join('\\n')}";
         # A hit: the regex's named captures are the allow's fields (set even though the
         # condition is negated). A miss ("") runs the access-phase Lua, which asks Smart Proxy
         # and sets them; on a hit nginx neither enters this block nor starts a Lua thread.
@@ -157,7 +160,7 @@ export const DROP_CHECK_S = 0.1;
 const LUA_MODULE = `local dict = ngx.shared.${DICT}
 local locks = ngx.shared.${LOCKS}
 local sha1_bin, capture, exec, sleep, log, ERR, now = ngx.sha1_bin, ngx.location.capture, ngx.exec, ngx.sleep, ngx.log, ngx.ERR, ngx.now
-local find, sub, match, lower, concat, format, tonumber, type, pairs, tostring = string.find, string.sub, string.match, string.lower, table.concat, string.format, tonumber, type, pairs, tostring
+local find, sub, byte, match, lower, concat, format, tonumber, type, pairs, tostring = string.find, string.sub, string.byte, string.match, string.lower, table.concat, string.format, tonumber, type, pairs, tostring
 local set_current_peer = require("ngx.balancer").set_current_peer
 local DYNAMIC_UPSTREAM = @DYNAMIC_UPSTREAM@
 local USER_HEADER, GROUPS_HEADER = @USER_HEADER@, @GROUPS_HEADER@
@@ -196,11 +199,11 @@ local function key_of(route, cred)
     return route .. "\\0" .. sha1_bin(salt .. cred)
 end
 
--- The worker's copy: { grant without a forwarded path, expiry, grant with one } by the route, a
--- space and the credential parts, a newline between them (a route has no space, a header
--- value no newline). It lives in this worker's own memory, which sees the raw credential
--- anyway, so it is keyed by it: a hit costs a table lookup instead of a SHA-1 and a
--- shared-memory read. An entry ends when its shared entry ends (the same expiry, to the
+-- The worker's copy: { grant, expiry } by the gate's head (the route, and "/" when a path
+-- follows it: the two grants differ), a space and the credential parts, a newline between
+-- them (a route has no space, a header value no newline). It lives in this worker's own
+-- memory, which sees the raw credential anyway, so it is keyed by it: a hit costs a table
+-- lookup instead of a SHA-1 and a shared-memory read. An entry ends when its shared entry ends (the same expiry, to the
 -- millisecond); the copy is emptied when a worker drops a decision (the drop mark below) or
 -- when it outgrows LOCAL_MAX_BYTES.
 local copy, copy_bytes = {}, 0
@@ -210,17 +213,19 @@ local function forget_all()
     copy, copy_bytes = {}, 0
 end
 
-local function remember(ck, root, path, expiry)
-    local size = #ck + #root + #path + 160
+local function remember(ck, grant, expiry)
+    local size = #ck + #grant + 120
     if copy_bytes + size > LOCAL_MAX_BYTES then forget_all() end
-    copy[ck] = { root, expiry, path }
+    copy[ck] = { grant, expiry }
     copy_bytes = copy_bytes + size
 end
 
--- The shared dict's key of a copy's key.
-local function shared_key(ck)
+-- A copy's key's route, credential parts, and whether a path follows the route.
+local function split_ck(ck)
     local sp = find(ck, " ", 1, true)
-    return key_of(sub(ck, 1, sp - 1), sub(ck, sp + 1))
+    local cred = sub(ck, sp + 1)
+    if byte(ck, sp - 1) == 47 then return sub(ck, 1, sp - 2), cred, true end
+    return sub(ck, 1, sp - 1), cred, false
 end
 
 -- A drop in any worker changes the mark (a value never used before, so an evicted or reset
@@ -328,30 +333,32 @@ local function decide(key)
     return v
 end
 
+-- The grant of a copy's key from the shared dict's value v, kept in the copy until it ends.
+local function fill(ck, route, with_path, v)
+    local root, path, expiry = grants_of(v, route)
+    local grant = with_path and path or root
+    if expiry > now() then remember(ck, grant, expiry) end
+    return grant
+end
+
 local M = {}
 
--- set_by_lua: args are the copy's key of the request and the path after the route (nil or
--- "" when there is none). The grant, or "" (a miss).
+-- set_by_lua: arg[1] is the copy's key of the request. The grant, or "" (a miss).
 function M.lookup(arg)
     if salt == nil then return "" end
+    local ck = arg[1]
     local t = now()
     if t >= next_drop_check then check_drops(t) end
-    local ck, tail = arg[1], arg[2]
     local e = copy[ck]
     if e ~= nil then
-        if t < e[2] then
-            if tail == nil or tail == "" then return e[1] end
-            return e[3]
-        end
+        if t < e[2] then return e[1] end
         copy[ck] = nil
     end
     -- Not in this worker's copy: another worker's decision, or one this worker let go.
-    local v = dict:get(shared_key(ck))
+    local route, cred, with_path = split_ck(ck)
+    local v = dict:get(key_of(route, cred))
     if v == nil then return "" end
-    local root, path, expiry = grants_of(v, sub(ck, 1, find(ck, " ", 1, true) - 1))
-    remember(ck, root, path, expiry)
-    if tail == nil or tail == "" then return root end
-    return path
+    return fill(ck, route, with_path, v)
 end
 
 -- The copy's key of this request, from its variables (off the warm path).
@@ -359,7 +366,7 @@ local function request_ck()
     local var = ngx.var
     local parts = {}
     for i = 1, NCRED do parts[i] = var[CRED_NAMES[i]] or "" end
-    return var.smart_proxy_route .. " " .. concat(parts, "\\n")
+    return var.smart_proxy_head .. " " .. concat(parts, "\\n")
 end
 
 -- access_by_lua after a miss: the decision (kept if it allows), or via Smart Proxy.
@@ -367,13 +374,11 @@ function M.miss()
     if salt == nil then salt = get_salt() end
     local var = ngx.var
     local ck = request_ck()
-    local key = shared_key(ck)
+    local route, cred, with_path = split_ck(ck)
+    local key = key_of(route, cred)
     local v = dict:get(key) or decide(key)
     if v == nil then return exec("@smart_proxy") end
-    local root, path, expiry = grants_of(v, var.smart_proxy_route)
-    if expiry > now() then remember(ck, root, path, expiry) end
-    local tail = var.smart_proxy_tail
-    local grant = (tail == nil or tail == "") and root or path
+    local grant = fill(ck, route, with_path, v)
     local f = lines(grant, ${GRANT_FIELDS.length}, true)
     var.smart_proxy_grant = grant
 @SET_FIELDS@
@@ -397,10 +402,12 @@ end
 -- @smart_proxy after a failed direct forward: the decision is dropped here, in the shared
 -- dict, and (through the drop mark) in the other workers' copies.
 function M.drop()
-    if salt == nil or ngx.var.smart_proxy_route == nil then return end
-    local ck = request_ck()
-    copy[ck] = nil
-    dict:delete(shared_key(ck))
+    if salt == nil or ngx.var.smart_proxy_head == nil then return end
+    local route, cred = split_ck(request_ck())
+    -- Both of this worker's grants of the route and credential: with a path and without.
+    copy[route .. " " .. cred] = nil
+    copy[route .. "/ " .. cred] = nil
+    dict:delete(key_of(route, cred))
     drops = drops + 1
     drop_mark = format("%d %.3f %d", ngx.worker.pid(), now(), drops)
     locks:set("dropped", drop_mark)

@@ -213,7 +213,7 @@ front:
       const dataPort = Number(new URL(app.proxyUrl).port);
       assert.equal((await get(nginxPort, '/smart_proxy/app/-/warm', bearer(ALICE))).status, 200);
       // Direct: the backend gets what Smart Proxy would send it, and Smart Proxy sees nothing.
-      for (const target of ['/smart_proxy/app/-', '/smart_proxy/app/-/', '/smart_proxy/app/-/a%20b/c/?q=%2e%2e&x=..', '/smart_proxy/app/-/a.b/.c/..d/...', "/smart_proxy/app/-/x;y=1/(z)!$&'*+,=:@~"]) {
+      for (const target of ['/smart_proxy/app/-', '/smart_proxy/app/-/', '/smart_proxy/app/-?q=1', '/smart_proxy/app/-/?q=/1', '/smart_proxy/app/-/x??y', '/smart_proxy/app/-/a%20b/c/?q=%2e%2e&x=..', '/smart_proxy/app/-/a.b/.c/..d/...', "/smart_proxy/app/-/x;y=1/(z)!$&'*+,=:@~"]) {
         const before = dataPlaneRequests;
         const viaNginx = await get(nginxPort, target, bearer(ALICE));
         assert.equal(viaNginx.status, 200, `${target}: ${viaNginx.body}`);
@@ -226,7 +226,7 @@ front:
       // route segments. The answer is Smart Proxy's own.
       for (const target of ['/smart_proxy/app/-/a/%252e%252e/b', '/smart_proxy/app/-/a/..;x/b', '/smart_proxy/app/-/a/.;x', '/smart_proxy/app/-/a/%c0%ae%c0%ae/b',
         '/smart_proxy/app/-/a/%ef%bc%8e%ef%bc%8e/b', '/smart_proxy/app/-/a/%2E%2e/b', '/smart_proxy/app/-/a%5cb', '/smart_proxy/app/-/a%1fb', '/smart_proxy/app/-/caf%C3%A9',
-        '/smart_proxy/%61pp/-/x', '/smart_proxy/app/%2d/x', '/smart_proxy/app/-/x?a#b']) {
+        '/smart_proxy/%61pp/-/x', '/smart_proxy/app/%2d/x', '/smart_proxy/app/-/x?a#b', '/smart_proxy/app/-%41/x', '/smart_proxy/app/-%2fx', '/smart_proxy/app/-//x', '/smart_proxy/app/-/..?x']) {
         const before = dataPlaneRequests;
         const viaNginx = await get(nginxPort, target, bearer(ALICE));
         assert.equal(dataPlaneRequests, before + 1, `${target} did not go via Smart Proxy (${viaNginx.status})`);
