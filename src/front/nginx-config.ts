@@ -16,7 +16,7 @@
  *   answers Smart Proxy's busy checks from that count (busy-checker.ts).
  */
 import type { Config, IdentityConfig } from '../config/schema.ts';
-import { luaDecide, luaDropFailed, luaDynamicUpstream, luaSharedDicts, NGINX_LUA_PACKAGE } from './nginx-lua.ts';
+import { luaDecide, luaDropFailed, luaDynamicUpstream, luaGrantHasAuthorization, luaSharedDicts, NGINX_LUA_PACKAGE } from './nginx-lua.ts';
 import { BUSY_PATH, DECISION_PATH, FRONT_HEADERS } from './protocol.ts';
 import { UpstreamNames } from './upstreams.ts';
 
@@ -276,7 +276,8 @@ ${lua ? `        # The grant's header block: Host, then the identity headers (us
         proxy_set_header ${config.access.backendHeaders.user} $smart_proxy_user;
         proxy_set_header ${config.access.backendHeaders.groups} $smart_proxy_groups;
 `}${[...protectedHeaders].filter((h) => !identityHeaders.some((i) => i.toLowerCase() === h)).map((h) => `        proxy_set_header ${h} "";\n`).join('')}        proxy_set_header X-Forwarded-Prefix ${lua ? '""' : '$smart_proxy_route'};
-        proxy_set_header Authorization $smart_proxy_authorization;
+${lua && luaGrantHasAuthorization(credentials) ? `        # Passed on in the grant's header block (for resources that pass credentials on).
+        proxy_set_header Authorization "";` : '        proxy_set_header Authorization $smart_proxy_authorization;'}
         proxy_set_header X-Forwarded-For $remote_addr;
         proxy_set_header X-Forwarded-Proto $scheme;
         proxy_set_header X-Forwarded-Host $http_host;

@@ -66,7 +66,8 @@ const GRANT_REGEX = `^${GRANT_FIELDS.slice(0, -1).map((f) => `(?<${f}>[^\\n]*)\\
  */
 export function luaDecide(credentialVars: readonly string[], ttlMs: number, identityHeaders: { readonly user: string; readonly groups: string }): string {
   const module = LUA_MODULE.replace('@TTL_S@', String(ttlMs / 1000))
-    .replace('@USER_HEADER@', lit(identityHeaders.user)).replace('@GROUPS_HEADER@', lit(identityHeaders.groups)).replace('@DECISION_PATH@', lit(DECISION_PATH)).replace('@NCRED@', String(credentialVars.length))
+    .replace('@USER_HEADER@', lit(identityHeaders.user)).replace('@GROUPS_HEADER@', lit(identityHeaders.groups))
+    .replace('@AUTH_INDEX@', String(credentialVars.indexOf(AUTHORIZATION_VAR) + 1)).replace('@DECISION_PATH@', lit(DECISION_PATH)).replace('@NCRED@', String(credentialVars.length))
     .replace('@CRED_NAMES@', credentialVars.map((v) => lit(v.slice(1))).join(', '))
     .replace('@SET_FIELDS@', GRANT_FIELDS.map((f, i) => `    var.${f} = f[${i + 1}]`).join('\n'))
     .replace('@DYNAMIC_UPSTREAM@', lit(`http://${DYNAMIC_UPSTREAM}`));
@@ -94,6 +95,18 @@ ${module.replace(/^/gm, '                        ').trimEnd()}
                 return sp.miss()
             }
         }`;
+}
+
+const AUTHORIZATION_VAR = '$http_authorization';
+
+/**
+ * Whether the grant's header block carries the client's Authorization for resources that pass
+ * it on: when it is one of the credential parts, the worker's copy is keyed by it, so its
+ * grant can hold it (the shared dict never does). Otherwise the forward sets it from the
+ * request with a map on the grant's pass-credentials field.
+ */
+export function luaGrantHasAuthorization(credentialVars: readonly string[]): boolean {
+  return credentialVars.includes(AUTHORIZATION_VAR);
 }
 
 /** The upstream of backends whose address is known only at run time. */
@@ -164,6 +177,8 @@ local find, sub, byte, match, lower, concat, format, tonumber, type, pairs, tost
 local set_current_peer = require("ngx.balancer").set_current_peer
 local DYNAMIC_UPSTREAM = @DYNAMIC_UPSTREAM@
 local USER_HEADER, GROUPS_HEADER = @USER_HEADER@, @GROUPS_HEADER@
+-- Which credential part is the Authorization header (0: none), for the header block.
+local AUTH_INDEX = @AUTH_INDEX@
 local TTL_S = @TTL_S@
 local LOCK_S = 5
 local NCRED = @NCRED@
@@ -262,8 +277,11 @@ end
 -- headers the data plane sets (user and groups when not empty, X-Forwarded-Prefix: the route),
 -- CRLF between them, which nginx writes as they are after "Host: ". The values are Smart
 -- Proxy's answer's header values and the gate's route: never a CR or LF (decide checks).
+-- When the resource passes the client's credentials on and they are part of the copy's key
+-- (cred), the block ends with the Authorization header: the grant is this worker's, for this
+-- credential only.
 -- Returns the grant without a forwarded path, the grant with one, the expiry.
-local function grants_of(v, route)
+local function grants_of(v, route, cred)
     local f = lines(v, 7)
     local upstream, peer = f[2], match(f[2], "^http://(%d+%.%d+%.%d+%.%d+:%d+)$")
     if peer ~= nil then upstream = DYNAMIC_UPSTREAM end
@@ -271,6 +289,11 @@ local function grants_of(v, route)
     if f[5] ~= "" then headers = headers .. "\\r\\n" .. USER_HEADER .. ": " .. f[5] end
     if f[6] ~= "" then headers = headers .. "\\r\\n" .. GROUPS_HEADER .. ": " .. f[6] end
     headers = headers .. "\\r\\nX-Forwarded-Prefix: " .. route
+    if AUTH_INDEX > 0 and f[7] == "1" then
+        local auth = lines(cred, NCRED)[AUTH_INDEX]
+        -- nginx's request parser lets no CR or LF into a header value.
+        if auth ~= "" and not find(auth, "[\\r\\n]") then headers = headers .. "\\r\\nAuthorization: " .. auth end
+    end
     local base = f[4]
     local rest = "\\n" .. f[7] .. "\\n" .. (peer or "") .. "\\n" .. headers
     return upstream .. (base == "" and "/" or base) .. rest, upstream .. base .. "/" .. rest, tonumber(f[1])
@@ -334,8 +357,8 @@ local function decide(key)
 end
 
 -- The grant of a copy's key from the shared dict's value v, kept in the copy until it ends.
-local function fill(ck, route, with_path, v)
-    local root, path, expiry = grants_of(v, route)
+local function fill(ck, route, cred, with_path, v)
+    local root, path, expiry = grants_of(v, route, cred)
     local grant = with_path and path or root
     if expiry > now() then remember(ck, grant, expiry) end
     return grant
@@ -358,7 +381,7 @@ function M.lookup(arg)
     local route, cred, with_path = split_ck(ck)
     local v = dict:get(key_of(route, cred))
     if v == nil then return "" end
-    return fill(ck, route, with_path, v)
+    return fill(ck, route, cred, with_path, v)
 end
 
 -- The copy's key of this request, from its variables (off the warm path).
@@ -378,7 +401,7 @@ function M.miss()
     local key = key_of(route, cred)
     local v = dict:get(key) or decide(key)
     if v == nil then return exec("@smart_proxy") end
-    local grant = fill(ck, route, with_path, v)
+    local grant = fill(ck, route, cred, with_path, v)
     local f = lines(grant, ${GRANT_FIELDS.length}, true)
     var.smart_proxy_grant = grant
 @SET_FIELDS@

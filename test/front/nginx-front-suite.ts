@@ -127,6 +127,7 @@ resources:
   based: { provider: based, access: { anyOf: [staff] }, idleStopMs: 600000, bootTimeoutMs: 10000 }
   app: { provider: m, access: { anyOf: [staff] }, idleStopMs: 600000, bootTimeoutMs: 10000 }
   pub: { provider: m, access: { public: true }, idleStopMs: 600000, bootTimeoutMs: 10000 }
+  creds: { provider: m, access: { anyOf: [staff], passCredentials: true }, idleStopMs: 600000, bootTimeoutMs: 10000 }
   idle: { provider: slow, access: { anyOf: [staff] }, idleStopMs: 1500, bootTimeoutMs: 10000 }
 front:
   enabled: true
@@ -517,7 +518,8 @@ front:
         const spoof = { 'x-forwarded-user': 'root', 'x-forwarded-groups': 'admin', 'x_forwarded_user': 'root2', 'x-forwarded-for': '6.6.6.6', forwarded: 'for=6.6.6.6' };
         // Warm: the public resource may not be running yet (then the first answer comes via Smart Proxy).
         assert.equal((await get(nginxPort, '/smart_proxy/pub/-/warm')).status, 200);
-        for (const [path, headers] of [['/smart_proxy/app/-/id?a=1', bearer(ALICE)], ['/smart_proxy/app/-/id', { ...bearer(ALICE), ...spoof }], ['/smart_proxy/based/-/x/y', bearer(ALICE)], ['/smart_proxy/app/-', bearer(ALICE)], ['/smart_proxy/pub/-/anon', spoof]] as const) {
+        assert.equal((await get(nginxPort, '/smart_proxy/creds/-/warm', bearer(ALICE))).status, 200);
+        for (const [path, headers] of [['/smart_proxy/app/-/id?a=1', bearer(ALICE)], ['/smart_proxy/app/-/id', { ...bearer(ALICE), ...spoof }], ['/smart_proxy/based/-/x/y', bearer(ALICE)], ['/smart_proxy/app/-', bearer(ALICE)], ['/smart_proxy/pub/-/anon', spoof], ['/smart_proxy/creds/-/x?y=1', bearer(ALICE)]] as const) {
           const viaLua = await get(nginxPort, path, headers);
           const viaPlain = await get(plainPort, path, headers);
           assert.equal(viaLua.status, 200, viaLua.body);
@@ -530,6 +532,8 @@ front:
           assert.equal(l.headers['x-forwarded-host'], `127.0.0.1:${nginxPort}`);
           // An anonymous caller: no identity lines in the grant's header block, spoofed ones dropped.
           if (path.startsWith('/smart_proxy/pub/')) assert.equal(l.headers['x-forwarded-user'], undefined);
+          // The client's credential only where the resource passes it on (passCredentials).
+          assert.equal(l.headers.authorization, path.startsWith('/smart_proxy/creds/') ? bearer(ALICE).authorization : undefined, path);
           assert.equal(l.headers['x-forwarded-prefix'], /^\/smart_proxy\/[^/]+\/-/.exec(path)?.[0], path);
         }
       } finally {
