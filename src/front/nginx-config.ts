@@ -16,7 +16,7 @@
  *   answers Smart Proxy's busy checks from that count (busy-checker.ts).
  */
 import type { Config, IdentityConfig } from '../config/schema.ts';
-import { luaDecide, luaDropFailed, luaDynamicUpstream, luaSharedDicts, NGINX_LUA_PACKAGE } from './nginx-lua.ts';
+import { luaDecide, luaDropFailed, luaDynamicUpstream, luaGrantHasAuthorization, luaSharedDicts, NGINX_LUA_PACKAGE } from './nginx-lua.ts';
 import { BUSY_PATH, DECISION_PATH, FRONT_HEADERS } from './protocol.ts';
 import { UpstreamNames } from './upstreams.ts';
 
@@ -88,7 +88,17 @@ function credentialKey(identities: readonly IdentityConfig[]): string[] {
  * targets go via Smart Proxy, which forwards or refuses them as always.
  */
 const SEGMENT = String.raw`(?!\.\.?(?:;[^/?]*)?(?:[/?]|$))(?:[^/?#%\x00-\x20\x7f\x5c]|%(?:2[0-46-9a-dA-D]|[346][0-9a-fA-F]|5[0-9abd-fABD-F]|7[0-9a-eA-E]))+`;
-const DIRECT_TARGET = String.raw`~^(?<smart_proxy_route>/smart_proxy/(?!\.\.?/)(?<smart_proxy_resource>[A-Za-z0-9._~-]+)/(?!\.\.?(?:[/?]|$))[A-Za-z0-9._~@+:=,-]+)(?:/(?<smart_proxy_tail>(?:${SEGMENT}/)*(?:${SEGMENT})?))?(?:\?[^#]*)?$`;
+const ROUTE = String.raw`/smart_proxy/(?!\.\.?/)(?<smart_proxy_resource>[A-Za-z0-9._~-]+)/(?!\.\.?(?:[/?]|$))[A-Za-z0-9._~@+:=,-]+`;
+const DIRECT_TARGET = String.raw`~^(?<smart_proxy_route>${ROUTE})(?:/(?<smart_proxy_tail>(?:${SEGMENT}/)*(?:${SEGMENT})?))?(?:\?[^#]*)?$`;
+/**
+ * The same gate for `--cache lua`, which accepts exactly the same targets but captures them
+ * for fewer evaluations per request: `smart_proxy_head` is the route and, when a path follows
+ * it, the "/" before that path (the Lua lookup's one argument: the grant differs with and
+ * without a path), and `smart_proxy_tail` is the rest of the target as it is forwarded: the
+ * path after the route and the query ("" or "?…" when there is no path; a bare "?" is left
+ * out, as nginx's `$is_args$args` leaves it out).
+ */
+const LUA_DIRECT_TARGET = String.raw`^(?<smart_proxy_head>(?<smart_proxy_route>${ROUTE})(?:/(?=[^?]))?)(?:(?<=/)|/?(?=\?|$))(?<smart_proxy_tail>(?:${SEGMENT}/)*(?:${SEGMENT})?(?:\?[^#]+)?)\??$`;
 
 /** Seconds for nginx timeouts, at least 1. */
 const s = (ms: number): string => `${Math.max(1, Math.ceil(ms / 1000))}s`;
@@ -217,9 +227,9 @@ ${lua ? `        # The direct path's gate: one regex over the raw target, which 
         # control characters, or "%" encodings of ".", "/", "\\", "%", control characters or
         # bytes above 0x7f. Anything else is Smart Proxy's strict parser's to judge. The captures
         # name the route (the decision key and X-Forwarded-Prefix), the resource (the
-        # open-request count) and the path after the route. An \`if\` rather than a \`map\`: a map
+        # open-request count) and the path after the route with the query (the forward). An \`if\` rather than a \`map\`: a map
         # lowercases and hashes its subject before the regex, on every request.
-        if ($request_uri !~ "${DIRECT_TARGET.slice(1)}") {
+        if ($request_uri !~ "${LUA_DIRECT_TARGET}") {
             return 418;
         }
         # A WebSocket upgrade goes via Smart Proxy (its Origin is checked there).
@@ -234,7 +244,7 @@ ${lua ? `        # The direct path's gate: one regex over the raw target, which 
 ${lua ? `
         # The decision: the grant from the shared dict, or (a miss) asked with the subrequest
         # below and kept if it allows. Anything else goes via Smart Proxy (ngx.exec).
-        ${luaDecide(credentials, front.grantTtlMs)}
+        ${luaDecide(credentials, front.grantTtlMs, config.access.backendHeaders)}
         # 500: the decision failed (a Lua error, logged; the decision listener unreachable);
         # 502/504: the backend is gone. Smart Proxy answers all of them (and wakes the backend
         # again).
@@ -251,18 +261,26 @@ ${lua ? `
         # gone. Smart Proxy answers all of them (and wakes the backend again).
         error_page 401 403 500 502 504 = @smart_proxy;
 `}
-${lua ? `        # The grant's prefix joins the endpoint's path with the forwarded one (no map).
-` : ''}        proxy_pass $smart_proxy_upstream${lua ? '$smart_proxy_prefix$smart_proxy_tail' : '$smart_proxy_upstream_path'}$is_args$args;
+${lua ? `        # The grant's URL is the upstream and the endpoint's path, joined for the forwarded
+        # path and query (no map).
+` : ''}        proxy_pass ${lua ? '$smart_proxy_url$smart_proxy_tail' : '$smart_proxy_upstream$smart_proxy_upstream_path$is_args$args'};
         proxy_http_version 1.1;
         proxy_set_header Connection "";
-        proxy_set_header Host $smart_proxy_address;
+${lua ? `        # The grant's header block: Host, then the identity headers (user, groups,
+        # X-Forwarded-Prefix) as lines of their own, one variable for four headers. The lines
+        # with "" below drop a client's own.
+        proxy_set_header Host $smart_proxy_headers;
+        proxy_set_header ${config.access.backendHeaders.user} "";
+        proxy_set_header ${config.access.backendHeaders.groups} "";
+` : `        proxy_set_header Host $smart_proxy_address;
         proxy_set_header ${config.access.backendHeaders.user} $smart_proxy_user;
         proxy_set_header ${config.access.backendHeaders.groups} $smart_proxy_groups;
-${[...protectedHeaders].filter((h) => !identityHeaders.some((i) => i.toLowerCase() === h)).map((h) => `        proxy_set_header ${h} "";\n`).join('')}        proxy_set_header Authorization $smart_proxy_authorization;
+`}${[...protectedHeaders].filter((h) => !identityHeaders.some((i) => i.toLowerCase() === h)).map((h) => `        proxy_set_header ${h} "";\n`).join('')}        proxy_set_header X-Forwarded-Prefix ${lua ? '""' : '$smart_proxy_route'};
+${lua && luaGrantHasAuthorization(credentials) ? `        # Passed on in the grant's header block (for resources that pass credentials on).
+        proxy_set_header Authorization "";` : '        proxy_set_header Authorization $smart_proxy_authorization;'}
         proxy_set_header X-Forwarded-For $remote_addr;
         proxy_set_header X-Forwarded-Proto $scheme;
         proxy_set_header X-Forwarded-Host $http_host;
-        proxy_set_header X-Forwarded-Prefix $smart_proxy_route;
         proxy_set_header X-Forwarded-Port "";
         proxy_set_header X-Real-IP "";
         proxy_set_header Forwarded "";

@@ -44,13 +44,17 @@ const lit = (s: string): string => `"${s.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
  * The grant of a request: the allow's fields, each on a line (header values never hold a
  * newline). On a hit, one regex (`if ... ~`, which neither lowercases nor hashes its subject
  * as a `map` would) splits it into the variables the forward uses: far cheaper than Lua
- * setting seven nginx variables. `smart_proxy_prefix` is what the upstream path starts with,
- * so that the forward needs no map to join the endpoint's path with the forwarded one (see
- * grants_of in the module); `smart_proxy_peer` is the backend's `ip:port` when it goes through
- * the dynamic upstream (luaDynamicUpstream), else empty.
+ * setting the nginx variables. `smart_proxy_url` is the upstream and what the upstream path
+ * starts with, joined, so that `proxy_pass` evaluates one variable for both and needs no map
+ * to join the endpoint's path with the forwarded one (see grants_of in the module);
+ * `smart_proxy_peer` is the backend's `ip:port` when it goes through the dynamic upstream
+ * (luaDynamicUpstream), else empty; `smart_proxy_headers` is the Host header's value followed
+ * by the identity headers (user, groups, X-Forwarded-Prefix) as the lines of a header block
+ * (see grants_of), so that nginx evaluates one variable for the four headers.
  */
-export const GRANT_FIELDS = ['smart_proxy_upstream', 'smart_proxy_address', 'smart_proxy_prefix', 'smart_proxy_user', 'smart_proxy_groups', 'smart_proxy_pass_credentials', 'smart_proxy_peer'] as const;
-const GRANT_REGEX = `^${GRANT_FIELDS.map((f) => `(?<${f}>[^\\n]*)`).join('\\n')}$`;
+export const GRANT_FIELDS = ['smart_proxy_url', 'smart_proxy_pass_credentials', 'smart_proxy_peer', 'smart_proxy_headers'] as const;
+// The last field (the header block) holds CRLFs, so it takes the rest of the grant.
+const GRANT_REGEX = `^${GRANT_FIELDS.slice(0, -1).map((f) => `(?<${f}>[^\\n]*)\\n`).join('')}(?<${GRANT_FIELDS.at(-1)!}>[\\s\\S]*)$`;
 
 /**
  * The Lua of `location /smart_proxy/`. `credentialVars` are the nginx variables (with `$`) that
@@ -60,8 +64,10 @@ const GRANT_REGEX = `^${GRANT_FIELDS.map((f) => `(?<${f}>[^\\n]*)`).join('\\n')}
  * copy, else the shared dict (salted key); a hit sets `$smart_proxy_grant`. Only a miss runs the
  * access-phase Lua (inside an `if`, so a hit never starts a Lua thread), which asks Smart Proxy.
  */
-export function luaDecide(credentialVars: readonly string[], ttlMs: number): string {
-  const module = LUA_MODULE.replace('@TTL_S@', String(ttlMs / 1000)).replace('@DECISION_PATH@', lit(DECISION_PATH)).replace('@NCRED@', String(credentialVars.length))
+export function luaDecide(credentialVars: readonly string[], ttlMs: number, identityHeaders: { readonly user: string; readonly groups: string }): string {
+  const module = LUA_MODULE.replace('@TTL_S@', String(ttlMs / 1000))
+    .replace('@USER_HEADER@', lit(identityHeaders.user)).replace('@GROUPS_HEADER@', lit(identityHeaders.groups))
+    .replace('@AUTH_INDEX@', String(credentialVars.indexOf(AUTHORIZATION_VAR) + 1)).replace('@DECISION_PATH@', lit(DECISION_PATH)).replace('@NCRED@', String(credentialVars.length))
     .replace('@CRED_NAMES@', credentialVars.map((v) => lit(v.slice(1))).join(', '))
     .replace('@SET_FIELDS@', GRANT_FIELDS.map((f, i) => `    var.${f} = f[${i + 1}]`).join('\n'))
     .replace('@DYNAMIC_UPSTREAM@', lit(`http://${DYNAMIC_UPSTREAM}`));
@@ -69,8 +75,11 @@ export function luaDecide(credentialVars: readonly string[], ttlMs: number): str
   // then, set_by_lua finds none and the request takes the miss path, which builds it.
   // set_by_lua's string form, because only it takes nginx variables as arguments (ngx.arg),
   // which costs less than reading them through ngx.var; each argument costs an evaluation, so
-  // the route and the credential parts come as one (the worker's copy's key, below).
-  return `set_by_lua $smart_proxy_grant 'local sp = package.loaded.smart_proxy_front if sp == nil then return "" end return sp.lookup(ngx.arg)' "$smart_proxy_route ${credentialVars.join('\\n')}" $smart_proxy_tail;
+  // there is one: the gate's head (the route, and "/" when a path follows it) and the
+  // credential parts, which is the worker's copy's key (below). The module reads it from
+  // ngx.arg, not this chunk: `ngx.arg[1]` here (a C metamethod in the chunk LuaJIT starts
+  // its trace in) costs ~5,000 instructions more per request under callgrind.
+  return `set_by_lua $smart_proxy_grant 'local sp = package.loaded.smart_proxy_front if sp == nil then return "" end return sp.lookup(ngx.arg)' "$smart_proxy_head ${credentialVars.join('\\n')}";
         # A hit: the regex's named captures are the allow's fields (set even though the
         # condition is negated). A miss ("") runs the access-phase Lua, which asks Smart Proxy
         # and sets them; on a hit nginx neither enters this block nor starts a Lua thread.
@@ -88,8 +97,20 @@ ${module.replace(/^/gm, '                        ').trimEnd()}
         }`;
 }
 
+const AUTHORIZATION_VAR = '$http_authorization';
+
+/**
+ * Whether the grant's header block carries the client's Authorization for resources that pass
+ * it on: when it is one of the credential parts, the worker's copy is keyed by it, so its
+ * grant can hold it (the shared dict never does). Otherwise the forward sets it from the
+ * request with a map on the grant's pass-credentials field.
+ */
+export function luaGrantHasAuthorization(credentialVars: readonly string[]): boolean {
+  return credentialVars.includes(AUTHORIZATION_VAR);
+}
+
 /** The upstream of backends whose address is known only at run time. */
-export const DYNAMIC_UPSTREAM = 'smart_proxy_dynamic';
+export const DYNAMIC_UPSTREAM = 'sp_dynamic';
 
 /**
  * An upstream block for backends whose address only Smart Proxy knows (a container's port, a
@@ -152,9 +173,12 @@ export const DROP_CHECK_S = 0.1;
 const LUA_MODULE = `local dict = ngx.shared.${DICT}
 local locks = ngx.shared.${LOCKS}
 local sha1_bin, capture, exec, sleep, log, ERR, now = ngx.sha1_bin, ngx.location.capture, ngx.exec, ngx.sleep, ngx.log, ngx.ERR, ngx.now
-local find, sub, match, lower, concat, format, tonumber, type, pairs, tostring = string.find, string.sub, string.match, string.lower, table.concat, string.format, tonumber, type, pairs, tostring
+local find, sub, byte, match, lower, concat, format, tonumber, type, pairs, tostring = string.find, string.sub, string.byte, string.match, string.lower, table.concat, string.format, tonumber, type, pairs, tostring
 local set_current_peer = require("ngx.balancer").set_current_peer
 local DYNAMIC_UPSTREAM = @DYNAMIC_UPSTREAM@
+local USER_HEADER, GROUPS_HEADER = @USER_HEADER@, @GROUPS_HEADER@
+-- Which credential part is the Authorization header (0: none), for the header block.
+local AUTH_INDEX = @AUTH_INDEX@
 local TTL_S = @TTL_S@
 local LOCK_S = 5
 local NCRED = @NCRED@
@@ -190,11 +214,11 @@ local function key_of(route, cred)
     return route .. "\\0" .. sha1_bin(salt .. cred)
 end
 
--- The worker's copy: { grant without a forwarded path, expiry, grant with one } by the route, a
--- space and the credential parts, a newline between them (a route has no space, a header
--- value no newline). It lives in this worker's own memory, which sees the raw credential
--- anyway, so it is keyed by it: a hit costs a table lookup instead of a SHA-1 and a
--- shared-memory read. An entry ends when its shared entry ends (the same expiry, to the
+-- The worker's copy: { grant, expiry } by the gate's head (the route, and "/" when a path
+-- follows it: the two grants differ), a space and the credential parts, a newline between
+-- them (a route has no space, a header value no newline). It lives in this worker's own
+-- memory, which sees the raw credential anyway, so it is keyed by it: a hit costs a table
+-- lookup instead of a SHA-1 and a shared-memory read. An entry ends when its shared entry ends (the same expiry, to the
 -- millisecond); the copy is emptied when a worker drops a decision (the drop mark below) or
 -- when it outgrows LOCAL_MAX_BYTES.
 local copy, copy_bytes = {}, 0
@@ -204,17 +228,19 @@ local function forget_all()
     copy, copy_bytes = {}, 0
 end
 
-local function remember(ck, root, path, expiry)
-    local size = #ck + #root + #path + 160
+local function remember(ck, grant, expiry)
+    local size = #ck + #grant + 120
     if copy_bytes + size > LOCAL_MAX_BYTES then forget_all() end
-    copy[ck] = { root, expiry, path }
+    copy[ck] = { grant, expiry }
     copy_bytes = copy_bytes + size
 end
 
--- The shared dict's key of a copy's key.
-local function shared_key(ck)
+-- A copy's key's route, credential parts, and whether a path follows the route.
+local function split_ck(ck)
     local sp = find(ck, " ", 1, true)
-    return key_of(sub(ck, 1, sp - 1), sub(ck, sp + 1))
+    local cred = sub(ck, sp + 1)
+    if byte(ck, sp - 1) == 47 then return sub(ck, 1, sp - 2), cred, true end
+    return sub(ck, 1, sp - 1), cred, false
 end
 
 -- A drop in any worker changes the mark (a value never used before, so an evicted or reset
@@ -228,11 +254,11 @@ local function check_drops(t)
     end
 end
 
--- The first n lines of v (missing ones empty).
-local function lines(v, n)
+-- The first n lines of v (missing ones empty); with rest, the nth is all that follows n - 1.
+local function lines(v, n, rest)
     local f, pos = {}, 1
     for i = 1, n do
-        local eol = find(v, "\\n", pos, true)
+        local eol = (i < n or not rest) and find(v, "\\n", pos, true) or nil
         f[i] = sub(v, pos, (eol or 0) - 1)
         pos = (eol or #v) + 1
     end
@@ -241,19 +267,36 @@ end
 
 -- The two grants of a kept allow, which the shared dict holds as its expiry (epoch seconds),
 -- then the upstream, Host, endpoint path, user, groups and pass-credentials fields, a line
--- each. They differ in the upstream path's prefix: for a request with a path after the route
+-- each. A grant's first line is the upstream joined with the upstream path's prefix, and the
+-- two differ in that prefix: for a request with a path after the route
 -- it is the endpoint's path and "/", and that path follows; without one, it is the endpoint's
 -- path alone, or "/" when it has none (the data plane forwards "/" alone to the endpoint path
--- exactly). A backend at a plain http://ip:port (an address only Smart Proxy knew) goes through
--- the dynamic upstream, with that address as the last field (the peer; empty otherwise).
+-- exactly). Then the pass-credentials field; then, for a backend at a plain http://ip:port (an
+-- address only Smart Proxy knew), which goes through the dynamic upstream, that address (the
+-- peer; empty otherwise); last the header block: the Host header's value, then the identity
+-- headers the data plane sets (user and groups when not empty, X-Forwarded-Prefix: the route),
+-- CRLF between them, which nginx writes as they are after "Host: ". The values are Smart
+-- Proxy's answer's header values and the gate's route: never a CR or LF (decide checks).
+-- When the resource passes the client's credentials on and they are part of the copy's key
+-- (cred), the block ends with the Authorization header: the grant is this worker's, for this
+-- credential only.
 -- Returns the grant without a forwarded path, the grant with one, the expiry.
-local function grants_of(v)
+local function grants_of(v, route, cred)
     local f = lines(v, 7)
     local upstream, peer = f[2], match(f[2], "^http://(%d+%.%d+%.%d+%.%d+:%d+)$")
     if peer ~= nil then upstream = DYNAMIC_UPSTREAM end
+    local headers = f[3]
+    if f[5] ~= "" then headers = headers .. "\\r\\n" .. USER_HEADER .. ": " .. f[5] end
+    if f[6] ~= "" then headers = headers .. "\\r\\n" .. GROUPS_HEADER .. ": " .. f[6] end
+    headers = headers .. "\\r\\nX-Forwarded-Prefix: " .. route
+    if AUTH_INDEX > 0 and f[7] == "1" then
+        local auth = lines(cred, NCRED)[AUTH_INDEX]
+        -- nginx's request parser lets no CR or LF into a header value.
+        if auth ~= "" and not find(auth, "[\\r\\n]") then headers = headers .. "\\r\\nAuthorization: " .. auth end
+    end
     local base = f[4]
-    local head, rest = upstream .. "\\n" .. f[3] .. "\\n", "\\n" .. f[5] .. "\\n" .. f[6] .. "\\n" .. f[7] .. "\\n" .. (peer or "")
-    return head .. (base == "" and "/" or base) .. rest, head .. base .. "/" .. rest, tonumber(f[1])
+    local rest = "\\n" .. f[7] .. "\\n" .. (peer or "") .. "\\n" .. headers
+    return upstream .. (base == "" and "/" or base) .. rest, upstream .. base .. "/" .. rest, tonumber(f[1])
 end
 
 -- The peers of the dynamic upstream by their ip:port, each parsed once (at most 1,000 kept;
@@ -297,7 +340,8 @@ local function decide(key)
     end
     local fields = { upstream, field(h, "sp-host"), field(h, "sp-base"), field(h, "sp-user"), field(h, "sp-groups"), field(h, "sp-creds") }
     for i = 2, 6 do
-        if fields[i] == nil then return nil end
+        -- A CR or LF would end a line of the grant, or of the header block it makes.
+        if fields[i] == nil or find(fields[i], "[\\r\\n]") then return nil end
     end
     -- The grant's life: the TTL, less when Smart Proxy says so (a JWT about to expire).
     local ttl = TTL_S
@@ -312,30 +356,32 @@ local function decide(key)
     return v
 end
 
+-- The grant of a copy's key from the shared dict's value v, kept in the copy until it ends.
+local function fill(ck, route, cred, with_path, v)
+    local root, path, expiry = grants_of(v, route, cred)
+    local grant = with_path and path or root
+    if expiry > now() then remember(ck, grant, expiry) end
+    return grant
+end
+
 local M = {}
 
--- set_by_lua: args are the copy's key of the request and the path after the route (nil or
--- "" when there is none). The grant, or "" (a miss).
+-- set_by_lua: arg[1] is the copy's key of the request. The grant, or "" (a miss).
 function M.lookup(arg)
     if salt == nil then return "" end
+    local ck = arg[1]
     local t = now()
     if t >= next_drop_check then check_drops(t) end
-    local ck, tail = arg[1], arg[2]
     local e = copy[ck]
     if e ~= nil then
-        if t < e[2] then
-            if tail == nil or tail == "" then return e[1] end
-            return e[3]
-        end
+        if t < e[2] then return e[1] end
         copy[ck] = nil
     end
     -- Not in this worker's copy: another worker's decision, or one this worker let go.
-    local v = dict:get(shared_key(ck))
+    local route, cred, with_path = split_ck(ck)
+    local v = dict:get(key_of(route, cred))
     if v == nil then return "" end
-    local root, path, expiry = grants_of(v)
-    remember(ck, root, path, expiry)
-    if tail == nil or tail == "" then return root end
-    return path
+    return fill(ck, route, cred, with_path, v)
 end
 
 -- The copy's key of this request, from its variables (off the warm path).
@@ -343,7 +389,7 @@ local function request_ck()
     local var = ngx.var
     local parts = {}
     for i = 1, NCRED do parts[i] = var[CRED_NAMES[i]] or "" end
-    return var.smart_proxy_route .. " " .. concat(parts, "\\n")
+    return var.smart_proxy_head .. " " .. concat(parts, "\\n")
 end
 
 -- access_by_lua after a miss: the decision (kept if it allows), or via Smart Proxy.
@@ -351,14 +397,12 @@ function M.miss()
     if salt == nil then salt = get_salt() end
     local var = ngx.var
     local ck = request_ck()
-    local key = shared_key(ck)
+    local route, cred, with_path = split_ck(ck)
+    local key = key_of(route, cred)
     local v = dict:get(key) or decide(key)
     if v == nil then return exec("@smart_proxy") end
-    local root, path, expiry = grants_of(v)
-    if expiry > now() then remember(ck, root, path, expiry) end
-    local tail = var.smart_proxy_tail
-    local grant = (tail == nil or tail == "") and root or path
-    local f = lines(grant, 7)
+    local grant = fill(ck, route, cred, with_path, v)
+    local f = lines(grant, ${GRANT_FIELDS.length}, true)
     var.smart_proxy_grant = grant
 @SET_FIELDS@
 end
@@ -381,10 +425,12 @@ end
 -- @smart_proxy after a failed direct forward: the decision is dropped here, in the shared
 -- dict, and (through the drop mark) in the other workers' copies.
 function M.drop()
-    if salt == nil or ngx.var.smart_proxy_route == nil then return end
-    local ck = request_ck()
-    copy[ck] = nil
-    dict:delete(shared_key(ck))
+    if salt == nil or ngx.var.smart_proxy_head == nil then return end
+    local route, cred = split_ck(request_ck())
+    -- Both of this worker's grants of the route and credential: with a path and without.
+    copy[route .. " " .. cred] = nil
+    copy[route .. "/ " .. cred] = nil
+    dict:delete(key_of(route, cred))
     drops = drops + 1
     drop_mark = format("%d %.3f %d", ngx.worker.pid(), now(), drops)
     locks:set("dropped", drop_mark)

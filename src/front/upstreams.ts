@@ -47,7 +47,9 @@ export class UpstreamNames {
       const url = new URL(origin);
       const scheme = url.protocol === 'https:' ? 'https' : 'http';
       const port = url.port === '' ? (scheme === 'https' ? '443' : '80') : url.port;
-      const name = `smart_proxy_${createHash('sha256').update(origin).digest('hex').slice(0, 12)}`;
+      // Short: nginx compares a variable upstream's name with each block's of the same length,
+      // byte by byte, on every request (40 bits of hash keep distinct origins apart).
+      const name = `sp_${createHash('sha256').update(origin).digest('hex').slice(0, 10)}`;
       this.#byOrigin.set(origin, { name, server: `${url.hostname}:${port}`, scheme });
     }
     this.blocks = [...this.#byOrigin.values()];

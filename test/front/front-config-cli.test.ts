@@ -77,10 +77,13 @@ void describe('front-proxy config commands', () => {
       assert.doesNotMatch(conf, new RegExp(`${dir}/cache`), 'no cache files');
       // The key: the route and every credential part the identities read (a salted SHA-1 of
       // them in the shared dict).
-      assert.match(conf, /set_by_lua \$smart_proxy_grant '[^']*' "\$smart_proxy_route \$http_authorization\\n\$remote_addr\\n\$http_x_auth_user\\n\$http_x_auth_groups" \$smart_proxy_tail;/);
+      assert.match(conf, /set_by_lua \$smart_proxy_grant '[^']*' "\$smart_proxy_head \$http_authorization\\n\$remote_addr\\n\$http_x_auth_user\\n\$http_x_auth_groups";/);
       assert.match(conf, /local CRED_NAMES = \{ "http_authorization", "remote_addr", "http_x_auth_user", "http_x_auth_groups" \}/);
       assert.match(conf, /return route \.\. "\\0" \.\. sha1_bin\(salt \.\. cred\)/);
-      assert.match(conf, /proxy_set_header X-User \$smart_proxy_user;/);
+      // The configured identity headers come from the grant's header block after Host; a
+      // client's own are dropped.
+      assert.match(conf, /proxy_set_header Host \$smart_proxy_headers;\n\s+proxy_set_header X-User "";\n\s+proxy_set_header X-Groups "";/);
+      assert.match(conf, /local USER_HEADER, GROUPS_HEADER = "X-User", "X-Groups"/);
       writeFileSync(join(dir, 'nginx.conf'), `${NGINX_LUA_MODULES}\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents {}\nhttp {\n${conf}\n}\n`);
       const t = spawnSync('/usr/sbin/nginx', ['-t', '-q', '-p', dir, '-e', join(dir, 'error.log'), '-c', join(dir, 'nginx.conf')], { encoding: 'utf8' });
       assert.equal(t.status, 0, t.stderr + readFileSync(join(dir, 'error.log'), 'utf8'));

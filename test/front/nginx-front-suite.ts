@@ -127,6 +127,7 @@ resources:
   based: { provider: based, access: { anyOf: [staff] }, idleStopMs: 600000, bootTimeoutMs: 10000 }
   app: { provider: m, access: { anyOf: [staff] }, idleStopMs: 600000, bootTimeoutMs: 10000 }
   pub: { provider: m, access: { public: true }, idleStopMs: 600000, bootTimeoutMs: 10000 }
+  creds: { provider: m, access: { anyOf: [staff], passCredentials: true }, idleStopMs: 600000, bootTimeoutMs: 10000 }
   idle: { provider: slow, access: { anyOf: [staff] }, idleStopMs: 1500, bootTimeoutMs: 10000 }
 front:
   enabled: true
@@ -213,7 +214,7 @@ front:
       const dataPort = Number(new URL(app.proxyUrl).port);
       assert.equal((await get(nginxPort, '/smart_proxy/app/-/warm', bearer(ALICE))).status, 200);
       // Direct: the backend gets what Smart Proxy would send it, and Smart Proxy sees nothing.
-      for (const target of ['/smart_proxy/app/-', '/smart_proxy/app/-/', '/smart_proxy/app/-/a%20b/c/?q=%2e%2e&x=..', '/smart_proxy/app/-/a.b/.c/..d/...', "/smart_proxy/app/-/x;y=1/(z)!$&'*+,=:@~"]) {
+      for (const target of ['/smart_proxy/app/-', '/smart_proxy/app/-/', '/smart_proxy/app/-?q=1', '/smart_proxy/app/-/?q=/1', '/smart_proxy/app/-/x??y', '/smart_proxy/app/-/a%20b/c/?q=%2e%2e&x=..', '/smart_proxy/app/-/a.b/.c/..d/...', "/smart_proxy/app/-/x;y=1/(z)!$&'*+,=:@~"]) {
         const before = dataPlaneRequests;
         const viaNginx = await get(nginxPort, target, bearer(ALICE));
         assert.equal(viaNginx.status, 200, `${target}: ${viaNginx.body}`);
@@ -226,7 +227,7 @@ front:
       // route segments. The answer is Smart Proxy's own.
       for (const target of ['/smart_proxy/app/-/a/%252e%252e/b', '/smart_proxy/app/-/a/..;x/b', '/smart_proxy/app/-/a/.;x', '/smart_proxy/app/-/a/%c0%ae%c0%ae/b',
         '/smart_proxy/app/-/a/%ef%bc%8e%ef%bc%8e/b', '/smart_proxy/app/-/a/%2E%2e/b', '/smart_proxy/app/-/a%5cb', '/smart_proxy/app/-/a%1fb', '/smart_proxy/app/-/caf%C3%A9',
-        '/smart_proxy/%61pp/-/x', '/smart_proxy/app/%2d/x', '/smart_proxy/app/-/x?a#b']) {
+        '/smart_proxy/%61pp/-/x', '/smart_proxy/app/%2d/x', '/smart_proxy/app/-/x?a#b', '/smart_proxy/app/-%41/x', '/smart_proxy/app/-%2fx', '/smart_proxy/app/-//x', '/smart_proxy/app/-/..?x']) {
         const before = dataPlaneRequests;
         const viaNginx = await get(nginxPort, target, bearer(ALICE));
         assert.equal(dataPlaneRequests, before + 1, `${target} did not go via Smart Proxy (${viaNginx.status})`);
@@ -515,7 +516,10 @@ front:
       const plain = await startNginx(plainConf, plainPort);
       try {
         const spoof = { 'x-forwarded-user': 'root', 'x-forwarded-groups': 'admin', 'x_forwarded_user': 'root2', 'x-forwarded-for': '6.6.6.6', forwarded: 'for=6.6.6.6' };
-        for (const [path, headers] of [['/smart_proxy/app/-/id?a=1', bearer(ALICE)], ['/smart_proxy/app/-/id', { ...bearer(ALICE), ...spoof }], ['/smart_proxy/based/-/x/y', bearer(ALICE)], ['/smart_proxy/app/-', bearer(ALICE)]] as const) {
+        // Warm: the public resource may not be running yet (then the first answer comes via Smart Proxy).
+        assert.equal((await get(nginxPort, '/smart_proxy/pub/-/warm')).status, 200);
+        assert.equal((await get(nginxPort, '/smart_proxy/creds/-/warm', bearer(ALICE))).status, 200);
+        for (const [path, headers] of [['/smart_proxy/app/-/id?a=1', bearer(ALICE)], ['/smart_proxy/app/-/id', { ...bearer(ALICE), ...spoof }], ['/smart_proxy/based/-/x/y', bearer(ALICE)], ['/smart_proxy/app/-', bearer(ALICE)], ['/smart_proxy/pub/-/anon', spoof], ['/smart_proxy/creds/-/x?y=1', bearer(ALICE)]] as const) {
           const viaLua = await get(nginxPort, path, headers);
           const viaPlain = await get(plainPort, path, headers);
           assert.equal(viaLua.status, 200, viaLua.body);
@@ -526,6 +530,11 @@ front:
           const omit = (h: Echo['headers']): Echo['headers'] => Object.fromEntries(Object.entries(h).filter(([k]) => k !== 'x-forwarded-host'));
           assert.deepEqual(omit(l.headers), omit(p.headers), path);
           assert.equal(l.headers['x-forwarded-host'], `127.0.0.1:${nginxPort}`);
+          // An anonymous caller: no identity lines in the grant's header block, spoofed ones dropped.
+          if (path.startsWith('/smart_proxy/pub/')) assert.equal(l.headers['x-forwarded-user'], undefined);
+          // The client's credential only where the resource passes it on (passCredentials).
+          assert.equal(l.headers.authorization, path.startsWith('/smart_proxy/creds/') ? bearer(ALICE).authorization : undefined, path);
+          assert.equal(l.headers['x-forwarded-prefix'], /^\/smart_proxy\/[^/]+\/-/.exec(path)?.[0], path);
         }
       } finally {
         await plain.close();
