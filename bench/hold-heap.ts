@@ -17,9 +17,12 @@
  *     and answers them itself on release; with --forward it forwards them to the same upstream
  *     instead (a bare undici dispatch proxy), at most --concurrency N in flight (64, Smart
  *     Proxy's default ramp; 0: all at once), and reports ready → last as Smart Proxy's is
+ *   --concurrency N: without --floor, the cold resource's releaseConcurrency (default 64)
  *   --keep: keep the run's folder (bench/out/hold-heap-PID: the proxy's and the client's logs)
  *   --root: the checkout whose proxy to measure (its bench/smart-proxy-child.ts), for before/after
  *   --node-flag: extra flags for the proxy's node, e.g. --cpu-prof --cpu-prof-dir=/tmp/prof
+ *   --no-launch-flags: without the V8 flags Smart Proxy's launchers use (src/node-flags.ts),
+ *     which are otherwise given to the proxy and to the floor alike
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -29,10 +32,12 @@ import { parseArgs } from 'node:util';
 import { BENCH_DIR } from './lib/context.ts';
 import { ask, nextMessage, type Message } from './lib/ipc.ts';
 import { startNginxUpstream } from './lib/nginx.ts';
-import { cpuTimeMs, freePort, rssBytes, spawnPinned } from './lib/procs.ts';
+import { cpuTimeMs, freePort, minorFaults, rssBytes, spawnPinned } from './lib/procs.ts';
 import { holdYaml } from './suites/hold.ts';
+import { NODE_FLAGS } from '../src/node-flags.ts';
 
 const { values } = parseArgs({
+  allowNegative: true,
   options: {
     count: { type: 'string', default: '1000' },
     top: { type: 'string', default: '40' },
@@ -46,6 +51,7 @@ const { values } = parseArgs({
     strace: { type: 'string' },
     keep: { type: 'boolean', default: false },
     'warm-rounds': { type: 'string', default: '0' },
+    'launch-flags': { type: 'boolean', default: true },
   },
 });
 const n = Number(values.count);
@@ -66,12 +72,14 @@ const upstream = await startNginxUpstream(workDir, upstreamPort, '0');
 const config = join(workDir, 'hold.yaml');
 // The hold suite's config. Under callgrind the boot timeout is 20 minutes: a slow warm-up
 // round must not run past it and fail every hold.
-writeFileSync(config, `${holdYaml(upstreamPort, values.callgrind === undefined ? 120_000 : 1_200_000)}state: { kind: sqlite, path: "${join(workDir, 'hold.sqlite')}" }
+writeFileSync(config, `${holdYaml(upstreamPort, values.callgrind === undefined ? 120_000 : 1_200_000, values.floor ? undefined : Number(values.concurrency))}state: { kind: sqlite, path: "${join(workDir, 'hold.sqlite')}" }
 `);
 const callgrind = values.callgrind === undefined ? [] : [
   'valgrind', '--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${values.callgrind}`, '--smc-check=all', process.execPath,
 ];
-const proxy = spawnPinned('proxy', callgrind[0] ?? process.execPath, [...callgrind.slice(1), '--expose-gc', ...values['node-flag'], ...(values.floor
+// The launchers' V8 flags (src/node-flags.ts), for the floor too: the same runtime underneath.
+const launchFlags = values['launch-flags'] ? NODE_FLAGS : [];
+const proxy = spawnPinned('proxy', callgrind[0] ?? process.execPath, [...callgrind.slice(1), '--expose-gc', ...launchFlags, ...values['node-flag'], ...(values.floor
   ? [join(BENCH_DIR, 'hold-floor.ts'), ...(values.forward ? ['--forward', `http://127.0.0.1:${upstreamPort}`, '--concurrency', values.concurrency] : [])]
   : [join(values.root, 'bench', 'smart-proxy-child.ts'), '--config', config, '--switch', 'up'])], {
   cpu: '1', logFile: join(workDir, 'proxy.log'), ipc: true, env: { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off' },
@@ -119,6 +127,7 @@ try {
     const held = await heapCounts();
     const rssHeld = rssBytes(proxy.pid);
     const cpuBefore = cpuTimeMs(proxy.pid);
+    const faultsBefore = minorFaults(proxy.pid);
     // Valgrind takes the command when the process next runs: poke it (a stats round trip)
     // until callgrind_control reports it done.
     const collect = async (on: boolean): Promise<void> => {
@@ -146,10 +155,11 @@ try {
       await collect(false);
       await traced?.();
       const cpuUsed = cpuTimeMs(proxy.pid) - cpuBefore;
+      const faults = (minorFaults(proxy.pid) - faultsBefore) / n;
       const times = outcome.doneAt.sort((a, b) => a - b);
       printDiff(before, held, rssBefore, rssHeld);
       const how = values.forward ? `forwarding, ${values.concurrency === '0' ? 'all at once' : `at most ${values.concurrency} in flight`}` : 'answering itself';
-      console.log(`floor (${how}) release: ready→first ${(times[0]! - released.at).toFixed(0)} ms, ready→last ${(times.at(-1)! - released.at).toFixed(0)} ms, proxy CPU ${((cpuUsed * 1000) / n).toFixed(0)} µs per request`);
+      console.log(`floor (${how}) release: ready→first ${(times[0]! - released.at).toFixed(0)} ms, ready→last ${(times.at(-1)! - released.at).toFixed(0)} ms, proxy CPU ${((cpuUsed * 1000) / n).toFixed(0)} µs and ${faults.toFixed(2)} minor page faults per request`);
       console.log(`statuses ${JSON.stringify(outcome.statuses)}, errors ${JSON.stringify(outcome.errors)}`);
       process.exitCode = 0;
     } else {
@@ -158,11 +168,12 @@ try {
     await collect(false);
     await traced?.();
     const cpuUsed = cpuTimeMs(proxy.pid) - cpuBefore;
+    const faults = (minorFaults(proxy.pid) - faultsBefore) / n;
     const stats = await ask<Stats>(proxy.child, { type: 'stats' }, 'stats');
     const ready = stats.readyAt.cold!.at(-1)!;
     const times = outcome.doneAt.sort((a, b) => a - b);
     printDiff(before, held, rssBefore, rssHeld);
-    console.log(`release: flip→ready ${(ready - flipped.at).toFixed(0)} ms, ready→first ${(times[0]! - ready).toFixed(0)} ms, ready→last ${(times.at(-1)! - ready).toFixed(0)} ms, proxy CPU ${((cpuUsed * 1000) / n).toFixed(0)} µs per request`);
+    console.log(`release: flip→ready ${(ready - flipped.at).toFixed(0)} ms, ready→first ${(times[0]! - ready).toFixed(0)} ms, ready→last ${(times.at(-1)! - ready).toFixed(0)} ms, proxy CPU ${((cpuUsed * 1000) / n).toFixed(0)} µs and ${faults.toFixed(2)} minor page faults per request`);
     console.log(`starts ${stats.calls.up!.start} (warm-up rounds included), statuses ${JSON.stringify(outcome.statuses)}, errors ${JSON.stringify(outcome.errors)}`);
     }
   } finally {

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { BENCH_DIR, startSmartProxy, type Context } from '../lib/context.ts';
 import { ask, nextMessage, type Message } from '../lib/ipc.ts';
 import { cpuTimeMs, rssBytes, spawnPinned } from '../lib/procs.ts';
+import { NODE_FLAGS } from '../../src/node-flags.ts';
 
 export interface HoldResult {
   readonly held: number;
@@ -53,7 +54,7 @@ interface Done extends Message { statuses: Record<string, number>; errors: Recor
  * The hold setup's config: `cold`, whose provider the child switches (`--switch up`), and a
  * `warmup` resource to load the code paths first; room for 20,000 held requests.
  */
-export function holdYaml(upstreamPort: number, bootTimeoutMs: number): string {
+export function holdYaml(upstreamPort: number, bootTimeoutMs: number, releaseConcurrency?: number): string {
   return `listen: { host: 127.0.0.1, port: 0 }
 log: { level: warn }
 limits: { maxHeldRequests: 20000, maxHeldRequestsPerResource: 20000 }
@@ -62,7 +63,7 @@ providers:
   warm: { kind: static, endpoint: "http://127.0.0.1:${upstreamPort}" }
 resourceDefaults: { access: { public: true } }
 resources:
-  cold: { provider: up, bootTimeoutMs: ${bootTimeoutMs} }
+  cold: { provider: up, bootTimeoutMs: ${bootTimeoutMs}${releaseConcurrency === undefined ? '' : `, releaseConcurrency: ${releaseConcurrency}`} }
   warmup: { provider: warm }
 `;
 }
@@ -134,7 +135,8 @@ export async function runHold(ctx: Context): Promise<HoldResult> {
  * --forward), same client, same upstream, same release ramp.
  */
 async function holdFloor(ctx: Context, n: number): Promise<Pick<HoldResult, 'floorRssPerHeldBytes' | 'floorHeapPerHeldBytes' | 'floorReadyToLastMs' | 'floorReleaseCpuUsPerRequest'>> {
-  const floor = spawnPinned('hold-floor', process.execPath, ['--expose-gc', join(BENCH_DIR, 'hold-floor.ts'), '--forward', `http://127.0.0.1:${ctx.upstreamPort}`, '--concurrency', '64'], {
+  // With the launchers' V8 flags, as Smart Proxy has them: the same runtime underneath.
+  const floor = spawnPinned('hold-floor', process.execPath, ['--expose-gc', ...NODE_FLAGS, join(BENCH_DIR, 'hold-floor.ts'), '--forward', `http://127.0.0.1:${ctx.upstreamPort}`, '--concurrency', '64'], {
     cpu: ctx.proxyCpu, logFile: join(ctx.workDir, 'hold-floor.log'), ipc: true,
   });
   try {
