@@ -21,7 +21,7 @@
  *   --keep: keep the run's folder (bench/out/hold-heap-PID: the proxy's and the client's logs)
  *   --root: the checkout whose proxy to measure (its bench/smart-proxy-child.ts), for before/after
  *   --node-flag: extra flags for the proxy's node, e.g. --cpu-prof --cpu-prof-dir=/tmp/prof
- *   --no-launch-flags: without the V8 flags Smart Proxy's launchers use (src/node-flags.ts),
+ *   --without-launch-flags: without the V8 flags Smart Proxy's launchers use (src/node-flags.ts),
  *     which are otherwise given to the proxy and to the floor alike
  */
 import { spawn } from 'node:child_process';
@@ -37,7 +37,6 @@ import { holdYaml } from './suites/hold.ts';
 import { NODE_FLAGS } from '../src/node-flags.ts';
 
 const { values } = parseArgs({
-  allowNegative: true,
   options: {
     count: { type: 'string', default: '1000' },
     top: { type: 'string', default: '40' },
@@ -51,7 +50,7 @@ const { values } = parseArgs({
     strace: { type: 'string' },
     keep: { type: 'boolean', default: false },
     'warm-rounds': { type: 'string', default: '0' },
-    'launch-flags': { type: 'boolean', default: true },
+    'without-launch-flags': { type: 'boolean', default: false },
   },
 });
 const n = Number(values.count);
@@ -78,7 +77,7 @@ const callgrind = values.callgrind === undefined ? [] : [
   'valgrind', '--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${values.callgrind}`, '--smc-check=all', process.execPath,
 ];
 // The launchers' V8 flags (src/node-flags.ts), for the floor too: the same runtime underneath.
-const launchFlags = values['launch-flags'] ? NODE_FLAGS : [];
+const launchFlags = values['without-launch-flags'] ? [] : NODE_FLAGS;
 const proxy = spawnPinned('proxy', callgrind[0] ?? process.execPath, [...callgrind.slice(1), '--expose-gc', ...launchFlags, ...values['node-flag'], ...(values.floor
   ? [join(BENCH_DIR, 'hold-floor.ts'), ...(values.forward ? ['--forward', `http://127.0.0.1:${upstreamPort}`, '--concurrency', values.concurrency] : [])]
   : [join(values.root, 'bench', 'smart-proxy-child.ts'), '--config', config, '--switch', 'up'])], {
