@@ -10,7 +10,7 @@
  * do while thousands of requests arrive to be held: holding 10,000 requests then cost about
  * 4 KB more RSS per request (15.8 KB against 12.5 KB), memory that is not given back. A young
  * generation of 2 × 16 MB still fits a proxy's short-lived garbage; the release of 10,000 held
- * requests took 16 scavenges instead of 4, with no more time in them, and one minor page fault
- * fewer per request (docs/benchmarks.md).
+ * requests took 16 scavenges instead of 4, with no more time in them, one minor page fault
+ * fewer per request and as many instructions (docs/benchmarks.md).
  */
 export const NODE_FLAGS: readonly string[] = ['--max-semi-space-size=16'];
