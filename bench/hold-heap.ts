@@ -5,7 +5,7 @@
  * the resource to running and reports the release: flip → ready → last response, and the
  * proxy's CPU per released request. Counts are deterministic; the times are not.
  *
- * usage: node bench/hold-heap.ts [--count 1000] [--top 40] [--root DIR] [--node-flag F]... [--floor]
+ * usage: node bench/hold-heap.ts [--count 1000] [--top 40] [--root DIR] [--node-flag F]... [--floor [--forward [--concurrency N]]]
  *   --no-heap: no snapshots (a CPU profile of the release then shows the release alone)
  *   --callgrind FILE: run the proxy under valgrind's callgrind, counting instructions during the
  *     release only (flip → last response): a figure that does not depend on the machine's load
@@ -14,9 +14,15 @@
  *   --warm-rounds R: hold, release and stop R times first, so that the measured release runs
  *     compiled code (at small N the JIT's own work is otherwise a large, variable part)
  *   --floor: the same on a bare node:http server that holds every request (bench/hold-floor.ts)
+ *     and answers them itself on release; with --forward it forwards them to the same upstream
+ *     instead (a bare undici dispatch proxy), at most --concurrency N in flight (64, Smart
+ *     Proxy's default ramp; 0: all at once), and reports ready → last as Smart Proxy's is
+ *   --concurrency N: without --floor, the cold resource's releaseConcurrency (default 64)
  *   --keep: keep the run's folder (bench/out/hold-heap-PID: the proxy's and the client's logs)
  *   --root: the checkout whose proxy to measure (its bench/smart-proxy-child.ts), for before/after
  *   --node-flag: extra flags for the proxy's node, e.g. --cpu-prof --cpu-prof-dir=/tmp/prof
+ *   --without-launch-flags: without the V8 flags Smart Proxy's launchers use (src/node-flags.ts),
+ *     which are otherwise given to the proxy and to the floor alike
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -26,8 +32,9 @@ import { parseArgs } from 'node:util';
 import { BENCH_DIR } from './lib/context.ts';
 import { ask, nextMessage, type Message } from './lib/ipc.ts';
 import { startNginxUpstream } from './lib/nginx.ts';
-import { cpuTimeMs, freePort, rssBytes, spawnPinned } from './lib/procs.ts';
+import { cpuTimeMs, freePort, minorFaults, rssBytes, spawnPinned } from './lib/procs.ts';
 import { holdYaml } from './suites/hold.ts';
+import { NODE_FLAGS } from '../src/node-flags.ts';
 
 const { values } = parseArgs({
   options: {
@@ -36,11 +43,14 @@ const { values } = parseArgs({
     root: { type: 'string', default: join(BENCH_DIR, '..') },
     'node-flag': { type: 'string', multiple: true, default: [] },
     floor: { type: 'boolean', default: false },
+    forward: { type: 'boolean', default: false },
+    concurrency: { type: 'string', default: '64' },
     'no-heap': { type: 'boolean', default: false },
     callgrind: { type: 'string' },
     strace: { type: 'string' },
     keep: { type: 'boolean', default: false },
     'warm-rounds': { type: 'string', default: '0' },
+    'without-launch-flags': { type: 'boolean', default: false },
   },
 });
 const n = Number(values.count);
@@ -61,13 +71,15 @@ const upstream = await startNginxUpstream(workDir, upstreamPort, '0');
 const config = join(workDir, 'hold.yaml');
 // The hold suite's config. Under callgrind the boot timeout is 20 minutes: a slow warm-up
 // round must not run past it and fail every hold.
-writeFileSync(config, `${holdYaml(upstreamPort, values.callgrind === undefined ? 120_000 : 1_200_000)}state: { kind: sqlite, path: "${join(workDir, 'hold.sqlite')}" }
+writeFileSync(config, `${holdYaml(upstreamPort, values.callgrind === undefined ? 120_000 : 1_200_000, values.floor ? undefined : Number(values.concurrency))}state: { kind: sqlite, path: "${join(workDir, 'hold.sqlite')}" }
 `);
 const callgrind = values.callgrind === undefined ? [] : [
   'valgrind', '--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${values.callgrind}`, '--smc-check=all', process.execPath,
 ];
-const proxy = spawnPinned('proxy', callgrind[0] ?? process.execPath, [...callgrind.slice(1), '--expose-gc', ...values['node-flag'], ...(values.floor
-  ? [join(BENCH_DIR, 'hold-floor.ts')]
+// The launchers' V8 flags (src/node-flags.ts), for the floor too: the same runtime underneath.
+const launchFlags = values['without-launch-flags'] ? [] : NODE_FLAGS;
+const proxy = spawnPinned('proxy', callgrind[0] ?? process.execPath, [...callgrind.slice(1), '--expose-gc', ...launchFlags, ...values['node-flag'], ...(values.floor
+  ? [join(BENCH_DIR, 'hold-floor.ts'), ...(values.forward ? ['--forward', `http://127.0.0.1:${upstreamPort}`, '--concurrency', values.concurrency] : [])]
   : [join(values.root, 'bench', 'smart-proxy-child.ts'), '--config', config, '--switch', 'up'])], {
   cpu: '1', logFile: join(workDir, 'proxy.log'), ipc: true, env: { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off' },
 });
@@ -75,13 +87,19 @@ try {
   const ready = await nextMessage<Message & { url?: string; port?: number }>(proxy.child, 'ready', values.callgrind === undefined ? 60_000 : 600_000);
   const url = values.floor ? `http://127.0.0.1:${ready.port}` : ready.url!;
   if (!values.floor) for (let i = 0; i < 200; i++) await (await fetch(`${url}/smart_proxy/warmup/-/`)).arrayBuffer();
-  for (let round = 0; !values.floor && round < Number(values['warm-rounds']); round++) {
+  for (let round = 0; round < Number(values['warm-rounds']); round++) {
     const warm = spawnPinned('client', process.execPath, [join(BENCH_DIR, 'hold-client.ts'), '--url', `${url}/smart_proxy/cold/-/`, '--count', String(n)], {
       cpu: '0', logFile: join(workDir, 'client.log'), ipc: true,
     });
     try {
       const warmDone = nextMessage<Done>(warm.child, 'done', 600_000);
       await nextMessage(warm.child, 'sent', 600_000);
+      if (values.floor) {
+        await allHeld(() => ask<Message & { count: number }>(proxy.child, { type: 'held' }, 'held').then((m) => m.count), warmDone);
+        await ask(proxy.child, { type: 'release' }, 'released');
+        await warmDone;
+        continue;
+      }
       await allHeld(() => ask<Stats>(proxy.child, { type: 'stats' }, 'stats').then((s) => s.heldTotal), warmDone);
       await ask(proxy.child, { type: 'flip' }, 'flipped');
       await warmDone;
@@ -108,6 +126,7 @@ try {
     const held = await heapCounts();
     const rssHeld = rssBytes(proxy.pid);
     const cpuBefore = cpuTimeMs(proxy.pid);
+    const faultsBefore = minorFaults(proxy.pid);
     // Valgrind takes the command when the process next runs: poke it (a stats round trip)
     // until callgrind_control reports it done.
     const collect = async (on: boolean): Promise<void> => {
@@ -130,12 +149,17 @@ try {
     await collect(true);
     const traced = values.strace === undefined ? undefined : await attachStrace(proxy.pid, values.strace);
     if (values.floor) {
-      proxy.child.send({ type: 'release' });
-      await done;
+      const released = await ask<Message & { at: number }>(proxy.child, { type: 'release' }, 'released');
+      const outcome = await done;
       await collect(false);
       await traced?.();
+      const cpuUsed = cpuTimeMs(proxy.pid) - cpuBefore;
+      const faults = (minorFaults(proxy.pid) - faultsBefore) / n;
+      const times = outcome.doneAt.sort((a, b) => a - b);
       printDiff(before, held, rssBefore, rssHeld);
-      console.log(`release: proxy CPU ${(((cpuTimeMs(proxy.pid) - cpuBefore) * 1000) / n).toFixed(0)} µs per request`);
+      const how = values.forward ? `forwarding, ${values.concurrency === '0' ? 'all at once' : `at most ${values.concurrency} in flight`}` : 'answering itself';
+      console.log(`floor (${how}) release: ready→first ${(times[0]! - released.at).toFixed(0)} ms, ready→last ${(times.at(-1)! - released.at).toFixed(0)} ms, proxy CPU ${((cpuUsed * 1000) / n).toFixed(0)} µs and ${faults.toFixed(2)} minor page faults per request`);
+      console.log(`statuses ${JSON.stringify(outcome.statuses)}, errors ${JSON.stringify(outcome.errors)}`);
       process.exitCode = 0;
     } else {
     const flipped = await ask<Message & { at: number }>(proxy.child, { type: 'flip' }, 'flipped');
@@ -143,11 +167,12 @@ try {
     await collect(false);
     await traced?.();
     const cpuUsed = cpuTimeMs(proxy.pid) - cpuBefore;
+    const faults = (minorFaults(proxy.pid) - faultsBefore) / n;
     const stats = await ask<Stats>(proxy.child, { type: 'stats' }, 'stats');
     const ready = stats.readyAt.cold!.at(-1)!;
     const times = outcome.doneAt.sort((a, b) => a - b);
     printDiff(before, held, rssBefore, rssHeld);
-    console.log(`release: flip→ready ${(ready - flipped.at).toFixed(0)} ms, ready→first ${(times[0]! - ready).toFixed(0)} ms, ready→last ${(times.at(-1)! - ready).toFixed(0)} ms, proxy CPU ${((cpuUsed * 1000) / n).toFixed(0)} µs per request`);
+    console.log(`release: flip→ready ${(ready - flipped.at).toFixed(0)} ms, ready→first ${(times[0]! - ready).toFixed(0)} ms, ready→last ${(times.at(-1)! - ready).toFixed(0)} ms, proxy CPU ${((cpuUsed * 1000) / n).toFixed(0)} µs and ${faults.toFixed(2)} minor page faults per request`);
     console.log(`starts ${stats.calls.up!.start} (warm-up rounds included), statuses ${JSON.stringify(outcome.statuses)}, errors ${JSON.stringify(outcome.errors)}`);
     }
   } finally {

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=16
 /**
  * Command line: a command name → its module in cli/. No logic lives here; a new command is
  * one module exporting `usage` and `run(args)`, and one line in the table below.

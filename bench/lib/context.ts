@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import type { ChildProcess } from 'node:child_process';
 import { spawnPinned, type Spawned } from './procs.ts';
 import { nextMessage, type Message } from './ipc.ts';
+import { NODE_FLAGS } from '../../src/node-flags.ts';
 
 export const BENCH_DIR = fileURLToPath(new URL('../', import.meta.url));
 
@@ -36,12 +37,15 @@ export interface SmartChild extends Spawned {
   readonly ipc: ChildProcess;
 }
 
-/** Writes `yaml` and starts Smart Proxy on it (bench/smart-proxy-child.ts), pinned to the proxy CPU. */
+/**
+ * Writes `yaml` and starts Smart Proxy on it (bench/smart-proxy-child.ts), pinned to the proxy
+ * CPU, with the V8 flags its launchers use (src/node-flags.ts) before `nodeFlags`.
+ */
 export async function startSmartProxy(ctx: Context, name: string, yaml: string, extraArgs: readonly string[] = [], nodeFlags: readonly string[] = [], env?: NodeJS.ProcessEnv): Promise<SmartChild> {
   const file = join(ctx.workDir, `${name}.yaml`);
   // The default state store (SQLite), as a user runs it, in a file of this child's own.
   writeFileSync(file, `${yaml}state: { kind: sqlite, path: "${join(ctx.workDir, `${name}.sqlite`)}" }\n`);
-  const proc = spawnPinned(name, process.execPath, [...nodeFlags, join(BENCH_DIR, 'smart-proxy-child.ts'), '--config', file, ...extraArgs], {
+  const proc = spawnPinned(name, process.execPath, [...NODE_FLAGS, ...nodeFlags, join(BENCH_DIR, 'smart-proxy-child.ts'), '--config', file, ...extraArgs], {
     cpu: ctx.proxyCpu, logFile: join(ctx.workDir, `${name}.log`), ipc: true, env: { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off', SMART_PROXY_COMPILE_CACHE: join(ctx.workDir, 'compile-cache'), ...env },
   });
   const ready = await nextMessage<ReadyMessage>(proc.child, 'ready', 60_000);

@@ -61,6 +61,15 @@ export function cpuTimeMs(pid: number): number {
   return ((utime + stime) * 1000) / TICKS_PER_S;
 }
 
+/**
+ * Minor page faults of a process (all its threads): first touches of memory the kernel must
+ * map. A young generation larger than the caches shows here, whatever the machine's load.
+ */
+export function minorFaults(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[7]);
+}
+
 /** Resident set size of a process, in bytes. */
 export function rssBytes(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');

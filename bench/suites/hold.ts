@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { BENCH_DIR, startSmartProxy, type Context } from '../lib/context.ts';
 import { ask, nextMessage, type Message } from '../lib/ipc.ts';
 import { cpuTimeMs, rssBytes, spawnPinned } from '../lib/procs.ts';
+import { NODE_FLAGS } from '../../src/node-flags.ts';
 
 export interface HoldResult {
   readonly held: number;
@@ -30,9 +31,16 @@ export interface HoldResult {
   readonly releaseCpuUsPerRequest: number;
   /** Share of its CPU the proxy got meanwhile (CPU time / wall time): below 100 % it waited for the core. */
   readonly releaseCpuSharePct: number;
-  /** The same hold on a bare node:http server that answers nothing until told: Node's own floor. */
+  /**
+   * The same hold on a bare forwarding proxy (node:http + one undici Pool, bench/hold-floor.ts
+   * --forward) that answers nothing until told, then forwards all to the same upstream with
+   * the same ramp (64 in flight): Node's own floor, for the memory and for the release.
+   */
   readonly floorRssPerHeldBytes: number;
   readonly floorHeapPerHeldBytes: number;
+  // Absent in results written before the floor forwarded.
+  readonly floorReadyToLastMs?: number;
+  readonly floorReleaseCpuUsPerRequest?: number;
   readonly statuses: Record<string, number>;
   readonly errors: Record<string, number>;
   readonly errorCount: number;
@@ -46,7 +54,7 @@ interface Done extends Message { statuses: Record<string, number>; errors: Recor
  * The hold setup's config: `cold`, whose provider the child switches (`--switch up`), and a
  * `warmup` resource to load the code paths first; room for 20,000 held requests.
  */
-export function holdYaml(upstreamPort: number, bootTimeoutMs: number): string {
+export function holdYaml(upstreamPort: number, bootTimeoutMs: number, releaseConcurrency?: number): string {
   return `listen: { host: 127.0.0.1, port: 0 }
 log: { level: warn }
 limits: { maxHeldRequests: 20000, maxHeldRequestsPerResource: 20000 }
@@ -55,7 +63,7 @@ providers:
   warm: { kind: static, endpoint: "http://127.0.0.1:${upstreamPort}" }
 resourceDefaults: { access: { public: true } }
 resources:
-  cold: { provider: up, bootTimeoutMs: ${bootTimeoutMs} }
+  cold: { provider: up, bootTimeoutMs: ${bootTimeoutMs}${releaseConcurrency === undefined ? '' : `, releaseConcurrency: ${releaseConcurrency}`} }
   warmup: { provider: warm }
 `;
 }
@@ -113,7 +121,8 @@ export async function runHold(ctx: Context): Promise<HoldResult> {
       ...(await holdFloor(ctx, n)),
       statuses: outcome.statuses, errors: outcome.errors, errorCount,
     };
-    ctx.log(`  node:http alone: ${(result.floorRssPerHeldBytes / 1024).toFixed(1)} KB RSS per held request (heap ${(result.floorHeapPerHeldBytes / 1024).toFixed(1)} KB); release used ${result.releaseCpuUsPerRequest.toFixed(0)} µs CPU per request, ${result.releaseCpuSharePct.toFixed(0)} % of the core`);
+    ctx.log(`  node:http alone: ${(result.floorRssPerHeldBytes / 1024).toFixed(1)} KB RSS per held request (heap ${(result.floorHeapPerHeldBytes / 1024).toFixed(1)} KB), release ready→last ${(result.floorReadyToLastMs ?? 0).toFixed(0)} ms, ${(result.floorReleaseCpuUsPerRequest ?? 0).toFixed(0)} µs CPU per request`);
+    ctx.log(`  Smart Proxy: release used ${result.releaseCpuUsPerRequest.toFixed(0)} µs CPU per request, ${result.releaseCpuSharePct.toFixed(0)} % of the core`);
     ctx.log(`  starts ${result.providerStarts}, ${(result.rssPerHeldBytes / 1024).toFixed(1)} KB RSS per held request (heap ${(result.heapPerHeldBytes / 1024).toFixed(1)} KB, external ${(result.externalPerHeldBytes / 1024).toFixed(1)} KB), flip→ready ${result.flipToReadyMs.toFixed(0)} ms, ready→last ${result.readyToLastMs.toFixed(0)} ms, errors ${errorCount}`);
     return result;
   } finally {
@@ -121,9 +130,13 @@ export async function runHold(ctx: Context): Promise<HoldResult> {
   }
 }
 
-/** Node's own cost of N open requests (bench/hold-floor.ts), same client, same ramp. */
-async function holdFloor(ctx: Context, n: number): Promise<{ floorRssPerHeldBytes: number; floorHeapPerHeldBytes: number }> {
-  const floor = spawnPinned('hold-floor', process.execPath, ['--expose-gc', join(BENCH_DIR, 'hold-floor.ts')], {
+/**
+ * Node's own cost of N open requests and of forwarding them all (bench/hold-floor.ts
+ * --forward), same client, same upstream, same release ramp.
+ */
+async function holdFloor(ctx: Context, n: number): Promise<Pick<HoldResult, 'floorRssPerHeldBytes' | 'floorHeapPerHeldBytes' | 'floorReadyToLastMs' | 'floorReleaseCpuUsPerRequest'>> {
+  // With the launchers' V8 flags, as Smart Proxy has them: the same runtime underneath.
+  const floor = spawnPinned('hold-floor', process.execPath, ['--expose-gc', ...NODE_FLAGS, join(BENCH_DIR, 'hold-floor.ts'), '--forward', `http://127.0.0.1:${ctx.upstreamPort}`, '--concurrency', '64'], {
     cpu: ctx.proxyCpu, logFile: join(ctx.workDir, 'hold-floor.log'), ipc: true,
   });
   try {
@@ -138,10 +151,17 @@ async function holdFloor(ctx: Context, n: number): Promise<{ floorRssPerHeldByte
     while ((await ask<Message & { count: number }>(floor.child, { type: 'held' }, 'held')).count < n) await new Promise((r) => setTimeout(r, 10));
     const heldMem = await ask<Memory>(floor.child, { type: 'gc' }, 'gc-done');
     const rssHeld = rssBytes(floor.pid);
-    floor.child.send({ type: 'release' });
-    await done;
+    const cpuBefore = cpuTimeMs(floor.pid);
+    const released = await ask<Message & { at: number }>(floor.child, { type: 'release' }, 'released');
+    const outcome = await done;
+    const cpuUsed = cpuTimeMs(floor.pid) - cpuBefore;
     await client.stop();
-    return { floorRssPerHeldBytes: (rssHeld - rssBefore) / n, floorHeapPerHeldBytes: (heldMem.heapUsed - before.heapUsed) / n };
+    return {
+      floorRssPerHeldBytes: (rssHeld - rssBefore) / n,
+      floorHeapPerHeldBytes: (heldMem.heapUsed - before.heapUsed) / n,
+      floorReadyToLastMs: Math.max(...outcome.doneAt) - released.at,
+      floorReleaseCpuUsPerRequest: (cpuUsed * 1000) / n,
+    };
   } finally {
     await floor.stop();
   }
