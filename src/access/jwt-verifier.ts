@@ -21,7 +21,7 @@ import type * as Jose from 'jose';
 import type { CryptoKey, JWTPayload, JWTVerifyGetKey } from 'jose';
 import type { JwtIdentityConfig } from '../config/access-schema.ts';
 import type { Clock, Logger } from '../core/ports.ts';
-import { bearerToken, looksLikeJwt } from './bearer.ts';
+import { bearerToken, jwsSecondDot } from './bearer.ts';
 import { credentialKey, defaultCredentialWork, SingleFlight, VerdictCache, type CredentialWork } from './credential-cache.ts';
 import { sha256Key } from './passwords.ts';
 import { ABSENT, isValidUserName, normaliseGroups, type Verifier, type VerifyOutcome } from './types.ts';
@@ -153,10 +153,10 @@ export function createJwtVerifier(cfg: JwtIdentityConfig, challenge: string, clo
     // Synchronous on a cache hit: a warm request with a known token awaits nothing here.
     verify(credentials): VerifyOutcome | Promise<VerifyOutcome> {
       const token = bearerToken(credentials.authorization);
-      if (token === undefined || !looksLikeJwt(token)) return ABSENT;
-      // looksLikeJwt: exactly three parts, so the second dot is the last, before the signature
-      // (indexOf is a builtin; lastIndexOf goes through the runtime).
-      const dot = token.indexOf('.', token.indexOf('.') + 1);
+      if (token === undefined) return ABSENT;
+      // Exactly three parts: the second dot is the last, before the signature.
+      const dot = jwsSecondDot(token);
+      if (dot === -1) return ABSENT;
       const cacheKey = sha256Key(token.slice(dot + 1));
       const hit = verdicts.get(cacheKey);
       // Another token with this signature (claims changed, or not yet the one cached) is a miss.
