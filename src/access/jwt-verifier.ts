@@ -154,19 +154,26 @@ export function createJwtVerifier(cfg: JwtIdentityConfig, challenge: string, clo
     verify(credentials): VerifyOutcome | Promise<VerifyOutcome> {
       const token = bearerToken(credentials.authorization);
       if (token === undefined) return ABSENT;
-      // Exactly three parts: the second dot is the last, before the signature.
-      const dot = jwsSecondDot(token);
-      if (dot === -1) return ABSENT;
-      const cacheKey = sha256Key(token.slice(dot + 1));
-      const hit = verdicts.get(cacheKey);
-      // Another token with this signature (claims changed, or not yet the one cached) is a miss.
-      // (`===` on the slice: a block compare; `startsWith` compiles to a per-character loop.)
-      if (hit !== undefined && hit.signed.length === dot && token.slice(0, dot) === hit.signed) {
-        if (hit.kind === 'refused') return hit.outcome;
-        const keyGone = hit.kid !== undefined && liveKids !== undefined && !liveKids.has(hit.kid);
-        if (!keyGone && work.clock.now() >= hit.notBeforeMs) return hit.outcome;
-        verdicts.delete(cacheKey);
+      // Where the signature starts if this is a JWS (after the second dot). Its shape is checked
+      // on a miss only: a hit is a token judged before (the same signature, by its SHA-256, and
+      // the same rest, compared in full), and only tokens of the JWS shape are ever judged.
+      const dot = token.indexOf('.', token.indexOf('.') + 1);
+      let cacheKey: string | undefined;
+      if (dot !== -1) {
+        cacheKey = sha256Key(token.slice(dot + 1));
+        const hit = verdicts.get(cacheKey);
+        // Another token with this signature (claims changed, or not yet the one cached) is a miss.
+        // (`===` on the slice: a block compare; `startsWith` compiles to a per-character loop.)
+        if (hit !== undefined && hit.signed.length === dot && token.slice(0, dot) === hit.signed) {
+          if (hit.kind === 'refused') return hit.outcome;
+          const keyGone = hit.kid !== undefined && liveKids !== undefined && !liveKids.has(hit.kid);
+          if (!keyGone && work.clock.now() >= hit.notBeforeMs) return hit.outcome;
+          verdicts.delete(cacheKey);
+        }
       }
+      // Not of the JWS shape: not a JWT (one of that shape has its second dot where found above).
+      if (dot === -1 || cacheKey === undefined || jwsSecondDot(token) !== dot) return ABSENT;
+      const key = cacheKey;
       // Concurrent requests share a verification only for the very same token.
       return flights.run(credentialKey('jwt', token), async () => {
         const signed = detached(token.slice(0, dot));
@@ -177,13 +184,13 @@ export function createJwtVerifier(cfg: JwtIdentityConfig, challenge: string, clo
           if (typeof exp === 'number') {
             const nbf = out.payload?.nbf;
             const until = Math.min(exp * 1000, work.clock.now() + work.jwtRecheckMs);
-            verdicts.set(cacheKey, {
+            verdicts.set(key, {
               signed, kind: 'verified', outcome: out.outcome, kid: out.kid,
               notBeforeMs: typeof nbf === 'number' ? nbf * 1000 - cfg.clockToleranceMs : 0,
             }, until);
           }
         } else if (out.outcome.kind === 'invalid' && out.outcome.unavailable !== true && !TIME_BOUND_REASONS.has(out.outcome.reason)) {
-          verdicts.set(cacheKey, { signed, kind: 'refused', outcome: out.outcome }, work.clock.now() + work.refusedTtlMs);
+          verdicts.set(key, { signed, kind: 'refused', outcome: out.outcome }, work.clock.now() + work.refusedTtlMs);
         }
         return out.outcome;
       });
