@@ -27,14 +27,8 @@ const CHAR_CLASS = (() => {
  * token, and a JWT is a few hundred characters; the regex cost about three times as much.
  */
 export function bearerToken(authorization: string | undefined): string | undefined {
-  if (authorization === undefined) return undefined;
+  if (authorization === undefined || !isBearerScheme(authorization)) return undefined;
   const n = authorization.length;
-  if (n > MAX_TOKEN_CHARS || n < 8) return undefined;
-  // `| 0x20` lower-cases an ASCII letter and maps no other code unit onto one of these.
-  if ((authorization.charCodeAt(0) | 0x20) !== 0x62 /* b */ || (authorization.charCodeAt(1) | 0x20) !== 0x65 /* e */
-    || (authorization.charCodeAt(2) | 0x20) !== 0x61 /* a */ || (authorization.charCodeAt(3) | 0x20) !== 0x72 /* r */
-    || (authorization.charCodeAt(4) | 0x20) !== 0x65 /* e */ || (authorization.charCodeAt(5) | 0x20) !== 0x72 /* r */
-    || authorization.charCodeAt(6) !== 0x20) return undefined;
   let i = 7;
   while (i < n && authorization.charCodeAt(i) === 0x20) i++;
   const start = i;
@@ -47,6 +41,36 @@ export function bearerToken(authorization: string | undefined): string | undefin
   const end = i;
   while (i < n && authorization.charCodeAt(i) === 0x20) i++;
   if (i !== n) return undefined;
+  return authorization.slice(start, end);
+}
+
+/** `Bearer ` (in any case) at the start, within the length bounds of a token. */
+function isBearerScheme(authorization: string): boolean {
+  const n = authorization.length;
+  if (n > MAX_TOKEN_CHARS || n < 8) return false;
+  // `| 0x20` lower-cases an ASCII letter and maps no other code unit onto one of these.
+  return (authorization.charCodeAt(0) | 0x20) === 0x62 /* b */ && (authorization.charCodeAt(1) | 0x20) === 0x65 /* e */
+    && (authorization.charCodeAt(2) | 0x20) === 0x61 /* a */ && (authorization.charCodeAt(3) | 0x20) === 0x72 /* r */
+    && (authorization.charCodeAt(4) | 0x20) === 0x65 /* e */ && (authorization.charCodeAt(5) | 0x20) === 0x72 /* r */
+    && authorization.charCodeAt(6) === 0x20;
+}
+
+/**
+ * What bearerToken would return if the token's characters are valid, found without checking
+ * them: the text between the spaces after `Bearer` and the spaces at the end (undefined when
+ * there is no such text, or a space inside it). For a cache lookup only: a hit is a token
+ * that bearerToken accepted before, so its characters were checked then; a miss goes through
+ * bearerToken. Whenever bearerToken returns a token, this returns the same one.
+ */
+export function bearerTokenUnchecked(authorization: string | undefined): string | undefined {
+  if (authorization === undefined || !isBearerScheme(authorization)) return undefined;
+  const n = authorization.length;
+  let start = 7;
+  while (start < n && authorization.charCodeAt(start) === 0x20) start++;
+  if (start === n) return undefined;
+  let end = authorization.indexOf(' ', start);
+  if (end === -1) end = n;
+  else for (let i = end; i < n; i++) if (authorization.charCodeAt(i) !== 0x20) return undefined;
   return authorization.slice(start, end);
 }
 

@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import fc from 'fast-check';
 import { encodeGroups, encodeHeaderValue } from '../../src/access/backend-headers.ts';
-import { basicCredentials, bearerToken, jwsSecondDot, looksLikeJwt, MAX_TOKEN_CHARS } from '../../src/access/bearer.ts';
+import { basicCredentials, bearerToken, bearerTokenUnchecked, jwsSecondDot, looksLikeJwt, MAX_TOKEN_CHARS } from '../../src/access/bearer.ts';
 import { hashFormatProblem, hashPassword, parseScrypt, verifyScrypt } from '../../src/access/passwords.ts';
 import { ANONYMOUS, decide, type ResourcePolicy } from '../../src/access/policy.ts';
 import { createBasicVerifier } from '../../src/access/basic-verifier.ts';
@@ -99,7 +99,10 @@ describe('credentials parsing and hashes', () => {
     fc.assert(fc.property(fc.oneof(header, headerLike, nearScheme, fc.string()), (h) => {
       const token = bearerToken(h);
       assert.equal(token, reference(h));
+      // What the JWT verifier's cache lookup relies on: the unchecked bounds are the token's.
+      if (bearerTokenUnchecked(h) === undefined) assert.equal(token, undefined);
       if (token !== undefined) {
+        assert.equal(bearerTokenUnchecked(h), token);
         assert.equal(looksLikeJwt(token), jwsRe.test(token));
         if (jwsRe.test(token)) assert.equal(jwsSecondDot(token), token.indexOf('.', token.indexOf('.') + 1));
       }
