@@ -38,6 +38,8 @@ function step(verifiers: readonly Verifier[], credentials: RequestCredentials, f
         return verdict.done ? verdict.outcome : step(verifiers, credentials, i + 1, verdict.firstInvalid);
       });
     }
+    // The warm path's answer, without the verdict object judge() builds.
+    if (out.kind === 'verified') return out;
     const verdict = judge(out, v, firstInvalid);
     if (verdict.done) return verdict.outcome;
     firstInvalid = verdict.firstInvalid;

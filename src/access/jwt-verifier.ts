@@ -21,7 +21,7 @@ import type * as Jose from 'jose';
 import type { CryptoKey, JWTPayload, JWTVerifyGetKey } from 'jose';
 import type { JwtIdentityConfig } from '../config/access-schema.ts';
 import type { Clock, Logger } from '../core/ports.ts';
-import { bearerToken, looksLikeJwt } from './bearer.ts';
+import { bearerToken, bearerTokenUnchecked, jwsSecondDot } from './bearer.ts';
 import { credentialKey, defaultCredentialWork, SingleFlight, VerdictCache, type CredentialWork } from './credential-cache.ts';
 import { sha256Key } from './passwords.ts';
 import { ABSENT, isValidUserName, normaliseGroups, type Verifier, type VerifyOutcome } from './types.ts';
@@ -152,21 +152,31 @@ export function createJwtVerifier(cfg: JwtIdentityConfig, challenge: string, clo
     stats,
     // Synchronous on a cache hit: a warm request with a known token awaits nothing here.
     verify(credentials): VerifyOutcome | Promise<VerifyOutcome> {
-      const token = bearerToken(credentials.authorization);
-      if (token === undefined || !looksLikeJwt(token)) return ABSENT;
-      // looksLikeJwt: exactly three parts, so the second dot is the last, before the signature
-      // (indexOf is a builtin; lastIndexOf goes through the runtime).
-      const dot = token.indexOf('.', token.indexOf('.') + 1);
-      const cacheKey = sha256Key(token.slice(dot + 1));
-      const hit = verdicts.get(cacheKey);
-      // Another token with this signature (claims changed, or not yet the one cached) is a miss.
-      // (`===` on the slice: a block compare; `startsWith` compiles to a per-character loop.)
-      if (hit !== undefined && hit.signed.length === dot && token.slice(0, dot) === hit.signed) {
-        if (hit.kind === 'refused') return hit.outcome;
-        const keyGone = hit.kid !== undefined && liveKids !== undefined && !liveKids.has(hit.kid);
-        if (!keyGone && work.clock.now() >= hit.notBeforeMs) return hit.outcome;
-        verdicts.delete(cacheKey);
+      // The token's syntax and its JWS shape are checked on a miss only: a hit is a token judged
+      // before (the same signature, by its SHA-256, and the same rest, compared in full), and
+      // only tokens that passed both checks are ever judged. A JWT is a few hundred characters.
+      const candidate = bearerTokenUnchecked(credentials.authorization);
+      if (candidate === undefined) return ABSENT;
+      // Where the signature starts if this is a JWS (after the second dot).
+      const dot = candidate.indexOf('.', candidate.indexOf('.') + 1);
+      let cacheKey: string | undefined;
+      if (dot !== -1) {
+        cacheKey = sha256Key(candidate.slice(dot + 1));
+        const hit = verdicts.get(cacheKey);
+        // Another token with this signature (claims changed, or not yet the one cached) is a miss.
+        // (`===` on the slice: a block compare; `startsWith` compiles to a per-character loop.)
+        if (hit !== undefined && hit.signed.length === dot && candidate.slice(0, dot) === hit.signed) {
+          if (hit.kind === 'refused') return hit.outcome;
+          const keyGone = hit.kid !== undefined && liveKids !== undefined && !liveKids.has(hit.kid);
+          if (!keyGone && work.clock.now() >= hit.notBeforeMs) return hit.outcome;
+          verdicts.delete(cacheKey);
+        }
       }
+      // Not a Bearer token (bearerToken returns the candidate whenever it returns a token), or
+      // not of the JWS shape (one of that shape has its second dot where found above): not ours.
+      const token = bearerToken(credentials.authorization);
+      if (token === undefined || dot === -1 || cacheKey === undefined || jwsSecondDot(token) !== dot) return ABSENT;
+      const key = cacheKey;
       // Concurrent requests share a verification only for the very same token.
       return flights.run(credentialKey('jwt', token), async () => {
         const signed = detached(token.slice(0, dot));
@@ -177,13 +187,13 @@ export function createJwtVerifier(cfg: JwtIdentityConfig, challenge: string, clo
           if (typeof exp === 'number') {
             const nbf = out.payload?.nbf;
             const until = Math.min(exp * 1000, work.clock.now() + work.jwtRecheckMs);
-            verdicts.set(cacheKey, {
+            verdicts.set(key, {
               signed, kind: 'verified', outcome: out.outcome, kid: out.kid,
               notBeforeMs: typeof nbf === 'number' ? nbf * 1000 - cfg.clockToleranceMs : 0,
             }, until);
           }
         } else if (out.outcome.kind === 'invalid' && out.outcome.unavailable !== true && !TIME_BOUND_REASONS.has(out.outcome.reason)) {
-          verdicts.set(cacheKey, { signed, kind: 'refused', outcome: out.outcome }, work.clock.now() + work.refusedTtlMs);
+          verdicts.set(key, { signed, kind: 'refused', outcome: out.outcome }, work.clock.now() + work.refusedTtlMs);
         }
         return out.outcome;
       });

@@ -22,7 +22,7 @@ import type { RequestCredentials, VerifiedIdentity, Verifier } from '../access/t
 import type { AccessSettings, IdentityConfig, ResourceAccessConfig } from '../config/access-schema.ts';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger } from '../core/ports.ts';
-import { foldName, TrustedProxies } from './headers.ts';
+import { foldName, TrustedProxies, wireName } from './headers.ts';
 import { isBrowserNavigation } from './prefer.ts';
 import type { ParsedTarget } from './route.ts';
 import { resourceNotFound, type Authorize, type BackendHeaders, type Identify, type Identity, type UnknownResource } from './server.ts';
@@ -179,6 +179,16 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
       { data: { challenges: list } });
   };
 
+  // The chain's answer as the pipeline's: one function for every request (not a closure each).
+  const judged = (req: IncomingMessage, route: ParsedTarget, out: ChainOutcome, remoteAddress: string | undefined, method: string): Identity | SmartProxyError => {
+    if (out.kind === 'verified') {
+      // Spread: a session identity (oidc) carries more than user and groups (cookies, token).
+      const identity: RequestIdentity = { ...out.identity, remoteAddress, method };
+      return identity;
+    }
+    return refuseUnauthenticated(req, route, out, true);
+  };
+
   // Synchronous when the chain is (the warm path): no promise, no await, for a known credential.
   const identify: Identify = (req, route, resource) => {
     const remoteAddress = req.socket.remoteAddress;
@@ -189,16 +199,8 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
       const anonymous: RequestIdentity = { user: undefined, groups: ANONYMOUS.groups, via: 'anonymous', remoteAddress, method };
       return anonymous;
     }
-    const judged = (out: ChainOutcome): Identity | SmartProxyError => {
-      if (out.kind === 'verified') {
-        // Spread: a session identity (oidc) carries more than user and groups (cookies, token).
-        const identity: RequestIdentity = { ...out.identity, remoteAddress, method };
-        return identity;
-      }
-      return refuseUnauthenticated(req, route, out, true);
-    };
     const out = verifyChain(verifiers, credentialsOf(req));
-    return out instanceof Promise ? out.then(judged) : judged(out);
+    return out instanceof Promise ? out.then((o) => judged(req, route, o, remoteAddress, method)) : judged(req, route, out, remoteAddress, method);
   };
 
   const authorize: Authorize = (identity, route, resource) => {
@@ -238,6 +240,9 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
   // the URL), kept with the identity's own groups array: a token's or a cached JWT's identity
   // is the same object request after request, so its headers are encoded once, not per request.
   // Weakly held: gone with the identity.
+  const userHeader = wireName(settings.backendHeaders.user);
+  const groupsHeader = wireName(settings.backendHeaders.groups);
+  const accessTokenHeader = wireName(settings.backendHeaders.accessToken);
   const encodedByGroups = new WeakMap<readonly string[], { readonly user: string; readonly extra: ReadonlyArray<readonly [string, string]> }>();
   const noExtra: ReadonlyArray<readonly [string, string]> = [];
   const backendHeaders: BackendHeaders = (identity: Identity, acting, resource) => {
@@ -245,13 +250,13 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
     if (identity.user === undefined) return { extra: noExtra, strip, dropCookies };
     const accessToken = (identity as SessionIdentity).accessToken;
     if (accessToken !== undefined && options.policies.get(resource.runtime.id)?.passAccessToken === true) {
-      const extra: Array<readonly [string, string]> = [[settings.backendHeaders.user, encodeHeaderValue(identity.user)], [settings.backendHeaders.groups, encodeGroups(acting)]];
-      extra.push([settings.backendHeaders.accessToken, encodeHeaderValue(accessToken)]);
+      const extra: Array<readonly [string, string]> = [[userHeader, encodeHeaderValue(identity.user)], [groupsHeader, encodeGroups(acting)]];
+      extra.push([accessTokenHeader, encodeHeaderValue(accessToken)]);
       return { extra, strip, dropCookies };
     }
     const cached = acting === identity.groups ? encodedByGroups.get(acting) : undefined;
     if (cached !== undefined && cached.user === identity.user) return { extra: cached.extra, strip, dropCookies };
-    const extra: ReadonlyArray<readonly [string, string]> = [[settings.backendHeaders.user, encodeHeaderValue(identity.user)], [settings.backendHeaders.groups, encodeGroups(acting)]];
+    const extra: ReadonlyArray<readonly [string, string]> = [[userHeader, encodeHeaderValue(identity.user)], [groupsHeader, encodeGroups(acting)]];
     if (acting === identity.groups) encodedByGroups.set(acting, { user: identity.user, extra });
     return { extra, strip, dropCookies };
   };

@@ -2,8 +2,9 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
+import fc from 'fast-check';
 import { encodeGroups, encodeHeaderValue } from '../../src/access/backend-headers.ts';
-import { basicCredentials, bearerToken } from '../../src/access/bearer.ts';
+import { basicCredentials, bearerToken, bearerTokenUnchecked, jwsSecondDot, looksLikeJwt, MAX_TOKEN_CHARS } from '../../src/access/bearer.ts';
 import { hashFormatProblem, hashPassword, parseScrypt, verifyScrypt } from '../../src/access/passwords.ts';
 import { ANONYMOUS, decide, type ResourcePolicy } from '../../src/access/policy.ts';
 import { createBasicVerifier } from '../../src/access/basic-verifier.ts';
@@ -82,6 +83,33 @@ describe('credentials parsing and hashes', () => {
     assert.equal(bearerToken(`Bearer ${'a'.repeat(20_000)}`), undefined);
     assert.deepEqual(basicCredentials(`Basic ${Buffer.from('u:p:q').toString('base64')}`), { user: 'u', password: 'p:q' });
     assert.equal(basicCredentials('Bearer x'), undefined);
+  });
+  it('reads Bearer tokens and JWS shapes exactly as the regular expressions they replace', () => {
+    // The reference: RFC 9110 §11.6.2 / §11.2 (token68) and RFC 7515 §7.1, as regexes.
+    const bearerRe = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i;
+    const jwsRe = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
+    const reference = (h: string): string | undefined => (h.length > MAX_TOKEN_CHARS ? undefined : bearerRe.exec(h)?.[1]);
+    const piece = fc.constantFrom('Bearer', 'bearer', 'BEARER', 'bEaReR', 'Bearer\t', 'Bearerx', 'Basic', 'Beare', ' ', ' ', '  ', '\t', '.', '.', '=', '==',
+      'a', 'Z', '0', '-', '_', '~', '+', '/', 'eyJhbGciOiJIUzI1NiJ9', 'é', 'ſ', 'K', '\u0100', '\u0162', '\r\n', ',', ';', '"', '\u0000', '\u007f');
+    const header = fc.array(piece, { maxLength: 14 }).map((parts) => parts.join(''));
+    const headerLike = fc.tuple(fc.constantFrom('Bearer ', 'bearer  ', 'BEARER '), header).map(([a, b]) => a + b);
+    // "Bearer " with one code unit replaced, then a token: every position of the scheme is checked.
+    const nearScheme = fc.tuple(fc.nat(6), fc.constantFrom('B', 'b', 'r', 'R', 'x', ' ', '\t', '@', '`', '\u0142', 'e'), header)
+      .map(([at, c, rest]) => `${'Bearer '.slice(0, at)}${c}${'Bearer '.slice(at + 1)}${rest}`);
+    fc.assert(fc.property(fc.oneof(header, headerLike, nearScheme, fc.string()), (h) => {
+      const token = bearerToken(h);
+      assert.equal(token, reference(h));
+      // What the JWT verifier's cache lookup relies on: the unchecked bounds are the token's.
+      if (bearerTokenUnchecked(h) === undefined) assert.equal(token, undefined);
+      if (token !== undefined) {
+        assert.equal(bearerTokenUnchecked(h), token);
+        assert.equal(looksLikeJwt(token), jwsRe.test(token));
+        if (jwsRe.test(token)) assert.equal(jwsSecondDot(token), token.indexOf('.', token.indexOf('.') + 1));
+      }
+    }), { numRuns: 20_000 });
+    for (const t of ['a.b.c', 'a.b.', '.b.c', 'a..c', 'a.b.c.d', 'a.b', 'a=.b.c', 'a+.b.c', 'ab']) assert.equal(looksLikeJwt(t), jwsRe.test(t), t);
+    assert.equal(bearerToken(`Bearer ${'a'.repeat(MAX_TOKEN_CHARS - 7)}`), 'a'.repeat(MAX_TOKEN_CHARS - 7));
+    assert.equal(bearerToken(`Bearer ${'a'.repeat(MAX_TOKEN_CHARS - 6)}`), undefined);
   });
   it('hashes and verifies scrypt; rejects malformed or extravagant parameters', async () => {
     const h = await hashPassword('secret', { ln: 10, r: 8, p: 1 });

@@ -160,6 +160,17 @@ describe('JWT', () => {
   it('leaves a non-JWT bearer token to other verifiers', async () => {
     assert.deepEqual(await hs.verify(bearer('opaque-token')), { kind: 'absent' });
   });
+  it('a cached token with anything added or changed that breaks the JWS shape is not a JWT, nor a hit', async () => {
+    const v = createJwtVerifier(jwtConfig({ algorithms: ['HS256'], secret }), 'Bearer', clock, logger);
+    const good = await sign(hsKey, { alg: 'HS256' });
+    assert.equal(verified(await v.verify(bearer(good))).user, 'erin');
+    const dot = good.lastIndexOf('.');
+    // Valid token68 each, so the Bearer syntax passes; none is three base64url parts.
+    for (const t of [`${good}.x`, `${good}=`, `${good}~`, `~${good}`, `${good.slice(0, dot)}.~${good.slice(dot + 1)}`, `${good.slice(0, dot)}..${good.slice(dot + 1)}`]) {
+      assert.deepEqual(v.verify(bearer(t)), { kind: 'absent' }, t);
+    }
+    assert.equal(v.stats?.verifications, 1);
+  });
   it('reads groups from a dot path and from a space-separated string; drops names a URL cannot carry', async () => {
     const v = createJwtVerifier(jwtConfig({ algorithms: ['HS256'], secret, groupsClaim: 'realm_access.roles', userClaim: 'preferred_username' }), 'Bearer', clock, logger);
     const t = await sign(hsKey, { alg: 'HS256' }, { preferred_username: 'frank', realm_access: { roles: ['b', 'a', '/not a group', 'a'] } });
