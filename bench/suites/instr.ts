@@ -207,12 +207,12 @@ function newestDump(dir: string): string {
 }
 
 /** Smart Proxy (this checkout's or `root`'s bench/smart-proxy-child.ts) under callgrind, on `yaml`. */
-async function startSmart(ctx: Context, name: string, label: string, yaml: string, headers: readonly string[], root: string, fns: readonly string[], spread?: number): Promise<Counted> {
+async function startSmart(ctx: Context, name: string, label: string, yaml: string, headers: readonly string[], root: string, fns: readonly string[], spread?: number, stateExtra = ''): Promise<Counted> {
   // A folder per process: callgrind numbers its dumps per process, and the newest is read.
   const dir = join(ctx.workDir, `instr-${name}-${++processes}`);
   mkdirSync(dir, { recursive: true });
   const file = join(dir, 'config.yaml');
-  writeFileSync(file, `${yaml}state: { kind: sqlite, path: "${join(dir, 'state.sqlite')}" }\n`);
+  writeFileSync(file, `${yaml}state: { kind: sqlite, path: "${join(dir, 'state.sqlite')}"${stateExtra} }\n`);
   const proc = spawnPinned(name, 'valgrind', [...callgrindArgs(dir, fns), join(root, 'bench', 'smart-proxy-child.ts'), '--config', file], {
     cpu: ctx.proxyCpu, logFile: join(dir, 'proc.log'), ipc: true, env: { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off' },
   });
@@ -361,14 +361,18 @@ export async function runInstr(ctx: Context, options: InstrOptions = {}): Promis
   }
   // The many-resources pair (suites/many.ts's configs: 1 resource, and 10,000 each with its own
   // static provider), only when asked for: requests round-robin over 1, resp. 1,000 resources.
-  for (const [resources, spread] of [[1, 1], [10_000, 1000]] as const) {
-    const name = `many-${resources}`;
-    const label = `Smart Proxy, ${resources.toLocaleString('en')} resource(s), requests over ${spread.toLocaleString('en')}`;
-    const yaml = manyYaml(resources, ctx.upstreamPort);
-    starts.push({ name, start: () => startSmart(ctx, name, label, yaml, [], join(BENCH_DIR, '..'), fns, spread) });
+  // many-10000-quiet: the same with the per-instance background pushed out of the window (no
+  // health checks, a state flush once an hour), so what is left is the requests' own work.
+  for (const [resources, spread, quiet] of [[1, 1, false], [10_000, 1000, false], [10_000, 1000, true]] as const) {
+    const name = `many-${resources}${quiet ? '-quiet' : ''}`;
+    const label = `Smart Proxy, ${resources.toLocaleString('en')} resource(s), requests over ${spread.toLocaleString('en')}${quiet ? ', no health checks, flush hourly' : ''}`;
+    let yaml = manyYaml(resources, ctx.upstreamPort);
+    if (quiet) yaml = yaml.replace('resourceDefaults: { access: { public: true } }', 'resourceDefaults: { access: { public: true }, healthCheckIntervalMs: 0 }');
+    const stateExtra = quiet ? ', flushIntervalMs: 3600000' : '';
+    starts.push({ name, start: () => startSmart(ctx, name, label, yaml, [], join(BENCH_DIR, '..'), fns, spread, stateExtra) });
     if (options.baseline !== undefined) {
       const root = options.baseline;
-      starts.push({ name: `${name}-before`, start: () => startSmart(ctx, `${name}-before`, `${label}, before (${root})`, yaml, [], root, fns, spread) });
+      starts.push({ name: `${name}-before`, start: () => startSmart(ctx, `${name}-before`, `${label}, before (${root})`, yaml, [], root, fns, spread, stateExtra) });
     }
   }
   // The dispatch() proxy is the reference of every row, but of the many-resources pair alone
