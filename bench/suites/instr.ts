@@ -26,6 +26,7 @@ import type { ReadyMessage } from '../lib/context.ts';
 import { BENCH_DIR, type Context } from '../lib/context.ts';
 import { nextMessage } from '../lib/ipc.ts';
 import { freePort, spawnPinned, waitForHttp, type Spawned } from '../lib/procs.ts';
+import { yamlFor as manyYaml } from './many.ts';
 import { ACCESS_CASES, BENCH_HEADERS, BENCH_PATH, headersFor, SMART_ROWS, smartProxyYaml } from './throughput.ts';
 
 const run = promisify(execFile);
@@ -43,7 +44,7 @@ export interface InstrOptions {
   readonly connections?: number;
   /** Another checkout whose Smart Proxy runs the same cases (before a change). */
   readonly baseline?: string | undefined;
-  /** Only these rows (names: dispatch, smart-public, smart, smart-jwt, and -before); default all. */
+  /** Only these rows (names: dispatch, smart-public, smart, smart-jwt, many-1, many-10000, and -before); default all but many-*. */
   readonly cases?: readonly string[] | undefined;
   /**
    * Also print each process's self instructions per request by function (top 40): node runs
@@ -54,6 +55,12 @@ export interface InstrOptions {
   readonly repeat?: number | undefined;
   /** Extra node flags for every process measured (e.g. --single-threaded). */
   readonly nodeFlags?: readonly string[] | undefined;
+  /**
+   * Also simulate the caches (callgrind --cache-sim=yes) and print first-level and last-level
+   * data cache misses per request: work that costs time without costing instructions (a
+   * working set spread over many objects), still counted, not timed.
+   */
+  readonly cacheSim?: boolean | undefined;
 }
 
 export interface InstrRow {
@@ -80,12 +87,15 @@ export interface InstrRow {
   readonly perRequestMax: number;
 }
 
-/** A process under callgrind, serving at `url`. */
-interface Counted { readonly name: string; readonly label: string; readonly url: string; readonly headers: readonly string[]; readonly dir: string; readonly proc: Spawned }
+/**
+ * A process under callgrind, serving at `url`; with `spread`, requests go round-robin to
+ * `url` + `/smart_proxy/r1/-/` ... `/smart_proxy/rN/-/` instead (the many-resources cases).
+ */
+interface Counted { readonly name: string; readonly label: string; readonly url: string; readonly headers: readonly string[]; readonly dir: string; readonly proc: Spawned; readonly spread?: number | undefined }
 
 /** The command line in front of the script: valgrind (instrumentation off until the window opens), node. */
 function callgrindArgs(dir: string, nodeFlags: readonly string[]): string[] {
-  return ['--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${join(dir, 'callgrind.out')}`, process.execPath, ...nodeFlags];
+  return ['--tool=callgrind', '--instr-atstart=no', ...(cacheSim ? ['--cache-sim=yes'] : []), `--callgrind-out-file=${join(dir, 'callgrind.out')}`, process.execPath, ...nodeFlags];
 }
 
 /**
@@ -145,8 +155,11 @@ function requireValgrind(): void {
   }
 }
 
-/** Exactly `count` GET requests over `connections` keep-alive connections; throws on any non-200. */
-async function load(url: string, headers: readonly string[], count: number, connections: number): Promise<void> {
+/**
+ * Exactly `count` GET requests over `connections` keep-alive connections; throws on any non-200.
+ * With `spread`, request i goes to resource r(i mod spread + 1) (each resource as often).
+ */
+async function load(url: string, headers: readonly string[], count: number, connections: number, spread?: number): Promise<void> {
   const u = new URL(url);
   const pool = new Pool(u.origin, { connections, pipelining: 1 });
   const hdrs: Record<string, string> = {};
@@ -157,8 +170,16 @@ async function load(url: string, headers: readonly string[], count: number, conn
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < count) {
-      next++;
-      const r = await pool.request({ path: u.pathname + u.search, method: 'GET', headers: hdrs, headersTimeout: 120_000, bodyTimeout: 120_000 });
+      const i = next++;
+      const path = spread === undefined ? u.pathname + u.search : `/smart_proxy/r${(i % spread) + 1}/-/`;
+      // A keep-alive connection the proxy closed just as the next request went out (under
+      // valgrind on a busy machine a connection can sit idle past its keep-alive timeout):
+      // sent again once, on a fresh connection.
+      const send = () => pool.request({ path, method: 'GET', headers: hdrs, headersTimeout: 120_000, bodyTimeout: 120_000 });
+      const r = await send().catch((err: unknown) => {
+        if ((err as { code?: string }).code !== 'ECONNRESET') throw err;
+        return send();
+      });
       const body = await r.body.text();
       if (r.statusCode !== 200) throw new Error(`${url}: status ${r.statusCode}: ${body.slice(0, 200)}`);
     }
@@ -186,19 +207,19 @@ function newestDump(dir: string): string {
 }
 
 /** Smart Proxy (this checkout's or `root`'s bench/smart-proxy-child.ts) under callgrind, on `yaml`. */
-async function startSmart(ctx: Context, name: string, label: string, yaml: string, headers: readonly string[], root: string, fns: readonly string[]): Promise<Counted> {
+async function startSmart(ctx: Context, name: string, label: string, yaml: string, headers: readonly string[], root: string, fns: readonly string[], spread?: number, stateExtra = ''): Promise<Counted> {
   // A folder per process: callgrind numbers its dumps per process, and the newest is read.
   const dir = join(ctx.workDir, `instr-${name}-${++processes}`);
   mkdirSync(dir, { recursive: true });
   const file = join(dir, 'config.yaml');
-  writeFileSync(file, `${yaml}state: { kind: sqlite, path: "${join(dir, 'state.sqlite')}" }\n`);
+  writeFileSync(file, `${yaml}state: { kind: sqlite, path: "${join(dir, 'state.sqlite')}"${stateExtra} }\n`);
   const proc = spawnPinned(name, 'valgrind', [...callgrindArgs(dir, fns), join(root, 'bench', 'smart-proxy-child.ts'), '--config', file], {
     cpu: ctx.proxyCpu, logFile: join(dir, 'proc.log'), ipc: true, env: { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off' },
   });
   try {
     // Under valgrind start-up is several times slower than natively.
     const ready = await nextMessage<ReadyMessage>(proc.child, 'ready', 300_000);
-    return { name, label, url: ready.url + BENCH_PATH, headers, dir, proc };
+    return { name, label, url: ready.url + BENCH_PATH, headers, dir, proc, spread };
   } catch (err) {
     await stop(proc);
     throw err;
@@ -224,6 +245,17 @@ async function startDispatch(ctx: Context, fns: readonly string[]): Promise<Coun
 
 /** Processes started so far (each gets its own folder). */
 let processes = 0;
+
+/** InstrOptions.cacheSim of the run under way. */
+let cacheSim = false;
+
+/** Every event total of the newest dump (with --cache-sim: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw). */
+function dumpEvents(dir: string): Map<string, number> {
+  const text = readFileSync(newestDump(dir), 'utf8');
+  const names = /^events: (.*)$/m.exec(text)?.[1]?.trim().split(/\s+/) ?? [];
+  const values = /^(?:summary|totals): (.*)$/m.exec(text)?.[1]?.trim().split(/\s+/).map(Number) ?? [];
+  return new Map(names.map((n, i) => [n, values[i] ?? 0]));
+}
 
 /** SIGTERM, then SIGKILL if the process (slow under valgrind) has not exited in 60 s. */
 async function stop(p: Spawned): Promise<void> {
@@ -263,7 +295,7 @@ const IDLE_S = 5;
 async function count(ctx: Context, c: Counted, o: { requests: number; warmup: number; connections: number; byFunction: boolean }): Promise<Counts> {
   try {
     ctx.log(`instr ${c.name}: warm-up (${o.warmup} requests, not counted)`);
-    await load(c.url, c.headers, o.warmup, o.connections);
+    await load(c.url, c.headers, o.warmup, o.connections, c.spread);
     await run('callgrind_control', ['-i', 'on', String(c.proc.pid)]);
     ctx.log(`instr ${c.name}: ${o.requests} counted requests`);
     const t0 = performance.now();
@@ -271,16 +303,22 @@ async function count(ctx: Context, c: Counted, o: { requests: number; warmup: nu
     // median part shows what a request costs without it (the total still counts it).
     const perWindow: number[] = [];
     let instructions = 0;
+    const events = new Map<string, number>();
     for (let w = 0; w < WINDOWS; w++) {
       const n = Math.floor(o.requests / WINDOWS) + (w < o.requests % WINDOWS ? 1 : 0);
-      await load(c.url, c.headers, n, o.connections);
+      await load(c.url, c.headers, n, o.connections, c.spread);
       await run('callgrind_control', ['-d', String(c.proc.pid)]);
       const part = dumpTotal(c.dir);
       instructions += part;
+      if (cacheSim) for (const [k, v] of dumpEvents(c.dir)) events.set(k, (events.get(k) ?? 0) + v);
       perWindow.push(part / n);
       if (o.byFunction) ctx.log(`instr ${c.name}: ${byFunction(c.dir, c.proc.pid, n, w === WINDOWS - 1)}`);
     }
     const windowS = (performance.now() - t0) / 1000;
+    if (cacheSim) {
+      const per = (k: string): string => ((events.get(k) ?? 0) / o.requests).toFixed(1);
+      ctx.log(`instr ${c.name}: per request: data reads ${per('Dr')}, writes ${per('Dw')}; D1 misses ${per('D1mr')} read + ${per('D1mw')} write; last-level misses ${per('DLmr')} read + ${per('DLmw')} write; I1 misses ${per('I1mr')}`);
+    }
     await run('callgrind_control', ['-z', String(c.proc.pid)]);
     const i0 = performance.now();
     // A benchmark, not a test: the idle period is the measurement.
@@ -295,6 +333,7 @@ async function count(ctx: Context, c: Counted, o: { requests: number; warmup: nu
 
 export async function runInstr(ctx: Context, options: InstrOptions = {}): Promise<InstrRow[]> {
   requireValgrind();
+  cacheSim = options.cacheSim === true;
   const o = {
     requests: options.requests ?? (ctx.quick ? 5_000 : 20_000),
     warmup: options.warmup ?? 30_000,
@@ -320,9 +359,28 @@ export async function runInstr(ctx: Context, options: InstrOptions = {}): Promis
       starts.push({ name: `${name}-before`, start: () => startSmart(ctx, `${name}-before`, `${label}, before (${root})`, yaml, headers, root, fns) });
     }
   }
-  const wanted = options.cases === undefined ? undefined : new Set(['dispatch', ...options.cases]);
+  // The many-resources pair (suites/many.ts's configs: 1 resource, and 10,000 each with its own
+  // static provider), only when asked for: requests round-robin over 1, resp. 1,000 resources.
+  // many-10000-quiet: the same with the per-instance background pushed out of the window (no
+  // health checks, a state flush once an hour), so what is left is the requests' own work.
+  for (const [resources, spread, quiet] of [[1, 1, false], [10_000, 1000, false], [10_000, 1000, true]] as const) {
+    const name = `many-${resources}${quiet ? '-quiet' : ''}`;
+    const label = `Smart Proxy, ${resources.toLocaleString('en')} resource(s), requests over ${spread.toLocaleString('en')}${quiet ? ', no health checks, flush hourly' : ''}`;
+    let yaml = manyYaml(resources, ctx.upstreamPort);
+    if (quiet) yaml = yaml.replace('resourceDefaults: { access: { public: true } }', 'resourceDefaults: { access: { public: true }, healthCheckIntervalMs: 0 }');
+    const stateExtra = quiet ? ', flushIntervalMs: 3600000' : '';
+    starts.push({ name, start: () => startSmart(ctx, name, label, yaml, [], join(BENCH_DIR, '..'), fns, spread, stateExtra) });
+    if (options.baseline !== undefined) {
+      const root = options.baseline;
+      starts.push({ name: `${name}-before`, start: () => startSmart(ctx, `${name}-before`, `${label}, before (${root})`, yaml, [], root, fns, spread, stateExtra) });
+    }
+  }
+  // The dispatch() proxy is the reference of every row, but of the many-resources pair alone
+  // many-1 is (it comes first then).
+  const manyOnly = options.cases !== undefined && options.cases.every((c) => c.startsWith('many-'));
+  const wanted = options.cases === undefined ? undefined : new Set([...(manyOnly ? [] : ['dispatch']), ...options.cases]);
   const measured: Array<Omit<InstrRow, 'ratio' | 'busyRatio' | 'medianWindowRatio' | 'processes' | 'perRequestMin' | 'perRequestMax'>> = [];
-  const chosen = starts.filter((s) => wanted === undefined || wanted.has(s.name));
+  const chosen = starts.filter((s) => wanted === undefined ? !s.name.startsWith('many-') : wanted.has(s.name));
   // Repeats interleaved (A B C, A B C): one process's JIT may settle on other code than the
   // next one's, so a row is the median over processes.
   const runs: typeof chosen = [];
@@ -350,10 +408,12 @@ export async function runInstr(ctx: Context, options: InstrOptions = {}): Promis
 }
 
 export function renderInstr(rows: readonly InstrRow[], command: string): string {
+  // Every ratio is to the first row: the dispatch() proxy, or many-1 in a many-resources run.
+  const ref = rows[0]?.name === 'dispatch' ? 'dispatch()' : 'first row';
   const out = [
     `Run ${new Date().toISOString()} · \`${command}\` · ${rows[0]?.requests.toLocaleString('en')} keep-alive requests per process, counted by callgrind after a warm-up`,
     '',
-    '| proxy | instructions / request (range over processes) | ÷ dispatch() | median of 5 parts | ÷ dispatch() | idle instructions / s | less idle, / request | ÷ dispatch() | target ≤ 1.10× |',
+    `| proxy | instructions / request (range over processes) | ÷ ${ref} | median of 5 parts | ÷ ${ref} | idle instructions / s | less idle, / request | ÷ ${ref} | target ≤ 1.10× |`,
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
   ];
   const fmt = (n: number): string => Math.round(n).toLocaleString('en');

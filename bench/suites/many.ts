@@ -43,7 +43,7 @@ export interface ManyCase {
   readonly roundCpuUsPerReq: number[];
 }
 
-function yamlFor(count: number, upstreamPort: number): string {
+export function yamlFor(count: number, upstreamPort: number): string {
   const lines = ['listen: { host: 127.0.0.1, port: 0 }', 'log: { level: warn }', 'resourceDefaults: { access: { public: true } }', 'resources:'];
   for (let i = 1; i <= count; i++) {
     // Block style, as YAML generators (yaml.stringify) and people write it.

@@ -50,8 +50,15 @@ export class InstanceRegistry {
     return this.#instances.get(resourceId)?.values() ?? [];
   }
 
-  *all(): Iterable<Instance> {
-    for (const byKey of this.#instances.values()) yield* byKey.values();
+  /**
+   * Every instance, as a snapshot array. Not a generator: the state flush walks every
+   * instance once a second, and a generator's resumption per item cost some 600 instructions
+   * per instance (callgrind, 1,000 warm instances), a plain loop a tenth of that.
+   */
+  all(): Instance[] {
+    const out: Instance[] = [];
+    for (const byKey of this.#instances.values()) for (const inst of byKey.values()) out.push(inst);
+    return out;
   }
 
   get count(): number {

@@ -97,6 +97,33 @@ describe('StateSync', () => {
     s.manager.close();
   });
 
+  it('rewrites only the instances whose activity or state changed since the last flush', async () => {
+    const s = setup({ sharing: 'user' });
+    const store = new FlakyStore();
+    const batches: StoreBatch[] = [];
+    const apply = store.apply.bind(store);
+    store.apply = async (batch) => { batches.push(batch); return apply(batch); };
+    const { sync } = syncFor(s, store);
+    sync.start();
+    s.provider.state = { state: 'running', endpoint: 'http://127.0.0.1:1' };
+    s.probe.ok = true;
+    const [alice, bob] = ['alice', 'bob'].map((u) => s.manager.selectInstance(s.resource, [], u));
+    const ready = Promise.all([alice!, bob!].map((i) => s.manager.waitUntilReady(i, { timeoutMs: 10_000 })));
+    await s.clock.advance(50);
+    await ready;
+    await s.clock.advance(1_000);
+    assert.deepEqual((await store.loadInstances()).map((r) => r.instanceKey).sort(), ['user:alice', 'user:bob']);
+    batches.length = 0;
+    await s.clock.advance(3_000);
+    assert.equal(batches.length, 0, 'nothing changed: nothing written');
+    s.manager.touch(bob!);
+    const touchedAt = s.clock.now();
+    await s.clock.advance(1_000);
+    assert.deepEqual(batches.flatMap((b) => b.upserts.map((u) => [u.instanceKey, u.lastActivityAt])), [['user:bob', touchedAt]], 'only the used one');
+    await sync.close();
+    s.manager.close();
+  });
+
   it('a failing store never fails traffic: it is logged, counted, and the write retried later', async () => {
     const s = setup();
     const store = new FlakyStore();
