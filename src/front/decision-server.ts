@@ -157,9 +157,14 @@ export class DecisionServer {
     let user = '';
     let groups = '';
     const names = this.#o.identityHeaderNames;
+    // The data plane hands its identity header names over in lower case (a name is
+    // case-insensitive, RFC 9110 §5.1): compared folded, whatever case the config spells.
+    const userName = names.user.toLowerCase();
+    const groupsName = names.groups.toLowerCase();
     for (const [name, value] of backend?.extra ?? []) {
-      if (name === names.user) user = value;
-      else if (name === names.groups) groups = value;
+      const folded = name.toLowerCase();
+      if (folded === userName) user = value;
+      else if (folded === groupsName) groups = value;
     }
     this.counts.direct++;
     // The allow is cached by the front proxy and re-read on every warm request: only what it
