@@ -10,64 +10,23 @@
  *
  * usage: node bench/bare-proxy.ts <port> <upstream origin> [request|dispatch]
  */
-import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
-import { Pool, type Dispatcher } from 'undici';
+import { Pool } from 'undici';
+import { BareForward, HOP, withoutHop } from './lib/bare-forward.ts';
 
 const [portArg, upstream, engine = 'request'] = process.argv.slice(2);
 if (portArg === undefined || upstream === undefined) throw new Error('usage: bare-proxy.ts <port> <upstream origin>');
 const pool = new Pool(upstream, { connections: 256, keepAliveTimeout: 4_000 });
 
-// undici refuses these request headers; a proxy must not forward them anyway (RFC 9110 §7.6.1).
-const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'host', 'proxy-connection', 'te', 'trailer']);
-
-function requestHeaders(headers: IncomingHttpHeaders): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  for (const name in headers) {
-    const v = headers[name];
-    if (v !== undefined && !HOP.has(name)) out[name] = v;
-  }
-  return out;
-}
-
-class Handler implements Dispatcher.DispatchHandler {
-  readonly res: ServerResponse;
-  controller: Dispatcher.DispatchController | undefined;
-  constructor(res: ServerResponse) {
-    this.res = res;
-  }
-  readonly onDrain = (): void => this.controller?.resume();
-  onRequestStart(controller: Dispatcher.DispatchController): void {
-    this.controller = controller;
-  }
-  onResponseStart(_c: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
-    if (statusCode >= 200) this.res.writeHead(statusCode, requestHeaders(headers));
-  }
-  onResponseData(c: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (!this.res.write(chunk)) {
-      c.pause();
-      this.res.once('drain', this.onDrain);
-    }
-  }
-  onResponseEnd(): void {
-    this.res.end();
-  }
-  onResponseError(): void {
-    if (!this.res.headersSent) {
-      this.res.writeHead(502);
-      this.res.end();
-    } else this.res.destroy();
-  }
-}
-
 function viaDispatch(req: IncomingMessage, res: ServerResponse): void {
   const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
-  pool.dispatch({ method: req.method as 'GET', path: req.url ?? '/', headers: requestHeaders(req.headers), body: hasBody ? req : null }, new Handler(res));
+  pool.dispatch({ method: req.method as 'GET', path: req.url ?? '/', headers: withoutHop(req.headers), body: hasBody ? req : null }, new BareForward(res));
 }
 
 const server = createServer(engine === 'dispatch' ? viaDispatch : (req, res) => {
   const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
-  pool.request({ method: req.method as 'GET', path: req.url ?? '/', headers: requestHeaders(req.headers), body: hasBody ? req : null })
+  pool.request({ method: req.method as 'GET', path: req.url ?? '/', headers: withoutHop(req.headers), body: hasBody ? req : null })
     .then(async (up) => {
       const headers: Record<string, string | string[]> = {};
       for (const name in up.headers) {

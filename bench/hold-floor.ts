@@ -16,9 +16,10 @@
  *
  * usage: node --expose-gc bench/hold-floor.ts [--forward ORIGIN] [--concurrency 64]
  */
-import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { parseArgs } from 'node:util';
-import { Pool, type Dispatcher } from 'undici';
+import { Pool } from 'undici';
+import { BareForward, withoutHop } from './lib/bare-forward.ts';
 import { heapCounts } from './lib/heap-counts.ts';
 import { nowMs } from './lib/ipc.ts';
 
@@ -27,66 +28,21 @@ const limit = Number(values.concurrency);
 if (!Number.isInteger(limit) || limit < 0) throw new Error(`--concurrency must be a whole number >= 0, not ${values.concurrency}`);
 const pool = values.forward === undefined ? undefined : new Pool(values.forward, { connections: 256, keepAliveTimeout: 4_000 });
 
-// undici refuses these request headers; a proxy must not forward them anyway (RFC 9110 §7.6.1).
-const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'host', 'proxy-connection', 'te', 'trailer']);
-
-function withoutHop(headers: IncomingHttpHeaders): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  for (const name in headers) {
-    const v = headers[name];
-    if (v !== undefined && !HOP.has(name)) out[name] = v;
-  }
-  return out;
-}
-
 interface Held { readonly req: IncomingMessage; readonly res: ServerResponse }
 const held: Held[] = [];
 let next = 0;
 let inFlight = 0;
 
-class Handler implements Dispatcher.DispatchHandler {
-  readonly res: ServerResponse;
-  controller: Dispatcher.DispatchController | undefined;
-  #done = false;
-  constructor(res: ServerResponse) {
-    this.res = res;
-  }
-  readonly onDrain = (): void => this.controller?.resume();
-  onRequestStart(controller: Dispatcher.DispatchController): void {
-    this.controller = controller;
-  }
-  onResponseStart(_c: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
-    if (statusCode >= 200) this.res.writeHead(statusCode, withoutHop(headers));
-  }
-  onResponseData(c: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (!this.res.write(chunk)) {
-      c.pause();
-      this.res.once('drain', this.onDrain);
-    }
-  }
-  onResponseEnd(): void {
-    this.res.end();
-    this.#finished();
-  }
-  onResponseError(): void {
-    if (!this.res.headersSent) {
-      this.res.writeHead(502);
-      this.res.end();
-    } else this.res.destroy();
-    this.#finished();
-  }
-  #finished(): void {
-    if (this.#done) return;
-    this.#done = true;
-    inFlight--;
-    pump();
-  }
+/** A forward is over: the next held request may go. */
+function finished(): void {
+  inFlight--;
+  pump();
 }
 
 function forward({ req, res }: Held): void {
   inFlight++;
   const hasBody = req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined;
-  pool!.dispatch({ method: req.method as 'GET', path: req.url ?? '/', headers: withoutHop(req.headers), body: hasBody ? req : null }, new Handler(res));
+  pool!.dispatch({ method: req.method as 'GET', path: req.url ?? '/', headers: withoutHop(req.headers), body: hasBody ? req : null }, new BareForward(res, finished));
 }
 
 /** Lets held requests go while slots are free (all at once when there is no limit). */
