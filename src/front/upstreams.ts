@@ -41,6 +41,7 @@ export class UpstreamNames {
   readonly #cache = new Map<string, ForwardTarget | undefined>();
 
   constructor(providers: Iterable<ProviderConfig>) {
+    const names = new Set<string>();
     for (const p of providers) {
       const origin = fixedOrigin(p);
       if (origin === undefined || this.#byOrigin.has(origin)) continue;
@@ -48,8 +49,13 @@ export class UpstreamNames {
       const scheme = url.protocol === 'https:' ? 'https' : 'http';
       const port = url.port === '' ? (scheme === 'https' ? '443' : '80') : url.port;
       // Short: nginx compares a variable upstream's name with each block's of the same length,
-      // byte by byte, on every request (40 bits of hash keep distinct origins apart).
-      const name = `sp_${createHash('sha256').update(origin).digest('hex').slice(0, 10)}`;
+      // byte by byte, on every request. Two origins whose 40 bits of hash meet (unlikely, but a
+      // shared name would send one's requests to the other) take a longer one.
+      const hex = createHash('sha256').update(origin).digest('hex');
+      let name = `sp_${hex.slice(0, 10)}`;
+      for (let len = 16; names.has(name) && len <= 64; len += 16) name = `sp_${hex.slice(0, len)}`;
+      if (names.has(name)) name = `sp_${hex}_${names.size}`;
+      names.add(name);
       this.#byOrigin.set(origin, { name, server: `${url.hostname}:${port}`, scheme });
     }
     this.blocks = [...this.#byOrigin.values()];
