@@ -21,6 +21,11 @@ export interface UpstreamOptions {
   readonly queueTimeoutMs?: number;
   /** Longest silence of a client while its request body is forwarded; 0 = none. */
   readonly bodyIdleTimeoutMs?: number;
+  /**
+   * Told when a backend's answer breaks after its head went out (the client connection is
+   * cut then): the one failure the client cannot be told about.
+   */
+  readonly onBrokenAnswer?: (origin: string, err: Error) => void;
 }
 
 /** A backend endpoint split once into what undici needs. */
@@ -202,7 +207,7 @@ export class UpstreamPools {
     const idleMs = this.#options.bodyIdleTimeoutMs ?? 0;
     // A body is read through an idle bound, so a stalled upload frees its backend connection.
     const body = !hasBody ? null : idleMs > 0 ? idleBoundedBody(req, idleMs) : req;
-    const handler = new ForwardHandler(req, res, method, slot, settled);
+    const handler = new ForwardHandler(req, res, method, slot, settled, this.#options.onBrokenAnswer === undefined ? undefined : origin, this.#options.onBrokenAnswer);
     // undici's client writes any async iterable body (client-h1 writeIterable); its
     // dispatch types name only Readable.
     try {
@@ -231,7 +236,13 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   #done = false;
   #settledOk = false;
 
-  constructor(req: IncomingMessage, res: ServerResponse, method: string, slot: ReleaseSlot, settled: ForwardSettled) {
+  readonly #origin: string | undefined;
+  readonly #onBroken: ((origin: string, err: Error) => void) | undefined;
+
+  constructor(req: IncomingMessage, res: ServerResponse, method: string, slot: ReleaseSlot, settled: ForwardSettled,
+    origin?: string, onBroken?: (origin: string, err: Error) => void) {
+    this.#origin = origin;
+    this.#onBroken = onBroken;
     this.#req = req;
     this.#res = res;
     this.#method = method;
@@ -299,6 +310,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
       this.#settle('done');
     } else if (this.#headSent || this.#clientGone) {
       // Client left or backend broke mid-body: the client connection is the only signal left.
+      if (!this.#clientGone && this.#origin !== undefined) this.#onBroken?.(this.#origin, err);
       if (!this.#res.destroyed) this.#res.destroy();
       this.#settle('done');
     } else {

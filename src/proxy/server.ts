@@ -159,7 +159,13 @@ export class ProxyServer {
       sockets.delete(this);
     };
     this.#protected = new Set(options.protectedHeaders ?? ['x-forwarded-user', 'x-forwarded-groups']);
-    this.pools = new UpstreamPools({ ...options.upstream, bodyIdleTimeoutMs: options.bodyIdleTimeoutMs ?? 60_000 });
+    const log = options.logger;
+    this.pools = new UpstreamPools({
+      ...options.upstream,
+      bodyIdleTimeoutMs: options.bodyIdleTimeoutMs ?? 60_000,
+      // nginx logs the same ("upstream prematurely closed connection while reading upstream").
+      onBrokenAnswer: (origin, err) => log.warn({ backend: origin, code: (err as { code?: string }).code ?? err.name, reason: err.message }, 'backend broke off its answer after the head; the client connection was cut'),
+    });
     this.#sweepPoolsOnStop(options.manager, options.clock ?? systemClock, options.poolSweepDelayMs ?? 1_000);
     this.#observer = options.observer;
     this.#coldStartHeader = options.coldStartHeader;

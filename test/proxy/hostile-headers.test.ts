@@ -220,6 +220,7 @@ describe('answers from a backend that breaks HTTP framing', () => {
         // Raw bytes on the backend's socket: node:http would not send them.
         if (req.url === '/no-content') res.socket?.write('HTTP/1.1 204 No Content\r\ncontent-length: 5\r\nx-kept: yes\r\n\r\nhello');
         else if (req.url === '/head' && req.method === 'HEAD') res.socket?.write('HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello');
+        else if (req.url === '/cut') res.socket?.end('HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc');
         else if (req.url === '/malformed') res.socket?.write('HTTP/1.1 200 OK\r\nx-a: a\u0000backend-secret\r\ncontent-length: 2\r\n\r\nok');
         else res.end('ok');
       } }),
@@ -249,6 +250,19 @@ describe('answers from a backend that breaks HTTP framing', () => {
       assert.equal(problem.cause, 'malformed-response');
       assert.match(problem.detail, /not valid HTTP\/1\.1 \(Invalid header value char\)/);
       assert.doesNotMatch(bad.body, /backend-secret/);
+      // Broken off mid-body: the client's connection is cut (its only signal), and the
+      // operator is told which backend did it.
+      const cut = await RawClient.open(h.url);
+      try {
+        cut.write('GET /smart_proxy/app/g1/cut HTTP/1.1\r\nhost: x\r\n\r\n');
+        await cut.until((_r, closed) => closed, 'the connection to be cut');
+        assert.match(cut.received, /^HTTP\/1\.1 200 OK\r\n[\s\S]*content-length: 10\r\n[\s\S]*\r\n\r\nabc$/i);
+      } finally {
+        cut.close();
+      }
+      const broken = h.logs.filter((l) => l.msg?.startsWith('backend broke off its answer') === true);
+      assert.equal(broken.length, 1, JSON.stringify(h.logs.map((l) => l.msg)));
+      assert.match(JSON.stringify(broken[0]!.obj), /"backend":"http:\/\/127\.0\.0\.1:\d+"/);
       // The broken backend connections were dropped, not reused: the next answer is clean.
       const after = await rawGet(h.url, '/smart_proxy/app/g1/plain', 'host: x\r\n');
       assert.equal(after.status, 200);
