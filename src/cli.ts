@@ -30,7 +30,8 @@ const commands: Record<string, () => Promise<Command>> = {
 
 async function usage(): Promise<string> {
   const rows = (await Promise.all(Object.values(commands).map(async (load) => (await load()).usage))).flat();
-  const lines = rows.map(([synopsis, what]) => (synopsis.length <= 33 ? `  ${synopsis.padEnd(33)}${what}` : `  ${synopsis}\n  ${''.padEnd(33)}${what}`));
+  const lines = rows.map(([synopsis, what]) => (synopsis.length < 33 ? `  ${synopsis.padEnd(33)}${what}` : `  ${synopsis}\n  ${''.padEnd(33)}${what}`));
+  lines.push(`  ${'--version'.padEnd(33)}print the version and exit`);
   lines.push(`  ${'status | start RESOURCE | stop | logs | audit'.padEnd(33)}\n  ${''.padEnd(33)}operator commands against the admin API (\`smart-proxy status --help\`)`);
   return `usage: smart-proxy <command> [options]\n\ncommands:\n${lines.join('\n')}\n`;
 }
@@ -46,6 +47,13 @@ async function main(argv: string[]): Promise<number> {
     const { runAdminCommand, adminUsage } = await import('./admin/cli/commands.ts');
     if (rest.includes('--help') || rest.includes('-h')) return (process.stdout.write(adminUsage), 0);
     return runAdminCommand(name as string, rest);
+  }
+  if (name === '--version' || name === '-v' || name === 'version') {
+    // Read when asked: the package's own version, as npm installed it.
+    const { createRequire } = await import('node:module');
+    const pkg = createRequire(import.meta.url)('../package.json') as { version: string };
+    process.stdout.write(`smart-proxy ${pkg.version} (Node.js ${process.version})\n`);
+    return 0;
   }
   if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
     process[name === undefined ? 'stderr' : 'stdout'].write(await usage());

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
@@ -135,11 +135,14 @@ describe('config', () => {
     }
   });
 
-  it('every command prints its own usage for --help and exits 2 on an unknown option', async () => {
+  it('every command prints its own usage for --help, --version the version, and an unknown option exits 2', async () => {
     for (const command of ['start', 'demo', 'hash-password', 'mock-cloud', 'healthcheck', 'nginx-config', 'haproxy-config']) {
       const help = await run(process.execPath, [cli, command, '--help']);
       assert.match(help.stdout, new RegExp(`^usage:\\n  smart-proxy ${command}`), command);
     }
+    const version = await run(process.execPath, [cli, '--version']);
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    assert.equal(version.stdout, `smart-proxy ${pkg.version} (Node.js ${process.version})\n`);
     const bad = await run(process.execPath, [cli, 'nginx-config', '--no-such-option']).then(() => undefined, (e: unknown) => e as { code: number; stderr: string });
     assert.equal(bad?.code, 2);
     assert.match(bad.stderr, /Unknown option '--no-such-option'[\s\S]*usage: smart-proxy/);
