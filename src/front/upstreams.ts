@@ -35,6 +35,18 @@ export function fixedOrigin(p: ProviderConfig): string | undefined {
   }
 }
 
+/**
+ * An upstream block's name from its origin's SHA-256 (hex): `sp_` and 10 hex digits, longer
+ * when that name is `taken` by another origin already; added to `taken`.
+ */
+export function upstreamName(hex: string, taken: Set<string>): string {
+  let name = `sp_${hex.slice(0, 10)}`;
+  for (let len = 16; taken.has(name) && len <= 64; len += 16) name = `sp_${hex.slice(0, len)}`;
+  if (taken.has(name)) name = `sp_${hex}_${taken.size}`;
+  taken.add(name);
+  return name;
+}
+
 export class UpstreamNames {
   readonly blocks: readonly UpstreamBlock[];
   readonly #byOrigin = new Map<string, UpstreamBlock>();
@@ -51,11 +63,7 @@ export class UpstreamNames {
       // Short: nginx compares a variable upstream's name with each block's of the same length,
       // byte by byte, on every request. Two origins whose 40 bits of hash meet (unlikely, but a
       // shared name would send one's requests to the other) take a longer one.
-      const hex = createHash('sha256').update(origin).digest('hex');
-      let name = `sp_${hex.slice(0, 10)}`;
-      for (let len = 16; names.has(name) && len <= 64; len += 16) name = `sp_${hex.slice(0, len)}`;
-      if (names.has(name)) name = `sp_${hex}_${names.size}`;
-      names.add(name);
+      const name = upstreamName(createHash('sha256').update(origin).digest('hex'), names);
       this.#byOrigin.set(origin, { name, server: `${url.hostname}:${port}`, scheme });
     }
     this.blocks = [...this.#byOrigin.values()];

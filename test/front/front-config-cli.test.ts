@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { NGINX_LUA_MODULES } from '../../src/front/nginx-lua.ts';
+import { upstreamName } from '../../src/front/upstreams.ts';
 import { requireNginxLua } from './nginx-front-suite.ts';
 
 const cli = new URL('../../src/cli.ts', import.meta.url).pathname;
@@ -126,5 +127,20 @@ void describe('front-proxy config commands', () => {
     const out = spawnSync(process.execPath, [cli, 'nginx-config'], { encoding: 'utf8' });
     assert.equal(out.status, 2);
     assert.match(out.stderr, /needs --config FILE/);
+  });
+});
+
+describe('upstream block names', () => {
+  it('are short, and longer for an origin whose short name another origin took', () => {
+    const taken = new Set<string>();
+    const a = 'a1b2c3d4e5'.padEnd(64, '0');
+    const b = 'a1b2c3d4e5'.padEnd(64, '1'); // the same first 40 bits: another origin
+    assert.equal(upstreamName(a, taken), 'sp_a1b2c3d4e5');
+    const second = upstreamName(b, taken);
+    assert.notEqual(second, 'sp_a1b2c3d4e5', 'two origins never share a block');
+    assert.equal(second, `sp_${b.slice(0, 16)}`);
+    // Even the very same hash twice (impossible for two origins) ends in two names.
+    assert.notEqual(upstreamName(a, taken), 'sp_a1b2c3d4e5');
+    assert.equal(taken.size, 3);
   });
 });
