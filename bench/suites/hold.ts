@@ -121,7 +121,7 @@ export async function runHold(ctx: Context): Promise<HoldResult> {
       ...(await holdFloor(ctx, n)),
       statuses: outcome.statuses, errors: outcome.errors, errorCount,
     };
-    ctx.log(`  node:http alone: ${(result.floorRssPerHeldBytes / 1024).toFixed(1)} KB RSS per held request (heap ${(result.floorHeapPerHeldBytes / 1024).toFixed(1)} KB), release ready→last ${(result.floorReadyToLastMs ?? 0).toFixed(0)} ms, ${(result.floorReleaseCpuUsPerRequest ?? 0).toFixed(0)} µs CPU per request`);
+    ctx.log(`  bare forwarding proxy (node:http + undici): ${(result.floorRssPerHeldBytes / 1024).toFixed(1)} KB RSS per held request (heap ${(result.floorHeapPerHeldBytes / 1024).toFixed(1)} KB), release ready→last ${(result.floorReadyToLastMs ?? 0).toFixed(0)} ms, ${(result.floorReleaseCpuUsPerRequest ?? 0).toFixed(0)} µs CPU per request`);
     ctx.log(`  Smart Proxy: release used ${result.releaseCpuUsPerRequest.toFixed(0)} µs CPU per request, ${result.releaseCpuSharePct.toFixed(0)} % of the core`);
     ctx.log(`  starts ${result.providerStarts}, ${(result.rssPerHeldBytes / 1024).toFixed(1)} KB RSS per held request (heap ${(result.heapPerHeldBytes / 1024).toFixed(1)} KB, external ${(result.externalPerHeldBytes / 1024).toFixed(1)} KB), flip→ready ${result.flipToReadyMs.toFixed(0)} ms, ready→last ${result.readyToLastMs.toFixed(0)} ms, errors ${errorCount}`);
     return result;
