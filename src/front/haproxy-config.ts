@@ -85,6 +85,9 @@ frontend smart_proxy
     http-request set-var(txn.sp_resource) path,field(3,/) if { path_beg /smart_proxy/ }
     http-request track-sc0 var(txn.sp_resource) table smart_proxy_open if { var(txn.sp_resource) -m found }
     http-request lua.smart_proxy_decide ${decision} ${ttlS}
+    # TRACE (and IIS's TRACK) would echo the headers added for the backend: the data plane
+    # refuses them, as nginx does by itself.
+    use_backend smart_proxy_data if METH_TRACE or { method TRACK }
     use_backend smart_proxy_direct if { var(txn.sp_ip) -m found }
     default_backend smart_proxy_data
 
@@ -104,7 +107,7 @@ backend smart_proxy_direct
     # The inner hop cannot tell a refused connection from one the backend accepted and dropped
     # at once, after reading the request: only requests safe to send twice (RFC 9110 §9.2.2)
     # are sent again.
-    http-request disable-l7-retry unless { method GET HEAD OPTIONS TRACE PUT DELETE }
+    http-request disable-l7-retry unless { method GET HEAD OPTIONS PUT DELETE }
     option forwardfor
     # Set here, where the client's connection is known (the inner hop's is the abstract socket).
     http-request set-header X-Forwarded-Proto http unless { ssl_fc }

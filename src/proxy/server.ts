@@ -333,6 +333,11 @@ export class ProxyServer {
       res.shouldKeepAlive = false;
       throw new SmartProxyError('SP_SHUTTING_DOWN', undefined, { retryAfterS: 1 });
     }
+    // A TRACE answered by the backend echoes the request as the backend got it: with the
+    // identity headers (and any credential) the proxy added, to a caller who may be a page
+    // script (cross-site tracing). Refused before anything is woken, as nginx does; without
+    // Allow, as nginx, because which methods the backend takes is not the proxy's to say.
+    if (req.method === 'TRACE' || req.method === 'TRACK') throw new SmartProxyError('SP_ROUTE_METHOD_NOT_FORWARDED', `${req.method} is not forwarded`);
     const absolute = absoluteToOriginForm(req);
     if (absolute !== undefined) throw new SmartProxyError('SP_ROUTE_BAD_TARGET', `bad request target: ${absolute}`, { data: { reason: absolute } });
     if (this.#signIn?.handles(req.url) === true) return this.#signIn.handle(req, res);

@@ -113,6 +113,13 @@ front:
     const eveDirect = await get(Number(new URL(app.proxyUrl).port), '/smart_proxy/app/-/x', bearer(EVE));
     assert.equal(eve.status, eveDirect.status);
     assert.equal((await get(port, '/smart_proxy/app/-/a/../b', bearer(ALICE))).status, 400);
+    // A warm resource's TRACE would echo the identity headers: it goes to the data plane, which
+    // refuses it (nginx refuses TRACE by itself).
+    const before = dataPlaneRequests;
+    const trace = await send(port, '/smart_proxy/app/-/x', 'TRACE', '', bearer(ALICE));
+    assert.equal(trace.status, 405, trace.body + haproxy.output());
+    assert.equal((JSON.parse(trace.body) as { code: string }).code, 'SP_ROUTE_METHOD_NOT_FORWARDED');
+    assert.equal(dataPlaneRequests, before + 1);
   });
 
   void it('a backend that dies is woken again by the next request: idempotent requests see no error', async () => {

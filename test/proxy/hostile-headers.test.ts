@@ -122,6 +122,45 @@ describe('headers from untrusted clients', () => {
     }
   });
 
+  it('refuses TRACE with 405 before anything wakes: an echo would show the headers added for the backend', async () => {
+    let echoed = 0;
+    const mimic = new MimicProvider({
+      backend: (key) => startEchoServer({ name: key, handler: (req: IncomingMessage, res: ServerResponse) => {
+        if (req.url !== '/') echoed++;
+        res.end('echo');
+      } }),
+    });
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }] });
+    const send = async (method: string, target: string): Promise<{ status: number; head: string; body: string }> => {
+      const c = await RawClient.open(h.url);
+      try {
+        c.write(`${method} ${target} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer secret\r\nconnection: close\r\n\r\n`);
+        return await c.response();
+      } finally {
+        c.close();
+      }
+    };
+    try {
+      for (const target of ['/smart_proxy/app/g1/x', '/smart_proxy/nope/g1/x', '*']) {
+        const res = await send('TRACE', target);
+        assert.equal(res.status, 405, `TRACE ${target}: ${res.head}`);
+        assert.equal((JSON.parse(res.body) as { code: string }).code, 'SP_ROUTE_METHOD_NOT_FORWARDED');
+        assert.doesNotMatch(res.body, /secret/);
+      }
+      // Node's HTTP/1 parser knows no TRACK (IIS's TRACE) and refuses it; over HTTP/2 any
+      // method name can arrive, and TRACK gets the 405 above.
+      assert.equal((await send('TRACK', '/smart_proxy/app/g1/x')).status, 400);
+      assert.equal(mimic.calls.start, 0, 'a refused request wakes nothing');
+      // Other methods, unknown ones included, still reach the backend.
+      for (const method of ['OPTIONS', 'PROPFIND', 'PATCH']) {
+        assert.equal((await send(method, '/smart_proxy/app/g1/x')).status, 200, method);
+      }
+      assert.equal(echoed, 3);
+    } finally {
+      await h.close();
+    }
+  });
+
   it('accepts an absolute-form target and takes its authority as Host (RFC 9112 §3.2.2)', async () => {
     const mimic = new MimicProvider();
     const h = await startHarness({ resources: [{ id: 'app', provider: mimic }] });
