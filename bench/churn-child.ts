@@ -1,7 +1,7 @@
 /**
  * The proxy under the churn soak (bench/suites/churn.ts), in its own process so that its
  * memory and handles are its own: the whole app (startApp) with a provider that brings up an
- * HTTP backend on a fresh port at every start and closes it at every stop (like a cloud that
+ * HTTP backend on a fresh address and port at every start and closes it at every stop (like a cloud that
  * hands out a new address per boot). Resources stop after a short idle time, so every cold
  * request is a start/stop cycle. Answers `{ type: 'stats' }` on IPC with memory, handle,
  * pool and instance counts, after a GC when --expose-gc is on.
@@ -13,6 +13,13 @@ import { createLogger, startApp } from '../src/main.ts';
 import { MemoryStore } from '../src/state/memory-store.ts';
 
 const resources = Number(process.argv[2] ?? 200);
+
+let hostIndex = 0;
+/** 127.1.0.1 … 127.1.15.250, in turn (all of 127.0.0.0/8 is loopback on Linux). */
+function nextHost(): string {
+  const i = hostIndex++ % 4000;
+  return `127.1.${Math.floor(i / 250)}.${(i % 250) + 1}`;
+}
 
 class FreshPortProvider implements Provider {
   readonly kind = 'fresh-port';
@@ -29,9 +36,20 @@ class FreshPortProvider implements Provider {
       res.end('ok');
     });
     server.keepAliveTimeout = 1_000;
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    // Hundreds of cycles a second, each leaving a closed listener's and a connection's ports in
+    // TIME_WAIT for a minute, use up one address's ephemeral ports (28k) within two minutes on
+    // a fast machine: each backend takes the next of 4,000 loopback addresses, as a cloud hands
+    // out a new address per boot. A listen that still fails is a failed start, not a crash.
+    const host = nextHost();
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
     const { port } = server.address() as { port: number };
-    this.#servers.set(id, { server, endpoint: `http://127.0.0.1:${port}` });
+    this.#servers.set(id, { server, endpoint: `http://${host}:${port}` });
     return { handle: id };
   }
 

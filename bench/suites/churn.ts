@@ -42,11 +42,15 @@ export async function runChurn(ctx: Context, options: { durationS?: number; reso
   const messages: Array<Record<string, unknown>> = [];
   let wake: (() => void) | undefined;
   proc.on('message', (m: Record<string, unknown>) => { messages.push(m); wake?.(); });
+  // A child that dies must end the suite with its reason, not leave `next` waiting forever or
+  // crash the driver on a send to a closed channel.
+  proc.on('exit', () => wake?.());
+  proc.on('error', () => wake?.());
   const next = async (type: string): Promise<Record<string, unknown>> => {
     for (;;) {
       const i = messages.findIndex((m) => m.type === type);
       if (i >= 0) return messages.splice(i, 1)[0] as Record<string, unknown>;
-      if (proc.exitCode !== null) throw new Error('churn child exited');
+      if (proc.exitCode !== null || proc.signalCode !== null || !proc.connected) throw new Error(`churn child exited (${proc.exitCode ?? proc.signalCode ?? 'channel closed'})`);
       await new Promise<void>((r) => { wake = r; });
     }
   };
@@ -78,6 +82,7 @@ export async function runChurn(ctx: Context, options: { durationS?: number; reso
   };
   const samples: ChurnSample[] = [];
   const sample = async (): Promise<void> => {
+    if (!proc.connected) throw new Error(`churn child exited (${proc.exitCode ?? proc.signalCode ?? 'channel closed'})`);
     proc.send({ type: 'stats' });
     const s = await next('stats') as Record<string, number>;
     const row: ChurnSample = {
