@@ -15,7 +15,7 @@
 import { isSmartProxyError } from './errors.ts';
 import type { Instance } from './instance.ts';
 import type { Clock, Logger, TimerHandle } from './ports.ts';
-import { Aborted, errMessage, type ProviderCalls } from './provider-calls.ts';
+import { Aborted, errMessage, MAX_PROVIDER_RETRY_AFTER_S, type ProviderCalls } from './provider-calls.ts';
 
 /** First pause before retrying a failed stop; doubles per attempt up to MAX_RETRY_MS. */
 export const LEFTOVER_FIRST_RETRY_MS = 30_000;
@@ -122,9 +122,10 @@ export class LeftoverStops {
     p.attempt++;
     const res = inst.resource;
     const { calls, clock, logger } = this.#o;
-    // The same bounds as any stop: per-call timeout, retries of retryable errors until the
-    // deadline; a new start (another generation) ends it at its next check.
-    const guard = { inst, gen: p.gen, deadline: clock.now() + res.bootTimeoutMs, afterClose: true };
+    // One call per try (its timeout, a provider's Retry-After): the backoff between tries is
+    // this unit's, so a cloud that keeps failing is asked 6 times in 25 minutes, not hammered
+    // by a retry loop per try. A new start (another generation) ends the tries.
+    const guard = { inst, gen: p.gen, deadline: clock.now() + res.bootTimeoutMs, afterClose: true, stopRetrying: () => true };
     p.running = calls.withRetry(guard, (signal) => res.provider.stop(inst.ref, signal), 'stop').then(() => {
       p.running = undefined;
       logger.info({ resource: res.id, instance: inst.key, reason: p.reason, attempt: p.attempt }, 'left-over machine stopped');
@@ -142,7 +143,7 @@ export class LeftoverStops {
         return;
       }
       // Never sooner than a cloud that said when to come back asked.
-      const askedMs = isSmartProxyError(err) && err.code === 'SP_PROVIDER_THROTTLED' ? (err.retryAfterS ?? 0) * 1000 : 0;
+      const askedMs = isSmartProxyError(err) ? Math.min(err.retryAfterS ?? 0, MAX_PROVIDER_RETRY_AFTER_S) * 1000 : 0;
       const retryInMs = Math.max(askedMs, Math.min(MAX_RETRY_MS, LEFTOVER_FIRST_RETRY_MS * 2 ** (p.attempt - 1)));
       logger.warn({ resource: res.id, instance: inst.key, reason: p.reason, attempt: p.attempt, retryInMs, err: errMessage(err) },
         'stopping a left-over machine failed; trying again later');
