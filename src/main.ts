@@ -152,7 +152,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     let resources = effectiveResources(config);
     const serviceIds = new Map(resources.map((r) => [r.id, r.serviceId]));
     //    Every provider's endpoints pass the backendEndpoints policy before the core may use
-    //    them (providers/endpoint-guard.ts); the proxy's own ports are added once it listens.
+    //    them (providers/endpoint-guard.ts); the proxy's own ports (its listener, the admin and
+    //    decision listeners) are added once each listens.
     const ownPorts = new Set<number>([config.listen.port, ...redisPortOf(config)].filter((p) => p > 0));
     const endpointPolicy = new EndpointPolicy({ ...config.backendEndpoints, ownPorts: () => ownPorts });
     const onRefused = (ref: { resourceId: string; instanceKey: string }, endpoint: string, reason: string): void => {
@@ -337,6 +338,9 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         reload: options.loadConfig === undefined ? undefined : () => reload(),
       });
       const at = await a.listen(config.admin.listen.port, config.admin.listen.host);
+      // A cloud that names the admin listener as a backend would hand every user the admin
+      // API (from loopback, even without credentials when anonymousFromLoopback is on).
+      ownPorts.add(at.port);
       admin = a;
       closers.push(() => a.close());
       adminUrl = `http://${at.host.includes(':') ? `[${at.host}]` : at.host}:${at.port}`;
@@ -351,7 +355,10 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         backendHeaders: access.backendHeaders === undefined ? undefined : (...a) => access.backendHeaders?.(...a) ?? [],
       })
       : undefined;
-    if (front !== undefined) closers.push(() => front.close());
+    if (front !== undefined) {
+      closers.push(() => front.close());
+      ownPorts.add(Number(new URL(front.decisionUrl).port));
+    }
 
     const retirer = new Retirer({ manager, clock, logger: log, drainTimeoutMs, isConfigured: (id) => routed.has(id) });
     let reloading: Promise<ReloadResult> | undefined;

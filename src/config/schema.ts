@@ -348,7 +348,9 @@ export const configSchema = z.object({
       .describe('Consecutive provider calls that could not connect to the API (refused, reset, DNS, unreachable) before starts are refused at once with 503 SP_PROVIDER_UNREACHABLE.'),
     openMs: ms('How long the circuit stays open before one trial call may go (half-open).', 5_000),
     maxOpenMs: ms('Each failed trial doubles the open time, up to this.', 60_000),
-  }).strict().default({ failureThreshold: 3, openMs: 5_000, maxOpenMs: 60_000 })
+    maxConcurrentCalls: z.number().int().min(1).default(64)
+      .describe('Calls in flight to one provider at once; more wait for a slot (within their boot deadline), health checks are skipped. A call keeps its slot until it really ends, so calls abandoned at their timeout cannot pile up against a slow or hung cloud.'),
+  }).strict().default({ failureThreshold: 3, openMs: 5_000, maxOpenMs: 60_000, maxConcurrentCalls: 64 })
     .describe('Circuit breaker per provider: a cloud API that cannot be reached is answered at once instead of holding requests for a whole boot timeout.'),
   log: z.object({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('info'),

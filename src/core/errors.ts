@@ -35,6 +35,7 @@ export const errorCatalogue = {
   SP_SHUTTING_DOWN: 'The proxy is shutting down and takes no new requests.',
   SP_PROVIDER_ERROR: 'A provider call failed.',
   SP_PROVIDER_UNREACHABLE: 'The provider\'s API (the cloud) cannot be reached: its circuit is open after consecutive connection failures, so starts are refused at once until a trial call gets through; ready resources keep working.',
+  SP_PROVIDER_THROTTLED: 'The provider\'s API asked the proxy to wait (429, or 503 with Retry-After) for longer than the start may still take; try again after Retry-After.',
   SP_CONFIG_INVALID: 'The configuration is invalid.',
   SP_ADMIN_BAD_REQUEST: 'An admin API request is malformed: an unknown parameter value, a body that is not the JSON the endpoint takes, or one too large.',
   SP_ADMIN_CSRF: 'An admin action from a browser without the dashboard\'s CSRF token, or from another origin.',

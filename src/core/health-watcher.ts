@@ -58,9 +58,17 @@ export class HealthWatcher {
     // While the API is known to be down, asking again tells nothing new.
     if (circuit.acquire() !== undefined) return;
     const { signal, done } = deadlineSignal(clock, res.providerCallTimeoutMs);
+    // A check is worth no queue: with every call slot of the provider taken (a slow cloud, a
+    // wave of starts), it is skipped until the next interval.
+    const call = calls.tryCall(res.provider, () => res.provider.inspect(inst.ref, signal));
+    if (call === undefined) {
+      done();
+      logger.debug({ resource: res.id, instance: inst.key }, 'health check skipped: the provider is busy');
+      return;
+    }
     let found: InspectResult;
     try {
-      found = await raceAbort(res.provider.inspect(inst.ref, signal), signal);
+      found = await raceAbort(call, signal);
       circuit.reached();
     } catch (err) {
       calls.record(res.provider, circuit, err, signal.aborted);

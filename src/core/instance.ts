@@ -200,9 +200,11 @@ export class InstanceControl {
     this.#move('stopped', reason);
   }
 
-  /** stopping → stopped: the stop failed; the instance is forgotten as stopped. */
+  /**
+   * stopping → stopped: the stop failed. The handle is kept: the machine may still run, and
+   * the next start (or stop) must find that one rather than make another.
+   */
   stopFailed(reason: string): void {
-    this.#s.handle = undefined;
     this.#move('fail', reason);
   }
 

@@ -21,6 +21,8 @@ export interface CircuitSettings {
   readonly openMs: number;
   /** Each failed trial doubles the open time, up to this. */
   readonly maxOpenMs: number;
+  /** Calls in flight to one provider at once (see CallGate in provider-calls.ts); default 64. */
+  readonly maxConcurrentCalls?: number | undefined;
 }
 
 export const defaultCircuitSettings: CircuitSettings = { failureThreshold: 3, openMs: 5_000, maxOpenMs: 60_000 };

@@ -26,6 +26,8 @@ export interface RecoveryOptions {
   readonly ensureStarted: (ctl: InstanceControl) => void;
   /** Starts the keep-warm instance of a resource; returns why not. */
   readonly startKeptWarm: (inst: Instance) => { key: string; refused: SmartProxyError | undefined } | undefined;
+  /** A machine out of service that must still be stopped (leftover-stops.ts). */
+  readonly stopLeftover: (inst: Instance, reason: string) => void;
 }
 
 export class Recovery {
@@ -66,7 +68,10 @@ export class Recovery {
     this.#o.logger.warn({ resource: res.id, instance: inst.key, reason }, 'health check: instance gone; marked stopped');
     const ctl = this.#o.registry.control(inst);
     ctl.supersede();
-    ctl.vanished(reason, true);
+    // A machine the provider reports failed still exists (a VM in ERROR still costs): it is
+    // stopped, before any new start of this instance (which waits for that stop).
+    ctl.vanished(reason, state !== 'failed');
+    if (state === 'failed') this.#o.stopLeftover(inst, reason);
     if (inst.waiters.size > 0) {
       this.#o.ensureStarted(ctl);
       return;

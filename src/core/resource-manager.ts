@@ -9,7 +9,8 @@
  * - HoldQueue (hold-queue.ts): held requests and the release ramp.
  * - IdleStopper (idle-stopper.ts) and HealthWatcher (health-watcher.ts): armed on ready,
  *   cleared on leaving it.
- * - StopFlight (stop-flight.ts): one stop; ProviderCalls (provider-calls.ts): every provider
+ * - StopFlight (stop-flight.ts): one stop; LeftoverStops (leftover-stops.ts): stops owed
+ *   after a failed start or a failed stop; ProviderCalls (provider-calls.ts): every provider
  *   call, its timeout, retries and circuit.
  *
  * The data plane reads instances and reports through the ConnectionPort; it writes nothing.
@@ -23,6 +24,7 @@ import { holdAsPromise, HoldQueue, type HeldRequest, type HoldEnd, type HoldOpti
 import type { Instance, InstanceControl } from './instance.ts';
 import { InstanceRegistry } from './instance-registry.ts';
 import { IdleStopper } from './idle-stopper.ts';
+import { LeftoverStops } from './leftover-stops.ts';
 import { keepWarmTargetOf } from './keep-warm-target.ts';
 import type { LifecycleEvent, StartPhase } from './lifecycle.ts';
 import type { ConnectionPort, ManagerEvent, ManagerListener } from './manager-events.ts';
@@ -63,6 +65,7 @@ export class ResourceManager implements ConnectionPort {
   readonly #idle: IdleStopper;
   readonly #health: HealthWatcher;
   readonly #stops: StopFlight;
+  readonly #leftovers: LeftoverStops;
   readonly #drains: Drains;
   readonly #flight: FlightContext;
   #closed = false;
@@ -78,12 +81,8 @@ export class ResourceManager implements ConnectionPort {
     this.#registry = new InstanceRegistry({
       clock, forgetAfterMs: options.forgetStoppedAfterMs ?? DEFAULT_FORGET_STOPPED_AFTER_MS,
       onMove: (inst, event, reason) => this.#moved(inst, event, reason),
-      busy: (inst) => this.#stops.inProgress(inst),
-      onForget: (inst) => {
-        this.#leftReady(inst);
-        this.#holds.forget(inst);
-        this.#lostEndpoints.delete(inst);
-      },
+      busy: (inst) => this.#stops.inProgress(inst) || this.#leftovers.busy(inst),
+      onForget: (inst) => { this.#leftReady(inst); this.#holds.forget(inst); this.#lostEndpoints.delete(inst); },
     });
     this.#calls = new ProviderCalls({ clock, logger, circuit: options.providerCircuit, closed, retryAfterS, onCircuitOpen: (p, c) => this.#recovery.circuitOpen(p, c) });
     this.#admission = new Admission(clock, this.#calls, this.#history, options.admitStart);
@@ -93,6 +92,7 @@ export class ResourceManager implements ConnectionPort {
       runStart: (ctl) => this.#runStart(ctl),
       ensureStarted: (ctl) => this.#ensureStarted(ctl),
       startKeptWarm: (inst) => this.#restartKeptWarm(inst.resource),
+      stopLeftover: (inst, reason) => this.#leftovers.schedule(inst, reason),
     });
     this.#idle = new IdleStopper({
       clock, logger, coordinator: this.#coordinator, closed,
@@ -101,12 +101,13 @@ export class ResourceManager implements ConnectionPort {
       stoppedElsewhere: (inst) => this.stoppedElsewhere(inst),
     });
     this.#health = new HealthWatcher({
-      clock, logger, calls: this.#calls, closed,
-      onMoved: (inst, endpoint) => this.#recovery.moved(inst, endpoint),
-      onGone: (inst, state) => this.#recovery.gone(inst, state),
+      clock, logger, calls: this.#calls, closed, onMoved: (inst, endpoint) => this.#recovery.moved(inst, endpoint), onGone: (inst, state) => this.#recovery.gone(inst, state),
     });
+    // Later tries only in one process: replicas fence their stops (leftover-stops.ts).
+    const retryLater = this.#coordinator instanceof LocalCoordinator;
+    this.#leftovers = new LeftoverStops({ clock, logger, calls: this.#calls, settled: () => this.#registry.armForget(), retryLater });
     this.#stops = new StopFlight({
-      clock, logger, calls: this.#calls, coordinator: this.#coordinator, closed,
+      clock, logger, calls: this.#calls, coordinator: this.#coordinator, closed, leftovers: this.#leftovers,
       afterStop: (ctl) => { if (!this.#closed) this.#ensureStarted(ctl); },
     });
     this.#drains = new Drains({ clock, stop: (inst, reason) => { if (!this.#closed) void this.stop(inst, reason); } });
@@ -115,15 +116,11 @@ export class ResourceManager implements ConnectionPort {
       lostEndpoints: this.#lostEndpoints,
       emit: (e) => this.#emit(e),
       setPhase: (ctl, phase) => this.#setPhase(ctl, phase),
-      onReady: (inst) => {
-        this.#holds.release(inst);
-        this.#drains.check(inst);
-        this.#idle.schedule(inst);
-        this.#health.schedule(inst);
-      },
+      onReady: (inst) => { this.#holds.release(inst); this.#drains.check(inst); this.#idle.schedule(inst); this.#health.schedule(inst); },
       rejectWaiters: (inst, err) => this.#holds.rejectAll(inst, err),
       failUnreachable: (ctl, err) => this.#recovery.failUnreachable(ctl, err),
       restart: (ctl) => this.#runStart(ctl),
+      leftovers: this.#leftovers,
     };
   }
 
@@ -286,6 +283,7 @@ export class ResourceManager implements ConnectionPort {
    */
   close(): void {
     this.#closed = true;
+    this.#leftovers.close();
     this.#registry.close();
     for (const inst of this.allInstances()) {
       if (inst.status !== 'stopping') this.#registry.control(inst).supersede();

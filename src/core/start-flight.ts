@@ -8,8 +8,9 @@
  */
 import type { BootHistory } from './boot-history.ts';
 import type { Coordinator, StartClaim, StartLease } from './coordination.ts';
-import { isSmartProxyError, SmartProxyError } from './errors.ts';
+import { isSmartProxyError, ProviderError, SmartProxyError } from './errors.ts';
 import type { Instance, InstanceControl } from './instance.ts';
+import type { LeftoverStops } from './leftover-stops.ts';
 import type { ManagerEvent } from './manager-events.ts';
 import type { Clock, InspectResult, Logger, Prober } from './ports.ts';
 import { nextPollDelayMs } from './poll-schedule.ts';
@@ -38,6 +39,8 @@ export interface FlightContext {
   readonly failUnreachable: (ctl: InstanceControl, err: SmartProxyError) => void;
   /** Starts a new flight (a re-adoption found the instance gone while requests wait). */
   readonly restart: (ctl: InstanceControl) => void;
+  /** Stops owed to the provider for instances no longer in service (leftover-stops.ts). */
+  readonly leftovers: LeftoverStops;
 }
 
 export class StartFlight {
@@ -92,6 +95,13 @@ export class StartFlight {
     this.#c.setPhase(this.#ctl, 'requested');
     this.#c.emit({ type: 'start-requested', instance: inst, at: this.#t0 });
     this.#c.logger.info({ resource: res.id, instance: inst.key, groups: inst.groups, user: inst.user }, 'start requested');
+    // A stop of this machine still in flight (the clean-up of a failed start, the retry of a
+    // failed stop) ends first: landing after this start, it would cut the new machine.
+    const stopping = this.#c.leftovers.beforeStart(inst);
+    if (stopping !== undefined) {
+      await stopping;
+      this.#c.calls.check(this.#g);
+    }
     // Another replica may be starting it (then we wait for its readiness and only probe
     // here), or may have died while starting it (then ask the provider before starting: the
     // machine may already be booting).
@@ -117,7 +127,9 @@ export class StartFlight {
         this.#mayHaveCreated = true;
         return r;
       }, (err: unknown) => {
-        if (!isUnreachable(err)) this.#mayHaveCreated = true;
+        // An API that could not be reached, or that refused the call for its rate limit,
+        // created nothing.
+        if (!isUnreachable(err) && !isRateLimited(err)) this.#mayHaveCreated = true;
         throw err;
       }), 'start');
       if (started.handle !== undefined) this.#ctl.setHandle(started.handle);
@@ -200,8 +212,9 @@ export class StartFlight {
       const found = await this.#inspect();
       if (found.handle !== undefined) this.#ctl.setHandle(found.handle);
       if (found.state === 'failed') {
-        throw new SmartProxyError('SP_START_FAILED', `provider reports the instance failed: ${found.reason ?? 'no reason given'}`, {
-          data: { resource: res.id, reason: found.reason },
+        const reason = found.reason === undefined ? undefined : providerText(found.reason);
+        throw new SmartProxyError('SP_START_FAILED', `provider reports the instance failed: ${reason ?? 'no reason given'}`, {
+          data: { resource: res.id, reason },
         });
       }
       if (found.state === 'running') {
@@ -284,26 +297,58 @@ export class StartFlight {
       return;
     }
     const now = this.#c.clock.now();
-    const failure = toStartFailure(err, res.id, now - this.#t0);
     const factor = Math.min(MAX_COOLDOWN_FACTOR, 2 ** inst.consecutiveFailures);
-    this.#ctl.fail({ error: failure, failedUntil: now + res.failureCooldownMs * factor, counted: true });
-    this.#c.logger.warn({ resource: res.id, instance: inst.key, code: failure.code, reason: failure.message, consecutiveFailures: inst.consecutiveFailures }, 'start failed');
+    // A provider that asked for a longer wait (Retry-After) is not asked again sooner.
+    const askedMs = isSmartProxyError(err) && err.code === 'SP_PROVIDER_THROTTLED' ? (err.retryAfterS ?? 0) * 1000 : 0;
+    const failedUntil = now + Math.max(res.failureCooldownMs * factor, askedMs);
+    // Held clients learn when a new try can succeed: not before the cool-down ends (a retry
+    // before that gets 503 SP_RESOURCE_FAILED), nor before the usual boot time.
+    const failure = toStartFailure(err, res.id, now - this.#t0, Math.max(1, Math.ceil((failedUntil - now) / 1000)));
+    this.#ctl.fail({ error: failure, failedUntil, counted: true });
+    this.#c.logger.warn({ resource: res.id, instance: inst.key, code: failure.code, reason: failure.message, consecutiveFailures: inst.consecutiveFailures, retryAfterS: failure.retryAfterS }, 'start failed');
     this.#c.rejectWaiters(inst, failure);
     if (!this.#mayHaveCreated) {
       this.#c.logger.debug({ resource: res.id, instance: inst.key }, 'no start reached the provider; nothing to clean up');
       return;
     }
-    // Best effort: a machine that never became ready must not linger and cost money.
-    const stopTimeout = deadlineSignal(this.#c.clock, res.providerCallTimeoutMs);
-    res.provider.stop(inst.ref, stopTimeout.signal).catch((stopErr: unknown) => {
-      this.#c.logger.warn({ resource: res.id, instance: inst.key, err: errMessage(stopErr) }, 'cleanup stop after a failed start failed; the machine may be left running');
-    }).finally(stopTimeout.done);
+    // A machine that never became ready must not linger and cost money: stopped now, and
+    // again later if that fails, unless a new start comes first (leftover-stops.ts).
+    // A cloud that asked for a wait (Retry-After) gets it before the clean-up call too.
+    this.#c.leftovers.schedule(inst, 'clean-up after a failed start', askedMs);
   }
 }
 
-function toStartFailure(err: unknown, resourceId: string, elapsedMs: number): SmartProxyError {
-  if (isSmartProxyError(err) && (err.code === 'SP_BOOT_TIMEOUT' || err.code === 'SP_START_FAILED')) return err;
-  return new SmartProxyError('SP_START_FAILED', `start failed after ${elapsedMs} ms: ${errMessage(err)}`, {
-    data: { resource: resourceId }, cause: err,
+/** The provider's API refused the call for its rate limit (HTTP 429): nothing was done. */
+function isRateLimited(err: unknown): boolean {
+  return err instanceof ProviderError && err.data.status === 429;
+}
+
+/**
+ * The error a failed start leaves on the instance and answers its held clients with: a
+ * stable code, a bounded message, and a Retry-After of at least `minRetryAfterS`.
+ */
+function toStartFailure(err: unknown, resourceId: string, elapsedMs: number, minRetryAfterS: number): SmartProxyError {
+  if (isSmartProxyError(err) && (err.code === 'SP_BOOT_TIMEOUT' || err.code === 'SP_START_FAILED' || err.code === 'SP_PROVIDER_THROTTLED')) {
+    const retryAfterS = Math.max(err.retryAfterS ?? 0, minRetryAfterS);
+    if (retryAfterS === err.retryAfterS) return err;
+    return new SmartProxyError(err.code, err.message, { data: err.data, retryAfterS, cause: err.cause ?? err });
+  }
+  return new SmartProxyError('SP_START_FAILED', `start failed after ${elapsedMs} ms: ${providerText(errMessage(err))}`, {
+    data: { resource: resourceId }, retryAfterS: minRetryAfterS, cause: err,
   });
+}
+
+/** The most characters of a provider's own words (a reason, an error) shown to clients and logs. */
+const MAX_PROVIDER_TEXT = 500;
+
+/**
+ * A provider's text as clients, the status page and logs may show it: a cloud's `reason` or
+ * an error message is data from outside, of any length and with any characters. Control
+ * characters (a forged log line, a terminal escape) become spaces; past
+ * {@link MAX_PROVIDER_TEXT} characters it is cut.
+ */
+export function providerText(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  const flat = text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]+/g, ' ').trim();
+  return flat.length <= MAX_PROVIDER_TEXT ? flat : `${flat.slice(0, MAX_PROVIDER_TEXT)}…`;
 }

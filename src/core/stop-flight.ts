@@ -1,11 +1,12 @@
 /**
  * Stops: one provider stop per instance at a time (a second `stop()` while stopping returns
  * the same promise), then the outcome: stopped, or the stop failed and the instance is
- * forgotten as stopped. A request that arrived while it was stopping (or a start asked for
- * meanwhile) starts it again once the stop is over.
+ * marked stopped, the stop tried again later (leftover-stops.ts). A request that arrived
+ * while it was stopping (or a start asked for meanwhile) starts it again once the stop is over.
  */
 import type { Coordinator } from './coordination.ts';
 import type { Instance, InstanceControl } from './instance.ts';
+import { LEFTOVER_FIRST_RETRY_MS, type LeftoverStops } from './leftover-stops.ts';
 import type { Clock, Logger } from './ports.ts';
 import { errMessage, type ProviderCalls } from './provider-calls.ts';
 
@@ -19,6 +20,8 @@ export interface StopFlightOptions {
   readonly closed: () => boolean;
   /** The stop is over and the instance is wanted again (held requests, or a start asked for). */
   readonly afterStop: (ctl: InstanceControl) => void;
+  /** Where a failed stop goes to be tried again later. */
+  readonly leftovers: LeftoverStops;
 }
 
 export class StopFlight {
@@ -55,18 +58,34 @@ export class StopFlight {
     const res = inst.resource;
     const stopStartedAt = clock.now();
     // Stops run during shutdown too (after close()), so they may outlive the manager.
-    const guard = { inst, gen, deadline: stopStartedAt + res.bootTimeoutMs, afterClose: true };
+    // Requests that arrive meanwhile wait for the stop: once they do, a failed try is the last
+    // (the instance is marked stopped and started again, finding the machine if it still
+    // runs) rather than holding them through retries until the deadline.
+    const guard = {
+      inst, gen, deadline: stopStartedAt + res.bootTimeoutMs, afterClose: true,
+      stopRetrying: () => !this.#o.closed() && (inst.waiters.size > 0 || inst.startAfterStop),
+    };
     try {
       const provider = res.provider;
       await this.#o.calls.withRetry(guard, (signal) => (mode === 'suspend' && provider.suspend !== undefined
         ? provider.suspend(inst.ref, signal)
         : provider.stop(inst.ref, signal)), 'stop');
     } catch (err) {
-      logger.error({ resource: res.id, instance: inst.key, err }, 'stop failed; forgetting the instance');
       coordinator.cancelStop?.(inst.ref, undefined);
-      if (inst.generation !== gen) return;
+      if (inst.generation !== gen) {
+        logger.error({ resource: res.id, instance: inst.key, reason, err: errMessage(err) }, 'stop failed; the instance has moved on since');
+        return;
+      }
+      // Marked stopped (requests start it again: a start is idempotent, and finds the machine
+      // if it still runs, by the handle kept for that), and stopped again later if nobody
+      // wants it: the machine may still run and cost money.
       ctl.stopFailed(`stop failed: ${errMessage(err)}`);
-      if (inst.waiters.size > 0 && !this.#o.closed()) this.#o.afterStop(ctl);
+      const wanted = inst.waiters.size > 0 || inst.startAfterStop;
+      ctl.setStartAfterStop(false);
+      const retry = !wanted && !this.#o.closed() && this.#o.leftovers.schedule(inst, `${reason}; the first stop failed`, LEFTOVER_FIRST_RETRY_MS, 1);
+      logger.error({ resource: res.id, instance: inst.key, reason, err: errMessage(err), retryInMs: retry ? LEFTOVER_FIRST_RETRY_MS : undefined },
+        retry ? 'stop failed; marked stopped, the stop is tried again later' : 'stop failed; marked stopped (the machine may still be running)');
+      if (wanted && !this.#o.closed()) this.#o.afterStop(ctl);
       return;
     }
     if (inst.generation !== gen) return;

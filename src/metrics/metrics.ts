@@ -348,9 +348,11 @@ export class Metrics implements RequestObserver {
         const now = inst.status;
         if (prev === now) return; // a phase change within starting
         this.#lastStatus.set(inst, now);
-        if (now === 'stopped' && prev === 'stopping') this.#stops.inc({ resource, cause: stopCause(e.reason) });
+        // A stop that failed also ends in stopped (stopping --fail--> stopped): a failure, not a stop.
+        if (now === 'stopped' && prev === 'stopping' && e.reason?.startsWith('stop failed') === true) this.#failures.inc({ resource, cause: 'stop_failed' });
+        else if (now === 'stopped' && prev === 'stopping') this.#stops.inc({ resource, cause: stopCause(e.reason) });
         else if (now === 'stopped' && prev === 'ready') this.#stops.inc({ resource, cause: 'vanished' });
-        else if (now === 'failed') this.#failures.inc({ resource, cause: prev === 'stopping' ? 'stop_failed' : failureCause(inst) });
+        else if (now === 'failed') this.#failures.inc({ resource, cause: failureCause(inst) });
         else if (now === 'starting' && prev === 'ready') this.#lost.inc({ resource });
         return;
       }

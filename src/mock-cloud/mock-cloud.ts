@@ -69,7 +69,8 @@ export interface MockCloud {
   readonly port: number;
   /** Stops every VM, closes every server and socket. Idempotent. */
   close(): Promise<void>;
-  readonly stats: { readonly spans: number; readonly stops: number };
+  /** `apiRequests`: every request the cloud API received, faults included (how hard a client pressed). */
+  readonly stats: { readonly spans: number; readonly stops: number; readonly apiRequests: number };
   /** All VMs ever created, in id order (stopped and failed ones included). */
   vms(): readonly MockVmInfo[];
   vm(id: string): MockVmInfo | undefined;
@@ -180,7 +181,7 @@ class MockCloudImpl implements MockCloud {
   #closing: Promise<void> | undefined;
   #url = '';
   #port = 0;
-  readonly stats = { spans: 0, stops: 0 };
+  readonly stats = { spans: 0, stops: 0, apiRequests: 0 };
 
   constructor(options: MockCloudOptions, logger: Logger) {
     this.#options = options;
@@ -428,6 +429,7 @@ class MockCloudImpl implements MockCloud {
   #handle(req: IncomingMessage, res: ServerResponse): void {
     // The API reads no request body: drain it so that keep-alive connections stay usable.
     req.resume();
+    this.stats.apiRequests++;
     for (const arrival of this.#arrivals.splice(0)) arrival.resolve(`${req.method ?? 'GET'} ${req.url ?? ''}`);
     try {
       if (this.#faults !== undefined && this.#injectFault(res)) return;

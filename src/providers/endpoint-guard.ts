@@ -7,7 +7,8 @@
  * before the core may probe or forward to it:
  *
  * - an address in `allow` passes; otherwise an address in `deny` is refused;
- * - a loopback or unspecified address on one of the proxy's own ports is refused;
+ * - an address of this host (loopback, unspecified, any of its interfaces', IPv4-mapped
+ *   forms included) on one of the proxy's own ports is refused;
  * - a host name is resolved (all addresses) and each address is checked the same way.
  *
  * A refused endpoint makes the instance `failed` with a reason naming the address and the
@@ -19,6 +20,7 @@
  */
 import { lookup } from 'node:dns/promises';
 import { BlockList, isIP } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import type { InspectResult, InstanceRef, ListedInstance, Provider } from '../core/ports.ts';
 
 export interface EndpointPolicyOptions {
@@ -127,13 +129,32 @@ function addCidr(list: BlockList, cidr: string): void {
   else list.addSubnet(addr, Number(bits), family);
 }
 
-/** `::ffff:169.254.169.254` is 169.254.169.254. */
-function unmapped(address: string): string {
-  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  return m === null ? address : (m[1] as string);
+/**
+ * An IPv4-mapped IPv6 address is its IPv4 address: `::ffff:169.254.169.254`, and the same
+ * as the URL parser writes it, `::ffff:a9fe:a9fe` (a connection to either reaches the IPv4
+ * host, so both must meet the IPv4 rules).
+ */
+export function unmapped(address: string): string {
+  const dotted = /^(?:0{0,4}:){0,5}:?ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  if (dotted !== null) return dotted[1] as string;
+  const hex = /^(?:0{0,4}:){0,5}:?ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/i.exec(address);
+  if (hex === null) return address;
+  const hi = parseInt(hex[1] as string, 16);
+  const lo = parseInt(hex[2] as string, 16);
+  return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
 }
 
+/**
+ * Whether a connection to `address` reaches this host: loopback, unspecified, or one of its
+ * own interfaces' addresses (a proxy listening on 0.0.0.0 answers on all of them).
+ */
 function isLocal(address: string, family: 'ipv4' | 'ipv6'): boolean {
-  if (family === 'ipv4') return address.startsWith('127.') || address === '0.0.0.0';
-  return address === '::1' || address === '::';
+  if (family === 'ipv4' ? address.startsWith('127.') || address === '0.0.0.0' : address === '::1' || address === '::') return true;
+  const bare = address.replace(/%.*$/, '').toLowerCase();
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) {
+      if (a.address.replace(/%.*$/, '').toLowerCase() === bare) return true;
+    }
+  }
+  return false;
 }

@@ -18,6 +18,8 @@ export class ScriptedProvider implements Provider {
   hangIgnoringSignal = false;
   /** When set, stop waits for this promise. */
   stopGate: Promise<void> | undefined;
+  /** Thrown by the next stops, one each (after the gate). */
+  stopErrors: Error[] = [];
 
   async start(ref: InstanceRef): Promise<{ handle: string }> {
     this.starts.push(ref);
@@ -35,6 +37,8 @@ export class ScriptedProvider implements Provider {
   async stop(ref: InstanceRef): Promise<void> {
     this.stops.push(ref);
     await this.stopGate;
+    const err = this.stopErrors.shift();
+    if (err) throw err;
   }
 }
 

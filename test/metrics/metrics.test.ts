@@ -6,6 +6,8 @@ import { Metrics } from '../../src/metrics/metrics.ts';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { parseScrape } from '../helpers/prometheus.ts';
 import { startTestApp, testConfig, until } from './metrics-app.ts';
+import { ProviderError } from '../../src/core/errors.ts';
+import { makeReady, setup } from '../core/scripted.ts';
 
 test('after known traffic the metrics say exactly what happened (parsed as Prometheus text)', async () => {
   const pa = new MimicProvider({ manual: true });
@@ -195,5 +197,22 @@ test('the event-loop sampler runs while there is work and stops when the proxy i
   } finally {
     m.close();
     await t.close();
+  }
+});
+
+test('a stop that fails counts as a failure (stop_failed), not as a stop', async () => {
+  const s = setup();
+  const metrics = new Metrics({ manager: s.manager, clock: s.clock, resources: [{ id: 'r', provider: 'scripted' }], maxResourceLabels: 10 });
+  try {
+    const inst = await makeReady(s);
+    s.provider.stopErrors = [new ProviderError('DELETE refused', { retryable: false })];
+    await s.manager.stop(inst, 'idle for 60000 ms');
+    const m = parseScrape((await metrics.render()).body);
+    assert.equal(m.value('smart_proxy_instance_failures_total', { resource: 'r', cause: 'stop_failed' }), 1);
+    assert.equal(m.value('smart_proxy_instance_stops_total', { resource: 'r', cause: 'idle' }), undefined);
+    assert.equal(m.value('smart_proxy_instance_stops_total', { resource: 'r', cause: 'other' }), undefined);
+  } finally {
+    metrics.close();
+    s.manager.close();
   }
 });

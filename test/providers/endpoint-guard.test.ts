@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { InspectResult, InstanceRef, Provider, StartResult } from '../../src/core/ports.ts';
-import { DEFAULT_DENIED_ENDPOINTS, EndpointPolicy } from '../../src/providers/endpoint-guard.ts';
+import { networkInterfaces } from 'node:os';
+import { DEFAULT_DENIED_ENDPOINTS, EndpointPolicy, unmapped } from '../../src/providers/endpoint-guard.ts';
 import { startEchoServer, type EchoServer } from '../helpers/echo-server.ts';
 import { ALICE, startAccessApp, type AccessApp } from '../access/helpers.ts';
 
@@ -91,5 +92,41 @@ describe('provider endpoints are checked before identity headers go to them', ()
     assert.equal((await open.check('http://127.0.0.1:7000/')).ok, false, 'own port');
     assert.equal((await open.check('http://0.0.0.0:7000/')).ok, false, 'own port on the unspecified address');
     assert.equal((await open.check('http://127.0.0.1:7001/')).ok, true);
+  });
+
+  it('the admin listener is one of the proxy\'s own ports: a cloud naming it gets no request through (no admin API by the back door)', async () => {
+    const sneaky = new ReportingProvider();
+    const b = await startAccessApp({ admin: { listen: { host: '127.0.0.1', port: 0 }, anonymousFromLoopback: true }, resources: { app: { provider: 'sneaky' } } }, { sneaky });
+    try {
+      sneaky.endpoints.set('app', `${b.app.adminUrl}/`);
+      const res = await fetch(`${b.url}/smart_proxy/app/-/api/v1/resources`, { headers: ALICE });
+      const body = await res.json() as { detail: string };
+      assert.equal(res.status, 502, JSON.stringify(body));
+      assert.match(body.detail, /the proxy's own ports/);
+    } finally {
+      await b.close();
+    }
+  });
+
+  it('the proxy\'s own ports under every name of this host: IPv4-mapped forms, and its interfaces\' addresses', async () => {
+    const ports = [7000];
+    const open = new EndpointPolicy({ deny: [...DEFAULT_DENIED_ENDPOINTS], allow: [], ownPorts: () => ports });
+    // The URL parser writes [::ffff:127.0.0.1] as [::ffff:7f00:1]: a loopback all the same.
+    for (const self of ['http://[::ffff:127.0.0.1]:7000/', 'http://[::ffff:7f00:1]:7000/', 'http://[0:0:0:0:0:ffff:7f00:1]:7000/', 'http://[::ffff:0.0.0.0]:7000/']) {
+      const v = await open.check(self);
+      assert.equal(v.ok, false, self);
+      assert.match(v.ok ? '' : v.reason, /the proxy's own ports/, self);
+    }
+    assert.equal((await open.check('http://[::ffff:a9fe:a9fe]/')).ok, false, 'metadata, IPv4-mapped in hex');
+    assert.equal((await open.check('http://[::ffff:7f00:1]:7001/')).ok, true, 'another port of this host is an ordinary backend');
+    // A proxy listening on 0.0.0.0 answers on every address of the host, not only loopback.
+    const own = Object.values(networkInterfaces()).flat().find((a) => a !== undefined && a.family === 'IPv4' && !a.internal);
+    if (own !== undefined) {
+      assert.equal((await open.check(`http://${own.address}:7000/`)).ok, false, `${own.address} is this host`);
+      assert.equal((await open.check(`http://${own.address}:7001/`)).ok, true);
+    }
+    assert.equal(unmapped('::ffff:a9fe:a9fe'), '169.254.169.254');
+    assert.equal(unmapped('::FFFF:169.254.169.254'), '169.254.169.254');
+    assert.equal(unmapped('fe80::1'), 'fe80::1');
   });
 });

@@ -8,6 +8,7 @@ import { collectingLogger } from '../helpers/proxy-harness.ts';
 import { providerContract } from './contract.ts';
 import { fixtureCommand, fresh, getJson, pidAlive, ref, tempDir, until, untilState } from './process-helpers.ts';
 import { readAllRecords } from '../../src/providers/process/state-file.ts';
+import { processStartTime } from '../../src/providers/process/os-process.ts';
 
 type Logs = Parameters<typeof collectingLogger>[0];
 
@@ -109,6 +110,36 @@ void describe('process provider', () => {
       assert.match(failed.reason ?? '', /code 7.*refusing to start/s);
       await s.p.stop(r, fresh());
       assert.equal((await s.p.inspect(r, fresh())).state, 'stopped', 'stop forgets a failed instance');
+    } finally {
+      await s.done();
+    }
+  });
+
+  void it('a command that exits leaving a child in its process group: the child is ended too (nothing lives on unseen)', async () => {
+    // The shell puts a long sleep in the background, says its pid, and exits at once.
+    const s = await subject({ command: ['/bin/sh', '-c', 'sleep 300 & echo "left $!"; exit 3'], stopGraceMs: 500 });
+    try {
+      const r = ref('app');
+      await s.p.start(r, fresh());
+      await untilState(s.p, r, 'failed');
+      const left = Number(await until('the child\'s pid in the output', () => /left (\d+)/.exec(s.p.output(r)?.text ?? '')?.[1]));
+      // Gone or a zombie (reaped by whoever adopted it): processStartTime counts both as gone.
+      await until('the left-over child is gone', async () => (await processStartTime(left)) === undefined);
+      assert.ok(s.logs.some((l) => /ending what it left running/.test(l.msg ?? '')), 'logged');
+    } finally {
+      await s.done();
+    }
+  });
+
+  void it('a stop that arrives while the start is still spawning stops what that start made', async () => {
+    const s = await subject();
+    try {
+      const r = ref('app');
+      const starting = s.p.start(r, fresh());
+      await s.p.stop(r, fresh());
+      const { handle } = await starting;
+      assert.equal(pidAlive(Number(handle)), false, 'no process left running after the stop');
+      assert.equal((await s.p.inspect(r, fresh())).state, 'stopped');
     } finally {
       await s.done();
     }

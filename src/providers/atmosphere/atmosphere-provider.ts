@@ -28,6 +28,7 @@ import type {
   ProviderState,
   StartResult,
 } from '../../core/ports.ts';
+import { parseRetryAfter } from '../retry-after.ts';
 
 export interface AtmosphereProviderOptions {
   /** Cloud API base URL, e.g. `http://127.0.0.1:5000` (a path prefix is kept). */
@@ -137,6 +138,7 @@ class AtmosphereProvider implements Provider {
   readonly #released = new Set<string>();
   readonly #starting = new Map<string, { promise: Promise<StartResult>; signal: AbortSignal }>();
   #stopUnsupportedLogged = false;
+  #badListLogged = false;
   #closing: Promise<void> | undefined;
 
   constructor(options: AtmosphereProviderOptions) {
@@ -192,7 +194,7 @@ class AtmosphereProvider implements Provider {
         return this.#withinGrace(record) ? { state: 'starting', handle } : { state: 'stopped' };
       }
       // A user's VM is known by its handle only (see the module comment).
-      const vm = ref.user === undefined ? pick(ref, this.#serviceId(ref.resourceId), await this.#listVms(signal)) : undefined;
+      const vm = ref.user === undefined ? pick(ref, this.#serviceId(ref.resourceId), await this.#listVms(signal, this.#serviceId(ref.resourceId))) : undefined;
       if (vm !== undefined) return { ...toInspect(vm), handle: vm.id };
       return this.#withinGrace(record) ? { state: 'starting' } : { state: 'stopped' };
     }
@@ -219,7 +221,7 @@ class AtmosphereProvider implements Provider {
         // groups are exactly the VM's.
         const vm = handle !== undefined
           ? await this.#vmStatus(handle, signal)
-          : pickOwn(ref, this.#serviceId(ref.resourceId), await this.#listVms(signal));
+          : pickOwn(ref, this.#serviceId(ref.resourceId), await this.#listVms(signal, this.#serviceId(ref.resourceId)));
         handle = vm?.id;
         owned = vm !== undefined && instanceKeyOfGroups(vm.groups) === instanceKeyOfGroups(ref.groups);
       }
@@ -269,7 +271,7 @@ class AtmosphereProvider implements Provider {
         if (vm !== undefined && isLive(vm)) return { handle };
         if (vm === undefined && this.#withinGrace(record)) return { handle };
       }
-      const existing = ref.user === undefined ? pick(ref, serviceId, await this.#listVms(signal)) : undefined;
+      const existing = ref.user === undefined ? pick(ref, serviceId, await this.#listVms(signal, serviceId)) : undefined;
       if (existing !== undefined) {
         this.#records.set(key, { handle: existing.id, owned: instanceKeyOfGroups(existing.groups) === instanceKeyOfGroups(ref.groups) });
         return { handle: existing.id };
@@ -360,12 +362,39 @@ class AtmosphereProvider implements Provider {
     return parseVm(parseJsonOrUndefined(answer.text), answer);
   }
 
-  async #listVms(signal: AbortSignal): Promise<VmStatus[]> {
+  /**
+   * The cloud's VMs. With `serviceId`, for one resource: an entry of another service that does
+   * not parse is left out (one VM in a state nobody knows must not fail every resource's
+   * starts), one that may be this service's is an error. Without it (re-adoption), an entry
+   * that does not parse is left out and logged.
+   */
+  async #listVms(signal: AbortSignal, serviceId?: string): Promise<VmStatus[]> {
     const answer = await this.#call('GET', '/vms', signal);
     if (answer.status !== 200) throw statusError(answer, 'GET /vms');
     const value = parseJsonOrUndefined(answer.text);
     if (!Array.isArray(value)) throw malformed(answer, 'GET /vms did not answer a JSON array');
-    return value.map((v) => parseVm(v, answer));
+    const vms: VmStatus[] = [];
+    let skipped = 0;
+    let firstProblem = '';
+    for (const v of value) {
+      try {
+        vms.push(parseVm(v, answer));
+      } catch (err) {
+        const asId = typeof v === 'object' && v !== null ? (v as { asId?: unknown }).asId : undefined;
+        const ours = serviceId === undefined ? false : typeof asId !== 'string' || asId === serviceId;
+        if (ours) throw err;
+        skipped++;
+        firstProblem ||= (err as Error).message;
+      }
+    }
+    if (skipped > 0) {
+      // Once at warn: the list is read on every poll of every start.
+      const fields = { skipped, serviceId, problem: firstProblem };
+      if (this.#badListLogged) this.#logger.debug(fields, 'atmosphere: GET /vms listed VMs that do not parse; ignored');
+      else this.#logger.warn(fields, 'atmosphere: GET /vms listed VMs that do not parse; ignored (logged once)');
+      this.#badListLogged = true;
+    }
+    return vms;
   }
 
   async #deleteVm(handle: string, signal: AbortSignal): Promise<void> {
@@ -531,11 +560,11 @@ function statusError(answer: Answer, what: string): ProviderError {
   const { status } = answer;
   // Timeouts, 5xx and 429 may pass; anything else will answer the same again.
   const retryable = status >= 500 || status === 429;
-  const retryAfter = Number(answer.headers['retry-after']);
+  const retryAfter = parseRetryAfter(answer.headers['retry-after']);
   return new ProviderError(`atmosphere: ${what} answered HTTP ${status}`, {
     retryable,
     data: { provider: 'atmosphere', method: answer.method, path: answer.path, status },
-    ...(Number.isFinite(retryAfter) && retryAfter >= 0 ? { retryAfterS: retryAfter } : {}),
+    ...(retryAfter === undefined ? {} : { retryAfterS: retryAfter }),
   });
 }
 

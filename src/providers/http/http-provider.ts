@@ -14,6 +14,7 @@ import { Agent, errors as undiciErrors, request, type Dispatcher } from 'undici'
 import { ProviderError } from '../../core/errors.ts';
 import type { InspectResult, InstanceRef, Logger, Provider, ProviderState, StartResult } from '../../core/ports.ts';
 import { parsePointer, resolvePointer } from './json-pointer.ts';
+import { parseRetryAfter } from '../retry-after.ts';
 import { safePlaceholderValue } from '../safe-values.ts';
 import { fillTemplate, MissingHandle, parseTemplate, PointerNotFound, type FillContext, type Template } from './template.ts';
 
@@ -328,7 +329,8 @@ export class HttpProvider implements Provider {
           return parsed.value;
         },
       };
-      if (typeof retryAfter === 'string' && /^\d+$/.test(retryAfter)) answer.retryAfterS = Number(retryAfter);
+      const retryAfterS = parseRetryAfter(retryAfter);
+      if (retryAfterS !== undefined) answer.retryAfterS = retryAfterS;
       return answer;
     } catch (err) {
       if (err instanceof ProviderError || err instanceof MissingHandle) throw err;

@@ -66,6 +66,8 @@ interface Entry {
   exit: { readonly code: number | null; readonly signal: NodeJS.Signals | null; readonly known: boolean } | undefined;
   stopRequested: boolean;
   stopping: Promise<void> | undefined;
+  /** Ending what the command left in its process group after it exited on its own. */
+  reaping: Promise<void> | undefined;
   /** File writes for this entry, in order (the exit's removal must not overtake the first write). */
   fileOps: Promise<void>;
 }
@@ -117,6 +119,8 @@ export class ProcessProvider implements Provider {
     if (current !== undefined) {
       if (current.stopping !== undefined) await current.stopping.catch(() => undefined);
       else if (current.exit === undefined && !current.stopRequested && await this.#alive(current)) return current;
+      // What the last run left behind (a child that outlived it) may hold the port: gone first.
+      if (current.exit !== undefined) await this.#reap(current).catch(() => undefined);
       this.#forget(current);
     }
     const adopted = await this.#adoptFromFile(ref.resourceId, ref.instanceKey);
@@ -140,6 +144,16 @@ export class ProcessProvider implements Provider {
     const [program, ...args] = argv as [string, ...string[]];
 
     const child = spawn(program, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env, cwd });
+    // Output is read from the first byte: a child that exits before anyone reads makes Node
+    // drain its pipes unread, and its last words (the reason a start failed) would be lost.
+    const log = new LogRing(this.#logMaxBytes);
+    let logFile = (): WriteStream | undefined => undefined;
+    const onOutput = (chunk: Buffer): void => {
+      log.append(chunk);
+      logFile()?.write(chunk);
+    };
+    child.stdout?.on('data', onOutput);
+    child.stderr?.on('data', onOutput);
     try {
       await new Promise<void>((resolve, reject) => {
         child.once('spawn', resolve);
@@ -149,25 +163,29 @@ export class ProcessProvider implements Provider {
       throw new ProviderError(`cannot run ${JSON.stringify(program)}${cwd === undefined ? '' : ` in ${cwd}`}: ${(err as Error).message}`, { retryable: false, cause: err });
     }
     const pid = child.pid as number;
+    // Listened for at once: a command that exits at once (a shell that puts its server in the
+    // background, a bad flag) is gone before the start time below is read, and an 'exit'
+    // emitted before anyone listens is lost; the instance would say running for ever.
+    const exit: { early?: { readonly code: number | null; readonly sig: NodeJS.Signals | null }; to?: (code: number | null, sig: NodeJS.Signals | null) => void } = {};
+    child.once('exit', (code, sig) => {
+      if (exit.to === undefined) exit.early = { code, sig };
+      else exit.to(code, sig);
+    });
     const record: ProcessRecord = {
       resourceId: ref.resourceId, instanceKey: ref.instanceKey, pid, pgid: pid, port,
       endpoint: `http://${this.#host.includes(':') ? `[${this.#host}]` : this.#host}:${port}`,
       startedAt: Date.now(), procStartTime: (await processStartTime(pid)) ?? '',
     };
     const entry: Entry = {
-      resourceId: ref.resourceId, instanceKey: ref.instanceKey, record, child, log: new LogRing(this.#logMaxBytes),
-      logFile: undefined, exit: undefined, stopRequested: false, stopping: undefined, fileOps: Promise.resolve(),
+      resourceId: ref.resourceId, instanceKey: ref.instanceKey, record, child, log,
+      logFile: undefined, exit: undefined, stopRequested: false, stopping: undefined, reaping: undefined, fileOps: Promise.resolve(),
     };
     this.#entries.set(keyOf(ref), entry);
-    const onOutput = (chunk: Buffer): void => {
-      entry.log.append(chunk);
-      entry.logFile?.write(chunk);
-    };
-    child.stdout?.on('data', onOutput);
-    child.stderr?.on('data', onOutput);
+    logFile = () => entry.logFile;
     // A spawned child can still emit 'error' (e.g. a failed kill); it must never crash the proxy.
     child.on('error', (err) => this.#log?.warn({ resource: ref.resourceId, instance: ref.instanceKey, pid, err: err.message }, 'child process error'));
-    child.once('exit', (code, sig) => this.#onExit(entry, code, sig));
+    exit.to = (code, sig) => this.#onExit(entry, code, sig);
+    if (exit.early !== undefined) this.#onExit(entry, exit.early.code, exit.early.sig);
     if (this.#opts.logFile !== undefined) await this.#openLogFile(entry, fill(this.#opts.logFile, vars));
 
     entry.fileOps = entry.fileOps.then(async () => {
@@ -208,6 +226,30 @@ export class ProcessProvider implements Provider {
     entry.logFile = undefined;
     entry.fileOps = entry.fileOps.catch(() => undefined).then(() => removeRecord(this.#opts.stateDir, entry.resourceId, entry.instanceKey))
       .catch((err: unknown) => this.#log?.warn({ ...fields, err: (err as Error).message }, 'cannot remove state file'));
+    // The instance is over when its command is: whatever it started in its process group
+    // (a server it put in the background, a worker) is ended too, as systemd does with a
+    // service's control group, instead of living on unseen, holding the port.
+    if (!entry.stopRequested) this.#reap(entry).catch((err: unknown) => this.#log?.warn({ ...fields, err: (err as Error).message }, 'cannot end what the process left behind'));
+  }
+
+  /**
+   * Ends what is left of the process group of a command that has exited: SIGTERM, SIGKILL
+   * after `stopGraceMs`. One run per entry; resolves at once when the group is empty.
+   */
+  #reap(entry: Entry): Promise<void> {
+    entry.reaping ??= (async () => {
+      const { pgid } = entry.record;
+      if (!groupAlive(pgid)) return;
+      const fields = { resource: entry.resourceId, instance: entry.instanceKey, pid: entry.record.pid };
+      this.#log?.warn(fields, 'process exited; ending what it left running in its process group');
+      signalGroup(pgid, 'SIGTERM');
+      if (await this.#waitGone(entry, this.#stopGraceMs)) return;
+      signalGroup(pgid, 'SIGKILL');
+      if (!await this.#waitGone(entry, KILL_WAIT_MS)) {
+        throw new ProviderError(`process group ${pgid} is still alive ${KILL_WAIT_MS} ms after SIGKILL`, { retryable: true });
+      }
+    })();
+    return entry.reaping;
   }
 
   async inspect(ref: InstanceRef, signal: AbortSignal): Promise<InspectResult> {
@@ -242,10 +284,16 @@ export class ProcessProvider implements Provider {
 
   async stop(ref: InstanceRef, signal: AbortSignal): Promise<void> {
     throwIfAborted(signal, 'stop');
+    // A start still spawning (its caller gave up waiting, say) would leave a process nobody
+    // stops: the stop waits for it, then stops what it started.
+    const spawning = this.#starting.get(keyOf(ref));
+    if (spawning !== undefined) await raceAbort(spawning.catch(() => undefined), signal, 'stop');
     const entry = this.#entries.get(keyOf(ref)) ?? await this.#adoptFromFile(ref.resourceId, ref.instanceKey);
     if (entry === undefined) return;
     entry.stopRequested = true;
     if (entry.exit !== undefined) {
+      // The command is gone; what it left in its group is not (or is being ended).
+      await raceAbort(this.#reap(entry), signal, 'stop');
       this.#forget(entry);
       return;
     }
@@ -331,7 +379,7 @@ export class ProcessProvider implements Provider {
     }
     const entry: Entry = {
       resourceId, instanceKey, record, child: undefined, log: new LogRing(0), logFile: undefined,
-      exit: undefined, stopRequested: false, stopping: undefined, fileOps: Promise.resolve(),
+      exit: undefined, stopRequested: false, stopping: undefined, reaping: undefined, fileOps: Promise.resolve(),
     };
     this.#entries.set(`${resourceId}\0${instanceKey}`, entry);
     this.#log?.info({ resource: resourceId, instance: instanceKey, pid: record.pid, port: record.port }, 'process re-adopted');
