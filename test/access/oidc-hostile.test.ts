@@ -88,6 +88,12 @@ describe('oidc sign-in under hostile and awkward input', () => {
     assert.equal(callback.status, 303);
     assert.equal(callback.headers.get('location'), `${proxy.url}${TARGET}&try=last`);
     await callback.text();
+    // Hundreds of junk ones (no sign-in of ours set them): a bounded answer, and the sign-in goes on.
+    const junk = Array.from({ length: 300 }, (_, i) => `smart_proxy_session_tx_junk${i}=x`).join('; ');
+    const flooded = await fetch(`${proxy.url}/_smart_proxy/auth/sign-in?rd=${encodeURIComponent(TARGET)}`, { headers: { cookie: junk }, redirect: 'manual' });
+    assert.equal(flooded.status, 303);
+    assert.equal(flooded.headers.getSetCookie().length, 33, '32 deletions and the new transaction');
+    await flooded.text();
   });
 
   it('answers a malformed callback path 404, never a 500', async () => {
