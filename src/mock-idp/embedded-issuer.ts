@@ -32,6 +32,11 @@ export interface EmbeddedIssuerOptions {
   readonly idTokenTtlS?: number;
   /** Where the groups claim goes: `groups` (default) or a dot path like `realm_access.roles`. */
   readonly groupsClaimPath?: string;
+  /**
+   * The profile and groups claims at the userinfo endpoint only, the ID token carrying just
+   * the subject (as OpenID Connect Core §5.4 has it for the code flow, and as some providers do).
+   */
+  readonly claimsAtUserinfoOnly?: boolean;
 }
 
 export interface EmbeddedIssuer {
@@ -141,8 +146,8 @@ export async function startEmbeddedIssuer(options: EmbeddedIssuerOptions): Promi
       };
     },
     claims: { openid: ['sub'], profile: ['preferred_username', 'name'], groups: [groupsPath.split('.')[0]] },
-    // Groups in the ID token itself, not only at userinfo.
-    conformIdTokenClaims: false,
+    // Groups in the ID token itself, not only at userinfo (unless asked otherwise).
+    conformIdTokenClaims: options.claimsAtUserinfoOnly === true,
     pkce: { required: () => true },
     issueRefreshToken: () => true,
     features: {

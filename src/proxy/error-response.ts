@@ -124,7 +124,10 @@ export function sendError(req: IncomingMessage, res: ServerResponse, err: unknow
     body = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${problem.status} ${escapeHtml(problem.title)}</title>`
       + '<meta name="viewport" content="width=device-width,initial-scale=1"></head>'
       + `<body style="font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#1a1a1a"><main><h1>${problem.status} ${escapeHtml(problem.title)}</h1>`
-      + `<p>${escapeHtml(problem.detail)}</p><p><small>${e.code}</small></p></main></body></html>`;
+      + `<p>${escapeHtml(problem.detail)}</p>`
+      // A person who must sign in first (a 401 a redirect could not replace) gets the way there.
+      + (typeof e.data.signInUrl === 'string' ? `<p><a href="${escapeHtml(e.data.signInUrl)}">Sign in</a></p>` : '')
+      + `<p><small>${e.code}</small></p></main></body></html>`;
   } else {
     headers['content-type'] = 'application/problem+json';
     body = JSON.stringify(problem);

@@ -23,6 +23,7 @@ import type { AccessSettings, IdentityConfig, ResourceAccessConfig } from '../co
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger } from '../core/ports.ts';
 import { foldName, TrustedProxies, wireName } from './headers.ts';
+import { wantsHtml } from './error-response.ts';
 import { isBrowserNavigation } from './prefer.ts';
 import type { ParsedTarget } from './route.ts';
 import { resourceNotFound, type Authorize, type BackendHeaders, type Identify, type Identity, type UnknownResource } from './server.ts';
@@ -171,9 +172,20 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
     if (oidc !== undefined && isBrowserNavigation(req) && req.url !== undefined && req.headers.authorization === undefined && (out.kind === 'anonymous' || out.via === 'oidc')) {
       return new SmartProxyError('SP_ACCESS_SIGN_IN_REQUIRED', 'Sign in to continue.', { data: { location: oidc.signInLocation(req.url) } });
     }
+    // A browser's request that a redirect would not replay (a form's POST, whose body is not
+    // read): a 401 saying so, and the way to sign in and back to the page that sent it.
+    // Redirecting it would turn it into a GET and drop its body without a word.
+    const signInUrl = oidc !== undefined && wantsHtml(req) && req.headers.authorization === undefined && (out.kind === 'anonymous' || out.via === 'oidc')
+      ? oidc.signInLocationAfter(req.headers.referer)
+      : undefined;
     // RFC 6750 §3.1: tell a bearer client its token is the problem, so it refreshes it.
     const bearerRefused = out.kind === 'invalid' && (out.via === 'jwt' || out.via === 'token' || /^bearer /i.test(req.headers.authorization ?? ''));
     const list = challenges.map((c) => (bearerRefused && c.startsWith('Bearer ') ? `${c}, error="invalid_token", error_description="${quoteSafe(reason)}"` : c));
+    if (signInUrl !== undefined) {
+      return new SmartProxyError('SP_ACCESS_UNAUTHENTICATED',
+        `${out.kind === 'anonymous' ? 'You are not signed in' : `Your session is not valid (${reason})`}, so this ${(req.method ?? '').slice(0, 20)} request was not sent on. Sign in, then send it again.`,
+        { data: { challenges: list, signInUrl } });
+    }
     return new SmartProxyError('SP_ACCESS_UNAUTHENTICATED',
       out.kind === 'anonymous' ? 'This resource needs a verified identity.' : `The credentials were refused: ${reason}.`,
       { data: { challenges: list } });

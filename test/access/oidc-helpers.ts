@@ -148,7 +148,8 @@ export interface SignInTrip {
  */
 export async function tripToCallback(proxyUrl: string, target: string, login: string, password: string, jar = new CookieJar()): Promise<SignInTrip> {
   const first = await go(jar, `${proxyUrl}${target}`, { headers: BROWSER });
-  if (first.status !== 302) throw new Error(`expected a redirect to sign in, got ${first.status}`);
+  // 302 from a resource; 303 when `target` is the sign-in route itself.
+  if (first.status !== 302 && first.status !== 303) throw new Error(`expected a redirect to sign in, got ${first.status}`);
   let next = first.headers.get('location') as string;
   for (let i = 0; i < 10; i++) {
     const res = await go(jar, next, { headers: BROWSER });

@@ -9,7 +9,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { chromium, type BrowserContext } from 'playwright-core';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import type { EmbeddedIssuer } from '../../src/mock-idp/embedded-issuer.ts';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { freePort, startIssuer, startOidcApp, type OidcApp } from '../access/oidc-helpers.ts';
@@ -103,6 +103,87 @@ describe('OIDC sign-in in Chromium', { skip, timeout: 120_000 }, () => {
       await page.goto(target);
       assert.ok(page.url().startsWith(`${issuer.url}/interaction/`), page.url());
       assert.equal(issuer.signIns.get('alice'), 1);
+    } finally {
+      await browser.close();
+    }
+  });
+});
+
+describe('OIDC sign-in in Chromium: what a person runs into', { skip, timeout: 120_000 }, () => {
+  let issuer: EmbeddedIssuer;
+  let proxy: OidcApp;
+
+  before(async () => {
+    const port = await freePort();
+    issuer = await startIssuer(port);
+    proxy = await startOidcApp({ port, issuerUrl: issuer.url, resources: { vm: { access: { anyOf: ['g1'] } } } });
+  });
+  after(async () => {
+    await proxy?.close();
+    await issuer?.close();
+  });
+
+  const signInAtProvider = async (page: Page): Promise<void> => {
+    await page.waitForURL((u) => u.href.startsWith(`${issuer.url}/interaction/`));
+    await page.fill('input[name=login]', 'alice');
+    await page.fill('input[name=password]', 'alice-pw');
+    await page.click('button[type=submit]');
+  };
+  const bodyText = (page: Page): Promise<string> => page.evaluate(() => (globalThis as unknown as { document: { body: { innerText: string } } }).document.body.innerText);
+
+  it('signs in from a URL too long for a cookie and lands on it exactly', async () => {
+    const browser = await launch();
+    try {
+      const page = await browser.context.newPage();
+      // 3,500 characters of query: sealed with the rest of the sign-in, more than the 4,096
+      // bytes a browser keeps of a cookie.
+      const target = `${proxy.url}/smart_proxy/vm/-/dash?f=${'x'.repeat(3500)}`;
+      await page.goto(target);
+      await signInAtProvider(page);
+      await page.waitForURL(target);
+      // The waiting page, then the resource by itself.
+      await page.waitForFunction(() => (globalThis as unknown as { document: { body: { innerText: string } } }).document.body.innerText.includes('x-forwarded-user'), undefined, { timeout: 30_000 });
+      const echo = JSON.parse(await page.textContent('body') ?? '{}') as { url: string; headers: Record<string, string> };
+      assert.equal(echo.url, `/dash?f=${'x'.repeat(3500)}`);
+      assert.equal(echo.headers['x-forwarded-user'], 'alice');
+    } finally {
+      await browser.close();
+    }
+  });
+
+  it('answers a form posted without a session with a page that says so and signs in back to the form', async () => {
+    const browser = await launch();
+    try {
+      const page = await browser.context.newPage();
+      // A page of the proxy's own site stands for the resource's form page (same origin).
+      const formPage = `${proxy.url}/_smart_proxy/auth/signed-out`;
+      await page.goto(formPage);
+      const starts = proxy.provider.calls.start;
+      // A form with a 1 MiB field: the proxy refuses it without reading the body.
+      const [response] = await Promise.all([
+        page.waitForNavigation(),
+        page.evaluate((action) => {
+          const d = (globalThis as unknown as { document: { createElement(t: string): Record<string, unknown> & { appendChild(c: unknown): void; submit(): void }; body: { appendChild(c: unknown): void } } }).document;
+          const form = d.createElement('form');
+          form.method = 'post';
+          form.action = action;
+          const area = d.createElement('textarea');
+          area.name = 'note';
+          area.value = 'y'.repeat(1024 * 1024);
+          form.appendChild(area);
+          d.body.appendChild(form);
+          form.submit();
+        }, `${proxy.url}/smart_proxy/vm/-/submit`),
+      ]);
+      assert.equal(response?.status(), 401);
+      assert.equal(page.url(), `${proxy.url}/smart_proxy/vm/-/submit`);
+      assert.match(await bodyText(page), /401 Unauthorized[\s\S]*You are not signed in, so this POST request was not sent on\. Sign in, then send it again\./);
+      assert.equal(proxy.provider.calls.start, starts, 'nothing started for it');
+      // The link signs in and comes back to the page with the form.
+      await page.click('a:text("Sign in")');
+      await signInAtProvider(page);
+      await page.waitForURL(formPage);
+      assert.match(await bodyText(page), /Signed out|You are signed out/);
     } finally {
       await browser.close();
     }

@@ -72,11 +72,27 @@ export class SessionCookies {
     return name === this.settings.cookieName || name.startsWith(`${this.settings.cookieName}_`);
   }
 
-  /** The session in a request's Cookie headers, checked against both lifetimes. */
+  /**
+   * The session in a request's Cookie headers, checked against both lifetimes. A browser may
+   * send several cookies of this name (a stale one from a parent domain or another path, which
+   * the proxy's Set-Cookie can neither replace nor delete, and which browsers send first when
+   * it is older): the first that opens is the session, so a stale one cannot send the user
+   * round the sign-in again and again. Otherwise the first one's verdict stands.
+   */
   async open(cookieHeaders: readonly string[]): Promise<OpenedSession> {
     const values = cookieValues(cookieHeaders, this.settings.cookieName);
     if (values.length === 0) return { kind: 'none' };
-    const sealed = values[0] as string;
+    const first = await this.#openOne(values[0] as string);
+    if (first.kind === 'session' || values.length === 1) return first;
+    // Bounded: a Cookie header cannot make a request open more than a few.
+    for (const sealed of values.slice(1, 8)) {
+      const next = await this.#openOne(sealed);
+      if (next.kind === 'session') return next;
+    }
+    return first;
+  }
+
+  async #openOne(sealed: string): Promise<OpenedSession> {
     let value = await this.#sealer.open('session', sealed);
     let stored = false;
     if (value === undefined) {

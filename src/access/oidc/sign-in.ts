@@ -9,7 +9,8 @@
  * `/smart_proxy/`, so no resource id can shadow them):
  *
  * - `GET sign-in?rd=<path>[&provider=<name>]` seals a transaction cookie (state, nonce, PKCE
- *   verifier, return path) and redirects to the provider;
+ *   verifier, return path; kept in the store, the cookie a reference, when a long return path
+ *   would make it too big for a browser) and redirects to the provider;
  * - `GET callback/<name>` checks it (single use, through the shared store), redeems the code,
  *   opens the session, asks the data plane to start the resource the user returns to, and
  *   redirects back to the exact path and query;
@@ -48,6 +49,24 @@ const MAX_SIGN_OUT_BODY_BYTES = 8 * 1024;
 const SIGN_OUT_BODY_TIMEOUT_MS = 10_000;
 /** A sign-out page's token is good for this long (the page may sit in a tab). */
 const SIGN_OUT_TOKEN_TTL_MS = 12 * 60 * 60_000;
+/**
+ * The sign-in transaction cookies live under the auth routes (not only the callback), so that
+ * a new sign-in sees the ones still pending and can bound them (MAX_PENDING_SIGN_INS).
+ */
+const TX_PATH = AUTH_PREFIX;
+/**
+ * Largest transaction cookie (name=value) sent as is. A longer one (a long return URL: the
+ * path and query of the page the user wanted) is kept in the state store and the cookie holds
+ * a sealed reference: browsers silently drop a cookie over 4096 bytes, and a few large ones
+ * would push the callback's Cookie header past a server's header limit (431).
+ */
+const MAX_INLINE_TX_BYTES = 1200;
+/**
+ * Sign-ins one browser may have pending at once (tabs, retries, a user who went back from the
+ * provider's page). Each leaves a cookie until it completes or `signInTimeoutMs` passes; past
+ * this many the oldest are deleted, so retrying cannot grow the Cookie header without bound.
+ */
+const MAX_PENDING_SIGN_INS = 4;
 
 /** An identity from a session carries what the response and the backend may need. */
 export interface SessionIdentity extends VerifiedIdentity {
@@ -127,6 +146,23 @@ export class OidcSignIn {
   signInLocation(target: string): string {
     const rd = safeReturnPath(target, this.#origin);
     return `${this.#origin}${AUTH_PREFIX}sign-in${rd === undefined ? '' : `?rd=${encodeURIComponent(rd)}`}`;
+  }
+
+  /**
+   * Where to sign in after a request that cannot be replayed by a redirect (a form's POST):
+   * back to the page it was sent from, when the browser named one on this site (`Referer`).
+   */
+  signInLocationAfter(referer: string | undefined): string {
+    let back: string | undefined;
+    if (referer !== undefined) {
+      try {
+        const r = new URL(referer);
+        if (r.origin === this.#origin) back = `${r.pathname}${r.search}`;
+      } catch {
+        back = undefined;
+      }
+    }
+    return back === undefined ? `${this.#origin}${AUTH_PREFIX}sign-in` : this.signInLocation(back);
   }
 
   /** The verifier of one oidc identity: its session cookies, and its bearer JWTs when enabled. */
@@ -242,8 +278,19 @@ export class OidcSignIn {
       const config = await issuer.configuration();
       const tokens = await client.refreshTokenGrant(config, session.rt as string);
       let { user, groups } = session;
-      if (tokens.id_token !== undefined) {
-        const mapped = mapClaims(issuer.cfg, tokens.claims());
+      // The groups are read again, as at sign-in: this is when a group removed at the provider
+      // stops working here. With `userinfo`, the userinfo claims complete the ID token's, as
+      // at sign-in: from a provider that puts the groups (or the user claim) only there, the
+      // ID token alone would take every group away at the first refresh (or never update
+      // them). Without a new ID token, the one from sign-in names the subject.
+      let claims: Record<string, unknown> | undefined = tokens.id_token === undefined ? undefined : { ...tokens.claims() };
+      if (issuer.cfg.userinfo) {
+        const base = claims ?? (session.idt === undefined ? {} : { ...decodeJwt(session.idt) });
+        const sub = typeof base.sub === 'string' ? base.sub : client.skipSubjectCheck;
+        claims = { ...base, ...await client.fetchUserInfo(config, tokens.access_token, sub) };
+      }
+      if (claims !== undefined) {
+        const mapped = mapClaims(issuer.cfg, claims);
         if (typeof mapped !== 'string') ({ user, groups } = mapped);
       }
       const now = this.#clock.now();
@@ -290,7 +337,7 @@ export class OidcSignIn {
       res.setHeader('allow', 'GET, HEAD');
       throw methodNotAllowed('GET, HEAD');
     }
-    if (path === `${AUTH_PREFIX}sign-in`) await this.#signIn(res, url);
+    if (path === `${AUTH_PREFIX}sign-in`) await this.#signIn(req, res, url);
     else if (path.startsWith(CALLBACK)) await this.#callback(req, res, url, path.slice(CALLBACK.length));
     else if (path === `${AUTH_PREFIX}signed-out`) this.#page(res, 'Signed out', `<p>You are signed out.</p>${this.#signInLink(url.searchParams.get('rd'))}`);
     else if (path === `${AUTH_PREFIX}signed-in`) {
@@ -307,7 +354,7 @@ export class OidcSignIn {
     return `<p><a href="${escapeHtml(`${AUTH_PREFIX}sign-in${rd === undefined ? '' : `?rd=${encodeURIComponent(rd)}`}`)}">Sign in again</a></p>`;
   }
 
-  async #signIn(res: ServerResponse, url: URL): Promise<void> {
+  async #signIn(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
     const rdParam = url.searchParams.get('rd');
     const rd = rdParam === null ? undefined : safeReturnPath(rdParam, this.#origin);
     if (rdParam !== null && rd === undefined) throw signInFailed('the return address is not a path on this site');
@@ -339,38 +386,119 @@ export class OidcSignIn {
       code_challenge: await client.calculatePKCECodeChallenge(verifier),
       code_challenge_method: 'S256',
     });
-    const tx = await this.#sealer.seal('sign-in', {
-      state, nonce, cv: verifier, prov: issuer.cfg.name, rd, exp: this.#clock.now() + this.#settings.signInTimeoutMs,
-    });
-    // One cookie per sign-in (two tabs may sign in at once), readable only by the callback.
-    res.setHeader('set-cookie', setCookie(this.#txCookie(state), tx, {
-      path: CALLBACK, secure: this.sessions.secure, maxAgeS: this.#settings.signInTimeoutMs / 1000,
-    }));
+    const exp = this.#clock.now() + this.#settings.signInTimeoutMs;
+    const txName = this.#txCookie(state);
+    let tx = await this.#sealer.seal('sign-in', { state, nonce, cv: verifier, prov: issuer.cfg.name, rd, exp });
+    if (txName.length + 1 + tx.length > MAX_INLINE_TX_BYTES) {
+      // Too long for a cookie (a long return URL): the store keeps it until the callback.
+      try {
+        await this.#kv.set(`sign-in-tx:${digest(state)}`, tx, this.#settings.signInTimeoutMs);
+      } catch (err) {
+        throw new SmartProxyError('SP_ACCESS_UNAVAILABLE', 'The session store cannot be reached; try again in a moment.', { retryAfterS: 5, cause: err });
+      }
+      tx = await this.#sealer.seal('sign-in-ref', { state, exp });
+    }
+    const attrs = { path: TX_PATH, secure: this.sessions.secure } as const;
+    // One cookie per sign-in (two tabs may sign in at once); the oldest beyond the bound go.
+    res.setHeader('set-cookie', [
+      ...(await this.#stalePendingSignIns(req)).map((n) => setCookie(n, '', { ...attrs, maxAgeS: 0 })),
+      setCookie(txName, tx, { ...attrs, maxAgeS: this.#settings.signInTimeoutMs / 1000 }),
+    ]);
     redirect(res, target.href);
   }
 
   #txCookie(state: string): string {
-    return `${this.#settings.cookieName}_tx_${digest(state).slice(0, 16)}`;
+    return `${this.#txPrefix()}${digest(state).slice(0, 16)}`;
+  }
+
+  #txPrefix(): string {
+    return `${this.#settings.cookieName}_tx_`;
+  }
+
+  /**
+   * The transaction cookies this request carries that must go so that, with the one about to
+   * be set, at most MAX_PENDING_SIGN_INS remain: the ones that do not open first, then the
+   * oldest (by their expiry, which is their start plus the same timeout).
+   */
+  async #stalePendingSignIns(req: IncomingMessage): Promise<string[]> {
+    const pending = cookiesWithPrefix(headerValues(req, 'cookie'), this.#txPrefix());
+    if (pending.length < MAX_PENDING_SIGN_INS) return [];
+    const aged = await Promise.all(pending.map(async ([n, v], i) => {
+      // Only so many are opened: a flood of them (set by no sign-in of ours) just goes.
+      const opened = i >= 16 ? undefined : await this.#sealer.open('sign-in', v) ?? await this.#sealer.open('sign-in-ref', v);
+      return { n, exp: typeof opened?.exp === 'number' ? opened.exp : Number.NEGATIVE_INFINITY };
+    }));
+    aged.sort((a, b) => a.exp - b.exp);
+    const names = [...new Set(aged.map((a) => a.n))];
+    // At most 32 deletions per answer: hundreds of them (set by nobody's sign-in) would make a
+    // response head no client wants; the next sign-ins delete the rest.
+    return names.slice(0, Math.min(32, Math.max(0, names.length - (MAX_PENDING_SIGN_INS - 1))));
+  }
+
+  /** This callback's transaction: from its cookie, or from the store when the cookie holds a reference. */
+  async #transaction(sealed: string | undefined, state: string): Promise<Record<string, unknown> | undefined> {
+    if (sealed === undefined) return undefined;
+    const inline = await this.#sealer.open('sign-in', sealed);
+    if (inline !== undefined) return inline;
+    const ref = await this.#sealer.open('sign-in-ref', sealed);
+    if (ref === undefined || ref.state !== state) return undefined;
+    let stored: string | undefined;
+    try {
+      stored = await this.#kv.get(`sign-in-tx:${digest(state)}`);
+    } catch (err) {
+      throw new SmartProxyError('SP_ACCESS_UNAVAILABLE', 'The session store cannot be reached; try again in a moment.', { retryAfterS: 5, cause: err });
+    }
+    if (stored === undefined) return undefined;
+    // Served: one callback reads it (the state's single use is enforced apart, below).
+    await this.#kv.delete(`sign-in-tx:${digest(state)}`).catch(() => undefined);
+    return this.#sealer.open('sign-in', stored);
   }
 
   #callbackUrl(name: string): string {
     return `${this.#origin}${CALLBACK}${encodeURIComponent(name)}`;
   }
 
+  /**
+   * The callback. A refusal or an outage here leaves the person on a page of ours with nowhere
+   * to go (their sign-in cannot be replayed: its state is single use), so the answer carries
+   * a fresh sign-in back to the page they wanted, as a link on the HTML page and as
+   * `signInUrl` in the problem document.
+   */
   async #callback(req: IncomingMessage, res: ServerResponse, url: URL, name: string): Promise<void> {
-    const issuer = this.#issuers.get(decodeURIComponent(name));
+    const known: { rd?: string } = {};
+    try {
+      await this.#redeem(req, res, url, name, known);
+    } catch (err) {
+      if (!(err instanceof SmartProxyError) || (err.code !== 'SP_ACCESS_SIGN_IN_FAILED' && err.code !== 'SP_ACCESS_UNAVAILABLE')) throw err;
+      throw new SmartProxyError(err.code, err.message, {
+        data: { ...err.data, signInUrl: this.signInLocation(known.rd ?? '') }, retryAfterS: err.retryAfterS, cause: err.cause,
+      });
+    }
+  }
+
+  async #redeem(req: IncomingMessage, res: ServerResponse, url: URL, name: string, known: { rd?: string }): Promise<void> {
+    // A malformed escape (`%zz`, a lone `%`) names no provider: a 404 like any unknown name,
+    // not the URIError decodeURIComponent throws (a 500 logged as a failure of ours).
+    let decoded: string | undefined;
+    try {
+      decoded = decodeURIComponent(name);
+    } catch {
+      decoded = undefined;
+    }
+    const issuer = decoded === undefined ? undefined : this.#issuers.get(decoded);
     if (issuer === undefined) throw new SmartProxyError('SP_ROUTE_NOT_FOUND', 'no such sign-in provider');
     const state = url.searchParams.get('state');
     if (state === null || state.length === 0 || state.length > 512) throw signInFailed('the answer carries no state');
     const txName = this.#txCookie(state);
     const sealed = cookiesWithPrefix(headerValues(req, 'cookie'), txName).find(([n]) => n === txName)?.[1];
-    const tx = sealed === undefined ? undefined : await this.#sealer.open('sign-in', sealed);
     // Whatever happens next, this sign-in's cookie has served.
-    const clearTx = setCookie(txName, '', { path: CALLBACK, secure: this.sessions.secure, maxAgeS: 0 });
+    const clearTx = setCookie(txName, '', { path: TX_PATH, secure: this.sessions.secure, maxAgeS: 0 });
     res.setHeader('set-cookie', clearTx);
+    const tx = await this.#transaction(sealed, state);
     if (tx === undefined || tx.state !== state || tx.prov !== issuer.cfg.name) {
       throw signInFailed('this sign-in was not started in this browser, or it has already been used');
     }
+    if (typeof tx.rd === 'string') known.rd = tx.rd;
     if (typeof tx.exp !== 'number' || tx.exp < this.#clock.now()) throw signInFailed('the sign-in took too long');
     const providerError = url.searchParams.get('error');
     if (providerError !== null) {
@@ -620,7 +748,10 @@ function describeGrantError(err: unknown): string {
  * A return address is accepted only as a path on this origin: starts with one "/", no
  * backslash or control character (browsers treat "/\\host" and "/\thost" as other hosts), and
  * it resolves to the proxy's own origin. It is returned as given, so path and query survive
- * byte for byte.
+ * byte for byte; only characters outside ASCII (an `rd` such as `/caf%C3%A9` arrives decoded)
+ * are percent-encoded as UTF-8, because a `Location` header cannot carry them (Node refuses a
+ * character past U+00FF in a header, so the callback would end in a 500, and sends the others
+ * as single bytes that are not their UTF-8).
  */
 export function safeReturnPath(rd: string, origin: string): string | undefined {
   if (rd.length === 0 || rd.length > 4096) return undefined;
@@ -629,8 +760,10 @@ export function safeReturnPath(rd: string, origin: string): string | undefined {
   if (/[\\\u0000-\u0020\u007f]/.test(rd)) return undefined;
   try {
     if (new URL(rd, origin).origin !== origin) return undefined;
+    // eslint-disable-next-line no-control-regex
+    return /[^\u0000-\u007f]/.test(rd) ? rd.replace(/[^\u0000-\u007f]+/g, (c) => encodeURIComponent(c)) : rd;
   } catch {
+    // new URL() refused it, or a lone surrogate that no UTF-8 can name.
     return undefined;
   }
-  return rd;
 }
