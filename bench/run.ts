@@ -7,7 +7,7 @@
  * under test runs alone on CPU 1 (taskset). Benchmarks are not tests: nothing here asserts.
  *
  * usage: npm run bench [-- --quick] [--only throughput,wake,hold,many,churn,front,vm] [--profile]
- *        npm run bench -- --instr [--quick] [--requests N] [--warmup N] [--baseline DIR] [--cases smart,smart-jwt] [--by-function] [--node-flags='--single-threaded'] [--repeat N] [--cache-sim]   (suites/instr.ts)
+ *        npm run bench -- --instr [--quick] [--requests N] [--warmup N] [--baseline DIR] [--cases smart,smart-jwt] [--by-function] [--node-flags='--single-threaded'] [--repeat N] [--cache-sim] [--last-level SIZE,ASSOC,LINE]   (suites/instr.ts)
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -45,6 +45,7 @@ const { values } = parseArgs({
     'node-flags': { type: 'string' },
     repeat: { type: 'string' },
     'cache-sim': { type: 'boolean', default: false },
+    'last-level': { type: 'string' },
   },
 });
 const suites = new Set((values.only ?? 'throughput,wake,hold,many,churn,vm').split(','));
@@ -84,8 +85,8 @@ try {
   if (values.profile) {
     await runProfile(ctx);
   } else if (values.instr) {
-    const rows = await runInstr(ctx, { requests: values.requests === undefined ? undefined : Number(values.requests), warmup: values.warmup === undefined ? undefined : Number(values.warmup), baseline: values.baseline, cases: values.cases?.split(','), byFunction: values['by-function'], nodeFlags: values['node-flags']?.split(' ').filter((f) => f !== ''), repeat: values.repeat === undefined ? undefined : Number(values.repeat), cacheSim: values['cache-sim'] });
-    const command = `npm run bench -- --instr${values.quick ? ' --quick' : ''}${values.requests ? ` --requests ${values.requests}` : ''}${values.warmup ? ` --warmup ${values.warmup}` : ''}${values.baseline ? ` --baseline ${values.baseline}` : ''}${values.cases ? ` --cases ${values.cases}` : ''}${values['node-flags'] ? ` --node-flags='${values['node-flags']}'` : ''}${values.repeat ? ` --repeat ${values.repeat}` : ''}${values['cache-sim'] ? ' --cache-sim' : ''}`;
+    const rows = await runInstr(ctx, { requests: values.requests === undefined ? undefined : Number(values.requests), warmup: values.warmup === undefined ? undefined : Number(values.warmup), baseline: values.baseline, cases: values.cases?.split(','), byFunction: values['by-function'], nodeFlags: values['node-flags']?.split(' ').filter((f) => f !== ''), repeat: values.repeat === undefined ? undefined : Number(values.repeat), cacheSim: values['cache-sim'], lastLevel: values['last-level'] });
+    const command = `npm run bench -- --instr${values.quick ? ' --quick' : ''}${values.requests ? ` --requests ${values.requests}` : ''}${values.warmup ? ` --warmup ${values.warmup}` : ''}${values.baseline ? ` --baseline ${values.baseline}` : ''}${values.cases ? ` --cases ${values.cases}` : ''}${values['node-flags'] ? ` --node-flags='${values['node-flags']}'` : ''}${values.repeat ? ` --repeat ${values.repeat}` : ''}${values['cache-sim'] ? ' --cache-sim' : ''}${values['last-level'] ? ` --last-level ${values['last-level']}` : ''}`;
     const md = renderInstr(rows, command);
     writeFileSync(join(outDir, 'instr.md'), md);
     process.stdout.write(`\n${md}\nwritten: bench/out/instr.md\n`);

@@ -315,7 +315,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     // Warnings only (the proxy runs either way): resources their cloud's API cannot serve.
     const checks = new AbortController();
     closers.push(async () => checks.abort());
-    void atmosphereApiWarnings(config, 5_000, checks.signal).then((ws) => {
+    void atmosphereApiWarnings(config, 5_000, checks.signal, resources).then((ws) => {
       for (const w of ws) log.warn(w, 'a resource cannot work with its cloud as configured');
     });
 

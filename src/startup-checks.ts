@@ -4,7 +4,7 @@
  * cloud it points at.
  */
 import type { Config } from './config/schema.ts';
-import { effectiveResources } from './config/load.ts';
+import { effectiveResources, type EffectiveResource } from './config/load.ts';
 import { detectAtmosphereApi } from './providers/atmosphere/atmosphere-provider.ts';
 
 export interface StartupWarning {
@@ -19,9 +19,10 @@ export interface StartupWarning {
  * `span_as` answer 404 for `…/for_user_with_groups/`), and no stop. Clouds that cannot be
  * reached are reported as such; nothing here throws.
  */
-export async function atmosphereApiWarnings(config: Config, timeoutMs: number, signal?: AbortSignal): Promise<StartupWarning[]> {
-  const byProvider = new Map<string, { baseUrl: string; resources: ReturnType<typeof effectiveResources> }>();
-  for (const r of effectiveResources(config)) {
+export async function atmosphereApiWarnings(config: Config, timeoutMs: number, signal?: AbortSignal, resources?: readonly EffectiveResource[]): Promise<StartupWarning[]> {
+  const byProvider = new Map<string, { baseUrl: string; resources: EffectiveResource[] }>();
+  // The caller's resources when it has them (start-up: built once, not once more here).
+  for (const r of resources ?? effectiveResources(config)) {
     if (r.provider.kind !== 'atmosphere' || r.provider.baseUrl === 'embedded') continue;
     const entry = byProvider.get(r.providerName) ?? { baseUrl: r.provider.baseUrl, resources: [] };
     entry.resources.push(r);

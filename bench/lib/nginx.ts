@@ -102,3 +102,28 @@ async function start(dir: string, name: string, conf: string, port: number, cpu:
   await waitForHttp(`http://127.0.0.1:${port}/`);
   return proc;
 }
+
+/**
+ * nginx configured for `count` sites as an nginx user writes them: one `location` per site
+ * (`/smart_proxy/rN/`, the paths the many suite's wrk script asks for). `perSiteUpstreams`:
+ * each location proxies to an `upstream` block of its own (10,000 sites, 10,000 backends,
+ * each with its keep-alive cache; here all at the one benchmark upstream); otherwise all
+ * locations share one upstream block, as Smart Proxy's resources share one connection pool per
+ * backend origin (like for like with the many suite's Smart Proxy configs).
+ */
+export async function startNginxMany(dir: string, name: string, port: number, upstreamPort: number, cpu: string, count: number, perSiteUpstreams: boolean): Promise<Spawned> {
+  const upstream = (n: string): string => `  upstream ${n} { server 127.0.0.1:${upstreamPort}; keepalive 64; keepalive_requests 100000000; }`;
+  const lines: string[] = [];
+  if (perSiteUpstreams) for (let i = 1; i <= count; i++) lines.push(upstream(`site${i}`));
+  else lines.push(upstream('backend'));
+  lines.push('  server {', `    listen 127.0.0.1:${port} backlog=4096;`, '    request_pool_size 16k;',
+    '    proxy_http_version 1.1;', '    proxy_set_header Connection "";', '    proxy_set_header X-Forwarded-For $remote_addr;',
+    '    location = / { return 200 "up"; }');
+  for (let i = 1; i <= count; i++) lines.push(`    location /smart_proxy/r${i}/ { proxy_pass http://${perSiteUpstreams ? `site${i}` : 'backend'}; }`);
+  lines.push('  }');
+  const conf = `${common(dir, name)}
+${lines.join('\n')}
+}
+`;
+  return start(dir, name, conf, port, cpu);
+}

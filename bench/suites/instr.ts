@@ -44,7 +44,10 @@ export interface InstrOptions {
   readonly connections?: number;
   /** Another checkout whose Smart Proxy runs the same cases (before a change). */
   readonly baseline?: string | undefined;
-  /** Only these rows (names: dispatch, smart-public, smart, smart-jwt, many-1, many-10000, and -before); default all but many-*. */
+  /**
+   * Only these rows (names: dispatch, smart-public, smart, smart-jwt, many-1, many-10000,
+   * many-1000, many-10000-over1, each many-* also with -quiet, and -before); default all but many-*.
+   */
   readonly cases?: readonly string[] | undefined;
   /**
    * Also print each process's self instructions per request by function (top 40): node runs
@@ -61,6 +64,13 @@ export interface InstrOptions {
    * working set spread over many objects), still counted, not timed.
    */
   readonly cacheSim?: boolean | undefined;
+  /**
+   * The simulated last-level cache, `size,associativity,line` (callgrind --LL). valgrind
+   * takes the CPU's last level by default; given this machine's second level (1 MiB, 8-way:
+   * `getconf LEVEL2_CACHE_SIZE`), its misses are the lines that come from further away than
+   * L2: a working set spread over many objects (per-resource records) shows there first.
+   */
+  readonly lastLevel?: string | undefined;
 }
 
 export interface InstrRow {
@@ -95,7 +105,7 @@ interface Counted { readonly name: string; readonly label: string; readonly url:
 
 /** The command line in front of the script: valgrind (instrumentation off until the window opens), node. */
 function callgrindArgs(dir: string, nodeFlags: readonly string[]): string[] {
-  return ['--tool=callgrind', '--instr-atstart=no', ...(cacheSim ? ['--cache-sim=yes'] : []), `--callgrind-out-file=${join(dir, 'callgrind.out')}`, process.execPath, ...nodeFlags];
+  return ['--tool=callgrind', '--instr-atstart=no', ...(cacheSim ? ['--cache-sim=yes', ...cacheGeometry] : []), `--callgrind-out-file=${join(dir, 'callgrind.out')}`, process.execPath, ...nodeFlags];
 }
 
 /**
@@ -249,6 +259,9 @@ let processes = 0;
 /** InstrOptions.cacheSim of the run under way. */
 let cacheSim = false;
 
+/** callgrind's cache geometry flags for InstrOptions.lastLevel (none: what valgrind reads from the CPU). */
+let cacheGeometry: string[] = [];
+
 /** Every event total of the newest dump (with --cache-sim: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw). */
 function dumpEvents(dir: string): Map<string, number> {
   const text = readFileSync(newestDump(dir), 'utf8');
@@ -333,7 +346,8 @@ async function count(ctx: Context, c: Counted, o: { requests: number; warmup: nu
 
 export async function runInstr(ctx: Context, options: InstrOptions = {}): Promise<InstrRow[]> {
   requireValgrind();
-  cacheSim = options.cacheSim === true;
+  cacheSim = options.cacheSim === true || options.lastLevel !== undefined;
+  cacheGeometry = options.lastLevel === undefined ? [] : [`--LL=${options.lastLevel}`];
   const o = {
     requests: options.requests ?? (ctx.quick ? 5_000 : 20_000),
     warmup: options.warmup ?? 30_000,
@@ -361,10 +375,13 @@ export async function runInstr(ctx: Context, options: InstrOptions = {}): Promis
   }
   // The many-resources pair (suites/many.ts's configs: 1 resource, and 10,000 each with its own
   // static provider), only when asked for: requests round-robin over 1, resp. 1,000 resources.
-  // many-10000-quiet: the same with the per-instance background pushed out of the window (no
+  // Each also as -quiet: the same with the per-instance background pushed out of the window (no
   // health checks, a state flush once an hour), so what is left is the requests' own work.
-  for (const [resources, spread, quiet] of [[1, 1, false], [10_000, 1000, false], [10_000, 1000, true]] as const) {
-    const name = `many-${resources}${quiet ? '-quiet' : ''}`;
+  // many-1000 (the spread alone) and many-10000-over1 (the configured count alone) split the
+  // difference as the many suite does.
+  const pairs = [[1, 1], [10_000, 1000], [1000, 1000], [10_000, 1]] as const;
+  for (const [resources, spread, quiet] of pairs.flatMap(([r, s]) => [[r, s, false], [r, s, true]] as const)) {
+    const name = `many-${resources}${resources > 1 && spread === 1 ? '-over1' : ''}${quiet ? '-quiet' : ''}`;
     const label = `Smart Proxy, ${resources.toLocaleString('en')} resource(s), requests over ${spread.toLocaleString('en')}${quiet ? ', no health checks, flush hourly' : ''}`;
     let yaml = manyYaml(resources, ctx.upstreamPort);
     if (quiet) yaml = yaml.replace('resourceDefaults: { access: { public: true } }', 'resourceDefaults: { access: { public: true }, healthCheckIntervalMs: 0 }');

@@ -15,7 +15,7 @@ interface Collected {
   readonly values: Array<{ metricName: string; labels: Record<string, string | number>; value: number }>;
 }
 
-interface Series {
+export interface Series {
   /** Observations per bucket (not cumulative); the last slot is +Inf. */
   readonly counts: Float64Array;
   sum: number;
@@ -41,11 +41,24 @@ export class LocalHistogram {
   }
 
   observe(labelValue: string, value: number): void {
+    this.observeIn(this.series(labelValue), value);
+  }
+
+  /**
+   * The series of one label value, created (and exported from then on) on first use. A caller
+   * that keeps it observes with observeIn, without a lookup by label per observation.
+   */
+  series(labelValue: string): Series {
     let s = this.#series.get(labelValue);
     if (s === undefined) {
       s = { counts: new Float64Array(this.#buckets.length + 1), sum: 0, count: 0 };
       this.#series.set(labelValue, s);
     }
+    return s;
+  }
+
+  /** Adds `value` to a series of this histogram (from series()). */
+  observeIn(s: Series, value: number): void {
     let i = 0;
     while (i < this.#buckets.length && value > (this.#buckets[i] as number)) i++;
     s.counts[i] = (s.counts[i] ?? 0) + 1;

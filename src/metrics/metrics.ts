@@ -14,7 +14,7 @@ import type { Clock, Provider, TimerHandle } from '../core/ports.ts';
 import type { Instance, ManagerEvent, ResourceManager } from '../core/resource-manager.ts';
 import type { HoldOutcome, RequestObserver, RequestRecord, UpgradeRecord } from '../proxy/observer.ts';
 import { METRICS, type MetricDefinition } from './catalogue.ts';
-import { LocalHistogram } from './local-histogram.ts';
+import { LocalHistogram, type Series } from './local-histogram.ts';
 
 /** A configured resource as metrics label it. */
 export interface MeteredResource {
@@ -50,6 +50,19 @@ const LOOP_SAMPLE_AFTER_WORK_MS = 10_000;
 
 type Labels<D extends MetricDefinition> = D['labels'][number];
 
+/**
+ * What the warm path adds to for one `resource` label value: its request counts since the last
+ * scrape (by status class index) and its forward-latency series (made on its first warm
+ * request, so a resource never forwarded to exports none). One object reached by one lookup
+ * per request: with thousands of resources, each separate table a request looks up is memory
+ * the CPU must fetch for that resource (a hash bucket, an entry, a key).
+ */
+interface LabelSlot {
+  readonly label: string;
+  readonly counts: Float64Array;
+  latency: Series | undefined;
+}
+
 function counter<D extends MetricDefinition>(registry: Registry, d: D, collect?: (c: Counter<Labels<D>>) => void): Counter<Labels<D>> {
   return new Counter({
     name: d.name, help: d.help, labelNames: d.labels, registers: [registry],
@@ -71,7 +84,10 @@ export class Metrics implements RequestObserver {
   readonly #manager: ResourceManager;
   readonly #clock: Clock;
   readonly #maxResourceLabels: number;
-  #resourceLabel = new Map<string, string>();
+  /** The slot of each configured resource (those past the label cap share `_other`'s). */
+  #slotOf = new Map<string, LabelSlot>();
+  /** Slots by label value; they outlive a reload that keeps the label (counts not scraped yet). */
+  readonly #slots = new Map<string, LabelSlot>();
   #providerOf = new Map<string, string>();
   /** The status each instance had at its previous event, to tell a stop from a vanishing. */
   readonly #lastStatus = new WeakMap<Instance, InstanceStatus>();
@@ -81,12 +97,6 @@ export class Metrics implements RequestObserver {
   readonly #loopSampleAfterWorkMs: number;
   #loopTimer: TimerHandle | undefined;
   #closed = false;
-  /**
-   * Requests counted since the last scrape, per resource label and status class index. The
-   * warm path adds 1 to a number here (no label hashing, no allocation); the counter takes
-   * the sums when Prometheus scrapes.
-   */
-  readonly #pendingRequests = new Map<string, Float64Array>();
   readonly #unsubscribe: () => void;
 
   readonly #holdDuration: Histogram<'resource' | 'outcome'>;
@@ -108,7 +118,9 @@ export class Metrics implements RequestObserver {
     this.setResources(options.resources);
     const r = this.registry;
     counter(r, METRICS.requests, (c) => {
-      for (const [resource, counts] of this.#pendingRequests) {
+      // The warm path adds 1 to a number in a slot (no label hashing, no allocation); the
+      // counter takes the sums when Prometheus scrapes.
+      for (const [resource, { counts }] of this.#slots) {
         for (let i = 0; i < counts.length; i++) {
           const n = counts[i] ?? 0;
           if (n === 0) continue;
@@ -178,13 +190,13 @@ export class Metrics implements RequestObserver {
 
   /** The label values of configured resources (a reload replaces them). */
   setResources(resources: readonly MeteredResource[]): void {
-    const labels = new Map<string, string>();
+    const slots = new Map<string, LabelSlot>();
     const providers = new Map<string, string>();
     for (const res of resources) {
-      labels.set(res.id, labels.size < this.#maxResourceLabels ? res.id : OTHER);
+      slots.set(res.id, this.#slot(slots.size < this.#maxResourceLabels ? res.id : OTHER));
       providers.set(res.id, res.provider);
     }
-    this.#resourceLabel = labels;
+    this.#slotOf = slots;
     this.#providerOf = providers;
   }
 
@@ -247,9 +259,9 @@ export class Metrics implements RequestObserver {
 
   finished(_req: IncomingMessage, res: ServerResponse, record: RequestRecord): void {
     this.#working();
-    const resource = record.resourceId === undefined ? UNROUTED : this.#label(record.resourceId);
-    this.#count(resource, res.writableFinished ? Math.min(5, Math.floor(res.statusCode / 100)) : CLOSED);
-    if (record.warm && res.writableFinished) this.#forwardDuration.observe(resource, (performance.now() - record.startedAt) / 1000);
+    const slot = this.#slotOfRecord(record);
+    slot.counts[res.writableFinished ? Math.min(5, Math.floor(res.statusCode / 100)) : CLOSED]! += 1;
+    if (record.warm && res.writableFinished) this.#forwardDuration.observeIn(slot.latency ??= this.#forwardDuration.series(slot.label), (performance.now() - record.startedAt) / 1000);
   }
 
   /**
@@ -259,20 +271,28 @@ export class Metrics implements RequestObserver {
    */
   upgraded(_req: IncomingMessage, record: UpgradeRecord): void {
     this.#working();
-    const resource = record.resourceId === undefined ? UNROUTED : this.#label(record.resourceId);
-    this.#count(resource, record.status === undefined ? CLOSED : Math.min(5, Math.floor(record.status / 100)));
+    const slot = this.#slotOfRecord(record);
+    slot.counts[record.status === undefined ? CLOSED : Math.min(5, Math.floor(record.status / 100))]! += 1;
     if (record.warm && record.status === 101 && record.answeredAt !== undefined) {
-      this.#forwardDuration.observe(resource, (record.answeredAt - record.startedAt) / 1000);
+      this.#forwardDuration.observeIn(slot.latency ??= this.#forwardDuration.series(slot.label), (record.answeredAt - record.startedAt) / 1000);
     }
   }
 
-  #count(resource: string, cls: number): void {
-    let counts = this.#pendingRequests.get(resource);
-    if (counts === undefined) {
-      counts = new Float64Array(STATUS_CLASSES.length);
-      this.#pendingRequests.set(resource, counts);
+  /** The slot a finished request counts in: its resource's, `_unrouted` without one. */
+  #slotOfRecord(record: RequestRecord): LabelSlot {
+    const id = record.resourceId;
+    if (id === undefined) return this.#slot(UNROUTED);
+    return this.#slotOf.get(id) ?? this.#slot(OTHER);
+  }
+
+  /** The slot of a label value, made on first use. */
+  #slot(label: string): LabelSlot {
+    let slot = this.#slots.get(label);
+    if (slot === undefined) {
+      slot = { label, counts: new Float64Array(STATUS_CLASSES.length), latency: undefined };
+      this.#slots.set(label, slot);
     }
-    counts[cls] = (counts[cls] ?? 0) + 1;
+    return slot;
   }
 
   held(resourceId: string, heldMs: number, outcome: HoldOutcome): void {
@@ -324,11 +344,11 @@ export class Metrics implements RequestObserver {
   // -- internals -------------------------------------------------------------------------
 
   #label(resourceId: string): string {
-    return this.#resourceLabel.get(resourceId) ?? OTHER;
+    return this.#slotOf.get(resourceId)?.label ?? OTHER;
   }
 
   *#labelValues(): Iterable<string> {
-    yield* new Set(this.#resourceLabel.values());
+    yield* new Set([...this.#slotOf.values()].map((s) => s.label));
   }
 
   #onEvent(e: ManagerEvent): void {
