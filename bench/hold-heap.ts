@@ -21,6 +21,8 @@
  *   --keep: keep the run's folder (bench/out/hold-heap-PID: the proxy's and the client's logs)
  *   --root: the checkout whose proxy to measure (its bench/smart-proxy-child.ts), for before/after
  *   --node-flag: extra flags for the proxy's node, e.g. --cpu-prof --cpu-prof-dir=/tmp/prof
+ *   --keep-alive: the client keeps its connections open after each answer (bench/hold-client.ts
+ *     --keep-alive), instead of `connection: close` and a TCP teardown per request in the release
  *   --without-launch-flags: without the V8 flags Smart Proxy's launchers use (src/node-flags.ts),
  *     which are otherwise given to the proxy and to the floor alike
  */
@@ -32,7 +34,7 @@ import { parseArgs } from 'node:util';
 import { BENCH_DIR } from './lib/context.ts';
 import { ask, nextMessage, type Message } from './lib/ipc.ts';
 import { startNginxUpstream } from './lib/nginx.ts';
-import { cpuTimeMs, freePort, minorFaults, rssBytes, spawnPinned } from './lib/procs.ts';
+import { cpuSplitMs, cpuTimeMs, freePort, minorFaults, rssBytes, spawnPinned } from './lib/procs.ts';
 import { holdYaml } from './suites/hold.ts';
 import { NODE_FLAGS } from '../src/node-flags.ts';
 
@@ -51,9 +53,11 @@ const { values } = parseArgs({
     keep: { type: 'boolean', default: false },
     'warm-rounds': { type: 'string', default: '0' },
     'without-launch-flags': { type: 'boolean', default: false },
+    'keep-alive': { type: 'boolean', default: false },
   },
 });
 const n = Number(values.count);
+const clientFlags = values['keep-alive'] ? ['--keep-alive'] : [];
 if (!Number.isInteger(n) || n <= 0) throw new Error(`--count must be a positive integer, not ${values.count}`);
 const top = Number(values.top);
 
@@ -88,7 +92,7 @@ try {
   const url = values.floor ? `http://127.0.0.1:${ready.port}` : ready.url!;
   if (!values.floor) for (let i = 0; i < 200; i++) await (await fetch(`${url}/smart_proxy/warmup/-/`)).arrayBuffer();
   for (let round = 0; round < Number(values['warm-rounds']); round++) {
-    const warm = spawnPinned('client', process.execPath, [join(BENCH_DIR, 'hold-client.ts'), '--url', `${url}/smart_proxy/cold/-/`, '--count', String(n)], {
+    const warm = spawnPinned('client', process.execPath, [join(BENCH_DIR, 'hold-client.ts'), '--url', `${url}/smart_proxy/cold/-/`, '--count', String(n), ...clientFlags], {
       cpu: '0', logFile: join(workDir, 'client.log'), ipc: true,
     });
     try {
@@ -113,7 +117,7 @@ try {
     : ask<HeapCounts>(proxy.child, { type: 'heap-counts' }, 'heap-counts', 120_000);
   const before = await heapCounts();
   const rssBefore = rssBytes(proxy.pid);
-  const client = spawnPinned('client', process.execPath, [join(BENCH_DIR, 'hold-client.ts'), '--url', `${url}/smart_proxy/cold/-/`, '--count', String(n)], {
+  const client = spawnPinned('client', process.execPath, [join(BENCH_DIR, 'hold-client.ts'), '--url', `${url}/smart_proxy/cold/-/`, '--count', String(n), ...clientFlags], {
     cpu: '0', logFile: join(workDir, 'client.log'), ipc: true,
   });
   try {
@@ -126,6 +130,12 @@ try {
     const held = await heapCounts();
     const rssHeld = rssBytes(proxy.pid);
     const cpuBefore = cpuTimeMs(proxy.pid);
+    const splitBefore = cpuSplitMs(proxy.pid);
+    /** User and kernel CPU per request since the flip, µs: a TCP teardown is kernel time. */
+    const split = (): string => {
+      const now = cpuSplitMs(proxy.pid);
+      return `user ${(((now.user - splitBefore.user) * 1000) / n).toFixed(0)} µs, kernel ${(((now.sys - splitBefore.sys) * 1000) / n).toFixed(0)} µs`;
+    };
     const faultsBefore = minorFaults(proxy.pid);
     // Valgrind takes the command when the process next runs: poke it (a stats round trip)
     // until callgrind_control reports it done.
@@ -154,11 +164,12 @@ try {
       await collect(false);
       await traced?.();
       const cpuUsed = cpuTimeMs(proxy.pid) - cpuBefore;
+      const userSys = split();
       const faults = (minorFaults(proxy.pid) - faultsBefore) / n;
       const times = outcome.doneAt.sort((a, b) => a - b);
       printDiff(before, held, rssBefore, rssHeld);
       const how = values.forward ? `forwarding, ${values.concurrency === '0' ? 'all at once' : `at most ${values.concurrency} in flight`}` : 'answering itself';
-      console.log(`floor (${how}) release: ready→first ${(times[0]! - released.at).toFixed(0)} ms, ready→last ${(times.at(-1)! - released.at).toFixed(0)} ms, proxy CPU ${((cpuUsed * 1000) / n).toFixed(0)} µs and ${faults.toFixed(2)} minor page faults per request`);
+      console.log(`floor (${how}) release: ready→first ${(times[0]! - released.at).toFixed(0)} ms, ready→last ${(times.at(-1)! - released.at).toFixed(0)} ms, proxy CPU ${((cpuUsed * 1000) / n).toFixed(0)} µs (${userSys}) and ${faults.toFixed(2)} minor page faults per request`);
       console.log(`statuses ${JSON.stringify(outcome.statuses)}, errors ${JSON.stringify(outcome.errors)}`);
       process.exitCode = 0;
     } else {
@@ -167,12 +178,13 @@ try {
     await collect(false);
     await traced?.();
     const cpuUsed = cpuTimeMs(proxy.pid) - cpuBefore;
+    const userSys = split();
     const faults = (minorFaults(proxy.pid) - faultsBefore) / n;
     const stats = await ask<Stats>(proxy.child, { type: 'stats' }, 'stats');
     const ready = stats.readyAt.cold!.at(-1)!;
     const times = outcome.doneAt.sort((a, b) => a - b);
     printDiff(before, held, rssBefore, rssHeld);
-    console.log(`release: flip→ready ${(ready - flipped.at).toFixed(0)} ms, ready→first ${(times[0]! - ready).toFixed(0)} ms, ready→last ${(times.at(-1)! - ready).toFixed(0)} ms, proxy CPU ${((cpuUsed * 1000) / n).toFixed(0)} µs and ${faults.toFixed(2)} minor page faults per request`);
+    console.log(`release: flip→ready ${(ready - flipped.at).toFixed(0)} ms, ready→first ${(times[0]! - ready).toFixed(0)} ms, ready→last ${(times.at(-1)! - ready).toFixed(0)} ms, proxy CPU ${((cpuUsed * 1000) / n).toFixed(0)} µs (${userSys}) and ${faults.toFixed(2)} minor page faults per request`);
     console.log(`starts ${stats.calls.up!.start} (warm-up rounds included), statuses ${JSON.stringify(outcome.statuses)}, errors ${JSON.stringify(outcome.errors)}`);
     }
   } finally {

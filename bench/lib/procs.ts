@@ -61,6 +61,13 @@ export function cpuTimeMs(pid: number): number {
   return ((utime + stime) * 1000) / TICKS_PER_S;
 }
 
+/** utime and stime of a process (all its threads) apart, in milliseconds: user space and kernel. */
+export function cpuSplitMs(pid: number): { user: number; sys: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { user: (Number(fields[11]) * 1000) / TICKS_PER_S, sys: (Number(fields[12]) * 1000) / TICKS_PER_S };
+}
+
 /**
  * Minor page faults of a process (all its threads): first touches of memory the kernel must
  * map. A young generation larger than the caches shows here, whatever the machine's load.
