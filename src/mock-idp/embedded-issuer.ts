@@ -10,6 +10,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { exportJWK, generateKeyPair } from 'jose';
 
 export interface IssuerUser {
   readonly login: string;
@@ -37,6 +38,11 @@ export interface EmbeddedIssuerOptions {
    * the subject (as OpenID Connect Core §5.4 has it for the code flow, and as some providers do).
    */
   readonly claimsAtUserinfoOnly?: boolean;
+  /**
+   * Tests: the key set at `/jwks` is not the one the tokens are signed with (a provider
+   * misconfigured, or a token endpoint that is not the provider's): no ID token verifies.
+   */
+  readonly servesForeignKeys?: boolean;
 }
 
 export interface EmbeddedIssuer {
@@ -229,7 +235,14 @@ export async function startEmbeddedIssuer(options: EmbeddedIssuerOptions): Promi
     await provider.interactionFinished(req, res, { login: { accountId: user.login } }, { mergeWithLastSubmission: false });
   };
 
+  let foreignKeys: Promise<string> | undefined;
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    if (options.servesForeignKeys === true && req.url === '/jwks') {
+      foreignKeys ??= generateKeyPair('RS256', { extractable: true })
+        .then(async ({ publicKey }) => JSON.stringify({ keys: [{ ...await exportJWK(publicKey), kid: 'foreign', alg: 'RS256', use: 'sig' }] }));
+      foreignKeys.then((body) => res.writeHead(200, { 'content-type': 'application/json' }).end(body), () => res.writeHead(500).end());
+      return;
+    }
     if (req.url?.startsWith('/interaction/') === true) {
       interaction(req, res).catch((err: unknown) => {
         if (!res.headersSent) res.writeHead(400, { 'content-type': 'text/plain' });

@@ -230,3 +230,48 @@ for (const variant of [{ name: 'groups in the ID token', userinfo: false }, { na
     });
   });
 }
+
+describe('oidc sign-in: the callback', () => {
+  it('answers HEAD with 405 without spending the sign-in: the GET that follows completes it', async () => {
+    const port = await freePort();
+    const issuer = await startIssuer(port);
+    const proxy = await startOidcApp({ port, issuerUrl: issuer.url });
+    try {
+      const trip = await tripToCallback(proxy.url, TARGET, 'alice', 'alice-pw');
+      const head = await go(trip.jar, trip.callbackUrl, { method: 'HEAD', headers: BROWSER });
+      await head.text();
+      assert.equal(head.status, 405);
+      assert.equal(head.headers.get('allow'), 'GET');
+      const callback = await go(trip.jar, trip.callbackUrl, { headers: BROWSER });
+      await callback.text();
+      assert.equal(callback.status, 303);
+      assert.equal(callback.headers.get('location'), `${proxy.url}${TARGET}`);
+    } finally {
+      await proxy.close();
+      await issuer.close();
+    }
+  });
+});
+
+describe('oidc sign-in: the ID token\'s signature', () => {
+  it('is checked against the provider\'s keys: a token they do not verify signs no one in, and says why', async () => {
+    const port = await freePort();
+    const issuer = await startIssuer(port, { servesForeignKeys: true });
+    const proxy = await startOidcApp({ port, issuerUrl: issuer.url });
+    try {
+      const trip = await tripToCallback(proxy.url, TARGET, 'alice', 'alice-pw');
+      const callback = await go(trip.jar, trip.callbackUrl, { headers: API });
+      // Read whatever came, so that a failing assertion leaves no connection open.
+      const body = await callback.text();
+      assert.equal(callback.status, 400, body);
+      const problem = JSON.parse(body) as { code: string; detail: string };
+      assert.equal(problem.code, 'SP_ACCESS_SIGN_IN_FAILED');
+      assert.match(problem.detail, /signature/);
+      assert.ok(!trip.jar.names(proxy.url).some((n) => !n.includes('_tx_')), 'no session cookie was set');
+      assert.equal(proxy.provider.calls.start, 0, 'nothing was woken');
+    } finally {
+      await proxy.close();
+      await issuer.close();
+    }
+  });
+});

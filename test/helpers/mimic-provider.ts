@@ -82,6 +82,8 @@ export class MimicProvider implements Provider {
       inst.server ??= await (this.options.backend?.(ref.instanceKey)
         ?? startEchoServer({ name: ref.instanceKey, ...(this.options.handler ? { handler: this.options.handler } : {}) }));
       inst.state = 'running';
+      // Stopped while it booted: the machine is gone, so is its backend.
+      if (this.instances.get(ref.instanceKey) !== inst) await inst.server.close();
     });
     for (const w of this.#startedWaiters.splice(0)) w();
     return { handle: ref.instanceKey };
@@ -153,7 +155,12 @@ export class MimicProvider implements Provider {
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.instances.values()].map((i) => i.server?.close() ?? Promise.resolve()));
+    // A boot still under way ends first (its timer is short, or the test releases it), so that
+    // no backend starts listening after close and keeps the test process alive.
+    await Promise.all([...this.instances.values()].map(async (i) => {
+      if (!this.options.manual) await i.booted;
+      await i.server?.close();
+    }));
     this.instances.clear();
   }
 }

@@ -338,7 +338,15 @@ export class OidcSignIn {
       throw methodNotAllowed('GET, HEAD');
     }
     if (path === `${AUTH_PREFIX}sign-in`) await this.#signIn(req, res, url);
-    else if (path.startsWith(CALLBACK)) await this.#callback(req, res, url, path.slice(CALLBACK.length));
+    else if (path.startsWith(CALLBACK)) {
+      // A callback's state is single use: a HEAD (a link checker, a prefetch) must not spend
+      // it and leave the person's own GET a refusal.
+      if (method !== 'GET') {
+        res.setHeader('allow', 'GET');
+        throw methodNotAllowed('GET');
+      }
+      await this.#callback(req, res, url, path.slice(CALLBACK.length));
+    }
     else if (path === `${AUTH_PREFIX}signed-out`) this.#page(res, 'Signed out', `<p>You are signed out.</p>${this.#signInLink(url.searchParams.get('rd'))}`);
     else if (path === `${AUTH_PREFIX}signed-in`) {
       const opened = await this.sessions.open(headerValues(req, 'cookie'));
@@ -533,6 +541,18 @@ export class OidcSignIn {
     const idToken = tokens.id_token as string;
     const alg = decodeProtectedHeader(idToken).alg;
     if (alg === undefined || !(issuer.cfg.algorithms as readonly string[]).includes(alg)) throw signInFailed(`the ID token is signed with ${String(alg)}, which is not allowed`);
+    // openid-client checks the ID token's claims (issuer, audience, expiry, nonce) but, from the
+    // token endpoint over TLS, not its signature (OpenID Connect Core §3.1.3.7 allows that).
+    // Checked here against the provider's key set (fetched once and cached, as for bearer JWTs):
+    // a token endpoint answering through a broken TLS set-up or a wrong URL cannot mint users.
+    try {
+      await jwtVerify(idToken, await issuer.keys(), { algorithms: [...issuer.cfg.algorithms], clockTolerance: issuer.cfg.clockToleranceMs / 1000, currentDate: new Date(this.#clock.now()) });
+    } catch (err) {
+      if (err instanceof IssuerUnavailable || (!(err instanceof joseErrors.JOSEError) && isIssuerFailure(err))) throw unavailable(err, issuer.cfg.issuer);
+      if (err instanceof joseErrors.JWKSTimeout || err instanceof joseErrors.JWKSInvalid) throw unavailable(err, issuer.cfg.issuer);
+      this.#log.info({ provider: issuer.cfg.name, err: String(err) }, 'oidc: sign-in refused: the ID token signature does not verify');
+      throw signInFailed('the ID token\'s signature does not verify against the provider\'s keys');
+    }
     let claims: Record<string, unknown> = { ...tokens.claims() };
     if (issuer.cfg.userinfo) {
       try {
