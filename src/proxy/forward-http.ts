@@ -248,8 +248,8 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     this.#method = method;
     this.#slot = slot;
     this.#settled = settled;
-    // Left attached: `res` lives for this one request, and after a normal end the check is a
-    // no-op. `on`, not `once`: a response closes once, and once's wrapper costs on every request.
+    // `on`, not `once`: a response closes once, and once's wrapper costs on every request.
+    // Taken off when the forward settles (#detach).
     res.on('close', this.#onClientClose);
   }
 
@@ -320,6 +320,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
         return;
       }
       this.#done = true;
+      this.#detach();
       this.#slot();
       // The proxy's own verdicts (a client body that went silent) pass as they are.
       this.#settled(err instanceof SmartProxyError ? err : toUpstreamError(err));
@@ -329,8 +330,19 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   #settle(outcome: ForwardOutcome): void {
     if (this.#done) return;
     this.#done = true;
+    this.#detach();
     this.#slot();
     this.#settled(outcome);
+  }
+
+  /**
+   * Takes the client-close listener off `res` once the forward has settled (it has nothing
+   * left to abort). A released request's `res` is old (it waited through a boot): while the
+   * listener list holds this handler, V8 counts the handler, its undici request and what the
+   * answer allocated as live at every minor GC until a major one, and copies them.
+   */
+  #detach(): void {
+    this.#res.off('close', this.#onClientClose);
   }
 }
 
