@@ -26,6 +26,8 @@ class FreshPortProvider implements Provider {
   readonly #servers = new Map<string, { server: Server; endpoint: string }>();
   starts = 0;
   stops = 0;
+  /** The proxy's own listening ports, set once it listens. */
+  readonly avoidPorts = new Set<number>();
 
   async start(ref: InstanceRef): Promise<StartResult> {
     const id = `${ref.resourceId}/${ref.instanceKey}`;
@@ -41,14 +43,21 @@ class FreshPortProvider implements Provider {
     // a fast machine: each backend takes the next of 4,000 loopback addresses, as a cloud hands
     // out a new address per boot. A listen that still fails is a failed start, not a crash.
     const host = nextHost();
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(0, host, () => {
-        server.off('error', reject);
-        resolve();
+    // The endpoint guard refuses any loopback address on the proxy's own port (it does not
+    // know which loopback address a backend is on), so a backend that drew the proxy's port
+    // number on 127.1.x.y would be a failed start: a real cloud hands out no such address.
+    let port = 0;
+    for (let tries = 0; tries < 5 && (port === 0 || this.avoidPorts.has(port)); tries++) {
+      if (port !== 0) await new Promise<void>((resolve) => server.close(() => resolve()));
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(0, host, () => {
+          server.off('error', reject);
+          resolve();
+        });
       });
-    });
-    const { port } = server.address() as { port: number };
+      port = (server.address() as { port: number }).port;
+    }
     this.#servers.set(id, { server, endpoint: `http://${host}:${port}` });
     return { handle: id };
   }
@@ -91,6 +100,7 @@ const config = parseConfig(JSON.stringify({
 // filling up to its bound.
 const store = new MemoryStore({ maxAuditEvents: 1_000 });
 const app = await startApp(config, { logger: createLogger('warn'), providers: new Map([['churn', provider]]), store });
+provider.avoidPorts.add(Number(new URL(app.proxyUrl).port));
 
 process.on('message', (m: { type?: string }) => {
   if (m.type === 'stats') {

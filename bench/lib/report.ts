@@ -146,7 +146,7 @@ export function renderMarkdown(r: Results): string {
     const z = ch.samples.at(-1)!;
     const perK = (d: number): number => (z.cycles > a.cycles ? (d * 1000) / (z.cycles - a.cycles) : 0);
     const heapPerK = perK(z.heapUsedBytes - a.heapUsedBytes);
-    out.push(`Between ${a.atS} s and ${z.atS} s: ${fmt(z.cycles - a.cycles)} cycles; heap ${heapPerK >= 0 ? '+' : ''}${fmt(heapPerK / 1024, 1)} KB and RSS ${fmt(perK(z.rssBytes - a.rssBytes) / 1024, 1)} KB per 1,000 cycles; pools ${a.pools} → ${z.pools}, instances ${a.instances} → ${z.instances}, timers ${a.timers} → ${z.timers}. Errors: ${ch.errors}.`);
+    out.push(`Between ${a.atS} s and ${z.atS} s: ${fmt(z.cycles - a.cycles)} cycles; heap ${heapPerK >= 0 ? '+' : ''}${fmt(heapPerK / 1024, 1)} KB and RSS ${fmt(perK(z.rssBytes - a.rssBytes) / 1024, 1)} KB per 1,000 cycles; pools ${a.pools} → ${z.pools}, instances ${a.instances} → ${z.instances}, timers ${a.timers} → ${z.timers}. Errors: ${ch.errors}${ch.errors > 0 ? ` ${JSON.stringify(ch.errorKinds)}` : ''}.`);
     out.push('');
     targets.push(`| churn: heap per 1,000 start/stop cycles | flat (< 100 KB) | ${fmt(heapPerK / 1024, 1)} KB | ${verdict(heapPerK < 100 * 1024)} |`);
   }

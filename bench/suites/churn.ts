@@ -27,6 +27,8 @@ export interface ChurnResult {
   readonly durationS: number;
   readonly samples: ChurnSample[];
   readonly errors: number;
+  /** The errors by kind: an HTTP status with the proxy's error code, or the client's error. */
+  readonly errorKinds: Record<string, number>;
 }
 
 const child = fileURLToPath(new URL('../churn-child.ts', import.meta.url));
@@ -60,13 +62,18 @@ export async function runChurn(ctx: Context, options: { durationS?: number; reso
   const until = started + durationS * 1000;
   let warmRequests = 0;
   let errors = 0;
+  const errorKinds: Record<string, number> = {};
+  const failed = (kind: string): void => {
+    errors++;
+    errorKinds[kind] = (errorKinds[kind] ?? 0) + 1;
+  };
   const get = async (path: string): Promise<void> => {
     try {
       const r = await fetch(`${url}${path}`, { dispatcher: agent });
-      await r.arrayBuffer();
-      if (r.status !== 200) errors++;
-    } catch {
-      errors++;
+      const body = await r.text();
+      if (r.status !== 200) failed(`${r.status} ${/"code":"([A-Z_]+)"/.exec(body)?.[1] ?? ''}`.trim());
+    } catch (err) {
+      failed((err as { cause?: { code?: string } }).cause?.code ?? (err as Error).name);
     }
   };
   // Cold: each worker walks resources in its own stride; a resource idles out (100 ms)
@@ -104,5 +111,5 @@ export async function runChurn(ctx: Context, options: { durationS?: number; reso
   await agent.close();
   proc.send({ type: 'stop' });
   await new Promise((r) => proc.once('exit', r));
-  return { resources, durationS, samples, errors };
+  return { resources, durationS, samples, errors, errorKinds };
 }
