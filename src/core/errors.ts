@@ -9,7 +9,7 @@ export const errorCatalogue = {
   SP_ROUTE_NOT_FOUND: 'The path is not under /smart_proxy/{resource_id}/{groups}/, or the resource is unknown.',
   SP_ROUTE_BAD_HOST: 'The request has more than one Host field, or a Host that contradicts its :authority (RFC 9112 §3.2, RFC 9113 §8.3.1).',
   SP_ROUTE_METHOD_NOT_ALLOWED: 'The proxy\'s own endpoints (/_smart_proxy/…) answer only the methods named in Allow.',
-  SP_ROUTE_METHOD_NOT_FORWARDED: 'TRACE and TRACK are never forwarded: a backend\'s echo of the request would show the client the headers the proxy adds for the backend (identity, credentials). nginx refuses them alike.',
+  SP_ROUTE_METHOD_NOT_FORWARDED: 'TRACE and TRACK are never forwarded: a backend\'s echo of the request would show the client the headers the proxy adds for the backend (identity, credentials). nginx refuses TRACE alike.',
   SP_ACCESS_UNAUTHENTICATED: 'The resource needs a verified identity and the request carried none that verified.',
   SP_ACCESS_DENIED: 'The verified identity does not hold the groups this request acts with, or they do not satisfy the resource policy.',
   SP_ACCESS_UNAVAILABLE: 'The credentials could not be checked right now (the JWT key set, the sign-in provider or the session store could not be reached); try again later.',
