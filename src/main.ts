@@ -28,6 +28,7 @@ import { createStaticProvider } from './providers/static/static-provider.ts';
 import type { createQemuProvider } from './providers/qemu/qemu-provider.ts';
 import type { createDockerProvider } from './providers/docker/docker-provider.ts';
 import { loadBackendTls, type BackendTls } from './proxy/backend-tls.ts';
+import { corsPolicy } from './proxy/cors.ts';
 import type { FrontMode } from './front/front-mode.ts';
 import { createAccessSteps } from './proxy/identify.ts';
 import { netProber } from './proxy/probe.ts';
@@ -245,6 +246,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         runtime, holdTimeoutMs: r.holdTimeoutMs,
         waiting: { ...r.waiting, theme: themes.load(r.waiting.themeDir) },
         websocket: { allowedOrigins: r.websocketAllowedOrigins },
+        cors: r.cors === undefined ? undefined : corsPolicy(r.cors),
         backendTls,
       };
     };

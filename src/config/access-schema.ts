@@ -13,7 +13,7 @@ const ms = (description: string, dflt: number) => z.number().int().min(0).defaul
 export const groupNameSchema = z.string().regex(GROUP_NAME_RE, 'a group name: 1-128 of A-Z a-z 0-9 . _ ~ @ + : = - (the URL grammar)');
 const userNameSchema = z.string().refine(isValidUserName, 'a user name: 1-256 characters, no control characters');
 /** RFC 9110 §5.1 token characters. */
-const headerNameSchema = z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/, 'an HTTP header name');
+export const headerNameSchema = z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/, 'an HTTP header name');
 
 export const cidrSchema = z.string().refine((e) => {
   const [addr, bits, extra] = e.split('/');

@@ -175,6 +175,8 @@ export interface EffectiveResource {
   readonly idleStopMs: number;
   /** Undefined: any origin may open WebSockets. */
   readonly websocketAllowedOrigins: readonly string[] | undefined;
+  /** Cross-origin calls from pages; undefined: preflights go through the access steps. */
+  readonly cors: ResourceConfig['cors'];
   readonly waiting: {
     readonly browserPage: boolean;
     /** Already capped at holdTimeoutMs. */
@@ -219,6 +221,7 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       maxHeldRequests: r.maxHeldRequests ?? d.maxHeldRequests ?? cfg.limits.maxHeldRequestsPerResource,
       idleStopMs: r.idleStopMs ?? d.idleStopMs ?? builtinDefaults.idleStopMs,
       websocketAllowedOrigins: r.websocket?.allowedOrigins ?? d.websocket?.allowedOrigins,
+      cors: r.cors ?? d.cors,
       waiting: {
         browserPage: r.waiting?.browserPage ?? d.waiting?.browserPage ?? true,
         defaultWaitMs: Math.min(holdTimeoutMs, r.waiting?.defaultWaitMs ?? d.waiting?.defaultWaitMs ?? holdTimeoutMs),

@@ -8,7 +8,7 @@ import { z } from 'zod';
 import { adminSchema, auditSchema } from './admin-schema.ts';
 import { cronProblem } from '../core/keep-warm.ts';
 import { DEFAULT_DENIED_ENDPOINTS } from '../providers/endpoint-guard.ts';
-import { accessSettingsSchema, checkOidcSettings, cidrSchema, identitySchema, resourceAccessSchema } from './access-schema.ts';
+import { accessSettingsSchema, checkOidcSettings, cidrSchema, headerNameSchema, identitySchema, resourceAccessSchema } from './access-schema.ts';
 import { frontSchema } from './front-schema.ts';
 import { accessLogSchema, coldStartHeaderSchema, metricsSchema } from './ops-schema.ts';
 
@@ -209,6 +209,23 @@ export const resourceBuiltinDefaults = {
   healthCheckIntervalMs: 30_000,
 } as const;
 
+const originSchema = z.string().regex(/^(\*|[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/\s]+\/?)$/, 'an origin like "https://app.example.com", or "*"');
+
+export const corsSchema = z.object({
+  allowedOrigins: z.array(originSchema).min(1)
+    .describe('Origins whose pages may call this resource ("https://app.example.com"), or "*" for any page (not with allowCredentials).'),
+  allowedMethods: z.array(z.string().regex(/^[A-Z]+$/, 'an upper-case HTTP method')).min(1).default(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'])
+    .describe('Methods a preflight allows.'),
+  allowedHeaders: z.array(headerNameSchema).optional()
+    .describe('Request fields a page may send (e.g. authorization, content-type); default: the ones each preflight asks for.'),
+  exposedHeaders: z.array(headerNameSchema).default([]).describe('Response fields, beyond the CORS-safelisted ones, a page may read.'),
+  allowCredentials: z.boolean().default(false)
+    .describe('Pages may send cookies (a sign-in session) and read the answers. Not needed for Authorization: Bearer set by the page.'),
+  maxAgeS: z.number().int().min(0).max(86_400).default(600).describe('How long browsers may reuse a preflight\'s answer (seconds).'),
+}).strict().refine((c) => !(c.allowCredentials && c.allowedOrigins.includes('*')), {
+  message: 'allowCredentials with "*" would let any web page act with its visitors\' sessions: list the origins', path: ['allowCredentials'],
+});
+
 /** An optional duration whose default is applied when resources are merged, not here. */
 const optMs = (description: string, dflt?: number) =>
   z.number().int().min(0).optional().describe(dflt === undefined ? description : `${description} Default: ${dflt}.`);
@@ -226,7 +243,7 @@ const resourceFields = {
   maxHeldRequests: z.number().int().min(0).optional().describe('Requests held at once for this resource; past it 503 + Retry-After. Default: limits.maxHeldRequestsPerResource.'),
   idleStopMs: optMs('Stop an instance after this long with no request and no open connection; 0 = never.', resourceBuiltinDefaults.idleStopMs),
   websocket: z.object({
-    allowedOrigins: z.array(z.string().regex(/^(\*|[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/\s]+\/?)$/, 'an origin like "https://app.example.com", or "*"')).optional()
+    allowedOrigins: z.array(originSchema).optional()
       .describe('Origins whose browser pages may open WebSockets to this resource (handshakes without Origin, from non-browser clients, pass). Default: any.'),
   }).strict().optional().describe('WebSocket handshakes (see docs/concepts/protocols.md).'),
   waiting: z.object({
@@ -241,6 +258,8 @@ const resourceFields = {
   healthCheckIntervalMs: optMs('How often the provider is asked whether a ready instance still exists; 0 = never.', resourceBuiltinDefaults.healthCheckIntervalMs),
   keepWarm: keepWarmSchema.optional(),
   access: resourceAccessSchema.optional(),
+  cors: corsSchema.optional()
+    .describe('Cross-origin calls from browser pages: the proxy answers CORS preflights itself (before any access step, so nothing is woken) and owns the CORS fields of every answer (docs/concepts/access.md). Merged as a whole. Absent: preflights go through the access steps like any request.'),
   backendTls: z.object({
     caFile: z.string().min(1).optional().describe('PEM file of the CA(s) that sign the backend\'s certificate (a private or self-signed CA); default: the system roots.'),
     servername: z.string().min(1).max(253).optional().describe('Host name sent as SNI and required in the backend\'s certificate; default: the endpoint\'s host (no SNI for an IP address).'),

@@ -30,6 +30,7 @@ export const errorCatalogue = {
   SP_BODY_UNSUPPORTED_CODING: 'The request\'s Transfer-Encoding is not `chunked` alone (RFC 9112 §6.1); send the body chunked or with Content-Length, and any compression as Content-Encoding.',
   SP_BODY_TOO_LARGE: 'The request body is larger than the limit for held requests.',
   SP_WS_BAD_UPGRADE: 'The upgrade request is not a proper WebSocket handshake (GET, Connection: upgrade, Upgrade: websocket, Sec-WebSocket-Key, Sec-WebSocket-Version: 13).',
+  SP_CORS_ORIGIN_DENIED: 'A CORS preflight from a page whose origin is not in the resource\'s cors.allowedOrigins; answered by the proxy, nothing is woken.',
   SP_WS_ORIGIN_DENIED: 'The WebSocket handshake\'s Origin is not in the resource\'s allow-list.',
   SP_CLUSTER_UNAVAILABLE: 'The replicas cannot reach their coordination store (Redis), so no replica may start a resource now; ready resources keep working.',
   SP_SHUTTING_DOWN: 'The proxy is shutting down and takes no new requests.',

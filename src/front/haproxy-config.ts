@@ -41,6 +41,8 @@ export function generateHaproxyConfig(config: Config, options: HaproxyOptions = 
   const dataPlane = options.dataPlane ?? hostPort(config.listen.host, config.listen.port);
   const decision = options.decision ?? hostPort(front.decision.host, front.decision.port);
   const ttlS = Math.max(1, Math.ceil(front.grantTtlMs / 1000));
+  // CORS preflights are the policy's to answer (the data plane does, before any access step).
+  const preflightGate = Object.values(config.resources).some((r) => (r.cors ?? config.resourceDefaults.cors) !== undefined);
   const protectedHeaders = new Set([config.access.backendHeaders.user, config.access.backendHeaders.groups].map((h) => h.toLowerCase()));
   const keyHeaders = new Set<string>();
   let keyAddress = false;
@@ -88,7 +90,9 @@ frontend smart_proxy
     # TRACE (and IIS's TRACK) would echo the headers added for the backend: the data plane
     # refuses them, as nginx does by itself.
     use_backend smart_proxy_data if METH_TRACE or { method TRACK }
-    use_backend smart_proxy_direct if { var(txn.sp_ip) -m found }
+${preflightGate ? `    # CORS preflights are answered by the resource's cors policy, in the data plane.
+    use_backend smart_proxy_data if { req.hdr(access-control-request-method) -m found }
+` : ''}    use_backend smart_proxy_direct if { var(txn.sp_ip) -m found }
     default_backend smart_proxy_data
 
 backend smart_proxy_open

@@ -122,6 +122,9 @@ export function generateNginxConfig(config: Config, options: GenerateOptions = {
   const credentials = credentialKey(config.identities);
   const key = ['$smart_proxy_route', ...credentials].join('|');
   const lua = options.cache === 'lua';
+  // CORS preflights are the policy's to answer (the data plane does, before any access step):
+  // with a resource that has one, they never take the direct path. Nothing added otherwise.
+  const preflightGate = Object.values(config.resources).some((r) => (r.cors ?? config.resourceDefaults.cors) !== undefined);
   const H = FRONT_HEADERS;
   const lines: string[] = [];
   const out = (text: string): void => { lines.push(text); };
@@ -172,8 +175,8 @@ map $request_uri $smart_proxy_direct {
     default 0;
 }
 # Via Smart Proxy without asking: no direct target, or a WebSocket upgrade (its Origin is
-# checked there). An exact match: no regex.
-map "$smart_proxy_direct$http_upgrade" $smart_proxy_via {
+# checked there)${preflightGate ? ', or a CORS preflight (answered by the resource\'s cors policy there)' : ''}. An exact match: no regex.
+map "$smart_proxy_direct$http_upgrade${preflightGate ? '$http_access_control_request_method' : ''}" $smart_proxy_via {
     "1" 0;
     default 1;
 }
@@ -236,7 +239,11 @@ ${lua ? `        # The direct path's gate: one regex over the raw target, which 
         if ($http_upgrade != "") {
             return 418;
         }
-` : `        if ($smart_proxy_via) {
+${preflightGate ? `        # So does a CORS preflight (answered by the resource's cors policy there).
+        if ($http_access_control_request_method != "") {
+            return 418;
+        }
+` : ''}` : `        if ($smart_proxy_via) {
             return 418;
         }
 `}        # Counted under $smart_proxy_resource, which the gate above captured.

@@ -8,6 +8,7 @@ import { SmartProxyError } from '../core/errors.ts';
 import { BackendGate, type ReleaseSlot } from './backend-gate.ts';
 import { DEFAULT_BACKEND_TLS, tlsConnectOptions, type BackendTls } from './backend-tls.ts';
 import { idleBoundedBody } from './body-idle.ts';
+import { stripBackendCors } from './cors.ts';
 import { downstreamHeaders } from './headers.ts';
 
 export interface UpstreamOptions {
@@ -276,6 +277,8 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     // A 204 has no content and no Content-Length (RFC 9110 §8.6); a backend that sends one
     // anyway must not make a client wait for bytes that never come.
     if (statusCode === 204) dropField(head, 'content-length');
+    // The resource's CORS policy, when it has one, decides the CORS fields (cors.ts).
+    stripBackendCors(this.#res, head);
     // A renewed sign-in session (set before forwarding): writeHead with the backend's own
     // Set-Cookie would drop it, so it joins the list.
     const own = this.#res.getHeader('set-cookie');

@@ -24,6 +24,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Logger } from '../core/ports.ts';
 import type { Instance, ResourceManager, StartRequester } from '../core/resource-manager.ts';
+import { normalizeOrigin } from './cors.ts';
 import { DEFAULT_BACKEND_TLS, tlsConnectOptions, type BackendTls } from './backend-tls.ts';
 import { errorResponseBytes, problemOf, toSmartProxyError } from './error-response.ts';
 import { downstreamHeaders } from './headers.ts';
@@ -94,12 +95,6 @@ export function handshakeProblem(req: IncomingMessage): SmartProxyError | undefi
     : !WS_KEY_RE.test(req.headers['sec-websocket-key'] ?? '') ? 'Sec-WebSocket-Key is missing or not 16 bytes in base64'
     : undefined;
   return reason === undefined ? undefined : new SmartProxyError('SP_WS_BAD_UPGRADE', `bad WebSocket handshake: ${reason}`, { data: { reason } });
-}
-
-/** Lower-cased, without a trailing slash: `https://App.example/` and `https://app.example` are one origin. */
-export function normalizeOrigin(origin: string): string {
-  const o = origin.trim().toLowerCase();
-  return o.endsWith('/') ? o.slice(0, -1) : o;
 }
 
 /**

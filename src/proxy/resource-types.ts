@@ -5,6 +5,7 @@
  */
 import type { ResourceRuntime } from '../core/resource-runtime.ts';
 import type { BackendTls } from './backend-tls.ts';
+import type { CorsPolicy } from './cors.ts';
 import type { ResourceWaiting } from './waiting-room.ts';
 
 /** A resource as the data plane sees it. */
@@ -16,6 +17,8 @@ export interface RoutedResource {
   readonly waiting?: ResourceWaiting | undefined;
   /** Origins allowed to open WebSockets (browser handshakes); undefined: any. */
   readonly websocket?: { readonly allowedOrigins?: readonly string[] | undefined } | undefined;
+  /** Cross-origin calls from pages (cors.ts); undefined: none answered by the proxy. */
+  readonly cors?: CorsPolicy | undefined;
   /** How an https: endpoint's certificate is checked (backend-tls.ts); default: system roots. */
   readonly backendTls?: BackendTls | undefined;
 }

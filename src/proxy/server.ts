@@ -13,6 +13,7 @@ import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger, TimerHandle } from '../core/ports.ts';
 import type { HeldRequest, HoldTarget, Instance, ResourceManager, StartRequester } from '../core/resource-manager.ts';
 import { ClientGone, expectContinue, requestGone, sendContinue } from './client-state.ts';
+import { applyCors } from './cors.ts';
 import { sendError } from './error-response.ts';
 import { UpstreamPools, type ForwardOutcome, type UpstreamOptions } from './forward-http.ts';
 import { WebSocketForwarder, isWebSocketUpgrade, type Admission } from './forward-ws.ts';
@@ -351,6 +352,15 @@ export class ProxyServer {
     }
     // 1. route: strict target parsing, then the resource table.
     const route = parseTarget(req.url);
+    // A page on another origin: the resource's CORS policy answers its preflight before any
+    // access step (a preflight never carries credentials) and labels every answer (cors.ts).
+    // The policy first: `req.headers` is built on first use, which a public warm request
+    // otherwise never pays for.
+    const cors = this.#resources.get(route.resourceId)?.cors;
+    if (cors !== undefined) {
+      const origin = req.headers.origin;
+      if (origin !== undefined && applyCors(req, res, cors, origin)) return undefined;
+    }
     // 2. identify, 3. authorize (before any side effect), 4. select the instance. Waited for
     // only when a step really waits (a slow hash, a signature check): not on the warm path.
     const admitted = this.#admitRoute(req, route);

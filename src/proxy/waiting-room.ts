@@ -8,6 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock } from '../core/ports.ts';
 import type { Instance, ResourceManager, StartRequester } from '../core/resource-manager.ts';
+import { withVary } from './cors.ts';
 import { defaultWaitingSettings, planWait, type WaitingSettings, type WaitPlan } from './prefer.ts';
 import { eventsPathFor, parseReservedPath, ProgressHub, sendStatus, statusPathFor, type ProgressSnapshot } from './progress-sse.ts';
 import type { ParsedTarget } from './route.ts';
@@ -122,7 +123,7 @@ export class WaitingRoom {
       location: statusUrl,
       'retry-after': String(snap.retryAfterS),
       'preference-applied': res.getHeader('preference-applied') ?? 'respond-async',
-      vary: 'Prefer',
+      vary: withVary(res, 'Prefer'),
       'content-length': String(Buffer.byteLength(body)),
     });
     res.end(req.method === 'HEAD' ? undefined : body);
@@ -143,7 +144,7 @@ export class WaitingRoom {
       'content-security-policy': page.csp,
       'x-content-type-options': 'nosniff',
       'referrer-policy': 'no-referrer',
-      vary: 'Accept, Prefer',
+      vary: withVary(res, 'Accept, Prefer'),
       'content-length': String(Buffer.byteLength(page.html)),
     });
     res.end(req.method === 'HEAD' ? undefined : page.html);

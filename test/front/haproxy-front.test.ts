@@ -59,6 +59,7 @@ providers:
   m: { kind: static, endpoint: "http://127.0.0.1:9" }
 resources:
   app: { provider: m, access: { anyOf: [staff] }, idleStopMs: 600000, bootTimeoutMs: 10000 }
+  corspub: { provider: m, access: { public: true }, cors: { allowedOrigins: ["https://app.example"] }, idleStopMs: 600000, bootTimeoutMs: 10000 }
 front:
   enabled: true
   decision: { host: 127.0.0.1, port: ${decision} }
@@ -90,6 +91,16 @@ front:
     assert.ok(app.front!.decisions.counts.direct - before.decisions <= 2, 'one decision per grant');
     const echo = JSON.parse(warm[7]!.body) as Echo;
     assert.equal(echo.url, '/w/7');
+  });
+
+  void it('sends CORS preflights to the data plane, whose cors policy answers them, also on a warm granted route', async () => {
+    assert.equal((await get(port, '/smart_proxy/corspub/-/x')).status, 200);
+    assert.equal((await get(port, '/smart_proxy/corspub/-/x')).status, 200);
+    const before = dataPlaneRequests;
+    const pre = await send(port, '/smart_proxy/corspub/-/x', 'OPTIONS', '', { origin: 'https://app.example', 'access-control-request-method': 'PUT' });
+    assert.equal(pre.status, 204, pre.body);
+    assert.equal(pre.headers['access-control-allow-origin'], 'https://app.example');
+    assert.equal(dataPlaneRequests - before, 1, 'answered by the data plane, not the backend');
   });
 
   void it('sets the identity headers Smart Proxy sets, and strips spoofed ones', async () => {

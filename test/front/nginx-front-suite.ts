@@ -127,6 +127,7 @@ resources:
   based: { provider: based, access: { anyOf: [staff] }, idleStopMs: 600000, bootTimeoutMs: 10000 }
   app: { provider: m, access: { anyOf: [staff] }, idleStopMs: 600000, bootTimeoutMs: 10000 }
   pub: { provider: m, access: { public: true }, idleStopMs: 600000, bootTimeoutMs: 10000 }
+  corspub: { provider: m, access: { public: true }, cors: { allowedOrigins: ["https://app.example"] }, idleStopMs: 600000, bootTimeoutMs: 10000 }
   creds: { provider: m, access: { anyOf: [staff], passCredentials: true }, idleStopMs: 600000, bootTimeoutMs: 10000 }
   idle: { provider: slow, access: { anyOf: [staff] }, idleStopMs: 1500, bootTimeoutMs: 10000 }
 front:
@@ -168,6 +169,17 @@ front:
       // One decision per grant (1 s) at most, plus the one that may be due as the run starts.
       assert.ok(asked <= Math.ceil(elapsedS) + 1, `${asked} decisions for 100 requests in ${elapsedS} s`);
       assert.equal((JSON.parse(warm[42]!.body) as Echo).url, '/w/42?q=42');
+    });
+
+    void it('sends CORS preflights to the data plane, whose cors policy answers them, also on a warm granted route', async () => {
+      // Warm and granted (public: the preflight's credential key is the same, empty one).
+      assert.equal((await get(nginxPort, '/smart_proxy/corspub/-/x')).status, 200);
+      assert.equal((await get(nginxPort, '/smart_proxy/corspub/-/x')).status, 200);
+      const before = dataPlaneRequests;
+      const pre = await send(nginxPort, '/smart_proxy/corspub/-/x', 'OPTIONS', '', { origin: 'https://app.example', 'access-control-request-method': 'PUT' });
+      assert.equal(pre.status, 204, pre.body);
+      assert.equal(pre.headers['access-control-allow-origin'], 'https://app.example');
+      assert.equal(dataPlaneRequests - before, 1, 'answered by the data plane, not the backend');
     });
 
     void it('gives the backend the identity headers Smart Proxy gives it, and strips spoofed ones', async () => {
