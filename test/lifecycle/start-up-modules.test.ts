@@ -16,7 +16,7 @@ import { parseConfig } from '../../src/config/load.ts';
 import { startApp } from '../../src/main.ts';
 import { exitOf } from '../helpers/system.ts';
 
-const cli = fileURLToPath(new URL('../../src/cli.ts', import.meta.url));
+const cli = fileURLToPath(new URL('../../bin/smart-proxy.js', import.meta.url));
 const hook = fileURLToPath(new URL('../fixtures/module-log-hook.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sp-start-modules-'));
 after(() => rmSync(root, { recursive: true, force: true }));
