@@ -13,7 +13,7 @@ import { enableStartupCompileCache, flushStartupCompileCache } from '../src/conf
 import type { InspectResult, InstanceRef, Provider, StartResult } from '../src/core/ports.ts';
 import { heapCounts } from './lib/heap-counts.ts';
 
-// As src/cli.ts does: the compile cache first, then the proxy's code ($SMART_PROXY_COMPILE_CACHE).
+// As bin/smart-proxy.js does: the compile cache first, then the proxy's code ($SMART_PROXY_COMPILE_CACHE).
 // Started by its plain-JavaScript entry (smart-proxy-child-entry.js), as the bench does, it is on already.
 enableStartupCompileCache();
 const { loadConfigFile } = await import('../src/config/load.ts');
