@@ -51,7 +51,13 @@ export default tseslint.config(
     rules: { ...tseslint.configs.disableTypeChecked.rules, 'no-restricted-properties': 'off' },
   },
   {
-    files: ['src/config/**/*.ts', 'test/**/*.ts', 'bench/**/*.ts', 'scripts/**/*.ts'],
+    // Plain JavaScript type-checked like the TypeScript (`// @ts-check`, JSDoc types): the entry
+    // and the compile cache it turns on before any TypeScript is loaded (bin/smart-proxy.js).
+    files: ['bin/**/*.js', 'src/**/*.js', 'bench/**/*.js', 'test/**/*.js'],
+    languageOptions: { globals: { process: 'readonly' } },
+  },
+  {
+    files: ['src/config/**/*.ts', 'src/config/**/*.js', 'test/**/*.ts', 'test/**/*.js', 'bench/**/*.ts', 'scripts/**/*.ts'],
     rules: { 'no-restricted-properties': 'off' },
   },
   {

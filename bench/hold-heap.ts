@@ -19,7 +19,7 @@
  *     Proxy's default ramp; 0: all at once), and reports ready → last as Smart Proxy's is
  *   --concurrency N: without --floor, the cold resource's releaseConcurrency (default 64)
  *   --keep: keep the run's folder (bench/out/hold-heap-PID: the proxy's and the client's logs)
- *   --root: the checkout whose proxy to measure (its bench/smart-proxy-child.ts), for before/after
+ *   --root: the checkout whose proxy to measure (its smartProxyChild()), for before/after
  *   --node-flag: extra flags for the proxy's node, e.g. --cpu-prof --cpu-prof-dir=/tmp/prof
  *   --keep-alive: the client keeps its connections open after each answer (bench/hold-client.ts
  *     --keep-alive), instead of `connection: close` and a TCP teardown per request in the release
@@ -31,7 +31,7 @@ import { once } from 'node:events';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { BENCH_DIR } from './lib/context.ts';
+import { BENCH_DIR, smartProxyChild } from './lib/context.ts';
 import { ask, nextMessage, type Message } from './lib/ipc.ts';
 import { startNginxUpstream } from './lib/nginx.ts';
 import { cpuSplitMs, cpuTimeMs, freePort, minorFaults, rssBytes, spawnPinned } from './lib/procs.ts';
@@ -84,7 +84,7 @@ const callgrind = values.callgrind === undefined ? [] : [
 const launchFlags = values['without-launch-flags'] ? [] : NODE_FLAGS;
 const proxy = spawnPinned('proxy', callgrind[0] ?? process.execPath, [...callgrind.slice(1), '--expose-gc', ...launchFlags, ...values['node-flag'], ...(values.floor
   ? [join(BENCH_DIR, 'hold-floor.ts'), ...(values.forward ? ['--forward', `http://127.0.0.1:${upstreamPort}`, '--concurrency', values.concurrency] : [])]
-  : [join(values.root, 'bench', 'smart-proxy-child.ts'), '--config', config, '--switch', 'up'])], {
+  : [smartProxyChild(values.root), '--config', config, '--switch', 'up'])], {
   cpu: '1', logFile: join(workDir, 'proxy.log'), ipc: true, env: { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off' },
 });
 try {

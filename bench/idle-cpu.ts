@@ -5,7 +5,7 @@
  * in one run; the figure is CPU milliseconds per second of wall time.
  *
  * usage: node bench/idle-cpu.ts [--window-s 30] [--settle-s 15] [--resources 1000] [--only demo,many]
- *          [--cli path/to/src/cli.ts ...] [--extra 'yaml line' ...]
+ *          [--cli path/to/bin/smart-proxy.js ...] [--extra 'yaml line' ...]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -22,7 +22,7 @@ const { values } = parseArgs({
     'settle-s': { type: 'string', default: '15' },
     resources: { type: 'string', default: '1000' },
     only: { type: 'string', default: 'demo,many' },
-    /** The cli.ts to run (another checkout, for a before/after in one run); repeatable. */
+    /** The entry to run (bin/smart-proxy.js, or src/cli.ts of an older checkout), for a before/after in one run; repeatable. */
     cli: { type: 'string', multiple: true },
     /** YAML lines added to the many-resources config (to find what costs: `metrics: { enabled: false }`). */
     extra: { type: 'string', multiple: true, default: [] },
@@ -31,7 +31,7 @@ const { values } = parseArgs({
 const windowS = Number(values['window-s']);
 const settleS = Number(values['settle-s']);
 const resources = Number(values.resources);
-const clis = values.cli ?? [fileURLToPath(new URL('../src/cli.ts', import.meta.url))];
+const clis = values.cli ?? [fileURLToPath(new URL('../bin/smart-proxy.js', import.meta.url))];
 
 /**
  * CPU time of every thread of `pid` in ms, from /proc/PID/task/TID/schedstat (nanoseconds,

@@ -5,15 +5,16 @@
  * replaces provider NAME by one whose instances say `starting` until a known instant (IPC
  * "flip", or `--boot-ms` after the start call), then `running` at that provider's endpoint.
  *
- * usage: node bench/smart-proxy-child.ts --config FILE [--switch NAME] [--boot-ms N] [--boot-jitter-ms N]
+ * usage: node bench/smart-proxy-child-entry.js --config FILE [--switch NAME] [--boot-ms N] [--boot-jitter-ms N]
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { enableStartupCompileCache, flushStartupCompileCache } from '../src/config/compile-cache.ts';
+import { enableStartupCompileCache, flushStartupCompileCache } from '../src/config/compile-cache.js';
 import type { InspectResult, InstanceRef, Provider, StartResult } from '../src/core/ports.ts';
 import { heapCounts } from './lib/heap-counts.ts';
 
-// As src/cli.ts does: the compile cache first, then the proxy's code ($SMART_PROXY_COMPILE_CACHE).
+// As bin/smart-proxy.js does: the compile cache first, then the proxy's code ($SMART_PROXY_COMPILE_CACHE).
+// Started by its plain-JavaScript entry (smart-proxy-child-entry.js), as the bench does, it is on already.
 enableStartupCompileCache();
 const { loadConfigFile } = await import('../src/config/load.ts');
 const { startApp } = await import('../src/main.ts');

@@ -1,6 +1,7 @@
 /**
  * Start-up side by side: process start → listening of two (or more) checkouts of Smart Proxy,
- * each through its own bench/smart-proxy-child.ts (config file → startApp), on the same
+ * each through its own Smart Proxy child (config file → startApp; bench/smart-proxy-child-entry.js,
+ * or the .ts in a checkout without that plain-JavaScript entry), on the same
  * generated configs (the many suite's: N resources, each with an inline static provider).
  * Starts alternate between the variants (ABAB…, reversed every other round) after one
  * discarded warm-up start each (which also fills a compile cache); reported per variant:
@@ -19,7 +20,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { median } from './lib/stats.ts';
-import type { ReadyMessage } from './lib/context.ts';
+import { smartProxyChild, type ReadyMessage } from './lib/context.ts';
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -56,7 +57,7 @@ let starts = 0;
 async function startOnce(v: Variant, config: string): Promise<ReadyMessage & { cpuMs: number }> {
   const env: NodeJS.ProcessEnv = { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off', ...v.env };
   if (env.SMART_PROXY_COMPILE_CACHE === 'fresh') env.SMART_PROXY_COMPILE_CACHE = join(work, `fresh-compile-cache-${++starts}`);
-  const child = fork(join(v.dir, 'bench/smart-proxy-child.ts'), ['--config', config], {
+  const child = fork(smartProxyChild(v.dir), ['--config', config], {
     env, stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
   });
   const exited = new Promise<void>((r) => child.once('exit', () => r()));

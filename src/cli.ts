@@ -1,12 +1,13 @@
-#!/usr/bin/env -S node --max-semi-space-size=16
 /**
  * Command line: a command name → its module in cli/. No logic lives here; a new command is
  * one module exporting `usage` and `run(args)`, and one line in the table below.
  *
- * Only light modules are imported statically: the compile cache (config/compile-cache.ts) must be
- * enabled before the rest is loaded, or the rest is compiled without it.
+ * Started by bin/smart-proxy.js, which has turned the compile cache on before loading this
+ * file. Run directly (`node src/cli.ts`), it turns the cache on itself (at the cost of Node's
+ * type stripper for this one file), so only light modules are imported statically: the cache
+ * must be on before the rest is loaded, or the rest is compiled without it.
  */
-import { enableStartupCompileCache } from './config/compile-cache.ts';
+import { enableStartupCompileCache } from './config/compile-cache.js';
 import { UsageError } from './cli/usage.ts';
 
 enableStartupCompileCache();

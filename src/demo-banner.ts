@@ -45,7 +45,7 @@ export function demoBanner(proxyUrl: string, mockCloudUrl: string | undefined, a
     `  proxy:      ${proxyUrl}`,
     `  mock cloud: ${mockCloudUrl ?? '(disabled)'}`,
     ...(adminUrl === undefined ? [] : [`  admin:      ${adminUrl}/  (dashboard; API under /api/v1; admins: group ${adminGroups.join(', ')})`,
-      `              SMART_PROXY_ADMIN_TOKEN=${demoCredentials.alice.token} node src/cli.ts status --admin ${shellQuote(adminUrl)}`]),
+      `              SMART_PROXY_ADMIN_TOKEN=${demoCredentials.alice.token} node bin/smart-proxy.js status --admin ${shellQuote(adminUrl)}`]),
     '',
     'Callers (bundled demo config only):',
     `  alice  token ${demoCredentials.alice.token}     groups ${demoCredentials.alice.groups.join(', ')}`,

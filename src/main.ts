@@ -19,9 +19,9 @@ import type { Clock, KeyValueStore, Logger, ProbeSpec, Provider, Store } from '.
 import { ResourceManager, type ResourceRuntime } from './core/resource-manager.ts';
 import { StateSync } from './core/state-sync.ts';
 import type { MockCloud } from './mock-cloud/mock-cloud.ts';
-import { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
+import type { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
 import { EndpointPolicy, guardEndpoints } from './providers/endpoint-guard.ts';
-import { createHttpProvider } from './providers/http/http-provider.ts';
+import type { createHttpProvider } from './providers/http/http-provider.ts';
 import { createProcessProvider } from './providers/process/process-provider.ts';
 import { inheritedEnv, resolveSecretValue, secretReaders } from './config/secrets.ts';
 import { createStaticProvider } from './providers/static/static-provider.ts';
@@ -569,15 +569,22 @@ async function waitFor(cond: () => boolean, timeoutMs: number): Promise<void> {
 
 /**
  * The providers whose code is big (dockerode with its gRPC and SSH stacks: ~0.1 s to load;
- * QEMU's), loaded by loadProviderCode only when a configuration uses them, so that a plain
- * start-up does not pay for them.
+ * QEMU's; atmosphere and http, which use undici's request API and so load undici's whole
+ * index, fetch and Node's own bundled undici included: ~200M instructions), loaded by
+ * loadProviderCode only when a configuration uses them, so that a plain start-up does not
+ * pay for them.
  */
-const heavyProviders: { docker?: typeof createDockerProvider; qemu?: typeof createQemuProvider } = {};
+const heavyProviders: {
+  docker?: typeof createDockerProvider; qemu?: typeof createQemuProvider;
+  atmosphere?: typeof createAtmosphereProvider; http?: typeof createHttpProvider;
+} = {};
 
 async function loadProviderCode(resources: readonly EffectiveResource[]): Promise<void> {
   const kinds = new Set(resources.map((r) => r.provider.kind));
   if (kinds.has('docker')) heavyProviders.docker ??= (await import('./providers/docker/docker-provider.ts')).createDockerProvider;
   if (kinds.has('qemu')) heavyProviders.qemu ??= (await import('./providers/qemu/qemu-provider.ts')).createQemuProvider;
+  if (kinds.has('atmosphere')) heavyProviders.atmosphere ??= (await import('./providers/atmosphere/atmosphere-provider.ts')).createAtmosphereProvider;
+  if (kinds.has('http')) heavyProviders.http ??= (await import('./providers/http/http-provider.ts')).createHttpProvider;
 }
 
 /** A heavy provider's factory, which loadProviderCode has loaded before any build. */
@@ -598,7 +605,7 @@ function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, s
         baseUrl = mockCloud.url;
       }
       const resourceIds = new Map([...serviceIds].map(([resourceId, serviceId]) => [serviceId, resourceId]));
-      return createAtmosphereProvider({
+      return loaded(heavyProviders.atmosphere, 'atmosphere')({
         baseUrl, requestTimeoutMs: p.requestTimeoutMs, logger,
         serviceId: (id) => serviceIds.get(id) ?? id,
         resourceIdOf: (serviceId) => resourceIds.get(serviceId),
@@ -609,7 +616,7 @@ function buildProvider(r: EffectiveResource, mockCloud: MockCloud | undefined, s
     case 'process':
       return createProcessProvider({ ...p, baseEnv: inheritedEnv(), logger });
     case 'http':
-      return createHttpProvider({
+      return loaded(heavyProviders.http, 'http')({
         ...p, secrets: secretReaders(p.credentials, `providers.${r.providerName}`), logger,
         resourceVars: (id) => ({ serviceId: serviceIds.get(id) ?? id }),
       });

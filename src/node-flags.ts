@@ -1,6 +1,6 @@
 /**
- * The V8 flags Smart Proxy's own launchers start Node with: the `smart-proxy` bin (src/cli.ts's
- * first line), the Containerfile's ENTRYPOINT, `npm start`, the example systemd unit (a test
+ * The V8 flags Smart Proxy's own launchers start Node with: the `smart-proxy` bin
+ * (bin/smart-proxy.js's first line), the Containerfile's ENTRYPOINT, `npm start`, the example systemd unit (a test
  * keeps them in step), and the benchmarks. V8 reads them when the heap is set up, so they
  * cannot be set from inside.
  *

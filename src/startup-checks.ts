@@ -5,7 +5,6 @@
  */
 import type { Config } from './config/schema.ts';
 import { effectiveResources, type EffectiveResource } from './config/load.ts';
-import { detectAtmosphereApi } from './providers/atmosphere/atmosphere-provider.ts';
 
 export interface StartupWarning {
   readonly resource: string;
@@ -29,6 +28,9 @@ export async function atmosphereApiWarnings(config: Config, timeoutMs: number, s
     byProvider.set(r.providerName, entry);
   }
   const warnings: StartupWarning[] = [];
+  if (byProvider.size === 0) return warnings;
+  // Loaded only for a config with such a cloud: the provider loads undici's whole index.
+  const { detectAtmosphereApi } = await import('./providers/atmosphere/atmosphere-provider.ts');
   await Promise.all([...byProvider].map(async ([provider, { baseUrl, resources }]) => {
     let api: 'original' | 'extended';
     try {

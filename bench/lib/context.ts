@@ -1,5 +1,5 @@
 /** What every suite gets from run.ts. */
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ChildProcess } from 'node:child_process';
@@ -8,6 +8,16 @@ import { nextMessage, type Message } from './ipc.ts';
 import { NODE_FLAGS } from '../../src/node-flags.ts';
 
 export const BENCH_DIR = fileURLToPath(new URL('../', import.meta.url));
+
+/**
+ * The Smart Proxy child's entry in a checkout (this one by default): bench/smart-proxy-child-entry.js,
+ * which turns the compile cache on before any TypeScript is loaded, as bin/smart-proxy.js does;
+ * the .ts itself in an older checkout that has no such entry (before/after runs).
+ */
+export function smartProxyChild(root: string = join(BENCH_DIR, '..')): string {
+  const js = join(root, 'bench', 'smart-proxy-child-entry.js');
+  return existsSync(js) ? js : join(root, 'bench', 'smart-proxy-child.ts');
+}
 
 export interface Context {
   readonly quick: boolean;
@@ -38,14 +48,14 @@ export interface SmartChild extends Spawned {
 }
 
 /**
- * Writes `yaml` and starts Smart Proxy on it (bench/smart-proxy-child.ts), pinned to the proxy
+ * Writes `yaml` and starts Smart Proxy on it (smartProxyChild()), pinned to the proxy
  * CPU, with the V8 flags its launchers use (src/node-flags.ts) before `nodeFlags`.
  */
 export async function startSmartProxy(ctx: Context, name: string, yaml: string, extraArgs: readonly string[] = [], nodeFlags: readonly string[] = [], env?: NodeJS.ProcessEnv): Promise<SmartChild> {
   const file = join(ctx.workDir, `${name}.yaml`);
   // The default state store (SQLite), as a user runs it, in a file of this child's own.
   writeFileSync(file, `${yaml}state: { kind: sqlite, path: "${join(ctx.workDir, `${name}.sqlite`)}" }\n`);
-  const proc = spawnPinned(name, process.execPath, [...NODE_FLAGS, ...nodeFlags, join(BENCH_DIR, 'smart-proxy-child.ts'), '--config', file, ...extraArgs], {
+  const proc = spawnPinned(name, process.execPath, [...NODE_FLAGS, ...nodeFlags, smartProxyChild(), '--config', file, ...extraArgs], {
     cpu: ctx.proxyCpu, logFile: join(ctx.workDir, `${name}.log`), ipc: true, env: { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off', SMART_PROXY_COMPILE_CACHE: join(ctx.workDir, 'compile-cache'), ...env },
   });
   const ready = await nextMessage<ReadyMessage>(proc.child, 'ready', 60_000);

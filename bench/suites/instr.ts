@@ -23,7 +23,7 @@ import { median } from '../lib/stats.ts';
 import { promisify } from 'node:util';
 import { Pool } from 'undici';
 import type { ReadyMessage } from '../lib/context.ts';
-import { BENCH_DIR, type Context } from '../lib/context.ts';
+import { BENCH_DIR, smartProxyChild, type Context } from '../lib/context.ts';
 import { nextMessage } from '../lib/ipc.ts';
 import { freePort, spawnPinned, waitForHttp, type Spawned } from '../lib/procs.ts';
 import { yamlFor as manyYaml } from './many.ts';
@@ -216,14 +216,14 @@ function newestDump(dir: string): string {
   return join(dir, part);
 }
 
-/** Smart Proxy (this checkout's or `root`'s bench/smart-proxy-child.ts) under callgrind, on `yaml`. */
+/** Smart Proxy (this checkout's or `root`'s smartProxyChild()) under callgrind, on `yaml`. */
 async function startSmart(ctx: Context, name: string, label: string, yaml: string, headers: readonly string[], root: string, fns: readonly string[], spread?: number, stateExtra = ''): Promise<Counted> {
   // A folder per process: callgrind numbers its dumps per process, and the newest is read.
   const dir = join(ctx.workDir, `instr-${name}-${++processes}`);
   mkdirSync(dir, { recursive: true });
   const file = join(dir, 'config.yaml');
   writeFileSync(file, `${yaml}state: { kind: sqlite, path: "${join(dir, 'state.sqlite')}"${stateExtra} }\n`);
-  const proc = spawnPinned(name, 'valgrind', [...callgrindArgs(dir, fns), join(root, 'bench', 'smart-proxy-child.ts'), '--config', file], {
+  const proc = spawnPinned(name, 'valgrind', [...callgrindArgs(dir, fns), smartProxyChild(root), '--config', file], {
     cpu: ctx.proxyCpu, logFile: join(dir, 'proc.log'), ipc: true, env: { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off' },
   });
   try {

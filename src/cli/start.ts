@@ -7,7 +7,7 @@ import { loadConfigFile } from '../config/load.ts';
 import { applyEnv, applyMockPort } from '../config/env.ts';
 import type { Config } from '../config/schema.ts';
 import { UsageError } from './usage.ts';
-import { flushStartupCompileCache } from '../config/compile-cache.ts';
+import { flushStartupCompileCache } from '../config/compile-cache.js';
 
 export const usage = [
   ['start --config FILE [--port N] [--host H] [--mock-port N]', 'run the proxy with a config file (SIGHUP: reload it)'],

@@ -23,7 +23,7 @@ import { chmodSync, readdirSync, readFileSync, renameSync, rmSync, statSync, wri
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
-import { ensureTrustedDir, trustedDir, userCacheDir } from './cache-dir.ts';
+import { ensureTrustedDir, trustedDir, userCacheDir } from './cache-dir.js';
 
 export interface ParseCache {
   /** The data cached for this exact text, or undefined. */

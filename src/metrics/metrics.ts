@@ -7,7 +7,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from './prom-parts.ts';
 import { isSmartProxyError, ProviderError } from '../core/errors.ts';
 import type { InstanceStatus } from '../core/lifecycle.ts';
 import type { Clock, Provider, TimerHandle } from '../core/ports.ts';

@@ -3,7 +3,8 @@
  * origin, streaming bodies both ways (never buffered whole; backpressure both ways).
  */
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
-import { Pool, errors as undiciErrors, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
+import { Pool, undiciErrors } from './undici-parts.ts';
 import { SmartProxyError } from '../core/errors.ts';
 import { BackendGate, type ReleaseSlot } from './backend-gate.ts';
 import { DEFAULT_BACKEND_TLS, tlsConnectOptions, type BackendTls } from './backend-tls.ts';

@@ -14,8 +14,8 @@
  * not announce SETTINGS_ENABLE_CONNECT_PROTOCOL, so browsers open WebSockets over an
  * HTTP/1.1 connection (ALPN `http/1.1`), which reaches this code.
  */
-import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
+import type { IncomingMessage } from 'node:http';
+import { http, https } from './http-modules.ts';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { performance } from 'node:perf_hooks';
@@ -288,7 +288,7 @@ export class WebSocketForwarder {
         agent: false as const,
       };
       // wss to an https: backend, with the resource's CA, SNI and verification settings.
-      const upReq = secure ? httpsRequest({ ...options, ...tlsConnectOptions(tls, url.hostname) }) : httpRequest(options);
+      const upReq = secure ? https.request({ ...options, ...tlsConnectOptions(tls, url.hostname) }) : http.request(options);
       let connectTimer: NodeJS.Timeout | undefined;
       const onClientClose = (): void => {
         upReq.destroy();

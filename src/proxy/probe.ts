@@ -3,8 +3,8 @@
  * that just died look alive (or a forwarder's half-open socket look dead), so every probe
  * opens its own connection and closes it.
  */
-import { request, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
+import type { IncomingMessage } from 'node:http';
+import { http, https } from './http-modules.ts';
 import { connect } from 'node:net';
 import type { ProbeOutcome, ProbeSpec, Prober } from '../core/ports.ts';
 import { DEFAULT_BACKEND_TLS, tlsConnectOptions } from './backend-tls.ts';
@@ -56,8 +56,8 @@ function httpProbe(url: URL, spec: Extract<ProbeSpec, { kind: 'http' }>, signal:
     };
     // An https: endpoint is probed over TLS with the resource's settings, as it is forwarded.
     const req = url.protocol === 'https:'
-      ? httpsRequest({ ...options, ...tlsConnectOptions(spec.tls ?? DEFAULT_BACKEND_TLS, url.hostname) }, onResponse)
-      : request(options, onResponse);
+      ? https.request({ ...options, ...tlsConnectOptions(spec.tls ?? DEFAULT_BACKEND_TLS, url.hostname) }, onResponse)
+      : http.request(options, onResponse);
     const onAbort = (): void => finish({ ok: false, reason: 'aborted' });
     const timer = setTimeout(() => finish({ ok: false, reason: `no answer within ${spec.timeoutMs} ms` }), spec.timeoutMs);
     signal.addEventListener('abort', onAbort, { once: true });

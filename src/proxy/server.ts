@@ -4,7 +4,8 @@
  * held slot, a body read) happens before route → identify → authorize have passed
  * (an unauthorized caller costs no start, no slot and no buffer).
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { http } from './http-modules.ts';
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -201,7 +202,7 @@ export class ProxyServer {
       handshakeTimeoutMs: options.tlsHandshakeTimeoutMs ?? 10_000,
       http2: { sessionIdleTimeoutMs: options.http2SessionIdleTimeoutMs ?? 30_000, maxConcurrentStreams: options.http2MaxConcurrentStreams ?? 128 },
     });
-    this.server = this.#tls?.server ?? createServer(http1, onRequest);
+    this.server = this.#tls?.server ?? http.createServer(http1, onRequest);
     // `Expect: 100-continue` (HTTP/1.1 and HTTP/2): Node would answer 100 at once; the
     // pipeline answers it only when the body is about to be forwarded (client-state.ts).
     this.server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {

@@ -15,7 +15,7 @@
  * shutdown is never cut short.
  */
 import { Worker } from 'node:worker_threads';
-import { workerEnvWithCompileCache } from '../config/compile-cache.ts';
+import { workerEnvWithCompileCache } from '../config/compile-cache.js';
 import type { SerializedError, WorkerData, WorkerReply, WorkerRequest } from './sqlite-worker.ts';
 
 export interface SqliteThreadOptions {

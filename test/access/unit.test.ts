@@ -16,7 +16,7 @@ import { demoCredentials } from '../../src/demo-banner.ts';
 import { parseTarget } from '../../src/proxy/route.ts';
 
 const run = promisify(execFile);
-const cli = new URL('../../src/cli.ts', import.meta.url).pathname;
+const cli = new URL('../../bin/smart-proxy.js', import.meta.url).pathname;
 
 const alice: VerifiedIdentity = { user: 'alice', groups: ['g1', 'g2', 'staff'], via: 'token' };
 const policy = (p: Partial<ResourcePolicy>): ResourcePolicy => ({ public: false, revealExistence: false, ...p });

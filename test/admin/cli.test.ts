@@ -1,5 +1,5 @@
 /**
- * The operator CLI run as a real child process (`node src/cli.ts …`) against a real proxy's
+ * The operator CLI run as a real child process (`node bin/smart-proxy.js …`) against a real proxy's
  * admin listener: a mimic resource with a visible boot, and a process-provider resource
  * whose output the provider keeps.
  */
@@ -13,7 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { startAdminApp, type AdminApp } from './admin-kit.ts';
 
-const cli = fileURLToPath(new URL('../../src/cli.ts', import.meta.url));
+const cli = fileURLToPath(new URL('../../bin/smart-proxy.js', import.meta.url));
 const fixture = fileURLToPath(new URL('../fixtures/tiny-http-server.ts', import.meta.url));
 
 interface Run { code: number; stdout: string; stderr: string }

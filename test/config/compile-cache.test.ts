@@ -1,5 +1,5 @@
 /**
- * Node's compile cache at start-up (src/config/compile-cache.ts): on in the user's cache
+ * Node's compile cache at start-up (src/config/compile-cache.js): on in the user's cache
  * directory or the configured one, off when asked, and never used from a directory that is
  * not the user's own or that others can write to; a directory that cannot be made means no
  * cache, never an error. Each case runs in a child process: the cache is per process.
@@ -12,8 +12,8 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
-const moduleUrl = new URL('../../src/config/compile-cache.ts', import.meta.url).href;
-const cli = fileURLToPath(new URL('../../src/cli.ts', import.meta.url));
+const moduleUrl = new URL('../../src/config/compile-cache.js', import.meta.url).href;
+const cli = fileURLToPath(new URL('../../bin/smart-proxy.js', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sp-compile-cache-'));
 after(() => rmSync(root, { recursive: true, force: true }));
 
@@ -80,7 +80,7 @@ void describe('compile cache at start-up', () => {
     assert.ok(r.dir?.startsWith(dir), r.dir);
   });
 
-  void it('the CLI turns it on before it loads anything but the few light modules that do it', () => {
+  void it('the entry turns it on before it loads any TypeScript: only the few light modules that do it come before', () => {
     const log = join(root, 'modules.log');
     const config = join(root, 'ok.yaml');
     writeFileSync(config, 'resources:\n  a: { access: { public: true }, provider: { kind: static, endpoint: "http://127.0.0.1:9" } }\n');
@@ -89,9 +89,10 @@ void describe('compile cache at start-up', () => {
       env: envWith({ SMART_PROXY_COMPILE_CACHE: join(root, 'order'), MODULE_LOG: log }), encoding: 'utf8', timeout: 30_000,
     });
     const loaded = readFileSync(log, 'utf8').trim().split('\n').map((l) => l.split(' ') as [string, string]);
-    const srcUrl = new URL('../../src/', import.meta.url).href;
+    const rootUrl = new URL('../../', import.meta.url).href;
     const before = loaded.filter(([, on]) => on === '0').map(([url]) => url).filter((u) => !u.startsWith('node:'));
-    assert.deepEqual(before.map((u) => u.replace(srcUrl, 'src/')).sort(), ['src/cli.ts', 'src/cli/usage.ts', 'src/config/cache-dir.ts', 'src/config/compile-cache.ts']);
+    assert.deepEqual(before.map((u) => u.replace(rootUrl, '')).sort(), ['bin/smart-proxy.js', 'src/config/cache-dir.js', 'src/config/compile-cache.js']);
+    assert.ok(loaded.some(([url, on]) => on === '1' && url.endsWith('/src/cli.ts')));
     // The rest of the config code was loaded after it: zod, the schema files.
     assert.ok(loaded.filter(([url, on]) => on === '1' && url.includes('/zod/')).length > 10);
   });

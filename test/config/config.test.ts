@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import { ConfigError, effectiveResources, expandStatuses, loadConfigFile, parseConfig } from '../../src/config/load.ts';
 
 const run = promisify(execFile);
-const cli = new URL('../../src/cli.ts', import.meta.url).pathname;
+const cli = new URL('../../bin/smart-proxy.js', import.meta.url).pathname;
 
 function problemsOf(text: string): string[] {
   try {

@@ -17,7 +17,7 @@ import { startApp } from '../../src/main.ts';
 import { startMockCloud } from '../../src/mock-cloud/mock-cloud.ts';
 import { collectingLogger } from '../helpers/proxy-harness.ts';
 
-const cli = fileURLToPath(new URL('../../src/cli.ts', import.meta.url));
+const cli = fileURLToPath(new URL('../../bin/smart-proxy.js', import.meta.url));
 const quiet = collectingLogger([]);
 
 /** The original Flask mock's answer to a path it does not know, for every path. */

@@ -35,7 +35,7 @@ test('the image builds with Podman, runs the demo read-only as non-root, and ans
   const name = `sp-test-${process.pid}`;
   const volume = `${name}-state`;
   try {
-    for (const p of ['package.json', 'package-lock.json', 'Containerfile', 'src', 'examples']) await cp(join(root, p), join(context, p), { recursive: true });
+    for (const p of ['package.json', 'package-lock.json', 'Containerfile', 'bin', 'src', 'examples']) await cp(join(root, p), join(context, p), { recursive: true });
     await cp(join(root, 'node_modules'), join(context, 'node_modules'), { recursive: true });
     await run('npm', ['prune', '--omit=dev', '--ignore-scripts', '--no-audit', '--no-fund', '--offline'], { cwd: context });
 

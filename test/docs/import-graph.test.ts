@@ -12,12 +12,15 @@ import { fileURLToPath } from 'node:url';
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const CORE_FILE_MAX_LINES = 360;
 
+/** TypeScript, and the few plain-JavaScript modules the entry loads before any TypeScript. */
+const isSource = (p: string): boolean => p.endsWith('.ts') || p.endsWith('.js');
+
 function sources(dir: string): string[] {
   const out: string[] = [];
   for (const name of readdirSync(dir)) {
     const p = join(dir, name);
     if (statSync(p).isDirectory()) out.push(...sources(p));
-    else if (p.endsWith('.ts')) out.push(p);
+    else if (isSource(p)) out.push(p);
   }
   return out;
 }
@@ -27,7 +30,7 @@ export function importsOf(file: string, text: string): string[] {
   const deps: string[] = [];
   for (const m of text.matchAll(/^\s*(?:import|export)\s[^;]*?from\s+'(\.[^']+)'/gms)) deps.push(resolve(dirname(file), m[1] as string));
   for (const m of text.matchAll(/import\(\s*'(\.[^']+)'\s*\)/g)) deps.push(resolve(dirname(file), m[1] as string));
-  return deps.filter((d) => d.endsWith('.ts'));
+  return deps.filter(isSource);
 }
 
 /** Every cycle found by a depth-first walk (each as the list of files along it). */
@@ -58,6 +61,7 @@ describe('import graph', () => {
     const g = new Map([['a', ['b']], ['b', ['c']], ['c', ['a']], ['d', ['a']]]);
     assert.deepEqual(findCycles(g), [['a', 'b', 'c', 'a']]);
     assert.deepEqual(importsOf('/x/a.ts', "import type { T } from './b.ts';\nexport {\n  U,\n} from '../c.ts';\n"), ['/x/b.ts', '/c.ts']);
+    assert.deepEqual(importsOf('/x/a.ts', "import { f } from './b.js';\n"), ['/x/b.js']);
   });
 
   it('has no cycle between files of src/', () => {

@@ -13,7 +13,7 @@ import { NGINX_LUA_MODULES } from '../../src/front/nginx-lua.ts';
 import { upstreamName } from '../../src/front/upstreams.ts';
 import { requireNginxLua } from './nginx-front-suite.ts';
 
-const cli = new URL('../../src/cli.ts', import.meta.url).pathname;
+const cli = new URL('../../bin/smart-proxy.js', import.meta.url).pathname;
 
 function configFile(dir: string): string {
   const file = join(dir, 'smart-proxy.yaml');

@@ -6,7 +6,7 @@
  * gets them, and starts. Runs the real CLI with a module-logging hook.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,7 +16,7 @@ import { parseConfig } from '../../src/config/load.ts';
 import { startApp } from '../../src/main.ts';
 import { exitOf } from '../helpers/system.ts';
 
-const cli = fileURLToPath(new URL('../../src/cli.ts', import.meta.url));
+const cli = fileURLToPath(new URL('../../bin/smart-proxy.js', import.meta.url));
 const hook = fileURLToPath(new URL('../fixtures/module-log-hook.ts', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'sp-start-modules-'));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -89,6 +89,29 @@ void describe('start-up modules', () => {
     const urls = await modulesOfStart('plain', `${base}resources:\n  a:\n    provider: { kind: static, endpoint: "http://127.0.0.1:9" }\n`, 'proxy listening');
     assert.ok(urls.some((u) => u.endsWith('/src/main.ts')), 'the app itself was loaded');
     assert.deepEqual(loadedParts(urls), []);
+    // undici and prom-client by the parts the proxy uses (src/proxy/undici-parts.ts,
+    // src/metrics/prom-parts.ts), never by their index, which loads ~200M instructions more each.
+    assert.ok(urls.some((u) => u.endsWith('/node_modules/undici/lib/dispatcher/pool.js')), 'the pool was loaded');
+    assert.ok(urls.some((u) => u.endsWith('/node_modules/prom-client/lib/registry.js')), 'the registry was loaded');
+    assert.deepEqual(urls.filter((u) => /\/node_modules\/(undici|prom-client)\/index\.js$/.test(u)), []);
+  });
+
+  void it('the parts of undici and prom-client loaded by their own files are the very ones their index exports', async () => {
+    const undici = await import('undici');
+    const promClient = await import('prom-client');
+    const undiciParts = await import('../../src/proxy/undici-parts.ts');
+    const promParts = await import('../../src/metrics/prom-parts.ts');
+    assert.equal(undiciParts.Pool, undici.Pool);
+    assert.equal(undiciParts.undiciErrors, undici.errors);
+    assert.deepEqual([promParts.Registry, promParts.Counter, promParts.Gauge, promParts.Histogram], [promClient.Registry, promClient.Counter, promClient.Gauge, promClient.Histogram]);
+  });
+
+  void it('loading the app\'s code does not load Node\'s bundled undici (fetch, WebSocket): no ESM import of node:http\'s values', () => {
+    // An ESM import of node:http reads every export, WebSocket's lazy getter included
+    // (src/proxy/http-modules.ts); the module log cannot see Node's internal modules, this can.
+    const script = `await import(${JSON.stringify(new URL('../../src/main.ts', import.meta.url).href)}); process.stdout.write(JSON.stringify(process.moduleLoadList.filter((m) => m.includes('deps/undici'))));`;
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 });
+    assert.deepEqual(JSON.parse(out), []);
   });
 
   void it('a config with an admin listener, the mock cloud, a docker provider, an anchor and a JWT identity loads those, and starts', async () => {

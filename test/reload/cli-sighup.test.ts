@@ -107,7 +107,7 @@ test('a SIGTERM and a SIGHUP as soon as the proxy listens (start-up not over: th
     admin: { listen: { host: '127.0.0.1', port: 0 }, anonymousFromLoopback: true },
     resources: { one: { provider: { kind: 'static', endpoint: 'http://127.0.0.1:9' }, access: { public: true } } },
   }));
-  const child = spawn(process.execPath, [join(root, 'src/cli.ts'), 'start', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [join(root, 'bin/smart-proxy.js'), 'start', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
