@@ -199,7 +199,27 @@ export function statusTable(resources: readonly ResourceView[], now: number): st
       rows.push([r.id, i.instanceKey, i.step, i.startedBy ?? '-', ago(i.startRequestedAt, now), ago(i.lastActivityAt, now), until(i.idleDeadline, now), boot]);
     }
   }
-  return table(['RESOURCE', 'INSTANCE', 'STATE', 'STARTED BY', 'STARTED', 'LAST ACTIVITY', 'IDLE STOP', 'BOOT'], rows);
+  return table(['RESOURCE', 'INSTANCE', 'STATE', 'STARTED BY', 'STARTED', 'LAST ACTIVITY', 'IDLE STOP', 'BOOT'], rows) + stopRetryTable(resources, now);
+}
+
+/**
+ * Stops owed for instances out of service, under the status table when there are any: each
+ * may be a machine still running (and costing), a given-up one above all.
+ */
+function stopRetryTable(resources: readonly ResourceView[], now: number): string {
+  const rows: string[][] = [];
+  for (const r of resources) {
+    for (const i of r.instances) {
+      const s = i.stopRetry;
+      if (s === null) continue;
+      const next = s.state === 'given-up' ? `gave up ${ago(s.gaveUpAt, now)}` : s.state === 'running' ? 'trying now' : until(s.nextAttemptAt, now);
+      rows.push([r.id, i.instanceKey, s.state, `${s.attempts}/${s.maxAttempts}`, next, s.lastError ?? '-', s.reason]);
+    }
+  }
+  if (rows.length === 0) return '';
+  const givenUp = rows.filter((row) => row[2] === 'given-up').length;
+  const head = `\nStops owed, tried again with backoff (the machine may still be running)${givenUp > 0 ? `: ${givenUp} given up, see the admin API's retry-stop / abandon-stop` : ''}:\n`;
+  return head + table(['RESOURCE', 'INSTANCE', 'STOP', 'TRIES', 'NEXT TRY', 'LAST ERROR', 'REASON'], rows);
 }
 
 function table(head: readonly string[], rows: readonly string[][]): string {
