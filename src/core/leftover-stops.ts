@@ -50,8 +50,12 @@ export interface StopRetryState {
   readonly gaveUpAt: number | undefined;
 }
 
-/** What happened to an owed stop (published as a manager event, audited). */
-export type StopRetryOutcome = 'failed' | 'given-up' | 'stopped';
+/**
+ * What happened to an owed stop (published as a manager event): a try failed, the tries ran
+ * out, it stopped (these three are audited here); an operator retried it now or let it go
+ * (audited by the admin API, with the operator).
+ */
+export type StopRetryOutcome = 'failed' | 'given-up' | 'stopped' | 'retrying' | 'abandoned';
 
 /** The operators' side of the owed stops (what the admin API may call). */
 export interface StopRetries {
@@ -82,7 +86,7 @@ export interface LeftoverStopsOptions {
    * cut the machine it serves; there only the immediate try is made.
    */
   readonly retryLater: boolean;
-  /** A try of an owed stop failed, its tries ran out, or it succeeded (events, audit, views). */
+  /** A try of an owed stop failed, its tries ran out or it succeeded; an operator retried it or let it go (events, audit, live views). */
   readonly changed: (inst: Instance, outcome: StopRetryOutcome, state: StopRetryState) => void;
 }
 
@@ -161,6 +165,7 @@ export class LeftoverStops implements StopRetries {
       if (p.running !== undefined) return 'running';
       p.timer?.cancel();
       this.#run(inst, p);
+      this.#o.changed(inst, 'retrying', this.#stateOf(p));
       return 'started';
     }
     const g = this.#givenUp.get(inst);
@@ -174,18 +179,19 @@ export class LeftoverStops implements StopRetries {
       return 'none';
     }
     this.schedule(inst, g.state.reason);
+    const fresh = this.#pending.get(inst);
+    if (fresh !== undefined) this.#o.changed(inst, 'retrying', this.#stateOf(fresh));
     return 'started';
   }
 
   abandon(inst: Instance): 'abandoned' | 'running' | 'none' {
     const p = this.#pending.get(inst);
     if (p?.running !== undefined) return 'running';
-    if (p !== undefined) {
-      this.#cancel(inst);
-      return 'abandoned';
-    }
-    if (!this.#givenUp.delete(inst)) return 'none';
-    this.#o.settled();
+    const state = this.stateOf(inst);
+    if (state === undefined) return 'none';
+    if (p !== undefined) this.#cancel(inst);
+    else if (this.#givenUp.delete(inst)) this.#o.settled();
+    this.#o.changed(inst, 'abandoned', state);
     return 'abandoned';
   }
 

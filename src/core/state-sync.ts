@@ -248,6 +248,7 @@ export class StateSync {
         this.#pushAudit({ ...base, type: 'instance-adopted', status: inst.status });
         return;
       case 'stop-retry': {
+        if (e.outcome === 'retrying' || e.outcome === 'abandoned') return; // the admin API audits these, with the operator
         // An owed stop that keeps failing is a machine that may run (and cost) on: each failed
         // try and, above all, giving up are in the audit, not only in the log.
         const r = e.retry;

@@ -6,22 +6,10 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { ProviderError } from '../../src/core/errors.ts';
-import type { InstanceRef } from '../../src/core/ports.ts';
 import { actionResultSchema, auditPageSchema, instanceViewSchema, problemSchema, stopRetryListSchema, type InstanceView } from '../../src/admin/schemas.ts';
 import { LEFTOVER_MAX_ATTEMPTS } from '../../src/core/leftover-stops.ts';
-import { MimicProvider } from '../helpers/mimic-provider.ts';
+import { StubbornProvider } from '../helpers/mimic-provider.ts';
 import { OPS, readSse, startAdminApp, type AdminApp } from './admin-kit.ts';
-
-/** A mimic whose stops the cloud refuses while `refuse` is on. */
-class StubbornProvider extends MimicProvider {
-  refuse = false;
-  refusals = 0;
-  override async stop(ref: InstanceRef): Promise<void> {
-    if (this.refuse) throw new ProviderError(`DELETE refused (#${++this.refusals})`, { retryable: false });
-    return super.stop(ref);
-  }
-}
 
 describe('admin API: stops owed for instances out of service', () => {
   let a: AdminApp;
