@@ -209,9 +209,20 @@ export class AdminServer {
     }
     const m = INSTANCE_ROUTE.exec(path);
     if (m !== null) {
-      const resource = this.#resource(decode(m[1] as string));
-      const key = decode(m[2] as string);
       const action = m[3] as string;
+      const key = decode(m[2] as string);
+      if (action === 'retry-stop' || action === 'abandon-stop') {
+        // Found among the owed stops first: a resource removed by a reload may still owe one.
+        const owed = this.#owedStopOf(decode(m[1] as string), key);
+        if (owed !== undefined) {
+          allow(method, ['POST']);
+          await readBody(req, this.#o.admin.maxBodyBytes);
+          this.#stopRetryAction(owed, caller, action);
+          sendJson(req, res, 202, { accepted: true, instance: this.#view(owed) });
+          return;
+        }
+      }
+      const resource = this.#resource(decode(m[1] as string));
       if (action === 'logs' || action === 'events') {
         allow(method, action === 'logs' ? ['GET', 'HEAD'] : ['GET']);
         if (action === 'events') this.#progress.serveEvents(req, res, this.#instance(resource, key, true));
@@ -333,6 +344,11 @@ export class AdminServer {
     }
     this.#audit(caller, 'admin-start', inst, already ? `already ${inst.status}` : 'started by an operator');
     sendJson(req, res, 202, { accepted: true, instance: this.#view(inst) });
+  }
+
+  #owedStopOf(resourceId: string, key: string): Instance | undefined {
+    for (const inst of this.#o.manager.stopRetries.instances()) if (inst.resource.id === resourceId && inst.key === key) return inst;
+    return undefined;
   }
 
   /**
