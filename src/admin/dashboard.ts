@@ -90,7 +90,7 @@ button:disabled { opacity:.4; cursor:default; }
 .audit li { padding:.25rem .5rem; border-bottom:1px solid var(--line); font-size:.85rem; }
 .audit time { color:var(--muted); margin-right:.5rem; }
 .error { color:var(--bad); }
-.owed { color:var(--bad); font-weight:600; }
+.owed { color:var(--warn); font-weight:600; } .owed.given-up { color:var(--bad); }
 td.stop-retry { white-space:normal; max-width:22rem; } td.stop-retry span { margin-right:.4rem; } td.stop-retry .given-up { color:var(--bad); font-weight:600; } td.stop-retry .scheduled, td.stop-retry .running { color:var(--warn); }
 td.stop-retry button { margin-right:.3rem; }
 `;
@@ -206,6 +206,7 @@ function renderResources() {
   for (const i of state.instances.values()) if (i.stopRetry) { owed++; if (i.stopRetry.state === 'given-up') givenUp++; }
   const o = $('owed');
   o.hidden = owed === 0;
+  o.className = givenUp > 0 ? 'owed given-up' : 'owed';
   o.textContent = owed === 0 ? '' : owed + (owed === 1 ? ' stop owed' : ' stops owed') + (givenUp > 0 ? ' (' + givenUp + ' given up: the machine may still run)' : ' (tried again)');
 }
 
