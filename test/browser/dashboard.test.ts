@@ -119,7 +119,7 @@ describe('admin dashboard in Chromium', { skip, timeout: 180_000 }, () => {
     assert.equal(status, 403);
   });
 
-  it('shows a stop owed (its tries, next try, last error) in the header and on its row; retry and let go from the buttons', async () => {
+  it('shows a stop owed (its tries, next try, last error) in the header and on its row, and when its tries ran out; retry and let go from the buttons', async () => {
     await page.fill('#filter', 'vm');
     const started = await fetch(`${a.admin}/api/v1/resources/vm/start`, { method: 'POST', body: '{}', headers: { ...OPS, 'content-type': 'application/json' } });
     assert.equal(started.status, 202);
@@ -137,6 +137,16 @@ describe('admin dashboard in Chromium', { skip, timeout: 180_000 }, () => {
     await page.waitForFunction(() => ((globalThis as unknown as PageGlobals).document.querySelector('tr[data-key="vm/*"] td.stop-retry')?.textContent ?? '').includes('DELETE refused (#2)'));
     assert.equal(stubborn.refusals, 2);
     assert.equal(await page.isHidden('#error'), true, await page.textContent('#error') ?? '');
+    // Four more tries, each from the button: the sixth fails and the stop is given up, in red.
+    for (let n = 3; n <= 6; n++) {
+      await page.waitForFunction(() => (globalThis as unknown as PageGlobals).document.querySelector('tr[data-key="vm/*"]')?.getAttribute('data-stop') === 'scheduled');
+      await page.click('tr[data-key="vm/*"] button.retry-stop');
+      await page.waitForFunction((want) => ((globalThis as unknown as PageGlobals).document.querySelector('tr[data-key="vm/*"] td.stop-retry')?.textContent ?? '').includes(`DELETE refused (#${want})`), n);
+    }
+    await page.waitForFunction(() => (globalThis as unknown as PageGlobals).document.querySelector('tr[data-key="vm/*"]')?.getAttribute('data-stop') === 'given-up');
+    assert.match(await page.textContent('tr[data-key="vm/*"] td.stop-retry') ?? '', /^gave up after 6 triesDELETE refused \(#6\)/);
+    assert.equal(await page.textContent('#owed'), '1 stop owed (1 given up: the machine may still run)');
+    assert.equal(await page.getAttribute('#owed', 'class'), 'owed given-up');
 
     // Let go: no longer owed, gone from the header; audited with the operator.
     await page.click('tr[data-key="vm/*"] button.abandon-stop');
