@@ -43,9 +43,10 @@ class FreshPortProvider implements Provider {
     // a fast machine: each backend takes the next of 4,000 loopback addresses, as a cloud hands
     // out a new address per boot. A listen that still fails is a failed start, not a crash.
     const host = nextHost();
-    // The endpoint guard refuses any loopback address on the proxy's own port (it does not
-    // know which loopback address a backend is on), so a backend that drew the proxy's port
-    // number on 127.1.x.y would be a failed start: a real cloud hands out no such address.
+    // A backend never draws the proxy's port number. The endpoint guard once refused every
+    // loopback address on the proxy's own port (a failed start per draw); it now matches the
+    // address the proxy is bound to (127.0.0.1), so 127.1.x.y passes and this is only a guard
+    // against that coming back: a real cloud hands out no such address either.
     let port = 0;
     for (let tries = 0; tries < 5 && (port === 0 || this.avoidPorts.has(port)); tries++) {
       if (port !== 0) await new Promise<void>((resolve) => server.close(() => resolve()));

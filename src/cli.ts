@@ -33,13 +33,13 @@ async function usage(): Promise<string> {
   const rows = (await Promise.all(Object.values(commands).map(async (load) => (await load()).usage))).flat();
   const lines = rows.map(([synopsis, what]) => (synopsis.length < 33 ? `  ${synopsis.padEnd(33)}${what}` : `  ${synopsis}\n  ${''.padEnd(33)}${what}`));
   lines.push(`  ${'--version'.padEnd(33)}print the version and exit`);
-  lines.push(`  ${'status | start RESOURCE | stop | logs | audit'.padEnd(33)}\n  ${''.padEnd(33)}operator commands against the admin API (\`smart-proxy status --help\`)`);
+  lines.push(`  ${'status | start RESOURCE | stop | logs | audit | retry-stop | abandon-stop'.padEnd(33)}\n  ${''.padEnd(33)}operator commands against the admin API (\`smart-proxy status --help\`)`);
   return `usage: smart-proxy <command> [options]\n\ncommands:\n${lines.join('\n')}\n`;
 }
 
 /** Operator commands against the admin API (admin/cli/); `start RESOURCE` is one, `start --config` is not. */
 function isOperatorCommand(name: string | undefined, rest: readonly string[]): boolean {
-  return ['status', 'stop', 'logs', 'audit'].includes(name ?? '') || (name === 'start' && rest[0] !== undefined && !rest[0].startsWith('-'));
+  return ['status', 'stop', 'logs', 'audit', 'retry-stop', 'abandon-stop'].includes(name ?? '') || (name === 'start' && rest[0] !== undefined && !rest[0].startsWith('-'));
 }
 
 async function main(argv: string[]): Promise<number> {

@@ -20,7 +20,7 @@ import { ResourceManager, type ResourceRuntime } from './core/resource-manager.t
 import { StateSync } from './core/state-sync.ts';
 import type { MockCloud } from './mock-cloud/mock-cloud.ts';
 import type { createAtmosphereProvider } from './providers/atmosphere/atmosphere-provider.ts';
-import { EndpointPolicy, guardEndpoints } from './providers/endpoint-guard.ts';
+import { EndpointPolicy, guardEndpoints, type OwnListener } from './providers/endpoint-guard.ts';
 import type { createHttpProvider } from './providers/http/http-provider.ts';
 import { createProcessProvider } from './providers/process/process-provider.ts';
 import { inheritedEnv, resolveSecretValue, secretReaders } from './config/secrets.ts';
@@ -153,10 +153,14 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     let resources = effectiveResources(config);
     const serviceIds = new Map(resources.map((r) => [r.id, r.serviceId]));
     //    Every provider's endpoints pass the backendEndpoints policy before the core may use
-    //    them (providers/endpoint-guard.ts); the proxy's own ports (its listener, the admin and
-    //    decision listeners) are added once each listens.
-    const ownPorts = new Set<number>([config.listen.port, ...redisPortOf(config)].filter((p) => p > 0));
-    const endpointPolicy = new EndpointPolicy({ ...config.backendEndpoints, ownPorts: () => ownPorts });
+    //    them (providers/endpoint-guard.ts). The proxy's own listeners (its listener, the admin
+    //    and decision listeners) are entered with the address each is bound to once it listens;
+    //    until then, and for Redis (another program's binding), a port counts on every address
+    //    of this host.
+    const ownListeners = new Map<string, OwnListener>();
+    if (config.listen.port > 0) ownListeners.set('proxy', { port: config.listen.port });
+    for (const port of redisPortOf(config)) if (port > 0) ownListeners.set('redis', { port });
+    const endpointPolicy = new EndpointPolicy({ ...config.backendEndpoints, ownListeners: () => ownListeners.values() });
     const onRefused = (ref: { resourceId: string; instanceKey: string }, endpoint: string, reason: string): void => {
       log.warn({ resource: ref.resourceId, instance: ref.instanceKey, endpoint, reason }, 'provider endpoint refused');
       audit.record({ type: 'endpoint-refused', at: clock.now(), actor: undefined, resource: ref.resourceId, instance: ref.instanceKey, endpoint, reason });
@@ -310,7 +314,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     });
     if (oidc !== undefined) oidc.onSignedIn = (target, identity) => proxy.startFor(target, identity);
     const addr = await proxy.listen(config.listen.port, config.listen.host);
-    ownPorts.add(addr.port);
+    ownListeners.set('proxy', { port: addr.port, host: addr.host });
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
     const proxyUrl = `${config.tls === undefined ? 'http' : 'https'}://${host}:${addr.port}`;
     log.info({ url: proxyUrl, resources: routed.size }, 'proxy listening');
@@ -342,7 +346,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       const at = await a.listen(config.admin.listen.port, config.admin.listen.host);
       // A cloud that names the admin listener as a backend would hand every user the admin
       // API (from loopback, even without credentials when anonymousFromLoopback is on).
-      ownPorts.add(at.port);
+      ownListeners.set('admin', { port: at.port, host: at.host });
       admin = a;
       closers.push(() => a.close());
       adminUrl = `http://${at.host.includes(':') ? `[${at.host}]` : at.host}:${at.port}`;
@@ -359,7 +363,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       : undefined;
     if (front !== undefined) {
       closers.push(() => front.close());
-      ownPorts.add(Number(new URL(front.decisionUrl).port));
+      const decision = new URL(front.decisionUrl);
+      ownListeners.set('decision', { port: Number(decision.port), host: decision.hostname.replace(/^\[|\]$/g, '') });
     }
 
     const retirer = new Retirer({ manager, clock, logger: log, drainTimeoutMs, isConfigured: (id) => routed.has(id) });

@@ -21,7 +21,7 @@ import type { AdminChange, AdminState } from './admin-state.ts';
 import { dashboardPage } from './dashboard.ts';
 import { adminOpenApiText } from './openapi.ts';
 import { auditQuerySchema, drainBodySchema, instanceQuerySchema, startBodySchema, type InstanceView } from './schemas.ts';
-import { auditView, instanceView, liveAuditView, redact, resourceView } from './views.ts';
+import { auditView, instanceView, liveAuditView, redact, resourceView, stopRetryList } from './views.ts';
 
 export type MetricsSource = () => Promise<{ contentType: string; body: string }>;
 export type ReloadAction = () => Promise<{ ok: true; summary: unknown } | { ok: false; errors: string }>;
@@ -50,7 +50,7 @@ const STORE_CHECK_TIMEOUT_MS = 2_000;
 /** Dashboard session cookie lifetime. */
 const SESSION_MAX_AGE_S = 12 * 3600;
 
-const INSTANCE_ROUTE = /^\/api\/v1\/resources\/([^/]+)\/instances\/([^/]+)\/(stop|drain|suspend|resume|logs|events)$/;
+const INSTANCE_ROUTE = /^\/api\/v1\/resources\/([^/]+)\/instances\/([^/]+)\/(stop|drain|suspend|resume|retry-stop|abandon-stop|logs|events)$/;
 
 export class AdminServer {
   readonly server: Server;
@@ -169,6 +169,11 @@ export class AdminServer {
       sendJson(req, res, 200, this.#listInstances(parseQuery(instanceQuerySchema, url)));
       return;
     }
+    if (path === `${API}/stop-retries`) {
+      allow(method, ['GET', 'HEAD']);
+      sendJson(req, res, 200, stopRetryList(this.#o.manager));
+      return;
+    }
     if (path === `${API}/audit`) {
       allow(method, ['GET', 'HEAD']);
       await this.#serveAudit(req, res, parseQuery(auditQuerySchema, url));
@@ -204,9 +209,20 @@ export class AdminServer {
     }
     const m = INSTANCE_ROUTE.exec(path);
     if (m !== null) {
-      const resource = this.#resource(decode(m[1] as string));
-      const key = decode(m[2] as string);
       const action = m[3] as string;
+      const key = decode(m[2] as string);
+      if (action === 'retry-stop' || action === 'abandon-stop') {
+        // Found among the owed stops first: a resource removed by a reload may still owe one.
+        const owed = this.#owedStopOf(decode(m[1] as string), key);
+        if (owed !== undefined) {
+          allow(method, ['POST']);
+          await readBody(req, this.#o.admin.maxBodyBytes);
+          this.#stopRetryAction(owed, caller, action);
+          sendJson(req, res, 202, { accepted: true, instance: this.#view(owed) });
+          return;
+        }
+      }
+      const resource = this.#resource(decode(m[1] as string));
       if (action === 'logs' || action === 'events') {
         allow(method, action === 'logs' ? ['GET', 'HEAD'] : ['GET']);
         if (action === 'events') this.#progress.serveEvents(req, res, this.#instance(resource, key, true));
@@ -229,6 +245,12 @@ export class AdminServer {
           sendJson(req, res, 202, { accepted: true, instance: this.#view(inst) });
           return;
         }
+        case 'retry-stop':
+        case 'abandon-stop':
+          await readBody(req, this.#o.admin.maxBodyBytes);
+          this.#stopRetryAction(inst, caller, action);
+          sendJson(req, res, 202, { accepted: true, instance: this.#view(inst) });
+          return;
         case 'suspend':
         case 'resume': {
           // Only where the provider, as configured, can keep an instance's state.
@@ -322,6 +344,39 @@ export class AdminServer {
     }
     this.#audit(caller, 'admin-start', inst, already ? `already ${inst.status}` : 'started by an operator');
     sendJson(req, res, 202, { accepted: true, instance: this.#view(inst) });
+  }
+
+  #owedStopOf(resourceId: string, key: string): Instance | undefined {
+    for (const inst of this.#o.manager.stopRetries.instances()) if (inst.resource.id === resourceId && inst.key === key) return inst;
+    return undefined;
+  }
+
+  /**
+   * An operator steers a stop owed for an instance out of service (core/leftover-stops.ts):
+   * tries it now (a given-up one afresh), or lets it go (the operator takes care of the
+   * machine). Audited either way, with the stop's state before the action.
+   */
+  #stopRetryAction(inst: Instance, caller: AdminCaller, action: 'retry-stop' | 'abandon-stop'): void {
+    const retries = this.#o.manager.stopRetries;
+    const before = retries.stateOf(inst);
+    const what = before === undefined ? '' : ` (${before.state}, ${before.attempts} of ${before.maxAttempts} tries${before.lastError === undefined ? '' : `, last error: ${before.lastError}`})`;
+    const outcome = action === 'retry-stop' ? retries.retryNow(inst) : retries.abandon(inst);
+    const type = `admin-${action}`;
+    switch (outcome) {
+      case 'started':
+        this.#audit(caller, type, inst, `stop tried again now${what}`);
+        return;
+      case 'abandoned':
+        this.#audit(caller, type, inst, `owed stop let go${what}; the machine may still be running`);
+        return;
+      case 'running':
+        this.#audit(caller, type, inst, `refused: a try is in flight${what}`);
+        throw new SmartProxyError('SP_ADMIN_CONFLICT', `a try of the stop of ${inst.resource.id} ${inst.key} is in flight; ask again once it ended`, { retryAfterS: 5 });
+      case 'none':
+        throw new SmartProxyError('SP_ADMIN_CONFLICT', `no stop is owed for ${inst.resource.id} ${inst.key}`);
+      case 'unsupported':
+        throw new SmartProxyError('SP_ADMIN_UNSUPPORTED', 'with replicas a given-up stop is not tried again from here (it would bypass the cluster\'s stop leases): stop a failed instance with …/stop, or start it again and stop it');
+    }
   }
 
   /** Resume is a start of that instance: the provider restores the state its suspend kept. */

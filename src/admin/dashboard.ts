@@ -3,6 +3,8 @@
  * It loads `/api/v1/resources` once, then follows `/api/v1/events` (SSE) and patches its
  * model; the instance table is paged (100 rows a page), so 1,000 instances stay cheap to
  * render. Boot-time charts are inline SVG. Stop/start send the session's CSRF token header.
+ * Stops owed for instances out of service (tried again with backoff, or given up: the machine
+ * may still run) are counted in the header and shown on their row, with retry / let-go buttons.
  */
 import { randomBytes } from 'node:crypto';
 
@@ -23,6 +25,7 @@ export function dashboardPage(csrfToken: string): { html: string; nonce: string 
 <header>
   <h1>Smart Proxy</h1>
   <span id="summary" class="summary"></span>
+  <span id="owed" class="owed" role="status" hidden></span>
   <span id="live" class="live off" title="live updates">connecting…</span>
 </header>
 <main>
@@ -40,7 +43,7 @@ export function dashboardPage(csrfToken: string): { html: string; nonce: string 
       <button id="prev" type="button">‹ prev</button><span id="page"></span><button id="next" type="button">next ›</button>
     </div>
     <table id="instances">
-      <thead><tr><th>resource</th><th>instance</th><th>state</th><th>started by</th><th>started</th><th>last activity</th><th>idle stop</th><th>boot / ETA</th><th>conns</th><th></th></tr></thead>
+      <thead><tr><th>resource</th><th>instance</th><th>state</th><th>started by</th><th>started</th><th>last activity</th><th>idle stop</th><th>boot / ETA</th><th>conns</th><th>owed stop</th><th></th></tr></thead>
       <tbody></tbody>
     </table>
   </section>
@@ -87,6 +90,9 @@ button:disabled { opacity:.4; cursor:default; }
 .audit li { padding:.25rem .5rem; border-bottom:1px solid var(--line); font-size:.85rem; }
 .audit time { color:var(--muted); margin-right:.5rem; }
 .error { color:var(--bad); }
+.owed { color:var(--warn); font-weight:600; } .owed.given-up { color:var(--bad); }
+td.stop-retry { white-space:normal; max-width:22rem; } td.stop-retry span { margin-right:.4rem; } td.stop-retry .given-up { color:var(--bad); font-weight:600; } td.stop-retry .scheduled, td.stop-retry .running { color:var(--warn); }
+td.stop-retry button { margin-right:.3rem; }
 `;
 
 /**
@@ -196,6 +202,12 @@ function renderResources() {
       chart(r.boot.history, est)));
   }
   $('summary').textContent = state.resources.size + ' resources · ' + state.instances.size + ' instances · ' + ready + ' ready · ' + starting + ' starting';
+  let owed = 0; let givenUp = 0;
+  for (const i of state.instances.values()) if (i.stopRetry) { owed++; if (i.stopRetry.state === 'given-up') givenUp++; }
+  const o = $('owed');
+  o.hidden = owed === 0;
+  o.className = givenUp > 0 ? 'owed given-up' : 'owed';
+  o.textContent = owed === 0 ? '' : owed + (owed === 1 ? ' stop owed' : ' stops owed') + (givenUp > 0 ? ' (' + givenUp + ' given up: the machine may still run)' : ' (tried again)');
 }
 
 function visibleInstances() {
@@ -204,7 +216,7 @@ function visibleInstances() {
   const out = [];
   for (const i of state.instances.values()) {
     if (st && i.state !== st) continue;
-    if (q && !(i.resource + ' ' + i.instanceKey + ' ' + (i.user || '') + ' ' + (i.startedBy || '') + ' ' + i.step).toLowerCase().includes(q)) continue;
+    if (q && !(i.resource + ' ' + i.instanceKey + ' ' + (i.user || '') + ' ' + (i.startedBy || '') + ' ' + i.step + (i.stopRetry ? ' owed ' + i.stopRetry.state : '')).toLowerCase().includes(q)) continue;
     out.push(i);
   }
   out.sort((a, b) => a.resource.localeCompare(b.resource) || a.instanceKey.localeCompare(b.instanceKey));
@@ -234,7 +246,7 @@ function row(i) {
     ? act('POST', base + '/stop')
     : act('POST', '/api/v1/resources/' + encodeURIComponent(i.resource) + '/start', { instanceKey: i.instanceKey }));
   const eta = i.state === 'starting' && i.eta ? 'ETA ' + fmtMs(i.eta.remainingMs) : i.state === 'ready' && i.elapsedMs != null ? 'booted in ' + fmtMs(i.elapsedMs) : '';
-  return el('tr', { 'data-key': idOf(i), 'data-state': i.state },
+  return el('tr', { 'data-key': idOf(i), 'data-state': i.state, 'data-stop': i.stopRetry ? i.stopRetry.state : '' },
     el('td', { textContent: i.resource }),
     el('td', { class: 'key', textContent: i.instanceKey, title: i.endpoint || '' }),
     el('td', { class: 'st st-' + i.state, textContent: i.step, title: i.lastError || '' }),
@@ -244,7 +256,25 @@ function row(i) {
     el('td', { textContent: fmtTime(i.idleDeadline) }),
     el('td', { textContent: eta }),
     el('td', { textContent: String(i.activeConnections) }),
+    stopRetryCell(i, base),
     el('td', null, button));
+}
+
+/** A stop owed for the instance: its tries, next try or that it gave up (the last error on hover), and what the operator can do. */
+function stopRetryCell(i, base) {
+  const s = i.stopRetry;
+  if (!s) return el('td', { class: 'stop-retry' });
+  const what = s.state === 'given-up' ? 'gave up after ' + s.attempts + ' tries'
+    : s.state === 'running' ? 'trying (' + s.attempts + '/' + s.maxAttempts + ')'
+    : 'retry ' + (s.attempts + 1) + '/' + s.maxAttempts + ' at ' + fmtTime(s.nextAttemptAt);
+  const retry = el('button', { type: 'button', textContent: 'retry stop', class: 'retry-stop', disabled: s.state === 'running', title: 'try the stop now' });
+  retry.addEventListener('click', () => act('POST', base + '/retry-stop'));
+  const go = el('button', { type: 'button', textContent: 'let go', class: 'abandon-stop', disabled: s.state === 'running', title: 'stop trying: you take care of the machine (it may still run)' });
+  go.addEventListener('click', () => act('POST', base + '/abandon-stop'));
+  return el('td', { class: 'stop-retry' },
+    el('span', { class: s.state, textContent: what, title: s.reason + (s.lastError ? ' — last error: ' + s.lastError : '') }),
+    el('span', { class: 'last-error', textContent: s.lastError || '' }),
+    retry, go);
 }
 
 function renderAudit() {
@@ -255,6 +285,8 @@ function renderAudit() {
 
 async function act(method, path, body) {
   showError('');
+  // The change itself arrives on the live stream (every action publishes one), in order with
+  // the rest: the answer is not applied, it may be older than what the stream said since.
   try { await api(method, path, body); } catch (err) { showError(err.message); }
 }
 

@@ -6,7 +6,7 @@
 import { z } from 'zod';
 import {
   actionResultSchema, adminRegistry, auditPageSchema, auditQuerySchema, drainBodySchema, healthSchema, instanceListSchema,
-  instanceQuerySchema, logsSchema, reloadResultSchema, resourceListSchema, resourceViewSchema, startBodySchema,
+  instanceQuerySchema, logsSchema, reloadResultSchema, resourceListSchema, resourceViewSchema, startBodySchema, stopRetryListSchema,
 } from './schemas.ts';
 
 type Json = Record<string, unknown>;
@@ -37,18 +37,20 @@ function queryParams(schema: z.ZodObject): Json[] {
 const resourceParam = { name: 'resource', in: 'path', required: true, schema: { type: 'string' }, description: 'The resource id.' };
 const keyParam = { name: 'instanceKey', in: 'path', required: true, schema: { type: 'string' }, description: 'The instance key, percent-encoded (`*` is `%2A` or `*`).' };
 
-function instanceAction(summary: string, body?: z.ZodType): Json {
+function instanceAction(summary: string, body?: z.ZodType, more: Json = {}): Json {
   return {
     post: {
       summary, parameters: [resourceParam, keyParam],
       ...(body === undefined ? {} : { requestBody: { required: false, content: { 'application/json': { schema: ref(body) } } } }),
       responses: {
         202: json(actionResultSchema, 'Accepted; follow the instance on /api/v1/events or its own events stream.'),
-        ...errors, 404: problem('Unknown resource or instance.'), 501: problem('The provider cannot do this (SP_ADMIN_UNSUPPORTED).'),
+        ...errors, 404: problem('Unknown resource or instance.'), 501: problem('The provider cannot do this (SP_ADMIN_UNSUPPORTED).'), ...more,
       },
     },
   };
 }
+
+const stopRetryConflict = { 409: problem('No stop is owed for the instance, or a try is in flight (SP_ADMIN_CONFLICT).') };
 
 export function adminOpenApi(): Json {
   const { schemas } = z.toJSONSchema(adminRegistry, { target: 'draft-2020-12', io: 'output', uri: (id) => `#/components/schemas/${id}` }) as { schemas: Record<string, Json> };
@@ -89,6 +91,8 @@ export function adminOpenApi(): Json {
       '/api/v1/resources/{resource}/instances/{instanceKey}/drain': instanceAction('Stop an instance once it has no open connection and no held request (or after timeoutMs). New requests are still served meanwhile.', drainBodySchema),
       '/api/v1/resources/{resource}/instances/{instanceKey}/suspend': instanceAction('Suspend an instance, where the provider can.'),
       '/api/v1/resources/{resource}/instances/{instanceKey}/resume': instanceAction('Resume a suspended instance, where the provider can.'),
+      '/api/v1/resources/{resource}/instances/{instanceKey}/retry-stop': instanceAction('Try a stop owed for the instance now (see /api/v1/stop-retries): a scheduled one at once, a given-up one afresh (a new series of tries). Audited `admin-retry-stop`. 501 with replicas for a given-up stop.', undefined, stopRetryConflict),
+      '/api/v1/resources/{resource}/instances/{instanceKey}/abandon-stop': instanceAction('Let a stop owed for the instance go (the operator takes care of the machine): no more tries, no longer shown. Audited `admin-abandon-stop`.', undefined, stopRetryConflict),
       '/api/v1/resources/{resource}/instances/{instanceKey}/logs': {
         get: { summary: 'The output the provider keeps of the instance.', parameters: [resourceParam, keyParam], responses: { 200: json(logsSchema, 'The output.'), ...errors, 404: problem('Unknown instance, or no output kept.'), 501: problem('The provider keeps no output.') } },
       },
@@ -104,6 +108,7 @@ export function adminOpenApi(): Json {
           responses: { 200: { description: 'text/event-stream', content: { 'text/event-stream': { schema: { type: 'string' } } } }, ...errors, 503: problem('Too many open streams.') },
         },
       },
+      '/api/v1/stop-retries': { get: { summary: 'Stops owed for instances out of service (a failed start\'s clean-up, a stop that failed), tried again with backoff, and those whose tries ran out: each may be a machine still running.', responses: { 200: json(stopRetryListSchema, 'Owed stops.'), ...errors } } },
       '/api/v1/audit': { get: { summary: 'The audit log from the state store, newest first, filtered and paged.', parameters: queryParams(auditQuerySchema), responses: { 200: json(auditPageSchema, 'A page of events.'), ...errors, 503: problem('The state store is unreachable.') } } },
       '/api/v1/config': { get: { summary: 'The effective configuration (defaults applied) with secrets redacted.', responses: { 200: { description: 'The configuration.', content: { 'application/json': { schema: { type: 'object' } } } }, ...errors } } },
       '/api/v1/reload': { post: { summary: 'Re-read and apply the configuration file; a bad one is refused and the old one kept.', responses: { 200: json(reloadResultSchema, 'Applied.'), ...errors, 501: problem('Reload is not available in this build.') } } },

@@ -19,6 +19,17 @@ export const etaSchema = z.object({
 export const instanceStateSchema = z.enum(['stopped', 'starting', 'ready', 'stopping', 'failed']);
 export const stepSchema = z.enum(['stopped', 'requested', 'booting', 'probing', 'ready', 'failed', 'stopping']);
 
+export const stopRetrySchema = z.object({
+  state: z.enum(['scheduled', 'running', 'given-up']).describe('`scheduled`: waiting for its next try; `running`: a try in flight; `given-up`: the tries ran out, the machine may still be running (it stays here until the instance starts again or an operator retries or lets it go).'),
+  reason: z.string().describe('Why the stop is owed: a failed start\'s clean-up, a failed idle or operator stop, a machine the health check found failed.'),
+  attempts: z.number().int().describe('Tries made so far.'),
+  maxAttempts: z.number().int().describe('Tries in one series (30 s pause, doubling).'),
+  nextAttemptAt: isoTime.nullable().describe('When the next try is due; null while one runs or once given up.'),
+  lastError: z.string().nullable().describe('Why the last try failed.'),
+  since: isoTime.describe('When the stop became owed.'),
+  gaveUpAt: isoTime.nullable().describe('When the tries ran out.'),
+}).register(adminRegistry, { id: 'StopRetry', description: 'A stop owed for an instance out of service, tried again with backoff.' });
+
 export const instanceViewSchema = z.object({
   resource: z.string(),
   instanceKey: z.string().describe('`*` (shared), the sorted group list (groups) or `user:<name>` (user).'),
@@ -39,6 +50,7 @@ export const instanceViewSchema = z.object({
   elapsedMs: z.number().nullable().describe('Since the start was requested (the whole boot once ready).'),
   eta: etaSchema.nullable(),
   lastError: z.string().nullable().describe('Why the last start failed.'),
+  stopRetry: stopRetrySchema.nullable().describe('A stop owed for this instance (it is out of service but its machine may still run); null when none.'),
 }).register(adminRegistry, { id: 'Instance' });
 
 export const bootSampleSchema = z.object({
@@ -84,6 +96,13 @@ const timeParam = z.string().transform((v, ctx) => {
   return ms;
 });
 
+export const stopRetryListSchema = z.object({
+  items: z.array(z.object({ resource: z.string(), instanceKey: z.string(), instanceState: instanceStateSchema, stopRetry: stopRetrySchema }))
+    .describe('Every owed stop, given-up ones first, then by next try.'),
+  pending: z.number().int().describe('Stops being tried again (scheduled or running).'),
+  givenUp: z.number().int().describe('Stops whose tries ran out.'),
+}).register(adminRegistry, { id: 'StopRetryList' });
+
 export const instanceQuerySchema = z.object({
   resource: z.string().optional().describe('Only this resource\'s instances.'),
   state: instanceStateSchema.optional().describe('Only instances in this state.'),
@@ -94,7 +113,7 @@ export const instanceQuerySchema = z.object({
 export const auditEventSchema = z.object({
   id: z.number().int().describe('Grows with every event; the paging cursor.'),
   at: isoTime,
-  type: z.string().describe('`start`, `denied`, `limit`, `start-requested`, `instance-changed`, `boot-finished`, `instance-adopted`, `admin-start`, `admin-stop`, `admin-drain`, `admin-denied`, `admin-reload`…'),
+  type: z.string().describe('`start`, `denied`, `limit`, `start-requested`, `instance-changed`, `boot-finished`, `instance-adopted`, `admin-start`, `admin-stop`, `admin-drain`, `admin-denied`, `admin-reload`, `stop-retry-failed`, `stop-retry-given-up`, `stop-retry-stopped`, `admin-retry-stop`, `admin-abandon-stop`…'),
   resource: z.string().describe('The resource, or `-` for an action on the proxy itself.'),
   instanceKey: z.string().nullable(),
   status: z.string().nullable().describe('Lifecycle status after the event, or the error code of a denial.'),
@@ -159,5 +178,7 @@ export const reloadResultSchema = z.object({
 }).register(adminRegistry, { id: 'ReloadResult' });
 
 export type InstanceView = z.infer<typeof instanceViewSchema>;
+export type StopRetryView = z.infer<typeof stopRetrySchema>;
+export type StopRetryListView = z.infer<typeof stopRetryListSchema>;
 export type ResourceView = z.infer<typeof resourceViewSchema>;
 export type AuditEventView = z.infer<typeof auditEventSchema>;

@@ -2,11 +2,12 @@
  * What the admin API shows of the control plane: plain JSON views built from the manager's
  * objects (read-only), and the effective configuration with its secrets redacted.
  */
+import type { StopRetryState } from '../core/leftover-stops.ts';
 import type { AuditEvent, StoredAuditEvent } from '../core/ports.ts';
 import type { Instance, ResourceManager, ResourceRuntime } from '../core/resource-manager.ts';
 import { snapshotOf } from '../proxy/progress-sse.ts';
 import type { AdminState } from './admin-state.ts';
-import type { AuditEventView, InstanceView, ResourceView } from './schemas.ts';
+import type { AuditEventView, InstanceView, ResourceView, StopRetryListView, StopRetryView } from './schemas.ts';
 
 const iso = (ms: number): string | null => (ms > 0 ? new Date(ms).toISOString() : null);
 
@@ -35,7 +36,31 @@ export function instanceView(manager: ResourceManager, state: AdminState, inst: 
     elapsedMs: snap.elapsedMs,
     eta: snap.eta,
     lastError: inst.status === 'failed' ? inst.lastError?.message ?? null : null,
+    stopRetry: stopRetryView(manager.stopRetries.stateOf(inst)),
   };
+}
+
+export function stopRetryView(s: StopRetryState | undefined): StopRetryView | null {
+  if (s === undefined) return null;
+  return {
+    state: s.state, reason: s.reason, attempts: s.attempts, maxAttempts: s.maxAttempts,
+    nextAttemptAt: s.nextAttemptAt === undefined ? null : iso(s.nextAttemptAt), lastError: s.lastError ?? null,
+    since: iso(s.since) ?? new Date(0).toISOString(), gaveUpAt: s.gaveUpAt === undefined ? null : iso(s.gaveUpAt),
+  };
+}
+
+/** Every owed stop: given-up ones first (they need someone), then the soonest next try. */
+export function stopRetryList(manager: ResourceManager): StopRetryListView {
+  const retries = manager.stopRetries;
+  const items: StopRetryListView['items'] = [];
+  for (const inst of retries.instances()) {
+    const s = stopRetryView(retries.stateOf(inst));
+    if (s !== null) items.push({ resource: inst.resource.id, instanceKey: inst.key, instanceState: inst.status, stopRetry: s });
+  }
+  const rank = (v: StopRetryView): string => `${v.state === 'given-up' ? 0 : 1}${v.nextAttemptAt ?? ''}`;
+  items.sort((a, b) => rank(a.stopRetry).localeCompare(rank(b.stopRetry)));
+  const { pending, givenUp } = retries.counts();
+  return { items, pending, givenUp };
 }
 
 export function resourceView(manager: ResourceManager, state: AdminState, r: ResourceRuntime, now: number, withInstances = true): ResourceView {

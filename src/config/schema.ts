@@ -285,7 +285,7 @@ export const configSchema = z.object({
   }).strict().default({ host: '127.0.0.1', port: 8080 }),
   backendEndpoints: z.object({
     deny: z.array(cidrSchema).default([...DEFAULT_DENIED_ENDPOINTS])
-      .describe('Addresses or CIDRs a provider-reported endpoint may not point at (default: link-local and cloud metadata addresses). Loopback and unspecified addresses on the proxy\'s own ports (listener, Redis) are always refused.'),
+      .describe('Addresses or CIDRs a provider-reported endpoint may not point at (default: link-local and cloud metadata addresses). The proxy\'s own listeners (proxy, admin, front decisions: at the addresses they are bound to) and Redis\'s port (at every address of this host) are always refused.'),
     allow: z.array(cidrSchema).default([]).describe('Addresses or CIDRs accepted even when deny covers them.'),
   }).strict().prefault({}).describe('Which endpoints reported by providers (clouds, engines, templates) the proxy may probe and forward identity headers to; see docs/security.md.'),
   trustedProxies: z.array(z.string()).default([])

@@ -40,6 +40,7 @@ export const errorCatalogue = {
   SP_CONFIG_INVALID: 'The configuration is invalid.',
   SP_ADMIN_BAD_REQUEST: 'An admin API request is malformed: an unknown parameter value, a body that is not the JSON the endpoint takes, or one too large.',
   SP_ADMIN_CSRF: 'An admin action from a browser without the dashboard\'s CSRF token, or from another origin.',
+  SP_ADMIN_CONFLICT: 'An admin action that does not fit the instance\'s state now: no stop is owed for it, or a try of that stop is in flight.',
   SP_ADMIN_UNSUPPORTED: 'The provider of this resource cannot do that (for example suspend), or this proxy was built without it (metrics, reload).',
   SP_INTERNAL: 'An unexpected error; it has been logged.',
 } as const;

@@ -5,6 +5,7 @@
  */
 import type { SmartProxyError } from './errors.ts';
 import type { Instance } from './instance.ts';
+import type { StopRetryOutcome, StopRetryState } from './leftover-stops.ts';
 import type { StartRequester } from './resource-runtime.ts';
 
 /** Published on every change that a waiting person, the audit log or metrics care about. */
@@ -12,7 +13,9 @@ export type ManagerEvent =
   | { readonly type: 'instance-changed'; readonly instance: Instance; readonly at: number; readonly reason?: string | undefined }
   | { readonly type: 'start-requested'; readonly instance: Instance; readonly at: number }
   | { readonly type: 'boot-finished'; readonly instance: Instance; readonly at: number; readonly bootMs: number }
-  | { readonly type: 'instance-adopted'; readonly instance: Instance; readonly at: number };
+  | { readonly type: 'instance-adopted'; readonly instance: Instance; readonly at: number }
+  /** A stop owed for an instance out of service (leftover-stops.ts): a try failed, the tries ran out, or it stopped. */
+  | { readonly type: 'stop-retry'; readonly instance: Instance; readonly at: number; readonly outcome: StopRetryOutcome; readonly retry: StopRetryState };
 
 export type ManagerListener = (event: ManagerEvent) => void;
 

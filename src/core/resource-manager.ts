@@ -24,7 +24,7 @@ import { holdAsPromise, HoldQueue, type HeldRequest, type HoldEnd, type HoldOpti
 import type { Instance, InstanceControl } from './instance.ts';
 import { InstanceRegistry } from './instance-registry.ts';
 import { IdleStopper } from './idle-stopper.ts';
-import { LeftoverStops } from './leftover-stops.ts';
+import { LeftoverStops, type StopRetries } from './leftover-stops.ts';
 import { keepWarmTargetOf } from './keep-warm-target.ts';
 import type { LifecycleEvent, StartPhase } from './lifecycle.ts';
 import type { ConnectionPort, ManagerEvent, ManagerListener } from './manager-events.ts';
@@ -105,7 +105,8 @@ export class ResourceManager implements ConnectionPort {
     });
     // Later tries only in one process: replicas fence their stops (leftover-stops.ts).
     const retryLater = this.#coordinator instanceof LocalCoordinator;
-    this.#leftovers = new LeftoverStops({ clock, logger, calls: this.#calls, settled: () => this.#registry.armForget(), retryLater });
+    this.#leftovers = new LeftoverStops({ clock, logger, calls: this.#calls, settled: () => this.#registry.armForget(), retryLater,
+      changed: (instance, outcome, retry) => this.#emit({ type: 'stop-retry', instance, at: clock.now(), outcome, retry }) });
     this.#stops = new StopFlight({
       clock, logger, calls: this.#calls, coordinator: this.#coordinator, closed, leftovers: this.#leftovers,
       afterStop: (ctl) => { if (!this.#closed) this.#ensureStarted(ctl); },
@@ -124,6 +125,8 @@ export class ResourceManager implements ConnectionPort {
     };
   }
 
+  /** Stops owed for instances out of service, as operators see and steer them. */
+  get stopRetries(): StopRetries { return this.#leftovers; }
   /** Requests held right now over all resources. */
   get heldTotal(): number { return this.#holds.heldTotal; }
 
@@ -344,9 +347,7 @@ export class ResourceManager implements ConnectionPort {
     }
   }
 
-  #runStart(ctl: InstanceControl): void {
-    void new StartFlight(this.#flight, ctl).run();
-  }
+  #runStart(ctl: InstanceControl): void { void new StartFlight(this.#flight, ctl).run(); }
   /** After an instance was found gone: the keep-warm floor of its resource, if it is not met. */
   #restartKeptWarm(res: ResourceRuntime): { key: string; refused: SmartProxyError | undefined } | undefined {
     const keepWarm = res.keepWarm;

@@ -247,6 +247,18 @@ export class StateSync {
       case 'instance-adopted':
         this.#pushAudit({ ...base, type: 'instance-adopted', status: inst.status });
         return;
+      case 'stop-retry': {
+        if (e.outcome === 'retrying' || e.outcome === 'abandoned') return; // the admin API audits these, with the operator
+        // An owed stop that keeps failing is a machine that may run (and cost) on: each failed
+        // try and, above all, giving up are in the audit, not only in the log.
+        const r = e.retry;
+        const tries = `try ${r.attempts} of ${r.maxAttempts}`;
+        const reason = e.outcome === 'stopped' ? `${r.reason}: stopped (${tries})`
+          : e.outcome === 'failed' ? `${r.reason}: ${tries} failed (${r.lastError ?? 'no error'}); next try at ${new Date(r.nextAttemptAt ?? e.at).toISOString()}`
+            : `${r.reason}: gave up after ${r.attempts} tries (${r.lastError ?? 'no error'}); the machine may still be running`;
+        this.#pushAudit({ ...base, type: `stop-retry-${e.outcome}`, status: inst.status, reason });
+        return;
+      }
     }
   }
 

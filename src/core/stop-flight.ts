@@ -82,7 +82,7 @@ export class StopFlight {
       ctl.stopFailed(`stop failed: ${errMessage(err)}`);
       const wanted = inst.waiters.size > 0 || inst.startAfterStop;
       ctl.setStartAfterStop(false);
-      const retry = !wanted && !this.#o.closed() && this.#o.leftovers.schedule(inst, `${reason}; the first stop failed`, LEFTOVER_FIRST_RETRY_MS, 1);
+      const retry = !wanted && !this.#o.closed() && this.#o.leftovers.schedule(inst, `${reason}; the first stop failed`, LEFTOVER_FIRST_RETRY_MS, 1, errMessage(err));
       logger.error({ resource: res.id, instance: inst.key, reason, err: errMessage(err), retryInMs: retry ? LEFTOVER_FIRST_RETRY_MS : undefined },
         retry ? 'stop failed; marked stopped, the stop is tried again later' : 'stop failed; marked stopped (the machine may still be running)');
       if (wanted && !this.#o.closed()) this.#o.afterStop(ctl);

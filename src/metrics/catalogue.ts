@@ -70,6 +70,14 @@ export const METRICS = {
     name: 'smart_proxy_instances', type: 'gauge', labels: ['resource', 'state'],
     help: 'Known instances by lifecycle state (stopped, starting, ready, stopping, failed).',
   },
+  stopsPendingRetry: {
+    name: 'smart_proxy_stops_pending_retry', type: 'gauge', labels: ['resource'],
+    help: 'Stops of instances out of service (a failed start\'s clean-up, a stop that failed) that the proxy is trying again with backoff: scheduled or in flight. Each may be a machine still running; see the admin API\'s /api/v1/stop-retries.',
+  },
+  stopsGivenUp: {
+    name: 'smart_proxy_stops_given_up', type: 'gauge', labels: ['resource'],
+    help: 'Owed stops whose tries ran out: the machine may still be running (and costing). Stays until the instance starts again or an operator retries or lets it go (admin API); alert on > 0.',
+  },
   forwardDuration: {
     name: 'smart_proxy_warm_forward_duration_seconds', type: 'histogram', labels: ['resource'], buckets: FORWARD_BUCKETS_S,
     help: 'Requests forwarded at once to a ready instance: from arrival to the end of the response (backend time included); for a WebSocket upgrade, to the backend\'s 101.',

@@ -162,6 +162,19 @@ export class Metrics implements RequestObserver {
       }
       for (const label of this.#labelValues()) g.set({ resource: label }, open.has(label) ? 1 : 0);
     });
+    const owedStops = (g: Gauge<'resource'>, which: 'pending' | 'given-up'): void => {
+      g.reset();
+      const by = new Map<string, number>();
+      for (const inst of this.#manager.stopRetries.instances()) {
+        const given = this.#manager.stopRetries.stateOf(inst)?.state === 'given-up';
+        if (given !== (which === 'given-up')) continue;
+        const label = this.#label(inst.resource.id);
+        by.set(label, (by.get(label) ?? 0) + 1);
+      }
+      for (const label of this.#labelValues()) g.set({ resource: label }, by.get(label) ?? 0);
+    };
+    gauge(r, METRICS.stopsPendingRetry, (g) => owedStops(g, 'pending'));
+    gauge(r, METRICS.stopsGivenUp, (g) => owedStops(g, 'given-up'));
     // Node's own sampler (libuv timer, 20 ms resolution), on while there is work (#working).
     this.#eventLoop = monitorEventLoopDelay({ resolution: 20 });
     this.#working();

@@ -41,12 +41,13 @@ export const statusByCode: Readonly<Record<ErrorCode, number>> = {
   SP_CONFIG_INVALID: 500,
   SP_ADMIN_BAD_REQUEST: 400,
   SP_ADMIN_CSRF: 403,
+  SP_ADMIN_CONFLICT: 409,
   SP_ADMIN_UNSUPPORTED: 501,
   SP_INTERNAL: 500,
 };
 
 const titles: Readonly<Record<number, string>> = {
-  302: 'Found', 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 408: 'Request Timeout', 413: 'Content Too Large',
+  302: 'Found', 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 409: 'Conflict', 408: 'Request Timeout', 413: 'Content Too Large',
   429: 'Too Many Requests', 500: 'Internal Server Error', 501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
 };
 

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import type { Instance } from '../../src/core/resource-manager.ts';
-import { MimicProvider } from '../helpers/mimic-provider.ts';
+import { MimicProvider, StubbornProvider } from '../helpers/mimic-provider.ts';
 import { DEV, OPS, startAdminApp, type AdminApp } from '../admin/admin-kit.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -28,6 +28,7 @@ interface PageGlobals {
 describe('admin dashboard in Chromium', { skip, timeout: 180_000 }, () => {
   let a: AdminApp;
   let mimic: MimicProvider;
+  const stubborn = new StubbornProvider({ bootMs: 10 });
   let context: BrowserContext;
   let profileDir: string;
   let page: Page;
@@ -37,7 +38,8 @@ describe('admin dashboard in Chromium', { skip, timeout: 180_000 }, () => {
     a = await startAdminApp({
       app: { provider: 'mimic', sharing: 'shared', idleStopMs: 600_000 },
       desks: { provider: 'mimic', sharing: 'user' },
-    }, { mimic });
+      vm: { provider: 'stubborn', sharing: 'shared', idleStopMs: 600_000 },
+    }, { mimic, stubborn });
     // 1,000 instances: one real one made by a request, then 999 more of the same resource.
     const first = fetch(`${a.app.proxyUrl}/smart_proxy/desks/g1/`, { headers: DEV });
     const desk = await new Promise<Instance>((resolve) => {
@@ -115,5 +117,45 @@ describe('admin dashboard in Chromium', { skip, timeout: 180_000 }, () => {
     // The same call without the page's token header is refused, even with the browser's credentials and cookie.
     const status = await page.evaluate(async () => (await fetch('/api/v1/resources/app/start', { method: 'POST', body: '{}' })).status);
     assert.equal(status, 403);
+  });
+
+  it('shows a stop owed (its tries, next try, last error) in the header and on its row, and when its tries ran out; retry and let go from the buttons', async () => {
+    await page.fill('#filter', 'vm');
+    const started = await fetch(`${a.admin}/api/v1/resources/vm/start`, { method: 'POST', body: '{}', headers: { ...OPS, 'content-type': 'application/json' } });
+    assert.equal(started.status, 202);
+    await page.waitForFunction(() => (globalThis as unknown as PageGlobals).document.querySelector('tr[data-key="vm/*"]')?.getAttribute('data-state') === 'ready');
+    assert.equal(await page.isHidden('#owed'), true, 'nothing owed yet');
+    stubborn.refuse = true;
+    await page.click('tr[data-key="vm/*"] button.stop');
+    await page.waitForFunction(() => (globalThis as unknown as PageGlobals).document.querySelector('tr[data-key="vm/*"]')?.getAttribute('data-stop') === 'scheduled');
+    assert.equal(await page.getAttribute('tr[data-key="vm/*"]', 'data-state'), 'stopped');
+    assert.match(await page.textContent('tr[data-key="vm/*"] td.stop-retry') ?? '', /retry 2\/6 at .*DELETE refused \(#1\)/);
+    assert.equal(await page.textContent('#owed'), '1 stop owed (tried again)');
+
+    // Retry now: the try is made at once (and fails again), the row shows the next one.
+    await page.click('tr[data-key="vm/*"] button.retry-stop');
+    await page.waitForFunction(() => ((globalThis as unknown as PageGlobals).document.querySelector('tr[data-key="vm/*"] td.stop-retry')?.textContent ?? '').includes('DELETE refused (#2)'));
+    assert.equal(stubborn.refusals, 2);
+    assert.equal(await page.isHidden('#error'), true, await page.textContent('#error') ?? '');
+    // Four more tries, each from the button: the sixth fails and the stop is given up, in red.
+    for (let n = 3; n <= 6; n++) {
+      await page.waitForFunction(() => (globalThis as unknown as PageGlobals).document.querySelector('tr[data-key="vm/*"]')?.getAttribute('data-stop') === 'scheduled');
+      await page.click('tr[data-key="vm/*"] button.retry-stop');
+      await page.waitForFunction((want) => ((globalThis as unknown as PageGlobals).document.querySelector('tr[data-key="vm/*"] td.stop-retry')?.textContent ?? '').includes(`DELETE refused (#${want})`), n);
+    }
+    await page.waitForFunction(() => (globalThis as unknown as PageGlobals).document.querySelector('tr[data-key="vm/*"]')?.getAttribute('data-stop') === 'given-up');
+    assert.match(await page.textContent('tr[data-key="vm/*"] td.stop-retry') ?? '', /^gave up after 6 triesDELETE refused \(#6\)/);
+    assert.equal(await page.textContent('#owed'), '1 stop owed (1 given up: the machine may still run)');
+    assert.equal(await page.getAttribute('#owed', 'class'), 'owed given-up');
+
+    // Let go: no longer owed, gone from the header; audited with the operator.
+    await page.click('tr[data-key="vm/*"] button.abandon-stop');
+    await page.waitForFunction(() => (globalThis as unknown as PageGlobals).document.querySelector('tr[data-key="vm/*"]')?.getAttribute('data-stop') === '');
+    assert.equal(await page.isHidden('#owed'), true);
+    assert.equal(await page.isHidden('#error'), true, await page.textContent('#error') ?? '');
+    await a.app.state.flush();
+    const flushed = await (await fetch(`${a.admin}/api/v1/audit?type=admin-abandon-stop`, { headers: OPS })).json() as { items: Array<{ actor: string; resource: string }> };
+    assert.deepEqual(flushed.items.map((e) => [e.resource, e.actor]), [['vm', 'admin:web']]);
+    stubborn.refuse = false;
   });
 });

@@ -27,7 +27,9 @@ export interface EchoServer {
 
 export type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 
-export async function startEchoServer(options: { name?: string; port?: number; handler?: Handler } = {}): Promise<EchoServer> {
+/** `host`: the loopback address to bind (127.0.0.1 unless a test needs another of 127/8). */
+export async function startEchoServer(options: { name?: string; port?: number; host?: string; handler?: Handler } = {}): Promise<EchoServer> {
+  const host = options.host ?? '127.0.0.1';
   const sockets = new Set<Socket>();
   const state = { requests: 0 };
   const name = options.name ?? 'echo';
@@ -61,12 +63,12 @@ export async function startEchoServer(options: { name?: string; port?: number; h
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(options.port ?? 0, '127.0.0.1', () => resolve());
+    server.listen(options.port ?? 0, host, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;
   return {
     server,
-    url: `http://127.0.0.1:${port}`,
+    url: `http://${host}:${port}`,
     port,
     get requests() { return state.requests; },
     set requests(v: number) { state.requests = v; },

@@ -164,3 +164,13 @@ export class MimicProvider implements Provider {
     this.instances.clear();
   }
 }
+
+/** A mimic whose stops the cloud refuses while `refuse` is on (stops owed, retried, given up). */
+export class StubbornProvider extends MimicProvider {
+  refuse = false;
+  refusals = 0;
+  override async stop(ref: InstanceRef): Promise<void> {
+    if (this.refuse) throw new ProviderError(`DELETE refused (#${++this.refusals})`, { retryable: false });
+    return super.stop(ref);
+  }
+}

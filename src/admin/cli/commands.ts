@@ -1,5 +1,6 @@
 /**
- * The operator commands: `smart-proxy status | start | stop | logs | audit`, all talking to
+ * The operator commands: `smart-proxy status | start | stop | logs | audit | retry-stop |
+ * abandon-stop`, all talking to
  * the admin API (docs/operations/cli.md). Human output by default, `--json` for scripts; the
  * exit codes are in client.ts (EXIT).
  */
@@ -21,6 +22,8 @@ export const adminUsage = `Operator commands (they talk to the admin listener):
   start RESOURCE [--instance KEY]        start an instance and show its progress until ready
         [--timeout-ms N] [--no-wait]
   stop RESOURCE [--instance KEY]         stop an instance
+  retry-stop RESOURCE [--instance KEY]   try a stop owed for the instance now (status lists them)
+  abandon-stop RESOURCE [--instance KEY] stop trying: you take care of the machine (it may still run)
   logs RESOURCE [--instance KEY]         the instance's captured output (process, qemu)
   audit [--resource R] [--type T] [--actor A] [--since TIME] [--until TIME] [--limit N] [--before ID]
 Common options: --admin URL (or SMART_PROXY_ADMIN_URL; default ${DEFAULT_ADMIN_URL}),
@@ -70,7 +73,7 @@ async function run(command: string, args: readonly string[], io: CliIo): Promise
   };
   const instancePath = (r: string, key: string): string => `/api/v1/resources/${encodeURIComponent(r)}/instances/${encodeURIComponent(key)}`;
   const onlyFor: Record<string, readonly string[]> = {
-    status: [], start: ['instance', 'no-wait', 'timeout-ms'], stop: ['instance'], logs: ['instance'],
+    status: [], start: ['instance', 'no-wait', 'timeout-ms'], stop: ['instance'], logs: ['instance'], 'retry-stop': ['instance'], 'abandon-stop': ['instance'],
     audit: ['resource', 'type', 'actor', 'since', 'until', 'limit', 'before'],
   };
   for (const name of Object.keys(values)) {
@@ -105,6 +108,15 @@ async function run(command: string, args: readonly string[], io: CliIo): Promise
       const out = await client.call('POST', `${instancePath(r, key)}/stop`) as { instance: InstanceView };
       if (json) io.out.write(`${JSON.stringify(out.instance)}\n`);
       else io.out.write(`${r} ${key}: stopping (was ${out.instance.state === 'stopping' ? 'running' : out.instance.state})\n`);
+      return EXIT.ok;
+    }
+    case 'retry-stop':
+    case 'abandon-stop': {
+      const r = needResource();
+      const key = values.instance ?? '*';
+      const out = await client.call('POST', `${instancePath(r, key)}/${command}`) as { instance: InstanceView };
+      if (json) io.out.write(`${JSON.stringify(out.instance)}\n`);
+      else io.out.write(`${r} ${key}: ${command === 'retry-stop' ? 'trying the stop now' : 'the owed stop is let go; the machine may still be running'}\n`);
       return EXIT.ok;
     }
     case 'logs': {
@@ -199,7 +211,27 @@ export function statusTable(resources: readonly ResourceView[], now: number): st
       rows.push([r.id, i.instanceKey, i.step, i.startedBy ?? '-', ago(i.startRequestedAt, now), ago(i.lastActivityAt, now), until(i.idleDeadline, now), boot]);
     }
   }
-  return table(['RESOURCE', 'INSTANCE', 'STATE', 'STARTED BY', 'STARTED', 'LAST ACTIVITY', 'IDLE STOP', 'BOOT'], rows);
+  return table(['RESOURCE', 'INSTANCE', 'STATE', 'STARTED BY', 'STARTED', 'LAST ACTIVITY', 'IDLE STOP', 'BOOT'], rows) + stopRetryTable(resources, now);
+}
+
+/**
+ * Stops owed for instances out of service, under the status table when there are any: each
+ * may be a machine still running (and costing), a given-up one above all.
+ */
+function stopRetryTable(resources: readonly ResourceView[], now: number): string {
+  const rows: string[][] = [];
+  for (const r of resources) {
+    for (const i of r.instances) {
+      const s = i.stopRetry;
+      if (s === null) continue;
+      const next = s.state === 'given-up' ? `gave up ${ago(s.gaveUpAt, now)}` : s.state === 'running' ? 'trying now' : until(s.nextAttemptAt, now);
+      rows.push([r.id, i.instanceKey, s.state, `${s.attempts}/${s.maxAttempts}`, next, s.lastError ?? '-', s.reason]);
+    }
+  }
+  if (rows.length === 0) return '';
+  const givenUp = rows.filter((row) => row[2] === 'given-up').length;
+  const head = `\nStops owed, tried again with backoff (the machine may still be running)${givenUp > 0 ? `: ${givenUp} given up, see the admin API's retry-stop / abandon-stop` : ''}:\n`;
+  return head + table(['RESOURCE', 'INSTANCE', 'STOP', 'TRIES', 'NEXT TRY', 'LAST ERROR', 'REASON'], rows);
 }
 
 function table(head: readonly string[], rows: readonly string[][]): string {
