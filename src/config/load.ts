@@ -21,12 +21,25 @@ let yamlLib: typeof Yaml | undefined;
 const yaml = (): typeof Yaml => (yamlLib ??= createRequire(import.meta.url)('yaml') as typeof Yaml);
 
 export class ConfigError extends SmartProxyError {
+  /** What the problems are in: a file, a flag, or (past loading) a config path such as `providers.nova`. */
+  readonly source: string;
   readonly problems: readonly string[];
 
   constructor(source: string, problems: readonly string[]) {
     super('SP_CONFIG_INVALID', `invalid configuration in ${source}:\n  - ${problems.join('\n  - ')}`);
     this.name = 'ConfigError';
+    this.source = source;
     this.problems = problems;
+  }
+
+  /**
+   * The same problems told as being in `file`: a problem found past loading (a secret's
+   * environment variable, say) names a config path, and the operator needs the file too.
+   */
+  inFile(file: string): ConfigError {
+    if (this.source === file) return this;
+    const path = this.source === '<config>' ? '' : this.source;
+    return new ConfigError(file, this.problems.map((p) => (path === '' ? p : /^[\w.[\]-]+: /.test(p) ? `${path}.${p}` : `${path}: ${p}`)));
   }
 }
 

@@ -93,6 +93,33 @@ describe('hostile config files', () => {
     assert.ok(problems.some((p) => p.startsWith('hint: inside { … } or [ … ], quote')), problems.join('\n'));
   });
 
+  it('an unset environment variable: check-config warns with its path, start refuses naming the file', async () => {
+    const name = 'SP_TEST_SURELY_UNSET_TOKEN';
+    const path = file('env.yaml', [
+      'listen: { host: 127.0.0.1, port: 0 }',
+      'providers:',
+      '  nova:',
+      '    kind: http',
+      '    baseUrl: http://127.0.0.1:9',
+      '    credentials:',
+      `      token: { env: ${name} }`,
+      "    start: { request: { method: POST, url: '/servers/{serviceId}/action' } }",
+      "    inspect: [{ request: { url: '/servers/{serviceId}' }, state: { pointer: /s, values: { ACTIVE: running } }, endpoint: 'http://{/a}:8080' }]",
+      "    stop: { request: { method: POST, url: '/servers/{serviceId}/action' } }",
+      'resources:',
+      '  lab: { provider: nova, access: { public: true } }',
+      '',
+    ].join('\n'));
+    const env = { ...process.env };
+    delete env[name];
+    const checked = await run(process.execPath, [cli, 'check-config', path], { timeout: 30_000, env });
+    assert.equal(checked.stdout, `${path}: valid\n`);
+    assert.equal(checked.stderr, `warning: providers.nova.credentials.token: environment variable ${name} is not set here; \`start\` refuses to run without it\n`);
+    const started = await run(process.execPath, [cli, 'start', '--config', path], { timeout: 30_000, env }).then(() => assert.fail('expected exit 1'), (e: { code: number; stderr: string }) => e);
+    assert.equal(started.code, 1);
+    assert.equal(started.stderr, `invalid configuration in ${path}:\n  - providers.nova.credentials.token: environment variable ${name} is not set\n`);
+  });
+
   it('check-config and start print the problem without a stack trace', async () => {
     const bomb = file('bomb2.yaml', 'a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n');
     for (const args of [['check-config', bomb], ['start', '--config', bomb], ['check-config', dir]]) {
