@@ -21,6 +21,22 @@ export async function run(args: string[]): Promise<number> {
   for (const { path, name } of unsetEnvReferences(config)) {
     process.stderr.write(`warning: ${path}: environment variable ${name} is not set here; \`start\` refuses to run without it\n`);
   }
+  // Start-up reads each waiting page theme and refuses a missing file or an unknown
+  // placeholder: say so now, with the resource (the folder may exist only on the server).
+  const { ThemeLoader } = await import('../proxy/waiting-page.ts');
+  const { effectiveResources } = await import('../config/load.ts');
+  const themes = new ThemeLoader();
+  const warned = new Set<string>();
+  for (const r of effectiveResources(config)) {
+    const dir = r.waiting.themeDir;
+    if (dir === undefined || warned.has(dir)) continue;
+    try {
+      themes.load(dir);
+    } catch (err) {
+      warned.add(dir);
+      process.stderr.write(`warning: resources.${r.id}.waiting.themeDir: ${(err as Error).message}; \`start\` refuses to run with it\n`);
+    }
+  }
   // Valid, but can it work? Asks each external atmosphere cloud which API it speaks.
   const { atmosphereApiWarnings } = await import('../startup-checks.ts');
   for (const w of await atmosphereApiWarnings(config, 5_000)) {

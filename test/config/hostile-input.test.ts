@@ -120,6 +120,16 @@ describe('hostile config files', () => {
     assert.equal(started.stderr, `invalid configuration in ${path}:\n  - providers.nova.credentials.token: environment variable ${name} is not set\n`);
   });
 
+  it('check-config warns about a waiting page theme that start would refuse', async () => {
+    const themeDir = join(dir, 'theme');
+    mkdirSync(themeDir);
+    writeFileSync(join(themeDir, 'waiting.html'), '<h1>{{resourceId}}</h1>\n<p>{{resourceID}}</p>\n');
+    const path = file('theme.yaml', `${valid}resourceDefaults:\n  waiting: { themeDir: ${themeDir} }\n`);
+    const checked = await run(process.execPath, [cli, 'check-config', path], { timeout: 30_000 });
+    assert.equal(checked.stdout, `${path}: valid\n`);
+    assert.match(checked.stderr, /^warning: resources\.lab\.waiting\.themeDir: .*waiting\.html, line 2: unknown placeholder \{\{resourceID\}\}.*`start` refuses to run with it\n$/);
+  });
+
   it('check-config and start print the problem without a stack trace', async () => {
     const bomb = file('bomb2.yaml', 'a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n');
     for (const args of [['check-config', bomb], ['start', '--config', bomb], ['check-config', dir]]) {
