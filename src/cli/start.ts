@@ -44,7 +44,7 @@ export async function run(args: string[], command: 'start' | 'demo'): Promise<nu
   };
   let app;
   try {
-    app = await startApp(config, { loadConfig: load });
+    app = await startApp(config, { loadConfig: load, configFile: file });
   } catch (err) {
     dropEarly();
     await demoIssuer?.close();
