@@ -233,7 +233,17 @@ function describeIssue(issue: z.core.$ZodIssue, raw: unknown, doc: Document, lin
   else if (value === undefined && getPath(raw, issue.path.slice(0, -1)) !== undefined && (issue.code === 'invalid_type' || issue.code === 'invalid_union')) {
     message = issue.code === 'invalid_type' ? `required, but missing (expected ${yamlTypeName(issue.expected)})` : 'required, but missing';
   }
-  return `${where}${field}: ${message}${valueText}`;
+  return `${where}${field}: ${message}${valueText}${misindented(issue.path)}`;
+}
+
+/**
+ * A top-level section under a map of named entries (`resources:` indented under `providers:`)
+ * reads as an entry named like the section: say what most likely happened.
+ */
+function misindented(path: readonly PropertyKey[]): string {
+  const [section, name] = path;
+  if (typeof section !== 'string' || typeof name !== 'string' || section === name || !['providers', 'resources'].includes(section)) return '';
+  return knownKeysAt(configSchema, []).includes(name) ? ` (is \`${name}:\` indented under \`${section}:\` by mistake?)` : '';
 }
 
 /** zod's type names in YAML's words. */

@@ -85,6 +85,14 @@ describe('hostile config files', () => {
     assert.deepEqual(noResources, ['resources: required, but missing (expected a mapping)']);
   });
 
+  it('a section indented under providers or resources is named as a likely indentation mistake', async () => {
+    const problems = await problemsOf(file('indent.yaml', 'providers:\n  cloud: { kind: atmosphere, baseUrl: embedded }\n  resources:\n    lab: { provider: cloud, access: { public: true } }\n'));
+    assert.deepEqual(problems, [
+      'line 4: providers.resources.kind: required, but missing (is `resources:` indented under `providers:` by mistake?)',
+      'resources: required, but missing (expected a mapping)',
+    ]);
+  });
+
   it('one syntax mistake lists a few errors, a hint and a count, not a page of them', async () => {
     const text = `${valid}  api: { provider: cloud, probe: { kind: http, path: /v1/{id}, timeoutMs: 100 }, access: { public: true } }\n`;
     const problems = await problemsOf(file('braces.yaml', text));
