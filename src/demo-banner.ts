@@ -5,7 +5,7 @@ import type { App } from './main.ts';
  * a test checks that these verify against it). Demo values: never use them elsewhere.
  */
 export const demoCredentials = {
-  alice: { token: 'alice-demo-token', groups: ['g1', 'g2', 'staff'] },
+  alice: { token: 'alice-demo-token', password: 'alice-demo-password', groups: ['g1', 'g2', 'staff'] },
   bob: { token: 'bob-demo-token', groups: ['g1'] },
   carol: { password: 'carol-demo-password', groups: ['g2'] },
 } as const;
@@ -44,11 +44,11 @@ export function demoBanner(proxyUrl: string, mockCloudUrl: string | undefined, a
     'Smart Proxy demo is up.',
     `  proxy:      ${proxyUrl}`,
     `  mock cloud: ${mockCloudUrl ?? '(disabled)'}`,
-    ...(adminUrl === undefined ? [] : [`  admin:      ${adminUrl}/  (dashboard; API under /api/v1; admins: group ${adminGroups.join(', ')})`,
+    ...(adminUrl === undefined ? [] : [`  admin:      ${adminUrl}/  (dashboard: sign in as alice / ${demoCredentials.alice.password}; API under /api/v1; metrics; admins: group ${adminGroups.join(', ')})`,
       `              SMART_PROXY_ADMIN_TOKEN=${demoCredentials.alice.token} node bin/smart-proxy.js status --admin ${shellQuote(adminUrl)}`]),
     '',
     'Callers (bundled demo config only):',
-    `  alice  token ${demoCredentials.alice.token}     groups ${demoCredentials.alice.groups.join(', ')}`,
+    `  alice  token ${demoCredentials.alice.token}     groups ${demoCredentials.alice.groups.join(', ')}   (or password ${demoCredentials.alice.password}, HTTP Basic)`,
     `  bob    token ${demoCredentials.bob.token}       groups ${demoCredentials.bob.groups.join(', ')}`,
     `  carol  password ${demoCredentials.carol.password} (HTTP Basic)   groups ${demoCredentials.carol.groups.join(', ')}`,
     '',

@@ -11,7 +11,7 @@ import { startEmbeddedIssuer, type EmbeddedIssuer, type IssuerUser } from './moc
 
 /** The demo users at the embedded provider (the same people and groups as the demo tokens). */
 export const demoIssuerUsers: readonly IssuerUser[] = [
-  { login: 'alice', password: 'alice-demo-password', groups: demoCredentials.alice.groups },
+  { login: 'alice', password: demoCredentials.alice.password, groups: demoCredentials.alice.groups },
   { login: 'bob', password: 'bob-demo-password', groups: demoCredentials.bob.groups },
   { login: 'carol', password: demoCredentials.carol.password, groups: demoCredentials.carol.groups },
 ];

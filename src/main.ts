@@ -56,6 +56,8 @@ export interface AppOptions {
   readonly keyValues?: KeyValueStore;
   /** Reads and validates the configuration again, for `reload()` (the CLI: the --config file). */
   readonly loadConfig?: () => Promise<Config>;
+  /** The file `loadConfig` reads, named in a reload's refusal of what is built from it (a secret's unset variable). */
+  readonly configFile?: string;
 }
 
 /** What `App.reload()` did: applied (with what changed), or refused with the reasons. */
@@ -418,6 +420,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         serviceIds.clear();
         for (const [k, v] of previousServiceIds) serviceIds.set(k, v);
         await Promise.allSettled([...nextProviders].filter(([name]) => providers.get(name) !== nextProviders.get(name)).map(([, p]) => p.close?.() ?? Promise.resolve()));
+        if (err instanceof ConfigError && options.configFile !== undefined) return refuse(err.inFile(options.configFile).message);
         return refuse(err instanceof Error ? err.message : String(err));
       }
       // -- the swap: synchronous from here on ----------------------------------------------

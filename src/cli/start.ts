@@ -3,7 +3,7 @@
  */
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { loadConfigFile } from '../config/load.ts';
+import { ConfigError, loadConfigFile } from '../config/load.ts';
 import { applyEnv, applyMockPort } from '../config/env.ts';
 import type { Config } from '../config/schema.ts';
 import { UsageError } from './usage.ts';
@@ -44,10 +44,12 @@ export async function run(args: string[], command: 'start' | 'demo'): Promise<nu
   };
   let app;
   try {
-    app = await startApp(config, { loadConfig: load });
+    app = await startApp(config, { loadConfig: load, configFile: file });
   } catch (err) {
     dropEarly();
     await demoIssuer?.close();
+    // Everything startApp refuses as config was read from `file`: name it.
+    if (err instanceof ConfigError) throw err.inFile(file);
     throw portInUse(err, config) ?? err;
   }
   // Start-up is over: what it compiled is written now, not only at a clean exit.

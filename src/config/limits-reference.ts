@@ -72,6 +72,8 @@ const FIXED: ReadonlyArray<readonly [string, string, string]> = [
   ['Held request bodies in memory', 'one stream buffer (64 KiB) each', 'A held body is not read: TCP (HTTP/2: stream) flow control stops the client (held-bytes.ts).'],
   ['Node\'s own request timeout', 'off', 'Held requests may wait a whole boot; headers, body idle and hold timeouts bound a request instead.'],
   ['TLS certificate reload debounce', '100 ms', 'File events come in bursts; one reload per burst (tls.ts).'],
+  ['Config file size', '16 MiB', 'Refused before it is read: 10,000 resources take about 0.6 MB, and a wrong path may name a disk image or a log (load.ts).'],
+  ['Config YAML aliases', '100 alias expansions', 'Anchors may share settings; a "billion laughs" text that multiplies itself is refused (load.ts).'],
 ];
 
 export function limitsReference(): string {

@@ -2,7 +2,7 @@
  * Reads the configuration once: YAML → schema → typed `Config`. Errors name the field, the
  * value, what was expected and the line, so an operator can fix a file without reading code.
  */
-import { readFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import type * as Yaml from 'yaml';
 import type { Document, LineCounter } from 'yaml';
@@ -21,12 +21,25 @@ let yamlLib: typeof Yaml | undefined;
 const yaml = (): typeof Yaml => (yamlLib ??= createRequire(import.meta.url)('yaml') as typeof Yaml);
 
 export class ConfigError extends SmartProxyError {
+  /** What the problems are in: a file, a flag, or (past loading) a config path such as `providers.nova`. */
+  readonly source: string;
   readonly problems: readonly string[];
 
   constructor(source: string, problems: readonly string[]) {
     super('SP_CONFIG_INVALID', `invalid configuration in ${source}:\n  - ${problems.join('\n  - ')}`);
     this.name = 'ConfigError';
+    this.source = source;
     this.problems = problems;
+  }
+
+  /**
+   * The same problems told as being in `file`: a problem found past loading (a secret's
+   * environment variable, say) names a config path, and the operator needs the file too.
+   */
+  inFile(file: string): ConfigError {
+    if (this.source === file) return this;
+    const path = this.source === '<config>' ? '' : this.source;
+    return new ConfigError(file, this.problems.map((p) => (path === '' ? p : /^[\w.[\]-]+: /.test(p) ? `${path}.${p}` : `${path}: ${p}`)));
   }
 }
 
@@ -52,13 +65,29 @@ export function parseConfig(text: string, source = '<config>', cache?: ParseCach
   const duplicates = duplicateKeyErrors(doc, lineCounter);
   if (duplicates.length > 0) throw new ConfigError(source, duplicates);
   if (doc.errors.length > 0) {
-    throw new ConfigError(source, doc.errors.map((e) => {
+    // One mistake (a stray brace, a bad indent) makes the parser report every token after it:
+    // the first few name the place, the rest only bury it.
+    const shown = doc.errors.slice(0, maxSyntaxErrors).map((e) => {
       const pos = e.linePos?.[0];
-      const message = (e.message.split('\n')[0] ?? e.message).replace(/ at line \d+, column \d+:?$/, '');
+      const message = truncate((e.message.split('\n')[0] ?? e.message).replace(/ at line \d+, column \d+:?$/, ''), 160);
       return `${pos ? `line ${pos.line}, column ${pos.col}: ` : ''}${message}`;
-    }));
+    });
+    // The usual cause: a URL template or a list written inside a one-line { … } / [ … ], where
+    // { } [ ] , are YAML's own punctuation unless quoted.
+    if (/^Unexpected (?:flow-(?:map|seq)-(?:start|end)|comma)/.test(doc.errors[0]?.message ?? '')) shown.push('hint: inside { … } or [ … ], quote a value that holds { } [ ] or a comma: url: \'/servers/{serviceId}\'');
+    if (doc.errors.length > maxSyntaxErrors) shown.push(`… and ${doc.errors.length - maxSyntaxErrors} more YAML errors, most likely following from the first`);
+    throw new ConfigError(source, shown);
   }
-  const raw: unknown = doc.toJS({ maxAliasCount: 100 }) ?? {};
+  if (doc.contents === null) {
+    throw new ConfigError(source, ['the file is empty (or holds only comments): a config needs at least `resources` (and the `providers` they name); examples/demo.yaml is a complete one']);
+  }
+  let raw: unknown;
+  try {
+    raw = doc.toJS({ maxAliasCount: 100 }) ?? {};
+  } catch (err) {
+    // yaml refuses aliases that would expand past maxAliasCount (a "billion laughs" text).
+    throw new ConfigError(source, [`YAML aliases expand too far (${(err as Error).message}): anchors and aliases (&name, *name) may share a few settings, not multiply a document`]);
+  }
   const result = configSchema.safeParse(raw);
   if (!result.success) {
     throw new ConfigError(source, result.error.issues.flatMap((issue) => (issue.code === 'unrecognized_keys'
@@ -97,13 +126,68 @@ function duplicateKeyErrors(doc: Document, lines: LineCounter): string[] {
  * `cache` says otherwise (`null`: none).
  */
 export async function loadConfigFile(file: string, cache: ParseCache | null | undefined = defaultParseCache()): Promise<Config> {
-  let text: string;
+  return parseConfig(await readConfigText(file), file, cache ?? undefined);
+}
+
+/** A config larger than this is refused before it is read: 10,000 resources take about 0.6 MB. */
+export const maxConfigBytes = 16 * 1024 * 1024;
+/** Syntax errors listed for one text; the count of the rest follows them. */
+const maxSyntaxErrors = 5;
+
+/**
+ * The file's text, or a ConfigError that says in plain words what is wrong with the file
+ * itself: missing, a directory, too large (a wrong path can name a disk image or a log), or
+ * not UTF-8 text (decoding would otherwise turn stray bytes into U+FFFD without a word).
+ */
+async function readConfigText(file: string): Promise<string> {
+  let bytes: Buffer;
   try {
-    text = await readFile(file, 'utf8');
+    const handle = await open(file, 'r');
+    try {
+      const stat = await handle.stat();
+      if (stat.isDirectory()) throw new ConfigError(file, ['is a directory, not a config file: name the YAML file in it']);
+      if (stat.size > maxConfigBytes) {
+        throw new ConfigError(file, [`is ${(stat.size / 1024 / 1024).toFixed(1)} MiB; a config file may be at most ${maxConfigBytes / 1024 / 1024} MiB (is this the right file?)`]);
+      }
+      // Read at most one byte past the bound: a file that grows while read is still bounded.
+      const buf = Buffer.alloc(Math.min(stat.size, maxConfigBytes) + 1);
+      let length = 0;
+      for (;;) {
+        const { bytesRead } = await handle.read(buf, length, buf.length - length, length);
+        if (bytesRead === 0) break;
+        length += bytesRead;
+        if (length === buf.length) break;
+      }
+      if (length > maxConfigBytes) throw new ConfigError(file, [`grew past ${maxConfigBytes / 1024 / 1024} MiB while it was read; a config file may be at most that`]);
+      bytes = buf.subarray(0, length);
+    } finally {
+      await handle.close();
+    }
   } catch (err) {
-    throw new ConfigError(file, [`cannot read the file: ${(err as Error).message}`]);
+    if (err instanceof ConfigError) throw err;
+    const e = err as NodeJS.ErrnoException;
+    const why = e.code === 'EISDIR' ? 'is a directory, not a config file: name the YAML file in it'
+      : e.code === 'ENOENT' ? 'cannot read the file: it does not exist'
+        : e.code === 'EACCES' ? 'cannot read the file: permission denied'
+          : `cannot read the file: ${e.message}`;
+    throw new ConfigError(file, [why]);
   }
-  return parseConfig(text, file, cache ?? undefined);
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    throw new ConfigError(file, [`line ${lineOfFirstBadByte(bytes)}: not UTF-8 text: save the file as UTF-8 (is it a YAML file?)`]);
+  }
+}
+
+/** The 1-based line of the first byte sequence that is not UTF-8. */
+function lineOfFirstBadByte(bytes: Buffer): number {
+  // Valid UTF-8 round-trips byte for byte; the first byte that differs is the first bad one.
+  const good = Buffer.from(new TextDecoder('utf-8').decode(bytes), 'utf8');
+  let i = 0;
+  while (i < bytes.length && i < good.length && bytes[i] === good[i]) i++;
+  let line = 1;
+  for (let j = 0; j < i; j++) if (bytes[j] === 0x0a) line++;
+  return line;
 }
 
 /** One problem per unknown key, at the key's own line, with the closest known key. */
@@ -126,10 +210,15 @@ function describeIssue(issue: z.core.$ZodIssue, raw: unknown, doc: Document, lin
   const path = issue.path.map(String);
   const field = path.length > 0 ? path.join('.') : '(top level)';
   let where = '';
-  const node = doc.getIn(issue.path, true);
-  const range = isNode(node) ? node.range : undefined;
+  // A missing field has no node: the line of the nearest enclosing one (the resource, the
+  // provider, …) is where it belongs.
+  let range: readonly number[] | undefined;
+  for (let n = issue.path.length; n > 0 && range === undefined; n--) {
+    const node = doc.getIn(issue.path.slice(0, n), true);
+    range = isNode(node) ? node.range ?? undefined : undefined;
+  }
   if (range) {
-    const pos = lines.linePos(range[0]);
+    const pos = lines.linePos(range[0]!);
     where = `line ${pos.line}: `;
   }
   let valueText = '';
@@ -139,7 +228,27 @@ function describeIssue(issue: z.core.$ZodIssue, raw: unknown, doc: Document, lin
   }
   let message = issue.message;
   if (issue.code === 'unrecognized_keys') message = `unknown field(s) ${issue.keys.map((k) => `"${k}"`).join(', ')}`;
-  return `${where}${field}: ${message}${valueText}`;
+  // zod says "Invalid input" (or "expected record, received undefined") for a field that is
+  // simply not there; an operator wants to read that it is missing.
+  else if (value === undefined && getPath(raw, issue.path.slice(0, -1)) !== undefined && (issue.code === 'invalid_type' || issue.code === 'invalid_union')) {
+    message = issue.code === 'invalid_type' ? `required, but missing (expected ${yamlTypeName(issue.expected)})` : 'required, but missing';
+  }
+  return `${where}${field}: ${message}${valueText}${misindented(issue.path)}`;
+}
+
+/**
+ * A top-level section under a map of named entries (`resources:` indented under `providers:`)
+ * reads as an entry named like the section: say what most likely happened.
+ */
+function misindented(path: readonly PropertyKey[]): string {
+  const [section, name] = path;
+  if (typeof section !== 'string' || typeof name !== 'string' || section === name || !['providers', 'resources'].includes(section)) return '';
+  return knownKeysAt(configSchema, []).includes(name) ? ` (is \`${name}:\` indented under \`${section}:\` by mistake?)` : '';
+}
+
+/** zod's type names in YAML's words. */
+function yamlTypeName(expected: string): string {
+  return expected === 'record' || expected === 'object' ? 'a mapping' : expected === 'array' ? 'a list' : `a ${expected}`;
 }
 
 function getPath(root: unknown, path: readonly PropertyKey[]): unknown {

@@ -45,3 +45,16 @@ export function resolveSecretValue(value: string | { readonly env: string } | { 
     throw new ConfigError(where, [`cannot read ${value.file}: ${err instanceof Error ? err.message : String(err)}`]);
   }
 }
+
+/** Every `{ env: NAME }` secret reference in `config` whose variable is unset or empty, with its path. */
+export function unsetEnvReferences(config: unknown): Array<{ path: string; name: string }> {
+  return envReferences(config, '').filter(({ name }) => process.env[name] === undefined || process.env[name] === '');
+}
+
+function envReferences(value: unknown, path: string): Array<{ path: string; name: string }> {
+  if (Array.isArray(value)) return value.flatMap((v, i) => envReferences(v, `${path}[${i}]`));
+  if (typeof value !== 'object' || value === null) return [];
+  const entries = Object.entries(value);
+  if (entries.length === 1 && entries[0]![0] === 'env' && typeof entries[0]![1] === 'string') return [{ path, name: entries[0]![1] }];
+  return entries.flatMap(([k, v]) => envReferences(v, path === '' ? k : `${path}.${k}`));
+}

@@ -113,11 +113,10 @@ export function sendError(req: IncomingMessage, res: ServerResponse, err: unknow
   }
   if (res.destroyed || res.writableEnded) return;
   const problem = problemOf(e, instanceOf(req.url));
-  const headers: Record<string, string> = { 'cache-control': 'no-store', ...extraHeaders };
+  const headers: Record<string, string | string[]> = { 'cache-control': 'no-store', ...extraHeaders };
   if (e.retryAfterS !== undefined) headers['retry-after'] = String(e.retryAfterS);
-  // RFC 9110 §11.6.1: a 401 carries at least one challenge; several are listed comma-separated.
-  const challenge = challengeOf(e);
-  if (challenge !== undefined) headers['www-authenticate'] = challenge;
+  const challenges = challengesOf(e);
+  if (challenges !== undefined) headers['www-authenticate'] = challenges;
   // A browser sent to sign in (SP_ACCESS_SIGN_IN_REQUIRED).
   if (typeof e.data.location === 'string') headers.location = e.data.location;
   let body: string;
@@ -151,14 +150,18 @@ export function errorResponseBytes(req: IncomingMessage, err: unknown): string {
     + 'content-type: application/problem+json\r\ncache-control: no-store\r\nconnection: close\r\n'
     + `content-length: ${Buffer.byteLength(body)}\r\n`;
   if (e.retryAfterS !== undefined) head += `retry-after: ${e.retryAfterS}\r\n`;
-  const challenge = challengeOf(e);
-  if (challenge !== undefined) head += `www-authenticate: ${challenge}\r\n`;
+  for (const challenge of challengesOf(e) ?? []) head += `www-authenticate: ${challenge}\r\n`;
   return `${head}\r\n${body}`;
 }
 
-/** RFC 9110 §11.6.1: a 401 carries at least one challenge; several are listed comma-separated. */
-function challengeOf(e: SmartProxyError): string | undefined {
+/**
+ * RFC 9110 §11.6.1: a 401 carries at least one challenge. Each goes on its own
+ * `WWW-Authenticate` line, Basic first: browsers act on the first challenge of a line only
+ * and can answer none but Basic, so `Bearer …, Basic …` on one line never showed a person
+ * the password prompt. API clients read every line.
+ */
+function challengesOf(e: SmartProxyError): string[] | undefined {
   const challenges = e.data.challenges;
   if (e.code !== 'SP_ACCESS_UNAUTHENTICATED' || !Array.isArray(challenges) || challenges.length === 0) return undefined;
-  return challenges.join(', ');
+  return [...challenges as string[]].sort((x, y) => Number(y.startsWith('Basic ')) - Number(x.startsWith('Basic ')));
 }

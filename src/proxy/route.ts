@@ -152,6 +152,8 @@ export function parseTarget(rawUrl: string | undefined): ParsedTarget {
   if (!path.startsWith(`${BASE_PATH}/`)) throw notFound(`no route: paths start with ${BASE_PATH}/{resource_id}/{groups}/`);
   const afterBase = BASE_PATH.length + 1;
   const s1 = path.indexOf('/', afterBase);
+  // `/smart_proxy/` alone lacks the resource id first, not the groups.
+  if (s1 === -1 && path.length === afterBase) throw notFound(`no route: ${BASE_PATH}/{resource_id}/{groups}/ needs a resource id`);
   if (s1 === -1) throw notFound(`no route: ${BASE_PATH}/{resource_id}/{groups}/ needs the groups segment (use "-" for all the groups you hold)`);
   const s2 = path.indexOf('/', s1 + 1);
   const idRaw = path.slice(afterBase, s1);

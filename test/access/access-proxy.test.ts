@@ -47,7 +47,7 @@ describe('access through the proxy', () => {
   it('401 with a challenge per identity kind for an anonymous caller; no provider call', async () => {
     const r = await get(p('grp/g1/'));
     assert.equal(r.status, 401);
-    assert.equal(r.headers.get('www-authenticate'), 'Bearer realm="smart-proxy", Basic realm="smart-proxy", charset="UTF-8"');
+    assert.equal(r.headers.get('www-authenticate'), 'Basic realm="smart-proxy", charset="UTF-8", Bearer realm="smart-proxy"', 'Basic first: the one a browser can answer');
     assert.equal(r.json().code, 'SP_ACCESS_UNAUTHENTICATED');
     assert.equal(r.json().challenges, undefined, 'challenges go in the header, not the body');
     assert.equal(mimic.calls.start + mimic.calls.inspect, 0);
@@ -58,7 +58,7 @@ describe('access through the proxy', () => {
       .setExpirationTime(Math.floor(Date.now() / 1000) - 3600).sign(new TextEncoder().encode(JWT_SECRET));
     const r = await get(p('grp/-/'), { Authorization: `Bearer ${expired}` });
     assert.equal(r.status, 401);
-    assert.match(r.headers.get('www-authenticate') ?? '', /^Bearer realm="smart-proxy", error="invalid_token", error_description="token expired", Basic/);
+    assert.match(r.headers.get('www-authenticate') ?? '', /^Basic realm="smart-proxy", charset="UTF-8", Bearer realm="smart-proxy", error="invalid_token", error_description="token expired"$/);
     assert.match(r.json<{ detail: string }>().detail, /token expired/);
     const unknown = await get(p('grp/-/'), { Authorization: 'Bearer not-a-known-token' });
     assert.equal(unknown.status, 401);
@@ -186,7 +186,8 @@ describe('access through the proxy', () => {
       s.on('error', reject);
     });
     assert.match(answer, /^HTTP\/1\.1 401 /);
-    assert.match(answer, /\r\nwww-authenticate: Bearer realm="smart-proxy", Basic realm="smart-proxy", charset="UTF-8"\r\n/);
+    // One challenge per line, Basic first (a browser answers only the first of a line).
+    assert.match(answer, /\r\nwww-authenticate: Basic realm="smart-proxy", charset="UTF-8"\r\nwww-authenticate: Bearer realm="smart-proxy"\r\n/);
     assert.equal(mimic.calls.start, startsBefore);
   });
 

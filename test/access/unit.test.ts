@@ -155,8 +155,10 @@ describe('config', () => {
       assert.deepEqual(out.kind === 'verified' ? [out.identity.user, out.identity.groups] : out, [user, [...c.groups]]);
     }
     const basic = createBasicVerifier(basicCfg, 'Basic', new ManualClock());
-    const out = await basic.verify({ authorization: `Basic ${Buffer.from(`carol:${demoCredentials.carol.password}`).toString('base64')}`, remoteAddress: undefined, header: () => [] });
-    assert.deepEqual(out.kind === 'verified' ? out.identity.groups : out, [...demoCredentials.carol.groups]);
+    for (const [user, c] of [['carol', demoCredentials.carol], ['alice', demoCredentials.alice]] as const) {
+      const out = await basic.verify({ authorization: `Basic ${Buffer.from(`${user}:${c.password}`).toString('base64')}`, remoteAddress: undefined, header: () => [] });
+      assert.deepEqual(out.kind === 'verified' ? [out.identity.user, out.identity.groups] : out, [user, [...c.groups]]);
+    }
     const kinds = Object.fromEntries(Object.entries(cfg.resources).map(([id, r]) => [id, [r.sharing, r.access?.public === true]]));
     assert.deepEqual(kinds.hello, ['shared', true], 'a public resource');
     assert.deepEqual(kinds.notebook, ['user', false], 'a user-scoped one');

@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { StubbornProvider } from '../helpers/mimic-provider.ts';
 import { OPS, readSse, startAdminApp, type AdminApp } from './admin-kit.ts';
 
-const cli = fileURLToPath(new URL('../../src/cli.ts', import.meta.url));
+const cli = fileURLToPath(new URL('../../bin/smart-proxy.js', import.meta.url));
 
 interface Run { code: number; stdout: string; stderr: string }
 

@@ -125,6 +125,7 @@ describe('smart-proxy operator CLI (child process)', () => {
     assert.match(denied.stderr, /403.*SP_ACCESS_DENIED/);
     const noToken = await run(['status', '--admin', a.admin]);
     assert.equal(noToken.code, 4);
+    assert.match(noToken.stderr, /401.*\nno token was sent: set SMART_PROXY_ADMIN_TOKEN or pass --token TOKEN/);
     const down = await run(['status', '--admin', 'http://127.0.0.1:1']);
     assert.equal(down.code, 3);
     assert.match(down.stderr, /cannot reach the admin API/);

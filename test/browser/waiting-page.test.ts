@@ -157,3 +157,34 @@ describe('waiting page in Chromium', { timeout: 120_000 }, () => {
     }
   });
 });
+
+describe('waiting page in Chromium, a start that fails', { timeout: 120_000 }, () => {
+  let h: Harness;
+
+  before(async () => {
+    // The provider never answers the start: the boot deadline fails it.
+    h = await startHarness({ resources: [{ id: 'stuck', provider: new MimicProvider({ hangStart: true }), bootTimeoutMs: 1_000 }] });
+  });
+
+  after(async () => {
+    await h?.close();
+  });
+
+  it('says it could not start, and no longer promises to take the person anywhere', async () => {
+    const browser = await launch(true);
+    try {
+      const page = await browser.context.newPage();
+      const first = await page.goto(`${h.url}/smart_proxy/stuck/-/x`);
+      assert.equal(first?.status(), 503);
+      assert.match(await page.innerText('h1'), /^Starting stuck$/);
+      await page.waitForFunction(() => (globalThis as unknown as PageGlobals).document.getElementById('sp-main')?.getAttribute('data-step') === 'failed');
+      assert.equal(await page.innerText('h1'), 'Could not start stuck');
+      const text = await page.innerText('main');
+      assert.doesNotMatch(text, /You will be taken to/);
+      assert.match(text, /The start failed/);
+      assert.match(text, /Try again/);
+    } finally {
+      await browser.close();
+    }
+  });
+});

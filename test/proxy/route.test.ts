@@ -51,6 +51,10 @@ describe('parseTarget', () => {
     for (const t of ['/', '/other', '/smart_proxy', '/smart_proxy/', '/smart_proxy/as1', '/smart_proxyX/a/g/']) {
       assert.equal(codeOf(() => parseTarget(t)), 'SP_ROUTE_NOT_FOUND', t);
     }
+    // Each says what is missing first.
+    const detail = (t: string): string => { try { parseTarget(t); } catch (err) { return (err as Error).message; } return ''; };
+    assert.match(detail('/smart_proxy/'), /needs a resource id$/);
+    assert.match(detail('/smart_proxy/as1'), /needs the groups segment/);
   });
 
   it('finds each unsafe character or sequence alone in an otherwise plain path', () => {

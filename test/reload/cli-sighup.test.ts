@@ -67,12 +67,31 @@ test('SIGHUP reloads the config file of `smart-proxy start`; a bad file is refus
     await waitOutput(() => err.match(/SIGHUP: configuration refused[^\n]*\n[^\n]*invalid configuration/), 'the refusal');
     assert.equal(await get('two'), 200);
 
+    // Valid, but a secret's environment variable is unset: refused, naming the file and the path.
+    const unset = 'SP_TEST_SURELY_UNSET_SECRET';
+    assert.equal(process.env[unset], undefined);
+    const withSecret = JSON.parse(config(['one', 'two'])) as { providers?: unknown; resources: Record<string, unknown> };
+    withSecret.providers = { nova: {
+      kind: 'http', baseUrl: 'http://127.0.0.1:9', credentials: { token: { env: unset } },
+      start: { request: { method: 'POST', url: '/s/{serviceId}' } },
+      inspect: [{ request: { url: '/s/{serviceId}' }, state: { pointer: '/s', values: { ACTIVE: 'running' } }, endpoint: 'http://{/a}:8080' }],
+      stop: { request: { method: 'POST', url: '/s/{serviceId}' } },
+    } };
+    withSecret.resources.three = { provider: 'nova' };
+    await writeFile(file, JSON.stringify(withSecret));
+    const from = err.length;
+    child.kill('SIGHUP');
+    const refused = await waitOutput(() => err.slice(from).match(/SIGHUP: configuration refused[^\n]*\n([^\n]*)\n([^\n]*)\n/), 'the second refusal');
+    assert.equal(refused[1], `invalid configuration in ${file}:`);
+    assert.equal(refused[2], `  - providers.nova.credentials.token: environment variable ${unset} is not set`);
+    assert.equal(await get('two'), 200);
+
     child.kill('SIGTERM');
     const [code] = await exited as [number | null];
     assert.equal(code, 0, `${out}\n${err}`);
     // One combined-format line per request, flushed at shutdown.
     const lines = (await readFile(accessLog, 'utf8')).trim().split('\n');
-    assert.equal(lines.length, 4);
+    assert.equal(lines.length, 5);
     assert.match(lines[0] ?? '', /^127\.0\.0\.1 - - \[\d{2}\/\w{3}\/\d{4}:\d{2}:\d{2}:\d{2} \+0000\] "GET \/smart_proxy\/one\/-\/path\?q=1 HTTP\/1\.1" 200 \d+ "-" "hup-test"$/);
     assert.match(lines[1] ?? '', /" 404 /);
   } finally {

@@ -48,14 +48,14 @@ export class AdminClient {
     } catch {
       // not JSON: reported as text below
     }
-    if (!res.ok) throw apiError(res.status, parsed);
+    if (!res.ok) throw apiError(res.status, parsed, this.#o.token !== undefined);
     return parsed;
   }
 
   /** Opens an SSE stream and yields its events until it ends or `signal` aborts. */
   async *events(path: string, signal: AbortSignal): AsyncGenerator<{ event: string; data: unknown }> {
     const res = await this.#fetch('GET', path, undefined, signal, 'text/event-stream');
-    if (!res.ok) throw apiError(res.status, await res.json().catch(() => undefined));
+    if (!res.ok) throw apiError(res.status, await res.json().catch(() => undefined), this.#o.token !== undefined);
     const reader = (res.body as ReadableStream<Uint8Array>).getReader();
     const decoder = new TextDecoder();
     let buf = '';
@@ -100,8 +100,10 @@ export class AdminClient {
   }
 }
 
-function apiError(status: number, body: unknown): CliError {
+function apiError(status: number, body: unknown, sentToken: boolean): CliError {
   const p = body as { code?: string; detail?: string } | undefined;
   const what = typeof p === 'object' && p !== null && typeof p.detail === 'string' ? `${p.detail}${p.code === undefined ? '' : ` (${p.code})`}` : String(body).slice(0, 500);
-  return new CliError(`admin API: ${status}: ${what}`, status === 401 || status === 403 ? EXIT.unauthorised : EXIT.failed);
+  // The usual first 401: no token was given at all; say where one goes.
+  const hint = status === 401 && !sentToken ? '\nno token was sent: set SMART_PROXY_ADMIN_TOKEN or pass --token TOKEN (a token identity holding an admin group)' : '';
+  return new CliError(`admin API: ${status}: ${what}${hint}`, status === 401 || status === 403 ? EXIT.unauthorised : EXIT.failed);
 }
