@@ -1,0 +1,214 @@
+/**
+ * What happens to a request body the proxy refused without reading (401/403/404 from access,
+ * 413 and 503 at the held-bytes bounds, 405 TRACE, a waiting page or 202 for a POST, a 503 while
+ * shutting down): a bounded drain, as nginx's lingering close.
+ *
+ * Why. Closing a TCP socket whose receive buffer still holds unread bytes makes the kernel send
+ * RST instead of FIN, and discard whatever of the answer it had not yet sent. A client still
+ * uploading then sees "connection reset" (or EPIPE on its next write) instead of the 401 or 413
+ * the proxy answered: Python's `http.client` and `requests`, which send the whole body before
+ * reading, fail every time on loopback; over a real network curl and browsers do too when the
+ * answer is still in flight when the RST goes out.
+ *
+ * What. Once a request is refused with its body unread, the body is read and thrown away, within
+ * bounds:
+ *
+ * - A body announced by `Content-Length` whose unread rest fits in `maxBytes` is drained and the
+ *   connection kept for the next request, as nginx does for the answers it keeps alive (the
+ *   client pays one body's bytes, not a new connection).
+ * - Any other body (chunked, larger, or a refusal that must close: `Expect: 100-continue` without
+ *   a `100`, shutting down) gets `Connection: close`; after the answer the proxy half-closes
+ *   (FIN), keeps reading and discarding, and closes once the body has ended, the client has
+ *   closed, or a bound is hit.
+ *
+ * Bounds, per connection: `timeMs` in all from the refusal (nginx's `lingering_time`), `idleMs`
+ * of silence (`lingering_timeout`), `maxBytes` discarded. Past any of them the socket is
+ * destroyed: a client that keeps sending forever, or drips a byte now and then, costs at most
+ * that. In total: `maxConnections` lingering at once; past it a refusal closes at once, as
+ * before (the client may then see a reset, but the proxy's sockets stay bounded).
+ *
+ * HTTP/2 needs none of this: a stream's body is flow-controlled per stream, and Node ends a
+ * stream answered before its body with RST_STREAM(NO_ERROR), which tells the client to stop
+ * sending without failing the answer (RFC 9113 §8.1).
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+
+export interface LingerOptions {
+  /** Longest a refused request's body is read and discarded, from the refusal on; 0 = never linger (close at once). */
+  readonly timeMs: number;
+  /** Longest silence of the client while lingering. */
+  readonly idleMs: number;
+  /** Most bytes read and discarded per refused request. */
+  readonly maxBytes: number;
+  /** Connections lingering at once over the whole listener. */
+  readonly maxConnections: number;
+}
+
+export const DEFAULT_LINGER: LingerOptions = { timeMs: 30_000, idleMs: 5_000, maxBytes: 16 * 1024 * 1024, maxConnections: 1024 };
+
+/**
+ * How one lingering ended: `drained` (the whole body was read), `client_closed`, `time`,
+ * `idle`, `bytes` (a bound was hit and the socket destroyed), `full` (too many lingering: closed
+ * at once).
+ */
+export type LingerOutcome = 'drained' | 'client_closed' | 'time' | 'idle' | 'bytes' | 'full';
+
+export type LingerObserver = (outcome: LingerOutcome, discardedBytes: number) => void;
+
+/** The socket method Node's HTTP server calls after the last response on a closing connection. */
+type DestroySoon = (this: Socket) => void;
+
+export class Lingering {
+  readonly #options: LingerOptions;
+  readonly #observe: LingerObserver | undefined;
+  /** Requests already handed over (a refusal may pass two answer paths). */
+  readonly #seen = new WeakSet<IncomingMessage>();
+  #active = 0;
+  /** Bytes read and thrown away since start. */
+  discardedBytes = 0;
+
+  constructor(options: Partial<LingerOptions> = {}, observe?: LingerObserver) {
+    this.#options = { ...DEFAULT_LINGER, ...options };
+    this.#observe = observe;
+  }
+
+  /** Connections lingering right now. */
+  get active(): number {
+    return this.#active;
+  }
+
+  /**
+   * `req` is about to be refused (answered without being forwarded). If its body is unread,
+   * arranges for it to be drained within the bounds; call before the answer's head goes out,
+   * since it may set `Connection: close`.
+   */
+  refused(req: IncomingMessage, res: ServerResponse): void {
+    if (req.complete || this.#seen.has(req)) return;
+    this.#seen.add(req);
+    // HTTP/2: per-stream flow control and RST_STREAM(NO_ERROR) (see the top of this file).
+    if (req.httpVersionMajor !== 1) return;
+    const socket = req.socket as Socket | null;
+    if (res.headersSent || req.destroyed || socket === null || socket.destroyed) return;
+    const o = this.#options;
+    if (o.timeMs <= 0 || this.#active >= o.maxConnections) {
+      // The old way: close after the answer (Node would otherwise read the whole body, unbounded).
+      res.shouldKeepAlive = false;
+      this.#observe?.('full', 0);
+      return;
+    }
+    const left = unreadAnnounced(req);
+    const keepAlive = res.shouldKeepAlive && left !== undefined && left <= o.maxBytes;
+    if (!keepAlive) res.shouldKeepAlive = false;
+    new Drain(this, req, socket, keepAlive, o);
+  }
+
+  /** A drain began (Drain's constructor). */
+  began(): void {
+    this.#active++;
+  }
+
+  /** A drain ended: its count is given back and its bytes and outcome reported. */
+  ended(outcome: LingerOutcome, bytes: number): void {
+    this.#active--;
+    this.discardedBytes += bytes;
+    this.#observe?.(outcome, bytes);
+  }
+}
+
+/** Body bytes announced by Content-Length (an upper bound of what is unread); undefined when the length is unknown. */
+function unreadAnnounced(req: IncomingMessage): number | undefined {
+  if (req.headers['transfer-encoding'] !== undefined) return undefined;
+  const cl = req.headers['content-length'];
+  if (cl === undefined || !/^\d{1,15}$/.test(cl)) return undefined;
+  return Number(cl);
+}
+
+/** One refused request's body being read and thrown away. */
+class Drain {
+  readonly #owner: Lingering;
+  readonly #req: IncomingMessage;
+  readonly #socket: Socket;
+  readonly #keepAlive: boolean;
+  readonly #maxBytes: number;
+  readonly #deadline: NodeJS.Timeout;
+  readonly #idle: NodeJS.Timeout;
+  #bytes = 0;
+  #bodyDone = false;
+  /** Node asked to close the connection after the answer (close mode only). */
+  #closing = false;
+  #ended = false;
+
+  constructor(owner: Lingering, req: IncomingMessage, socket: Socket, keepAlive: boolean, o: LingerOptions) {
+    this.#owner = owner;
+    this.#req = req;
+    this.#socket = socket;
+    this.#keepAlive = keepAlive;
+    this.#maxBytes = o.maxBytes;
+    owner.began();
+    // Timers are unref'd: a lingering client must not keep a stopping process alive.
+    this.#deadline = setTimeout(() => this.#cut('time'), o.timeMs).unref();
+    this.#idle = setTimeout(() => this.#cut('idle'), o.idleMs).unref();
+    req.on('data', this.#onData);
+    req.on('end', this.#onEnd);
+    socket.once('close', this.#onClose);
+    if (!keepAlive) {
+      // Node's server calls destroySoon after the last answer on a closing connection: FIN, then
+      // destroy as soon as the FIN is flushed, with the body still unread (RST). This socket's
+      // own method instead half-closes and leaves the destroy to the drain. Only this socket,
+      // only from now on.
+      const drain = this;
+      socket.destroySoon = function (this: Socket): void {
+        if (this.writable) this.end();
+        drain.#closeRequested();
+      };
+    }
+  }
+
+  readonly #onData = (chunk: Buffer): void => {
+    this.#bytes += chunk.length;
+    if (this.#bytes > this.#maxBytes) {
+      this.#cut('bytes');
+      return;
+    }
+    this.#idle.refresh();
+  };
+
+  readonly #onEnd = (): void => {
+    this.#bodyDone = true;
+    // Keep-alive: the connection goes on to its next request, as Node would after any answer.
+    if (this.#keepAlive || this.#closing) this.#finish('drained');
+  };
+
+  readonly #onClose = (): void => {
+    this.#finish(this.#bodyDone ? 'drained' : 'client_closed');
+  };
+
+  #closeRequested(): void {
+    this.#closing = true;
+    if (this.#bodyDone) this.#finish('drained');
+  }
+
+  /** A bound was hit: the connection ends now, whatever is still unread. */
+  #cut(outcome: LingerOutcome): void {
+    if (this.#ended) return;
+    this.#finish(outcome);
+    this.#socket.destroy();
+  }
+
+  #finish(outcome: LingerOutcome): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    clearTimeout(this.#deadline);
+    clearTimeout(this.#idle);
+    this.#req.off('data', this.#onData);
+    this.#req.off('end', this.#onEnd);
+    this.#socket.off('close', this.#onClose);
+    // Nothing more to read: the socket closes as Node would have closed it (after its FIN is out).
+    if (!this.#keepAlive) {
+      delete (this.#socket as { destroySoon?: DestroySoon }).destroySoon;
+      if (this.#closing && !this.#socket.destroyed) this.#socket.destroySoon();
+    }
+    this.#owner.ended(outcome, this.#bytes);
+  }
+}
