@@ -33,6 +33,8 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import { systemClock } from '../core/clock.ts';
+import type { Clock, TimerHandle } from '../core/ports.ts';
 
 export interface LingerOptions {
   /** Longest a refused request's body is read and discarded, from the refusal on; 0 = never linger (close at once). */
@@ -62,15 +64,19 @@ type DestroySoon = (this: Socket) => void;
 export class Lingering {
   readonly #options: LingerOptions;
   readonly #observe: LingerObserver | undefined;
+  readonly clock: Clock;
   /** Requests already handed over (a refusal may pass two answer paths). */
   readonly #seen = new WeakSet<IncomingMessage>();
   #active = 0;
-  /** Bytes read and thrown away since start. */
+  /** Body bytes of refused requests read and thrown away since start (lingering ones included). */
   discardedBytes = 0;
+  /** How many drains ended how, since start. */
+  readonly outcomes: Record<LingerOutcome, number> = { drained: 0, client_closed: 0, time: 0, idle: 0, bytes: 0, full: 0 };
 
-  constructor(options: Partial<LingerOptions> = {}, observe?: LingerObserver) {
+  constructor(options: Partial<LingerOptions> = {}, observe?: LingerObserver, clock: Clock = systemClock) {
     this.#options = { ...DEFAULT_LINGER, ...options };
     this.#observe = observe;
+    this.clock = clock;
   }
 
   /** Connections lingering right now. */
@@ -94,6 +100,7 @@ export class Lingering {
     if (o.timeMs <= 0 || this.#active >= o.maxConnections) {
       // The old way: close after the answer (Node would otherwise read the whole body, unbounded).
       res.shouldKeepAlive = false;
+      this.outcomes.full++;
       this.#observe?.('full', 0);
       return;
     }
@@ -111,7 +118,7 @@ export class Lingering {
   /** A drain ended: its count is given back and its bytes and outcome reported. */
   ended(outcome: LingerOutcome, bytes: number): void {
     this.#active--;
-    this.discardedBytes += bytes;
+    this.outcomes[outcome]++;
     this.#observe?.(outcome, bytes);
   }
 }
@@ -131,8 +138,11 @@ class Drain {
   readonly #socket: Socket;
   readonly #keepAlive: boolean;
   readonly #maxBytes: number;
-  readonly #deadline: NodeJS.Timeout;
-  readonly #idle: NodeJS.Timeout;
+  readonly #idleMs: number;
+  readonly #deadline: TimerHandle;
+  #idle: TimerHandle;
+  /** When the client last sent a byte (clock ms): the idle timer re-arms for what is left. */
+  #lastData: number;
   #bytes = 0;
   #bodyDone = false;
   /** Node asked to close the connection after the answer (close mode only). */
@@ -145,10 +155,13 @@ class Drain {
     this.#socket = socket;
     this.#keepAlive = keepAlive;
     this.#maxBytes = o.maxBytes;
+    this.#idleMs = o.idleMs;
     owner.began();
-    // Timers are unref'd: a lingering client must not keep a stopping process alive.
-    this.#deadline = setTimeout(() => this.#cut('time'), o.timeMs).unref();
-    this.#idle = setTimeout(() => this.#cut('idle'), o.idleMs).unref();
+    // The clock's timers do not keep the process alive: a lingering client cannot hold a stop.
+    const clock = owner.clock;
+    this.#lastData = clock.now();
+    this.#deadline = clock.setTimeout(() => this.#cut('time'), o.timeMs);
+    this.#idle = clock.setTimeout(this.#onIdle, o.idleMs);
     req.on('data', this.#onData);
     req.on('end', this.#onEnd);
     socket.once('close', this.#onClose);
@@ -157,21 +170,30 @@ class Drain {
       // destroy as soon as the FIN is flushed, with the body still unread (RST). This socket's
       // own method instead half-closes and leaves the destroy to the drain. Only this socket,
       // only from now on.
-      const drain = this;
+      const closeRequested = (): void => this.#closeRequested();
       socket.destroySoon = function (this: Socket): void {
         if (this.writable) this.end();
-        drain.#closeRequested();
+        closeRequested();
       };
     }
   }
 
   readonly #onData = (chunk: Buffer): void => {
     this.#bytes += chunk.length;
+    this.#owner.discardedBytes += chunk.length;
     if (this.#bytes > this.#maxBytes) {
       this.#cut('bytes');
       return;
     }
-    this.#idle.refresh();
+    this.#lastData = this.#owner.clock.now();
+  };
+
+  /** One timer for the idle bound, not one per chunk: when it fires it looks when data last came. */
+  readonly #onIdle = (): void => {
+    const clock = this.#owner.clock;
+    const left = this.#lastData + this.#idleMs - clock.now();
+    if (left > 0) this.#idle = clock.setTimeout(this.#onIdle, left);
+    else this.#cut('idle');
   };
 
   readonly #onEnd = (): void => {
@@ -199,8 +221,8 @@ class Drain {
   #finish(outcome: LingerOutcome): void {
     if (this.#ended) return;
     this.#ended = true;
-    clearTimeout(this.#deadline);
-    clearTimeout(this.#idle);
+    this.#deadline.cancel();
+    this.#idle.cancel();
     this.#req.off('data', this.#onData);
     this.#req.off('end', this.#onEnd);
     this.#socket.off('close', this.#onClose);

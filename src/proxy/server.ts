@@ -175,7 +175,7 @@ export class ProxyServer {
     this.#observer = options.observer;
     this.#coldStartHeader = options.coldStartHeader;
     const observer = options.observer;
-    this.lingering = new Lingering(options.linger, observer?.lingered === undefined ? undefined : (outcome, bytes) => observer.lingered?.(outcome, bytes));
+    this.lingering = new Lingering(options.linger, observer?.lingered === undefined ? undefined : (outcome, bytes) => observer.lingered?.(outcome, bytes), options.clock);
     this.#waiting = new WaitingRoom({ manager: options.manager, clock: options.clock ?? systemClock });
     this.#heldBytes = new HeldBytesBudget({
       maxHeldBytes: options.maxHeldBytes ?? Number.MAX_SAFE_INTEGER,

@@ -1,0 +1,292 @@
+/**
+ * Refused requests with bodies, as real clients see them (src/proxy/linger.ts): a client still
+ * uploading when the proxy refuses it must read the refusal, not a connection reset; the body
+ * is drained within bounds (bytes, time, silence), on a kept connection when it is small.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import type { Socket } from 'node:net';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { performance } from 'node:perf_hooks';
+import { ManualClock } from '../../src/core/clock.ts';
+import { SmartProxyError } from '../../src/core/errors.ts';
+import type { Identify } from '../../src/proxy/server.ts';
+import type { LingerOptions } from '../../src/proxy/linger.ts';
+import type { Echo } from '../helpers/echo-server.ts';
+import { MimicProvider } from '../helpers/mimic-provider.ts';
+import { startHarness, type Harness } from '../helpers/proxy-harness.ts';
+import { RawClient } from '../helpers/raw-client.ts';
+import { requireBinary } from '../helpers/system.ts';
+
+const MiB = 1024 * 1024;
+
+/** Polls `cond` once per event-loop turn; fails after `boundMs` (a bound on a wait, not a sleep). */
+async function until(cond: () => boolean, what = 'a condition', boundMs = 10_000): Promise<void> {
+  const deadline = performance.now() + boundMs;
+  while (!cond()) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setImmediate(r));
+  }
+}
+
+/** `p`, or a failure naming `what` after `boundMs`. */
+async function within<T>(p: Promise<T>, what: string, boundMs = 10_000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const bound = new Promise<never>((_r, reject) => { timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), boundMs); });
+  try {
+    return await Promise.race([p, bound]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** 401 without an Authorization header, as an access rule would answer. */
+const tokenRequired: Identify = (req, route) => (req.headers.authorization === undefined
+  ? new SmartProxyError('SP_ACCESS_UNAUTHENTICATED', 'a token is required')
+  : { user: 'u', groups: route.groups });
+
+/** `open` is warm (its backend echoes), `cold` never becomes ready (uploads to it are held, or refused at the held-bytes bounds). */
+async function harness(linger?: Partial<LingerOptions>, clock?: ManualClock): Promise<{ h: Harness; cold: MimicProvider }> {
+  const cold = new MimicProvider({ manual: true });
+  const warm = new MimicProvider();
+  const h = await startHarness({
+    resources: [{ id: 'open', provider: warm }, { id: 'cold', provider: cold }],
+    identify: tokenRequired,
+    bounds: { maxHeldBytesPerRequest: MiB, ...(linger === undefined ? {} : { linger }) },
+    heldBodyEstimateBytes: 2 * MiB,
+    ...(clock === undefined ? {} : { clock }),
+  });
+  return { h, cold };
+}
+
+/**
+ * Writes `data` as a client that sends its whole request before it reads anything (Python's
+ * http.client, requests): resolves with the write error (EPIPE, ECONNRESET) or undefined when
+ * every byte was taken.
+ */
+function sendAll(c: RawClient, data: Buffer): Promise<Error | undefined> {
+  return new Promise((resolve) => {
+    c.socket.once('error', resolve);
+    c.socket.write(data, (err) => resolve(err ?? undefined));
+  });
+}
+
+function chunked(total: number, chunk = 64 * 1024): Buffer {
+  const parts: Buffer[] = [];
+  for (let left = total; left > 0; left -= chunk) {
+    const n = Math.min(chunk, left);
+    parts.push(Buffer.from(`${n.toString(16)}\r\n`), Buffer.alloc(n, 0x61), Buffer.from('\r\n'));
+  }
+  parts.push(Buffer.from('0\r\n\r\n'));
+  return Buffer.concat(parts);
+}
+
+/** Resolves when the proxy's side of its next accepted connection has closed. */
+function nextConnectionClosed(h: Harness): Promise<void> {
+  return new Promise((resolve) => {
+    h.proxy.server.once('connection', (s: Socket) => s.once('close', () => resolve()));
+  });
+}
+
+/** Resolves once the client's socket has closed: 'end' (FIN) seen or not, and any error. */
+function closedOf(c: RawClient): Promise<{ fin: boolean; error: string | undefined }> {
+  let fin = false;
+  let error: string | undefined;
+  c.socket.on('end', () => { fin = true; });
+  c.socket.on('error', (e: NodeJS.ErrnoException) => { error = e.code ?? e.message; });
+  return new Promise((resolve) => {
+    if (c.socket.closed) resolve({ fin, error });
+    else c.socket.once('close', () => resolve({ fin, error }));
+  });
+}
+
+describe('a refused upload: the client reads the refusal, not a reset', { timeout: 60_000 }, () => {
+  it('401 to a client that sends 8 MiB before reading: the whole answer, and the connection is kept', async () => {
+    const { h } = await harness();
+    const c = await RawClient.open(h.url);
+    try {
+      const body = Buffer.alloc(8 * MiB, 0x61);
+      const head = `PUT /smart_proxy/open/g1/upload HTTP/1.1\r\nhost: x\r\ncontent-length: ${body.length}\r\n\r\n`;
+      const err = await sendAll(c, Buffer.concat([Buffer.from(head), body]));
+      assert.equal(err, undefined, `the upload was cut: ${String(err)}`);
+      const res = await c.response();
+      assert.equal(res.status, 401);
+      assert.doesNotMatch(res.head, /\r\nconnection: close/i, 'a body within the bound is drained on a kept connection');
+      await until(() => h.proxy.lingering.active === 0);
+      assert.equal(h.proxy.lingering.discardedBytes, body.length);
+      // The same connection serves the next request.
+      c.received = '';
+      c.write('GET /smart_proxy/open/g1/next HTTP/1.1\r\nhost: x\r\nauthorization: Bearer t\r\n\r\n');
+      const next = await c.response();
+      assert.equal(next.status, 200, next.body);
+      assert.equal((JSON.parse(next.body) as Echo).url, '/next');
+    } finally {
+      c.close();
+      await h.close();
+    }
+  });
+
+  it('413 to a chunked upload: `connection: close`, the body drained after the answer, then a clean FIN', async () => {
+    const { h, cold } = await harness();
+    const c = await RawClient.open(h.url);
+    const closed = closedOf(c);
+    try {
+      const head = 'POST /smart_proxy/cold/g1/upload HTTP/1.1\r\nhost: x\r\nauthorization: Bearer t\r\ntransfer-encoding: chunked\r\n\r\n';
+      const err = await sendAll(c, Buffer.concat([Buffer.from(head), chunked(8 * MiB)]));
+      assert.equal(err, undefined, `the upload was cut: ${String(err)}`);
+      const res = await c.response();
+      assert.equal(res.status, 413, res.body);
+      assert.match(res.head, /\r\nconnection: close/i);
+      const end = await within(closed, 'the close');
+      assert.deepEqual(end, { fin: true, error: undefined }, 'closed with FIN after the body, never reset');
+      await until(() => h.proxy.lingering.active === 0);
+      assert.equal(h.proxy.lingering.discardedBytes, 8 * MiB);
+      assert.equal(cold.calls.start, 0, 'nothing was started for it');
+    } finally {
+      c.close();
+      await h.close();
+    }
+  });
+
+  it('curl -T (with and without Expect: 100-continue) gets the 401 and the 413', async () => {
+    const curl = requireBinary('curl', 'curl');
+    const dir = mkdtempSync(join(tmpdir(), 'sp-refused-'));
+    const file = join(dir, 'upload.bin');
+    writeFileSync(file, Buffer.alloc(8 * MiB, 0x62));
+    const { h } = await harness();
+    try {
+      const run = (args: string[]): Promise<string> => new Promise((resolve, reject) => {
+        execFile(curl, ['-sS', '-o', '/dev/null', '-w', '%{http_code}', '-T', file, ...args], { timeout: 30_000 }, (err, stdout, stderr) => {
+          if (err !== null) reject(new Error(`curl failed: ${stderr}`));
+          else resolve(stdout);
+        });
+      });
+      for (const expect of [[], ['-H', 'expect:']]) {
+        assert.equal(await run([...expect, `${h.url}/smart_proxy/open/g1/up`]), '401');
+        assert.equal(await run([...expect, '-H', 'authorization: Bearer t', `${h.url}/smart_proxy/cold/g1/up`]), '413');
+      }
+    } finally {
+      await h.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('an authorized upload to a warm resource is forwarded whole, as before', async () => {
+    const { h } = await harness();
+    const c = await RawClient.open(h.url);
+    try {
+      c.write('GET /smart_proxy/open/g1/warm-up HTTP/1.1\r\nhost: x\r\nauthorization: Bearer t\r\n\r\n');
+      assert.equal((await c.response()).status, 200);
+      c.received = '';
+      const body = Buffer.alloc(4 * MiB, 0x63);
+      c.write(`PUT /smart_proxy/open/g1/upload HTTP/1.1\r\nhost: x\r\nauthorization: Bearer t\r\ncontent-length: ${body.length}\r\n\r\n`);
+      c.write(body);
+      const res = await c.response(20_000);
+      assert.equal(res.status, 200, res.body);
+      assert.equal((JSON.parse(res.body) as Echo).bodyBytes, body.length);
+      assert.equal(h.proxy.lingering.discardedBytes, 0);
+    } finally {
+      c.close();
+      await h.close();
+    }
+  });
+});
+
+describe('the drain is bounded', { timeout: 60_000 }, () => {
+  it('a client that keeps sending forever is cut once it has sent maxBytes past its refusal', async () => {
+    const { h } = await harness({ maxBytes: MiB });
+    const c = await RawClient.open(h.url);
+    const closed = closedOf(c);
+    let sent = 0;
+    const chunk = Buffer.from(`${(16 * 1024).toString(16)}\r\n${'a'.repeat(16 * 1024)}\r\n`);
+    const pump = (): void => {
+      while (!c.socket.destroyed && c.socket.write(chunk)) sent += chunk.length;
+    };
+    c.socket.on('drain', pump);
+    try {
+      c.write('PUT /smart_proxy/open/g1/forever HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n');
+      pump();
+      await within(closed, 'the cut');
+      assert.match(c.received, /^HTTP\/1\.1 401 /, 'the refusal came first');
+      assert.equal(h.proxy.lingering.active, 0);
+      const read = h.proxy.lingering.discardedBytes;
+      assert.ok(read > MiB && read <= MiB + 64 * 1024, `read ${read} bytes`);
+      assert.ok(sent > read, 'the client was still sending when it was cut');
+      assert.equal(h.proxy.lingering.outcomes.bytes, 1);
+    } finally {
+      c.close();
+      await h.close();
+    }
+  });
+
+  it('a client dripping bytes is cut at the time bound; a silent one at the idle bound', async () => {
+    const clock = new ManualClock();
+    const { h } = await harness({ timeMs: 30_000, idleMs: 5_000 }, clock);
+    try {
+      // Ignores the proxy's FIN and goes on sending, as a hostile client would.
+      const proxySide = nextConnectionClosed(h);
+      const drip = await RawClient.open(h.url, { allowHalfOpen: true });
+      drip.write('PUT /smart_proxy/open/g1/drip HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n');
+      await drip.response();
+      let read = 0;
+      // A byte every 4 s never trips the 5 s idle bound; the 30 s in all does.
+      for (let t = 0; t < 28_000; t += 4_000) {
+        drip.write('1\r\na\r\n');
+        read += 1;
+        await until(() => h.proxy.lingering.discardedBytes >= read);
+        await clock.advance(4_000);
+        assert.equal(drip.closed, false, `still open at ${t + 4_000} ms`);
+      }
+      drip.write('1\r\na\r\n');
+      read += 1;
+      await until(() => h.proxy.lingering.discardedBytes >= read);
+      await clock.advance(1_999);
+      assert.equal(h.proxy.lingering.active, 1, 'open until the 30 s are over');
+      await clock.advance(1);
+      await until(() => h.proxy.lingering.active === 0);
+      assert.equal(h.proxy.lingering.outcomes.time, 1, JSON.stringify(h.proxy.lingering.outcomes));
+      await within(proxySide, 'the proxy to close its side');
+      drip.close();
+
+      const silent = await RawClient.open(h.url);
+      const silentClosed = closedOf(silent);
+      silent.write('PUT /smart_proxy/open/g1/silent HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\nabc');
+      await silent.response();
+      await until(() => h.proxy.lingering.discardedBytes === read + 3);
+      await clock.advance(4_999);
+      assert.equal(h.proxy.lingering.active, 1);
+      await clock.advance(1);
+      await within(silentClosed, 'the silent client to see the close');
+      assert.equal(h.proxy.lingering.active, 0);
+      assert.equal(h.proxy.lingering.outcomes.idle, 1);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('past maxConnections lingering at once, a refusal closes at once', async () => {
+    const { h } = await harness({ maxConnections: 1 });
+    const a = await RawClient.open(h.url);
+    const b = await RawClient.open(h.url);
+    const bClosed = closedOf(b);
+    try {
+      a.write('PUT /smart_proxy/open/g1/a HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n');
+      await a.response();
+      await until(() => h.proxy.lingering.active === 1);
+      b.write('PUT /smart_proxy/open/g1/b HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n');
+      const res = await b.response();
+      assert.equal(res.status, 401);
+      assert.match(res.head, /\r\nconnection: close/i);
+      await within(bClosed, 'the close');
+      assert.equal(h.proxy.lingering.active, 1, 'only the first lingers');
+      assert.equal(h.proxy.lingering.outcomes.full, 1);
+    } finally {
+      a.close();
+      b.close();
+      await h.close();
+    }
+  });
+});
