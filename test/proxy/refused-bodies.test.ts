@@ -4,9 +4,10 @@
  * is drained within bounds (bytes, time, silence), on a kept connection when it is small.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { connect as h2connect } from 'node:http2';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -49,7 +50,7 @@ const tokenRequired: Identify = (req, route) => (req.headers.authorization === u
   : { user: 'u', groups: route.groups });
 
 /** `open` is warm (its backend echoes), `cold` never becomes ready (uploads to it are held, or refused at the held-bytes bounds). */
-async function harness(linger?: Partial<LingerOptions>, clock?: ManualClock): Promise<{ h: Harness; cold: MimicProvider }> {
+async function harness(linger?: Partial<LingerOptions>, clock?: ManualClock, tls?: { certFile: string; keyFile: string }): Promise<{ h: Harness; cold: MimicProvider }> {
   const cold = new MimicProvider({ manual: true });
   const warm = new MimicProvider();
   const h = await startHarness({
@@ -58,6 +59,7 @@ async function harness(linger?: Partial<LingerOptions>, clock?: ManualClock): Pr
     bounds: { maxHeldBytesPerRequest: MiB, ...(linger === undefined ? {} : { linger }) },
     heldBodyEstimateBytes: 2 * MiB,
     ...(clock === undefined ? {} : { clock }),
+    tls,
   });
   return { h, cold };
 }
@@ -145,6 +147,27 @@ describe('a refused upload: the client reads the refusal, not a reset', { timeou
       await until(() => h.proxy.lingering.active === 0);
       assert.equal(h.proxy.lingering.discardedBytes, 8 * MiB);
       assert.equal(cold.calls.start, 0, 'nothing was started for it');
+    } finally {
+      c.close();
+      await h.close();
+    }
+  });
+
+  it('Expect: 100-continue refused: no 100, and a body sent anyway (curl does after 1 s) is drained, then FIN', async () => {
+    const { h } = await harness();
+    const c = await RawClient.open(h.url);
+    const closed = closedOf(c);
+    try {
+      c.write(`PUT /smart_proxy/open/g1/upload HTTP/1.1\r\nhost: x\r\ncontent-length: ${4 * MiB}\r\nexpect: 100-continue\r\n\r\n`);
+      const res = await c.response();
+      assert.equal(res.status, 401);
+      assert.doesNotMatch(c.received, /^HTTP\/1\.1 100/);
+      assert.match(res.head, /\r\nconnection: close/i, 'the client may or may not send its body: the connection is not reused');
+      const err = await sendAll(c, Buffer.alloc(4 * MiB, 0x61));
+      assert.equal(err, undefined, `the body sent anyway was cut: ${String(err)}`);
+      assert.deepEqual(await within(closed, 'the close'), { fin: true, error: undefined });
+      await until(() => h.proxy.lingering.active === 0);
+      assert.equal(h.proxy.lingering.outcomes.drained, 1);
     } finally {
       c.close();
       await h.close();
@@ -287,6 +310,43 @@ describe('the drain is bounded', { timeout: 60_000 }, () => {
       a.close();
       b.close();
       await h.close();
+    }
+  });
+});
+
+describe('HTTP/2: a refused stream with a body', { timeout: 60_000 }, () => {
+  it('gets its answer and RST_STREAM(NO_ERROR), and the session goes on', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sp-refused-h2-'));
+    execFileSync(requireBinary('openssl', 'openssl'), ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+      '-keyout', 'k.pem', '-out', 'c.pem', '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { cwd: dir, stdio: 'ignore' });
+    const { h } = await harness(undefined, undefined, { certFile: join(dir, 'c.pem'), keyFile: join(dir, 'k.pem') });
+    const session = h2connect(h.url, { rejectUnauthorized: false });
+    session.on('error', () => undefined);
+    try {
+      const upload = async (headers: Record<string, string>): Promise<{ status: number; rstCode: number | undefined }> => {
+        const stream = session.request({ ':method': 'PUT', ':path': '/smart_proxy/cold/g1/up', ...headers });
+        let status = 0;
+        stream.on('response', (hd) => { status = Number(hd[':status']); });
+        stream.on('error', () => undefined);
+        stream.resume();
+        // Sends until the proxy stops it: 8 MiB, or the stream's end.
+        const chunk = Buffer.alloc(64 * 1024, 0x61);
+        let sent = 0;
+        const pump = (): void => {
+          while (sent < 8 * MiB && !stream.destroyed && stream.write(chunk)) sent += chunk.length;
+        };
+        stream.on('drain', pump);
+        pump();
+        await within(new Promise((r) => stream.once('close', r)), 'the stream to close');
+        return { status, rstCode: stream.rstCode };
+      };
+      assert.deepEqual(await upload({}), { status: 401, rstCode: 0 });
+      assert.deepEqual(await upload({ authorization: 'Bearer t', 'content-length': String(8 * MiB) }), { status: 413, rstCode: 0 });
+      assert.equal(session.closed || session.destroyed, false, 'the session carries on');
+    } finally {
+      session.destroy();
+      await h.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
