@@ -162,8 +162,13 @@ class Drain {
     this.#lastData = clock.now();
     this.#deadline = clock.setTimeout(() => this.#cut('time'), o.timeMs);
     this.#idle = clock.setTimeout(this.#onIdle, o.idleMs);
+    // A forward that failed mid-body leaves the request stream with its abandoned reader's
+    // 'readable' listener, which keeps 'data' from flowing: the forward is over, and what is
+    // left of the body is only to be thrown away.
+    req.removeAllListeners('readable');
     req.on('data', this.#onData);
     req.on('end', this.#onEnd);
+    req.resume();
     socket.once('close', this.#onClose);
     if (!keepAlive) {
       // Node's server calls destroySoon after the last answer on a closing connection: FIN, then

@@ -16,7 +16,7 @@ import { ManualClock } from '../../src/core/clock.ts';
 import { SmartProxyError } from '../../src/core/errors.ts';
 import type { Identify } from '../../src/proxy/server.ts';
 import type { LingerOptions } from '../../src/proxy/linger.ts';
-import type { Echo } from '../helpers/echo-server.ts';
+import { startEchoServer, type Echo } from '../helpers/echo-server.ts';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { startHarness, type Harness } from '../helpers/proxy-harness.ts';
 import { RawClient } from '../helpers/raw-client.ts';
@@ -168,6 +168,44 @@ describe('a refused upload: the client reads the refusal, not a reset', { timeou
       assert.deepEqual(await within(closed, 'the close'), { fin: true, error: undefined });
       await until(() => h.proxy.lingering.active === 0);
       assert.equal(h.proxy.lingering.outcomes.drained, 1);
+    } finally {
+      c.close();
+      await h.close();
+    }
+  });
+
+  it('a forward that failed mid-body (the backend closed without reading it) drains the rest; the connection is kept', async () => {
+    const early = new MimicProvider({
+      backend: (key) => startEchoServer({
+        name: key,
+        handler: (req, res) => {
+          if (req.method === 'GET') {
+            res.end('ok');
+            return;
+          }
+          // Answers and closes at once, never reading the upload.
+          res.writeHead(413, { 'content-length': '4', connection: 'close' });
+          res.end('nope');
+        },
+      }),
+    });
+    const h = await startHarness({ resources: [{ id: 'early', provider: early }] });
+    const c = await RawClient.open(h.url);
+    try {
+      c.write('GET /smart_proxy/early/g1/ HTTP/1.1\r\nhost: x\r\n\r\n');
+      assert.equal((await c.response()).status, 200);
+      c.received = '';
+      const body = Buffer.alloc(8 * MiB, 0x61);
+      const head = `PUT /smart_proxy/early/g1/up HTTP/1.1\r\nhost: x\r\ncontent-length: ${body.length}\r\n\r\n`;
+      const err = await sendAll(c, Buffer.concat([Buffer.from(head), body]));
+      assert.equal(err, undefined, `the upload was cut: ${String(err)}`);
+      const res = await c.response();
+      assert.ok(res.status >= 400, res.head);
+      await until(() => h.proxy.lingering.active === 0, 'the drain to end');
+      assert.equal(h.proxy.lingering.outcomes.drained, 1, JSON.stringify(h.proxy.lingering.outcomes));
+      c.received = '';
+      c.write('GET /smart_proxy/early/g1/ HTTP/1.1\r\nhost: x\r\n\r\n');
+      assert.equal((await c.response()).status, 200);
     } finally {
       c.close();
       await h.close();
