@@ -7,19 +7,22 @@
  * RST instead of FIN, and discard whatever of the answer it had not yet sent. A client still
  * uploading then sees "connection reset" (or EPIPE on its next write) instead of the 401 or 413
  * the proxy answered: Python's `http.client` and `requests`, which send the whole body before
- * reading, fail every time on loopback; over a real network curl and browsers do too when the
- * answer is still in flight when the RST goes out.
+ * reading, fail every time on loopback; over a real network other clients can too, when the
+ * RST overtakes the answer.
  *
  * What. Once a request is refused with its body unread, the body is read and thrown away, within
  * bounds:
  *
- * - A body announced by `Content-Length` whose unread rest fits in `maxBytes` is drained and the
- *   connection kept for the next request, as nginx does for the answers it keeps alive (the
- *   client pays one body's bytes, not a new connection).
- * - Any other body (chunked, larger, or a refusal that must close: `Expect: 100-continue` without
- *   a `100`, shutting down) gets `Connection: close`; after the answer the proxy half-closes
- *   (FIN), keeps reading and discarding, and closes once the body has ended, the client has
- *   closed, or a bound is hit.
+ * - A body announced by `Content-Length` within `maxBytes` is drained and the connection kept
+ *   for the next request, as nginx does for the answers it keeps alive (the client pays one
+ *   body's bytes, not a new connection).
+ * - A body of unknown length (chunked), or a refusal that must close (`Expect: 100-continue`
+ *   without a `100`, shutting down), gets `Connection: close`; after the answer the proxy
+ *   half-closes (FIN), keeps reading and discarding, and closes once the body has ended, the
+ *   client has closed, or a bound is hit.
+ * - A body announced larger than `maxBytes` would be cut at the bound anyway: its connection
+ *   closes after the answer, as without a drain, and none of it is read (nor is the body of a
+ *   client refused for going silent: 408).
  *
  * Bounds, per connection: `timeMs` in all from the refusal (nginx's `lingering_time`), `idleMs`
  * of silence (`lingering_timeout`), `maxBytes` discarded. Past any of them the socket is
@@ -98,14 +101,22 @@ export class Lingering {
     if (res.headersSent || req.destroyed || socket === null || socket.destroyed) return;
     const o = this.#options;
     if (o.timeMs <= 0 || this.#active >= o.maxConnections) {
-      // The old way: close after the answer (Node would otherwise read the whole body, unbounded).
+      // Close after the answer, as without a drain (Node would otherwise read the whole body,
+      // unbounded, to reuse the connection).
       res.shouldKeepAlive = false;
-      this.outcomes.full++;
-      this.#observe?.('full', 0);
+      if (o.timeMs > 0) {
+        this.outcomes.full++;
+        this.#observe?.('full', 0);
+      }
       return;
     }
-    const left = unreadAnnounced(req);
-    const keepAlive = res.shouldKeepAlive && left !== undefined && left <= o.maxBytes;
+    const announced = announcedLength(req);
+    if (announced !== undefined && announced > o.maxBytes) {
+      // It would be cut at the bound anyway: reading up to it buys the client nothing.
+      res.shouldKeepAlive = false;
+      return;
+    }
+    const keepAlive = res.shouldKeepAlive && announced !== undefined;
     if (!keepAlive) res.shouldKeepAlive = false;
     new Drain(this, req, socket, keepAlive, o);
   }
@@ -123,8 +134,8 @@ export class Lingering {
   }
 }
 
-/** Body bytes announced by Content-Length (an upper bound of what is unread); undefined when the length is unknown. */
-function unreadAnnounced(req: IncomingMessage): number | undefined {
+/** Body bytes announced by Content-Length; undefined when the length is unknown (chunked). */
+function announcedLength(req: IncomingMessage): number | undefined {
   if (req.headers['transfer-encoding'] !== undefined) return undefined;
   const cl = req.headers['content-length'];
   if (cl === undefined || !/^\d{1,15}$/.test(cl)) return undefined;

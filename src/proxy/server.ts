@@ -682,7 +682,11 @@ export class ProxyServer {
     // the body is drained within bounds (a small one on a kept connection, any other after
     // `Connection: close`), so the client reads this answer instead of a reset. Decided
     // before the head goes out, or `Connection: close` could not be sent.
-    if (!req.complete && !res.headersSent) this.lingering.refused(req, res);
+    if (!req.complete && !res.headersSent) {
+      // A client refused for going silent mid-body has nothing to drain.
+      if (err instanceof SmartProxyError && err.code === 'SP_CLIENT_BODY_TIMEOUT') res.shouldKeepAlive = false;
+      else this.lingering.refused(req, res);
+    }
     try {
       sendError(req, res, err);
     } catch (sendErr) {
