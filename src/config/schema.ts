@@ -283,7 +283,7 @@ export const configSchema = z.object({
     lingerTimeMs: ms('After refusing a request whose body it has not read (401, 403, 413, 503...), the proxy reads and discards that body for at most this long, so the client reads the answer instead of a connection reset; then the connection is cut. 30 s, as nginx\'s lingering_time. 0 = close at once (clients still uploading may see a reset).', 30_000),
     lingerIdleTimeoutMs: ms('Longest silence of a refused client while its body is discarded (nginx\'s lingering_timeout: 5 s).', 5_000),
     lingerMaxBytes: z.number().int().min(0).default(16 * 1024 * 1024)
-      .describe('Most body bytes discarded per refused request; past it the connection is cut. A refused body announced within it is drained on a kept connection; one announced larger is not read at all. 16 MiB: a refused upload of that size still gets its answer, and a client cannot make the proxy read more.'),
+      .describe('Most body bytes discarded per refused request; past it the connection is cut. A refused body announced larger is not read at all (its connection closes after the answer). 16 MiB: a refused upload of that size still gets its answer, and a client cannot make the proxy read more.'),
     maxLingeringConnections: z.number().int().min(0).default(1024)
       .describe('Refused connections discarding their bodies at once; past it a refusal closes its connection at once.'),
   }).strict().default({

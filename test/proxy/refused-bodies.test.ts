@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { Agent, request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { connect as h2connect } from 'node:http2';
 import type { Socket } from 'node:net';
@@ -66,7 +67,7 @@ async function harness(linger?: Partial<LingerOptions>, clock?: ManualClock, tls
 
 /**
  * Writes `data` as a client that sends its whole request before it reads anything (Python's
- * http.client, requests): resolves with the write error (EPIPE, ECONNRESET) or undefined when
+ * http.client): resolves with the write error (EPIPE, ECONNRESET) or undefined when
  * every byte was taken.
  */
 function sendAll(c: RawClient, data: Buffer): Promise<Error | undefined> {
@@ -106,9 +107,10 @@ function closedOf(c: RawClient): Promise<{ fin: boolean; error: string | undefin
 }
 
 describe('a refused upload: the client reads the refusal, not a reset', { timeout: 60_000 }, () => {
-  it('401 to a client that sends 8 MiB before reading: the whole answer, and the connection is kept', async () => {
+  it('401 to a client that sends 8 MiB before reading: the whole answer, then a clean FIN', async () => {
     const { h } = await harness();
     const c = await RawClient.open(h.url);
+    const closed = closedOf(c);
     try {
       const body = Buffer.alloc(8 * MiB, 0x61);
       const head = `PUT /smart_proxy/open/g1/upload HTTP/1.1\r\nhost: x\r\ncontent-length: ${body.length}\r\n\r\n`;
@@ -116,17 +118,35 @@ describe('a refused upload: the client reads the refusal, not a reset', { timeou
       assert.equal(err, undefined, `the upload was cut: ${String(err)}`);
       const res = await c.response();
       assert.equal(res.status, 401);
-      assert.doesNotMatch(res.head, /\r\nconnection: close/i, 'a body within the bound is drained on a kept connection');
+      assert.match(res.head, /\r\nconnection: close/i);
+      assert.deepEqual(await within(closed, 'the close'), { fin: true, error: undefined }, 'closed with FIN, never reset');
       await until(() => h.proxy.lingering.active === 0);
       assert.equal(h.proxy.lingering.discardedBytes, body.length);
-      // The same connection serves the next request.
-      c.received = '';
-      c.write('GET /smart_proxy/open/g1/next HTTP/1.1\r\nhost: x\r\nauthorization: Bearer t\r\n\r\n');
-      const next = await c.response();
-      assert.equal(next.status, 200, next.body);
-      assert.equal((JSON.parse(next.body) as Echo).url, '/next');
+      assert.equal(h.proxy.lingering.outcomes.drained, 1);
     } finally {
       c.close();
+      await h.close();
+    }
+  });
+
+  it('a client that stops sending its announced body once refused (Node\'s http client) gets its answer and a fresh connection next', async () => {
+    const { h } = await harness();
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const put = (path: string, headers: Record<string, string>): Promise<number> => new Promise((resolve, reject) => {
+        const req = httpRequest(`${h.url}${path}`, { method: 'PUT', agent, headers }, (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        });
+        req.on('error', reject);
+        // Announces 400 KiB and sends none of it.
+        req.end();
+      });
+      assert.equal(await put('/smart_proxy/open/g1/a', { 'content-length': String(400 * 1024) }), 401);
+      // The agent would reuse a kept connection; the next head must not be read as the first body.
+      assert.equal(await within(put('/smart_proxy/cold/g1/b', { authorization: 'Bearer t', 'content-length': String(2 * MiB) }), 'the second answer'), 413);
+    } finally {
+      agent.destroy();
       await h.close();
     }
   });
@@ -174,7 +194,7 @@ describe('a refused upload: the client reads the refusal, not a reset', { timeou
     }
   });
 
-  it('a forward that failed mid-body (the backend closed without reading it) drains the rest; the connection is kept', async () => {
+  it('a forward that failed mid-body (the backend closed without reading it) drains the rest, then FIN', async () => {
     const early = new MimicProvider({
       backend: (key) => startEchoServer({
         name: key,
@@ -191,6 +211,7 @@ describe('a refused upload: the client reads the refusal, not a reset', { timeou
     });
     const h = await startHarness({ resources: [{ id: 'early', provider: early }] });
     const c = await RawClient.open(h.url);
+    const closed = closedOf(c);
     try {
       c.write('GET /smart_proxy/early/g1/ HTTP/1.1\r\nhost: x\r\n\r\n');
       assert.equal((await c.response()).status, 200);
@@ -201,11 +222,10 @@ describe('a refused upload: the client reads the refusal, not a reset', { timeou
       assert.equal(err, undefined, `the upload was cut: ${String(err)}`);
       const res = await c.response();
       assert.ok(res.status >= 400, res.head);
+      assert.match(res.head, /\r\nconnection: close/i);
+      assert.deepEqual(await within(closed, 'the close'), { fin: true, error: undefined });
       await until(() => h.proxy.lingering.active === 0, 'the drain to end');
       assert.equal(h.proxy.lingering.outcomes.drained, 1, JSON.stringify(h.proxy.lingering.outcomes));
-      c.received = '';
-      c.write('GET /smart_proxy/early/g1/ HTTP/1.1\r\nhost: x\r\n\r\n');
-      assert.equal((await c.response()).status, 200);
     } finally {
       c.close();
       await h.close();
@@ -312,15 +332,16 @@ describe('the drain is bounded', { timeout: 60_000 }, () => {
       await within(proxySide, 'the proxy to close its side');
       drip.close();
 
-      const silent = await RawClient.open(h.url);
-      const silentClosed = closedOf(silent);
+      const proxySide2 = nextConnectionClosed(h);
+      const silent = await RawClient.open(h.url, { allowHalfOpen: true });
       silent.write('PUT /smart_proxy/open/g1/silent HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\nabc');
       await silent.response();
       await until(() => h.proxy.lingering.discardedBytes === read + 3);
       await clock.advance(4_999);
       assert.equal(h.proxy.lingering.active, 1);
       await clock.advance(1);
-      await within(silentClosed, 'the silent client to see the close');
+      await within(proxySide2, 'the proxy to close its side');
+      silent.close();
       assert.equal(h.proxy.lingering.active, 0);
       assert.equal(h.proxy.lingering.outcomes.idle, 1);
     } finally {
@@ -330,7 +351,8 @@ describe('the drain is bounded', { timeout: 60_000 }, () => {
 
   it('past maxConnections lingering at once, a refusal closes at once', async () => {
     const { h } = await harness({ maxConnections: 1 });
-    const a = await RawClient.open(h.url);
+    // Keeps its side open after the proxy's FIN: its drain lasts.
+    const a = await RawClient.open(h.url, { allowHalfOpen: true });
     const b = await RawClient.open(h.url);
     const bClosed = closedOf(b);
     try {
