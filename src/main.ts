@@ -313,6 +313,12 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       tlsHandshakeTimeoutMs: config.server.tlsHandshakeTimeoutMs,
       http2SessionIdleTimeoutMs: config.server.http2SessionIdleTimeoutMs,
       http2MaxConcurrentStreams: config.server.http2MaxConcurrentStreams,
+      linger: {
+        timeMs: config.server.lingerTimeMs,
+        idleMs: config.server.lingerIdleTimeoutMs,
+        maxBytes: config.server.lingerMaxBytes,
+        maxConnections: config.server.maxLingeringConnections,
+      },
     });
     if (oidc !== undefined) oidc.onSignedIn = (target, identity) => proxy.startFor(target, identity);
     const addr = await proxy.listen(config.listen.port, config.listen.host);

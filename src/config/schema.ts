@@ -299,7 +299,16 @@ export const configSchema = z.object({
     http2SessionIdleTimeoutMs: ms('An HTTP/2 session with no open stream for this long is closed with GOAWAY (streams in flight, such as held requests, are never cut). 0 = never.', 30_000),
     http2MaxConcurrentStreams: z.number().int().min(1).default(128)
       .describe('Streams one HTTP/2 client may open at once (nginx\'s default); each is a request the proxy may hold.'),
-  }).strict().default({ headersTimeoutMs: 30_000, keepAliveTimeoutMs: 5_000, maxHeaderBytes: 16 * 1024, bodyIdleTimeoutMs: 60_000, tlsHandshakeTimeoutMs: 10_000, http2SessionIdleTimeoutMs: 30_000, http2MaxConcurrentStreams: 128 }),
+    lingerTimeMs: ms('After refusing a request whose body it has not read (401, 403, 413, 503...), the proxy reads and discards that body for at most this long, so the client reads the answer instead of a connection reset; then the connection is cut. 30 s, as nginx\'s lingering_time. 0 = close at once (clients still uploading may see a reset).', 30_000),
+    lingerIdleTimeoutMs: ms('Longest silence of a refused client while its body is discarded (nginx\'s lingering_timeout: 5 s).', 5_000),
+    lingerMaxBytes: z.number().int().min(0).default(16 * 1024 * 1024)
+      .describe('Most body bytes discarded per refused request; past it the connection is cut. A refused body announced larger is not read at all (its connection closes after the answer). 16 MiB: a refused upload of that size still gets its answer, and a client cannot make the proxy read more.'),
+    maxLingeringConnections: z.number().int().min(0).default(1024)
+      .describe('Refused connections discarding their bodies at once; past it a refusal closes its connection at once.'),
+  }).strict().default({
+    headersTimeoutMs: 30_000, keepAliveTimeoutMs: 5_000, maxHeaderBytes: 16 * 1024, bodyIdleTimeoutMs: 60_000, tlsHandshakeTimeoutMs: 10_000, http2SessionIdleTimeoutMs: 30_000, http2MaxConcurrentStreams: 128,
+    lingerTimeMs: 30_000, lingerIdleTimeoutMs: 5_000, lingerMaxBytes: 16 * 1024 * 1024, maxLingeringConnections: 1024,
+  }),
   upstream: z.object({
     connectTimeoutMs: ms('Connecting to a ready backend; a healthy one on a local network connects in milliseconds, so 5 s means it is gone.', 5_000),
     headersTimeoutMs: ms('Waiting for the backend\'s response head (then 504). 60 s, as nginx\'s proxy_read_timeout: a hung backend holds a connection and a client no longer; raise it for endpoints that compute long before answering.', 60_000),

@@ -102,6 +102,14 @@ export const METRICS = {
     name: 'smart_proxy_config_reloads_total', type: 'counter', labels: ['outcome'],
     help: 'Configuration reloads (SIGHUP or the admin API) by outcome: applied, refused.',
   },
+  lingered: {
+    name: 'smart_proxy_refused_body_drains_total', type: 'counter', labels: ['outcome'],
+    help: 'Refused requests whose unread body was read and discarded after the answer (lingering close), by how the drain ended: drained (the whole body), client_closed, time, idle, bytes (a bound was hit and the connection cut), full (too many draining at once: closed at once).',
+  },
+  discarded: {
+    name: 'smart_proxy_refused_body_discarded_bytes_total', type: 'counter', labels: [],
+    help: 'Request body bytes of refused requests read and discarded (see smart_proxy_refused_body_drains_total).',
+  },
 } as const satisfies Record<string, MetricDefinition>;
 
 /** The reference page, generated (npm run docs:reference). */

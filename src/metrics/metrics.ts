@@ -12,6 +12,7 @@ import { isSmartProxyError, ProviderError } from '../core/errors.ts';
 import type { InstanceStatus } from '../core/lifecycle.ts';
 import type { Clock, Provider, TimerHandle } from '../core/ports.ts';
 import type { Instance, ManagerEvent, ResourceManager } from '../core/resource-manager.ts';
+import type { LingerOutcome } from '../proxy/linger.ts';
 import type { HoldOutcome, RequestObserver, RequestRecord, UpgradeRecord } from '../proxy/observer.ts';
 import { METRICS, type MetricDefinition } from './catalogue.ts';
 import { LocalHistogram, type Series } from './local-histogram.ts';
@@ -109,6 +110,8 @@ export class Metrics implements RequestObserver {
   readonly #providerErrors: Counter<'provider' | 'operation' | 'kind'>;
   readonly #forwardDuration: LocalHistogram;
   readonly #reloads: Counter<'outcome'>;
+  readonly #lingered: Counter<'outcome'>;
+  readonly #discarded: Counter;
 
   constructor(options: MetricsOptions) {
     this.#manager = options.manager;
@@ -140,6 +143,8 @@ export class Metrics implements RequestObserver {
     const fwd = METRICS.forwardDuration;
     this.#forwardDuration = new LocalHistogram({ name: fwd.name, help: fwd.help, label: 'resource', buckets: fwd.buckets, registry: r });
     this.#reloads = counter(r, METRICS.reloads);
+    this.#lingered = counter(r, METRICS.lingered);
+    this.#discarded = counter(r, METRICS.discarded);
 
     gauge(r, METRICS.held, (g) => {
       g.reset();
@@ -306,6 +311,11 @@ export class Metrics implements RequestObserver {
       this.#slots.set(label, slot);
     }
     return slot;
+  }
+
+  lingered(outcome: LingerOutcome, discardedBytes: number): void {
+    this.#lingered.inc({ outcome });
+    if (discardedBytes > 0) this.#discarded.inc(discardedBytes);
   }
 
   held(resourceId: string, heldMs: number, outcome: HoldOutcome): void {

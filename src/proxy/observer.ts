@@ -5,6 +5,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
+import type { LingerOutcome } from './linger.ts';
 
 /** One request as far as the data plane got with it. */
 export class RequestRecord {
@@ -45,6 +46,8 @@ export interface RequestObserver {
   held(resourceId: string, heldMs: number, outcome: HoldOutcome): void;
   /** Once per WebSocket upgrade, when its connection to the client has closed (the tunnel's end). */
   upgraded(req: IncomingMessage, record: UpgradeRecord): void;
+  /** Once per refused request whose unread body was drained (or cut) after its answer (linger.ts). */
+  lingered?(outcome: LingerOutcome, discardedBytes: number): void;
 }
 
 /** Several observers as one; undefined when there is none, so the server skips all work. */
@@ -55,5 +58,6 @@ export function combineObservers(list: ReadonlyArray<RequestObserver | undefined
     finished: (req, res, record) => { for (const o of present) o.finished(req, res, record); },
     held: (resourceId, heldMs, outcome) => { for (const o of present) o.held(resourceId, heldMs, outcome); },
     upgraded: (req, record) => { for (const o of present) o.upgraded(req, record); },
+    lingered: (outcome, bytes) => { for (const o of present) o.lingered?.(outcome, bytes); },
   };
 }

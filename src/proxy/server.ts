@@ -19,6 +19,7 @@ import { sendError } from './error-response.ts';
 import { UpstreamPools, type ForwardOutcome, type UpstreamOptions } from './forward-http.ts';
 import { WebSocketForwarder, isWebSocketUpgrade, type Admission } from './forward-ws.ts';
 import { HeldBytesBudget } from './held-bytes.ts';
+import { Lingering, type LingerOptions } from './linger.ts';
 import { fieldProblem, TrustedProxies, upstreamHeaders } from './headers.ts';
 import type { WaitPlan } from './prefer.ts';
 import { isReservedPath } from './progress-sse.ts';
@@ -110,6 +111,8 @@ export interface ProxyServerOptions {
   readonly observer?: RequestObserver | undefined;
   /** Response header naming the time a cold-started request waited (ms); absent: none. */
   readonly coldStartHeader?: string | undefined;
+  /** Bounds of draining the unread body of a refused request (linger.ts). */
+  readonly linger?: Partial<LingerOptions> | undefined;
 }
 
 type HoldPlan = Extract<WaitPlan, { kind: 'hold' }>;
@@ -144,6 +147,8 @@ export class ProxyServer {
   readonly #observer: RequestObserver | undefined;
   readonly #coldStartHeader: string | undefined;
   readonly #signIn: ProxyServerOptions['signIn'];
+  /** Refused requests' unread bodies, drained within bounds (linger.ts). */
+  readonly lingering: Lingering;
   #draining = false;
 
   constructor(options: ProxyServerOptions) {
@@ -171,6 +176,8 @@ export class ProxyServer {
     this.#sweepPoolsOnStop(options.manager, options.clock ?? systemClock, options.poolSweepDelayMs ?? 1_000);
     this.#observer = options.observer;
     this.#coldStartHeader = options.coldStartHeader;
+    const observer = options.observer;
+    this.lingering = new Lingering(options.linger, observer?.lingered === undefined ? undefined : (outcome, bytes) => observer.lingered?.(outcome, bytes), options.clock);
     this.#waiting = new WaitingRoom({ manager: options.manager, clock: options.clock ?? systemClock });
     this.#heldBytes = new HeldBytesBudget({
       maxHeldBytes: options.maxHeldBytes ?? Number.MAX_SAFE_INTEGER,
@@ -397,6 +404,8 @@ export class ProxyServer {
       const requester = requesterOf(admission);
       const plan = this.#waiting.plan(req, resource.waiting, resource.holdTimeoutMs);
       if (plan.kind !== 'hold' && inst.status !== 'ready') {
+        // Answered without its body: drained within bounds, or the connection closes.
+        this.lingering.refused(req, res);
         this.#waiting.answerAtOnce(req, res, plan.kind, inst, route, resource.waiting, requester);
         return;
       }
@@ -680,10 +689,15 @@ export class ProxyServer {
       if (!res.headersSent) res.destroy();
       return;
     }
-    // A request whose body we never read (refused before the body, as access refusals are)
-    // gets `Connection: close`: Node would otherwise read and discard the whole body to
-    // reuse the connection. Set before the head goes out, or it has no effect.
-    if (!req.complete && !res.headersSent) res.shouldKeepAlive = false;
+    // A request whose body we never read (refused before the body, as access refusals are):
+    // the body is drained within bounds (a small one on a kept connection, any other after
+    // `Connection: close`), so the client reads this answer instead of a reset. Decided
+    // before the head goes out, or `Connection: close` could not be sent.
+    if (!req.complete && !res.headersSent) {
+      // A client refused for going silent mid-body has nothing to drain.
+      if (err instanceof SmartProxyError && err.code === 'SP_CLIENT_BODY_TIMEOUT') res.shouldKeepAlive = false;
+      else this.lingering.refused(req, res);
+    }
     try {
       sendError(req, res, err);
     } catch (sendErr) {

@@ -64,8 +64,6 @@ export class WaitingRoom {
     const snap = this.hub.snapshot(inst);
     if (plan === 'async') this.#sendAccepted(req, res, route, snap);
     else this.#sendPage(req, res, route, snap, waiting?.theme ?? builtinTheme());
-    // A body we never read would leave the connection unusable for the next request.
-    if (!req.complete) res.shouldKeepAlive = false;
   }
 
   /** A hold as `plan` says begins (the data plane holds; see server.ts). */

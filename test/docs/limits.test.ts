@@ -28,7 +28,7 @@ it('every limit key of the schema is in the limits reference, with a reason', ()
   for (const key of keys) {
     assert.match(doc, new RegExp(`\\.${key}\``), `${key} is missing from docs/reference/limits.md`);
   }
-  for (const mine of ['bodyIdleTimeoutMs', 'queueTimeoutMs', 'maxQueuedPerBackend', 'maxHeldBytesPerRequest', 'maxHeldBytesPerClient', 'http2SessionIdleTimeoutMs', 'http2MaxConcurrentStreams', 'tlsHandshakeTimeoutMs']) {
+  for (const mine of ['bodyIdleTimeoutMs', 'queueTimeoutMs', 'maxQueuedPerBackend', 'maxHeldBytesPerRequest', 'maxHeldBytesPerClient', 'http2SessionIdleTimeoutMs', 'http2MaxConcurrentStreams', 'tlsHandshakeTimeoutMs', 'lingerTimeMs', 'lingerIdleTimeoutMs', 'lingerMaxBytes', 'maxLingeringConnections']) {
     const row = doc.split('\n').find((l) => l.startsWith('| `') && l.includes(`.${mine}\``));
     assert.ok(row !== undefined && row.split('|')[3]!.trim().length > 40, `${mine} has a reason`);
   }

@@ -75,7 +75,7 @@ export async function startHarness(options: {
   /** Upstream settings replacing the harness's (tests of the backend queue). */
   upstream?: Partial<UpstreamOptions>;
   /** Client-side bounds (ProxyServerOptions of the same names). */
-  bounds?: Pick<ProxyServerOptions, 'bodyIdleTimeoutMs' | 'maxHeldBytesPerRequest' | 'maxHeldBytesPerClient' | 'http2SessionIdleTimeoutMs' | 'http2MaxConcurrentStreams'>;
+  bounds?: Pick<ProxyServerOptions, 'bodyIdleTimeoutMs' | 'maxHeldBytesPerRequest' | 'maxHeldBytesPerClient' | 'http2SessionIdleTimeoutMs' | 'http2MaxConcurrentStreams' | 'linger'>;
   forgetStoppedAfterMs?: number;
   poolSweepDelayMs?: number;
 }): Promise<Harness> {

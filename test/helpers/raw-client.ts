@@ -26,9 +26,10 @@ export class RawClient {
     });
   }
 
-  static async open(url: string): Promise<RawClient> {
+  /** `allowHalfOpen`: keep sending after the server's FIN (a client that ignores it). */
+  static async open(url: string, { allowHalfOpen = false } = {}): Promise<RawClient> {
     const { port } = new URL(url);
-    const socket = connect(Number(port), '127.0.0.1');
+    const socket = connect({ port: Number(port), host: '127.0.0.1', allowHalfOpen });
     await once(socket, 'connect');
     return new RawClient(socket);
   }

@@ -8,6 +8,7 @@ import { parseScrape } from '../helpers/prometheus.ts';
 import { startTestApp, testConfig, until } from './metrics-app.ts';
 import { ProviderError } from '../../src/core/errors.ts';
 import { makeReady, setup } from '../core/scripted.ts';
+import { RawClient } from '../helpers/raw-client.ts';
 
 test('after known traffic the metrics say exactly what happened (parsed as Prometheus text)', async () => {
   const pa = new MimicProvider({ manual: true });
@@ -214,5 +215,27 @@ test('a stop that fails counts as a failure (stop_failed), not as a stop', async
   } finally {
     metrics.close();
     s.manager.close();
+  }
+});
+
+test('a refused body drained after its answer is counted: outcome and discarded bytes', async () => {
+  const pa = new MimicProvider();
+  const t = await startTestApp(testConfig({ resources: { app: { provider: 'pa' } } }, ['pa']), { pa });
+  try {
+    const { app } = t;
+    assert.ok(app.metrics !== undefined);
+    const c = await RawClient.open(app.proxyUrl);
+    const closed = new Promise<void>((resolve) => c.socket.once('close', () => resolve()));
+    // TRACE is refused (405) before anything reads its body; the client sends it all the same.
+    c.write(`TRACE /smart_proxy/app/-/x HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n`);
+    c.write(Buffer.alloc(100_000, 0x61));
+    assert.equal((await c.response()).status, 405);
+    await closed;
+    await until('the drain to end', () => app.proxy.lingering.active === 0);
+    const m = parseScrape((await app.metrics.render()).body);
+    assert.equal(m.value('smart_proxy_refused_body_drains_total', { outcome: 'drained' }), 1);
+    assert.equal(m.value('smart_proxy_refused_body_discarded_bytes_total', {}), 100_000);
+  } finally {
+    await t.close();
   }
 });
