@@ -92,7 +92,12 @@ export class Lingering {
    * since it may set `Connection: close`.
    */
   refused(req: IncomingMessage, res: ServerResponse): void {
-    if (req.complete || this.#seen.has(req)) return;
+    // No body at all (RFC 9112 §6.3: no Transfer-Encoding, no Content-Length above 0): nothing
+    // is unread, so the connection stays open for the next request as after any answer. (Node
+    // marks a request complete only after its handler ran, so `complete` is false here even
+    // for a bodiless GET; a 401 to an API client or a browser's waiting page would otherwise
+    // cost the client its connection.)
+    if (req.complete || !hasBody(req) || this.#seen.has(req)) return;
     this.#seen.add(req);
     // HTTP/2: per-stream flow control and RST_STREAM(NO_ERROR) (see the top of this file).
     if (req.httpVersionMajor !== 1) return;
@@ -133,6 +138,13 @@ export class Lingering {
 }
 
 /** Body bytes announced by Content-Length; undefined when the length is unknown (chunked). */
+function hasBody(req: IncomingMessage): boolean {
+  if (req.headers['transfer-encoding'] !== undefined) return true;
+  const cl = req.headers['content-length'];
+  // Node's parser has refused a malformed Content-Length already.
+  return cl !== undefined && !/^0+$/.test(cl);
+}
+
 function announcedLength(req: IncomingMessage): number | undefined {
   if (req.headers['transfer-encoding'] !== undefined) return undefined;
   const cl = req.headers['content-length'];

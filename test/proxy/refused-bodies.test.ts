@@ -129,6 +129,29 @@ describe('a refused upload: the client reads the refusal, not a reset', { timeou
     }
   });
 
+  it('a refused request without a body keeps its connection: the next request is served on it', async () => {
+    const { h } = await harness();
+    const c = await RawClient.open(h.url);
+    const closed = closedOf(c);
+    try {
+      for (const head of ['GET /smart_proxy/open/g1/a HTTP/1.1\r\nhost: x\r\n\r\n', 'POST /smart_proxy/open/g1/b HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n']) {
+        c.write(head);
+        const res = await c.response();
+        assert.equal(res.status, 401);
+        assert.doesNotMatch(res.head, /\r\nconnection: close/i);
+        c.received = '';
+      }
+      c.write('GET /smart_proxy/open/g1/c HTTP/1.1\r\nhost: x\r\nauthorization: t\r\n\r\n');
+      assert.equal((await c.response()).status, 200, 'served on the same connection');
+      assert.equal(c.socket.closed, false);
+      assert.equal(h.proxy.lingering.active, 0);
+    } finally {
+      c.close();
+      await closed;
+      await h.close();
+    }
+  });
+
   it('a client that stops sending its announced body once refused (Node\'s http client) gets its answer and a fresh connection next', async () => {
     const { h } = await harness();
     const agent = new Agent({ keepAlive: true, maxSockets: 1 });
