@@ -14,7 +14,7 @@ import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger, TimerHandle } from '../core/ports.ts';
 import type { HeldRequest, HoldTarget, Instance, ResourceManager, StartRequester } from '../core/resource-manager.ts';
 import { ClientGone, expectContinue, requestGone, sendContinue } from './client-state.ts';
-import { applyCors } from './cors.ts';
+import { applyCors, isPreflight } from './cors.ts';
 import { sendError } from './error-response.ts';
 import { UpstreamPools, type ForwardOutcome, type UpstreamOptions } from './forward-http.ts';
 import { WebSocketForwarder, isWebSocketUpgrade, type Admission } from './forward-ws.ts';
@@ -367,7 +367,12 @@ export class ProxyServer {
     const cors = this.#resources.get(route.resourceId)?.cors;
     if (cors !== undefined) {
       const origin = req.headers.origin;
-      if (origin !== undefined && applyCors(req, res, cors, origin)) return undefined;
+      if (origin !== undefined) {
+        // A preflight is answered here, before its body (browsers send none) is read: a hostile
+        // one's body is drained within bounds, as any refused request's.
+        if (isPreflight(req)) this.lingering.refused(req, res);
+        if (applyCors(req, res, cors, origin)) return undefined;
+      }
     }
     // 2. identify, 3. authorize (before any side effect), 4. select the instance. Waited for
     // only when a step really waits (a slow hash, a signature check): not on the warm path.

@@ -16,8 +16,8 @@ const PAGE = 'https://app.example.com';
 
 interface Answer { status: number; headers: Record<string, string | string[] | undefined>; body: string }
 
-async function call(url: string, method: string, headers: Record<string, string>): Promise<Answer> {
-  const res = await request(url, { method, headers });
+async function call(url: string, method: string, headers: Record<string, string>, body?: string): Promise<Answer> {
+  const res = await request(url, { method, headers, body });
   return { status: res.statusCode, headers: res.headers, body: await res.body.text() };
 }
 
@@ -129,6 +129,15 @@ describe('CORS policy of a resource', () => {
     assert.equal(names[0], 'ok-one');
     assert.ok(!names.includes('bad header') && !names.includes('"quoted"'));
     assert.equal(names.length, 64);
+  });
+
+  it('a preflight with a body (no browser sends one) is answered, its body drained, then the connection closed', async () => {
+    const body = 'x'.repeat(256 * 1024);
+    const starts = mimic.calls.start;
+    const r = await call(p('api/-/x'), 'OPTIONS', { origin: PAGE, 'access-control-request-method': 'PUT', 'content-length': String(body.length) }, body);
+    assert.equal(r.status, 204);
+    assert.equal(r.headers.connection, 'close');
+    assert.equal(mimic.calls.start, starts, 'nothing was woken');
   });
 
   it('the config refuses credentials with "*" and a malformed origin', () => {
