@@ -137,7 +137,7 @@ export class Lingering {
   }
 }
 
-/** Body bytes announced by Content-Length; undefined when the length is unknown (chunked). */
+/** Whether the request has a body at all (chunked, or a Content-Length above 0). */
 function hasBody(req: IncomingMessage): boolean {
   if (req.headers['transfer-encoding'] !== undefined) return true;
   const cl = req.headers['content-length'];
@@ -145,6 +145,7 @@ function hasBody(req: IncomingMessage): boolean {
   return cl !== undefined && !/^0+$/.test(cl);
 }
 
+/** Body bytes announced by Content-Length; undefined when the length is unknown (chunked). */
 function announcedLength(req: IncomingMessage): number | undefined {
   if (req.headers['transfer-encoding'] !== undefined) return undefined;
   const cl = req.headers['content-length'];
