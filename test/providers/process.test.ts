@@ -110,6 +110,10 @@ void describe('process provider', () => {
       assert.match(failed.reason ?? '', /code 7.*refusing to start/s);
       await s.p.stop(r, fresh());
       assert.equal((await s.p.inspect(r, fresh())).state, 'stopped', 'stop forgets a failed instance');
+      // ...but not what it printed: `smart-proxy logs` after a crash shows the last run's output.
+      const last = s.p.output(r)?.text ?? '';
+      assert.match(last, /refusing to start/);
+      assert.match(last, /\[smart-proxy: this run exited with code 7; pid \d+\]\n$/);
     } finally {
       await s.done();
     }

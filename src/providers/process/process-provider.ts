@@ -73,6 +73,8 @@ interface Entry {
 }
 
 const GROUP_POLL_MS = 25;
+/** Instances whose last run's output is kept after it ended (see #lastRuns). */
+const LAST_RUNS = 64;
 /** After SIGKILL, how long the group may take to disappear before stop reports an error. */
 const KILL_WAIT_MS = 5_000;
 
@@ -83,6 +85,12 @@ export class ProcessProvider implements Provider {
   readonly #stopGraceMs: number;
   readonly #logMaxBytes: number;
   readonly #entries = new Map<string, Entry>();
+  /**
+   * The output of runs that ended (crashed, or stopped), by instance, newest last: what an
+   * operator asks for after a crash is exactly what the process printed before it went.
+   * Bounded by LAST_RUNS instances (each by logMaxBytes); a new run of an instance replaces it.
+   */
+  readonly #lastRuns = new Map<string, { readonly text: string; readonly droppedBytes: number }>();
   readonly #starting = new Map<string, Promise<Entry>>();
   readonly #log: Logger | undefined;
 
@@ -347,8 +355,9 @@ export class ProcessProvider implements Provider {
 
   /** The output kept in memory for an instance (diagnostics, admin API). */
   output(ref: InstanceRef): { readonly text: string; readonly droppedBytes: number } | undefined {
-    const entry = this.#entries.get(keyOf(ref));
-    if (entry === undefined) return undefined;
+    const key = keyOf(ref);
+    const entry = this.#entries.get(key);
+    if (entry === undefined) return this.#lastRuns.get(key);
     return { text: entry.log.text(), droppedBytes: entry.log.droppedBytes };
   }
 
@@ -394,6 +403,14 @@ export class ProcessProvider implements Provider {
   #forget(entry: Entry): void {
     const key = `${entry.resourceId}\0${entry.instanceKey}`;
     if (this.#entries.get(key) === entry) this.#entries.delete(key);
+    // An adopted process has no output of ours to keep.
+    if (entry.child !== undefined) {
+      const how = entry.exit === undefined ? 'ended' : entry.exit.code !== null ? `exited with code ${entry.exit.code}` : `ended by ${entry.exit.signal ?? 'a signal'}`;
+      this.#lastRuns.delete(key);
+      const text = entry.log.text();
+      this.#lastRuns.set(key, { text: `${text}${text === '' || text.endsWith('\n') ? '' : '\n'}[smart-proxy: this run ${how}; pid ${entry.record.pid}]\n`, droppedBytes: entry.log.droppedBytes });
+      if (this.#lastRuns.size > LAST_RUNS) this.#lastRuns.delete(this.#lastRuns.keys().next().value!);
+    }
     entry.child?.stdout?.destroy();
     entry.child?.stderr?.destroy();
     entry.logFile?.end();
