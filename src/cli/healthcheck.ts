@@ -5,6 +5,6 @@ export const usage = [['healthcheck [--url URL]', 'exit 0 when the proxy answers
 
 export async function run(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { url: { type: 'string' } } });
-  const { healthcheck } = await import('../healthcheck.ts');
+  const { healthcheck } = await import('../healthcheck.js');
   return healthcheck(values.url);
 }

@@ -45,7 +45,7 @@ test('the image builds with Podman, runs the demo read-only as non-root, and ans
     const cfg = inspect[0]?.Config;
     assert.equal(cfg?.User, '1000:1000');
     // Podman shows the health check beside Config (Docker: inside it).
-    assert.deepEqual((inspect[0]?.Healthcheck ?? cfg?.Healthcheck)?.Test, ['CMD', 'node', 'src/healthcheck.ts']);
+    assert.deepEqual((inspect[0]?.Healthcheck ?? cfg?.Healthcheck)?.Test, ['CMD', 'node', 'src/healthcheck.js']);
     assert.ok(cfg?.Volumes !== undefined && '/var/lib/smart-proxy' in cfg.Volumes);
 
     // The demo in one command: read-only root, state in a volume.
