@@ -695,8 +695,8 @@ export class ProxyServer {
       return;
     }
     // A request whose body we never read (refused before the body, as access refusals are):
-    // the body is drained within bounds (a small one on a kept connection, any other after
-    // `Connection: close`), so the client reads this answer instead of a reset. Decided
+    // after `Connection: close` the body is drained within bounds (linger.ts), so the client
+    // reads this answer instead of a reset; one without a body keeps its connection. Decided
     // before the head goes out, or `Connection: close` could not be sent.
     if (!req.complete && !res.headersSent) {
       // A client refused for going silent mid-body has nothing to drain.

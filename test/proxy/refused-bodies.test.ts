@@ -1,7 +1,8 @@
 /**
  * Refused requests with bodies, as real clients see them (src/proxy/linger.ts): a client still
  * uploading when the proxy refuses it must read the refusal, not a connection reset; the body
- * is drained within bounds (bytes, time, silence), on a kept connection when it is small.
+ * is drained within bounds (bytes, time, silence) after `Connection: close`; a refused request
+ * without a body keeps its connection.
  */
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
