@@ -19,6 +19,7 @@
  * not kept alive (the address is a variable).
  */
 import type { Config } from '../config/schema.ts';
+import { corsGate } from './cors-gate.ts';
 import { BUSY_PATH, DECISION_PATH, FRONT_HEADERS } from './protocol.ts';
 
 export interface HaproxyOptions {
@@ -36,13 +37,20 @@ function hostPort(host: string, port: number): string {
 
 const s = (ms: number): string => `${Math.max(1, Math.ceil(ms / 1000))}s`;
 
+/** `items` in lists of at most `size` (HAProxy lines stay short; ACLs of one name add up). */
+function chunks<T>(items: readonly T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
 export function generateHaproxyConfig(config: Config, options: HaproxyOptions = {}): string {
   const front = config.front;
   const dataPlane = options.dataPlane ?? hostPort(config.listen.host, config.listen.port);
   const decision = options.decision ?? hostPort(front.decision.host, front.decision.port);
   const ttlS = Math.max(1, Math.ceil(front.grantTtlMs / 1000));
   // CORS preflights are the policy's to answer (the data plane does, before any access step).
-  const preflightGate = Object.values(config.resources).some((r) => (r.cors ?? config.resourceDefaults.cors) !== undefined);
+  const cors = corsGate(config);
   const protectedHeaders = new Set([config.access.backendHeaders.user, config.access.backendHeaders.groups].map((h) => h.toLowerCase()));
   const keyHeaders = new Set<string>();
   let keyAddress = false;
@@ -90,9 +98,11 @@ frontend smart_proxy
     # TRACE (and IIS's TRACK) would echo the headers added for the backend: the data plane
     # refuses them, as nginx does by itself.
     use_backend smart_proxy_data if METH_TRACE or { method TRACK }
-${preflightGate ? `    # CORS preflights are answered by the resource's cors policy, in the data plane.
+${cors === undefined ? '' : `    # CORS preflights are answered by the resource's cors policy, in the data plane, and a
+    # cross-origin request to a resource with a policy gets the policy's fields there.
     use_backend smart_proxy_data if { req.hdr(access-control-request-method) -m found }
-` : ''}    use_backend smart_proxy_direct if { var(txn.sp_ip) -m found }
+${cors.all ? '' : chunks(cors.ids, 20).map((ids) => `    acl sp_cors_resource var(txn.sp_resource) -m str ${ids.join(' ')}\n`).join('')}    use_backend smart_proxy_data if { req.hdr(origin) -m found }${cors.all ? '' : ' sp_cors_resource'}
+`}    use_backend smart_proxy_direct if { var(txn.sp_ip) -m found }
     default_backend smart_proxy_data
 
 backend smart_proxy_open

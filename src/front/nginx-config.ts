@@ -17,6 +17,7 @@
  */
 import type { Config, IdentityConfig } from '../config/schema.ts';
 import { luaDecide, luaDropFailed, luaDynamicUpstream, luaGrantHasAuthorization, luaSharedDicts, NGINX_LUA_PACKAGE } from './nginx-lua.ts';
+import { corsGate, type CorsGate } from './cors-gate.ts';
 import { BUSY_PATH, DECISION_PATH, FRONT_HEADERS } from './protocol.ts';
 import { UpstreamNames } from './upstreams.ts';
 
@@ -103,6 +104,39 @@ const LUA_DIRECT_TARGET = String.raw`^(?<smart_proxy_head>(?<smart_proxy_route>$
 /** Seconds for nginx timeouts, at least 1. */
 const s = (ms: number): string => `${Math.max(1, Math.ceil(ms / 1000))}s`;
 
+/** Names a map cannot take as they are (its own parameters): escaped with "\\". */
+const MAP_WORDS = new Set(['default', 'include', 'hostnames', 'volatile']);
+
+/**
+ * $smart_proxy_cors_via: "1" for a request with an Origin to a resource with a cors policy
+ * (its answer must carry the policy's fields, which the data plane sets), "" otherwise. Exact
+ * matches only; the resource map is read only for requests that have an Origin.
+ */
+function corsMaps(cors: CorsGate): string {
+  if (cors.all) {
+    return `# Every resource has a cors policy: a request with an Origin goes via Smart Proxy.
+map $http_origin $smart_proxy_cors_via {
+    "" "";
+    default 1;
+}
+`;
+  }
+  // Only ids the gate can pass (the schema's characters) can take the direct path at all.
+  const ids = cors.ids.filter((id) => /^[A-Za-z0-9][A-Za-z0-9._~-]*$/.test(id)).map((id) => (MAP_WORDS.has(id.toLowerCase()) ? `\\${id}` : id));
+  return `# The resources with a cors policy (a map matches them ignoring case: at worst a request
+# goes via Smart Proxy that need not have).
+map $smart_proxy_resource $smart_proxy_cors_resource {
+    default "";
+${ids.map((id) => `    ${id} 1;`).join('\n')}
+}
+# A request with an Origin to one of them goes via Smart Proxy.
+map $http_origin $smart_proxy_cors_via {
+    "" "";
+    default $smart_proxy_cors_resource;
+}
+`;
+}
+
 export function generateNginxConfig(config: Config, options: GenerateOptions = {}): string {
   const front = config.front;
   const upstreams = new UpstreamNames(Object.values(config.resources).map((r) => (typeof r.provider === 'string' ? config.providers[r.provider] : r.provider)).filter((p) => p !== undefined));
@@ -124,7 +158,8 @@ export function generateNginxConfig(config: Config, options: GenerateOptions = {
   const lua = options.cache === 'lua';
   // CORS preflights are the policy's to answer (the data plane does, before any access step):
   // with a resource that has one, they never take the direct path. Nothing added otherwise.
-  const preflightGate = Object.values(config.resources).some((r) => (r.cors ?? config.resourceDefaults.cors) !== undefined);
+  const cors = corsGate(config);
+  const preflightGate = cors !== undefined;
   const H = FRONT_HEADERS;
   const lines: string[] = [];
   const out = (text: string): void => { lines.push(text); };
@@ -175,12 +210,12 @@ map $request_uri $smart_proxy_direct {
     default 0;
 }
 # Via Smart Proxy without asking: no direct target, or a WebSocket upgrade (its Origin is
-# checked there)${preflightGate ? ', or a CORS preflight (answered by the resource\'s cors policy there)' : ''}. An exact match: no regex.
-map "$smart_proxy_direct$http_upgrade${preflightGate ? '$http_access_control_request_method' : ''}" $smart_proxy_via {
+# checked there)${preflightGate ? ', or a CORS preflight or cross-origin request to a resource with a cors policy (answered\n# with the policy\'s fields there)' : ''}. An exact match: no regex.
+map "$smart_proxy_direct$http_upgrade${preflightGate ? '$http_access_control_request_method$smart_proxy_cors_via' : ''}" $smart_proxy_via {
     "1" 0;
     default 1;
 }
-`}${lua ? '' : `# The upstream path: the endpoint's own path, then the forwarded one ("/" alone forwards to
+`}${cors === undefined ? '' : corsMaps(cors)}${lua ? '' : `# The upstream path: the endpoint's own path, then the forwarded one ("/" alone forwards to
 # the endpoint path exactly, as the data plane does). Exact matches: no regex.
 map $smart_proxy_tail $smart_proxy_upstream_path {
     "" $smart_proxy_base_root;
@@ -241,6 +276,10 @@ ${lua ? `        # The direct path's gate: one regex over the raw target, which 
         }
 ${preflightGate ? `        # So does a CORS preflight (answered by the resource's cors policy there).
         if ($http_access_control_request_method != "") {
+            return 418;
+        }
+        # And a cross-origin request to a resource with a cors policy (the policy's fields).
+        if ($smart_proxy_cors_via) {
             return 418;
         }
 ` : ''}` : `        if ($smart_proxy_via) {

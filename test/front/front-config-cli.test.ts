@@ -36,6 +36,10 @@ resources:
   a: { provider: fixed, access: { anyOf: [g] } }
   b: { provider: local, access: { anyOf: [g], passCredentials: true } }
   c: { provider: dyn, access: { public: true } }
+  # A cors policy: cross-origin requests go via the data plane. "default" is one of nginx's map
+  # words; 25 of them take two HAProxy ACL lines.
+  default: { provider: fixed, access: { public: true }, cors: { allowedOrigins: ["https://x.example"] } }
+${Array.from({ length: 24 }, (_, i) => `  cors${i}: { provider: fixed, access: { public: true }, cors: { allowedOrigins: ["https://x.example"] } }`).join('\n')}
 front:
   enabled: true
   nginx: { listen: "127.0.0.1:18080", controlListen: "127.0.0.1:18081", cachePath: "${dir}/cache", resolver: "127.0.0.1" }
@@ -57,6 +61,9 @@ void describe('front-proxy config commands', () => {
       assert.match(conf, /server localhost:8443;/);
       assert.match(conf, /server 127\.0\.0\.1:9001;/);
       assert.match(conf, /server 127\.0\.0\.1:8080;/, 'a wildcard listen is reached on loopback');
+      assert.match(conf, /^ {4}\\default 1;$/m, 'a resource named like a map word is escaped');
+      assert.match(conf, /^ {4}cors23 1;$/m);
+      assert.doesNotMatch(conf, /^ {4}a 1;$/m, 'a resource without a policy keeps the direct path');
       writeFileSync(join(dir, 'nginx.conf'), `pid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents {}\nhttp {\n${conf}\n}\n`);
       const t = spawnSync('/usr/sbin/nginx', ['-t', '-q', '-p', dir, '-e', join(dir, 'error.log'), '-c', join(dir, 'nginx.conf')], { encoding: 'utf8' });
       assert.equal(t.status, 0, t.stderr + readFileSync(join(dir, 'error.log'), 'utf8'));
@@ -118,6 +125,45 @@ void describe('front-proxy config commands', () => {
       writeFileSync(join(dir, 'haproxy.cfg'), out.stdout);
       const c = spawnSync('/usr/sbin/haproxy', ['-c', '-f', join(dir, 'haproxy.cfg')], { encoding: 'utf8' });
       assert.equal(c.status, 0, c.stdout + c.stderr);
+      const acls = out.stdout.split('\n').filter((l) => l.includes('acl sp_cors_resource'));
+      assert.equal(acls.length, 2);
+      assert.match(acls.join(' '), /cors9 default$/);
+      assert.match(out.stdout, /use_backend smart_proxy_data if \{ req\.hdr\(origin\) -m found \} sp_cors_resource/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  void it('with a cors policy on every resource (resourceDefaults), sends every request with an Origin via the data plane, with no list of resources', { skip: !existsSync('/usr/sbin/haproxy') && 'haproxy is not installed' }, () => {
+    requireNginxLua();
+    const dir = mkdtempSync(join(tmpdir(), 'sp-front-cli-'));
+    try {
+      const file = join(dir, 'smart-proxy.yaml');
+      writeFileSync(file, `
+resourceDefaults: { access: { public: true }, cors: { allowedOrigins: ["https://x.example"] } }
+providers:
+  fixed: { kind: static, endpoint: "http://127.0.0.1:9000" }
+resources:
+  a: { provider: fixed }
+  b: { provider: fixed }
+front:
+  enabled: true
+  nginx: { listen: "127.0.0.1:18080", controlListen: "127.0.0.1:18081", cachePath: "${dir}/cache" }
+  haproxy: { listen: "127.0.0.1:18082", luaPath: "${dir}/sp.lua" }
+`);
+      for (const cache of ['proxy', 'lua']) {
+        const out = spawnSync(process.execPath, [cli, 'nginx-config', '--config', file, '--cache', cache], { encoding: 'utf8' });
+        assert.equal(out.status, 0, out.stderr);
+        assert.match(out.stdout, /map \$http_origin \$smart_proxy_cors_via \{\n {4}"" "";\n {4}default 1;\n\}/);
+        assert.doesNotMatch(out.stdout, /smart_proxy_cors_resource/);
+        writeFileSync(join(dir, 'nginx.conf'), `${cache === 'lua' ? NGINX_LUA_MODULES : ''}\npid ${dir}/nginx.pid;\nerror_log ${dir}/error.log;\nevents {}\nhttp {\n${out.stdout}\n}\n`);
+        const t = spawnSync('/usr/sbin/nginx', ['-t', '-q', '-p', dir, '-e', join(dir, 'error.log'), '-c', join(dir, 'nginx.conf')], { encoding: 'utf8' });
+        assert.equal(t.status, 0, t.stderr + readFileSync(join(dir, 'error.log'), 'utf8'));
+      }
+      const h = spawnSync(process.execPath, [cli, 'haproxy-config', '--config', file, '--lua', join(dir, 'sp.lua')], { encoding: 'utf8' });
+      assert.equal(h.status, 0, h.stderr);
+      assert.match(h.stdout, /use_backend smart_proxy_data if \{ req\.hdr\(origin\) -m found \}\n/);
+      assert.doesNotMatch(h.stdout, /sp_cors_resource/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

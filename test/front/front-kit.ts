@@ -133,7 +133,9 @@ export function echo(req: IncomingMessage, res: ServerResponse): void {
     const body = Buffer.concat(chunks).toString('utf8');
     // remotePort: the connection it came on (a kept-alive one comes again on the same).
     const answer = JSON.stringify({ method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders, body, bodyBytes: body.length, remotePort: req.socket.remotePort });
-    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer) }).end(answer);
+    // A backend with CORS fields of its own, on request (a resource's cors policy replaces them).
+    const cors = req.headers['x-echo-cors'] === undefined ? {} : { 'access-control-allow-origin': '*', 'access-control-expose-headers': 'x-backend-secret' };
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer), ...cors }).end(answer);
   });
 }
 

@@ -182,6 +182,29 @@ front:
       assert.equal(dataPlaneRequests - before, 1, 'answered by the data plane, not the backend');
     });
 
+    void it('sends a cross-origin request to a resource with a cors policy via the data plane (the policy\'s fields, not the backend\'s); others stay direct', async () => {
+      for (const r of ['corspub', 'pub']) {
+        assert.equal((await get(nginxPort, `/smart_proxy/${r}/-/x`)).status, 200);
+        assert.equal((await get(nginxPort, `/smart_proxy/${r}/-/x`)).status, 200);
+      }
+      const origin = { origin: 'https://app.example', 'x-echo-cors': '1' };
+      let before = dataPlaneRequests;
+      const cross = await get(nginxPort, '/smart_proxy/corspub/-/x', origin);
+      assert.equal(cross.status, 200, cross.body);
+      assert.equal(cross.headers['access-control-allow-origin'], 'https://app.example');
+      assert.equal(cross.headers['access-control-expose-headers'], undefined, 'the backend\'s own field is dropped');
+      assert.match(String(cross.headers.vary), /origin/i);
+      assert.equal(dataPlaneRequests - before, 1, 'answered through the data plane');
+      // Without an Origin, and with one to a resource that has no policy: the direct path.
+      before = dataPlaneRequests;
+      const plain = await get(nginxPort, '/smart_proxy/corspub/-/x', { 'x-echo-cors': '1' });
+      assert.equal(plain.status, 200);
+      const other = await get(nginxPort, '/smart_proxy/pub/-/x', origin);
+      assert.equal(other.status, 200);
+      assert.equal(other.headers['access-control-allow-origin'], '*', 'a resource without a policy: the backend\'s fields');
+      assert.equal(dataPlaneRequests - before, 0, 'neither reached the data plane');
+    });
+
     void it('gives the backend the identity headers Smart Proxy gives it, and strips spoofed ones', async () => {
       assert.equal((await get(nginxPort, '/smart_proxy/app/-/warm', bearer(ALICE))).status, 200);
       const spoof = { 'x-forwarded-user': 'root', 'x-forwarded-groups': 'admin', 'x_forwarded_user': 'root2', 'x-forwarded-for': '6.6.6.6' };
