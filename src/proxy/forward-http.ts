@@ -10,7 +10,7 @@ import { BackendGate, type ReleaseSlot } from './backend-gate.ts';
 import { DEFAULT_BACKEND_TLS, tlsConnectOptions, type BackendTls } from './backend-tls.ts';
 import { idleBoundedBody } from './body-idle.ts';
 import { stripBackendCors } from './cors.ts';
-import { downstreamHeaders } from './headers.ts';
+import { downstreamHeaders, downstreamTrailers } from './headers.ts';
 
 export interface UpstreamOptions {
   readonly connectTimeoutMs: number;
@@ -297,7 +297,16 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     }
   }
 
-  onResponseEnd(): void {
+  onResponseEnd(_controller: Dispatcher.DispatchController, trailers?: IncomingHttpHeaders): void {
+    // A backend's trailer fields (a checksum, a gRPC status) follow the body: over HTTP/1.1 in
+    // the last chunk (Node sends them only when the answer is chunked), over HTTP/2 in a
+    // HEADERS frame. Node refuses invalid bytes in them: then they are dropped, not the answer.
+    const kept = downstreamTrailers(trailers);
+    if (kept !== undefined) {
+      try {
+        this.#res.addTrailers(kept);
+      } catch { /* invalid field bytes: the body is whole without them */ }
+    }
     this.#res.end();
     this.#settledOk = true;
     this.#settle('done');

@@ -179,6 +179,7 @@ const HOST = 32;
 const XFF = 64;
 const XFP = 128;
 const XFH = 256;
+const TE = 512;
 
 /**
  * Every name the filter or the captures react to, with what it is: one Map lookup per field
@@ -198,6 +199,7 @@ const NAME_KIND: ReadonlyMap<string, number> = (() => {
   add('x-forwarded-for', XFF);
   add('x-forwarded-proto', XFP);
   add('x-forwarded-host', XFH);
+  add('te', TE);
   return kinds;
 })();
 
@@ -215,6 +217,7 @@ export function upstreamHeaders(rawHeaders: readonly string[], ctx: ForwardConte
   let clientHost = '';
   const out: string[] = [];
   let cookie: string | undefined;
+  let teTrailers = false;
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const rawName = rawHeaders[i] as string;
     const value = rawHeaders[i + 1] as string;
@@ -240,6 +243,7 @@ export function upstreamHeaders(rawHeaders: readonly string[], ctx: ForwardConte
       else if ((kind & XFF) !== 0) clientXff = clientXff ? `${clientXff}, ${value}` : value;
       else if ((kind & XFP) !== 0) clientProto = value;
       else if ((kind & XFH) !== 0) clientHost = value;
+      else if ((kind & TE) !== 0 && /(?:^|,)\s*trailers\s*(?:[;,]|$)/i.test(value)) teTrailers = true;
       if ((kind & HOP) !== 0) continue;
     }
     // The proxy's own names and the identity names are compared folded (`_` as `-`).
@@ -272,6 +276,10 @@ export function upstreamHeaders(rawHeaders: readonly string[], ctx: ForwardConte
   }
   if (cookie !== undefined && ctx.dropCookies !== undefined) cookie = withoutCookies(cookie, ctx.dropCookies);
   if (cookie !== undefined && cookie !== '') out.push('cookie', cookie);
+  // TE is hop-by-hop (a client sends it with `Connection: TE`), but "trailers" is a promise
+  // this proxy keeps for its client: it passes a backend's trailer fields on
+  // (forward-http.ts). Some backends (gRPC's) send them only when asked.
+  if (teTrailers) out.push('te', 'trailers');
   const remote = ctx.remoteAddress ?? '';
   const proto = ctx.encrypted ? 'https' : 'http';
   const forwardedHost = ctx.trusted && clientHost ? clientHost : host;
@@ -318,6 +326,33 @@ export function downstreamHeaders(headers: Record<string, string | string[] | un
     if (value === undefined) continue;
     if (Array.isArray(value)) for (const v of value) out.push(name, v);
     else out.push(name, value);
+  }
+  return out;
+}
+
+/**
+ * Fields never taken from a backend's trailer section (RFC 9110 §6.5.1: framing, routing,
+ * request modifiers, authentication, response control and content-handling fields), nor the
+ * hop-by-hop ones; HTTP/2 refuses connection-specific fields in trailers too.
+ */
+const TRAILER_FORBIDDEN = new Set([...RESPONSE_HOP_BY_HOP, 'content-length', 'content-encoding', 'content-type', 'content-range',
+  'host', 'authorization', 'www-authenticate', 'proxy-authenticate', 'proxy-authorization', 'set-cookie', 'cookie',
+  'cache-control', 'expires', 'date', 'location', 'retry-after', 'vary', 'age', 'expect', 'max-forwards', 'pragma', 'range', 'http2-settings']);
+
+/**
+ * A backend's trailer fields (undici's object form, lower-case names) for `res.addTrailers`
+ * (an object: HTTP/2's compat response takes no list), without the forbidden ones; undefined
+ * when none are left.
+ */
+export function downstreamTrailers(trailers: Record<string, string | string[] | undefined> | undefined): Record<string, string | string[]> | undefined {
+  if (trailers === undefined) return undefined;
+  let out: Record<string, string | string[]> | undefined;
+  for (const name in trailers) {
+    if (TRAILER_FORBIDDEN.has(name) || name.charCodeAt(0) === 0x3a /* : */) continue;
+    const value = trailers[name];
+    if (value === undefined) continue;
+    // No prototype: a field named __proto__ is a field like any other.
+    (out ??= Object.create(null) as Record<string, string | string[]>)[name] = value;
   }
   return out;
 }

@@ -119,6 +119,46 @@ describe('streaming', () => {
     }
   });
 
+  it('passes a backend\'s trailer fields on after a chunked body, and asks for them when the client does (TE: trailers)', async () => {
+    const seenTe: Array<string | string[] | undefined> = [];
+    const factory = (key: string): Promise<EchoServer> => startEchoServer({
+      name: key,
+      handler: (req: IncomingMessage, res: ServerResponse) => {
+        if (req.url === '/t') seenTe.push(req.headers.te);
+        res.writeHead(200, { 'content-type': 'text/plain', trailer: 'x-checksum, grpc-status' });
+        res.write('part 1\n');
+        // Allowed fields pass; framing and cookies in a trailer section never do (RFC 9110 §6.5.1).
+        res.addTrailers([['x-checksum', 'sha256=abc'], ['grpc-status', '0'], ['set-cookie', 'a=1'], ['cache-control', 'no-store'], ['__proto__', 'p']]);
+        res.end('part 2\n');
+      },
+    });
+    const mimic = new MimicProvider({ bootMs: 0, backend: factory });
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }] });
+    try {
+      const get = (headers: Record<string, string>): Promise<{ res: IncomingMessage; body: string }> => new Promise((resolve, reject) => {
+        const req = httpRequest(`${h.url}/smart_proxy/app/g1/t`, { headers }, (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (d: string) => { body += d; });
+          res.on('end', () => resolve({ res, body }));
+          res.on('error', reject);
+        });
+        req.on('error', reject);
+        req.end();
+      });
+      const asked = await get({ te: 'trailers', connection: 'TE' });
+      assert.equal(asked.body, 'part 1\npart 2\n');
+      assert.equal(asked.res.headers['transfer-encoding'], 'chunked');
+      // (A field named __proto__ must not break the answer; Node's client drops it on reading.)
+      assert.deepEqual({ ...asked.res.trailers }, { 'x-checksum': 'sha256=abc', 'grpc-status': '0' });
+      const plain = await get({});
+      assert.equal(plain.res.trailers['x-checksum'], 'sha256=abc', 'trailers reach a client that did not ask (it may discard them)');
+      assert.deepEqual(seenTe, ['trailers', undefined], 'TE: trailers is asked for only when the client asked');
+    } finally {
+      await h.close();
+    }
+  });
+
   it('charges held bodies against the global budget: 503 past it, 413 for a body larger than it', async () => {
     const mimic = new MimicProvider({ manual: true });
     const h = await startHarness({ resources: [{ id: 'app', provider: mimic }], maxHeldBytes: MiB, heldBodyEstimateBytes: 200 * 1024 });

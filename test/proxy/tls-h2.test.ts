@@ -205,6 +205,45 @@ describe('TLS front: HTTP/2 and HTTP/1.1 by ALPN', () => {
     }
   });
 
+  it('passes a backend\'s trailer fields to an HTTP/2 client, and forwards its TE: trailers', async () => {
+    const seenTe: Array<string | string[] | undefined> = [];
+    const mimic = new MimicProvider({
+      bootMs: 0,
+      backend: (key) => startEchoServer({
+        name: key,
+        handler: (req, res) => {
+          if (req.url !== '/rpc') return void res.end('ok');
+          seenTe.push(req.headers.te);
+          res.writeHead(200, { 'content-type': 'application/grpc' });
+          res.write('message');
+          res.addTrailers({ 'grpc-status': '0', 'grpc-message': 'fine', 'set-cookie': 'a=1' });
+          res.end();
+        },
+      }),
+    });
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }], tls: { certFile: leafA.cert, keyFile: leafA.key } });
+    const session = h2connect(h.url, { ca: caPem });
+    try {
+      const stream = session.request({ ':method': 'POST', ':path': '/smart_proxy/app/g1/rpc', te: 'trailers', 'content-type': 'application/grpc' });
+      let t: IncomingHttpHeaders = {};
+      stream.on('trailers', (got: IncomingHttpHeaders) => { t = got; });
+      const ended = once(stream, 'end');
+      stream.end('request');
+      let text = '';
+      stream.setEncoding('utf8');
+      stream.on('data', (d: string) => { text += d; });
+      await ended;
+      assert.equal(text, 'message');
+      assert.equal(t['grpc-status'], '0');
+      assert.equal(t['grpc-message'], 'fine');
+      assert.equal(t['set-cookie'], undefined, 'no Set-Cookie from a trailer section');
+      assert.deepEqual(seenTe, ['trailers']);
+    } finally {
+      session.close();
+      await h.close();
+    }
+  });
+
   it('picks up a new certificate without a restart; open sessions keep working', { timeout: 60_000 }, async () => {
     // Files the test may replace, like a certificate manager does (write beside, then rename).
     const live = mkdtempSync(join(dir, 'live-'));
