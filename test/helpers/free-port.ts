@@ -31,11 +31,22 @@ function bindable(port: number): Promise<boolean> {
   });
 }
 
+/**
+ * Ports this process handed out: never handed out twice. A test asks for several before it
+ * starts anything on them (nginx's listen, control and decision ports), so a second draw of
+ * the first, still free, would pass the bind check and two servers would then fight for it.
+ */
+const handedOut = new Set<number>();
+
 export async function freePort(): Promise<number> {
   const [lo, hi] = range();
   for (let tries = 0; tries < 50; tries++) {
     const port = lo + Math.floor(Math.random() * (hi - lo + 1));
-    if (await bindable(port)) return port;
+    if (handedOut.has(port)) continue;
+    if (await bindable(port)) {
+      handedOut.add(port);
+      return port;
+    }
   }
   throw new Error(`no free port found in ${lo}-${hi} after 50 tries`);
 }
