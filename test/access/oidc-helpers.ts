@@ -40,6 +40,8 @@ export interface OidcAppOptions {
   readonly clock?: Clock;
   readonly keyValues?: KeyValueStore;
   readonly provider?: MimicProvider;
+  /** Where the log lines go (a test may watch it); a fresh array otherwise. */
+  readonly logs?: Harness['logs'];
 }
 
 export async function startOidcApp(o: OidcAppOptions): Promise<OidcApp> {
@@ -64,7 +66,7 @@ export async function startOidcApp(o: OidcAppOptions): Promise<OidcApp> {
     }).map(([id, r]) => [id, { provider: 'mimic', ...(r as object) }])),
   });
   const provider = o.provider ?? new MimicProvider({ bootMs: 150 });
-  const logs: Harness['logs'] = [];
+  const logs: Harness['logs'] = o.logs ?? [];
   const audit = new MemoryAuditSink();
   const app = await startApp(parsed, {
     logger: collectingLogger(logs), providers: new Map([['mimic', provider]]), audit,
