@@ -67,6 +67,14 @@ const MAX_INLINE_TX_BYTES = 1200;
  * this many the oldest are deleted, so retrying cannot grow the Cookie header without bound.
  */
 const MAX_PENDING_SIGN_INS = 4;
+/**
+ * A transaction cookie (and a transaction kept in the store) outlives its sign-in by this
+ * much: a person who comes back from the provider too late then reads "the sign-in took too
+ * long" with a link back to the page they wanted, instead of "not started in this browser"
+ * and no way back (the browser would have dropped an expired cookie). `exp` inside it still
+ * refuses the late answer.
+ */
+const TX_GRACE_MS = 60 * 60_000;
 
 /** An identity from a session carries what the response and the backend may need. */
 export interface SessionIdentity extends VerifiedIdentity {
@@ -98,6 +106,25 @@ const escapeHtml = (s: string): string =>
 
 function signInFailed(reason: string): SmartProxyError {
   return new SmartProxyError('SP_ACCESS_SIGN_IN_FAILED', `Sign-in failed: ${reason}. Go back to the page you wanted and try again.`, { data: { reason } });
+}
+
+/**
+ * The provider's own `error=` answer at the callback (RFC 6749 §4.1.2.1), once the state
+ * matched: `access_denied` (the user declined, or may not use this client) is a 403;
+ * `server_error` and `temporarily_unavailable` are the provider's trouble, a 503 to retry;
+ * anything else a failed sign-in (400). Each with a link to sign in again (#callback).
+ */
+function providerRefused(error: string, description: string | null, issuer: string): SmartProxyError {
+  const said = `${error.slice(0, 100)}${description === null ? '' : `: ${description.slice(0, 200)}`}`;
+  if (error === 'access_denied') {
+    return new SmartProxyError('SP_ACCESS_DENIED', `The sign-in provider refused the sign-in (${said}). Ask for access there, or sign in as someone else.`,
+      { data: { reason: `the provider refused it (${said})` } });
+  }
+  if (error === 'server_error' || error === 'temporarily_unavailable') {
+    return new SmartProxyError('SP_ACCESS_UNAVAILABLE', `The sign-in provider (${issuer}) could not complete the sign-in right now (${said}). Try again in a moment.`,
+      { retryAfterS: 5, data: { reason: `the provider failed (${said})` } });
+  }
+  return signInFailed(`the provider refused it (${said})`);
 }
 
 function unavailable(err: unknown, issuer: string): SmartProxyError {
@@ -165,12 +192,17 @@ export class OidcSignIn {
     return back === undefined ? `${this.#origin}${AUTH_PREFIX}sign-in` : this.signInLocation(back);
   }
 
-  /** The verifier of one oidc identity: its session cookies, and its bearer JWTs when enabled. */
+  /**
+   * The verifier of one oidc identity: its session cookies, and its bearer JWTs when enabled.
+   * Its challenge is Bearer even without `acceptBearer`: a 401 must carry one (RFC 9110
+   * §11.6.1), and with oidc alone there would be none; a session cookie has no scheme of its
+   * own, and API clients of such a proxy go through the same provider's tokens anyway.
+   */
   verifier(name: string, challenge: string): Verifier {
     const issuer = this.#issuers.get(name) as Issuer;
     return {
       kind: 'oidc',
-      challenge: issuer.cfg.acceptBearer ? challenge : undefined,
+      challenge,
       verify: (credentials) => this.#verify(issuer, credentials),
     };
   }
@@ -400,7 +432,7 @@ export class OidcSignIn {
     if (txName.length + 1 + tx.length > MAX_INLINE_TX_BYTES) {
       // Too long for a cookie (a long return URL): the store keeps it until the callback.
       try {
-        await this.#kv.set(`sign-in-tx:${digest(state)}`, tx, this.#settings.signInTimeoutMs);
+        await this.#kv.set(`sign-in-tx:${digest(state)}`, tx, this.#settings.signInTimeoutMs + TX_GRACE_MS);
       } catch (err) {
         throw new SmartProxyError('SP_ACCESS_UNAVAILABLE', 'The session store cannot be reached; try again in a moment.', { retryAfterS: 5, cause: err });
       }
@@ -410,7 +442,7 @@ export class OidcSignIn {
     // One cookie per sign-in (two tabs may sign in at once); the oldest beyond the bound go.
     res.setHeader('set-cookie', [
       ...(await this.#stalePendingSignIns(req)).map((n) => setCookie(n, '', { ...attrs, maxAgeS: 0 })),
-      setCookie(txName, tx, { ...attrs, maxAgeS: this.#settings.signInTimeoutMs / 1000 }),
+      setCookie(txName, tx, { ...attrs, maxAgeS: (this.#settings.signInTimeoutMs + TX_GRACE_MS) / 1000 }),
     ]);
     redirect(res, target.href);
   }
@@ -477,7 +509,7 @@ export class OidcSignIn {
     try {
       await this.#redeem(req, res, url, name, known);
     } catch (err) {
-      if (!(err instanceof SmartProxyError) || (err.code !== 'SP_ACCESS_SIGN_IN_FAILED' && err.code !== 'SP_ACCESS_UNAVAILABLE')) throw err;
+      if (!(err instanceof SmartProxyError) || (err.code !== 'SP_ACCESS_SIGN_IN_FAILED' && err.code !== 'SP_ACCESS_UNAVAILABLE' && err.code !== 'SP_ACCESS_DENIED')) throw err;
       throw new SmartProxyError(err.code, err.message, {
         data: { ...err.data, signInUrl: this.signInLocation(known.rd ?? '') }, retryAfterS: err.retryAfterS, cause: err.cause,
       });
@@ -509,9 +541,7 @@ export class OidcSignIn {
     if (typeof tx.rd === 'string') known.rd = tx.rd;
     if (typeof tx.exp !== 'number' || tx.exp < this.#clock.now()) throw signInFailed('the sign-in took too long');
     const providerError = url.searchParams.get('error');
-    if (providerError !== null) {
-      throw signInFailed(`the provider refused it (${providerError.slice(0, 100)}${url.searchParams.has('error_description') ? `: ${(url.searchParams.get('error_description') ?? '').slice(0, 200)}` : ''})`);
-    }
+    if (providerError !== null) throw providerRefused(providerError, url.searchParams.get('error_description'), issuer.cfg.issuer);
     // Single use across replicas: a replayed answer (same state) is refused even with its cookie.
     let first: boolean;
     try {
