@@ -326,6 +326,9 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
     const proxyUrl = `${config.tls === undefined ? 'http' : 'https'}://${host}:${addr.port}`;
     log.info({ url: proxyUrl, resources: routed.size }, 'proxy listening');
+    // The sign-in providers, discovered now in the background: one that is down is in the
+    // log at start-up (sign-in answers 503 and tries again), never a failed start.
+    oidc?.warmUp();
     // Warnings only (the proxy runs either way): resources their cloud's API cannot serve.
     const checks = new AbortController();
     closers.push(async () => checks.abort());

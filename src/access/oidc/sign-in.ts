@@ -159,6 +159,11 @@ export class OidcSignIn {
     this.#issuers = new Map(options.identities.map((cfg) => [cfg.name, new Issuer(cfg, options.clientSecrets.get(cfg.name), options.logger, () => options.clock.now())]));
   }
 
+  /** Discovers every provider in the background (start-up): one that is down is logged at once. */
+  warmUp(): void {
+    for (const issuer of this.#issuers.values()) issuer.warmUp();
+  }
+
   /** Who starts a resource at the callback (the data plane, wired by main.ts). */
   set onSignedIn(hook: SignedInHook) {
     this.#onSignedIn = hook;
@@ -575,8 +580,16 @@ export class OidcSignIn {
     // token endpoint over TLS, not its signature (OpenID Connect Core §3.1.3.7 allows that).
     // Checked here against the provider's key set (fetched once and cached, as for bearer JWTs):
     // a token endpoint answering through a broken TLS set-up or a wrong URL cannot mint users.
+    const verifyIdToken = async (): Promise<unknown> => jwtVerify(idToken, await issuer.keys(), { algorithms: [...issuer.cfg.algorithms], clockTolerance: issuer.cfg.clockToleranceMs / 1000, currentDate: new Date(this.#clock.now()) });
     try {
-      await jwtVerify(idToken, await issuer.keys(), { algorithms: [...issuer.cfg.algorithms], clockTolerance: issuer.cfg.clockToleranceMs / 1000, currentDate: new Date(this.#clock.now()) });
+      try {
+        await verifyIdToken();
+      } catch (err) {
+        // A key the set read moments ago lacks: the provider rotated its keys. Read them again.
+        if (!(err instanceof joseErrors.JWKSNoMatchingKey) || !await issuer.reloadKeys()) throw err;
+        this.#log.info({ provider: issuer.cfg.name, kid: decodeProtectedHeader(idToken).kid }, 'oidc: the ID token names a new signing key; key set read again');
+        await verifyIdToken();
+      }
     } catch (err) {
       if (err instanceof IssuerUnavailable || (!(err instanceof joseErrors.JOSEError) && isIssuerFailure(err))) throw unavailable(err, issuer.cfg.issuer);
       if (err instanceof joseErrors.JWKSTimeout || err instanceof joseErrors.JWKSInvalid) throw unavailable(err, issuer.cfg.issuer);
