@@ -40,6 +40,7 @@ export interface OidcAppOptions {
   readonly clock?: Clock;
   readonly keyValues?: KeyValueStore;
   readonly provider?: MimicProvider;
+  readonly trustedProxies?: string[];
   /** Where the log lines go (a test may watch it); a fresh array otherwise. */
   readonly logs?: Harness['logs'];
 }
@@ -50,6 +51,7 @@ export async function startOidcApp(o: OidcAppOptions): Promise<OidcApp> {
     listen: { host: '127.0.0.1', port: o.port },
     shutdown: { drainTimeoutMs: 0 },
     state: { kind: 'memory' },
+    ...(o.trustedProxies === undefined ? {} : { trustedProxies: o.trustedProxies }),
     providers: { mimic: { kind: 'atmosphere', baseUrl: 'http://127.0.0.1:9' } },
     identities: [{
       kind: 'oidc', name: 'test', issuer: o.issuerUrl, clientId: CLIENT.id, clientSecret: CLIENT.secret,

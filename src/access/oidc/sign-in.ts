@@ -96,6 +96,12 @@ export interface OidcSignInOptions {
   readonly kv: KeyValueStore;
   readonly clock: Clock;
   readonly logger: Logger;
+  /**
+   * Did this request reach a trusted front proxy over https (its `X-Forwarded-Proto`, from a
+   * peer in `trustedProxies`)? Then cookies are Secure with `secure: auto` even when
+   * `publicUrl` says http (a front that terminates TLS for a proxy configured by its inner URL).
+   */
+  readonly forwardedHttps?: (remoteAddress: string | undefined, forwardedProto: string | undefined) => boolean;
 }
 
 /** Called once a user signed in, with the path they return to (start the resource early). */
@@ -146,6 +152,7 @@ export class OidcSignIn {
   /** After a provider outage, a token's next refresh waits (requests must not each wait on a dead provider). */
   readonly #refreshRetryAt = new Map<string, number>();
   #onSignedIn: SignedInHook = () => undefined;
+  readonly #forwardedHttps: NonNullable<OidcSignInOptions['forwardedHttps']>;
 
   constructor(options: OidcSignInOptions) {
     this.#settings = options.sessions;
@@ -156,7 +163,19 @@ export class OidcSignIn {
     this.#log = options.logger;
     const secure = options.sessions.secure === 'always' || (options.sessions.secure === 'auto' && (options.tls || this.#origin.startsWith('https:')));
     this.sessions = new SessionCookies({ settings: options.sessions, secure, sealer: this.#sealer, kv: options.kv, clock: options.clock });
+    this.#forwardedHttps = options.forwardedHttps ?? (() => false);
     this.#issuers = new Map(options.identities.map((cfg) => [cfg.name, new Issuer(cfg, options.clientSecrets.get(cfg.name), options.logger, () => options.clock.now())]));
+  }
+
+  /** Is a cookie set in answer to this request Secure (see OidcSignInOptions.forwardedHttps)? */
+  #secure(remoteAddress: string | undefined, forwardedProto: string | readonly string[] | undefined): boolean {
+    if (this.sessions.secure) return true;
+    if (this.#settings.secure !== 'auto') return false;
+    return this.#forwardedHttps(remoteAddress, typeof forwardedProto === 'string' ? forwardedProto : forwardedProto?.[0]);
+  }
+
+  #secureFor(req: IncomingMessage): boolean {
+    return this.#secure(req.socket.remoteAddress, req.headers['x-forwarded-proto']);
   }
 
   /** Discovers every provider in the background (start-up): one that is down is logged at once. */
@@ -231,7 +250,9 @@ export class OidcSignIn {
       }
     }
     if (renew || this.sessions.dueForTouch(session)) session = { ...session, seen: this.#clock.now() };
-    const cookies = renew || session !== opened.session ? [await this.#issueOrKeep(session)] : undefined;
+    const cookies = renew || session !== opened.session
+      ? [await this.#issueOrKeep(session, this.#secure(credentials.remoteAddress, credentials.header('x-forwarded-proto')[0]))]
+      : undefined;
     const identity: SessionIdentity = {
       user: session.user, groups: session.groups, via: 'oidc',
       ...(cookies === undefined ? {} : { responseCookies: cookies }),
@@ -241,9 +262,9 @@ export class OidcSignIn {
   }
 
   /** Renews the cookie; if the store holding a large session is down, the old cookie stays. */
-  async #issueOrKeep(session: Session): Promise<string> {
+  async #issueOrKeep(session: Session, secure: boolean): Promise<string> {
     try {
-      return await this.sessions.issue(session);
+      return await this.sessions.issue(session, secure);
     } catch (err) {
       this.#log.warn({ err: String(err) }, 'oidc: session could not be renewed (store unreachable)');
       return '';
@@ -443,7 +464,7 @@ export class OidcSignIn {
       }
       tx = await this.#sealer.seal('sign-in-ref', { state, exp });
     }
-    const attrs = { path: TX_PATH, secure: this.sessions.secure } as const;
+    const attrs = { path: TX_PATH, secure: this.#secureFor(req) } as const;
     // One cookie per sign-in (two tabs may sign in at once); the oldest beyond the bound go.
     res.setHeader('set-cookie', [
       ...(await this.#stalePendingSignIns(req)).map((n) => setCookie(n, '', { ...attrs, maxAgeS: 0 })),
@@ -537,7 +558,7 @@ export class OidcSignIn {
     const txName = this.#txCookie(state);
     const sealed = cookiesWithPrefix(headerValues(req, 'cookie'), txName).find(([n]) => n === txName)?.[1];
     // Whatever happens next, this sign-in's cookie has served.
-    const clearTx = setCookie(txName, '', { path: TX_PATH, secure: this.sessions.secure, maxAgeS: 0 });
+    const clearTx = setCookie(txName, '', { path: TX_PATH, secure: this.#secureFor(req), maxAgeS: 0 });
     res.setHeader('set-cookie', clearTx);
     const tx = await this.#transaction(sealed, state);
     if (tx === undefined || tx.state !== state || tx.prov !== issuer.cfg.name) {
@@ -617,7 +638,7 @@ export class OidcSignIn {
     };
     let cookie: string;
     try {
-      cookie = await this.sessions.issue(session);
+      cookie = await this.sessions.issue(session, this.#secureFor(req));
     } catch (err) {
       throw new SmartProxyError('SP_ACCESS_UNAVAILABLE', 'The session store cannot be reached; try again in a moment.', { retryAfterS: 5, cause: err });
     }
@@ -701,7 +722,7 @@ export class OidcSignIn {
       this.#log.warn({ user: session?.user, origin: req.headers.origin?.slice(0, 200), site: req.headers['sec-fetch-site'] }, 'oidc: sign-out refused (not from this site)');
       throw new SmartProxyError('SP_ACCESS_DENIED', `Sign-out refused: ${refused}. Sign out with the button at ${SIGN_OUT}.`, { data: { reason: 'sign-out not from this site' } });
     }
-    res.setHeader('set-cookie', await this.sessions.end(session, opened.kind === 'session' && opened.stored));
+    res.setHeader('set-cookie', await this.sessions.end(session, opened.kind === 'session' && opened.stored, this.#secureFor(req)));
     const rdParam = url.searchParams.get('rd') ?? form.get('rd');
     const rd = rdParam === null ? undefined : safeReturnPath(rdParam, this.#origin);
     const signedOut = `${this.#origin}${AUTH_PREFIX}signed-out${rd === undefined ? '' : `?rd=${encodeURIComponent(rd)}`}`;
