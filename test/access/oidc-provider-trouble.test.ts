@@ -12,7 +12,7 @@ import { systemClock } from '../../src/core/clock.ts';
 import type { Clock } from '../../src/core/ports.ts';
 import type { EmbeddedIssuer } from '../../src/mock-idp/embedded-issuer.ts';
 import type { Harness } from '../helpers/proxy-harness.ts';
-import { BROWSER, freePort, go, KEY_A, signIn, startIssuer, startOidcApp, tripToCallback, type OidcApp } from './oidc-helpers.ts';
+import { BROWSER, CookieJar, freePort, go, KEY_A, signIn, startIssuer, startOidcApp, tripToCallback, type OidcApp } from './oidc-helpers.ts';
 
 const TARGET = '/smart_proxy/r1/-/page?q=1';
 const API = { accept: 'application/json' };
@@ -116,6 +116,43 @@ describe('oidc with a token endpoint in trouble', () => {
   });
 });
 
+describe('oidc with a provider slow to answer its discovery document or its keys', () => {
+  it('answers 503 within the bound at sign-in and at the callback, and signs in once it answers', async () => {
+    const port = await freePort();
+    let slowPath: string | undefined = '/.well-known/openid-configuration';
+    const issuer = await startIssuer(port, {
+      intercept: (req, res) => {
+        if (slowPath === undefined || req.url?.startsWith(slowPath) !== true) return false;
+        setTimeout(() => res.writeHead(500).end(), 30_000).unref();
+        return true;
+      },
+    });
+    const proxy = await startOidcApp({ port, issuerUrl: issuer.url, identity: { discoveryTimeoutMs: CALL_TIMEOUT_MS } });
+    const bounded = async (what: string, res: Promise<Response>): Promise<Response> => {
+      const started = Date.now();
+      const r = await res;
+      assert.ok(Date.now() - started < CALL_TIMEOUT_MS + 2_000, `${what}: answered after ${Date.now() - started} ms`);
+      return r;
+    };
+    try {
+      const signInPage = await bounded('sign-in', go(new CookieJar(), `${proxy.url}/_smart_proxy/auth/sign-in?rd=%2F`, { headers: BROWSER }));
+      assert.equal(signInPage.status, 503);
+      assert.match(await signInPage.text(), /cannot be reached right now/);
+      slowPath = '/jwks';
+      const trip = await tripToCallback(proxy.url, TARGET, 'alice', 'alice-pw');
+      const callback = await bounded('callback', go(trip.jar, trip.callbackUrl, { headers: BROWSER }));
+      assert.equal(callback.status, 503);
+      assert.match(await callback.text(), /cannot be reached right now/);
+      slowPath = undefined;
+      const { callback: ok } = await signIn(proxy.url, TARGET, 'alice', 'alice-pw');
+      assert.equal(ok.status, 303);
+    } finally {
+      await proxy.close();
+      await issuer.close();
+    }
+  });
+});
+
 describe('oidc: the provider rotates its signing key', () => {
   it('signs the next person in with the new key, and takes its bearer tokens', async () => {
     const port = await freePort();
@@ -163,7 +200,7 @@ describe('oidc with the provider down when the proxy starts', () => {
       const line = logs.find((l) => l.msg?.includes('discovery failed'));
       assert.match(JSON.stringify(line), new RegExp(`127\\.0\\.0\\.1:${issuerPort}`));
       assert.match(line?.msg ?? '', /503/);
-      const page = await go(new (await import('./oidc-helpers.ts')).CookieJar(), `${proxy.url}/_smart_proxy/auth/sign-in?rd=%2F`, { headers: BROWSER });
+      const page = await go(new CookieJar(), `${proxy.url}/_smart_proxy/auth/sign-in?rd=%2F`, { headers: BROWSER });
       assert.equal(page.status, 503);
       assert.match(await page.text(), /cannot be reached right now/);
       // The provider comes up: the next sign-in discovers it (discoveryRetryMs: 0 here).
