@@ -205,8 +205,10 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
     }
     // A browser's request that a redirect would not replay (a form's POST, whose body is not
     // read): a 401 saying so, and the way to sign in and back to the page that sent it.
-    // Redirecting it would turn it into a GET and drop its body without a word.
-    const signInUrl = oidc !== undefined && wantsHtml(req) && req.headers.authorization === undefined && (out.kind === 'anonymous' || out.via === 'oidc')
+    // Redirecting it would turn it into a GET and drop its body without a word. A page's
+    // script (fetch, XHR) gets the same way back to its page, whatever it accepts, so that it
+    // can send the person there (`signInUrl` in the problem document).
+    const signInUrl = oidc !== undefined && (wantsHtml(req) || isScripted(req)) && req.headers.authorization === undefined && (out.kind === 'anonymous' || out.via === 'oidc')
       ? oidc.signInLocationAfter(req.headers.referer)
       : undefined;
     // RFC 6750 §3.1: tell a bearer client its token is the problem, so it refreshes it.

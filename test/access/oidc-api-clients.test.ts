@@ -93,6 +93,14 @@ describe('oidc alone, without bearer tokens: what API clients get', () => {
       assert.equal(res.headers.location, `${proxy.url}/_smart_proxy/auth/sign-in?rd=${encodeURIComponent(TARGET)}`);
       await res.body.text();
     }
+    // A page's script that accepts JSON gets the way to sign in and back to its page, to send the person there.
+    const page = `${proxy.url}/smart_proxy/r1/-/app/view?id=3`;
+    const spa = await request(`${proxy.url}${TARGET}`, { headers: { accept: 'application/json', 'sec-fetch-mode': 'cors', 'sec-fetch-dest': 'empty', 'sec-fetch-site': 'same-origin', referer: page } });
+    assert.equal(spa.statusCode, 401);
+    assert.match(String(spa.headers['www-authenticate']), /^Bearer realm=/);
+    const problem = await spa.body.json() as { code: string; signInUrl?: string };
+    assert.equal(problem.code, 'SP_ACCESS_UNAUTHENTICATED');
+    assert.equal(problem.signInUrl, `${proxy.url}/_smart_proxy/auth/sign-in?rd=${encodeURIComponent('/smart_proxy/r1/-/app/view?id=3')}`);
     // Node's fetch() (Sec-Fetch-Mode: cors and nothing else) accepting HTML is taken for a navigation, as before.
     const nodeFetch = await fetch(`${proxy.url}${TARGET}`, { headers: BROWSER, redirect: 'manual' });
     assert.equal(nodeFetch.status, 302);
