@@ -156,7 +156,8 @@ function accessOf(cfg: ResourceAccessConfig | undefined, settings: AccessSetting
  */
 function isScripted(req: IncomingMessage): boolean {
   const mode = req.headers['sec-fetch-mode'];
-  if (mode !== undefined && mode !== 'navigate' && (req.headers['sec-fetch-site'] !== undefined || req.headers['sec-fetch-dest'] !== undefined)) return true;
+  // `nested-navigate`: an iframe's navigation in Chromium before version 80.
+  if (mode !== undefined && mode !== 'navigate' && mode !== 'nested-navigate' && (req.headers['sec-fetch-site'] !== undefined || req.headers['sec-fetch-dest'] !== undefined)) return true;
   const xrw = req.headers['x-requested-with'];
   return typeof xrw === 'string' && xrw.toLowerCase() === 'xmlhttprequest';
 }

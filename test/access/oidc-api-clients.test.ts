@@ -85,6 +85,7 @@ describe('oidc alone, without bearer tokens: what API clients get', () => {
     const navigations = [
       { accept: 'text/html,application/xhtml+xml', 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'document', 'sec-fetch-site': 'none' },
       { accept: 'text/html', 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'iframe', 'sec-fetch-site': 'same-origin' },
+      { accept: 'text/html', 'sec-fetch-mode': 'nested-navigate', 'sec-fetch-dest': 'iframe', 'sec-fetch-site': 'same-origin' },
       { accept: 'text/html,application/xhtml+xml' },
     ];
     for (const headers of navigations) {
