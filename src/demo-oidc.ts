@@ -5,6 +5,7 @@
  * waiting page, the resource. Demo values only.
  */
 import { randomBytes } from 'node:crypto';
+import { createServer, type AddressInfo } from 'node:net';
 import type { Config } from './config/schema.ts';
 import { demoCredentials } from './demo-banner.ts';
 import { startEmbeddedIssuer, type EmbeddedIssuer, type IssuerUser } from './mock-idp/embedded-issuer.ts';
@@ -18,14 +19,36 @@ export const demoIssuerUsers: readonly IssuerUser[] = [
 
 const CLIENT_ID = 'smart-proxy-demo';
 
-/** Starts the provider and returns the config with sign-in added. */
+/** A port free on `host` now (the kernel's choice). */
+function freePortOn(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen({ port: 0, host, exclusive: true }, () => {
+      const { port } = s.address() as AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Starts the provider and returns the config with sign-in added. The public URL names the
+ * proxy's port, so `--port 0` is resolved to a free port first (a public URL with port 0
+ * would send every browser nowhere); a taken `issuerPort` (another demo running) falls back
+ * to a free one, which the banner prints.
+ */
 export async function withEmbeddedIssuer(config: Config, issuerPort: number): Promise<{ config: Config; issuer: EmbeddedIssuer; apply: (c: Config) => Config }> {
+  const port = config.listen.port === 0 ? await freePortOn(config.listen.host) : config.listen.port;
   const host = config.listen.host.includes(':') ? `[${config.listen.host}]` : config.listen.host;
-  const publicUrl = `${config.tls === undefined ? 'http' : 'https'}://${host}:${config.listen.port}`;
+  const publicUrl = `${config.tls === undefined ? 'http' : 'https'}://${host}:${port}`;
   const clientSecret = randomBytes(24).toString('base64url');
-  const issuer = await startEmbeddedIssuer({
+  const start = (p: number): Promise<EmbeddedIssuer> => startEmbeddedIssuer({
     users: demoIssuerUsers, clientId: CLIENT_ID, clientSecret, proxyUrl: publicUrl, identityName: 'demo',
-    host: '127.0.0.1', port: issuerPort,
+    host: '127.0.0.1', port: p,
+  });
+  const issuer = await start(issuerPort).catch((err: unknown) => {
+    if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || issuerPort === 0) throw err;
+    return start(0);
   });
   const oidc = {
     kind: 'oidc' as const, name: 'demo', issuer: issuer.url, clientId: CLIENT_ID, clientSecret,
@@ -38,6 +61,7 @@ export async function withEmbeddedIssuer(config: Config, issuerPort: number): Pr
   // Also what a reload (SIGHUP) applies to the re-read file: the same issuer, client and keys.
   const apply = (c: Config): Config => ({
     ...c,
+    listen: { ...c.listen, port },
     identities: [...c.identities, oidc],
     access: { ...c.access, sessions: { ...c.access.sessions, publicUrl, keys } },
   });

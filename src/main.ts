@@ -32,6 +32,7 @@ import { corsPolicy } from './proxy/cors.ts';
 import type { FrontMode } from './front/front-mode.ts';
 import { createAccessSteps } from './proxy/identify.ts';
 import { netProber } from './proxy/probe.ts';
+import { TrustedProxies } from './proxy/headers.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
 import { ThemeLoader } from './proxy/waiting-page.ts';
 import { createStore } from './state/create-store.ts';
@@ -326,6 +327,9 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     const host = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
     const proxyUrl = `${config.tls === undefined ? 'http' : 'https'}://${host}:${addr.port}`;
     log.info({ url: proxyUrl, resources: routed.size }, 'proxy listening');
+    // The sign-in providers, discovered now in the background: one that is down is in the
+    // log at start-up (sign-in answers 503 and tries again), never a failed start.
+    oidc?.warmUp();
     // Warnings only (the proxy runs either way): resources their cloud's API cannot serve.
     const checks = new AbortController();
     closers.push(async () => checks.abort());
@@ -551,8 +555,11 @@ async function buildSignIn(config: Config, clock: Clock, log: Logger, injected: 
   const kv = injected ?? createKeyValueStore(config.state, clock, log);
   if (injected === undefined) closers.push(() => kv.close());
   const sessions = config.access.sessions;
+  const trusted = new TrustedProxies(config.trustedProxies);
   return new OidcSignIn({
     identities, sessions, kv, clock, logger: log, tls: config.tls !== undefined,
+    // Only a trusted front proxy's word counts: anyone else could claim https.
+    forwardedHttps: (remoteAddress, proto) => proto !== undefined && trusted.has(remoteAddress) && proto.split(',')[0]?.trim().toLowerCase() === 'https',
     keys: sessions.keys.map((k, i) => resolveSecretValue(k, `access.sessions.keys[${i}]`)),
     clientSecrets: new Map(identities.map((i) => [i.name, i.clientSecret === undefined ? undefined : resolveSecretValue(i.clientSecret, `identities.${i.name}.clientSecret`)])),
   });

@@ -178,7 +178,7 @@ export const accessSettingsSchema = z.object({
     signInTimeoutMs: ms('Longest time between leaving for the provider and coming back.', 600_000),
     maxCookieBytes: z.number().int().min(1_000).max(4_000).default(3_800)
       .describe('A session larger than this (many groups, big tokens) is kept in the state store; the cookie then holds its key.'),
-    secure: z.enum(['auto', 'always', 'never']).default('auto').describe('The cookie\'s Secure attribute; auto: when publicUrl is https or the proxy terminates TLS.'),
+    secure: z.enum(['auto', 'always', 'never']).default('auto').describe('The cookie\'s Secure attribute; auto: when publicUrl is https, the proxy terminates TLS, or a front proxy in trustedProxies sends X-Forwarded-Proto: https.'),
   }).strict().prefault({}).describe('Browser sessions after an OIDC sign-in (sealed cookies; see docs/how-to/sign-in-with-oidc.md).'),
 }).strict().prefault({});
 

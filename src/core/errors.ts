@@ -11,7 +11,7 @@ export const errorCatalogue = {
   SP_ROUTE_METHOD_NOT_ALLOWED: 'The proxy\'s own endpoints (/_smart_proxy/…) answer only the methods named in Allow.',
   SP_ROUTE_METHOD_NOT_FORWARDED: 'TRACE and TRACK are never forwarded: a backend\'s echo of the request would show the client the headers the proxy adds for the backend (identity, credentials). nginx refuses TRACE alike.',
   SP_ACCESS_UNAUTHENTICATED: 'The resource needs a verified identity and the request carried none that verified.',
-  SP_ACCESS_DENIED: 'The verified identity does not hold the groups this request acts with, or they do not satisfy the resource policy.',
+  SP_ACCESS_DENIED: 'The verified identity does not hold the groups this request acts with, or they do not satisfy the resource policy; or the sign-in provider answered access_denied.',
   SP_ACCESS_UNAVAILABLE: 'The credentials could not be checked right now (the JWT key set, the sign-in provider or the session store could not be reached); try again later.',
   SP_ACCESS_SIGN_IN_REQUIRED: 'A browser without a session is sent to sign in (OIDC), and comes back to the same URL afterwards.',
   SP_ACCESS_SIGN_IN_FAILED: 'The answer of the sign-in provider was refused: unknown, expired or replayed state, wrong nonce, refused code, or an ID token that does not verify.',

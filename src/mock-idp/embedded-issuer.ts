@@ -7,7 +7,7 @@
  * It is a stand-in like the mock cloud: keys are generated per run and everything is held in
  * memory. Never a production identity provider.
  */
-import { timingSafeEqual } from 'node:crypto';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { exportJWK, generateKeyPair } from 'jose';
@@ -43,6 +43,11 @@ export interface EmbeddedIssuerOptions {
    * misconfigured, or a token endpoint that is not the provider's): no ID token verifies.
    */
   readonly servesForeignKeys?: boolean;
+  /**
+   * Tests: sees every request first and answers it itself when it returns true (a token
+   * endpoint that fails, a slow provider), the provider answering the others.
+   */
+  readonly intercept?: (req: IncomingMessage, res: ServerResponse) => boolean;
 }
 
 export interface EmbeddedIssuer {
@@ -129,6 +134,10 @@ export async function startEmbeddedIssuer(options: EmbeddedIssuerOptions): Promi
   const url = `http://${addr.address}:${addr.port}`;
   const users = new Map(options.users.map((u) => [u.login, u]));
   const proxyOrigin = new URL(options.proxyUrl).origin;
+  // A signing key of its own per start, named by a fresh kid: a restarted provider has rotated
+  // its keys, as a real one does (oidc-provider's development keys are the same every time).
+  const { privateKey } = await generateKeyPair('RS256', { extractable: true });
+  const signingKey = { ...await exportJWK(privateKey), kid: `k-${randomBytes(6).toString('hex')}`, alg: 'RS256', use: 'sig' };
   const groupsPath = options.groupsClaimPath ?? 'groups';
   const provider = new Provider(url, {
     clients: [{
@@ -154,6 +163,7 @@ export async function startEmbeddedIssuer(options: EmbeddedIssuerOptions): Promi
     claims: { openid: ['sub'], profile: ['preferred_username', 'name'], groups: [groupsPath.split('.')[0]] },
     // Groups in the ID token itself, not only at userinfo (unless asked otherwise).
     conformIdTokenClaims: options.claimsAtUserinfoOnly === true,
+    jwks: { keys: [signingKey] },
     pkce: { required: () => true },
     issueRefreshToken: () => true,
     features: {
@@ -237,6 +247,7 @@ export async function startEmbeddedIssuer(options: EmbeddedIssuerOptions): Promi
 
   let foreignKeys: Promise<string> | undefined;
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    if (options.intercept?.(req, res) === true) return;
     if (options.servesForeignKeys === true && req.url === '/jwks') {
       foreignKeys ??= generateKeyPair('RS256', { extractable: true })
         .then(async ({ publicKey }) => JSON.stringify({ keys: [{ ...await exportJWK(publicKey), kid: 'foreign', alg: 'RS256', use: 'sig' }] }));

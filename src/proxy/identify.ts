@@ -144,6 +144,24 @@ function accessOf(cfg: ResourceAccessConfig | undefined, settings: AccessSetting
   };
 }
 
+/**
+ * Is this request a page's script (fetch(), XMLHttpRequest) rather than the person's own
+ * navigation, even though it accepts HTML? A redirect to sign in would take it to the
+ * provider, another origin, which it can neither follow (CORS) nor show; it gets the 401 and
+ * its challenge instead. Browsers say so in their fetch metadata (set by the browser, never
+ * by a page): `Sec-Fetch-Mode` other than `navigate`, sent together with `Sec-Fetch-Site` or
+ * `Sec-Fetch-Dest`. Node's own fetch() sends `Sec-Fetch-Mode: cors` alone, whatever its
+ * caller asked for, so that header alone says nothing. Browsers without fetch metadata send
+ * none, and libraries (jQuery, htmx) mark their requests with `X-Requested-With`.
+ */
+function isScripted(req: IncomingMessage): boolean {
+  const mode = req.headers['sec-fetch-mode'];
+  // `nested-navigate`: an iframe's navigation in Chromium before version 80.
+  if (mode !== undefined && mode !== 'navigate' && mode !== 'nested-navigate' && (req.headers['sec-fetch-site'] !== undefined || req.headers['sec-fetch-dest'] !== undefined)) return true;
+  const xrw = req.headers['x-requested-with'];
+  return typeof xrw === 'string' && xrw.toLowerCase() === 'xmlhttprequest';
+}
+
 /** Quotes are not allowed inside the quoted-string we put a reason in. */
 const quoteSafe = (s: string): string => s.replace(/["\\]/g, "'");
 
@@ -183,13 +201,15 @@ export function createAccessSteps(options: AccessOptions): AccessSteps {
     }
     // A person in a browser is sent to sign in (and back); an API client gets its 401 below.
     // A refused Authorization header is the client's own credential: it gets the 401.
-    if (oidc !== undefined && isBrowserNavigation(req) && req.url !== undefined && req.headers.authorization === undefined && (out.kind === 'anonymous' || out.via === 'oidc')) {
+    if (oidc !== undefined && isBrowserNavigation(req) && !isScripted(req) && req.url !== undefined && req.headers.authorization === undefined && (out.kind === 'anonymous' || out.via === 'oidc')) {
       return new SmartProxyError('SP_ACCESS_SIGN_IN_REQUIRED', 'Sign in to continue.', { data: { location: oidc.signInLocation(req.url) } });
     }
     // A browser's request that a redirect would not replay (a form's POST, whose body is not
     // read): a 401 saying so, and the way to sign in and back to the page that sent it.
-    // Redirecting it would turn it into a GET and drop its body without a word.
-    const signInUrl = oidc !== undefined && wantsHtml(req) && req.headers.authorization === undefined && (out.kind === 'anonymous' || out.via === 'oidc')
+    // Redirecting it would turn it into a GET and drop its body without a word. A page's
+    // script (fetch, XHR) gets the same way back to its page, whatever it accepts, so that it
+    // can send the person there (`signInUrl` in the problem document).
+    const signInUrl = oidc !== undefined && (wantsHtml(req) || isScripted(req)) && req.headers.authorization === undefined && (out.kind === 'anonymous' || out.via === 'oidc')
       ? oidc.signInLocationAfter(req.headers.referer)
       : undefined;
     // RFC 6750 §3.1: tell a bearer client its token is the problem, so it refreshes it.

@@ -40,6 +40,9 @@ export interface OidcAppOptions {
   readonly clock?: Clock;
   readonly keyValues?: KeyValueStore;
   readonly provider?: MimicProvider;
+  readonly trustedProxies?: string[];
+  /** Where the log lines go (a test may watch it); a fresh array otherwise. */
+  readonly logs?: Harness['logs'];
 }
 
 export async function startOidcApp(o: OidcAppOptions): Promise<OidcApp> {
@@ -48,6 +51,7 @@ export async function startOidcApp(o: OidcAppOptions): Promise<OidcApp> {
     listen: { host: '127.0.0.1', port: o.port },
     shutdown: { drainTimeoutMs: 0 },
     state: { kind: 'memory' },
+    ...(o.trustedProxies === undefined ? {} : { trustedProxies: o.trustedProxies }),
     providers: { mimic: { kind: 'atmosphere', baseUrl: 'http://127.0.0.1:9' } },
     identities: [{
       kind: 'oidc', name: 'test', issuer: o.issuerUrl, clientId: CLIENT.id, clientSecret: CLIENT.secret,
@@ -64,7 +68,7 @@ export async function startOidcApp(o: OidcAppOptions): Promise<OidcApp> {
     }).map(([id, r]) => [id, { provider: 'mimic', ...(r as object) }])),
   });
   const provider = o.provider ?? new MimicProvider({ bootMs: 150 });
-  const logs: Harness['logs'] = [];
+  const logs: Harness['logs'] = o.logs ?? [];
   const audit = new MemoryAuditSink();
   const app = await startApp(parsed, {
     logger: collectingLogger(logs), providers: new Map([['mimic', provider]]), audit,

@@ -148,15 +148,15 @@ describe('oidc sign-in under hostile and awkward input', () => {
     assert.equal(proxy.provider.calls.start, starts, 'nothing started');
   });
 
-  it('answers the provider\'s error= 400, escaped, with a fresh sign-in back to the page', async () => {
+  it('answers the provider\'s error= (access_denied: 403), escaped, with a fresh sign-in back to the page', async () => {
     const trip = await tripToCallback(proxy.url, TARGET, 'alice', 'alice-pw');
     const state = new URL(trip.callbackUrl).searchParams.get('state') as string;
     const refused = new URL(`${proxy.url}/_smart_proxy/auth/callback/test`);
     refused.search = new URLSearchParams({ error: 'access_denied', error_description: '<script>alert(1)</script>', state }).toString();
     const res = await go(trip.jar, refused.href, { headers: BROWSER });
-    assert.equal(res.status, 400);
+    assert.equal(res.status, 403);
     const html = await res.text();
-    assert.match(html, /the provider refused it \(access_denied: &lt;script&gt;alert\(1\)&lt;\/script&gt;\)/);
+    assert.match(html, /refused the sign-in \(access_denied: &lt;script&gt;alert\(1\)&lt;\/script&gt;\)/);
     assert.doesNotMatch(html, /<script>/);
     const href = /<a href="([^"]+)">Sign in<\/a>/.exec(html)?.[1];
     assert.equal(href, `${proxy.url}/_smart_proxy/auth/sign-in?rd=${encodeURIComponent(TARGET)}`);

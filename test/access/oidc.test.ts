@@ -129,6 +129,24 @@ describe('oidc sign-in (raw HTTP)', () => {
     await ok.text();
   });
 
+  it('never returns to another origin, whatever the encoding of the return path', async () => {
+    // Refused outright: not a path, or one a browser reads as another host.
+    for (const rd of ['%2F%2Fevil.example', '\\\\evil.example', '/\\/evil.example', 'https:evil.example', 'JaVaScRiPt:alert(1)',
+      'data:text/html,x', '/\u0000/evil.example', '/\r\nSet-Cookie: a=b', ' //evil.example', 'http://127.0.0.1.evil.example/']) {
+      const res = await fetch(`${proxy.url}/_smart_proxy/auth/sign-in?rd=${encodeURIComponent(rd)}`, { headers: { accept: 'application/json' }, redirect: 'manual' });
+      assert.equal(res.status, 400, `rd=${JSON.stringify(rd)}`);
+      assert.equal(res.headers.get('location'), null);
+      await res.text();
+    }
+    // Paths that only look odd stay paths of this origin, to the end of the sign-in.
+    for (const rd of ['/%2F%2Fevil.example', '/%5Cevil.example', '/..//evil.example', '/./%2e%2e//evil.example', '/@evil.example']) {
+      const { callback } = await signIn(proxy.url, `/_smart_proxy/auth/sign-in?rd=${encodeURIComponent(rd)}`, 'alice', 'alice-pw');
+      assert.equal(callback.status, 303, rd);
+      const back = new URL(callback.headers.get('location') as string);
+      assert.equal(back.origin, proxy.url, `rd=${rd} returned to ${back.href}`);
+    }
+  });
+
   it('accepts the issuer\'s JWTs as bearer tokens from API clients', async () => {
     const { jar } = await signIn(proxy.url, TARGET, 'alice', 'alice-pw');
     // The ID token stands for a JWT from this issuer with the client as audience.

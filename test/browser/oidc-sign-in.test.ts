@@ -79,6 +79,9 @@ describe('OIDC sign-in in Chromium', { skip, timeout: 120_000 }, () => {
       await Promise.all([...mimic.instances.keys()].map((key) => mimic.release(key)));
       await page.waitForFunction(() => (globalThis as unknown as { document: { body: { innerText: string } } }).document.body.innerText.includes('x-forwarded-user'));
       assert.equal(page.url(), target);
+      // The waiting page's live updates came through with the session cookie (its EventSource).
+      assert.ok(statuses.some(([s, u]) => s === 200 && /\/_smart_proxy\/events\/vm\/-\/?$/.test(new URL(u).pathname)),
+        `the progress stream answered: ${JSON.stringify(statuses.filter(([, u]) => u.includes('/events/')))}`);
       const echo = JSON.parse(await page.textContent('body') ?? '{}') as { url: string; headers: Record<string, string> };
       assert.equal(echo.url, '/notebooks/a%20b?tab=2&x=%2F');
       assert.equal(echo.headers['x-forwarded-user'], 'alice');

@@ -35,10 +35,16 @@ export function isIssuerFailure(err: unknown): boolean {
   if (err instanceof TypeError) return true;
   if (err instanceof DOMException && (err.name === 'TimeoutError' || err.name === 'AbortError')) return true;
   if (err instanceof client.ClientError) {
-    return err.code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' || err.code === 'OAUTH_RESPONSE_IS_NOT_JSON';
+    // openid-client wraps a timeout (OAUTH_TIMEOUT) and an answer that is not JSON at all
+    // (OAUTH_PARSE_ERROR) too: a slow or broken provider, not a refusal. Taken for one, a
+    // slow refresh would end the session and a slow callback say the sign-in was refused.
+    return err.code === 'OAUTH_RESPONSE_IS_NOT_CONFORM' || err.code === 'OAUTH_RESPONSE_IS_NOT_JSON'
+      || err.code === 'OAUTH_PARSE_ERROR' || err.code === 'OAUTH_TIMEOUT' || err.code === 'OAUTH_ABORT';
   }
   return false;
 }
+
+type RemoteKeys = ReturnType<typeof createRemoteJWKSet>;
 
 export class Issuer {
   readonly cfg: OidcIdentityConfig;
@@ -49,7 +55,7 @@ export class Issuer {
   #pending: Promise<client.Configuration> | undefined;
   #failedAt = Number.NEGATIVE_INFINITY;
   #lastError: unknown;
-  #keys: JWTVerifyGetKey | undefined;
+  #keys: RemoteKeys | undefined;
 
   constructor(cfg: OidcIdentityConfig, secret: string | undefined, log: Logger, now: () => number = Date.now) {
     this.cfg = cfg;
@@ -85,7 +91,8 @@ export class Issuer {
     }, (err: unknown) => {
       this.#failedAt = this.#now();
       this.#lastError = err;
-      this.#log.warn({ issuer: this.cfg.issuer, provider: this.cfg.name, err: describe(err) }, 'oidc: discovery failed');
+      this.#log.warn({ issuer: this.cfg.issuer, provider: this.cfg.name, err: describe(err), retryAfterMs: this.cfg.discoveryRetryMs },
+        `oidc: discovery failed: ${this.cfg.issuer} cannot be reached; signing in with "${this.cfg.name}" answers 503 until it can (tried again on demand, at most every ${this.cfg.discoveryRetryMs} ms)`);
       throw new IssuerUnavailable(this.cfg.issuer, err);
     }).finally(() => {
       this.#pending = undefined;
@@ -102,5 +109,27 @@ export class Issuer {
     if (uri === undefined) throw new IssuerUnavailable(this.cfg.issuer, new Error('no jwks_uri in the discovery document'));
     this.#keys = createRemoteJWKSet(new URL(uri), { timeoutDuration: this.cfg.discoveryTimeoutMs, cooldownDuration: 30_000, cacheMaxAge: 600_000 });
     return this.#keys;
+  }
+
+  /**
+   * Fetches the key set again now, even within the cooldown that bounds refetches for unknown
+   * key ids (30 s). For an ID token fresh from the token endpoint only: its unknown `kid` is
+   * the provider's new key (rotation), and each such call needs a code the provider issued,
+   * so no stranger can make the proxy fetch keys at will. Returns whether it was refetched.
+   */
+  async reloadKeys(): Promise<boolean> {
+    const keys = this.#keys;
+    // Not cooling down: jose has just fetched them again itself, for that very kid.
+    if (keys === undefined || !keys.coolingDown) return false;
+    await keys.reload();
+    return true;
+  }
+
+  /**
+   * Discovers the provider now, in the background (start-up): an unreachable provider is
+   * then in the log at once, not at the first person's sign-in. Never throws.
+   */
+  warmUp(): void {
+    this.configuration().catch(() => undefined);
   }
 }

@@ -116,25 +116,29 @@ export class SessionCookies {
     return { kind: 'session', session, stored };
   }
 
-  /** Set-Cookie for `session`: the sealed session, or a reference to it in the store when too big. */
-  async issue(session: Session): Promise<string> {
+  /**
+   * Set-Cookie for `session`: the sealed session, or a reference to it in the store when too
+   * big. `secure` adds the attribute for this answer when the settings alone do not (a browser
+   * on https behind a trusted front proxy).
+   */
+  async issue(session: Session, secure = this.secure): Promise<string> {
     const { sid: _sid, ...rest } = session;
     const sealed = await this.#sealer.seal('session', { sid: session.sid, ...rest });
     const now = this.#clock.now();
     const remainingMs = Math.max(0, Math.min(session.iat + this.settings.absoluteTimeoutMs, session.seen + this.settings.idleTimeoutMs) - now);
     const maxAgeS = Math.ceil((session.iat + this.settings.absoluteTimeoutMs - now) / 1000);
     if (sealed.length + this.settings.cookieName.length + 80 <= this.settings.maxCookieBytes) {
-      return setCookie(this.settings.cookieName, sealed, { path: '/', secure: this.secure, maxAgeS });
+      return setCookie(this.settings.cookieName, sealed, { path: '/', secure, maxAgeS });
     }
     await this.#kv.set(`session:${session.sid}`, sealed, Math.max(1, remainingMs));
     const ref = await this.#sealer.seal('session-ref', { sid: session.sid });
-    return setCookie(this.settings.cookieName, ref, { path: '/', secure: this.secure, maxAgeS });
+    return setCookie(this.settings.cookieName, ref, { path: '/', secure, maxAgeS });
   }
 
   /** Set-Cookie that deletes the session cookie; a stored session is deleted too. */
-  async end(session: Session | undefined, stored: boolean): Promise<string> {
+  async end(session: Session | undefined, stored: boolean, secure = this.secure): Promise<string> {
     if (session !== undefined && stored) await this.#kv.delete(`session:${session.sid}`).catch(() => undefined);
-    return setCookie(this.settings.cookieName, '', { path: '/', secure: this.secure, maxAgeS: 0 });
+    return setCookie(this.settings.cookieName, '', { path: '/', secure, maxAgeS: 0 });
   }
 
   /** Is it time to renew the cookie of a used session (idle lifetime)? */

@@ -67,6 +67,14 @@ const MAX_INLINE_TX_BYTES = 1200;
  * this many the oldest are deleted, so retrying cannot grow the Cookie header without bound.
  */
 const MAX_PENDING_SIGN_INS = 4;
+/**
+ * A transaction cookie (and a transaction kept in the store) outlives its sign-in by this
+ * much: a person who comes back from the provider too late then reads "the sign-in took too
+ * long" with a link back to the page they wanted, instead of "not started in this browser"
+ * and no way back (the browser would have dropped an expired cookie). `exp` inside it still
+ * refuses the late answer.
+ */
+const TX_GRACE_MS = 60 * 60_000;
 
 /** An identity from a session carries what the response and the backend may need. */
 export interface SessionIdentity extends VerifiedIdentity {
@@ -88,6 +96,12 @@ export interface OidcSignInOptions {
   readonly kv: KeyValueStore;
   readonly clock: Clock;
   readonly logger: Logger;
+  /**
+   * Did this request reach a trusted front proxy over https (its `X-Forwarded-Proto`, from a
+   * peer in `trustedProxies`)? Then cookies are Secure with `secure: auto` even when
+   * `publicUrl` says http (a front that terminates TLS for a proxy configured by its inner URL).
+   */
+  readonly forwardedHttps?: (remoteAddress: string | undefined, forwardedProto: string | undefined) => boolean;
 }
 
 /** Called once a user signed in, with the path they return to (start the resource early). */
@@ -98,6 +112,25 @@ const escapeHtml = (s: string): string =>
 
 function signInFailed(reason: string): SmartProxyError {
   return new SmartProxyError('SP_ACCESS_SIGN_IN_FAILED', `Sign-in failed: ${reason}. Go back to the page you wanted and try again.`, { data: { reason } });
+}
+
+/**
+ * The provider's own `error=` answer at the callback (RFC 6749 §4.1.2.1), once the state
+ * matched: `access_denied` (the user declined, or may not use this client) is a 403;
+ * `server_error` and `temporarily_unavailable` are the provider's trouble, a 503 to retry;
+ * anything else a failed sign-in (400). Each with a link to sign in again (#callback).
+ */
+function providerRefused(error: string, description: string | null, issuer: string): SmartProxyError {
+  const said = `${error.slice(0, 100)}${description === null ? '' : `: ${description.slice(0, 200)}`}`;
+  if (error === 'access_denied') {
+    return new SmartProxyError('SP_ACCESS_DENIED', `The sign-in provider refused the sign-in (${said}). Ask for access there, or sign in as someone else.`,
+      { data: { reason: `the provider refused it (${said})` } });
+  }
+  if (error === 'server_error' || error === 'temporarily_unavailable') {
+    return new SmartProxyError('SP_ACCESS_UNAVAILABLE', `The sign-in provider (${issuer}) could not complete the sign-in right now (${said}). Try again in a moment.`,
+      { retryAfterS: 5, data: { reason: `the provider failed (${said})` } });
+  }
+  return signInFailed(`the provider refused it (${said})`);
 }
 
 function unavailable(err: unknown, issuer: string): SmartProxyError {
@@ -119,6 +152,7 @@ export class OidcSignIn {
   /** After a provider outage, a token's next refresh waits (requests must not each wait on a dead provider). */
   readonly #refreshRetryAt = new Map<string, number>();
   #onSignedIn: SignedInHook = () => undefined;
+  readonly #forwardedHttps: NonNullable<OidcSignInOptions['forwardedHttps']>;
 
   constructor(options: OidcSignInOptions) {
     this.#settings = options.sessions;
@@ -129,7 +163,24 @@ export class OidcSignIn {
     this.#log = options.logger;
     const secure = options.sessions.secure === 'always' || (options.sessions.secure === 'auto' && (options.tls || this.#origin.startsWith('https:')));
     this.sessions = new SessionCookies({ settings: options.sessions, secure, sealer: this.#sealer, kv: options.kv, clock: options.clock });
+    this.#forwardedHttps = options.forwardedHttps ?? (() => false);
     this.#issuers = new Map(options.identities.map((cfg) => [cfg.name, new Issuer(cfg, options.clientSecrets.get(cfg.name), options.logger, () => options.clock.now())]));
+  }
+
+  /** Is a cookie set in answer to this request Secure (see OidcSignInOptions.forwardedHttps)? */
+  #secure(remoteAddress: string | undefined, forwardedProto: string | readonly string[] | undefined): boolean {
+    if (this.sessions.secure) return true;
+    if (this.#settings.secure !== 'auto') return false;
+    return this.#forwardedHttps(remoteAddress, typeof forwardedProto === 'string' ? forwardedProto : forwardedProto?.[0]);
+  }
+
+  #secureFor(req: IncomingMessage): boolean {
+    return this.#secure(req.socket.remoteAddress, req.headers['x-forwarded-proto']);
+  }
+
+  /** Discovers every provider in the background (start-up): one that is down is logged at once. */
+  warmUp(): void {
+    for (const issuer of this.#issuers.values()) issuer.warmUp();
   }
 
   /** Who starts a resource at the callback (the data plane, wired by main.ts). */
@@ -165,12 +216,17 @@ export class OidcSignIn {
     return back === undefined ? `${this.#origin}${AUTH_PREFIX}sign-in` : this.signInLocation(back);
   }
 
-  /** The verifier of one oidc identity: its session cookies, and its bearer JWTs when enabled. */
+  /**
+   * The verifier of one oidc identity: its session cookies, and its bearer JWTs when enabled.
+   * Its challenge is Bearer even without `acceptBearer`: a 401 must carry one (RFC 9110
+   * §11.6.1), and with oidc alone there would be none; a session cookie has no scheme of its
+   * own, and API clients of such a proxy go through the same provider's tokens anyway.
+   */
   verifier(name: string, challenge: string): Verifier {
     const issuer = this.#issuers.get(name) as Issuer;
     return {
       kind: 'oidc',
-      challenge: issuer.cfg.acceptBearer ? challenge : undefined,
+      challenge,
       verify: (credentials) => this.#verify(issuer, credentials),
     };
   }
@@ -194,7 +250,9 @@ export class OidcSignIn {
       }
     }
     if (renew || this.sessions.dueForTouch(session)) session = { ...session, seen: this.#clock.now() };
-    const cookies = renew || session !== opened.session ? [await this.#issueOrKeep(session)] : undefined;
+    const cookies = renew || session !== opened.session
+      ? [await this.#issueOrKeep(session, this.#secure(credentials.remoteAddress, credentials.header('x-forwarded-proto')[0]))]
+      : undefined;
     const identity: SessionIdentity = {
       user: session.user, groups: session.groups, via: 'oidc',
       ...(cookies === undefined ? {} : { responseCookies: cookies }),
@@ -204,9 +262,9 @@ export class OidcSignIn {
   }
 
   /** Renews the cookie; if the store holding a large session is down, the old cookie stays. */
-  async #issueOrKeep(session: Session): Promise<string> {
+  async #issueOrKeep(session: Session, secure: boolean): Promise<string> {
     try {
-      return await this.sessions.issue(session);
+      return await this.sessions.issue(session, secure);
     } catch (err) {
       this.#log.warn({ err: String(err) }, 'oidc: session could not be renewed (store unreachable)');
       return '';
@@ -400,17 +458,17 @@ export class OidcSignIn {
     if (txName.length + 1 + tx.length > MAX_INLINE_TX_BYTES) {
       // Too long for a cookie (a long return URL): the store keeps it until the callback.
       try {
-        await this.#kv.set(`sign-in-tx:${digest(state)}`, tx, this.#settings.signInTimeoutMs);
+        await this.#kv.set(`sign-in-tx:${digest(state)}`, tx, this.#settings.signInTimeoutMs + TX_GRACE_MS);
       } catch (err) {
         throw new SmartProxyError('SP_ACCESS_UNAVAILABLE', 'The session store cannot be reached; try again in a moment.', { retryAfterS: 5, cause: err });
       }
       tx = await this.#sealer.seal('sign-in-ref', { state, exp });
     }
-    const attrs = { path: TX_PATH, secure: this.sessions.secure } as const;
+    const attrs = { path: TX_PATH, secure: this.#secureFor(req) } as const;
     // One cookie per sign-in (two tabs may sign in at once); the oldest beyond the bound go.
     res.setHeader('set-cookie', [
       ...(await this.#stalePendingSignIns(req)).map((n) => setCookie(n, '', { ...attrs, maxAgeS: 0 })),
-      setCookie(txName, tx, { ...attrs, maxAgeS: this.#settings.signInTimeoutMs / 1000 }),
+      setCookie(txName, tx, { ...attrs, maxAgeS: (this.#settings.signInTimeoutMs + TX_GRACE_MS) / 1000 }),
     ]);
     redirect(res, target.href);
   }
@@ -477,7 +535,7 @@ export class OidcSignIn {
     try {
       await this.#redeem(req, res, url, name, known);
     } catch (err) {
-      if (!(err instanceof SmartProxyError) || (err.code !== 'SP_ACCESS_SIGN_IN_FAILED' && err.code !== 'SP_ACCESS_UNAVAILABLE')) throw err;
+      if (!(err instanceof SmartProxyError) || (err.code !== 'SP_ACCESS_SIGN_IN_FAILED' && err.code !== 'SP_ACCESS_UNAVAILABLE' && err.code !== 'SP_ACCESS_DENIED')) throw err;
       throw new SmartProxyError(err.code, err.message, {
         data: { ...err.data, signInUrl: this.signInLocation(known.rd ?? '') }, retryAfterS: err.retryAfterS, cause: err.cause,
       });
@@ -500,7 +558,7 @@ export class OidcSignIn {
     const txName = this.#txCookie(state);
     const sealed = cookiesWithPrefix(headerValues(req, 'cookie'), txName).find(([n]) => n === txName)?.[1];
     // Whatever happens next, this sign-in's cookie has served.
-    const clearTx = setCookie(txName, '', { path: TX_PATH, secure: this.sessions.secure, maxAgeS: 0 });
+    const clearTx = setCookie(txName, '', { path: TX_PATH, secure: this.#secureFor(req), maxAgeS: 0 });
     res.setHeader('set-cookie', clearTx);
     const tx = await this.#transaction(sealed, state);
     if (tx === undefined || tx.state !== state || tx.prov !== issuer.cfg.name) {
@@ -509,9 +567,7 @@ export class OidcSignIn {
     if (typeof tx.rd === 'string') known.rd = tx.rd;
     if (typeof tx.exp !== 'number' || tx.exp < this.#clock.now()) throw signInFailed('the sign-in took too long');
     const providerError = url.searchParams.get('error');
-    if (providerError !== null) {
-      throw signInFailed(`the provider refused it (${providerError.slice(0, 100)}${url.searchParams.has('error_description') ? `: ${(url.searchParams.get('error_description') ?? '').slice(0, 200)}` : ''})`);
-    }
+    if (providerError !== null) throw providerRefused(providerError, url.searchParams.get('error_description'), issuer.cfg.issuer);
     // Single use across replicas: a replayed answer (same state) is refused even with its cookie.
     let first: boolean;
     try {
@@ -545,8 +601,16 @@ export class OidcSignIn {
     // token endpoint over TLS, not its signature (OpenID Connect Core §3.1.3.7 allows that).
     // Checked here against the provider's key set (fetched once and cached, as for bearer JWTs):
     // a token endpoint answering through a broken TLS set-up or a wrong URL cannot mint users.
+    const verifyIdToken = async (): Promise<unknown> => jwtVerify(idToken, await issuer.keys(), { algorithms: [...issuer.cfg.algorithms], clockTolerance: issuer.cfg.clockToleranceMs / 1000, currentDate: new Date(this.#clock.now()) });
     try {
-      await jwtVerify(idToken, await issuer.keys(), { algorithms: [...issuer.cfg.algorithms], clockTolerance: issuer.cfg.clockToleranceMs / 1000, currentDate: new Date(this.#clock.now()) });
+      try {
+        await verifyIdToken();
+      } catch (err) {
+        // A key the set read moments ago lacks: the provider rotated its keys. Read them again.
+        if (!(err instanceof joseErrors.JWKSNoMatchingKey) || !await issuer.reloadKeys()) throw err;
+        this.#log.info({ provider: issuer.cfg.name, kid: decodeProtectedHeader(idToken).kid }, 'oidc: the ID token names a new signing key; key set read again');
+        await verifyIdToken();
+      }
     } catch (err) {
       if (err instanceof IssuerUnavailable || (!(err instanceof joseErrors.JOSEError) && isIssuerFailure(err))) throw unavailable(err, issuer.cfg.issuer);
       if (err instanceof joseErrors.JWKSTimeout || err instanceof joseErrors.JWKSInvalid) throw unavailable(err, issuer.cfg.issuer);
@@ -574,7 +638,7 @@ export class OidcSignIn {
     };
     let cookie: string;
     try {
-      cookie = await this.sessions.issue(session);
+      cookie = await this.sessions.issue(session, this.#secureFor(req));
     } catch (err) {
       throw new SmartProxyError('SP_ACCESS_UNAVAILABLE', 'The session store cannot be reached; try again in a moment.', { retryAfterS: 5, cause: err });
     }
@@ -658,7 +722,7 @@ export class OidcSignIn {
       this.#log.warn({ user: session?.user, origin: req.headers.origin?.slice(0, 200), site: req.headers['sec-fetch-site'] }, 'oidc: sign-out refused (not from this site)');
       throw new SmartProxyError('SP_ACCESS_DENIED', `Sign-out refused: ${refused}. Sign out with the button at ${SIGN_OUT}.`, { data: { reason: 'sign-out not from this site' } });
     }
-    res.setHeader('set-cookie', await this.sessions.end(session, opened.kind === 'session' && opened.stored));
+    res.setHeader('set-cookie', await this.sessions.end(session, opened.kind === 'session' && opened.stored, this.#secureFor(req)));
     const rdParam = url.searchParams.get('rd') ?? form.get('rd');
     const rd = rdParam === null ? undefined : safeReturnPath(rdParam, this.#origin);
     const signedOut = `${this.#origin}${AUTH_PREFIX}signed-out${rd === undefined ? '' : `?rd=${encodeURIComponent(rd)}`}`;
