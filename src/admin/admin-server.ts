@@ -86,6 +86,10 @@ export class AdminServer {
     // As on the data plane (client-error.ts): the right status, never inside another answer.
     const lingering = new Lingering();
     this.server.on('clientError', (err: ParserError, socket: Socket) => answerClientError(err, socket, lingering));
+    // Without a listener Node closes a CONNECT's connection with no answer at all.
+    this.server.on('connect', (_req: IncomingMessage, socket: Socket) => {
+      lingering.answerRaw(socket, 'HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+    });
   }
 
   listen(port: number, host: string): Promise<{ host: string; port: number }> {

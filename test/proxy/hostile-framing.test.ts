@@ -479,6 +479,53 @@ describe('a client that half-closes (shutdown(SHUT_WR)) after its request', { ti
   });
 });
 
+describe('a client that reads a large download slowly', { timeout: 60_000 }, () => {
+  it('holds the backend back (backpressure): what is in flight stays bounded, and every byte arrives', async () => {
+    const total = 256 * MiB;
+    let written = 0;
+    const mimic = new MimicProvider({ backend: (key) => startEchoServer({ name: key, handler: (req: IncomingMessage, res: ServerResponse) => {
+      if (req.url === '/') {
+        res.end('ok');
+        return;
+      }
+      res.writeHead(200, { 'content-length': String(total) });
+      const chunk = Buffer.alloc(64 * 1024, 0x61);
+      const pump = (): void => {
+        while (written < total) {
+          written += chunk.length;
+          if (!res.write(chunk)) {
+            res.once('drain', pump);
+            return;
+          }
+        }
+        res.end();
+      };
+      pump();
+    } }) });
+    const h = await startHarness({ resources: [{ id: 'app', provider: mimic }] });
+    const socket = connect({ port: Number(new URL(h.url).port), host: '127.0.0.1' });
+    try {
+      await once(socket, 'connect');
+      socket.pause();
+      socket.write('GET /smart_proxy/app/-/download HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+      // The client reads nothing for a second (the slow reader): the backend must be held back
+      // with most of the answer unsent (socket buffers and a stream high-water mark at each hop).
+      // Without backpressure the proxy would take all 256 MiB into memory within that second.
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      const inFlight = written;
+      assert.ok(inFlight < 32 * MiB, `${inFlight} bytes left the backend for a client that reads nothing`);
+      let received = 0;
+      socket.on('data', (d: Buffer) => { received += d.length; });
+      socket.resume();
+      await once(socket, 'end');
+      assert.ok(received > total && received < total + 1_000, `received ${received}`);
+    } finally {
+      socket.destroy();
+      await h.close();
+    }
+  });
+});
+
 describe('hop-by-hop fields', { timeout: 60_000 }, () => {
   it('a client cannot make the proxy drop its own fields by listing them in Connection', async () => {
     const r = await rig();
