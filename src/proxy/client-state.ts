@@ -83,12 +83,17 @@ export function waitOver(res: ServerResponse): void {
  * A client's FIN on a plain HTTP/1.1 connection (the server runs with `httpAllowHalfOpen`):
  * `this` is the socket. A client may half-close once it has sent its request (shutdown(SHUT_WR),
  * `nc -N`, some scripted clients) and still read the answer; FIN is also how a client that
- * left closes. So the answer already under way is sent (a request forwarded to a warm backend,
- * a refusal), and Node closes the connection after it; an answer that still waits for identify
- * or a boot is given up, as when the client leaves, so that nothing is woken or forwarded for
- * a client that may be gone (nginx gives up on both: 499).
+ * left closes, and the two cannot be told apart. So:
+ * - an answer not begun yet for a request already forwarded (the backend is computing it), or
+ *   an answer already whole (a refusal), is still sent, and Node closes the connection after it;
+ * - a request still waiting for identify or a boot is given up, so that nothing is woken or
+ *   forwarded for a client that may be gone (nginx gives up on both: 499);
+ * - an answer under way (a stream, SSE, a download) is ended, as when the client leaves: a
+ *   stream that is quiet for long would otherwise keep its backend request, and the instance,
+ *   busy for a client long gone.
  */
 export function onClientFin(this: Socket): void {
   const res = (this as { _httpMessage?: ServerResponse | null })._httpMessage;
-  if (res != null && waitingToForward.has(res)) this.end();
+  if (res == null) return;
+  if (waitingToForward.has(res) || (res.headersSent && !res.writableEnded)) this.end();
 }
