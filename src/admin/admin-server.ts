@@ -14,7 +14,9 @@ import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger, Store } from '../core/ports.ts';
 import type { Instance, ResourceManager, ResourceRuntime } from '../core/resource-manager.ts';
 import { identityOfKey } from '../core/state-sync.ts';
+import { answerClientError, type ParserError } from '../proxy/client-error.ts';
 import { problemOf, sendError } from '../proxy/error-response.ts';
+import { Lingering } from '../proxy/linger.ts';
 import { ProgressHub } from '../proxy/progress-sse.ts';
 import { AdminAuth, checkCsrf, CSRF_COOKIE, newCsrfToken, cookieOf, type AdminCaller } from './admin-auth.ts';
 import type { AdminChange, AdminState } from './admin-state.ts';
@@ -81,9 +83,12 @@ export class AdminServer {
       this.#sockets.add(s);
       s.once('close', () => this.#sockets.delete(s));
     });
-    this.server.on('clientError', (_err, socket: Socket) => {
-      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
-      else socket.destroy();
+    // As on the data plane (client-error.ts): the right status, never inside another answer.
+    const lingering = new Lingering();
+    this.server.on('clientError', (err: ParserError, socket: Socket) => answerClientError(err, socket, lingering));
+    // Without a listener Node closes a CONNECT's connection with no answer at all.
+    this.server.on('connect', (_req: IncomingMessage, socket: Socket) => {
+      lingering.answerRaw(socket, 'HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
     });
   }
 

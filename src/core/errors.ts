@@ -7,7 +7,7 @@
 export const errorCatalogue = {
   SP_ROUTE_BAD_TARGET: 'The request target is malformed or unsafe (dot segments, "//", backslashes, bad percent-encoding, "*", authority-form, an absolute-form target that is not http(s) or carries userinfo).',
   SP_ROUTE_NOT_FOUND: 'The path is not under /smart_proxy/{resource_id}/{groups}/, or the resource is unknown.',
-  SP_ROUTE_BAD_HOST: 'The request has more than one Host field, or a Host that contradicts its :authority (RFC 9112 §3.2, RFC 9113 §8.3.1).',
+  SP_ROUTE_BAD_HOST: 'The request has more than one Host field, a Host that is not a host name or address with an optional port, or a Host that contradicts its :authority (RFC 9112 §3.2, RFC 9113 §8.3.1).',
   SP_ROUTE_METHOD_NOT_ALLOWED: 'The proxy\'s own endpoints (/_smart_proxy/…) answer only the methods named in Allow.',
   SP_ROUTE_METHOD_NOT_FORWARDED: 'TRACE and TRACK are never forwarded: a backend\'s echo of the request would show the client the headers the proxy adds for the backend (identity, credentials). nginx refuses TRACE alike.',
   SP_ACCESS_UNAUTHENTICATED: 'The resource needs a verified identity and the request carried none that verified.',
@@ -29,6 +29,7 @@ export const errorCatalogue = {
   SP_CLIENT_BODY_TIMEOUT: 'The client stopped sending its request body for longer than the body idle timeout.',
   SP_BODY_UNSUPPORTED_CODING: 'The request\'s Transfer-Encoding is not `chunked` alone (RFC 9112 §6.1); send the body chunked or with Content-Length, and any compression as Content-Encoding.',
   SP_BODY_TOO_LARGE: 'The request body is larger than the limit for held requests.',
+  SP_EXPECTATION_FAILED: 'The request\'s Expect field asks for something other than `100-continue`, the only expectation HTTP defines (RFC 9110 §10.1.1); nothing is forwarded.',
   SP_WS_BAD_UPGRADE: 'The upgrade request is not a proper WebSocket handshake (GET, Connection: upgrade, Upgrade: websocket, Sec-WebSocket-Key, Sec-WebSocket-Version: 13).',
   SP_CORS_ORIGIN_DENIED: 'A CORS preflight from a page whose origin is not in the resource\'s cors.allowedOrigins; answered by the proxy, nothing is woken.',
   SP_WS_ORIGIN_DENIED: 'The WebSocket handshake\'s Origin is not in the resource\'s allow-list.',

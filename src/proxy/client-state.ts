@@ -5,6 +5,7 @@
  * differ here, and this file is the one place that knows how.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 
 interface MaybeH2 {
   readonly stream?: { readonly destroyed: boolean } | undefined;
@@ -60,4 +61,39 @@ export function sendContinue(res: ServerResponse): void {
   if (res.headersSent) return;
   if (keepAlive !== undefined) res.shouldKeepAlive = keepAlive;
   res.writeContinue();
+}
+
+/**
+ * Answers that wait before anything is forwarded (a slow identify, a hold through a cold start,
+ * the progress endpoints): a client FIN on their connection abandons them.
+ */
+const waitingToForward = new WeakSet<ServerResponse>();
+
+/** `res` waits (identify, hold) before its request is forwarded, if ever. */
+export function waitsBeforeForward(res: ServerResponse): void {
+  waitingToForward.add(res);
+}
+
+/** `res`'s wait is over: from now on its request is forwarded or answered. */
+export function waitOver(res: ServerResponse): void {
+  waitingToForward.delete(res);
+}
+
+/**
+ * A client's FIN on a plain HTTP/1.1 connection (the server runs with `httpAllowHalfOpen`):
+ * `this` is the socket. A client may half-close once it has sent its request (shutdown(SHUT_WR),
+ * `nc -N`, some scripted clients) and still read the answer; FIN is also how a client that
+ * left closes, and the two cannot be told apart. So:
+ * - an answer not begun yet for a request already forwarded (the backend is computing it), or
+ *   an answer already whole (a refusal), is still sent, and Node closes the connection after it;
+ * - a request still waiting for identify or a boot is given up, so that nothing is woken or
+ *   forwarded for a client that may be gone (nginx gives up on both: 499);
+ * - an answer under way (a stream, SSE, a download) is ended, as when the client leaves: a
+ *   stream that is quiet for long would otherwise keep its backend request, and the instance,
+ *   busy for a client long gone.
+ */
+export function onClientFin(this: Socket): void {
+  const res = (this as { _httpMessage?: ServerResponse | null })._httpMessage;
+  if (res == null) return;
+  if (waitingToForward.has(res) || (res.headersSent && !res.writableEnded)) this.end();
 }

@@ -30,6 +30,7 @@ export const statusByCode: Readonly<Record<ErrorCode, number>> = {
   SP_CLIENT_BODY_TIMEOUT: 408,
   SP_BODY_TOO_LARGE: 413,
   SP_BODY_UNSUPPORTED_CODING: 501,
+  SP_EXPECTATION_FAILED: 417,
   SP_WS_BAD_UPGRADE: 400,
   SP_CORS_ORIGIN_DENIED: 403,
   SP_WS_ORIGIN_DENIED: 403,
@@ -47,7 +48,7 @@ export const statusByCode: Readonly<Record<ErrorCode, number>> = {
 };
 
 const titles: Readonly<Record<number, string>> = {
-  302: 'Found', 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 409: 'Conflict', 408: 'Request Timeout', 413: 'Content Too Large',
+  302: 'Found', 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed', 409: 'Conflict', 408: 'Request Timeout', 413: 'Content Too Large', 417: 'Expectation Failed',
   429: 'Too Many Requests', 500: 'Internal Server Error', 501: 'Not Implemented', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
 };
 

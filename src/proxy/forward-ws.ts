@@ -54,6 +54,11 @@ export interface UpgradePipeline {
   readonly handshakeTimeoutMs: number;
   /** Metrics and the access log; absent: no record is kept. */
   readonly observer?: RequestObserver | undefined;
+  /**
+   * Writes a refusal to the raw socket, then drains what the client still sends within the
+   * linger bounds (linger.ts answerRaw); absent: the socket is ended and destroyed 5 s later.
+   */
+  readonly answerRaw?: ((socket: Socket, answer: string) => void) | undefined;
 }
 
 /** What one upgrade's answer carries besides the backend's: the record, a renewed session. */
@@ -456,6 +461,12 @@ export class WebSocketForwarder {
     }
     const answer = errorResponseBytes(req, err);
     this.#answered(socket, problemOf(toSmartProxyError(err)).status, answer.slice(0, answer.indexOf('\r\n\r\n') + 4));
+    // A client may send more after its handshake (frames, or the body of a POST that asked to
+    // upgrade): unread, it would turn the close into a reset that can overtake the refusal.
+    if (this.#p.answerRaw !== undefined) {
+      this.#p.answerRaw(socket, answer);
+      return;
+    }
     socket.end(answer);
     // Do not wait for the client to close its side.
     setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();

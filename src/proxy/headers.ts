@@ -49,6 +49,10 @@ export interface FieldProblem {
  * What makes a request's fields unforwardable, in one pass, or undefined:
  * - two Host fields (RFC 9112 §3.2: 400), or a Host that differs from the HTTP/2 `:authority`
  *   (RFC 9113 §8.3.1);
+ * - a Host (or `:authority`) that is not `uri-host [":" port]` (RFC 9112 §3.2: 400): spaces,
+ *   `/`, `@`, non-ASCII bytes. The value becomes X-Forwarded-Host, from which backends build
+ *   absolute links and redirects; an empty Host (HTTP/1.0, or a target without authority) is
+ *   allowed and sends none;
  * - a Transfer-Encoding other than `chunked` alone. Node's parser takes `gzip, chunked` and
  *   hands over the de-chunked bytes, which are still gzip-coded; forwarded without the
  *   coding's name they would reach the backend as a different body. A server answers 501 to a
@@ -73,8 +77,19 @@ export function fieldProblem(rawHeaders: readonly string[]): FieldProblem | unde
   if (host !== undefined && authority !== undefined && host.toLowerCase() !== authority.toLowerCase()) {
     return { code: 'SP_ROUTE_BAD_HOST', detail: 'Host differs from :authority' };
   }
+  const named = host ?? authority;
+  if (named !== undefined && named !== '' && !HOST_VALUE.test(named)) {
+    return { code: 'SP_ROUTE_BAD_HOST', detail: `Host "${printable(named)}" is not a host name or address with an optional port` };
+  }
   return undefined;
 }
+
+/**
+ * `uri-host [":" port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): an IP literal in brackets, or a
+ * reg-name / IPv4 address (unreserved, sub-delims and percent-encoding), then up to five port
+ * digits. As absolute-form.ts checks a target's authority.
+ */
+const HOST_VALUE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]{0,5})?$/;
 
 /** A client's value, short and printable, for an error message. */
 function printable(value: string): string {

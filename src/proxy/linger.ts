@@ -32,6 +32,11 @@
  * HTTP/2 needs none of this: a stream's body is flow-controlled per stream, and Node ends a
  * stream answered before its body with RST_STREAM(NO_ERROR), which tells the client to stop
  * sending without failing the answer (RFC 9113 §8.1).
+ *
+ * Answers written straight to a socket, with no request stream to read (a 400, 414 or 431 for
+ * what Node's parser refused, 405 to CONNECT, a refused WebSocket upgrade), go through
+ * `answerRaw`: the same bounds and counters, over the socket's raw bytes (whatever follows
+ * cannot be framed any more, so it is read until the client closes or a bound is hit).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -122,6 +127,39 @@ export class Lingering {
     }
     res.shouldKeepAlive = false;
     new Drain(this, req, socket, o);
+  }
+
+  /** Sockets whose raw bytes are being drained after an answer written straight to them (answerRaw). */
+  readonly #raw = new WeakSet<Socket>();
+
+  /** Whether `socket` was answered by answerRaw and is draining (or closed since). */
+  holds(socket: Socket): boolean {
+    return this.#raw.has(socket);
+  }
+
+  /**
+   * Writes `answer` (a whole response with `connection: close`, or '' when the answer already
+   * went out) to a socket no request stream reads any more, half-closes it, and reads and throws
+   * away what the client still sends, within the bounds; then the socket closes. Past
+   * maxConnections (or with lingering off) the socket closes once the answer is out.
+   */
+  answerRaw(socket: Socket, answer: string): void {
+    if (this.#raw.has(socket) || socket.destroyed) return;
+    this.#raw.add(socket);
+    if (!socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const o = this.#options;
+    if (o.timeMs <= 0 || this.#active >= o.maxConnections) {
+      if (o.timeMs > 0) {
+        this.outcomes.full++;
+        this.#observe?.('full', 0);
+      }
+      socket.end(answer, () => socket.destroy());
+      return;
+    }
+    new RawDrain(this, socket, answer, o);
   }
 
   /** A drain began (Drain's constructor). */
@@ -251,6 +289,83 @@ class Drain {
     // Nothing more to read: the socket closes as Node would have closed it (after its FIN is out).
     delete (this.#socket as { destroySoon?: DestroySoon }).destroySoon;
     if (this.#closing && !this.#socket.destroyed) this.#socket.destroySoon();
+    this.#owner.ended(outcome, this.#bytes);
+  }
+}
+
+/** A socket's raw bytes read and thrown away after an answer written straight to it (answerRaw). */
+class RawDrain {
+  readonly #owner: Lingering;
+  readonly #socket: Socket;
+  readonly #maxBytes: number;
+  readonly #idleMs: number;
+  readonly #deadline: TimerHandle;
+  #idle: TimerHandle;
+  #lastData: number;
+  #bytes = 0;
+  #ended = false;
+
+  constructor(owner: Lingering, socket: Socket, answer: string, o: LingerOptions) {
+    this.#owner = owner;
+    this.#socket = socket;
+    this.#maxBytes = o.maxBytes;
+    this.#idleMs = o.idleMs;
+    owner.began();
+    const clock = owner.clock;
+    this.#lastData = clock.now();
+    this.#deadline = clock.setTimeout(() => this.#cut('time'), o.timeMs);
+    this.#idle = clock.setTimeout(this.#onIdle, o.idleMs);
+    socket.on('data', this.#onData);
+    socket.once('end', this.#onEnd);
+    socket.once('close', this.#onClose);
+    // An upgraded or CONNECT socket is paused once Node hands it over: read, or the client's
+    // bytes pile up in the kernel and the close becomes a reset after all.
+    socket.resume();
+    // The answer, then FIN: the client reads it while the proxy goes on reading.
+    socket.end(answer);
+  }
+
+  readonly #onData = (chunk: Buffer): void => {
+    this.#bytes += chunk.length;
+    this.#owner.discardedBytes += chunk.length;
+    if (this.#bytes > this.#maxBytes) {
+      this.#cut('bytes');
+      return;
+    }
+    this.#lastData = this.#owner.clock.now();
+  };
+
+  readonly #onIdle = (): void => {
+    const clock = this.#owner.clock;
+    const left = this.#lastData + this.#idleMs - clock.now();
+    if (left > 0) this.#idle = clock.setTimeout(this.#onIdle, left);
+    else this.#cut('idle');
+  };
+
+  /** The client is done sending (its FIN after ours): nothing is left unread, the socket closes. */
+  readonly #onEnd = (): void => {
+    this.#finish('drained');
+    this.#socket.destroySoon();
+  };
+
+  readonly #onClose = (): void => {
+    this.#finish('client_closed');
+  };
+
+  #cut(outcome: LingerOutcome): void {
+    if (this.#ended) return;
+    this.#finish(outcome);
+    this.#socket.destroy();
+  }
+
+  #finish(outcome: LingerOutcome): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.#deadline.cancel();
+    this.#idle.cancel();
+    this.#socket.off('data', this.#onData);
+    this.#socket.off('end', this.#onEnd);
+    this.#socket.off('close', this.#onClose);
     this.#owner.ended(outcome, this.#bytes);
   }
 }

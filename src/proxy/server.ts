@@ -13,13 +13,14 @@ import { systemClock } from '../core/clock.ts';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger, TimerHandle } from '../core/ports.ts';
 import type { HeldRequest, HoldTarget, Instance, ResourceManager, StartRequester } from '../core/resource-manager.ts';
-import { ClientGone, expectContinue, requestGone, sendContinue } from './client-state.ts';
+import { ClientGone, expectContinue, onClientFin, requestGone, sendContinue, waitOver, waitsBeforeForward } from './client-state.ts';
 import { applyCors, isPreflight } from './cors.ts';
 import { sendError } from './error-response.ts';
 import { UpstreamPools, type ForwardOutcome, type UpstreamOptions } from './forward-http.ts';
 import { WebSocketForwarder, isWebSocketUpgrade, type Admission } from './forward-ws.ts';
 import { HeldBytesBudget } from './held-bytes.ts';
 import { Lingering, type LingerOptions } from './linger.ts';
+import { answerClientError, type ParserError } from './client-error.ts';
 import { fieldProblem, TrustedProxies, upstreamHeaders } from './headers.ts';
 import type { WaitPlan } from './prefer.ts';
 import { isReservedPath } from './progress-sse.ts';
@@ -189,6 +190,9 @@ export class ProxyServer {
       // Held requests may wait for a whole boot: Node's own request timeout must not cut them.
       requestTimeout: 0,
       headersTimeout: options.headersTimeoutMs,
+      // Node checks the head timeout only this often (30 s by default): a slowloris would keep
+      // its connection up to twice headersTimeoutMs. A tenth of it bounds that at 1.1×.
+      connectionsCheckingInterval: Math.min(30_000, Math.max(100, Math.round(options.headersTimeoutMs / 10))),
       keepAliveTimeout: options.keepAliveTimeoutMs,
       maxHeaderSize: options.maxHeaderBytes,
     };
@@ -216,6 +220,18 @@ export class ProxyServer {
       expectContinue(res);
       onRequest(req, res);
     });
+    // Any other expectation (RFC 9110 §10.1.1 defines only 100-continue): 417 before anything is
+    // woken or forwarded, its body drained within bounds (Node's own answer keeps the
+    // connection and reads any amount of body to reuse it).
+    this.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+      const observer = this.#observer;
+      if (observer !== undefined) {
+        const record = new RequestRecord();
+        res.on('close', () => observer.finished(req, res, record));
+      }
+      const expect = (req.headers.expect ?? '').replace(/[^\x20-\x7e]/g, '?').slice(0, 64);
+      this.#fail(req, res, new SmartProxyError('SP_EXPECTATION_FAILED', `expectation "${expect}" is not supported: only 100-continue is`));
+    });
     // WebSocket upgrades go through the same steps (forward-ws.ts); other Upgrade values are
     // ignored and the request is served as plain HTTP.
     this.ws = new WebSocketForwarder({
@@ -226,6 +242,7 @@ export class ProxyServer {
       connectTimeoutMs: options.upstream.connectTimeoutMs,
       handshakeTimeoutMs: options.upstream.headersTimeoutMs,
       observer: this.#observer,
+      answerRaw: (socket, answer) => this.lingering.answerRaw(socket, answer),
     });
     // Set as a property, not a constructor option: the HTTP/2 secure server ignores the option
     // but its HTTP/1 side reads the property, like the plain server (Node >= 24.9).
@@ -236,6 +253,13 @@ export class ProxyServer {
     // through a cold start would keep for the whole boot. The TLS front has no such list:
     // its connections are tracked here, with one listener shared by all of them.
     if (this.#tls !== undefined) this.server.on('connection', (socket: Socket) => this.#track(socket));
+    else {
+      // A client's FIN does not end the connection under an answer already under way: a client
+      // that half-closes after its request still reads it (client-state.ts onClientFin). Node's
+      // default ends the connection at once, which cut even a warm request's answer.
+      (this.server as { httpAllowHalfOpen?: boolean }).httpAllowHalfOpen = true;
+      this.server.on('connection', (socket: Socket) => socket.on('end', onClientFin));
+    }
     // CONNECT has no place at a reverse proxy; answer instead of silently dropping.
     this.server.on('connect', (_req: IncomingMessage, socket: Socket | ServerResponse) => {
       // Over HTTP/2 (tls.ts) a CONNECT stream comes as (request, response), not a raw socket.
@@ -243,18 +267,17 @@ export class ProxyServer {
         socket.writeHead(405, { 'content-length': '0' }).end();
         return;
       }
-      // Node's list lets go of a socket handed over here; close() still ends it.
+      // Node's list lets go of a socket handed over here; close() still ends it. Whatever the
+      // client sends after the head is drained within the linger bounds: the socket closes
+      // at the latest at their end, and an uploading client reads the 405, not a reset.
       this.#track(socket);
-      socket.end('HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+      this.lingering.answerRaw(socket, 'HTTP/1.1 405 Method Not Allowed\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
     });
-    this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    // What Node's parser refused: 400/414/431/408, never inside or ahead of another answer,
+    // then drained (client-error.ts).
+    this.server.on('clientError', (err: ParserError, socket: Socket) => {
       this.#track(socket);
-      if (socket.writable && !socket.destroyed) {
-        const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
-        socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
-      } else {
-        socket.destroy();
-      }
+      answerClientError(err, socket, this.lingering);
     });
   }
 
@@ -352,6 +375,7 @@ export class ProxyServer {
     if (this.#signIn?.handles(req.url) === true) return this.#signIn.handle(req, res);
     // The proxy's own status and progress endpoints, behind the same access steps.
     if (isReservedPath(req.url)) {
+      waitsBeforeForward(res);
       return this.#waiting.serveReserved(req, res, async (r) => {
         const { inst } = await this.#admitInstance(req, r);
         if (requestGone(req)) throw new ClientGone();
@@ -377,7 +401,13 @@ export class ProxyServer {
     // 2. identify, 3. authorize (before any side effect), 4. select the instance. Waited for
     // only when a step really waits (a slow hash, a signature check): not on the warm path.
     const admitted = this.#admitRoute(req, route);
-    if (admitted instanceof Promise) return admitted.then((admission) => this.#admitted(req, res, route, admission, record));
+    if (admitted instanceof Promise) {
+      waitsBeforeForward(res);
+      return admitted.then((admission) => {
+        waitOver(res);
+        this.#admitted(req, res, route, admission, record);
+      });
+    }
     this.#admitted(req, res, route, admitted, record);
     return undefined;
   }
@@ -432,6 +462,7 @@ export class ProxyServer {
     const { resource } = admission;
     if (requestGone(req)) return;
     const releaseBytes = this.#reserveHeldBytes(req, resource);
+    waitsBeforeForward(res);
     if (plan !== undefined) this.#waiting.holdBegins(res, plan);
     const h = new HeldForward(this, req, res, inst, admission, plan, record, releaseBytes);
     const outcome = this.#manager.hold(inst, { timeoutMs: plan?.holdMs ?? resource.holdTimeoutMs, requester }, h);
@@ -452,6 +483,7 @@ export class ProxyServer {
   #released(h: HeldForward, endpoint: string | undefined, err: Error | undefined): void {
     const { req, res, plan, inst, resource } = h;
     try {
+      waitOver(res);
       h.releaseBytes();
       const waitedMs = performance.now() - h.since;
       const gone = err instanceof ClientGone;

@@ -78,6 +78,8 @@ export async function startHarness(options: {
   bounds?: Pick<ProxyServerOptions, 'bodyIdleTimeoutMs' | 'maxHeldBytesPerRequest' | 'maxHeldBytesPerClient' | 'http2SessionIdleTimeoutMs' | 'http2MaxConcurrentStreams' | 'linger'>;
   forgetStoppedAfterMs?: number;
   poolSweepDelayMs?: number;
+  /** The client's time for its request head (default 10 s). */
+  headersTimeoutMs?: number;
 }): Promise<Harness> {
   const logs: Harness['logs'] = [];
   const logger = collectingLogger(logs);
@@ -94,7 +96,7 @@ export async function startHarness(options: {
     upstream: { connectTimeoutMs: 2_000, headersTimeoutMs: 30_000, bodyTimeoutMs: 0, connectionsPerBackend: 64, ...options.upstream },
     ...options.bounds,
     trustedProxies: options.trustedProxies ?? [],
-    headersTimeoutMs: 10_000, keepAliveTimeoutMs: 5_000, maxHeaderBytes: 16_384,
+    headersTimeoutMs: options.headersTimeoutMs ?? 10_000, keepAliveTimeoutMs: 5_000, maxHeaderBytes: 16_384,
     ...(options.clock ? { clock: options.clock } : {}),
     ...(options.identify ? { identify: options.identify } : {}),
     ...(options.authorize ? { authorize: options.authorize } : {}),
