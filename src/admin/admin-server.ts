@@ -12,7 +12,8 @@ import type { AdminConfig } from '../config/admin-schema.ts';
 import type { IdentityConfig } from '../config/access-schema.ts';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger, Store } from '../core/ports.ts';
-import type { Instance, ResourceManager, ResourceRuntime } from '../core/resource-manager.ts';
+import type { AuditActor } from '../access/audit.ts';
+import type { Instance, ResourceManager, ResourceRuntime, StartRequester } from '../core/resource-manager.ts';
 import { identityOfKey } from '../core/state-sync.ts';
 import { problemOf, sendError } from '../proxy/error-response.ts';
 import { ProgressHub } from '../proxy/progress-sse.ts';
@@ -235,7 +236,7 @@ export class AdminServer {
         case 'stop':
           await readBody(req, this.#o.admin.maxBodyBytes);
           this.#audit(caller, 'admin-stop', inst, 'stopped by an operator');
-          void this.#o.manager.stop(inst, `stopped by ${caller.actor}`).catch(() => undefined);
+          void this.#o.manager.stop(inst, `stopped by ${caller.actor}`, 'stop', caller.actor).catch(() => undefined);
           sendJson(req, res, 202, { accepted: true, instance: this.#view(inst) });
           return;
         case 'drain': {
@@ -258,7 +259,7 @@ export class AdminServer {
           await readBody(req, this.#o.admin.maxBodyBytes);
           if (action === 'suspend') {
             this.#audit(caller, 'admin-suspend', inst, 'suspended by an operator');
-            void this.#o.manager.stop(inst, `suspended by ${caller.actor}`, 'suspend').catch(() => undefined);
+            void this.#o.manager.stop(inst, `suspended by ${caller.actor}`, 'suspend', caller.actor).catch(() => undefined);
           } else {
             this.#resume(inst, caller);
           }
@@ -335,7 +336,7 @@ export class AdminServer {
     const inst = this.#o.manager.selectInstance(resource, groups, who.user);
     const already = inst.status === 'ready' || inst.status === 'starting';
     if (!already) {
-      const refused = this.#o.manager.requestStart(inst);
+      const refused = this.#o.manager.requestStart(inst, operatorRequester(inst, caller));
       if (refused !== undefined) {
         this.#audit(caller, 'admin-start', inst, `refused: ${refused.message}`);
         throw refused;
@@ -383,7 +384,7 @@ export class AdminServer {
   #resume(inst: Instance, caller: AdminCaller): void {
     const already = inst.status === 'ready' || inst.status === 'starting';
     if (!already) {
-      const refused = this.#o.manager.requestStart(inst);
+      const refused = this.#o.manager.requestStart(inst, operatorRequester(inst, caller));
       if (refused !== undefined) {
         this.#audit(caller, 'admin-resume', inst, `refused: ${refused.message}`);
         throw refused;
@@ -398,7 +399,7 @@ export class AdminServer {
    * a fresh start after the stop), what is in flight finishes, then it stops.
    */
   #drain(inst: Instance, caller: AdminCaller, timeoutMs: number): boolean {
-    return this.#o.manager.drain(inst, `drained by ${caller.actor}`, timeoutMs);
+    return this.#o.manager.drain(inst, `drained by ${caller.actor}`, timeoutMs, caller.actor);
   }
 
   #listInstances(q: z.infer<typeof instanceQuerySchema>): { items: InstanceView[]; total: number; nextOffset: number | null } {
@@ -512,6 +513,15 @@ export class AdminServer {
  * browsers act on the first challenge of a line only, and the dashboard's users sign in
  * with Basic even when a bearer identity comes first in the chain.
  */
+/**
+ * An operator's start: counted for the instance's own user and groups (as a start without a
+ * request is), audited as the operator's (`admin:<user>`), not as the proxy's own.
+ */
+function operatorRequester(inst: Instance, caller: AdminCaller): StartRequester {
+  const actor: AuditActor = { user: caller.actor, via: 'operator' };
+  return { user: inst.user, groups: inst.groups, actor };
+}
+
 function sendAdminError(req: IncomingMessage, res: ServerResponse, err: unknown): void {
   const challenges = err instanceof SmartProxyError && err.code === 'SP_ACCESS_UNAUTHENTICATED' ? err.data.challenges : undefined;
   if (!Array.isArray(challenges) || challenges.length === 0 || res.headersSent || res.destroyed) {

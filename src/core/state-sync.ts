@@ -234,7 +234,7 @@ export class StateSync {
       case 'instance-changed': {
         if (this.#lastStatus.get(inst) === inst.status) return; // a phase change: not audited
         this.#lastStatus.set(inst, inst.status);
-        this.#pushAudit({ ...base, type: 'instance-changed', status: inst.status, reason: e.reason });
+        this.#pushAudit({ ...base, type: 'instance-changed', status: inst.status, reason: e.reason, ...(e.actor === undefined ? {} : { actor: e.actor }) });
         return;
       }
       case 'start-requested':

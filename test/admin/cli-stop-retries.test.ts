@@ -64,5 +64,11 @@ describe('smart-proxy status / retry-stop / abandon-stop (child process)', () =>
     assert.match(twice.stderr, /no stop is owed for vm \*/);
     const after = await asOps(['status']);
     assert.doesNotMatch(after.stdout, /Stops owed/);
+    // Each operator action is audited with the operator: the stop, its retry and its let-go.
+    await a.app.state.flush();
+    const audit = await (await api('/api/v1/audit?resource=vm&actor=admin:ops')).json() as { items: Array<{ type: string; status: string | null }> };
+    const types = new Set(audit.items.map((e) => e.type));
+    for (const t of ['admin-start', 'start', 'admin-stop', 'admin-retry-stop', 'admin-abandon-stop']) assert.ok(types.has(t), `${t} by admin:ops: ${JSON.stringify(audit.items)}`);
+    assert.ok(audit.items.some((e) => e.type === 'instance-changed' && e.status === 'stopping'), 'the stop itself');
   });
 });
