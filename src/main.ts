@@ -346,7 +346,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       const { AdminServer } = await import('./admin/admin-server.ts');
       const a = new AdminServer({
         admin: config.admin, identities: config.identities, realm: config.access.realm, manager, state: adminState,
-        resources: () => new Map([...routed].map(([id, r]) => [id, r.runtime])), config: () => current, store, clock, logger: log,
+        resources: () => new Map([...routed].map(([id, r]) => [id, r.runtime])), isConfigured: (id) => routed.has(id),
+        config: () => current, store, clock, logger: log,
         metrics: m === undefined ? undefined : () => m.render(),
         // Only an app started from a file (the CLI) can read its configuration again.
         reload: options.loadConfig === undefined ? undefined : () => reload(),

@@ -35,6 +35,8 @@ export interface AdminServerOptions {
   readonly state: AdminState;
   /** The resources now (a reload may replace them). */
   readonly resources: () => ReadonlyMap<string, ResourceRuntime>;
+  /** Whether a resource id is in the configuration now (cheap; views mark instances of removed ones). */
+  readonly isConfigured: (resourceId: string) => boolean;
   /** The effective configuration now; shown redacted. */
   readonly config: () => unknown;
   readonly store: Store;
@@ -172,7 +174,7 @@ export class AdminServer {
     }
     if (path === `${API}/stop-retries`) {
       allow(method, ['GET', 'HEAD']);
-      sendJson(req, res, 200, stopRetryList(this.#o.manager));
+      sendJson(req, res, 200, stopRetryList(this.#o.manager, this.#o.isConfigured));
       return;
     }
     if (path === `${API}/audit`) {
@@ -320,7 +322,7 @@ export class AdminServer {
   }
 
   #view(inst: Instance): InstanceView {
-    return instanceView(this.#o.manager, this.#o.state, inst, this.#o.clock.now());
+    return instanceView(this.#o.manager, this.#o.state, inst, this.#o.clock.now(), !this.#o.isConfigured(inst.resource.id));
   }
 
   #audit(caller: AdminCaller, type: string, inst: Instance | undefined, reason: string, resourceId = inst?.resource.id ?? '-'): void {
@@ -450,7 +452,10 @@ export class AdminServer {
       if (res.destroyed || res.writableEnded) return;
       const now = this.#o.clock.now();
       let chunk = '';
-      for (const inst of pending) chunk += `event: instance\ndata: ${JSON.stringify(instanceView(this.#o.manager, this.#o.state, inst, now))}\n\n`;
+      for (const inst of pending) {
+        const view = instanceView(this.#o.manager, this.#o.state, inst, now, !this.#o.isConfigured(inst.resource.id));
+        chunk += `event: instance\ndata: ${JSON.stringify(view)}\n\n`;
+      }
       pending.clear();
       if (chunk.length > 0) res.write(chunk);
     };
