@@ -23,7 +23,7 @@ import type { createAtmosphereProvider } from './providers/atmosphere/atmosphere
 import { EndpointPolicy, guardEndpoints, type OwnListener } from './providers/endpoint-guard.ts';
 import type { createHttpProvider } from './providers/http/http-provider.ts';
 import { createProcessProvider } from './providers/process/process-provider.ts';
-import { inheritedEnv, resolveSecretValue, secretReaders } from './config/secrets.ts';
+import { inheritedEnv, resolveIdentitySecrets, resolveSecretValue, secretReaders } from './config/secrets.ts';
 import { createStaticProvider } from './providers/static/static-provider.ts';
 import type { createQemuProvider } from './providers/qemu/qemu-provider.ts';
 import type { createDockerProvider } from './providers/docker/docker-provider.ts';
@@ -196,7 +196,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     //    reload that changes the OIDC providers or session settings is refused (restart).
     const oidc = await buildSignIn(config, clock, log, options.keyValues, closers);
     const buildAccess = (cfg: Config, rs: readonly EffectiveResource[]): ReturnType<typeof createAccessSteps> => createAccessSteps({
-      identities: cfg.identities, settings: cfg.access, clock, logger: log, audit, oidc,
+      identities: resolveIdentitySecrets(cfg.identities), settings: cfg.access, clock, logger: log, audit, oidc,
       policies: new Map(rs.map((r) => [r.id, r.access])),
     });
     // Replaced as a whole by a reload; the data plane calls through these indirections.
@@ -345,7 +345,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     if (config.admin !== undefined) {
       const { AdminServer } = await import('./admin/admin-server.ts');
       const a = new AdminServer({
-        admin: config.admin, identities: config.identities, realm: config.access.realm, manager, state: adminState,
+        admin: config.admin, identities: resolveIdentitySecrets(config.identities), realm: config.access.realm, manager, state: adminState,
         resources: () => new Map([...routed].map(([id, r]) => [id, r.runtime])), isConfigured: (id) => routed.has(id),
         config: () => current, store, clock, logger: log,
         metrics: m === undefined ? undefined : () => m.render(),
