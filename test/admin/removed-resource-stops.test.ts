@@ -12,12 +12,13 @@ import { after, before, describe, it } from 'node:test';
 import { instanceViewSchema, stopRetryListSchema } from '../../src/admin/schemas.ts';
 import { MimicProvider, StubbornProvider } from '../helpers/mimic-provider.ts';
 import { OPS, readSse, startAdminApp, type AdminApp } from './admin-kit.ts';
+import { testCacheEnv } from '../helpers/test-caches.ts';
 
 const cli = fileURLToPath(new URL('../../bin/smart-proxy.js', import.meta.url));
 
 function run(args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [cli, ...args], { env: { PATH: process.env.PATH ?? '', ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [cli, ...args], { env: { PATH: process.env.PATH ?? '', ...testCacheEnv, ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
       resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : -1, stdout, stderr });
     });
   });

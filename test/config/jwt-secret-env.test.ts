@@ -18,6 +18,7 @@ import { startApp } from '../../src/main.ts';
 import { startAdminApp } from '../admin/admin-kit.ts';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { collectingLogger } from '../helpers/proxy-harness.ts';
+import '../helpers/test-caches.ts';
 
 const run = promisify(execFile);
 const cli = new URL('../../bin/smart-proxy.js', import.meta.url).pathname;
