@@ -33,7 +33,7 @@ import type { FrontMode } from './front/front-mode.ts';
 import { createAccessSteps } from './proxy/identify.ts';
 import { netProber } from './proxy/probe.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
-import { ThemeLoader } from './proxy/waiting-page.ts';
+import { ThemeLoader, type WaitingTheme } from './proxy/waiting-page.ts';
 import { createStore } from './state/create-store.ts';
 import { atmosphereApiWarnings } from './startup-checks.ts';
 import { Metrics } from './metrics/metrics.ts';
@@ -226,8 +226,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       },
     });
     const routed = new Map<string, RoutedResource>();
-    const themes = new ThemeLoader();
-    const buildRouted = (r: EffectiveResource, into: Map<string, Provider>): RoutedResource => {
+    const buildRouted = (r: EffectiveResource, into: Map<string, Provider>, themes: ThemeLoader): RoutedResource => {
       const backendTls = loadBackendTls(r.backendTls);
       if (!backendTls.rejectUnauthorized) log.warn({ resource: r.id }, 'backendTls.insecureSkipVerify: the backend\'s certificate is not verified');
       const runtime: ResourceRuntime = {
@@ -247,17 +246,19 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         healthCheckIntervalMs: r.healthCheckIntervalMs,
         keepWarm: r.keepWarm === undefined ? undefined : new KeepWarmPolicy(r.keepWarm),
       };
-      // Waiting page themes are read and checked here, once: a broken theme stops start-up.
+      // Waiting page themes are read and checked here, at start-up and at each reload: a broken
+      // theme stops start-up, and refuses a reload (the running theme is kept).
       return {
         runtime, holdTimeoutMs: r.holdTimeoutMs,
-        waiting: { ...r.waiting, theme: themes.load(r.waiting.themeDir) },
+        waiting: { ...r.waiting, theme: loadThemeOf(r, themes) },
         websocket: { allowedOrigins: r.websocketAllowedOrigins },
         cors: r.cors === undefined ? undefined : corsPolicy(r.cors),
         backendTls,
       };
     };
     await loadProviderCode(resources);
-    for (const r of resources) routed.set(r.id, buildRouted(r, providers));
+    const startThemes = new ThemeLoader();
+    for (const r of resources) routed.set(r.id, buildRouted(r, providers, startThemes));
     const runtimes = new Map([...routed].map(([id, r]) => [id, r.runtime]));
 
     // 4. State: read back what a previous run left (boot history; instances to re-adopt,
@@ -417,10 +418,15 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       const previousServiceIds = new Map(serviceIds);
       try {
         for (const r of nextResources) serviceIds.set(r.id, r.serviceId);
+        // Theme files are read again (a fresh loader): an edited theme is picked up by a reload.
+        const themes = new ThemeLoader();
         for (const r of nextResources) {
           const old = routed.get(r.id);
-          if (old !== undefined && plan.unchanged.includes(r.id)) continue;
-          fresh.set(r.id, buildRouted(r, nextProviders));
+          if (old !== undefined && plan.unchanged.includes(r.id)) {
+            if (r.waiting.themeDir !== undefined) fresh.set(r.id, { ...old, waiting: { ...old.waiting, ...r.waiting, theme: loadThemeOf(r, themes) } });
+            continue;
+          }
+          fresh.set(r.id, buildRouted(r, nextProviders, themes));
         }
         nextAccess = buildAccess(next, nextResources);
       } catch (err) {
@@ -538,6 +544,15 @@ export function reloadOnSignal(app: App, onResult: (result: ReloadResult) => voi
   };
   process.on('SIGHUP', onHup);
   return () => process.off('SIGHUP', onHup);
+}
+
+/** A resource's waiting page theme (undefined: the built-in one); a broken one names the resource. */
+function loadThemeOf(r: EffectiveResource, themes: ThemeLoader): WaitingTheme | undefined {
+  try {
+    return themes.load(r.waiting.themeDir);
+  } catch (err) {
+    throw new ConfigError('<config>', [`resources.${r.id}.waiting.themeDir: ${err instanceof Error ? err.message : String(err)}`]);
+  }
 }
 
 function meteredResources(resources: readonly EffectiveResource[]): Array<{ id: string; provider: string }> {
