@@ -219,6 +219,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       const m = metrics;
       closers.push(async () => m.close());
     }
+    // The activity flush sleeps while nothing is ready here; a new ready instance wakes it.
+    if (coordinator !== undefined) manager.onEvent((e) => { if (e.type === 'instance-changed' && e.instance.status === 'ready') coordinator.activityExpected(); });
     coordinator?.attach({
       readyInstances: () => [...manager.allInstances()].filter((i) => i.status === 'ready'),
       stoppedElsewhere: (resourceId, instanceKey) => {
