@@ -23,7 +23,7 @@ import type { createAtmosphereProvider } from './providers/atmosphere/atmosphere
 import { EndpointPolicy, guardEndpoints, type OwnListener } from './providers/endpoint-guard.ts';
 import type { createHttpProvider } from './providers/http/http-provider.ts';
 import { createProcessProvider } from './providers/process/process-provider.ts';
-import { inheritedEnv, resolveSecretValue, secretReaders } from './config/secrets.ts';
+import { inheritedEnv, resolveIdentitySecrets, resolveSecretValue, secretReaders } from './config/secrets.ts';
 import { createStaticProvider } from './providers/static/static-provider.ts';
 import type { createQemuProvider } from './providers/qemu/qemu-provider.ts';
 import type { createDockerProvider } from './providers/docker/docker-provider.ts';
@@ -34,7 +34,7 @@ import { createAccessSteps } from './proxy/identify.ts';
 import { netProber } from './proxy/probe.ts';
 import { TrustedProxies } from './proxy/headers.ts';
 import { ProxyServer, type RoutedResource } from './proxy/server.ts';
-import { ThemeLoader } from './proxy/waiting-page.ts';
+import { ThemeLoader, type WaitingTheme } from './proxy/waiting-page.ts';
 import { createStore } from './state/create-store.ts';
 import { atmosphereApiWarnings } from './startup-checks.ts';
 import { Metrics } from './metrics/metrics.ts';
@@ -197,7 +197,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     //    reload that changes the OIDC providers or session settings is refused (restart).
     const oidc = await buildSignIn(config, clock, log, options.keyValues, closers);
     const buildAccess = (cfg: Config, rs: readonly EffectiveResource[]): ReturnType<typeof createAccessSteps> => createAccessSteps({
-      identities: cfg.identities, settings: cfg.access, clock, logger: log, audit, oidc,
+      identities: resolveIdentitySecrets(cfg.identities), settings: cfg.access, clock, logger: log, audit, oidc,
       policies: new Map(rs.map((r) => [r.id, r.access])),
     });
     // Replaced as a whole by a reload; the data plane calls through these indirections.
@@ -220,6 +220,8 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       const m = metrics;
       closers.push(async () => m.close());
     }
+    // The activity flush sleeps while nothing is ready here; a new ready instance wakes it.
+    if (coordinator !== undefined) manager.onEvent((e) => { if (e.type === 'instance-changed' && e.instance.status === 'ready') coordinator.activityExpected(); });
     coordinator?.attach({
       readyInstances: () => [...manager.allInstances()].filter((i) => i.status === 'ready'),
       stoppedElsewhere: (resourceId, instanceKey) => {
@@ -227,8 +229,7 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       },
     });
     const routed = new Map<string, RoutedResource>();
-    const themes = new ThemeLoader();
-    const buildRouted = (r: EffectiveResource, into: Map<string, Provider>): RoutedResource => {
+    const buildRouted = (r: EffectiveResource, into: Map<string, Provider>, themes: ThemeLoader): RoutedResource => {
       const backendTls = loadBackendTls(r.backendTls);
       if (!backendTls.rejectUnauthorized) log.warn({ resource: r.id }, 'backendTls.insecureSkipVerify: the backend\'s certificate is not verified');
       const runtime: ResourceRuntime = {
@@ -248,17 +249,19 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
         healthCheckIntervalMs: r.healthCheckIntervalMs,
         keepWarm: r.keepWarm === undefined ? undefined : new KeepWarmPolicy(r.keepWarm),
       };
-      // Waiting page themes are read and checked here, once: a broken theme stops start-up.
+      // Waiting page themes are read and checked here, at start-up and at each reload: a broken
+      // theme stops start-up, and refuses a reload (the running theme is kept).
       return {
         runtime, holdTimeoutMs: r.holdTimeoutMs,
-        waiting: { ...r.waiting, theme: themes.load(r.waiting.themeDir) },
+        waiting: { ...r.waiting, theme: loadThemeOf(r, themes) },
         websocket: { allowedOrigins: r.websocketAllowedOrigins },
         cors: r.cors === undefined ? undefined : corsPolicy(r.cors),
         backendTls,
       };
     };
     await loadProviderCode(resources);
-    for (const r of resources) routed.set(r.id, buildRouted(r, providers));
+    const startThemes = new ThemeLoader();
+    for (const r of resources) routed.set(r.id, buildRouted(r, providers, startThemes));
     const runtimes = new Map([...routed].map(([id, r]) => [id, r.runtime]));
 
     // 4. State: read back what a previous run left (boot history; instances to re-adopt,
@@ -349,8 +352,9 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
     if (config.admin !== undefined) {
       const { AdminServer } = await import('./admin/admin-server.ts');
       const a = new AdminServer({
-        admin: config.admin, identities: config.identities, realm: config.access.realm, manager, state: adminState,
-        resources: () => new Map([...routed].map(([id, r]) => [id, r.runtime])), config: () => current, store, clock, logger: log,
+        admin: config.admin, identities: resolveIdentitySecrets(config.identities), realm: config.access.realm, manager, state: adminState,
+        resources: () => new Map([...routed].map(([id, r]) => [id, r.runtime])), isConfigured: (id) => routed.has(id),
+        config: () => current, store, clock, logger: log,
         metrics: m === undefined ? undefined : () => m.render(),
         // Only an app started from a file (the CLI) can read its configuration again.
         reload: options.loadConfig === undefined ? undefined : () => reload(),
@@ -420,10 +424,15 @@ export async function startApp(config: Config, options: AppOptions = {}): Promis
       const previousServiceIds = new Map(serviceIds);
       try {
         for (const r of nextResources) serviceIds.set(r.id, r.serviceId);
+        // Theme files are read again (a fresh loader): an edited theme is picked up by a reload.
+        const themes = new ThemeLoader();
         for (const r of nextResources) {
           const old = routed.get(r.id);
-          if (old !== undefined && plan.unchanged.includes(r.id)) continue;
-          fresh.set(r.id, buildRouted(r, nextProviders));
+          if (old !== undefined && plan.unchanged.includes(r.id)) {
+            if (r.waiting.themeDir !== undefined) fresh.set(r.id, { ...old, waiting: { ...old.waiting, ...r.waiting, theme: loadThemeOf(r, themes) } });
+            continue;
+          }
+          fresh.set(r.id, buildRouted(r, nextProviders, themes));
         }
         nextAccess = buildAccess(next, nextResources);
       } catch (err) {
@@ -541,6 +550,15 @@ export function reloadOnSignal(app: App, onResult: (result: ReloadResult) => voi
   };
   process.on('SIGHUP', onHup);
   return () => process.off('SIGHUP', onHup);
+}
+
+/** A resource's waiting page theme (undefined: the built-in one); a broken one names the resource. */
+function loadThemeOf(r: EffectiveResource, themes: ThemeLoader): WaitingTheme | undefined {
+  try {
+    return themes.load(r.waiting.themeDir);
+  } catch (err) {
+    throw new ConfigError('<config>', [`resources.${r.id}.waiting.themeDir: ${err instanceof Error ? err.message : String(err)}`]);
+  }
 }
 
 function meteredResources(resources: readonly EffectiveResource[]): Array<{ id: string; provider: string }> {

@@ -8,11 +8,12 @@ import type { CredentialKind } from './types.ts';
 
 /**
  * Who did it, as verified. Never a credential. `via: 'system'`: the proxy itself (keep-warm,
- * a restart after a health check or a lost backend), on nobody's behalf.
+ * a restart after a health check or a lost backend), on nobody's behalf. `via: 'operator'`:
+ * an operator through the admin API (dashboard, CLI); `user` is then `admin:<user>`.
  */
 export interface AuditActor {
   readonly user: string | undefined;
-  readonly via: CredentialKind | 'unknown' | 'system';
+  readonly via: CredentialKind | 'unknown' | 'system' | 'operator';
   readonly remoteAddress?: string | undefined;
 }
 

@@ -60,7 +60,11 @@ function detached(part: string): string {
 const TIME_BOUND_REASONS = new Set(['token not yet valid', 'token issued in the future']);
 
 function keySource(cfg: JwtIdentityConfig): KeySource {
-  if (cfg.secret !== undefined) return new TextEncoder().encode(cfg.secret);
+  if (cfg.secret !== undefined) {
+    // src/config reads a { env } / { file } secret before verifiers are built (resolveIdentitySecrets).
+    if (typeof cfg.secret !== 'string') throw new Error('JWT verifier: its secret reference was not read (resolveIdentitySecrets)');
+    return new TextEncoder().encode(cfg.secret);
+  }
   if (cfg.jwksUrl !== undefined) {
     return jose().createRemoteJWKSet(new URL(cfg.jwksUrl), {
       cacheMaxAge: cfg.jwksCacheMaxAgeMs,

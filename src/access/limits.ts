@@ -195,9 +195,12 @@ function ownerOf(inst: Instance): StartRequester {
 /** The actor of starts no request asked for (keep-warm, restarts, re-adoption). */
 const SYSTEM_ACTOR: AuditActor = { user: undefined, via: 'system' };
 
+/**
+ * The requester's actor as audited. The actor's own user comes first: an operator's start is
+ * made for the instance's user (the counts) but done by the operator (the audit).
+ */
 function actorOf(requester: StartRequester | undefined): AuditActor | undefined {
   if (requester === undefined) return undefined;
-  const via = (requester.actor as { via?: AuditActor['via'] } | undefined)?.via ?? 'unknown';
-  const remoteAddress = (requester.actor as { remoteAddress?: string } | undefined)?.remoteAddress;
-  return { user: requester.user, via, remoteAddress };
+  const actor = requester.actor as { user?: string; via?: AuditActor['via']; remoteAddress?: string } | undefined;
+  return { user: actor?.user ?? requester.user, via: actor?.via ?? 'unknown', remoteAddress: actor?.remoteAddress };
 }

@@ -12,7 +12,8 @@ import type { AdminConfig } from '../config/admin-schema.ts';
 import type { IdentityConfig } from '../config/access-schema.ts';
 import { SmartProxyError } from '../core/errors.ts';
 import type { Clock, Logger, Store } from '../core/ports.ts';
-import type { Instance, ResourceManager, ResourceRuntime } from '../core/resource-manager.ts';
+import type { AuditActor } from '../access/audit.ts';
+import type { Instance, ResourceManager, ResourceRuntime, StartRequester } from '../core/resource-manager.ts';
 import { identityOfKey } from '../core/state-sync.ts';
 import { answerClientError, type ParserError } from '../proxy/client-error.ts';
 import { problemOf, sendError } from '../proxy/error-response.ts';
@@ -36,6 +37,8 @@ export interface AdminServerOptions {
   readonly state: AdminState;
   /** The resources now (a reload may replace them). */
   readonly resources: () => ReadonlyMap<string, ResourceRuntime>;
+  /** Whether a resource id is in the configuration now (cheap; views mark instances of removed ones). */
+  readonly isConfigured: (resourceId: string) => boolean;
   /** The effective configuration now; shown redacted. */
   readonly config: () => unknown;
   readonly store: Store;
@@ -176,7 +179,7 @@ export class AdminServer {
     }
     if (path === `${API}/stop-retries`) {
       allow(method, ['GET', 'HEAD']);
-      sendJson(req, res, 200, stopRetryList(this.#o.manager));
+      sendJson(req, res, 200, stopRetryList(this.#o.manager, this.#o.isConfigured));
       return;
     }
     if (path === `${API}/audit`) {
@@ -240,7 +243,7 @@ export class AdminServer {
         case 'stop':
           await readBody(req, this.#o.admin.maxBodyBytes);
           this.#audit(caller, 'admin-stop', inst, 'stopped by an operator');
-          void this.#o.manager.stop(inst, `stopped by ${caller.actor}`).catch(() => undefined);
+          void this.#o.manager.stop(inst, `stopped by ${caller.actor}`, 'stop', caller.actor).catch(() => undefined);
           sendJson(req, res, 202, { accepted: true, instance: this.#view(inst) });
           return;
         case 'drain': {
@@ -263,7 +266,7 @@ export class AdminServer {
           await readBody(req, this.#o.admin.maxBodyBytes);
           if (action === 'suspend') {
             this.#audit(caller, 'admin-suspend', inst, 'suspended by an operator');
-            void this.#o.manager.stop(inst, `suspended by ${caller.actor}`, 'suspend').catch(() => undefined);
+            void this.#o.manager.stop(inst, `suspended by ${caller.actor}`, 'suspend', caller.actor).catch(() => undefined);
           } else {
             this.#resume(inst, caller);
           }
@@ -324,7 +327,7 @@ export class AdminServer {
   }
 
   #view(inst: Instance): InstanceView {
-    return instanceView(this.#o.manager, this.#o.state, inst, this.#o.clock.now());
+    return instanceView(this.#o.manager, this.#o.state, inst, this.#o.clock.now(), !this.#o.isConfigured(inst.resource.id));
   }
 
   #audit(caller: AdminCaller, type: string, inst: Instance | undefined, reason: string, resourceId = inst?.resource.id ?? '-'): void {
@@ -340,7 +343,7 @@ export class AdminServer {
     const inst = this.#o.manager.selectInstance(resource, groups, who.user);
     const already = inst.status === 'ready' || inst.status === 'starting';
     if (!already) {
-      const refused = this.#o.manager.requestStart(inst);
+      const refused = this.#o.manager.requestStart(inst, operatorRequester(inst, caller));
       if (refused !== undefined) {
         this.#audit(caller, 'admin-start', inst, `refused: ${refused.message}`);
         throw refused;
@@ -388,7 +391,7 @@ export class AdminServer {
   #resume(inst: Instance, caller: AdminCaller): void {
     const already = inst.status === 'ready' || inst.status === 'starting';
     if (!already) {
-      const refused = this.#o.manager.requestStart(inst);
+      const refused = this.#o.manager.requestStart(inst, operatorRequester(inst, caller));
       if (refused !== undefined) {
         this.#audit(caller, 'admin-resume', inst, `refused: ${refused.message}`);
         throw refused;
@@ -403,7 +406,7 @@ export class AdminServer {
    * a fresh start after the stop), what is in flight finishes, then it stops.
    */
   #drain(inst: Instance, caller: AdminCaller, timeoutMs: number): boolean {
-    return this.#o.manager.drain(inst, `drained by ${caller.actor}`, timeoutMs);
+    return this.#o.manager.drain(inst, `drained by ${caller.actor}`, timeoutMs, caller.actor);
   }
 
   #listInstances(q: z.infer<typeof instanceQuerySchema>): { items: InstanceView[]; total: number; nextOffset: number | null } {
@@ -454,7 +457,10 @@ export class AdminServer {
       if (res.destroyed || res.writableEnded) return;
       const now = this.#o.clock.now();
       let chunk = '';
-      for (const inst of pending) chunk += `event: instance\ndata: ${JSON.stringify(instanceView(this.#o.manager, this.#o.state, inst, now))}\n\n`;
+      for (const inst of pending) {
+        const view = instanceView(this.#o.manager, this.#o.state, inst, now, !this.#o.isConfigured(inst.resource.id));
+        chunk += `event: instance\ndata: ${JSON.stringify(view)}\n\n`;
+      }
       pending.clear();
       if (chunk.length > 0) res.write(chunk);
     };
@@ -517,6 +523,15 @@ export class AdminServer {
  * browsers act on the first challenge of a line only, and the dashboard's users sign in
  * with Basic even when a bearer identity comes first in the chain.
  */
+/**
+ * An operator's start: counted for the instance's own user and groups (as a start without a
+ * request is), audited as the operator's (`admin:<user>`), not as the proxy's own.
+ */
+function operatorRequester(inst: Instance, caller: AdminCaller): StartRequester {
+  const actor: AuditActor = { user: caller.actor, via: 'operator' };
+  return { user: inst.user, groups: inst.groups, actor };
+}
+
 function sendAdminError(req: IncomingMessage, res: ServerResponse, err: unknown): void {
   const challenges = err instanceof SmartProxyError && err.code === 'SP_ACCESS_UNAUTHENTICATED' ? err.data.challenges : undefined;
   if (!Array.isArray(challenges) || challenges.length === 0 || res.headersSent || res.destroyed) {

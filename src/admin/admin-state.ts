@@ -84,6 +84,8 @@ export class AdminState {
 
   attachStore(sync: StateSync): void {
     this.#sync = sync;
+    // The store's own lifecycle entries (an owed stop given up…) reach the live streams too.
+    sync.onAudit = (e) => this.#publish({ kind: 'audit', event: e });
   }
 
   /** Records an audit event in the store (next flush) and tells the live streams. */
@@ -118,6 +120,7 @@ export class AdminState {
 
   close(): void {
     this.#unsubscribe();
+    if (this.#sync !== undefined) this.#sync.onAudit = undefined;
     this.#listeners.clear();
   }
 

@@ -4,7 +4,8 @@
  * model; the instance table is paged (100 rows a page), so 1,000 instances stay cheap to
  * render. Boot-time charts are inline SVG. Stop/start send the session's CSRF token header.
  * Stops owed for instances out of service (tried again with backoff, or given up: the machine
- * may still run) are counted in the header and shown on their row, with retry / let-go buttons.
+ * may still run) are counted in the header and shown on their row, with retry / let-go buttons;
+ * also those of resources a reload removed (from `/api/v1/stop-retries`), marked as such.
  */
 import { randomBytes } from 'node:crypto';
 
@@ -91,6 +92,7 @@ button:disabled { opacity:.4; cursor:default; }
 .audit time { color:var(--muted); margin-right:.5rem; }
 .error { color:var(--bad); }
 .owed { color:var(--warn); font-weight:600; } .owed.given-up { color:var(--bad); }
+.removed { color:var(--warn); font-weight:600; }
 td.stop-retry { white-space:normal; max-width:22rem; } td.stop-retry span { margin-right:.4rem; } td.stop-retry .given-up { color:var(--bad); font-weight:600; } td.stop-retry .scheduled, td.stop-retry .running { color:var(--warn); }
 td.stop-retry button { margin-right:.3rem; }
 `;
@@ -125,12 +127,18 @@ async function api(method, path, body) {
 }
 
 async function loadAll() {
-  const [resources, audit] = await Promise.all([api('GET', '/api/v1/resources'), api('GET', '/api/v1/audit?limit=15')]);
+  const [resources, audit, owed] = await Promise.all([api('GET', '/api/v1/resources'), api('GET', '/api/v1/audit?limit=15'), api('GET', '/api/v1/stop-retries')]);
   state.resources.clear();
   state.instances.clear();
   for (const r of resources.items) {
     state.resources.set(r.id, r);
     for (const i of r.instances) state.instances.set(idOf(i), i);
+  }
+  // A removed resource's instances are in no resource view; those owing a stop still matter.
+  for (const o of owed.items) {
+    if (!o.resourceRemoved) continue;
+    state.instances.set(idOf(o), { resource: o.resource, instanceKey: o.instanceKey, state: o.instanceState, step: o.instanceState,
+      stopRetry: o.stopRetry, resourceRemoved: true, activeConnections: 0 });
   }
   state.audit = audit.items;
   render();
@@ -239,15 +247,16 @@ function renderInstances() {
 function row(i) {
   const base = '/api/v1/resources/' + encodeURIComponent(i.resource) + '/instances/' + encodeURIComponent(i.instanceKey);
   const running = i.state === 'ready' || i.state === 'starting';
-  const button = running
+  // A removed resource cannot be started, and its instance is only here for its owed stop.
+  const button = i.resourceRemoved ? null : running
     ? el('button', { type: 'button', textContent: 'stop', class: 'stop' })
     : el('button', { type: 'button', textContent: 'start', class: 'start', disabled: i.state === 'stopping' });
-  button.addEventListener('click', () => running
+  if (button) button.addEventListener('click', () => running
     ? act('POST', base + '/stop')
     : act('POST', '/api/v1/resources/' + encodeURIComponent(i.resource) + '/start', { instanceKey: i.instanceKey }));
   const eta = i.state === 'starting' && i.eta ? 'ETA ' + fmtMs(i.eta.remainingMs) : i.state === 'ready' && i.elapsedMs != null ? 'booted in ' + fmtMs(i.elapsedMs) : '';
   return el('tr', { 'data-key': idOf(i), 'data-state': i.state, 'data-stop': i.stopRetry ? i.stopRetry.state : '' },
-    el('td', { textContent: i.resource }),
+    el('td', null, i.resource, i.resourceRemoved ? el('span', { class: 'removed', textContent: ' (removed from config)' }) : null),
     el('td', { class: 'key', textContent: i.instanceKey, title: i.endpoint || '' }),
     el('td', { class: 'st st-' + i.state, textContent: i.step, title: i.lastError || '' }),
     el('td', { textContent: i.startedBy || '' }),
@@ -300,7 +309,9 @@ function connect() {
     // Changes that arrive while the first snapshot loads are applied after it (they are newer).
     if (!loaded) { early.push(i); return; }
     const before = state.instances.get(idOf(i));
-    state.instances.set(idOf(i), i);
+    // An instance of a removed resource stays listed only while it owes a stop.
+    if (i.resourceRemoved && !i.stopRetry) state.instances.delete(idOf(i));
+    else state.instances.set(idOf(i), i);
     if (i.state === 'ready' && (!before || before.state !== 'ready')) refreshResourcesSoon();
     render();
   });
@@ -321,7 +332,10 @@ const early = [];
 connect();
 loadAll().then(() => {
   loaded = true;
-  for (const i of early.splice(0)) state.instances.set(idOf(i), i);
+  for (const i of early.splice(0)) {
+    if (i.resourceRemoved && !i.stopRetry) state.instances.delete(idOf(i));
+    else state.instances.set(idOf(i), i);
+  }
   render();
 }, (err) => showError('could not load: ' + err.message));
 `;

@@ -51,6 +51,7 @@ export const instanceViewSchema = z.object({
   eta: etaSchema.nullable(),
   lastError: z.string().nullable().describe('Why the last start failed.'),
   stopRetry: stopRetrySchema.nullable().describe('A stop owed for this instance (it is out of service but its machine may still run); null when none.'),
+  resourceRemoved: z.boolean().describe('A configuration reload removed the instance\'s resource: it is shown only while a stop is owed for it (on the live stream and in `/api/v1/stop-retries`).'),
 }).register(adminRegistry, { id: 'Instance' });
 
 export const bootSampleSchema = z.object({
@@ -97,7 +98,10 @@ const timeParam = z.string().transform((v, ctx) => {
 });
 
 export const stopRetryListSchema = z.object({
-  items: z.array(z.object({ resource: z.string(), instanceKey: z.string(), instanceState: instanceStateSchema, stopRetry: stopRetrySchema }))
+  items: z.array(z.object({
+    resource: z.string(), instanceKey: z.string(), instanceState: instanceStateSchema, stopRetry: stopRetrySchema,
+    resourceRemoved: z.boolean().describe('A configuration reload removed the resource; the stop is still owed to its provider.'),
+  }))
     .describe('Every owed stop, given-up ones first, then by next try.'),
   pending: z.number().int().describe('Stops being tried again (scheduled or running).'),
   givenUp: z.number().int().describe('Stops whose tries ran out.'),

@@ -11,7 +11,8 @@ import type { AuditEventView, InstanceView, ResourceView, StopRetryListView, Sto
 
 const iso = (ms: number): string | null => (ms > 0 ? new Date(ms).toISOString() : null);
 
-export function instanceView(manager: ResourceManager, state: AdminState, inst: Instance, now: number): InstanceView {
+/** `resourceRemoved`: a reload removed the instance's resource (it is shown while a stop is owed for it). */
+export function instanceView(manager: ResourceManager, state: AdminState, inst: Instance, now: number, resourceRemoved = false): InstanceView {
   const snap = snapshotOf(manager, inst, now);
   const idleMs = inst.resource.idleStopMs;
   const idleDeadline = inst.status === 'ready' && idleMs > 0 ? iso(Math.max(inst.lastActivityAt, inst.readyAt) + idleMs) : null;
@@ -37,6 +38,7 @@ export function instanceView(manager: ResourceManager, state: AdminState, inst: 
     eta: snap.eta,
     lastError: inst.status === 'failed' ? inst.lastError?.message ?? null : null,
     stopRetry: stopRetryView(manager.stopRetries.stateOf(inst)),
+    resourceRemoved,
   };
 }
 
@@ -49,13 +51,16 @@ export function stopRetryView(s: StopRetryState | undefined): StopRetryView | nu
   };
 }
 
-/** Every owed stop: given-up ones first (they need someone), then the soonest next try. */
-export function stopRetryList(manager: ResourceManager): StopRetryListView {
+/**
+ * Every owed stop: given-up ones first (they need someone), then the soonest next try. Those
+ * of resources a reload removed are listed too (their machines may run on), marked as such.
+ */
+export function stopRetryList(manager: ResourceManager, isConfigured: (resourceId: string) => boolean): StopRetryListView {
   const retries = manager.stopRetries;
   const items: StopRetryListView['items'] = [];
   for (const inst of retries.instances()) {
     const s = stopRetryView(retries.stateOf(inst));
-    if (s !== null) items.push({ resource: inst.resource.id, instanceKey: inst.key, instanceState: inst.status, stopRetry: s });
+    if (s !== null) items.push({ resource: inst.resource.id, instanceKey: inst.key, instanceState: inst.status, stopRetry: s, resourceRemoved: !isConfigured(inst.resource.id) });
   }
   const rank = (v: StopRetryView): string => `${v.state === 'given-up' ? 0 : 1}${v.nextAttemptAt ?? ''}`;
   items.sort((a, b) => rank(a.stopRetry).localeCompare(rank(b.stopRetry)));

@@ -50,6 +50,16 @@ export const basicIdentitySchema = z.object({
   }).strict()).min(1),
 }).strict().describe('HTTP Basic (RFC 7617) with scrypt-hashed passwords. Use it over TLS only.');
 
+/** A secret given inline, or read from the environment or a file once at start-up. */
+export const secretValueSchema = z.union([
+  z.string().min(1),
+  z.object({ env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/) }).strict(),
+  z.object({ file: z.string().min(1) }).strict(),
+]);
+
+/** An HS* secret shorter than this is guessable (RFC 7518 §3.2 asks for at least the hash size). */
+export const MIN_JWT_SECRET_CHARS = 32;
+
 export const jwtAlgorithms = ['HS256', 'HS384', 'HS512', 'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const;
 const stringOrList = z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]);
 
@@ -58,7 +68,8 @@ export const jwtIdentitySchema = z.object({
   issuer: stringOrList.describe('Accepted "iss" value(s).'),
   audience: stringOrList.describe('Accepted "aud" value(s): the token must name one.'),
   algorithms: z.array(z.enum(jwtAlgorithms)).min(1).describe('Accepted "alg" values (never chosen by the token alone).'),
-  secret: z.string().min(32).optional().describe('HS* shared secret (at least 32 characters).'),
+  secret: secretValueSchema.optional()
+    .describe('HS* shared secret (at least 32 characters): inline, or { env: NAME } / { file: PATH }, read at start-up and at each reload.'),
   publicKeyPem: z.string().includes('-----BEGIN PUBLIC KEY-----').optional().describe('One RS/PS/ES/EdDSA public key (SPKI PEM).'),
   jwks: z.object({ keys: z.array(z.record(z.string(), z.unknown())).min(1) }).optional().describe('Inline public JWK set (selected by "kid").'),
   jwksUrl: z.url({ protocol: /^https?$/ }).optional().describe('JWKS endpoint: fetched on first use, cached, refetched on an unknown "kid".'),
@@ -72,6 +83,10 @@ export const jwtIdentitySchema = z.object({
 }).strict().superRefine((j, ctx) => {
   const sources = [j.secret, j.publicKeyPem, j.jwks, j.jwksUrl].filter((s) => s !== undefined).length;
   if (sources !== 1) ctx.addIssue({ code: 'custom', path: ['jwksUrl'], message: 'set exactly one of secret, publicKeyPem, jwks, jwksUrl' });
+  // Checked here when inline; a secret from { env } or { file } is checked when it is read.
+  if (typeof j.secret === 'string' && j.secret.length < MIN_JWT_SECRET_CHARS) {
+    ctx.addIssue({ code: 'custom', path: ['secret'], message: `too short: at least ${MIN_JWT_SECRET_CHARS} characters` });
+  }
   const hs = j.algorithms.filter((a) => a.startsWith('HS'));
   if (j.secret !== undefined && hs.length !== j.algorithms.length) {
     ctx.addIssue({ code: 'custom', path: ['algorithms'], message: 'a secret verifies HS* algorithms only' });
@@ -88,13 +103,6 @@ export const headerIdentitySchema = z.object({
   groupsHeader: headerNameSchema.default('x-forwarded-groups'),
   groupsSeparator: z.string().min(1).max(4).default(',').describe('Separator between groups in groupsHeader.'),
 }).strict().describe('An identity asserted by a trusted authenticating proxy (oauth2-proxy style); ignored and stripped from anyone else.');
-
-/** A secret given inline, or read from the environment or a file once at start-up. */
-export const secretValueSchema = z.union([
-  z.string().min(1),
-  z.object({ env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/) }).strict(),
-  z.object({ file: z.string().min(1) }).strict(),
-]);
 
 export const oidcIdentitySchema = z.object({
   kind: z.literal('oidc'),

@@ -6,6 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { MIN_JWT_SECRET_CHARS, type IdentityConfig } from './access-schema.ts';
 import { ConfigError } from './load.ts';
 
 export type SecretSpec = { readonly env: string } | { readonly file: string };
@@ -44,6 +45,24 @@ export function resolveSecretValue(value: string | { readonly env: string } | { 
   } catch (err) {
     throw new ConfigError(where, [`cannot read ${value.file}: ${err instanceof Error ? err.message : String(err)}`]);
   }
+}
+
+/**
+ * The identities with each JWT verifier's `secret` read when it is `{ env }` or `{ file }`
+ * (an unset variable or an unreadable file is a ConfigError naming `identities[i].secret`),
+ * and held to the length an inline one is. The verifiers get the text only.
+ */
+export function resolveIdentitySecrets(identities: readonly IdentityConfig[]): IdentityConfig[] {
+  return identities.map((identity, i) => {
+    if (identity.kind !== 'jwt' || identity.secret === undefined || typeof identity.secret === 'string') return identity;
+    const where = `identities[${i}].secret`;
+    const secret = resolveSecretValue(identity.secret, where);
+    if (secret.length < MIN_JWT_SECRET_CHARS) {
+      const from = 'env' in identity.secret ? `environment variable ${identity.secret.env}` : identity.secret.file;
+      throw new ConfigError(where, [`the secret from ${from} is too short: ${secret.length} characters, at least ${MIN_JWT_SECRET_CHARS}`]);
+    }
+    return { ...identity, secret };
+  });
 }
 
 /** Every `{ env: NAME }` secret reference in `config` whose variable is unset or empty, with its path. */

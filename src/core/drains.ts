@@ -10,24 +10,27 @@ import type { Clock, TimerHandle } from './ports.ts';
 
 export interface DrainsOptions {
   readonly clock: Clock;
-  readonly stop: (inst: Instance, reason: string) => void;
+  readonly stop: (inst: Instance, reason: string, actor: string | undefined) => void;
 }
 
 export class Drains {
   readonly #o: DrainsOptions;
-  readonly #drains = new Map<Instance, { readonly reason: string; readonly timer: TimerHandle }>();
+  readonly #drains = new Map<Instance, { readonly reason: string; readonly actor: string | undefined; readonly timer: TimerHandle }>();
 
   constructor(options: DrainsOptions) {
     this.#o = options;
   }
 
-  /** Drains `ctl`'s instance; false when it is neither ready nor starting (nothing to drain). */
-  drain(ctl: InstanceControl, reason: string, timeoutMs: number): boolean {
+  /**
+   * Drains `ctl`'s instance; false when it is neither ready nor starting (nothing to drain).
+   * `actor`: the operator who asked, named on the stop that ends the drain.
+   */
+  drain(ctl: InstanceControl, reason: string, timeoutMs: number, actor?: string): boolean {
     const inst = ctl.instance;
     if (this.#drains.has(inst)) return true;
     if (!ctl.beginDrain()) return false;
     const timer = this.#o.clock.setTimeout(() => this.#finish(inst, `${reason} (drain time over)`), timeoutMs);
-    this.#drains.set(inst, { reason, timer });
+    this.#drains.set(inst, { reason, actor, timer });
     this.check(inst);
     return true;
   }
@@ -51,6 +54,6 @@ export class Drains {
     d.timer.cancel();
     this.#drains.delete(inst);
     // Stopped or restarted meanwhile: the mark is gone and so is this drain.
-    if (inst.draining) this.#o.stop(inst, reason);
+    if (inst.draining) this.#o.stop(inst, reason, d.actor);
   }
 }

@@ -114,8 +114,11 @@ export class Instance {
   }
 }
 
-/** Called after every status change, with the instance already in its new status. */
-export type MoveListener = (inst: Instance, event: LifecycleEvent, reason: string | undefined) => void;
+/**
+ * Called after every status change, with the instance already in its new status. `actor`:
+ * the operator who asked for the change (an admin stop), undefined when the proxy decided.
+ */
+export type MoveListener = (inst: Instance, event: LifecycleEvent, reason: string | undefined, actor: string | undefined) => void;
 
 /** What a failed start leaves on the instance. */
 export interface FailureRecord {
@@ -189,23 +192,23 @@ export class InstanceControl {
     this.#move('lost', reason);
   }
 
-  /** → stopping. */
-  beginStop(reason: string): void {
-    this.#move('stop', reason);
+  /** → stopping; `actor`: the operator who asked for it, if one did. */
+  beginStop(reason: string, actor?: string): void {
+    this.#move('stop', reason, actor);
   }
 
   /** stopping → stopped: the provider confirmed. */
-  stopped(reason: string): void {
+  stopped(reason: string, actor?: string): void {
     this.#s.handle = undefined;
-    this.#move('stopped', reason);
+    this.#move('stopped', reason, actor);
   }
 
   /**
    * stopping → stopped: the stop failed. The handle is kept: the machine may still run, and
    * the next start (or stop) must find that one rather than make another.
    */
-  stopFailed(reason: string): void {
-    this.#move('fail', reason);
+  stopFailed(reason: string, actor?: string): void {
+    this.#move('fail', reason, actor);
   }
 
   /** → stopped: the provider no longer knows it. `dropHandle`: forget the provider's handle too. */
@@ -275,7 +278,7 @@ export class InstanceControl {
     return true;
   }
 
-  #move(event: LifecycleEvent, reason: string | undefined): void {
+  #move(event: LifecycleEvent, reason: string | undefined, actor?: string): void {
     const s = this.#s;
     const next = transition(s.status, event);
     if (next === undefined) throw new Error(`invalid lifecycle move: ${s.status} --${event}-->`);
@@ -285,6 +288,6 @@ export class InstanceControl {
     if (next === 'stopped' || next === 'failed') s.settledAt = this.#now();
     // A drain ends with the stop (or failure) it was waiting for; a new start serves anew.
     if (next !== 'ready' && next !== 'starting') s.draining = false;
-    this.#onMove(this.instance, event, reason);
+    this.#onMove(this.instance, event, reason, actor);
   }
 }

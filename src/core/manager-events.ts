@@ -10,7 +10,8 @@ import type { StartRequester } from './resource-runtime.ts';
 
 /** Published on every change that a waiting person, the audit log or metrics care about. */
 export type ManagerEvent =
-  | { readonly type: 'instance-changed'; readonly instance: Instance; readonly at: number; readonly reason?: string | undefined }
+  /** `actor`: the operator who asked for the change (`admin:<user>`); undefined when the proxy decided. */
+  | { readonly type: 'instance-changed'; readonly instance: Instance; readonly at: number; readonly reason?: string | undefined; readonly actor?: string | undefined }
   | { readonly type: 'start-requested'; readonly instance: Instance; readonly at: number }
   | { readonly type: 'boot-finished'; readonly instance: Instance; readonly at: number; readonly bootMs: number }
   | { readonly type: 'instance-adopted'; readonly instance: Instance; readonly at: number }

@@ -80,7 +80,7 @@ export class ResourceManager implements ConnectionPort {
     const retryAfterS = (inst: Instance): number => this.#admission.retryAfterS(inst);
     this.#registry = new InstanceRegistry({
       clock, forgetAfterMs: options.forgetStoppedAfterMs ?? DEFAULT_FORGET_STOPPED_AFTER_MS,
-      onMove: (inst, event, reason) => this.#moved(inst, event, reason),
+      onMove: (inst, event, reason, actor) => this.#moved(inst, event, reason, actor),
       busy: (inst) => this.#stops.inProgress(inst) || this.#leftovers.busy(inst),
       onForget: (inst) => { this.#leftReady(inst); this.#holds.forget(inst); this.#lostEndpoints.delete(inst); },
     });
@@ -111,7 +111,7 @@ export class ResourceManager implements ConnectionPort {
       clock, logger, calls: this.#calls, coordinator: this.#coordinator, closed, leftovers: this.#leftovers,
       afterStop: (ctl) => { if (!this.#closed) this.#ensureStarted(ctl); },
     });
-    this.#drains = new Drains({ clock, stop: (inst, reason) => { if (!this.#closed) void this.stop(inst, reason); } });
+    this.#drains = new Drains({ clock, stop: (inst, reason, actor) => { if (!this.#closed) void this.stop(inst, reason, 'stop', actor); } });
     this.#flight = {
       clock, logger, prober: options.prober, calls: this.#calls, coordinator: this.#coordinator, history: this.#history,
       lostEndpoints: this.#lostEndpoints,
@@ -269,15 +269,16 @@ export class ResourceManager implements ConnectionPort {
    * Stops `inst` (idle stop, shutdown, operator). Idempotent: a second call while stopping
    * returns the same stop. Works after `close()` too, so shutdown can stop what it started.
    * `mode: 'suspend'` keeps the instance's state where the provider can (`Provider.suspend`),
-   * so that the next start resumes it; otherwise it is an ordinary stop.
+   * so that the next start resumes it; otherwise it is an ordinary stop. `actor`: the operator
+   * who asked (named on the audit of the stop); undefined when the proxy decided.
    */
-  stop(inst: Instance, reason: string, mode: StopMode = 'stop'): Promise<void> {
-    return this.#stops.stop(this.#registry.control(inst), reason, mode);
+  stop(inst: Instance, reason: string, mode: StopMode = 'stop', actor?: string): Promise<void> {
+    return this.#stops.stop(this.#registry.control(inst), reason, mode, actor);
   }
 
   /** Drains `inst`, then stops it (drains.ts); false when it is neither ready nor starting. */
-  drain(inst: Instance, reason: string, timeoutMs: number): boolean {
-    return this.#drains.drain(this.#registry.control(inst), reason, timeoutMs);
+  drain(inst: Instance, reason: string, timeoutMs: number, actor?: string): boolean {
+    return this.#drains.drain(this.#registry.control(inst), reason, timeoutMs, actor);
   }
 
   /**
@@ -313,11 +314,11 @@ export class ResourceManager implements ConnectionPort {
   }
 
   /** Every status change (InstanceControl's transitions) comes through here. */
-  #moved(inst: Instance, _event: LifecycleEvent, reason: string | undefined): void {
+  #moved(inst: Instance, _event: LifecycleEvent, reason: string | undefined, actor: string | undefined): void {
     if (inst.status !== 'ready') this.#leftReady(inst);
     this.#drains.ended(inst);
     if (inst.status === 'stopped' || inst.status === 'failed') this.#registry.armForget();
-    this.#emit({ type: 'instance-changed', instance: inst, at: this.#clock.now(), reason });
+    this.#emit({ type: 'instance-changed', instance: inst, at: this.#clock.now(), reason, actor });
   }
 
   /** Idle, health and ramp timers end when an instance is not ready. */

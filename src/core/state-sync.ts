@@ -64,6 +64,9 @@ export class StateSync {
   /** The flush timer is off: nothing pending, nothing in service (see #quiet). */
   #sleeping = false;
 
+  /** Told each audit event made here from the control plane's events (the admin live stream shows them at once). */
+  onAudit: ((e: AuditEvent) => void) | undefined;
+
   constructor(options: StateSyncOptions) {
     this.#store = options.store;
     this.#manager = options.manager;
@@ -234,18 +237,18 @@ export class StateSync {
       case 'instance-changed': {
         if (this.#lastStatus.get(inst) === inst.status) return; // a phase change: not audited
         this.#lastStatus.set(inst, inst.status);
-        this.#pushAudit({ ...base, type: 'instance-changed', status: inst.status, reason: e.reason });
+        this.#lifecycleAudit({ ...base, type: 'instance-changed', status: inst.status, reason: e.reason, ...(e.actor === undefined ? {} : { actor: e.actor }) });
         return;
       }
       case 'start-requested':
-        this.#pushAudit({ ...base, type: 'start-requested' });
+        this.#lifecycleAudit({ ...base, type: 'start-requested' });
         return;
       case 'boot-finished':
         this.#samples.push({ resourceId: inst.resource.id, bootMs: e.bootMs, at: e.at });
-        this.#pushAudit({ ...base, type: 'boot-finished', status: inst.status, reason: `booted in ${e.bootMs} ms` });
+        this.#lifecycleAudit({ ...base, type: 'boot-finished', status: inst.status, reason: `booted in ${e.bootMs} ms` });
         return;
       case 'instance-adopted':
-        this.#pushAudit({ ...base, type: 'instance-adopted', status: inst.status });
+        this.#lifecycleAudit({ ...base, type: 'instance-adopted', status: inst.status });
         return;
       case 'stop-retry': {
         if (e.outcome === 'retrying' || e.outcome === 'abandoned') return; // the admin API audits these, with the operator
@@ -256,10 +259,16 @@ export class StateSync {
         const reason = e.outcome === 'stopped' ? `${r.reason}: stopped (${tries})`
           : e.outcome === 'failed' ? `${r.reason}: ${tries} failed (${r.lastError ?? 'no error'}); next try at ${new Date(r.nextAttemptAt ?? e.at).toISOString()}`
             : `${r.reason}: gave up after ${r.attempts} tries (${r.lastError ?? 'no error'}); the machine may still be running`;
-        this.#pushAudit({ ...base, type: `stop-retry-${e.outcome}`, status: inst.status, reason });
+        this.#lifecycleAudit({ ...base, type: `stop-retry-${e.outcome}`, status: inst.status, reason });
         return;
       }
     }
+  }
+
+  /** An audit event of the control plane's own: queued for the store, and told to `onAudit`. */
+  #lifecycleAudit(e: AuditEvent): void {
+    this.#pushAudit(e);
+    this.onAudit?.(e);
   }
 
   #pushAudit(e: AuditEvent): void {

@@ -41,20 +41,20 @@ export class StopFlight {
    * `suspend` asks the provider to keep the instance's state (where it can); a stop already
    * under way is joined as it is.
    */
-  stop(ctl: InstanceControl, reason: string, mode: StopMode = 'stop'): Promise<void> {
+  stop(ctl: InstanceControl, reason: string, mode: StopMode = 'stop', actor?: string): Promise<void> {
     const inst = ctl.instance;
     if (inst.status === 'stopped') return Promise.resolve();
     if (inst.status === 'stopping') return this.#stopping.get(inst) ?? Promise.resolve();
-    const p = this.#run(ctl, reason, mode).finally(() => this.#stopping.delete(inst));
+    const p = this.#run(ctl, reason, mode, actor).finally(() => this.#stopping.delete(inst));
     this.#stopping.set(inst, p);
     return p;
   }
 
-  async #run(ctl: InstanceControl, reason: string, mode: StopMode): Promise<void> {
+  async #run(ctl: InstanceControl, reason: string, mode: StopMode, actor: string | undefined): Promise<void> {
     const inst = ctl.instance;
     const { clock, logger, coordinator } = this.#o;
     const gen = ctl.supersede();
-    ctl.beginStop(reason);
+    ctl.beginStop(reason, actor);
     const res = inst.resource;
     const stopStartedAt = clock.now();
     // Stops run during shutdown too (after close()), so they may outlive the manager.
@@ -79,7 +79,7 @@ export class StopFlight {
       // Marked stopped (requests start it again: a start is idempotent, and finds the machine
       // if it still runs, by the handle kept for that), and stopped again later if nobody
       // wants it: the machine may still run and cost money.
-      ctl.stopFailed(`stop failed: ${errMessage(err)}`);
+      ctl.stopFailed(`stop failed: ${errMessage(err)}`, actor);
       const wanted = inst.waiters.size > 0 || inst.startAfterStop;
       ctl.setStartAfterStop(false);
       const retry = !wanted && !this.#o.closed() && this.#o.leftovers.schedule(inst, `${reason}; the first stop failed`, LEFTOVER_FIRST_RETRY_MS, 1, errMessage(err));
@@ -90,7 +90,7 @@ export class StopFlight {
     }
     if (inst.generation !== gen) return;
     const ref = inst.ref;
-    ctl.stopped(reason);
+    ctl.stopped(reason, actor);
     // Logged here, whatever the provider, so that every stop (idle, shutdown, operator) is in
     // the log and not only in the audit table.
     logger.info({ resource: res.id, instance: inst.key, reason, stopMs: clock.now() - stopStartedAt }, mode === 'suspend' ? 'instance suspended' : 'instance stopped');

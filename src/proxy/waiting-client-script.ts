@@ -3,8 +3,9 @@
  * nonce. It follows the proxy's progress stream, ticks the elapsed time, keeps the estimate
  * text current, and reloads the original URL once the instance is ready. It fills these
  * elements when the theme has them (all optional): `#sp-main[data-step]`, `#sp-state`,
- * `#sp-reason`, `#sp-elapsed`, `#sp-eta`, `#sp-progress`. The estimate wording follows
- * `etaText` in waiting-page.ts.
+ * `#sp-reason`, `#sp-elapsed`, `#sp-eta`, `#sp-progress`, and the document title when the
+ * `<title>` has `id="sp-title-text"`. The estimate wording follows `etaText` in
+ * waiting-page.ts, the title choice `titleKind`.
  *
  * Plain ES5-ish JavaScript on purpose: it runs as is in any browser, with nothing to build.
  */
@@ -60,6 +61,11 @@ const SCRIPT = String.raw`(function () {
     // Only real changes reach the live region, so a screen reader announces steps, not ticks.
     setText('sp-state', cfg.stepTexts[s.step] || s.step);
     setText('sp-reason', s.reason || '');
+    // Only a theme that asks for it (its <title> has the id) gets its tab title rewritten.
+    if ($('sp-title-text') && cfg.titles) {
+      var kind = s.step === 'ready' ? 'ready' : s.step !== 'failed' ? 'starting' : s.code === 'SP_BOOT_TIMEOUT' ? 'timeout' : 'failed';
+      if (document.title !== cfg.titles[kind]) document.title = cfg.titles[kind];
+    }
     paint();
     // Stopped with nothing starting it (say, an idle stop raced this page): a reload asks again.
     if (s.state === 'stopped' && !reloadQueued) { reloadQueued = true; setTimeout(reload, cfg.refreshS * 1000); }

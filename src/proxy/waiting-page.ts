@@ -22,6 +22,7 @@ export const PLACEHOLDERS = {
   path: 'The URL the person asked for (path and query); the page continues there.',
   step: 'Machine name of the current step: stopped, requested, booting, probing, ready, failed, stopping.',
   stepText: 'The current step in words.',
+  titleText: 'The page title for the current state: "Starting …", "… is ready", "Could not start …", "… did not start in time".',
   elapsedText: 'Time since the start was requested, e.g. "3 s".',
   etaText: 'The estimate in words, from this resource\'s past boots, or "No estimate yet…".',
   progressPercent: 'Integer 0-100: elapsed time against the 90th-percentile boot (0 without history).',
@@ -113,6 +114,27 @@ export const stepTexts: Readonly<Record<ProgressStep, string>> = {
   stopping: 'Waiting for a previous run to stop',
 };
 
+/**
+ * The page title (the browser tab) by state, so a tab in the background says what happened.
+ * The live script gets these texts for the page's resource and sets `document.title` from them
+ * as the state changes; a boot timeout is worded apart from other failures.
+ */
+export function titleTexts(resource: string): Readonly<Record<'starting' | 'ready' | 'failed' | 'timeout', string>> {
+  return {
+    starting: `Starting ${resource}…`,
+    ready: `${resource} is ready`,
+    failed: `Could not start ${resource}`,
+    timeout: `${resource} did not start in time`,
+  };
+}
+
+/** Which of `titleTexts` a snapshot gets. The live script has the same rule. */
+export function titleKind(snap: ProgressSnapshot): 'starting' | 'ready' | 'failed' | 'timeout' {
+  if (snap.step === 'ready') return 'ready';
+  if (snap.step !== 'failed') return 'starting';
+  return snap.code === 'SP_BOOT_TIMEOUT' ? 'timeout' : 'failed';
+}
+
 /** "0.8 s", "12 s", "2 min 5 s". */
 export function formatDuration(ms: number): string {
   const s = ms / 1000;
@@ -165,14 +187,16 @@ export interface RenderedPage {
 export function renderWaitingPage(theme: WaitingTheme, view: PageView, clientScript: (config: string) => string): RenderedPage {
   const nonce = randomBytes(16).toString('base64');
   const snap = view.snapshot;
+  const titles = titleTexts(snap.resource);
   const config = JSON.stringify({
-    snapshot: snap, eventsUrl: view.eventsUrl, refreshS: view.refreshS, stepTexts,
+    snapshot: snap, eventsUrl: view.eventsUrl, refreshS: view.refreshS, stepTexts, titles,
   }).replace(/</g, '\\u003c');
   const values: Record<PlaceholderName, string> = {
     resourceId: escapeHtml(snap.resource),
     path: escapeHtml(view.path.length > 500 ? `${view.path.slice(0, 500)}…` : view.path),
     step: escapeHtml(snap.step),
     stepText: escapeHtml(stepTexts[snap.step]),
+    titleText: escapeHtml(titles[titleKind(snap)]),
     elapsedText: escapeHtml(snap.elapsedMs === null ? '–' : formatDuration(snap.elapsedMs)),
     etaText: escapeHtml(etaText(snap)),
     progressPercent: String(progressPercent(snap)),

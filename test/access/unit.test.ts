@@ -14,6 +14,7 @@ import { loadConfigFile, ConfigError, parseConfig } from '../../src/config/load.
 import { ManualClock } from '../../src/core/clock.ts';
 import { demoCredentials } from '../../src/demo-banner.ts';
 import { parseTarget } from '../../src/proxy/route.ts';
+import '../helpers/test-caches.ts';
 
 const run = promisify(execFile);
 const cli = new URL('../../bin/smart-proxy.js', import.meta.url).pathname;

@@ -101,11 +101,17 @@ describe('admin API', () => {
       if ([...a.app.manager.instancesOf('app')].every((i) => i.status === 'stopped')) { off(); resolve(); }
     });
     await a.app.state.flush();
+    // The operator is named on what their actions caused, not only on the admin-* entries:
+    // the start itself, and the stop's moves to stopping and stopped.
     const audit = auditPageSchema.parse(await (await api('/api/v1/audit?resource=app&actor=admin:ops')).json());
-    assert.deepEqual(audit.items.map((e) => e.type).slice(0, 2), ['admin-stop', 'admin-start']);
+    assert.deepEqual(audit.items.map((e) => `${e.type}${e.status === null ? '' : `:${e.status}`}`).sort(),
+      ['admin-start:starting', 'admin-stop:ready', 'instance-changed:stopped', 'instance-changed:stopping', 'start']);
     const stopped = auditPageSchema.parse(await (await api('/api/v1/audit?resource=app&type=instance-changed')).json());
     assert.equal(stopped.items[0]?.status, 'stopped');
     assert.match(stopped.items[0]?.reason ?? '', /stopped by admin:ops/);
+    assert.equal(stopped.items.find((e) => e.status === 'ready')?.actor, null, 'becoming ready is the proxy\'s own');
+    const system = auditPageSchema.parse(await (await api('/api/v1/audit?resource=app&actor=system')).json());
+    assert.deepEqual(system.items, [], 'nothing of the operator\'s start is the system\'s');
   });
 
   it('records data-plane starts with the verified user, and denials, in the store', async () => {

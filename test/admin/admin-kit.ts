@@ -6,7 +6,8 @@
 import { configSchema } from '../../src/config/schema.ts';
 import { hashPassword, hashToken } from '../../src/access/passwords.ts';
 import type { Provider } from '../../src/core/ports.ts';
-import { startApp, type App } from '../../src/main.ts';
+import type { Config } from '../../src/config/schema.ts';
+import { startApp, type App, type ReloadResult } from '../../src/main.ts';
 import { collectingLogger, type Harness } from '../helpers/proxy-harness.ts';
 
 export const OPS = { authorization: 'Bearer ops-token' };
@@ -19,11 +20,16 @@ export interface AdminApp {
   readonly app: App;
   readonly admin: string;
   readonly logs: Harness['logs'];
+  /**
+   * Reloads the app with these resources instead (the rest of the configuration as it was).
+   * Only with `reloadable` (an app without a file to reload from answers the admin reload 501).
+   */
+  reconfigure(resources: Record<string, unknown>): Promise<ReloadResult>;
   close(): Promise<void>;
 }
 
-export async function startAdminApp(resources: Record<string, unknown>, providers: Record<string, Provider>, over: Record<string, unknown> = {}): Promise<AdminApp> {
-  const parsed = configSchema.parse({
+export async function startAdminApp(resources: Record<string, unknown>, providers: Record<string, Provider>, over: Record<string, unknown> = {}, reloadable = false): Promise<AdminApp> {
+  const build = (resources: Record<string, unknown>): Config => configSchema.parse({
     listen: { host: '127.0.0.1', port: 0 },
     shutdown: { drainTimeoutMs: 0 },
     state: { kind: 'memory', flushIntervalMs: 50 },
@@ -41,10 +47,15 @@ export async function startAdminApp(resources: Record<string, unknown>, provider
     resources,
     ...over,
   });
+  let next = build(resources);
   const logs: Harness['logs'] = [];
-  const app = await startApp(parsed, { logger: collectingLogger(logs), providers: new Map(Object.entries(providers)) });
+  const app = await startApp(next, { logger: collectingLogger(logs), providers: new Map(Object.entries(providers)), ...(reloadable ? { loadConfig: () => Promise.resolve(next) } : {}) });
   return {
     app, admin: app.adminUrl as string, logs,
+    reconfigure(resources) {
+      next = build(resources);
+      return app.reload();
+    },
     async close() {
       await app.close();
       await Promise.all(Object.values(providers).map((p) => p.close?.() ?? Promise.resolve()));

@@ -15,7 +15,7 @@ function instance(key: string, stopRetry: StopRetryView | null): InstanceView {
   return {
     resource: 'vm', instanceKey: key, groups: [], user: null, state: 'stopped', phase: null, step: 'stopped', endpoint: null, handle: 'h',
     startedBy: null, startRequestedAt: iso(-600), readyAt: null, lastActivityAt: iso(-300), idleDeadline: null, activeConnections: 0,
-    heldRequests: 0, elapsedMs: null, eta: null, lastError: null, stopRetry,
+    heldRequests: 0, elapsedMs: null, eta: null, lastError: null, stopRetry, resourceRemoved: false,
   };
 }
 
@@ -39,6 +39,13 @@ describe('smart-proxy status: stops owed', () => {
     assert.match(lines[at + 2] ?? '', /^vm\s+a\s+scheduled\s+2\/6\s+in 45s\s+DELETE answered 503\s+idle for 60000 ms; the first stop failed$/);
     assert.match(lines[at + 3] ?? '', /^vm\s+b\s+given-up\s+6\/6\s+gave up 2m ago\s+DELETE answered 403\s+start failed: bad image$/);
     assert.equal(lines.length, at + 4, 'c owes no stop');
+  });
+
+  it('lists a stop owed for a resource a reload removed, marked as such', () => {
+    const owed: StopRetryView = { state: 'given-up', reason: 'resource removed by a configuration reload; the first stop failed', attempts: 6, maxAttempts: 6, nextAttemptAt: null, lastError: 'DELETE answered 403', since: iso(-3000), gaveUpAt: iso(-60) };
+    const out = statusTable([resource([instance('c', null)])], NOW, [{ resource: 'old', instanceKey: '*', instanceState: 'stopped', stopRetry: owed, resourceRemoved: true }]);
+    assert.match(out, /: 1 given up, see the admin API's retry-stop \/ abandon-stop:\n/);
+    assert.match(out, /\nold \(removed from config\)\s+\*\s+given-up\s+6\/6\s+gave up 1m ago\s+DELETE answered 403\s+resource removed by a configuration reload; the first stop failed\n$/);
   });
 
   it('prints nothing more when no stop is owed', () => {

@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { StubbornProvider } from '../helpers/mimic-provider.ts';
 import { OPS, readSse, startAdminApp, type AdminApp } from './admin-kit.ts';
+import { testCacheEnv } from '../helpers/test-caches.ts';
 
 const cli = fileURLToPath(new URL('../../bin/smart-proxy.js', import.meta.url));
 
@@ -16,7 +17,7 @@ interface Run { code: number; stdout: string; stderr: string }
 
 function run(args: string[], env: Record<string, string>): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [cli, ...args], { env: { PATH: process.env.PATH ?? '', ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [cli, ...args], { env: { PATH: process.env.PATH ?? '', ...testCacheEnv, ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
       resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : -1, stdout, stderr });
     });
   });
@@ -64,5 +65,11 @@ describe('smart-proxy status / retry-stop / abandon-stop (child process)', () =>
     assert.match(twice.stderr, /no stop is owed for vm \*/);
     const after = await asOps(['status']);
     assert.doesNotMatch(after.stdout, /Stops owed/);
+    // Each operator action is audited with the operator: the stop, its retry and its let-go.
+    await a.app.state.flush();
+    const audit = await (await api('/api/v1/audit?resource=vm&actor=admin:ops')).json() as { items: Array<{ type: string; status: string | null }> };
+    const types = new Set(audit.items.map((e) => e.type));
+    for (const t of ['admin-start', 'start', 'admin-stop', 'admin-retry-stop', 'admin-abandon-stop']) assert.ok(types.has(t), `${t} by admin:ops: ${JSON.stringify(audit.items)}`);
+    assert.ok(audit.items.some((e) => e.type === 'instance-changed' && e.status === 'stopping'), 'the stop itself');
   });
 });

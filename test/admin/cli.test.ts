@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { MimicProvider } from '../helpers/mimic-provider.ts';
 import { startAdminApp, type AdminApp } from './admin-kit.ts';
+import { testCacheEnv } from '../helpers/test-caches.ts';
 
 const cli = fileURLToPath(new URL('../../bin/smart-proxy.js', import.meta.url));
 const fixture = fileURLToPath(new URL('../fixtures/tiny-http-server.ts', import.meta.url));
@@ -20,7 +21,7 @@ interface Run { code: number; stdout: string; stderr: string }
 
 function run(args: string[], env: Record<string, string> = {}): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [cli, ...args], { env: { PATH: process.env.PATH ?? '', ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [cli, ...args], { env: { PATH: process.env.PATH ?? '', ...testCacheEnv, ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
       resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : -1, stdout, stderr });
     });
   });

@@ -99,6 +99,11 @@ describe('admin drain', () => {
     await stopped;
     assert.equal(mimic.calls.stop, 1);
     await stuck;
+    // The stop that ends the drain is the operator's, in the audit too.
+    await app.app.state.flush();
+    const res = await fetch(`${app.admin}/api/v1/audit?resource=app&type=instance-changed`, { headers: OPS });
+    const moves = (await res.json() as { items: Array<{ status: string | null; actor: string | null }> }).items;
+    assert.deepEqual(moves.filter((e) => e.status === 'stopping' || e.status === 'stopped').map((e) => e.actor), ['admin:ops', 'admin:ops']);
   });
 
   it('answers 202 and drains nothing for a stopped instance', async () => {

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
-import type { Instance } from '../../src/core/resource-manager.ts';
+import type { Instance, ManagerEvent } from '../../src/core/resource-manager.ts';
 import { MimicProvider, StubbornProvider } from '../helpers/mimic-provider.ts';
 import { DEV, OPS, startAdminApp, type AdminApp } from '../admin/admin-kit.ts';
 
@@ -25,21 +25,38 @@ interface PageGlobals {
   };
 }
 
+/** The resources once a reload removed `old`. */
+const RESOURCES_AFTER = {
+  app: { provider: 'mimic', sharing: 'shared', idleStopMs: 600_000 },
+  desks: { provider: 'mimic', sharing: 'user' },
+  vm: { provider: 'stubborn', sharing: 'shared', idleStopMs: 600_000 },
+};
+
+/** The first manager event `match` accepts, or an error after 10 s. */
+function nextEvent(app: AdminApp, what: string, match: (e: ManagerEvent) => boolean): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { off(); reject(new Error(`not within 10 s: ${what}`)); }, 10_000);
+    const off = app.app.manager.onEvent((e) => {
+      if (!match(e)) return;
+      clearTimeout(timer);
+      off();
+      resolve();
+    });
+  });
+}
+
 describe('admin dashboard in Chromium', { skip, timeout: 180_000 }, () => {
   let a: AdminApp;
   let mimic: MimicProvider;
   const stubborn = new StubbornProvider({ bootMs: 10 });
+  const leftover = new StubbornProvider({ bootMs: 10 });
   let context: BrowserContext;
   let profileDir: string;
   let page: Page;
 
   before(async () => {
     mimic = new MimicProvider({ manual: true });
-    a = await startAdminApp({
-      app: { provider: 'mimic', sharing: 'shared', idleStopMs: 600_000 },
-      desks: { provider: 'mimic', sharing: 'user' },
-      vm: { provider: 'stubborn', sharing: 'shared', idleStopMs: 600_000 },
-    }, { mimic, stubborn });
+    a = await startAdminApp({ ...RESOURCES_AFTER, old: { provider: 'leftover', sharing: 'shared', idleStopMs: 600_000 } }, { mimic, stubborn, leftover }, {}, true);
     // 1,000 instances: one real one made by a request, then 999 more of the same resource.
     const first = fetch(`${a.app.proxyUrl}/smart_proxy/desks/g1/`, { headers: DEV });
     const desk = await new Promise<Instance>((resolve) => {
@@ -147,6 +164,8 @@ describe('admin dashboard in Chromium', { skip, timeout: 180_000 }, () => {
     assert.match(await page.textContent('tr[data-key="vm/*"] td.stop-retry') ?? '', /^gave up after 6 triesDELETE refused \(#6\)/);
     assert.equal(await page.textContent('#owed'), '1 stop owed (1 given up: the machine may still run)');
     assert.equal(await page.getAttribute('#owed', 'class'), 'owed given-up');
+    // Giving up is in the audit list at once, with the live refresh (no page reload).
+    await page.waitForFunction(() => ((globalThis as unknown as PageGlobals).document.querySelector('#audit')?.textContent ?? '').includes('stop-retry-given-up · vm *'));
 
     // Let go: no longer owed, gone from the header; audited with the operator.
     await page.click('tr[data-key="vm/*"] button.abandon-stop');
@@ -157,5 +176,37 @@ describe('admin dashboard in Chromium', { skip, timeout: 180_000 }, () => {
     const flushed = await (await fetch(`${a.admin}/api/v1/audit?type=admin-abandon-stop`, { headers: OPS })).json() as { items: Array<{ actor: string; resource: string }> };
     assert.deepEqual(flushed.items.map((e) => [e.resource, e.actor]), [['vm', 'admin:web']]);
     stubborn.refuse = false;
+  });
+
+  it('shows a stop owed for a resource a reload removed, marked as such, on load and live', async () => {
+    // `old` owes a stop, then a reload removes it: it is in no resource view any more.
+    const ops = { ...OPS, 'content-type': 'application/json' };
+    const ready = nextEvent(a, 'old is ready', (e) => e.instance.resource.id === 'old' && e.instance.status === 'ready');
+    assert.equal((await fetch(`${a.admin}/api/v1/resources/old/start`, { method: 'POST', body: '{}', headers: ops })).status, 202);
+    await ready;
+    leftover.refuse = true;
+    // The failed stop marks the instance stopped and schedules its retry in the same turn.
+    const owed = nextEvent(a, 'old owes a stop', (e) => e.instance.resource.id === 'old' && e.instance.status === 'stopped');
+    assert.equal((await fetch(`${a.admin}/api/v1/resources/old/instances/*/stop`, { method: 'POST', body: '{}', headers: ops })).status, 202);
+    await owed;
+    assert.equal(a.app.manager.stopRetries.counts().pending, 1);
+    const reloaded = await a.reconfigure(RESOURCES_AFTER);
+    assert.ok(reloaded.ok && reloaded.summary.removed.includes('old'), JSON.stringify(reloaded));
+
+    await page.reload();
+    await page.fill('#filter', 'old');
+    await page.waitForFunction(() => (globalThis as unknown as PageGlobals).document.querySelector('tr[data-key="old/*"]')?.getAttribute('data-stop') === 'scheduled');
+    assert.match(await page.textContent('tr[data-key="old/*"] td:first-child') ?? '', /^old \(removed from config\)$/);
+    assert.equal(await page.locator('tr[data-key="old/*"] button.start, tr[data-key="old/*"] button.stop').count(), 0, 'a removed resource is not started from here');
+    assert.equal(await page.textContent('#owed'), '1 stop owed (tried again)');
+    // Live: its try fails again, then it is let go and leaves the table.
+    await page.click('tr[data-key="old/*"] button.retry-stop');
+    await page.waitForFunction(() => ((globalThis as unknown as PageGlobals).document.querySelector('tr[data-key="old/*"] td.stop-retry')?.textContent ?? '').includes('DELETE refused (#2)'));
+    assert.match(await page.textContent('tr[data-key="old/*"] td:first-child') ?? '', /removed from config/);
+    await page.waitForFunction(() => (globalThis as unknown as PageGlobals).document.querySelector('tr[data-key="old/*"]')?.getAttribute('data-stop') === 'scheduled');
+    await page.click('tr[data-key="old/*"] button.abandon-stop');
+    await page.waitForFunction(() => (globalThis as unknown as PageGlobals).document.querySelector('tr[data-key="old/*"]') === null);
+    assert.equal(await page.isHidden('#owed'), true);
+    assert.equal(await page.isHidden('#error'), true, await page.textContent('#error') ?? '');
   });
 });

@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { demoCredentials } from '../../src/demo-banner.ts';
 import { exitOf, requireBinary } from '../helpers/system.ts';
+import '../helpers/test-caches.ts';
 
 const CHROMIUM = requireBinary('chromium', 'chromium');
 const cli = fileURLToPath(new URL('../../bin/smart-proxy.js', import.meta.url));

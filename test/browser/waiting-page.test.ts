@@ -111,6 +111,7 @@ describe('waiting page in Chromium', { timeout: 120_000 }, () => {
       const eta = await page.textContent('#sp-eta') ?? '';
       assert.match(eta, /(About [\d.]+ s left: usually 1\.\d s|slower than usual).*from 1 past start/i);
       assert.match(await page.textContent('#sp-state') ?? '', /Booting|checking/);
+      assert.equal(await page.title(), 'Starting app…');
       assert.match(await page.textContent('#sp-elapsed') ?? '', /^\d+(\.\d)? s$/);
       assert.equal(await page.getAttribute('[role="status"]', 'aria-live'), 'polite');
       assert.equal(await page.locator('main').count(), 1);
@@ -162,13 +163,19 @@ describe('waiting page in Chromium, a start that fails', { timeout: 120_000 }, (
   let h: Harness;
 
   before(async () => {
-    // The provider never answers the start: the boot deadline fails it.
-    h = await startHarness({ resources: [{ id: 'stuck', provider: new MimicProvider({ hangStart: true }), bootTimeoutMs: 1_000 }] });
+    // `stuck`: the provider never answers the start, so the boot deadline fails it.
+    // `broken`: the provider reports the instance failed once it booted.
+    h = await startHarness({ resources: [
+      { id: 'stuck', provider: new MimicProvider({ hangStart: true }), bootTimeoutMs: 1_000 },
+      { id: 'broken', provider: new MimicProvider({ bootMs: 300, bootFails: true }), bootTimeoutMs: 30_000 },
+    ] });
   });
 
   after(async () => {
     await h?.close();
   });
+
+  const failedStep = (): boolean => (globalThis as unknown as PageGlobals).document.getElementById('sp-main')?.getAttribute('data-step') === 'failed';
 
   it('says it could not start, and no longer promises to take the person anywhere', async () => {
     const browser = await launch(true);
@@ -176,13 +183,31 @@ describe('waiting page in Chromium, a start that fails', { timeout: 120_000 }, (
       const page = await browser.context.newPage();
       const first = await page.goto(`${h.url}/smart_proxy/stuck/-/x`);
       assert.equal(first?.status(), 503);
-      assert.match(await page.innerText('h1'), /^Starting stuck$/);
-      await page.waitForFunction(() => (globalThis as unknown as PageGlobals).document.getElementById('sp-main')?.getAttribute('data-step') === 'failed');
+      // As served (the live page may already have moved on: the boot deadline is 1 s).
+      const served = await first?.text() ?? '';
+      assert.match(served, /<title id="sp-title-text">Starting stuck…<\/title>/);
+      assert.match(served, /<main id="sp-main" data-step="(requested|booting)"/);
+      await page.waitForFunction(failedStep);
       assert.equal(await page.innerText('h1'), 'Could not start stuck');
       const text = await page.innerText('main');
       assert.doesNotMatch(text, /You will be taken to/);
       assert.match(text, /The start failed/);
       assert.match(text, /Try again/);
+      // The tab says so too, changed live by the stream (the page was not reloaded).
+      assert.equal(await page.title(), 'stuck did not start in time');
+    } finally {
+      await browser.close();
+    }
+  });
+
+  it('titles a failed start as failed, live', async () => {
+    const browser = await launch(true);
+    try {
+      const page = await browser.context.newPage();
+      const url = `${h.url}/smart_proxy/broken/-/x`;
+      assert.equal((await page.goto(url))?.status(), 503);
+      await page.waitForFunction(failedStep);
+      assert.equal(await page.title(), 'Could not start broken');
     } finally {
       await browser.close();
     }

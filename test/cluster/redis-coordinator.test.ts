@@ -122,6 +122,26 @@ describe('RedisCoordinator', () => {
     assert.equal(after.kind, 'lead', 'past the cool-down: start again');
   });
 
+  it('activity flush: no timer while nothing is ready here; runs while something is, and stops again after', async () => {
+    const [c] = coordinators(1) as [RedisCoordinator];
+    let ready: Array<{ ref: InstanceRef; lastActivityAt: number; activeConnections: number }> = [];
+    c.attach({ readyInstances: () => ready, stoppedElsewhere: () => undefined });
+    assert.equal(c.flushArmed, false, 'an idle replica never wakes to flush');
+    ready = [{ ref, lastActivityAt: Date.now(), activeConnections: 1 }];
+    c.activityExpected();
+    assert.equal(c.flushArmed, true);
+    // Bounded waits on real I/O: the flush lands in Redis, then, with nothing ready, the timer ends.
+    const key = `${prefixes.at(-1) ?? ''}c:act:app/g1%2Cg2`;
+    const deadline = Date.now() + 5_000;
+    while ((await admin.hexists(key, 'r0')) === 0) assert.ok(Date.now() < deadline, 'the activity was flushed');
+    assert.equal(c.flushArmed, true, 'still armed while an instance is ready');
+    ready = [];
+    while (c.flushArmed) {
+      assert.ok(Date.now() < deadline, 'the timer ends once nothing is ready');
+      await new Promise((r) => setImmediate(r));
+    }
+  });
+
   it('idle stop: kept while another replica has an open connection or recent activity; then decided once', async () => {
     const [a, b] = coordinators(2) as [RedisCoordinator, RedisCoordinator];
     const lead = await a.claimStart(ref, noSignal());

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import { ConfigError, effectiveResources, expandStatuses, loadConfigFile, parseConfig } from '../../src/config/load.ts';
+import '../helpers/test-caches.ts';
 
 const run = promisify(execFile);
 const cli = new URL('../../bin/smart-proxy.js', import.meta.url).pathname;

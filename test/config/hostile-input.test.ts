@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { ConfigError, loadConfigFile, maxConfigBytes } from '../../src/config/load.ts';
+import '../helpers/test-caches.ts';
 
 const run = promisify(execFile);
 const cli = new URL('../../bin/smart-proxy.js', import.meta.url).pathname;

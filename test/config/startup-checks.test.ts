@@ -16,6 +16,7 @@ import { parseConfig } from '../../src/config/load.ts';
 import { startApp } from '../../src/main.ts';
 import { startMockCloud } from '../../src/mock-cloud/mock-cloud.ts';
 import { collectingLogger } from '../helpers/proxy-harness.ts';
+import '../helpers/test-caches.ts';
 
 const cli = fileURLToPath(new URL('../../bin/smart-proxy.js', import.meta.url));
 const quiet = collectingLogger([]);

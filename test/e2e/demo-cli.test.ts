@@ -10,6 +10,7 @@ import { createServer, type Server } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { exitOf, requireBinary } from '../helpers/system.ts';
+import '../helpers/test-caches.ts';
 
 const cli = fileURLToPath(new URL('../../bin/smart-proxy.js', import.meta.url));
 

@@ -12,6 +12,7 @@ import { describe, it } from 'node:test';
 import { NGINX_LUA_MODULES } from '../../src/front/nginx-lua.ts';
 import { upstreamName } from '../../src/front/upstreams.ts';
 import { requireNginxLua } from './nginx-front-suite.ts';
+import '../helpers/test-caches.ts';
 
 const cli = new URL('../../bin/smart-proxy.js', import.meta.url).pathname;
 

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { exitOf } from '../helpers/system.ts';
+import '../helpers/test-caches.ts';
 
 const launcher = fileURLToPath(new URL('../../scripts/launch.mjs', import.meta.url));
 const systemNode = '/usr/bin/node';

@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { parseConfig } from '../../src/config/load.ts';
 import { startApp } from '../../src/main.ts';
 import { exitOf } from '../helpers/system.ts';
+import '../helpers/test-caches.ts';
 
 const cli = fileURLToPath(new URL('../../bin/smart-proxy.js', import.meta.url));
 const hook = fileURLToPath(new URL('../fixtures/module-log-hook.ts', import.meta.url));

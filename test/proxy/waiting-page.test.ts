@@ -52,6 +52,17 @@ describe('waiting page rendering', () => {
     assert.ok(script.includes('\\u003c/script>'));
   });
 
+  it('titles the page by state: starting, ready, failed, timed out', () => {
+    const title = (over: Partial<ProgressSnapshot>): string =>
+      /<title id="sp-title-text">([^<]*)<\/title>/.exec(renderWaitingPage(builtinTheme(), view(over), clientScript).html)?.[1] ?? '';
+    assert.equal(title({}), 'Starting app…');
+    assert.equal(title({ step: 'stopping', state: 'stopping', phase: null }), 'Starting app…');
+    assert.equal(title({ step: 'ready', state: 'ready', phase: null }), 'app is ready');
+    assert.equal(title({ step: 'failed', state: 'failed', code: 'SP_START_FAILED', reason: 'no' }), 'Could not start app');
+    assert.equal(title({ step: 'failed', state: 'failed', code: 'SP_BOOT_TIMEOUT', reason: 'slow' }), 'app did not start in time');
+    assert.equal(title({ resource: '<b>' }), 'Starting &lt;b&gt;…', 'escaped');
+  });
+
   it('words the estimate for each situation', () => {
     assert.equal(etaText(snap({ eta: null })), 'No estimate yet: this resource has no recorded starts.');
     assert.match(etaText(snap({ elapsedMs: 4000 })), /^A little slower than usual: 9 in 10 starts finish within 8\.0 s/);

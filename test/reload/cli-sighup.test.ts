@@ -12,6 +12,7 @@ import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { startEchoServer } from '../helpers/echo-server.ts';
+import '../helpers/test-caches.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 

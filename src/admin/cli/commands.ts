@@ -6,7 +6,7 @@
  */
 import { parseArgs } from 'node:util';
 import { adminCliEnv } from '../../config/admin-cli-env.ts';
-import type { AuditEventView, InstanceView, ResourceView } from '../schemas.ts';
+import type { AuditEventView, InstanceView, ResourceView, StopRetryListView, StopRetryView } from '../schemas.ts';
 import { AdminClient, CliError, EXIT } from './client.ts';
 import { progressLine } from './progress.ts';
 
@@ -87,8 +87,13 @@ async function run(command: string, args: readonly string[], io: CliIo): Promise
       const list = resource === undefined
         ? (await client.call('GET', '/api/v1/resources') as { items: ResourceView[] }).items
         : [await client.call('GET', `/api/v1/resources/${encodeURIComponent(resource)}`) as ResourceView];
-      if (json) io.out.write(`${JSON.stringify({ items: list }, null, 2)}\n`);
-      else io.out.write(statusTable(list, Date.now()));
+      // A stop still owed for a resource a reload removed is in no resource's view, yet its
+      // machine may run on: the full status lists those from the owed-stop list.
+      const removed = resource === undefined
+        ? (await client.call('GET', '/api/v1/stop-retries') as StopRetryListView).items.filter((i) => i.resourceRemoved)
+        : [];
+      if (json) io.out.write(`${JSON.stringify({ items: list, ...(removed.length > 0 ? { removedResourceStops: removed } : {}) }, null, 2)}\n`);
+      else io.out.write(statusTable(list, Date.now(), removed));
       return EXIT.ok;
     }
     case 'start': {
@@ -202,7 +207,8 @@ function until(iso: string | null, now: number): string {
   return s < 60 ? `in ${s}s` : s < 3600 ? `in ${Math.round(s / 60)}m` : `in ${Math.round(s / 3600)}h`;
 }
 
-export function statusTable(resources: readonly ResourceView[], now: number): string {
+/** `removed`: stops owed for instances of resources a reload removed (from /api/v1/stop-retries). */
+export function statusTable(resources: readonly ResourceView[], now: number, removed: StopRetryListView['items'] = []): string {
   const rows: string[][] = [];
   for (const r of resources) {
     const boot = r.boot.estimate === null ? '-' : `p50 ${(r.boot.estimate.p50Ms / 1000).toFixed(1)}s`;
@@ -211,23 +217,23 @@ export function statusTable(resources: readonly ResourceView[], now: number): st
       rows.push([r.id, i.instanceKey, i.step, i.startedBy ?? '-', ago(i.startRequestedAt, now), ago(i.lastActivityAt, now), until(i.idleDeadline, now), boot]);
     }
   }
-  return table(['RESOURCE', 'INSTANCE', 'STATE', 'STARTED BY', 'STARTED', 'LAST ACTIVITY', 'IDLE STOP', 'BOOT'], rows) + stopRetryTable(resources, now);
+  return table(['RESOURCE', 'INSTANCE', 'STATE', 'STARTED BY', 'STARTED', 'LAST ACTIVITY', 'IDLE STOP', 'BOOT'], rows) + stopRetryTable(resources, now, removed);
 }
 
 /**
  * Stops owed for instances out of service, under the status table when there are any: each
  * may be a machine still running (and costing), a given-up one above all.
  */
-function stopRetryTable(resources: readonly ResourceView[], now: number): string {
+function stopRetryTable(resources: readonly ResourceView[], now: number, removed: StopRetryListView['items']): string {
   const rows: string[][] = [];
+  const add = (resource: string, key: string, s: StopRetryView): void => {
+    const next = s.state === 'given-up' ? `gave up ${ago(s.gaveUpAt, now)}` : s.state === 'running' ? 'trying now' : until(s.nextAttemptAt, now);
+    rows.push([resource, key, s.state, `${s.attempts}/${s.maxAttempts}`, next, s.lastError ?? '-', s.reason]);
+  };
   for (const r of resources) {
-    for (const i of r.instances) {
-      const s = i.stopRetry;
-      if (s === null) continue;
-      const next = s.state === 'given-up' ? `gave up ${ago(s.gaveUpAt, now)}` : s.state === 'running' ? 'trying now' : until(s.nextAttemptAt, now);
-      rows.push([r.id, i.instanceKey, s.state, `${s.attempts}/${s.maxAttempts}`, next, s.lastError ?? '-', s.reason]);
-    }
+    for (const i of r.instances) if (i.stopRetry !== null) add(r.id, i.instanceKey, i.stopRetry);
   }
+  for (const i of removed) add(`${i.resource} (removed from config)`, i.instanceKey, i.stopRetry);
   if (rows.length === 0) return '';
   const givenUp = rows.filter((row) => row[2] === 'given-up').length;
   const head = `\nStops owed, tried again with backoff (the machine may still be running)${givenUp > 0 ? `: ${givenUp} given up, see the admin API's retry-stop / abandon-stop` : ''}:\n`;

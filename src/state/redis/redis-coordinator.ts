@@ -139,6 +139,8 @@ export class RedisCoordinator implements Coordinator {
   #local: LocalControlPlane | undefined;
   #flushTimer: NodeJS.Timeout | undefined;
   #flushing = false;
+  /** The last flush found no ready instance here: nothing to write until one becomes ready. */
+  #nothingToFlush = false;
   #closed = false;
   /**
    * The command connection failed and has not come back: a claim fails at once instead of
@@ -174,11 +176,35 @@ export class RedisCoordinator implements Coordinator {
     return n;
   }
 
-  /** Connects the local control plane; starts flushing activity. */
+  /** Connects the local control plane; flushes activity while it has ready instances. */
   attach(local: LocalControlPlane): void {
     this.#local = local;
-    const every = Math.max(10, this.#opts.activityFlushIntervalMs);
-    this.#flushTimer = setInterval(() => void this.flushActivity(), every);
+    if (local.readyInstances()[Symbol.iterator]().next().done !== true) this.#armFlush();
+  }
+
+  /**
+   * An instance became ready here: the activity flush runs again. It stops by itself once a
+   * flush finds none ready, so an idle replica (nothing ready) never wakes for it.
+   */
+  activityExpected(): void {
+    this.#armFlush();
+  }
+
+  /** Whether the activity flush timer is armed (tests). */
+  get flushArmed(): boolean {
+    return this.#flushTimer !== undefined;
+  }
+
+  #armFlush(): void {
+    if (this.#flushTimer !== undefined || this.#closed || this.#local === undefined) return;
+    this.#flushTimer = setTimeout(() => {
+      this.#flushTimer = undefined;
+      this.#nothingToFlush = false;
+      void this.flushActivity().finally(() => {
+        // A flush that could not run (Redis down) re-arms too: the activity is still owed.
+        if (!this.#nothingToFlush) this.#armFlush();
+      });
+    }, Math.max(10, this.#opts.activityFlushIntervalMs));
     this.#flushTimer.unref();
   }
 
@@ -339,6 +365,7 @@ export class RedisCoordinator implements Coordinator {
         values.push(`{"i":${Math.max(0, Math.round(now - i.lastActivityAt))},"c":${Math.max(0, Math.round(i.activeConnections))}`);
       }
       if (keys.length > 0) await this.#redis.eval(FLUSH, keys.length, ...keys, this.replicaId, String(ttlMs), ...values);
+      else this.#nothingToFlush = true;
     } catch (err) {
       this.#log.debug({ err: errMessage(err) }, 'cluster: activity flush failed');
     } finally {
@@ -360,7 +387,8 @@ export class RedisCoordinator implements Coordinator {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    clearInterval(this.#flushTimer);
+    clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
     this.#wakeAll();
     const held = [...this.#held];
     this.#held.clear();
