@@ -9,10 +9,10 @@
  * (whatever garbage V8 has not collected yet included), then RSS and the JS heap in use after
  * a full GC (the child runs with --expose-gc for that reading only).
  *
- * usage: node bench/many-ab.ts [--rounds 4] [--seconds 8] [--cases many-1,many-10000,...] LABEL=DIR …
+ * usage: node bench/many-ab.ts [--rounds 4] [--seconds 8] [--cases many-1,many-10000,...] [--smaps] LABEL=DIR …
  *   e.g. node bench/many-ab.ts before=/work/main after=.
  */
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -30,6 +30,8 @@ const { values, positionals } = parseArgs({
     rounds: { type: 'string', default: '4' },
     seconds: { type: 'string', default: '8' },
     cases: { type: 'string', default: 'many-1,many-10000,many-1000,many-10000-over1' },
+    // Also where each process's RSS is, by kind of mapping (/proc/PID/smaps).
+    smaps: { type: 'boolean', default: false },
   },
 });
 if (positionals.length === 0) throw new Error('usage: node bench/many-ab.ts [--rounds N] [--seconds S] [--cases …] LABEL=DIR …');
@@ -58,6 +60,26 @@ const ctx: Context = { quick: false, workDir, proxyCpu: '1', loadCpu: '0', upstr
 
 interface Proc { variant: string; name: string; spreadOver: number; child: SmartChild; cpu: number[] }
 const procs: Proc[] = [];
+
+/**
+ * RSS by kind of mapping, MB: the brk heap (malloc), anonymous maps of up to 1 MiB (V8's heap
+ * pages are 256 KiB), larger anonymous maps (malloc arenas of other threads, V8's code space,
+ * WebAssembly memory), and files (the node binary, libraries).
+ */
+function smapsSummary(pid: number): string {
+  const sums = { brk: 0, small: 0, large: 0, file: 0 };
+  let kind: keyof typeof sums = 'file';
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ (\d+)\s*(.*)$/.exec(line);
+    if (m !== null) {
+      const size = parseInt(m[2]!, 16) - parseInt(m[1]!, 16);
+      kind = m[4] === '[heap]' ? 'brk' : m[3] !== '0' || m[4]!.startsWith('/') ? 'file' : size <= 1 << 20 ? 'small' : 'large';
+    } else if (line.startsWith('Rss:')) {
+      sums[kind] += Number(line.split(/\s+/)[1]) / 1024;
+    }
+  }
+  return Object.entries(sums).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', ');
+}
 try {
   for (const name of caseNames) {
     for (const v of variants) {
@@ -91,6 +113,7 @@ try {
     const first = procs.find((o) => o.name === p.name && o.variant === variants[0]!.label)!;
     const one = procs.find((o) => o.name === 'many-1' && o.variant === p.variant);
     const paired = (ref: Proc | undefined): string => ref === undefined || ref === p ? '–' : `${median(p.cpu.map((c, i) => c / ref.cpu[i]!)).toFixed(3)}×`;
+    if (values.smaps) log(`${p.variant} ${p.name}: ${smapsSummary(p.child.pid)}`);
     rows.push(`| ${p.name} | ${p.variant} | ${median(p.cpu).toFixed(1)} | ${spreadPct(p.cpu).toFixed(0)} % | ${paired(first)} | ${paired(one)} | ${mb(rssWarm)} | ${mb(gc.rss)} | ${mb(gc.heapUsed)} |`);
   }
   process.stdout.write(`${rows.join('\n')}\n`);
