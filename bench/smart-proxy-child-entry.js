@@ -7,8 +7,6 @@
  * smart-proxy-child.js: tsc leaves out a .js file beside a .ts of the same name, as its output.)
  */
 import { enableStartupCompileCache } from '../src/config/compile-cache.js';
-import { loadZodInEnglishOnly } from '../src/config/zod-locales-hook.js';
 
 enableStartupCompileCache();
-loadZodInEnglishOnly();
 await import('./smart-proxy-child.ts');

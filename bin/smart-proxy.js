@@ -23,7 +23,6 @@
  * test/launcher/node-flags.test.ts keeps every launcher in step).
  */
 import { enableStartupCompileCache } from '../src/config/compile-cache.js';
-import { loadZodInEnglishOnly } from '../src/config/zod-locales-hook.js';
 
 // A Node that cannot run TypeScript would fail on cli.ts with ERR_UNKNOWN_FILE_EXTENSION: say
 // what is wrong instead (Node 20, or 22 before 22.18, or --no-experimental-strip-types).
@@ -32,6 +31,5 @@ if (!process.features.typescript) {
   process.exitCode = 1;
 } else {
   enableStartupCompileCache();
-  loadZodInEnglishOnly();
   await import('../src/cli.ts');
 }
