@@ -48,14 +48,15 @@ export interface SmartChild extends Spawned {
 }
 
 /**
- * Writes `yaml` and starts Smart Proxy on it (smartProxyChild()), pinned to the proxy
- * CPU, with the V8 flags its launchers use (src/node-flags.ts) before `nodeFlags`.
+ * Writes `yaml` and starts Smart Proxy on it (smartProxyChild(root): this checkout's by
+ * default), pinned to the proxy CPU, with the V8 flags its launchers use (src/node-flags.ts)
+ * before `nodeFlags`.
  */
-export async function startSmartProxy(ctx: Context, name: string, yaml: string, extraArgs: readonly string[] = [], nodeFlags: readonly string[] = [], env?: NodeJS.ProcessEnv): Promise<SmartChild> {
+export async function startSmartProxy(ctx: Context, name: string, yaml: string, extraArgs: readonly string[] = [], nodeFlags: readonly string[] = [], env?: NodeJS.ProcessEnv, root?: string): Promise<SmartChild> {
   const file = join(ctx.workDir, `${name}.yaml`);
   // The default state store (SQLite), as a user runs it, in a file of this child's own.
   writeFileSync(file, `${yaml}state: { kind: sqlite, path: "${join(ctx.workDir, `${name}.sqlite`)}" }\n`);
-  const proc = spawnPinned(name, process.execPath, [...NODE_FLAGS, ...nodeFlags, smartProxyChild(), '--config', file, ...extraArgs], {
+  const proc = spawnPinned(name, process.execPath, [...NODE_FLAGS, ...nodeFlags, smartProxyChild(root), '--config', file, ...extraArgs], {
     cpu: ctx.proxyCpu, logFile: join(ctx.workDir, `${name}.log`), ipc: true, env: { ...process.env, SMART_PROXY_CONFIG_CACHE: 'off', SMART_PROXY_COMPILE_CACHE: join(ctx.workDir, 'compile-cache'), ...env },
   });
   const ready = await nextMessage<ReadyMessage>(proc.child, 'ready', 60_000);

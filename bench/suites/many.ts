@@ -66,7 +66,7 @@ export function yamlFor(count: number, upstreamPort: number): string {
 }
 
 /** One request to each of the first `count` resources (their instances start and go warm). */
-async function warm(url: string, count: number): Promise<void> {
+export async function warm(url: string, count: number): Promise<void> {
   let next = 1;
   const worker = async (): Promise<void> => {
     while (next <= count) {

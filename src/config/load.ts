@@ -270,6 +270,8 @@ export interface EffectiveResource {
   readonly id: string;
   readonly provider: ProviderConfig;
   readonly providerName: string;
+  /** The provider is defined in the resource itself (named `<id>:inline`), not under `providers:`. */
+  readonly inlineProvider: boolean;
   readonly serviceId: string;
   readonly sharing: 'shared' | 'groups' | 'user';
   readonly bootTimeoutMs: number;
@@ -317,6 +319,7 @@ export function effectiveResources(cfg: Config): EffectiveResource[] {
       id,
       provider,
       providerName: typeof r.provider === 'string' ? r.provider : `${id}:inline`,
+      inlineProvider: typeof r.provider !== 'string',
       serviceId: r.serviceId ?? id,
       sharing: r.sharing ?? d.sharing ?? builtinDefaults.sharing,
       bootTimeoutMs,

@@ -20,7 +20,7 @@ import { LocalHistogram, type Series } from './local-histogram.ts';
 /** A configured resource as metrics label it. */
 export interface MeteredResource {
   readonly id: string;
-  /** The provider's name in the config (`providers.NAME`, or the inline one's kind). */
+  /** The provider's label: its name in the config (`providers.NAME`), or an inline one's kind (`static:inline`). */
   readonly provider: string;
 }
 

@@ -126,6 +126,34 @@ test('provider errors are counted by kind, and resources past maxResourceLabels 
   }
 });
 
+test('an inline provider is labelled by its kind, not by its resource: the provider label stays bounded with thousands of resources', async () => {
+  const t = await startTestApp(testConfig({
+    resources: {
+      a: { provider: { kind: 'static', endpoint: 'http://127.0.0.1:9' } },
+      b: { provider: { kind: 'static', endpoint: 'http://127.0.0.1:9' } },
+      c: { provider: 'p' },
+    },
+  }, ['p']), { 'a:inline': new MimicProvider(), 'b:inline': new MimicProvider(), p: new MimicProvider() });
+  try {
+    const { app } = t;
+    assert.ok(app.metrics !== undefined);
+    for (const id of ['a', 'b', 'c']) {
+      const r = await fetch(`${app.proxyUrl}/smart_proxy/${id}/-/x`);
+      assert.equal(r.status, 200);
+      await r.text();
+    }
+    const s = parseScrape((await app.metrics.render()).body);
+    assert.equal(s.value('smart_proxy_provider_call_duration_seconds_count', { provider: 'static:inline', operation: 'start', outcome: 'ok' }), 2);
+    assert.equal(s.value('smart_proxy_provider_call_duration_seconds_count', { provider: 'p', operation: 'start', outcome: 'ok' }), 1);
+    assert.equal(s.value('smart_proxy_boot_duration_seconds_count', { resource: 'a', provider: 'static:inline' }), 1);
+    assert.equal(s.value('smart_proxy_boot_duration_seconds_count', { resource: 'c', provider: 'p' }), 1);
+    const providers = new Set([...s.samples('smart_proxy_provider_call_duration_seconds_count'), ...s.samples('smart_proxy_boot_duration_seconds_count')].map(([l]) => l.provider));
+    assert.deepEqual([...providers].sort(), ['p', 'static:inline']);
+  } finally {
+    await t.close();
+  }
+});
+
 test('metrics and the cold-start header can be turned off; the header can be renamed', async () => {
   const p = new MimicProvider();
   const off = await startTestApp(testConfig({ metrics: { enabled: false }, coldStartHeader: { enabled: false }, resources: { app: { provider: 'p' } } }, ['p']), { p });
