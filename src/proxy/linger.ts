@@ -191,35 +191,75 @@ function announcedLength(req: IncomingMessage): number | undefined {
   return Number(cl);
 }
 
-/** One refused request's body being read and thrown away. */
-class Drain {
+/**
+ * The bounds of one drain (all in time, silence, bytes) and its share of the counters, for
+ * both kinds of drain below. `cut` is called when a bound is hit.
+ */
+class DrainBounds {
   readonly #owner: Lingering;
-  readonly #req: IncomingMessage;
-  readonly #socket: Socket;
   readonly #maxBytes: number;
   readonly #idleMs: number;
+  readonly #cut: (outcome: LingerOutcome) => void;
   readonly #deadline: TimerHandle;
   #idle: TimerHandle;
   /** When the client last sent a byte (clock ms): the idle timer re-arms for what is left. */
   #lastData: number;
   #bytes = 0;
+
+  constructor(owner: Lingering, o: LingerOptions, cut: (outcome: LingerOutcome) => void) {
+    this.#owner = owner;
+    this.#maxBytes = o.maxBytes;
+    this.#idleMs = o.idleMs;
+    this.#cut = cut;
+    owner.began();
+    // The clock's timers do not keep the process alive: a lingering client cannot hold a stop.
+    const clock = owner.clock;
+    this.#lastData = clock.now();
+    this.#deadline = clock.setTimeout(() => cut('time'), o.timeMs);
+    this.#idle = clock.setTimeout(this.#onIdle, o.idleMs);
+  }
+
+  /** A chunk read and thrown away; past the byte bound, the drain is cut. */
+  count(chunk: Buffer): void {
+    this.#bytes += chunk.length;
+    this.#owner.discardedBytes += chunk.length;
+    if (this.#bytes > this.#maxBytes) {
+      this.#cut('bytes');
+      return;
+    }
+    this.#lastData = this.#owner.clock.now();
+  }
+
+  /** One timer for the idle bound, not one per chunk: when it fires it looks when data last came. */
+  readonly #onIdle = (): void => {
+    const clock = this.#owner.clock;
+    const left = this.#lastData + this.#idleMs - clock.now();
+    if (left > 0) this.#idle = clock.setTimeout(this.#onIdle, left);
+    else this.#cut('idle');
+  };
+
+  /** The drain is over (once): the timers stop, and the owner counts its outcome. */
+  end(outcome: LingerOutcome): void {
+    this.#deadline.cancel();
+    this.#idle.cancel();
+    this.#owner.ended(outcome, this.#bytes);
+  }
+}
+
+/** One refused request's body being read and thrown away. */
+class Drain {
+  readonly #req: IncomingMessage;
+  readonly #socket: Socket;
+  readonly #bounds: DrainBounds;
   #bodyDone = false;
   /** Node asked to close the connection after the answer (its destroySoon). */
   #closing = false;
   #ended = false;
 
   constructor(owner: Lingering, req: IncomingMessage, socket: Socket, o: LingerOptions) {
-    this.#owner = owner;
     this.#req = req;
     this.#socket = socket;
-    this.#maxBytes = o.maxBytes;
-    this.#idleMs = o.idleMs;
-    owner.began();
-    // The clock's timers do not keep the process alive: a lingering client cannot hold a stop.
-    const clock = owner.clock;
-    this.#lastData = clock.now();
-    this.#deadline = clock.setTimeout(() => this.#cut('time'), o.timeMs);
-    this.#idle = clock.setTimeout(this.#onIdle, o.idleMs);
+    this.#bounds = new DrainBounds(owner, o, (outcome) => this.#cut(outcome));
     // A forward that failed mid-body leaves the request stream with its abandoned reader's
     // 'readable' listener, which keeps 'data' from flowing: the forward is over, and what is
     // left of the body is only to be thrown away.
@@ -240,21 +280,7 @@ class Drain {
   }
 
   readonly #onData = (chunk: Buffer): void => {
-    this.#bytes += chunk.length;
-    this.#owner.discardedBytes += chunk.length;
-    if (this.#bytes > this.#maxBytes) {
-      this.#cut('bytes');
-      return;
-    }
-    this.#lastData = this.#owner.clock.now();
-  };
-
-  /** One timer for the idle bound, not one per chunk: when it fires it looks when data last came. */
-  readonly #onIdle = (): void => {
-    const clock = this.#owner.clock;
-    const left = this.#lastData + this.#idleMs - clock.now();
-    if (left > 0) this.#idle = clock.setTimeout(this.#onIdle, left);
-    else this.#cut('idle');
+    this.#bounds.count(chunk);
   };
 
   readonly #onEnd = (): void => {
@@ -281,40 +307,25 @@ class Drain {
   #finish(outcome: LingerOutcome): void {
     if (this.#ended) return;
     this.#ended = true;
-    this.#deadline.cancel();
-    this.#idle.cancel();
     this.#req.off('data', this.#onData);
     this.#req.off('end', this.#onEnd);
     this.#socket.off('close', this.#onClose);
     // Nothing more to read: the socket closes as Node would have closed it (after its FIN is out).
     delete (this.#socket as { destroySoon?: DestroySoon }).destroySoon;
     if (this.#closing && !this.#socket.destroyed) this.#socket.destroySoon();
-    this.#owner.ended(outcome, this.#bytes);
+    this.#bounds.end(outcome);
   }
 }
 
 /** A socket's raw bytes read and thrown away after an answer written straight to it (answerRaw). */
 class RawDrain {
-  readonly #owner: Lingering;
   readonly #socket: Socket;
-  readonly #maxBytes: number;
-  readonly #idleMs: number;
-  readonly #deadline: TimerHandle;
-  #idle: TimerHandle;
-  #lastData: number;
-  #bytes = 0;
+  readonly #bounds: DrainBounds;
   #ended = false;
 
   constructor(owner: Lingering, socket: Socket, answer: string, o: LingerOptions) {
-    this.#owner = owner;
     this.#socket = socket;
-    this.#maxBytes = o.maxBytes;
-    this.#idleMs = o.idleMs;
-    owner.began();
-    const clock = owner.clock;
-    this.#lastData = clock.now();
-    this.#deadline = clock.setTimeout(() => this.#cut('time'), o.timeMs);
-    this.#idle = clock.setTimeout(this.#onIdle, o.idleMs);
+    this.#bounds = new DrainBounds(owner, o, (outcome) => this.#cut(outcome));
     socket.on('data', this.#onData);
     socket.once('end', this.#onEnd);
     socket.once('close', this.#onClose);
@@ -326,20 +337,7 @@ class RawDrain {
   }
 
   readonly #onData = (chunk: Buffer): void => {
-    this.#bytes += chunk.length;
-    this.#owner.discardedBytes += chunk.length;
-    if (this.#bytes > this.#maxBytes) {
-      this.#cut('bytes');
-      return;
-    }
-    this.#lastData = this.#owner.clock.now();
-  };
-
-  readonly #onIdle = (): void => {
-    const clock = this.#owner.clock;
-    const left = this.#lastData + this.#idleMs - clock.now();
-    if (left > 0) this.#idle = clock.setTimeout(this.#onIdle, left);
-    else this.#cut('idle');
+    this.#bounds.count(chunk);
   };
 
   /** The client is done sending (its FIN after ours): nothing is left unread, the socket closes. */
@@ -361,11 +359,9 @@ class RawDrain {
   #finish(outcome: LingerOutcome): void {
     if (this.#ended) return;
     this.#ended = true;
-    this.#deadline.cancel();
-    this.#idle.cancel();
     this.#socket.off('data', this.#onData);
     this.#socket.off('end', this.#onEnd);
     this.#socket.off('close', this.#onClose);
-    this.#owner.ended(outcome, this.#bytes);
+    this.#bounds.end(outcome);
   }
 }
